@@ -1,0 +1,231 @@
+"""Typed configuration: one pydantic schema, YAML files under ``configs/``, env overrides.
+
+Precedence, lowest first: schema defaults < ``configs/default.yaml`` (the embedded demo
+defaults) < the file named by ``--config`` or ``FLYWHEEL_CONFIG`` < environment variables
+``FLYWHEEL__SECTION__FIELD=value`` (values parsed as YAML scalars, so ``3`` is an int).
+
+A bad value fails at load time with the field, the value, where it came from and why.
+Secrets (S3 keys) are never part of this config: boto3 reads them from the usual AWS
+variables and profiles. URIs that embed a password are redacted by :func:`redacted`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "FLYWHEEL__"
+CONFIG_FILE_ENV = "FLYWHEEL_CONFIG"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = REPO_ROOT / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names field, value, source, reason."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectConfig(_Section):
+    name: str = Field("sam3d-flywheel", min_length=1)
+    state_dir: Path = Field(
+        Path(".flywheel"),
+        description="Local state: MLflow SQLite store, Prefect home and results, logs.",
+    )
+
+
+class StoreConfig(_Section):
+    root: str = Field(
+        ".flywheel/store",
+        description="Root URI of all datasets: a local directory or s3://bucket/prefix.",
+    )
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint (MinIO, SeaweedFS, Ceph); None means AWS."
+    )
+    region: str | None = None
+    profile: str | None = Field(None, description="AWS profile name for credentials.")
+    max_attempts: int = Field(5, ge=1, le=20, description="Attempts per S3 call (retries+1).")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(60.0, gt=0)
+
+    @field_validator("root")
+    @classmethod
+    def _root_scheme(cls, v: str) -> str:
+        m = re.match(r"^([a-z0-9+.-]+)://", v)
+        if m and m.group(1) not in ("s3", "file"):
+            raise ValueError(f"unsupported scheme {m.group(1)!r}; use a path, file:// or s3://")
+        if v.startswith("s3://") and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/|$)", v):
+            raise ValueError("s3 root must look like s3://bucket[/prefix] with a valid bucket name")
+        return v
+
+
+class DatasetsConfig(_Section):
+    shard_max_samples: int = Field(1000, ge=1)
+    shard_max_bytes: int = Field(256 * 2**20, ge=1024)
+    stale_attempt_hours: float = Field(
+        6.0, gt=0, description="Uncommitted write attempts older than this are debris."
+    )
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str | None = Field(
+        None, description="None: sqlite:///<state_dir>/mlflow.db. Or http(s)://server."
+    )
+    experiment: str = Field("sam3d-flywheel", min_length=1)
+    artifact_location: str | None = Field(
+        None, description="Artifact root of a new experiment. None: <state_dir>/mlflow-artifacts "
+        "with the local store, the server's default with a tracking server.")
+
+
+class PrefectConfig(_Section):
+    task_retries: int = Field(2, ge=0, le=10)
+    retry_backoff_base_s: float = Field(2.0, ge=0)
+    retry_jitter_factor: float = Field(0.5, ge=0)
+    result_storage_block: str = Field(
+        "flywheel-results", description="Name of the saved block that persists task results."
+    )
+    ephemeral_startup_timeout_s: int = Field(
+        120, ge=20, description="Prefect's 20 s default is too short on a fresh database."
+    )
+
+
+class DemoConfig(_Section):
+    """Sizes of the demo round that the README's main-job command runs."""
+
+    num_objects: int = Field(24, ge=1)
+    grid_resolution: Literal[16, 32, 64] = 16
+    seed: int = 0
+
+
+class FlywheelConfig(_Section):
+    project: ProjectConfig = ProjectConfig()
+    store: StoreConfig = StoreConfig()
+    datasets: DatasetsConfig = DatasetsConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    prefect: PrefectConfig = PrefectConfig()
+    demo: DemoConfig = DemoConfig()
+
+    @property
+    def state_dir(self) -> Path:
+        return self.project.state_dir.expanduser().resolve()
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
+
+    @property
+    def store_root(self) -> str:
+        """Store root with relative local paths made absolute (tasks may run elsewhere)."""
+        root = self.store.root
+        if root.startswith("s3://"):
+            return root
+        return str(Path(root.removeprefix("file://")).expanduser().resolve())
+
+
+def _deep_merge(base: dict, over: dict, sources: dict, source: str, path: tuple = ()) -> None:
+    for key, value in over.items():
+        here = path + (key,)
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value, sources, source, here)
+        else:
+            base[key] = value
+            sources[".".join(here)] = source
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _env_overrides(environ: dict[str, str]) -> dict:
+    tree: dict = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not parts:
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment {name}: conflicts with another override")
+        node[parts[-1]] = value
+    return tree
+
+
+def load_config(
+    path: str | Path | None = None, environ: dict[str, str] | None = None
+) -> FlywheelConfig:
+    """Build the effective config; raise :class:`ConfigError` naming every bad field."""
+    environ = dict(os.environ if environ is None else environ)
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    files = [DEFAULT_CONFIG_FILE] if DEFAULT_CONFIG_FILE.exists() else []
+    chosen = path or environ.get(CONFIG_FILE_ENV)
+    if chosen:
+        files.append(Path(chosen))
+    for f in files:
+        _deep_merge(merged, _read_yaml(Path(f)), sources, f"file {f}")
+    env_tree = _env_overrides(environ)
+    _deep_merge(merged, env_tree, sources, "environment")
+    try:
+        return FlywheelConfig.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, merged, sources)) from None
+
+
+def _describe(err: ValidationError, merged: dict, sources: dict[str, str]) -> str:
+    lines = [f"invalid configuration ({err.error_count()} problem(s)):"]
+    for item in err.errors():
+        field = ".".join(str(p) for p in item["loc"])
+        value: Any = merged
+        for p in item["loc"]:
+            value = value.get(p, "<missing>") if isinstance(value, dict) else "<missing>"
+        origin = sources.get(field, "defaults")
+        if origin == "environment":
+            origin = f"environment {ENV_PREFIX}{field.upper().replace('.', '__')}"
+        shown = redact_value(field, value)
+        lines.append(f"  {field} = {shown!r} (from {origin}): {item['msg']}")
+    return "\n".join(lines)
+
+
+_URI_PASSWORD = re.compile(r"(?P<scheme>[a-z0-9+.-]+://)(?P<user>[^:/@]+):(?P<pw>[^@/]+)@", re.I)
+_SECRET_NAMES = re.compile(r"(secret|password|token|credential|access_key)", re.I)
+
+
+def redact_value(field: str, value: Any) -> Any:
+    if isinstance(value, str):
+        if _SECRET_NAMES.search(field.rsplit(".", 1)[-1]):
+            return "***"
+        return _URI_PASSWORD.sub(r"\g<scheme>\g<user>:***@", value)
+    return value
+
+
+def redacted(cfg: FlywheelConfig) -> dict:
+    """The effective config as plain data, with passwords in URIs and secret fields hidden."""
+
+    def walk(node: Any, path: str) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, f"{path}.{k}" if path else k) for k, v in node.items()}
+        return redact_value(path, node)
+
+    return walk(cfg.model_dump(mode="json"), "")

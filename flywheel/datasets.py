@@ -1,0 +1,502 @@
+"""Immutable, versioned datasets: webdataset tar shards + a Parquet manifest + a commit marker.
+
+Layout under the store root::
+
+    datasets/<name>/<version>/COMMITTED.json          written last; makes the version visible
+    datasets/<name>/<version>/<attempt>/manifest.parquet
+    datasets/<name>/<version>/<attempt>/shards/shard-000000.tar ...
+
+Each writer writes into its own attempt folder and then creates the marker with a
+conditional create, so exactly one attempt is ever committed and committed files are
+never overwritten, even when two writers race or a producer is not bit-for-bit
+deterministic. A killed writer leaves only an uncommitted attempt folder: invisible to
+readers, removed by the next commit of that version or by :func:`collect_garbage`.
+
+The version is a digest of the dataset kind's schema, the inputs and the config that made
+it (:func:`version_of`): the same inputs give the same version, and a re-run finds it
+committed and does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tarfile
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flywheel.contracts import DatasetSpec, get_spec
+from flywheel.store import ObjectNotFound, S3Store, Store
+
+log = logging.getLogger(__name__)
+
+MARKER = "COMMITTED.json"
+MANIFEST = "manifest.parquet"
+_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,200}$")  # no '.': webdataset splits key/ext at the first dot
+
+
+class DatasetError(RuntimeError):
+    pass
+
+
+class DatasetNotCommitted(DatasetError):
+    pass
+
+
+class DatasetCorrupt(DatasetError):
+    pass
+
+
+class SampleError(DatasetError, ValueError):
+    """A sample does not fit the dataset's contract; names the sample and the reason."""
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """What a task returns: a small, hashable pointer to one committed dataset version."""
+
+    name: str
+    version: str
+    uri: str            # the version's folder
+    digest: str         # content digest: manifest + shard checksums
+    num_rows: int
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _canonical(obj: Any) -> Any:
+    if isinstance(obj, DatasetRef):
+        return {"dataset": obj.name, "version": obj.version, "digest": obj.digest}
+    if isinstance(obj, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if hasattr(obj, "model_dump"):  # pydantic config sections
+        return _canonical(obj.model_dump(mode="json"))
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot digest {type(obj).__name__}; pass plain data or DatasetRefs")
+
+
+def digest_of(obj: Any) -> str:
+    """sha256 of the canonical JSON of plain data (dict order does not matter)."""
+    text = json.dumps(_canonical(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def version_of(spec: DatasetSpec, *, inputs: Mapping[str, Any], config: Any = None,
+               code_version: str = "1") -> str:
+    """The version of a dataset made from ``inputs`` with ``config`` by code ``code_version``."""
+    return digest_of({"spec": spec.name, "schema": spec.fingerprint, "inputs": inputs,
+                      "config": config, "code": code_version})[:16]
+
+
+def _prefix(name: str, version: str | None = None) -> str:
+    return f"datasets/{name}" + (f"/{version}" if version else "")
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def encode_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+class DatasetWriter:
+    """Writes one dataset version. Use as a context manager; commit happens on clean exit.
+
+    >>> with DatasetWriter(store, SHAPES, version, inputs={...}) as w:
+    ...     w.add("obj-0001", {"object_id": ...}, {"occ.npy": encode_npy(grid)})
+    >>> w.ref
+    """
+
+    def __init__(self, store: Store, spec: DatasetSpec, version: str, *,
+                 inputs: Mapping[str, Any] | None = None, config: Any = None,
+                 parents: list[DatasetRef] | tuple = (), shard_max_samples: int = 1000,
+                 shard_max_bytes: int = 256 * 2**20, stale_attempt_hours: float = 6.0):
+        self.store, self.spec, self.version = store, spec, version
+        self.inputs = _canonical(inputs or {})
+        self.config = _canonical(config)
+        self.parents = list(parents)
+        self.shard_max_samples, self.shard_max_bytes = shard_max_samples, shard_max_bytes
+        self.stale_attempt_hours = stale_attempt_hours
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        self.attempt = f"attempt-{stamp}-{uuid.uuid4().hex[:8]}"
+        self._base = f"{_prefix(spec.name, version)}/{self.attempt}"
+        self._rows: list[dict] = []
+        self._keys: set[str] = set()
+        self._shards: list[dict] = []
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="flywheel-shards-")
+        self._tar: tarfile.TarFile | None = None
+        self._tar_path: Path | None = None
+        self._tar_count = self._tar_bytes = 0
+        self.ref: DatasetRef | None = None
+
+    # -- writing ---------------------------------------------------------------------
+    def add(self, key: str, row: Mapping[str, Any], files: Mapping[str, bytes]) -> None:
+        """Add one sample: its manifest ``row`` (spec columns) and its ``files`` (ext -> bytes)."""
+        self._check_sample(key, row, files)
+        if self._tar is None or self._tar_count >= self.shard_max_samples or (
+                self._tar_count and self._tar_bytes >= self.shard_max_bytes):
+            self._roll_shard()
+        digest = hashlib.sha256()
+        total = 0
+        for ext in sorted(files):
+            data = files[ext]
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o444  # deterministic headers
+            self._tar.addfile(info, io.BytesIO(data))
+            digest.update(f"{ext}\0{len(data)}\0".encode())
+            digest.update(data)
+            total += len(data)
+        self._tar_count += 1
+        self._tar_bytes += total
+        self._keys.add(key)
+        self._rows.append({"sample_key": key, "shard": self._tar_path.name, "sample_bytes": total,
+                           "sample_sha256": digest.hexdigest(), **row})
+
+    def _check_sample(self, key: str, row: Mapping[str, Any], files: Mapping[str, bytes]) -> None:
+        where = f"dataset {self.spec.name}@{self.version}, sample {key!r}"
+        if not isinstance(key, str) or not _KEY_RE.match(key):
+            raise SampleError(f"{where}: key must match {_KEY_RE.pattern}")
+        if key in self._keys:
+            raise SampleError(f"{where}: duplicate sample key")
+        want, got = set(self.spec.schema.names), set(row)
+        if want != got:
+            raise SampleError(f"{where}: manifest row columns differ from the schema: "
+                              f"missing {sorted(want - got)}, unexpected {sorted(got - want)}")
+        if set(files) != set(self.spec.files):
+            raise SampleError(f"{where}: files {sorted(files)} differ from the contract "
+                              f"{sorted(self.spec.files)}")
+        for ext, data in files.items():
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise SampleError(f"{where}: file {ext!r} must be bytes, got {type(data).__name__}")
+        try:
+            pa.Table.from_pylist([dict(row)], schema=self.spec.schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+            raise SampleError(f"{where}: manifest row does not fit the schema: {e}") from None
+
+    def _roll_shard(self) -> None:
+        self._close_shard()
+        name = f"shard-{len(self._shards):06d}.tar"
+        self._tar_path = Path(self._tmpdir.name) / name
+        self._tar = tarfile.open(self._tar_path, "w", format=tarfile.USTAR_FORMAT)
+        self._tar_count = self._tar_bytes = 0
+
+    def _close_shard(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        self._tar = None
+        path = self._tar_path
+        sha = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(2**20), b""):
+                sha.update(chunk)
+        key = f"{self._base}/shards/{path.name}"
+        self.store.put_file(key, path)
+        self._shards.append({"name": path.name, "sha256": sha.hexdigest(),
+                             "bytes": path.stat().st_size, "samples": self._tar_count})
+        path.unlink()
+
+    # -- committing ------------------------------------------------------------------
+    def commit(self) -> DatasetRef:
+        """Upload the last shard and the manifest, then make the version visible."""
+        self._close_shard()
+        table = pa.Table.from_pylist(self._rows, schema=self.spec.manifest_schema)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        manifest = buf.getvalue()
+        self.store.put_bytes(f"{self._base}/{MANIFEST}", manifest)
+        manifest_sha = hashlib.sha256(manifest).hexdigest()
+        content = digest_of({"manifest": manifest_sha, "shards": self._shards})
+        marker = {
+            "name": self.spec.name, "version": self.version, "attempt": self.attempt,
+            "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "num_rows": table.num_rows, "digest": content,
+            "schema_fingerprint": self.spec.fingerprint,
+            "manifest": {"name": MANIFEST, "sha256": manifest_sha, "bytes": len(manifest)},
+            "shards": self._shards, "inputs": self.inputs, "config": self.config,
+            "parents": [p.to_dict() for p in self.parents],
+        }
+        created = self.store.create_if_absent(f"{_prefix(self.spec.name, self.version)}/{MARKER}",
+                                              json.dumps(marker, indent=1).encode())
+        if created:
+            self.ref = _ref_from_marker(self.store, marker)
+            log.info("committed %s (%d rows, %d shards)", self.ref, table.num_rows, len(self._shards))
+        else:
+            winner = read_marker(self.store, self.spec.name, self.version)
+            self.ref = _ref_from_marker(self.store, winner)
+            if winner["digest"] != content:
+                log.warning("%s was committed by another writer with different content "
+                            "(%s vs ours %s): is the producer deterministic?",
+                            self.ref, winner["digest"][:12], content[:12])
+            self.store.delete_prefix(self._base)
+        self._remove_stale_attempts()
+        self._tmpdir.cleanup()
+        return self.ref
+
+    def abort(self) -> None:
+        """Drop this attempt's uploads (a crash skips this; the debris stays invisible)."""
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+        self._tmpdir.cleanup()
+        try:
+            self.store.delete_prefix(self._base)
+        except Exception as e:  # keep the original failure the one people see
+            log.warning("could not remove attempt %s: %s", self._base, e)
+
+    def _remove_stale_attempts(self) -> None:
+        collect_garbage(self.store, self.spec.name, older_than_hours=self.stale_attempt_hours,
+                        version=self.version)
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def _ref_from_marker(store: Store, marker: dict) -> DatasetRef:
+    return DatasetRef(name=marker["name"], version=marker["version"],
+                      uri=store.uri(_prefix(marker["name"], marker["version"])),
+                      digest=marker["digest"], num_rows=marker["num_rows"])
+
+
+def read_marker(store: Store, name: str, version: str) -> dict:
+    try:
+        raw = store.get_bytes(f"{_prefix(name, version)}/{MARKER}")
+    except ObjectNotFound:
+        debris = bool(store.children(_prefix(name, version)))
+        why = "an uncommitted (unfinished or crashed) write exists" if debris else "no such version"
+        raise DatasetNotCommitted(f"dataset {name}@{version} in {store.root_uri}: not committed "
+                                  f"({why})") from None
+    return json.loads(raw)
+
+
+def committed_ref(store: Store, name: str, version: str) -> DatasetRef | None:
+    """The ref of a committed version, or None: what a task checks before doing any work."""
+    try:
+        return _ref_from_marker(store, read_marker(store, name, version))
+    except DatasetNotCommitted:
+        return None
+
+
+def list_versions(store: Store, name: str) -> list[dict]:
+    """Markers of the committed versions of ``name``, oldest first."""
+    markers = []
+    for version in store.children(_prefix(name)):
+        try:
+            markers.append(read_marker(store, name, version))
+        except DatasetNotCommitted:
+            continue
+    return sorted(markers, key=lambda m: (m["committed_at"], m["version"]))
+
+
+def list_datasets(store: Store) -> list[str]:
+    return store.children("datasets")
+
+
+_OPENER_LOCK = threading.Lock()
+_S3_CONFIGS: dict[str, Any] = {}
+
+
+def _register_s3_opener(store: S3Store) -> None:
+    """Teach webdataset's gopen the s3:// scheme via boto3 (it has none of its own)."""
+    import webdataset.gopen  # noqa: F401  (the module, not the function of the same name)
+    import sys
+
+    gopen_mod = sys.modules["webdataset.gopen"]
+    with _OPENER_LOCK:
+        _S3_CONFIGS[store.bucket] = store.config
+        gopen_mod.gopen_schemes["s3"] = _gopen_s3
+
+
+_CLIENTS: dict[tuple, Any] = {}
+
+
+def _gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
+    if mode[0] != "r":
+        raise ValueError(f"{url}: the s3 opener only reads")
+    from flywheel.store import make_s3_client
+
+    bucket, _, key = url[5:].partition("/")
+    config = _S3_CONFIGS[bucket]
+    cache_key = (os.getpid(), bucket)  # one client per process: boto3 clients are not fork-safe
+    if cache_key not in _CLIENTS:
+        _CLIENTS[cache_key] = make_s3_client(config)
+    return _CLIENTS[cache_key].get_object(Bucket=bucket, Key=key)["Body"]
+
+
+class Dataset:
+    """A committed dataset version, opened for reading. Refuses uncommitted versions."""
+
+    def __init__(self, store: Store, name: str, version: str | None = None):
+        self.store = store
+        self.spec = get_spec(name)
+        if version is None:
+            versions = list_versions(store, name)
+            if not versions:
+                raise DatasetNotCommitted(f"dataset {name} in {store.root_uri}: no committed version")
+            version = versions[-1]["version"]
+        self.marker = read_marker(store, name, version)
+        self.ref = _ref_from_marker(store, self.marker)
+        self._base = f"{_prefix(name, version)}/{self.marker['attempt']}"
+        self._manifest: pa.Table | None = None
+
+    @classmethod
+    def open(cls, store: Store, spec: str) -> "Dataset":
+        """Open ``NAME`` (latest committed) or ``NAME@VERSION``."""
+        name, _, version = spec.partition("@")
+        return cls(store, name, version or None)
+
+    def manifest(self) -> pa.Table:
+        if self._manifest is None:
+            data = self.store.get_bytes(f"{self._base}/{MANIFEST}")
+            if hashlib.sha256(data).hexdigest() != self.marker["manifest"]["sha256"]:
+                raise DatasetCorrupt(f"{self.ref}: manifest checksum mismatch")
+            self._manifest = pq.read_table(io.BytesIO(data))
+        return self._manifest
+
+    def shard_urls(self) -> list[str]:
+        urls = []
+        for shard in self.marker["shards"]:
+            key = f"{self._base}/shards/{shard['name']}"
+            local = self.store.local_path(key)
+            urls.append(str(local) if local is not None else self.store.uri(key))
+        return urls
+
+    def samples(self) -> Iterator[dict]:
+        """Stream samples as dicts ``{"__key__": key, ext: bytes, ...}`` through webdataset."""
+        import webdataset as wds
+
+        if isinstance(self.store, S3Store):
+            _register_s3_opener(self.store)
+        urls = self.shard_urls()
+        if not urls:
+            return iter(())
+        return iter(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+
+    def verify(self) -> list[str]:
+        """Check every shard's checksum and that shards and manifest hold the same samples.
+
+        Returns a list of problems (empty when the version is intact)."""
+        import webdataset as wds  # noqa: F401  (keeps the s3 opener importable)
+
+        problems: list[str] = []
+        try:
+            manifest = self.manifest()
+        except DatasetCorrupt as e:
+            return [str(e)]
+        expected = {}
+        for row in manifest.select(["sample_key", "shard", "sample_sha256"]).to_pylist():
+            expected[row["sample_key"]] = row
+        seen: set[str] = set()
+        for shard in self.marker["shards"]:
+            key = f"{self._base}/shards/{shard['name']}"
+            try:
+                data = self.store.get_bytes(key)
+            except ObjectNotFound:
+                problems.append(f"shard {shard['name']}: missing")
+                continue
+            if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+                problems.append(f"shard {shard['name']}: checksum mismatch")
+                continue
+            for sample_key, digest in _sample_digests(data):
+                row = expected.get(sample_key)
+                if row is None:
+                    problems.append(f"shard {shard['name']}: sample {sample_key!r} not in manifest")
+                elif row["shard"] != shard["name"] or row["sample_sha256"] != digest:
+                    problems.append(f"sample {sample_key!r}: content or shard differs from manifest")
+                seen.add(sample_key)
+        for missing in sorted(set(expected) - seen):
+            problems.append(f"sample {missing!r}: in manifest but in no shard")
+        return problems
+
+
+def _sample_digests(tar_bytes: bytes) -> Iterator[tuple[str, str]]:
+    """(key, digest) per sample of a shard, computed exactly as the writer does."""
+    groups: dict[str, list[tuple[str, bytes]]] = {}
+    order: list[str] = []
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r") as tar:
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            if key not in groups:
+                groups[key] = []
+                order.append(key)
+            groups[key].append((ext, tar.extractfile(member).read()))
+    for key in order:
+        digest = hashlib.sha256()
+        for ext, data in sorted(groups[key]):
+            digest.update(f"{ext}\0{len(data)}\0".encode())
+            digest.update(data)
+        yield key, digest.hexdigest()
+
+
+def collect_garbage(store: Store, name: str | None = None, *, older_than_hours: float = 6.0,
+                    version: str | None = None, dry_run: bool = False) -> list[str]:
+    """Remove uncommitted attempt folders older than the threshold; returns their prefixes.
+
+    Young attempts are kept: they may belong to a writer that is still running."""
+    removed = []
+    cutoff = time.time() - older_than_hours * 3600
+    for ds in [name] if name else list_datasets(store):
+        for ver in [version] if version else store.children(_prefix(ds)):
+            marker = None
+            try:
+                marker = read_marker(store, ds, ver)
+            except DatasetNotCommitted:
+                pass
+            for attempt in store.children(_prefix(ds, ver)):
+                if marker and attempt == marker["attempt"]:
+                    continue
+                prefix = f"{_prefix(ds, ver)}/{attempt}"
+                newest = max((o.mtime for o in store.list(prefix)), default=0.0)
+                if newest < cutoff:
+                    if not dry_run:
+                        store.delete_prefix(prefix)
+                    removed.append(prefix)
+    return removed
+
+
+def write_dataset(store: Store, spec: DatasetSpec, version: str,
+                  samples, **writer_kwargs) -> DatasetRef:
+    """Commit ``samples`` (iterable of ``(key, row, files)``) unless the version exists."""
+    existing = committed_ref(store, spec.name, version)
+    if existing is not None:
+        return existing
+    with DatasetWriter(store, spec, version, **writer_kwargs) as writer:
+        for key, row, files in samples:
+            writer.add(key, row, files)
+    return writer.ref

@@ -1,0 +1,150 @@
+"""Lineage over MLflow: a round is a parent run, each stage a nested run, every dataset a
+logged input (context ``input`` when consumed, ``output`` when produced).
+
+Run ids are passed explicitly, never taken from MLflow's thread-local "active run", so
+stages that an orchestrator runs in worker threads or processes attach to the right parent.
+A re-run of an unfinished round resumes its parent run instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
+
+from flywheel.config import FlywheelConfig
+from flywheel.datasets import DatasetRef
+
+log = logging.getLogger(__name__)
+
+ROUND_TAG = "flywheel.round"
+STAGE_TAG = "flywheel.stage"
+FLOW_RUN_TAG = "prefect.flow_run_id"
+TASK_RUN_TAG = "prefect.task_run_id"
+CONTEXT_TAG = "mlflow.data.context"  # MLflow's own key for an input's context
+
+
+def configure(cfg: FlywheelConfig) -> str:
+    """Point MLflow at the configured tracking store and experiment; returns the experiment id."""
+    import mlflow
+
+    artifacts = cfg.mlflow.artifact_location
+    if cfg.mlflow.tracking_uri is None:
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        # Without this MLflow writes artifacts to ./mlruns of whatever folder the run is in.
+        artifacts = artifacts or (cfg.state_dir / "mlflow-artifacts").as_uri()
+    mlflow.set_tracking_uri(cfg.mlflow_tracking_uri)
+    experiment = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
+    if experiment is None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts)
+        except MlflowException:  # created meanwhile by a concurrent stage
+            pass
+    return mlflow.set_experiment(cfg.mlflow.experiment).experiment_id
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def start_round(cfg: FlywheelConfig, round_id: str, *, params: dict | None = None,
+                flow_run_id: str | None = None) -> str:
+    """The parent run of ``round_id``: the newest unfinished one is resumed, else a new one."""
+    experiment_id = configure(cfg)
+    client = _client()
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{ROUND_TAG}` = '{round_id}' and tags.`{STAGE_TAG}` = 'round'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if runs and runs[0].info.status in ("RUNNING", "FAILED", "KILLED", "SCHEDULED"):
+        run_id = runs[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, "flywheel.resumed", "true")
+        log.info("resuming MLflow run %s of round %s", run_id, round_id)
+    else:
+        tags = {ROUND_TAG: round_id, STAGE_TAG: "round"}
+        if flow_run_id:
+            tags[FLOW_RUN_TAG] = flow_run_id
+        run_id = client.create_run(experiment_id, run_name=round_id, tags=tags).info.run_id
+        for key, value in (params or {}).items():
+            client.log_param(run_id, key, value)
+    return run_id
+
+
+def end_round(run_id: str, *, failed: bool = False) -> None:
+    _client().set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+
+@contextmanager
+def stage_run(cfg: FlywheelConfig, parent_run_id: str | None, stage: str, *,
+              flow_run_id: str | None = None, task_run_id: str | None = None,
+              params: dict | None = None) -> Iterator[str]:
+    """A nested run for one stage, open for the block; FAILED if the block raises.
+
+    Inside it, the fluent ``mlflow.log_*`` calls go to this stage's run."""
+    import mlflow
+
+    configure(cfg)
+    tags = {STAGE_TAG: stage}
+    if flow_run_id:
+        tags[FLOW_RUN_TAG] = flow_run_id
+    if task_run_id:
+        tags[TASK_RUN_TAG] = task_run_id
+    if parent_run_id:
+        round_tag = _client().get_run(parent_run_id).data.tags.get(ROUND_TAG)
+        if round_tag:
+            tags[ROUND_TAG] = round_tag
+    with mlflow.start_run(run_name=stage, parent_run_id=parent_run_id, nested=bool(parent_run_id),
+                          tags=tags) as run:
+        if params:
+            mlflow.log_params(params)
+        yield run.info.run_id
+
+
+def log_dataset(run_id: str, ref: DatasetRef, context: str,
+                flow_run_id: str | None = None) -> None:
+    """Record that run ``run_id`` consumed (``input``) or produced (``output``) ``ref``."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    if context not in ("input", "output"):
+        raise ValueError(f"context must be 'input' or 'output', not {context!r}")
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the same
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(ref.uri)
+    dataset = MetaDataset(source=source, name=ref.name, digest=ref.version)
+    tags = [InputTag(CONTEXT_TAG, context), InputTag("flywheel.num_rows", str(ref.num_rows)),
+            InputTag("flywheel.content_digest", ref.digest), InputTag("flywheel.uri", ref.uri)]
+    if flow_run_id:
+        tags.append(InputTag(FLOW_RUN_TAG, flow_run_id))
+    client = _client()
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
+    # Plain tags as well: searchable with `tags.dataset.<name> = '<version>'` in the UI.
+    client.set_tag(run_id, f"dataset.{context}.{ref.name}", ref.version)
+
+
+def run_datasets(run_id: str) -> list[dict]:
+    """The datasets a run logged: name, version, context, rows, uri (for people and tests)."""
+    run = _client().get_run(run_id)
+    out = []
+    for di in run.inputs.dataset_inputs:
+        tags = {t.key: t.value for t in di.tags}
+        out.append({"name": di.dataset.name, "version": di.dataset.digest,
+                    "context": tags.get(CONTEXT_TAG), "num_rows": int(tags.get("flywheel.num_rows", -1)),
+                    "uri": tags.get("flywheel.uri"), "flow_run_id": tags.get(FLOW_RUN_TAG)})
+    return out
+
+
+def stage_runs(parent_run_id: str) -> list:
+    """Nested stage runs of a round, oldest first."""
+    parent = _client().get_run(parent_run_id)
+    return _client().search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+        order_by=["attributes.start_time ASC"])

@@ -1,0 +1,39 @@
+"""Images people would rather look at than read: contact sheets and curves (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def occupancy_sheet(grids: Sequence[np.ndarray], titles: Sequence[str], path: str | Path,
+                    columns: int = 8) -> Path:
+    """Save a contact sheet of occupancy grids (depth-shaded projection along z) as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(len(grids), 1)
+    cols = min(columns, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.75 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, grid, title in zip(axes.flat, grids, titles):
+        grid = np.asarray(grid, dtype=np.float32)
+        depth = grid.shape[2]
+        # The nearest occupied cell along z, brighter when closer: reads as a 3D silhouette.
+        first = np.where(grid.any(axis=2), np.argmax(grid > 0.5, axis=2), depth)
+        shade = np.where(first < depth, 1.0 - 0.7 * first / depth, 0.0)
+        ax.imshow(shade.T, origin="lower", cmap="magma", vmin=0, vmax=1)
+        ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
