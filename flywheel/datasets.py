@@ -142,6 +142,7 @@ class DatasetWriter:
                  parents: list[DatasetRef] | tuple = (), shard_max_samples: int = 1000,
                  shard_max_bytes: int = 256 * 2**20, stale_attempt_hours: float = 6.0):
         self.store, self.spec, self.version = store, spec, version
+        store.check()  # credentials, bucket, network: fail before any work is done
         self.inputs = _canonical(inputs or {})
         self.config = _canonical(config)
         self.parents = list(parents)
@@ -198,6 +199,9 @@ class DatasetWriter:
         for ext, data in files.items():
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise SampleError(f"{where}: file {ext!r} must be bytes, got {type(data).__name__}")
+        nulls = [f.name for f in self.spec.schema if not f.nullable and row[f.name] is None]
+        if nulls:
+            raise SampleError(f"{where}: manifest row does not fit the schema: {nulls} must not be null")
         try:
             pa.Table.from_pylist([dict(row)], schema=self.spec.schema)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
@@ -239,7 +243,7 @@ class DatasetWriter:
         content = digest_of({"manifest": manifest_sha, "shards": self._shards})
         marker = {
             "name": self.spec.name, "version": self.version, "attempt": self.attempt,
-            "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "committed_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
             "num_rows": table.num_rows, "digest": content,
             "schema_fingerprint": self.spec.fingerprint,
             "manifest": {"name": MANIFEST, "sha256": manifest_sha, "bytes": len(manifest)},

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -222,7 +221,16 @@ class LocalStore(Store):
 
     def delete(self, keys: Iterable[str]) -> None:
         for key in keys:
-            self._path(key).unlink(missing_ok=True)
+            path = self._path(key)
+            path.unlink(missing_ok=True)
+            # Folders are implicit, as on S3: prune the ones this left empty.
+            for parent in path.parents:
+                if parent == self.root or not parent.is_relative_to(self.root):
+                    break
+                try:
+                    parent.rmdir()
+                except OSError:  # not empty (or already gone)
+                    break
 
     def check(self) -> None:
         try:
@@ -375,7 +383,11 @@ class S3Store(Store):
         names = []
         for page in self._paginate(prefix, Delimiter="/"):
             for cp in page.get("CommonPrefixes", []):
-                names.append(cp["Prefix"].rstrip("/").rsplit("/", 1)[-1])
+                # SeaweedFS keeps a prefix listed after its last object is deleted; S3 does
+                # not. Only prefixes that still hold an object count, on every server.
+                if self.client.list_objects_v2(Bucket=self.bucket, Prefix=cp["Prefix"],
+                                               MaxKeys=1).get("KeyCount", 0):
+                    names.append(cp["Prefix"].rstrip("/").rsplit("/", 1)[-1])
         return sorted(names)
 
     def delete(self, keys: Iterable[str]) -> None:
@@ -390,7 +402,11 @@ class S3Store(Store):
                                  f"e.g. {first.get('Key')}: {first.get('Code')}")
 
     def check(self) -> None:
-        self._call(f"store {self.root_uri}", self.client.head_bucket, Bucket=self.bucket)
+        try:
+            self._call(f"store {self.root_uri}", self.client.head_bucket, Bucket=self.bucket)
+        except ObjectNotFound:  # HEAD has no body: a missing bucket is a bare 404
+            raise BucketNotFound(f"store {self.root_uri} (endpoint {self.endpoint}): bucket "
+                                 f"{self.bucket!r} does not exist") from None
 
 
 def make_s3_client(config: StoreConfig):
@@ -420,7 +436,3 @@ def open_store(root: str | None = None, config: StoreConfig | None = None) -> St
     if root.startswith("s3://"):
         return S3Store(root, config)
     return LocalStore(root)
-
-
-def temp_dir(prefix: str = "flywheel-") -> str:
-    return tempfile.mkdtemp(prefix=prefix)
