@@ -132,7 +132,7 @@ class FlywheelConfig(_Section):
 def _deep_merge(base: dict, over: dict, sources: dict, source: str, path: tuple = ()) -> None:
     for key, value in over.items():
         here = path + (key,)
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
+        if isinstance(value, dict) and isinstance(base.setdefault(key, {}), dict):
             _deep_merge(base[key], value, sources, source, here)
         else:
             base[key] = value

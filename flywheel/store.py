@@ -420,7 +420,8 @@ def make_s3_client(config: StoreConfig):
         endpoint_url=config.endpoint_url,
         region_name=config.region or session.region_name or "us-east-1",
         config=Config(
-            retries={"max_attempts": config.max_attempts, "mode": "standard"},
+            # total_max_attempts counts the first try; botocore's "max_attempts" counts only retries.
+            retries={"total_max_attempts": config.max_attempts, "mode": "standard"},
             connect_timeout=config.connect_timeout_s,
             read_timeout=config.read_timeout_s,
             # Path-style works with every S3-compatible server; AWS still accepts it.

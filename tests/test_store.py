@@ -132,3 +132,21 @@ def test_unreachable_endpoint_fails_after_bounded_attempts():
         store.put_bytes("k", b"1")
     with pytest.raises(StoreUnreachable):
         store.check()
+
+
+def test_transient_server_errors_are_retried_with_a_bound(moto):
+    from flaky_proxy import FlakyProxy
+    from flywheel.store import StoreError
+
+    root = f"s3://{BUCKET}/flaky"
+    with FlakyProxy(moto.endpoint_url, fail_first=2) as proxy:
+        store = S3Store(root, StoreConfig(root=root, endpoint_url=proxy.url, max_attempts=3))
+        store.put_bytes("k", b"after two 503s")
+        assert proxy.requests == 3
+        assert store.get_bytes("k") == b"after two 503s"
+    with FlakyProxy(moto.endpoint_url, fail_first=10) as proxy:
+        store = S3Store(root, StoreConfig(root=root, endpoint_url=proxy.url, max_attempts=3))
+        with pytest.raises(StoreError, match="SlowDown") as err:
+            store.put_bytes("k2", b"never")
+        assert proxy.requests == 3  # bounded: max_attempts, then one clear error
+        assert "flaky/k2" in str(err.value)

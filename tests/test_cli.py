@@ -1,0 +1,84 @@
+"""The `flywheel` command as people run it: help, config show, datasets, exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import BUCKET
+from flywheel.contracts import SHAPES
+from flywheel.datasets import version_of, write_dataset
+from flywheel.store import LocalStore
+from rendering.procedural_shapes import shape_samples
+
+FLYWHEEL = str(Path(sys.executable).parent / "flywheel")
+
+
+def run(*args, env=None):
+    return subprocess.run([FLYWHEEL, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def test_help_lists_commands_and_exit_codes():
+    out = run("--help")
+    assert out.returncode == 0
+    for word in ("run", "config", "datasets", "store", "Exit codes"):
+        assert word in out.stdout
+    assert run("datasets", "--help").returncode == 0
+
+
+def test_config_show_redacts_secrets_and_reports_bad_values():
+    out = run("config", "show", env={"FLYWHEEL__MLFLOW__TRACKING_URI": "http://me:s3cret@mlflow:5000"})
+    assert out.returncode == 0, out.stderr
+    assert "http://me:***@mlflow:5000" in out.stdout and "s3cret" not in out.stdout
+    assert "shard_max_samples: 4" in out.stdout  # configs/test.yaml through FLYWHEEL_CONFIG
+    bad = run("config", "show", env={"FLYWHEEL__DATASETS__SHARD_MAX_SAMPLES": "0"})
+    assert bad.returncode == 2
+    assert "datasets.shard_max_samples = 0 (from environment" in bad.stderr
+
+
+def test_datasets_ls_show_verify_gc(tmp_path):
+    env = {"FLYWHEEL__STORE__ROOT": str(tmp_path)}
+    empty = run("datasets", "ls", env=env)
+    assert empty.returncode == 0 and "no datasets" in empty.stdout
+
+    store = LocalStore(tmp_path)
+    version = version_of(SHAPES, inputs={"n": 5})
+    write_dataset(store, SHAPES, version, shape_samples(0, 5, 16), shard_max_samples=2)
+    listing = run("datasets", "ls", env=env)
+    assert listing.returncode == 0
+    assert "shapes" in listing.stdout and version in listing.stdout
+
+    show = run("datasets", "show", f"shapes@{version}", "--verify", env=env)
+    assert show.returncode == 0, show.stderr
+    assert "rows=5" in show.stdout and "shards:  3" in show.stdout and "verify: ok" in show.stdout
+    assert "object_id: string" in show.stdout
+
+    assert run("datasets", "show", "shapes@nope", env=env).returncode == 4
+    assert "not committed" in run("datasets", "show", "shapes@nope", env=env).stderr
+    assert run("datasets", "show", "no-such-kind", env=env).returncode == 4
+
+    (tmp_path / f"datasets/shapes/{version}/attempt-x/shards").mkdir(parents=True)
+    (tmp_path / f"datasets/shapes/{version}/attempt-x/shards/shard-000000.tar").write_bytes(b"debris")
+    gc = run("datasets", "gc", "--older-than-hours", "0", env=env)
+    assert gc.returncode == 0 and "removed 1 uncommitted" in gc.stdout
+    assert not (tmp_path / f"datasets/shapes/{version}/attempt-x").exists()
+
+    shard = next((tmp_path / f"datasets/shapes/{version}").glob("attempt-*/shards/shard-000001.tar"))
+    shard.write_bytes(b"corrupted")
+    corrupt = run("datasets", "show", f"shapes@{version}", "--verify", env=env)
+    assert corrupt.returncode == 1 and "checksum mismatch" in corrupt.stderr
+
+
+def test_store_problems_exit_3(seaweedfs):
+    env = {"FLYWHEEL__STORE__ROOT": f"s3://{BUCKET}/cli", "FLYWHEEL__STORE__ENDPOINT_URL": seaweedfs.endpoint_url}
+    assert run("store", "check", env=env).returncode == 0
+    wrong = run("datasets", "ls", env={**env, "AWS_SECRET_ACCESS_KEY": "not-the-secret"})
+    assert wrong.returncode == 3 and "access denied" in wrong.stderr
+    assert "not-the-secret" not in wrong.stderr
+    missing = run("store", "check", env={**env, "FLYWHEEL__STORE__ROOT": "s3://missing-bucket/x"})
+    assert missing.returncode == 3 and "does not exist" in missing.stderr
