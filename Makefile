@@ -1,0 +1,20 @@
+# The README's two commands: `make demo` (main job) and `make test`. Both set up .venv first.
+.PHONY: demo test bench setup clean-state
+
+demo:
+	@bash scripts/setup.sh
+	.venv/bin/flywheel run
+
+test:
+	@bash scripts/setup.sh --test
+	.venv/bin/python -m pytest -q
+
+bench:
+	@bash scripts/setup.sh --test
+	.venv/bin/python bench/run.py
+
+setup:
+	@bash scripts/setup.sh --test
+
+clean-state:  # local datasets, MLflow store and Prefect database of the demo
+	rm -rf .flywheel
