@@ -333,21 +333,25 @@ def list_datasets(store: Store) -> list[str]:
 
 
 _OPENER_LOCK = threading.Lock()
-_S3_CONFIGS: dict[str, Any] = {}
+_S3_SCHEMES: dict[str, Any] = {}   # scheme -> StoreConfig
+_CLIENTS: dict[tuple, Any] = {}
 
 
-def _register_s3_opener(store: S3Store) -> None:
-    """Teach webdataset's gopen the s3:// scheme via boto3 (it has none of its own)."""
+def _s3_scheme(store: S3Store) -> str:
+    """A webdataset URL scheme for this store's endpoint, region and profile.
+
+    webdataset has no s3:// support, and a plain s3:// URL does not say which endpoint
+    it lives on: two stores with the same bucket name on different servers must not be
+    confused, so each store configuration gets a scheme of its own."""
     import webdataset.gopen  # noqa: F401  (the module, not the function of the same name)
     import sys
 
-    gopen_mod = sys.modules["webdataset.gopen"]
+    cfg = store.config
+    scheme = "s3x" + digest_of([cfg.endpoint_url, cfg.region, cfg.profile])[:12]
     with _OPENER_LOCK:
-        _S3_CONFIGS[store.bucket] = store.config
-        gopen_mod.gopen_schemes["s3"] = _gopen_s3
-
-
-_CLIENTS: dict[tuple, Any] = {}
+        _S3_SCHEMES[scheme] = cfg
+        sys.modules["webdataset.gopen"].gopen_schemes[scheme] = _gopen_s3
+    return scheme
 
 
 def _gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
@@ -355,11 +359,11 @@ def _gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
         raise ValueError(f"{url}: the s3 opener only reads")
     from flywheel.store import make_s3_client
 
-    bucket, _, key = url[5:].partition("/")
-    config = _S3_CONFIGS[bucket]
-    cache_key = (os.getpid(), bucket)  # one client per process: boto3 clients are not fork-safe
+    scheme, _, rest = url.partition("://")
+    bucket, _, key = rest.partition("/")
+    cache_key = (os.getpid(), scheme)  # one client per process: boto3 clients are not fork-safe
     if cache_key not in _CLIENTS:
-        _CLIENTS[cache_key] = make_s3_client(config)
+        _CLIENTS[cache_key] = make_s3_client(_S3_SCHEMES[scheme])
     return _CLIENTS[cache_key].get_object(Bucket=bucket, Key=key)["Body"]
 
 
@@ -394,19 +398,22 @@ class Dataset:
         return self._manifest
 
     def shard_urls(self) -> list[str]:
+        """URLs webdataset can open: local paths, or S3 URLs with this store's scheme."""
+        scheme = _s3_scheme(self.store) if isinstance(self.store, S3Store) else None
         urls = []
         for shard in self.marker["shards"]:
             key = f"{self._base}/shards/{shard['name']}"
             local = self.store.local_path(key)
-            urls.append(str(local) if local is not None else self.store.uri(key))
+            if local is not None:
+                urls.append(str(local))
+            else:
+                urls.append(scheme + self.store.uri(key).removeprefix("s3"))
         return urls
 
     def samples(self) -> Iterator[dict]:
         """Stream samples as dicts ``{"__key__": key, ext: bytes, ...}`` through webdataset."""
         import webdataset as wds
 
-        if isinstance(self.store, S3Store):
-            _register_s3_opener(self.store)
         urls = self.shard_urls()
         if not urls:
             return iter(())
@@ -416,8 +423,6 @@ class Dataset:
         """Check every shard's checksum and that shards and manifest hold the same samples.
 
         Returns a list of problems (empty when the version is intact)."""
-        import webdataset as wds  # noqa: F401  (keeps the s3 opener importable)
-
         problems: list[str] = []
         try:
             manifest = self.manifest()

@@ -217,3 +217,17 @@ def test_writer_checks_store_before_work(seaweedfs):
     cfg = s3_store_config(seaweedfs, "s3://bucket-that-is-missing/x")
     with pytest.raises(BucketNotFound):
         DatasetWriter(S3Store(cfg.root, cfg), SHAPES, "v1")
+
+
+def test_same_bucket_name_on_two_servers_reads_from_the_right_one(seaweedfs, moto):
+    from conftest import BUCKET, s3_store_config
+
+    refs = {}
+    stores = {}
+    for server, count in ((seaweedfs, 3), (moto, 5)):
+        root = f"s3://{BUCKET}/two-servers"  # same bucket and prefix, different endpoints
+        stores[server.kind] = S3Store(root, s3_store_config(server, root))
+        refs[server.kind] = write_shapes(stores[server.kind], count=count)
+    for kind, store in stores.items():  # both openers registered before either is read
+        ds = Dataset(store, "shapes", refs[kind].version)
+        assert sum(1 for _ in ds.samples()) == refs[kind].num_rows
