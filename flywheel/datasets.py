@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -229,6 +229,8 @@ class DatasetWriter:
         self._shards.append({"name": path.name, "sha256": sha.hexdigest(),
                              "bytes": path.stat().st_size, "samples": self._tar_count})
         path.unlink()
+        log.info("%s@%s: shard %d uploaded, %d samples so far", self.spec.name, self.version,
+                 len(self._shards), len(self._rows))
 
     # -- committing ------------------------------------------------------------------
     def commit(self) -> DatasetRef:

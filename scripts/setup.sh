@@ -17,6 +17,9 @@ fi
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
+# Some machines' pip config names index folders that do not exist; pip then warns once per
+# package. Drop only that line; every other message and the exit status are kept.
+exec 2> >(grep -v --line-buffered "is ignored: it is neither a file nor a directory" >&2)
 "${pip[@]}" install -q --upgrade pip setuptools wheel
 
 # torch first: an unpinned torch pulled in by a dependency would fetch the newest CUDA

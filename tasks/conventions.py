@@ -25,6 +25,7 @@ from prefect.tasks import exponential_backoff
 from flywheel import lineage
 from flywheel.config import FlywheelConfig, load_config
 from flywheel.datasets import digest_of
+from flywheel.store import Store, open_store
 
 NOT_IN_CACHE_KEY = frozenset({"parent_run_id"})
 
@@ -61,6 +62,18 @@ def flywheel_task(*, name: str, version: str, retries: int | None = None,
         )
 
     return decorate
+
+
+def store_for(cfg: FlywheelConfig) -> Store:
+    """The configured dataset store."""
+    return open_store(cfg.store_root, cfg.store)
+
+
+def writer_options(cfg: FlywheelConfig) -> dict:
+    """Keyword arguments of DatasetWriter / write_dataset from the config."""
+    return {"shard_max_samples": cfg.datasets.shard_max_samples,
+            "shard_max_bytes": cfg.datasets.shard_max_bytes,
+            "stale_attempt_hours": cfg.datasets.stale_attempt_hours}
 
 
 def ensure_result_storage(cfg: FlywheelConfig) -> str:

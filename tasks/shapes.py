@@ -13,29 +13,22 @@ from flywheel.config import FlywheelConfig
 from flywheel.contracts import SHAPE_STATS, SHAPES
 from flywheel.datasets import Dataset, DatasetRef, decode_npy, encode_npy, version_of, write_dataset
 from flywheel.plots import occupancy_sheet
-from flywheel.store import open_store
 from rendering.procedural_shapes import shape_samples
-from tasks.conventions import flywheel_task, log_datasets, stage
+from tasks.conventions import flywheel_task, log_datasets, stage, store_for, writer_options
 
 SHEET_SIZE = 32  # objects shown in a contact sheet
-
-
-def _writer_options(cfg: FlywheelConfig) -> dict:
-    return {"shard_max_samples": cfg.datasets.shard_max_samples,
-            "shard_max_bytes": cfg.datasets.shard_max_bytes,
-            "stale_attempt_hours": cfg.datasets.stale_attempt_hours}
 
 
 @flywheel_task(name="make-shapes", version="1")
 def make_shapes(cfg: FlywheelConfig, num_objects: int, resolution: int, seed: int,
                 parent_run_id: str | None = None) -> DatasetRef:
     """Generate ``num_objects`` seeded procedural shapes as a versioned ``shapes`` dataset."""
-    store = open_store(cfg.store_root, cfg.store)
+    store = store_for(cfg)
     inputs = {"num_objects": num_objects, "resolution": resolution, "seed": seed}
     version = version_of(SHAPES, inputs=inputs, code_version="1")
     with stage(cfg, parent_run_id, "make-shapes", params=inputs) as run_id:
         ref = write_dataset(store, SHAPES, version, shape_samples(seed, num_objects, resolution),
-                            inputs=inputs, **_writer_options(cfg))
+                            inputs=inputs, **writer_options(cfg))
         log_datasets(run_id, outputs=[ref])
         _log_sheet(Dataset(store, ref.name, ref.version), "shapes_sheet.png")
     return ref
@@ -45,7 +38,7 @@ def make_shapes(cfg: FlywheelConfig, num_objects: int, resolution: int, seed: in
 def summarise_shapes(cfg: FlywheelConfig, shapes: DatasetRef,
                      parent_run_id: str | None = None) -> DatasetRef:
     """Per-family counts and mean occupancy of a shapes dataset (streamed via webdataset)."""
-    store = open_store(cfg.store_root, cfg.store)
+    store = store_for(cfg)
     version = version_of(SHAPE_STATS, inputs={"shapes": shapes}, code_version="1")
     with stage(cfg, parent_run_id, "summarise-shapes") as run_id:
         dataset = Dataset(store, shapes.name, shapes.version)
@@ -66,7 +59,7 @@ def summarise_shapes(cfg: FlywheelConfig, shapes: DatasetRef,
                     {"mean_occ.npy": encode_npy((sums[fam] / count).astype(np.float32))}
 
         ref = write_dataset(store, SHAPE_STATS, version, rows(), inputs={"shapes": shapes},
-                            parents=[shapes], **_writer_options(cfg))
+                            parents=[shapes], **writer_options(cfg))
         log_datasets(run_id, inputs=[shapes], outputs=[ref])
         for fam in sorted(fractions):
             mlflow.log_metric(f"count_{fam}", len(fractions[fam]))

@@ -231,3 +231,15 @@ def test_same_bucket_name_on_two_servers_reads_from_the_right_one(seaweedfs, mot
     for kind, store in stores.items():  # both openers registered before either is read
         ds = Dataset(store, "shapes", refs[kind].version)
         assert sum(1 for _ in ds.samples()) == refs[kind].num_rows
+
+
+def test_wrong_credentials_write_nothing(seaweedfs):
+    from conftest import BUCKET, s3_store_config
+    from flywheel.store import StoreAuthError
+
+    root = f"s3://{BUCKET}/wrong-creds"
+    cfg = s3_store_config(seaweedfs, root)
+    bad = S3Store(root, cfg, client=seaweedfs.client("intruder", "guess"))
+    with pytest.raises(StoreAuthError, match="access denied"):
+        write_shapes(bad, count=3)
+    assert list(S3Store(root, cfg).list("")) == []
