@@ -104,6 +104,63 @@ class DemoConfig(_Section):
     seed: int = 0
 
 
+class RenderConfig(_Section):
+    """Blender workers, shared by every stage that renders."""
+
+    workers: int = Field(2, ge=1, description="Persistent Blender workers (one per core/GPU).")
+    device: Literal["CPU", "GPU"] = "CPU"
+    actor_num_cpus: float = Field(
+        0.5, gt=0, description="Ray CPUs reserved per worker actor: fractional on small machines "
+        "(a whole CPU per actor can starve Ray on 2 cores).")
+    actor_num_gpus: float = Field(0.0, ge=0, description="Ray GPUs per actor when device=GPU (0.5 shares one).")
+    recycle_after: int = Field(50, ge=1, description="Restart a worker after this many jobs.")
+    timeout_s: float = Field(300.0, gt=0, description="Per-object render timeout.")
+    pin_cores: bool = True
+
+
+class MeshLibraryConfig(_Section):
+    source: str | None = Field(
+        None, description="Folder, s3:// prefix, or a .txt/.jsonl manifest of mesh URIs; "
+        "None: the seeded procedural generator.")
+    num_procedural: int = Field(40, ge=1)
+    seed: int = 0
+    occupancy_resolution: Literal[16, 32, 64] = 16
+    max_faces: int = Field(200_000, ge=1)
+    max_file_mb: float = Field(64.0, gt=0)
+    max_components: int = Field(50, ge=1)
+
+
+class Iso3doConfig(_Section):
+    views: int = Field(24, ge=1)
+    resolution: int = Field(128, ge=8, le=4096)
+    samples: int = Field(16, ge=1)
+    fov_deg: float = Field(40.0, gt=5, lt=120)
+    camera_distance: float = Field(2.7, gt=1.0, description="In units of the normalised mesh.")
+    elevation_deg: tuple[float, float] = (-10.0, 60.0)
+    objects_per_shard: int = Field(8, ge=1, description="One cached task renders this many objects.")
+    seed: int = 0
+
+
+class OcclusionsConfig(_Section):
+    num_samples: int = Field(24, ge=1)
+    resolution: int = Field(128, ge=8, le=4096)
+    samples: int = Field(16, ge=1)
+    fov_deg: float = Field(50.0, gt=5, lt=120)
+    visible_band: tuple[float, float] = Field((0.3, 0.8), description="Accepted visible fraction of the occludee.")
+    max_tries: int = Field(30, ge=1, description="Layouts tried per sample before giving up.")
+    min_occludee_pixels: int = Field(50, ge=1)
+    background_source: str | None = Field(None, description="Folder or s3:// prefix of photos; None: scikit-image's.")
+    samples_per_shard: int = Field(8, ge=1)
+    seed: int = 0
+
+    @field_validator("visible_band")
+    @classmethod
+    def _band(cls, v):
+        if not 0 < v[0] < v[1] < 1:
+            raise ValueError("must satisfy 0 < low < high < 1")
+        return v
+
+
 class FlywheelConfig(_Section):
     project: ProjectConfig = ProjectConfig()
     store: StoreConfig = StoreConfig()
@@ -111,6 +168,10 @@ class FlywheelConfig(_Section):
     mlflow: MlflowConfig = MlflowConfig()
     prefect: PrefectConfig = PrefectConfig()
     demo: DemoConfig = DemoConfig()
+    render: RenderConfig = RenderConfig()
+    meshes: MeshLibraryConfig = MeshLibraryConfig()
+    iso3do: Iso3doConfig = Iso3doConfig()
+    occlusions: OcclusionsConfig = OcclusionsConfig()
 
     @property
     def state_dir(self) -> Path:

@@ -1,0 +1,34 @@
+"""Iso-3DO: an isolated, centred mesh rendered from many viewpoints under random lighting.
+
+:func:`iso3do_scene` (pure) describes the render; :func:`render_job` runs in a Blender
+worker and applies it. The object sits at the world origin with identity rotation and
+scale 1 (it is already normalised), so its pose in each camera frame is that camera's
+extrinsics: R = R_wc, t = t_wc, s = 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rendering.scene import Camera, RenderSettings, Scene, SceneObject, intrinsics, look_at, random_lights, viewpoints
+
+OBJECT_INDEX = 1
+
+
+def iso3do_scene(mesh_path: str, rng: np.random.Generator, *, views: int, resolution: int,
+                 samples: int, fov_deg: float, camera_distance: float,
+                 elevation_deg=(-10.0, 60.0), device: str = "CPU") -> Scene:
+    K = intrinsics(fov_deg, resolution, resolution)
+    cameras = [Camera(K, look_at(eye), resolution, resolution)
+               for eye in viewpoints(views, rng, camera_distance, tuple(elevation_deg))]
+    lights, env = random_lights(rng)
+    obj = SceneObject("object", mesh_path, np.eye(3).tolist(), [0.0, 0.0, 0.0], 1.0, OBJECT_INDEX)
+    return Scene(cameras, [obj], lights, world_strength=env,
+                 settings=RenderSettings(device=device, samples=samples))
+
+
+def render_job(scene: dict, out_dir: str) -> list[dict]:
+    """Worker entry point: render every camera of ``scene`` into ``out_dir``."""
+    from rendering import blender_backend
+
+    return blender_backend.render(Scene.from_dict(scene), out_dir)

@@ -1,0 +1,378 @@
+"""The mesh library: a seeded procedural generator, safe loading of user meshes, the
+paper's geometric filters, normalisation, de-duplication and occupancy targets.
+
+Mesh files are untrusted input (ENVIRONMENT.md): every file reference inside a glTF or an
+OBJ/MTL is resolved and refused if it leaves the mesh's own folder, *before* a loader sees
+the file; trimesh's silent fixes (dropping NaN vertices, empty scenes, point clouds,
+missing textures) are checked explicitly. Blender never opens a user file: it receives
+the cleaned arrays (vertices, faces, vertex colours) written here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+
+MESH_FORMATS = {".glb": "glb", ".gltf": "gltf", ".obj": "obj", ".ply": "ply", ".stl": "stl"}
+PROCEDURAL_FAMILIES = ("superquadric", "torus", "extrusion", "compound", "capsule")
+
+
+class MeshRejected(ValueError):
+    """A mesh failed loading or a geometric filter; ``reason`` is a short category."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class MeshFilter:
+    max_faces: int = 200_000
+    max_file_bytes: int = 64 * 2**20
+    min_extent_ratio: float = 1e-3     # flat: smallest / largest extent below this
+    max_components: int = 50           # fragmented: more pieces than this ...
+    min_main_component_share: float = 0.2  # ... or the biggest piece holds less of the area
+    min_face_area: float = 1e-12       # degenerate faces (in normalised units)
+
+
+@dataclass(frozen=True)
+class CleanMesh:
+    """A normalised mesh (unit cube centred at the origin) with per-vertex sRGB colours."""
+
+    vertices: np.ndarray   # float32[V, 3]
+    faces: np.ndarray      # int32[F, 3]
+    colors: np.ndarray     # uint8[V, 4]
+    watertight: bool
+
+    @property
+    def mesh_id(self) -> str:
+        """Content digest of the geometry (same shape from two files -> same id)."""
+        h = hashlib.sha256()
+        h.update(np.round(self.vertices.astype(np.float64), 5).tobytes())
+        h.update(self.faces.astype(np.int64).tobytes())
+        return "mesh-" + h.hexdigest()[:16]
+
+    def to_npz(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, vertices=self.vertices, faces=self.faces, colors=self.colors)
+        return buf.getvalue()
+
+    @classmethod
+    def from_npz(cls, data: bytes) -> "CleanMesh":
+        z = np.load(io.BytesIO(data))
+        return cls(z["vertices"], z["faces"], z["colors"], watertight=False)
+
+    def trimesh(self):
+        import trimesh
+
+        return trimesh.Trimesh(self.vertices, self.faces, vertex_colors=self.colors, process=False)
+
+
+# -- safe loading ---------------------------------------------------------------------------
+
+def _inside(base: Path, ref: str, what: str) -> Path:
+    ref = unquote(ref)
+    if re.match(r"^[a-z][a-z0-9+.-]*:", ref, re.I):
+        raise MeshRejected("unsafe reference", f"{what} {ref!r} is a URL; only files next to the mesh are allowed")
+    target = (base / ref).resolve()
+    if not target.is_relative_to(base.resolve()):
+        raise MeshRejected("unsafe reference", f"{what} {ref!r} points outside the mesh's folder")
+    return target
+
+
+def check_references(path: Path) -> None:
+    """Refuse glTF/OBJ files whose buffers, images, MTLs or textures leave their folder,
+    and report missing ones (trimesh would drop a missing texture silently)."""
+    base = path.parent
+    ext = path.suffix.lower()
+    if ext == ".gltf":
+        try:
+            doc = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise MeshRejected("unreadable", f"not valid glTF JSON: {e}") from None
+        for kind in ("buffers", "images"):
+            for item in doc.get(kind, []):
+                uri = item.get("uri")
+                if uri and not uri.startswith("data:"):
+                    if not _inside(base, uri, kind[:-1]).exists():
+                        raise MeshRejected("missing file", f"{kind[:-1]} {uri!r} not found")
+    elif ext == ".obj":
+        for mtl_ref in re.findall(rb"^\s*mtllib\s+(.+?)\s*$", path.read_bytes(), re.M):
+            mtl = _inside(base, mtl_ref.decode(errors="replace"), "material library")
+            if not mtl.exists():
+                raise MeshRejected("missing file", f"material library {mtl.name!r} not found")
+            for tex in re.findall(rb"^\s*(?:map_\w+|bump|disp|decal|norm)\s+(?:-\S+\s+\S+\s+)*(.+?)\s*$",
+                                  mtl.read_bytes(), re.M):
+                texture = _inside(mtl.parent, tex.decode(errors="replace"), "texture")
+                if not texture.exists():
+                    raise MeshRejected("missing texture", f"texture {texture.name!r} not found")
+
+
+def _raw_vertices_finite(path: Path) -> bool:
+    """trimesh drops NaN/inf vertices silently; look at the raw numbers first."""
+    ext = path.suffix.lower()
+    if ext == ".obj":
+        for line in path.read_bytes().splitlines():
+            if line.startswith(b"v "):
+                try:
+                    if not all(math.isfinite(float(x)) for x in line.split()[1:4]):
+                        return False
+                except ValueError:
+                    raise MeshRejected("unreadable", f"bad vertex line {line[:60]!r}") from None
+        return True
+    return True  # binary formats: checked on the loaded arrays with process=False
+
+
+def load_mesh_file(path: str | Path, limits: MeshFilter = MeshFilter()):
+    """Load one user mesh with trimesh, safely; returns (trimesh.Trimesh, source format)."""
+    import trimesh
+
+    path = Path(path)
+    fmt = MESH_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise MeshRejected("unsupported format", f"{path.suffix or 'no extension'}")
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise MeshRejected("unreadable", e.strerror or str(e)) from None
+    if size > limits.max_file_bytes:
+        raise MeshRejected("file too large", f"{size} bytes > {limits.max_file_bytes}")
+    if size == 0:
+        raise MeshRejected("empty", "file has 0 bytes")
+    check_references(path)
+    if not _raw_vertices_finite(path):
+        raise MeshRejected("non-finite vertices", "NaN or infinite coordinates")
+    try:
+        loaded = trimesh.load(str(path), file_type=fmt, process=False, maintain_order=True)
+    except Exception as e:  # trimesh raises many types for corrupt files
+        raise MeshRejected("unreadable", f"{type(e).__name__}: {str(e)[:200]}") from None
+    if isinstance(loaded, trimesh.Scene):
+        geoms = [g for g in loaded.dump() if isinstance(g, trimesh.Trimesh)] if loaded.geometry else []
+        if not geoms:
+            raise MeshRejected("empty", "no triangle geometry in the file")
+        loaded = trimesh.util.concatenate(geoms)
+    if not isinstance(loaded, trimesh.Trimesh):
+        raise MeshRejected("no faces", f"loaded as {type(loaded).__name__}")
+    return loaded, fmt
+
+
+def _vertex_colors(mesh) -> np.ndarray:
+    try:
+        visual = mesh.visual
+        if visual.kind == "texture":
+            visual = visual.to_color()
+        colors = np.asarray(visual.vertex_colors, dtype=np.uint8)
+        if colors.shape == (len(mesh.vertices), 4):
+            return colors
+    except Exception:  # untextured or odd visuals: fall back to grey
+        pass
+    return np.tile(np.array([180, 180, 180, 255], np.uint8), (len(mesh.vertices), 1))
+
+
+def clean(mesh, limits: MeshFilter = MeshFilter()) -> CleanMesh:
+    """Geometric filtering and normalisation into the unit cube, or :class:`MeshRejected`."""
+    import trimesh
+
+    vertices = np.asarray(mesh.vertices, dtype=np.float64)
+    faces = np.asarray(mesh.faces, dtype=np.int64)
+    if len(faces) == 0 or len(vertices) == 0:
+        raise MeshRejected("empty", "no faces")
+    if len(faces) > limits.max_faces:
+        raise MeshRejected("too many faces", f"{len(faces)} > budget {limits.max_faces}")
+    if not np.isfinite(vertices).all():
+        raise MeshRejected("non-finite vertices", f"{int((~np.isfinite(vertices)).any(1).sum())} vertices")
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        raise MeshRejected("unreadable", "face indices out of range")
+    colors = _vertex_colors(mesh)
+    lo, hi = vertices.min(0), vertices.max(0)
+    extent = hi - lo
+    if extent.max() <= 0:
+        raise MeshRejected("degenerate", "all vertices coincide")
+    if extent.min() / extent.max() < limits.min_extent_ratio:
+        raise MeshRejected("flat", f"extents {np.round(extent / extent.max(), 5).tolist()}")
+    vertices = (vertices - (lo + hi) / 2) / extent.max()
+    work = trimesh.Trimesh(vertices, faces, process=False)
+    areas = work.area_faces
+    keep = areas > limits.min_face_area
+    if not keep.any():
+        raise MeshRejected("degenerate", "every face has zero area")
+    work.update_faces(keep)
+    work.remove_unreferenced_vertices()
+    colors = colors[np.unique(faces[keep])] if len(colors) == len(vertices) else colors
+    # Textured files split vertices at UV seams: merge by position before judging topology.
+    merged = work.copy()
+    merged.merge_vertices(merge_tex=True, merge_norm=True)
+    pieces = merged.split(only_watertight=False)
+    if len(pieces) > limits.max_components:
+        raise MeshRejected("fragmented", f"{len(pieces)} components > {limits.max_components}")
+    share = max(p.area for p in pieces) / merged.area
+    if share < limits.min_main_component_share:
+        raise MeshRejected("fragmented", f"largest component holds {share:.0%} of the surface")
+    watertight = all(p.is_watertight for p in pieces)
+    return CleanMesh(work.vertices.astype(np.float32), work.faces.astype(np.int32),
+                     colors.astype(np.uint8), watertight)
+
+
+# -- occupancy ------------------------------------------------------------------------------
+
+def occupancy(mesh: CleanMesh, resolution: int, seed: int = 0) -> np.ndarray:
+    """bool[res, res, res] over the unit cube, indexed (x, y, z): cells the surface passes
+    through, plus every cell whose centre is inside when the mesh is closed."""
+    import trimesh
+
+    res = resolution
+    grid = np.zeros((res, res, res), dtype=bool)
+    tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+    count = int(max(20_000, tm.area * res * res * 12))
+    points, _ = trimesh.sample.sample_surface(tm, count, seed=seed)
+    idx = np.clip(np.floor((points + 0.5) * res).astype(int), 0, res - 1)
+    grid[idx[:, 0], idx[:, 1], idx[:, 2]] = True
+    grid[tuple(np.clip(np.floor((mesh.vertices + 0.5) * res).astype(int), 0, res - 1).T)] = True
+    if mesh.watertight:
+        grid |= _inside_by_column_parity(mesh.vertices.astype(np.float64), mesh.faces, res)
+    return grid
+
+
+def _inside_by_column_parity(vertices: np.ndarray, faces: np.ndarray, res: int) -> np.ndarray:
+    """Cell centres inside a closed mesh: cast one ray per (x, y) column along +z and count
+    surface crossings below each centre (odd = inside). Fully vectorised over triangles."""
+    tri = vertices[faces]                            # [F, 3, 3]
+    # Tiny irrational offset: column rays never pass exactly through an edge or a vertex.
+    off = np.array([1e-7 * math.sqrt(2), 1e-7 * math.sqrt(3)])
+    to_index = lambda v: (v + 0.5) * res - 0.5      # noqa: E731  coordinate -> cell index
+    lo = np.ceil(to_index(tri[:, :, :2].min(1) - off)).astype(int).clip(0, res - 1)
+    hi = np.floor(to_index(tri[:, :, :2].max(1) - off)).astype(int).clip(-1, res - 1)
+    span = (hi - lo + 1).clip(0)
+    counts = span[:, 0] * span[:, 1]
+    if counts.sum() == 0:
+        return np.zeros((res, res, res), dtype=bool)
+    t = np.repeat(np.arange(len(tri)), counts)
+    local = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    i = lo[t, 0] + local // span[t, 1]
+    j = lo[t, 1] + local % span[t, 1]
+    px = -0.5 + (i + 0.5) / res + off[0]
+    py = -0.5 + (j + 0.5) / res + off[1]
+    a, b, c = tri[t, 0], tri[t, 1], tri[t, 2]
+    det = (b[:, 1] - c[:, 1]) * (a[:, 0] - c[:, 0]) + (c[:, 0] - b[:, 0]) * (a[:, 1] - c[:, 1])
+    ok = np.abs(det) > 1e-18
+    det = np.where(ok, det, 1.0)
+    w0 = ((b[:, 1] - c[:, 1]) * (px - c[:, 0]) + (c[:, 0] - b[:, 0]) * (py - c[:, 1])) / det
+    w1 = ((c[:, 1] - a[:, 1]) * (px - c[:, 0]) + (a[:, 0] - c[:, 0]) * (py - c[:, 1])) / det
+    w2 = 1 - w0 - w1
+    hit = ok & (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
+    z = w0 * a[:, 2] + w1 * b[:, 2] + w2 * c[:, 2]
+    i, j, z = i[hit], j[hit], z[hit]
+    # Crossing at height z flips parity for every cell centre above it.
+    first_above = np.clip(np.ceil(to_index(z)).astype(int), 0, res)
+    flips = np.zeros((res, res, res + 1), dtype=np.int32)
+    np.add.at(flips, (i, j, first_above), 1)
+    return (np.cumsum(flips, axis=2)[:, :, :res] % 2).astype(bool)
+
+
+# -- procedural generator -------------------------------------------------------------------
+
+def _superquadric(rng) -> "trimesh.Trimesh":
+    import trimesh
+
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    d = sphere.vertices
+    a = rng.uniform(0.5, 1.0, size=3)
+    e1, e2 = rng.uniform(0.25, 1.8, size=2)
+    f = ((np.abs(d[:, 0] / a[0]) ** (2 / e2) + np.abs(d[:, 1] / a[1]) ** (2 / e2)) ** (e2 / e1)
+         + np.abs(d[:, 2] / a[2]) ** (2 / e1))
+    # f is homogeneous of degree 2/e1: scaling a direction by f^(-e1/2) lands on the surface.
+    return trimesh.Trimesh(d * f[:, None] ** (-e1 / 2), sphere.faces, process=False)
+
+
+def _star_prism(rng) -> "trimesh.Trimesh":
+    """An extruded star/gear polygon (star-shaped, so a fan from the centre triangulates it)."""
+    import trimesh
+
+    n = int(rng.integers(5, 13))
+    k = 2 * n
+    angle = np.linspace(0, 2 * np.pi, k, endpoint=False)
+    radius = np.where(np.arange(k) % 2 == 0, 1.0, rng.uniform(0.35, 0.8))
+    ring = np.stack([radius * np.cos(angle), radius * np.sin(angle)], 1)
+    height = rng.uniform(0.2, 1.2)
+    bottom = np.c_[ring, np.zeros(k)]
+    top = np.c_[ring * rng.uniform(0.6, 1.0), np.full(k, height)]  # a slight taper
+    verts = np.vstack([bottom, top, [[0, 0, 0]], [[0, 0, height]]])
+    cb, ct = 2 * k, 2 * k + 1
+    faces = []
+    for s in range(k):
+        t = (s + 1) % k
+        faces += [[s, t, k + t], [s, k + t, k + s], [cb, t, s], [ct, k + s, k + t]]
+    return trimesh.Trimesh(verts, np.array(faces), process=False)
+
+
+def _part(rng, kind: str):
+    import trimesh
+
+    if kind == "superquadric":
+        return _superquadric(rng)
+    if kind == "torus":
+        major = rng.uniform(0.6, 1.0)
+        return trimesh.creation.torus(major, rng.uniform(0.15, 0.45) * major, major_sections=48,
+                                      minor_sections=16)
+    if kind == "extrusion":
+        return _star_prism(rng)
+    if kind == "capsule":
+        return trimesh.creation.capsule(height=rng.uniform(0.3, 1.5), radius=rng.uniform(0.2, 0.5),
+                                        count=[24, 12])
+    raise ValueError(kind)
+
+
+def _colorize(mesh, rng) -> np.ndarray:
+    """Vertex colours: a base hue with a pattern (stripes, two-tone, gradient or speckle)."""
+    import colorsys
+
+    v = mesh.vertices
+    hue = rng.uniform()
+    base = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.35, 0.9), rng.uniform(0.5, 0.95)))
+    accent = np.array(colorsys.hsv_to_rgb((hue + rng.uniform(0.2, 0.8)) % 1, rng.uniform(0.3, 0.9),
+                                          rng.uniform(0.3, 0.95)))
+    axis = rng.normal(size=3)
+    s = v @ (axis / np.linalg.norm(axis))
+    pattern = rng.choice(["stripes", "two-tone", "gradient", "speckle"])
+    if pattern == "stripes":
+        w = (np.sin(s * rng.uniform(8, 25)) > 0).astype(float)
+    elif pattern == "two-tone":
+        w = (s > np.median(s)).astype(float)
+    elif pattern == "gradient":
+        w = (s - s.min()) / max(np.ptp(s), 1e-9)
+    else:
+        w = (rng.uniform(size=len(v)) < 0.2).astype(float)
+    rgb = base * (1 - w[:, None]) + accent * w[:, None]
+    return np.c_[np.clip(rgb * 255, 0, 255), np.full(len(v), 255)].astype(np.uint8)
+
+
+def procedural_mesh(seed: int, index: int):
+    """The ``index``-th mesh of a seeded procedural collection, as (trimesh, family)."""
+    import trimesh
+    from rendering.procedural_shapes import random_rotation
+
+    rng = np.random.default_rng([seed, index, 3])
+    family = PROCEDURAL_FAMILIES[index % len(PROCEDURAL_FAMILIES)]
+    if family == "compound":  # a body with one or two attached parts, e.g. a mug or a lamp
+        parts = []
+        for n in range(int(rng.integers(2, 4))):
+            part = _part(rng, str(rng.choice(["superquadric", "capsule", "extrusion", "torus"])))
+            part.vertices = (part.vertices @ random_rotation(rng).T) * (1.0 if n == 0 else rng.uniform(0.3, 0.7))
+            if n:
+                part.vertices += rng.uniform(-0.6, 0.6, size=3)
+            part.visual.vertex_colors = _colorize(part, rng)
+            parts.append(part)
+        mesh = trimesh.util.concatenate(parts)
+    else:
+        mesh = _part(rng, family)
+        mesh.vertices = mesh.vertices @ random_rotation(rng).T
+        mesh.visual.vertex_colors = _colorize(mesh, rng)
+    return mesh, family

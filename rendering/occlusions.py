@@ -1,0 +1,121 @@
+"""Flying Occlusions (render-paste): an occluder in front of an occludee, composited onto
+a natural photo, kept only when the occludee's visible fraction lies inside a band.
+
+The camera is the world frame (identity extrinsics, OpenCV axes), so object poses in the
+camera frame are their world poses. Layout sampling is pure (:func:`sample_layout`); the
+visibility test and the final render run in a Blender worker (:func:`occlusion_job`):
+per try, two cheap object-index renders (1 sample, no bounces) give the occludee's amodal
+mask (occluder hidden) and its modal mask (both shown); an accepted layout is then
+rendered properly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from rendering.procedural_shapes import random_rotation
+from rendering.scene import Camera, RenderSettings, Scene, SceneObject, intrinsics, random_lights
+
+OCCLUDER, OCCLUDEE = 1, 2
+IDENTITY = np.eye(4).tolist()
+
+
+@dataclass(frozen=True)
+class Layout:
+    occludee: SceneObject
+    occluder: SceneObject
+
+
+def sample_layout(rng: np.random.Generator, occludee_mesh: str, occluder_mesh: str,
+                  fov_deg: float) -> Layout:
+    """Occludee 2.5-4.0 in front of the camera, somewhere in the central frustum; occluder
+    nearer, placed on the line of sight to a random point near the occludee's centre."""
+    half = math.tan(math.radians(fov_deg) / 2)
+    z_far = rng.uniform(2.5, 4.0)
+    far_xy = rng.uniform(-0.4, 0.4, size=2) * half * z_far
+    occludee_t = np.array([*far_xy, z_far])
+    z_near = rng.uniform(1.4, z_far - 0.9)
+    aim = occludee_t + np.array([*rng.uniform(-0.45, 0.45, size=2), 0.0])
+    occluder_t = aim * (z_near / aim[2])  # on the ray from the camera through `aim`
+    occludee = SceneObject("occludee", occludee_mesh, random_rotation(rng).tolist(),
+                           occludee_t.tolist(), float(rng.uniform(0.8, 1.3)), OCCLUDEE)
+    occluder = SceneObject("occluder", occluder_mesh, random_rotation(rng).tolist(),
+                           occluder_t.tolist(), float(rng.uniform(0.4, 0.9)), OCCLUDER)
+    return Layout(occludee, occluder)
+
+
+def _scene(layout: Layout, camera: Camera, *, occluder_visible: bool, settings: RenderSettings,
+           lights=(), env: float = 0.5) -> Scene:
+    from dataclasses import replace
+
+    return Scene([camera], [layout.occludee, replace(layout.occluder, visible=occluder_visible)],
+                 list(lights), world_strength=env, settings=settings)
+
+
+def visible_fraction(layout: Layout, camera: Camera, out_dir: str, device: str = "CPU") -> dict:
+    """Worker-side: amodal and modal pixel counts of the occludee and their overlap."""
+    from rendering import blender_backend
+
+    cheap = RenderSettings(device=device, samples=1, max_bounces=0, passes=("index",))
+    counts = {}
+    for name, visible in (("amodal", False), ("modal", True)):
+        blender_backend.render(_scene(layout, camera, occluder_visible=visible, settings=cheap), out_dir)
+        index = np.load(f"{out_dir}/v000_index.npy")
+        counts[name] = index
+    amodal = counts["amodal"] == OCCLUDEE
+    modal = counts["modal"] == OCCLUDEE
+    occluder_on_occludee = amodal & (counts["modal"] == OCCLUDER)
+    n = int(amodal.sum())
+    return {"amodal_px": n, "modal_px": int(modal.sum()), "overlap_px": int(occluder_on_occludee.sum()),
+            "visible_fraction": float(modal.sum() / n) if n else 0.0}
+
+
+def occlusion_job(occludee_mesh: str, occluder_mesh: str, seed: int, out_dir: str, *,
+                  resolution: int, samples: int, fov_deg: float, visible_band, max_tries: int,
+                  min_occludee_pixels: int, device: str = "CPU") -> dict:
+    """Worker entry point: try layouts until one is inside the band, then render it.
+
+    Returns the accepted layout (or ``accepted: False`` with the tries spent), the
+    measured visibility, and the files of the final render."""
+    from rendering import blender_backend
+
+    rng = np.random.default_rng(seed)
+    camera = Camera(intrinsics(fov_deg, resolution, resolution), IDENTITY, resolution, resolution)
+    low, high = visible_band
+    rejected = {"out_of_frame": 0, "no_overlap": 0, "outside_band": 0}
+    for tries in range(1, max_tries + 1):
+        layout = sample_layout(rng, occludee_mesh, occluder_mesh, fov_deg)
+        vis = visible_fraction(layout, camera, out_dir, device)
+        if vis["amodal_px"] < min_occludee_pixels:
+            rejected["out_of_frame"] += 1
+        elif vis["overlap_px"] == 0:
+            rejected["no_overlap"] += 1
+        elif not low <= vis["visible_fraction"] <= high:
+            rejected["outside_band"] += 1
+        else:
+            lights, env = random_lights(rng)
+            final = _scene(layout, camera, occluder_visible=True, lights=lights, env=env,
+                           settings=RenderSettings(device=device, samples=samples))
+            views = blender_backend.render(final, out_dir)
+            # Amodal mask of the accepted layout, kept from the cheap render.
+            blender_backend.render(_scene(layout, camera, occluder_visible=False, settings=RenderSettings(
+                device=device, samples=1, max_bounces=0, passes=("index",))), f"{out_dir}/amodal")
+            return {"accepted": True, "tries": tries, "rejected": rejected, **vis,
+                    "occludee": _pose(layout.occludee), "occluder": _pose(layout.occluder),
+                    "K": camera.K, "files": views[0]["files"], "render_s": views[0]["render_s"],
+                    "lights": len(lights), "env_strength": env}
+    return {"accepted": False, "tries": max_tries, "rejected": rejected}
+
+
+def _pose(obj: SceneObject) -> dict:
+    return {"R": obj.rotation, "t": obj.translation, "s": obj.scale}
+
+
+def composite(rgba: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Alpha-composite a rendered RGBA (uint8[H,W,4]) over an RGB background (uint8[H,W,3])."""
+    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+    out = rgba[..., :3].astype(np.float32) * alpha + background.astype(np.float32) * (1 - alpha)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
