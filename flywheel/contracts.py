@@ -32,6 +32,15 @@ _FILE_EXT = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
 
 _REGISTRY: dict[str, "DatasetSpec"] = {}
 
+#: Items a stage refused (bad input, failed render, filter), one row each, kept with the
+#: dataset version they were refused from. Nothing is dropped silently.
+QUARANTINE_SCHEMA = pa.schema([
+    pa.field("item_id", pa.string(), nullable=False),   # what was refused (mesh path, object id, ...)
+    pa.field("kind", pa.string(), nullable=False),      # "mesh", "object", "sample", "background", ...
+    pa.field("reason", pa.string(), nullable=False),    # a short category, for counting
+    pa.field("detail", pa.string(), nullable=False),    # the full message
+])
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -61,6 +70,13 @@ class DatasetSpec:
         """Changes whenever the schema or the file list changes (part of every version)."""
         text = self.manifest_schema.to_string(show_field_metadata=False) + "|" + ",".join(self.files)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def part_spec(spec: DatasetSpec) -> DatasetSpec:
+    """The kind of the per-batch parts a stage writes before assembling ``spec``."""
+    name = f"{spec.name}-part"
+    return _REGISTRY.get(name) or register(DatasetSpec(name, spec.schema, spec.files,
+                                                       f"One cached batch of {spec.name}."))
 
 
 def register(spec: DatasetSpec) -> DatasetSpec:
@@ -112,4 +128,80 @@ SHAPE_STATS = register(DatasetSpec(
     ]),
     files=("mean_occ.npy",),  # float32[res, res, res]: mean occupancy of the family
     description="Per-family statistics of a shapes dataset.",
+))
+
+_F32 = pa.float32()
+_MAT3 = pa.list_(_F32, 9)    # row-major 3x3
+_VEC3 = pa.list_(_F32, 3)
+_MAT4 = pa.list_(_F32, 16)   # row-major 4x4
+
+#: Normalised meshes that passed the geometric filters, with their occupancy targets.
+MESHES = register(DatasetSpec(
+    name="meshes",
+    schema=pa.schema([
+        pa.field("mesh_id", pa.string(), nullable=False),     # content digest of the geometry
+        pa.field("source", pa.string(), nullable=False),      # file URI or procedural:<seed>/<i>
+        pa.field("format", pa.string(), nullable=False),      # glb, obj, ..., procedural
+        pa.field("family", pa.string(), nullable=False),      # procedural family or "user"
+        pa.field("num_vertices", pa.int32(), nullable=False),
+        pa.field("num_faces", pa.int32(), nullable=False),
+        pa.field("watertight", pa.bool_(), nullable=False),   # occupancy is filled only if true
+        pa.field("occupancy_resolution", pa.int32(), nullable=False),
+        pa.field("occupied_fraction", _F32, nullable=False),
+    ]),
+    files=("mesh.npz", "occ.npy"),  # npz: vertices f32[V,3] in the unit cube, faces i32[F,3], colors u8[V,4]
+    description="Mesh library: normalised, filtered, de-duplicated meshes + occupancy grids.",
+))
+
+#: Iso-3DO: one row per (object, view).
+ISO3DO = register(DatasetSpec(
+    name="iso3do",
+    schema=pa.schema([
+        pa.field("object_id", pa.string(), nullable=False),   # mesh_id in the parent mesh library
+        pa.field("view", pa.int32(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("K", _MAT3, nullable=False),                 # intrinsics, pixels
+        pa.field("world_to_cam", _MAT4, nullable=False),      # extrinsics, OpenCV
+        pa.field("R", _MAT3, nullable=False),                 # object pose in camera frame:
+        pa.field("t", _VEC3, nullable=False),                 #   p_cam = R @ (s * p) + t
+        pa.field("s", _F32, nullable=False),
+        pa.field("mask_pixels", pa.int32(), nullable=False),
+        pa.field("num_lights", pa.int32(), nullable=False),
+        pa.field("env_strength", _F32, nullable=False),
+        pa.field("samples", pa.int32(), nullable=False),
+        pa.field("render_s", _F32, nullable=False),           # pure Cycles time of this view
+    ]),
+    # rgb.png RGBA 8-bit sRGB; mask.png 0/255; depth.npy f32[H,W] planar z, 0 off-object;
+    # occ.npy bool[r,r,r] occupancy target of the mesh.
+    files=("rgb.png", "mask.png", "depth.npy", "occ.npy"),
+    description="Isolated meshes rendered from many views under random lighting.",
+))
+
+#: Flying Occlusions: an occludee behind an occluder, composited onto a photo.
+OCCLUSIONS = register(DatasetSpec(
+    name="occlusions",
+    schema=pa.schema([
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("occludee_id", pa.string(), nullable=False),
+        pa.field("occluder_id", pa.string(), nullable=False),
+        pa.field("background_id", pa.string(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("K", _MAT3, nullable=False),                 # camera = world frame (identity extrinsics)
+        pa.field("occludee_R", _MAT3, nullable=False),
+        pa.field("occludee_t", _VEC3, nullable=False),
+        pa.field("occludee_s", _F32, nullable=False),
+        pa.field("occluder_R", _MAT3, nullable=False),
+        pa.field("occluder_t", _VEC3, nullable=False),
+        pa.field("occluder_s", _F32, nullable=False),
+        pa.field("visible_fraction", _F32, nullable=False),   # modal / amodal pixels of the occludee
+        pa.field("amodal_pixels", pa.int32(), nullable=False),
+        pa.field("modal_pixels", pa.int32(), nullable=False),
+        pa.field("tries", pa.int32(), nullable=False),        # layouts sampled to get this one
+    ]),
+    # rgb.png composite RGB; modal.png / amodal.png occludee masks 0/255; depth.npy f32[H,W]
+    # (0 = background); occ.npy occupancy target of the occludee.
+    files=("rgb.png", "modal.png", "amodal.png", "depth.npy", "occ.npy"),
+    description="Render-paste occluder/occludee pairs on natural photos.",
 ))

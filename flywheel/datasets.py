@@ -33,19 +33,20 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flywheel.contracts import DatasetSpec, get_spec
+from flywheel.contracts import QUARANTINE_SCHEMA, DatasetSpec, get_spec
 from flywheel.store import ObjectNotFound, S3Store, Store
 
 log = logging.getLogger(__name__)
 
 MARKER = "COMMITTED.json"
 MANIFEST = "manifest.parquet"
+QUARANTINE = "quarantine.parquet"
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,200}$")  # no '.': webdataset splits key/ext at the first dot
 
 
@@ -152,6 +153,7 @@ class DatasetWriter:
         self.attempt = f"attempt-{stamp}-{uuid.uuid4().hex[:8]}"
         self._base = f"{_prefix(spec.name, version)}/{self.attempt}"
         self._rows: list[dict] = []
+        self._quarantine: list[dict] = []
         self._keys: set[str] = set()
         self._shards: list[dict] = []
         self._tmpdir = tempfile.TemporaryDirectory(prefix="flywheel-shards-")
@@ -182,6 +184,25 @@ class DatasetWriter:
         self._keys.add(key)
         self._rows.append({"sample_key": key, "shard": self._tar_path.name, "sample_bytes": total,
                            "sample_sha256": digest.hexdigest(), **row})
+
+    def quarantine(self, item_id: str, kind: str, reason: str, detail: str = "") -> None:
+        """Record an item this stage refused; kept with the version, never dropped."""
+        self._quarantine.append({"item_id": str(item_id), "kind": kind, "reason": reason,
+                                 "detail": detail or reason})
+
+    def add_shard_from(self, part: "Dataset", shard: dict) -> None:
+        """Adopt a committed shard of another dataset version (a cached part) as is."""
+        self._close_shard()
+        name = f"shard-{len(self._shards):06d}.tar"
+        rows = [r for r in part.manifest().to_pylist() if r["shard"] == shard["name"]]
+        for row in rows:
+            if row["sample_key"] in self._keys:
+                raise SampleError(f"dataset {self.spec.name}@{self.version}: duplicate sample key "
+                                  f"{row['sample_key']!r} in part {part.ref}")
+            self._keys.add(row["sample_key"])
+            self._rows.append({**row, "shard": name})
+        self.store.copy(f"{part._base}/shards/{shard['name']}", f"{self._base}/shards/{name}")
+        self._shards.append({**shard, "name": name})
 
     def _check_sample(self, key: str, row: Mapping[str, Any], files: Mapping[str, bytes]) -> None:
         where = f"dataset {self.spec.name}@{self.version}, sample {key!r}"
@@ -242,7 +263,15 @@ class DatasetWriter:
         manifest = buf.getvalue()
         self.store.put_bytes(f"{self._base}/{MANIFEST}", manifest)
         manifest_sha = hashlib.sha256(manifest).hexdigest()
-        content = digest_of({"manifest": manifest_sha, "shards": self._shards})
+        quarantine = pa.Table.from_pylist(self._quarantine, schema=QUARANTINE_SCHEMA)
+        qbuf = io.BytesIO()
+        pq.write_table(quarantine, qbuf, compression="zstd")
+        self.store.put_bytes(f"{self._base}/{QUARANTINE}", qbuf.getvalue())
+        by_reason: dict[str, int] = {}
+        for row in self._quarantine:
+            by_reason[row["reason"]] = by_reason.get(row["reason"], 0) + 1
+        content = digest_of({"manifest": manifest_sha, "shards": self._shards,
+                             "quarantine": hashlib.sha256(qbuf.getvalue()).hexdigest()})
         marker = {
             "name": self.spec.name, "version": self.version, "attempt": self.attempt,
             "committed_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
@@ -250,13 +279,16 @@ class DatasetWriter:
             "schema_fingerprint": self.spec.fingerprint,
             "manifest": {"name": MANIFEST, "sha256": manifest_sha, "bytes": len(manifest)},
             "shards": self._shards, "inputs": self.inputs, "config": self.config,
+            "quarantine": {"name": QUARANTINE, "rows": len(self._quarantine),
+                           "sha256": hashlib.sha256(qbuf.getvalue()).hexdigest(), "by_reason": by_reason},
             "parents": [p.to_dict() for p in self.parents],
         }
         created = self.store.create_if_absent(f"{_prefix(self.spec.name, self.version)}/{MARKER}",
                                               json.dumps(marker, indent=1).encode())
         if created:
             self.ref = _ref_from_marker(self.store, marker)
-            log.info("committed %s (%d rows, %d shards)", self.ref, table.num_rows, len(self._shards))
+            log.info("committed %s (%d rows, %d shards, %d quarantined)", self.ref, table.num_rows,
+                     len(self._shards), len(self._quarantine))
         else:
             winner = read_marker(self.store, self.spec.name, self.version)
             self.ref = _ref_from_marker(self.store, winner)
@@ -399,11 +431,23 @@ class Dataset:
             self._manifest = pq.read_table(io.BytesIO(data))
         return self._manifest
 
-    def shard_urls(self) -> list[str]:
+    def quarantine(self) -> pa.Table:
+        """What the stage refused when it made this version: item, kind, reason, detail."""
+        info = self.marker.get("quarantine")
+        if not info:
+            return QUARANTINE_SCHEMA.empty_table()
+        data = self.store.get_bytes(f"{self._base}/{info['name']}")
+        if hashlib.sha256(data).hexdigest() != info["sha256"]:
+            raise DatasetCorrupt(f"{self.ref}: quarantine table checksum mismatch")
+        return pq.read_table(io.BytesIO(data))
+
+    def shard_urls(self, shards: list[str] | None = None) -> list[str]:
         """URLs webdataset can open: local paths, or S3 URLs with this store's scheme."""
         scheme = _s3_scheme(self.store) if isinstance(self.store, S3Store) else None
         urls = []
         for shard in self.marker["shards"]:
+            if shards is not None and shard["name"] not in shards:
+                continue
             key = f"{self._base}/shards/{shard['name']}"
             local = self.store.local_path(key)
             if local is not None:
@@ -412,14 +456,21 @@ class Dataset:
                 urls.append(scheme + self.store.uri(key).removeprefix("s3"))
         return urls
 
-    def samples(self) -> Iterator[dict]:
-        """Stream samples as dicts ``{"__key__": key, ext: bytes, ...}`` through webdataset."""
+    def samples(self, keys: Iterable[str] | None = None) -> Iterator[dict]:
+        """Stream samples as dicts ``{"__key__": key, ext: bytes, ...}`` through webdataset;
+        with ``keys``, only those samples, reading only the shards that hold them."""
         import webdataset as wds
 
-        urls = self.shard_urls()
+        wanted = None if keys is None else set(keys)
+        shards = None
+        if wanted is not None:
+            table = self.manifest().select(["sample_key", "shard"]).to_pydict()
+            shards = {sh for k, sh in zip(table["sample_key"], table["shard"]) if k in wanted}
+        urls = self.shard_urls(shards)
         if not urls:
             return iter(())
-        return iter(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+        stream = iter(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+        return stream if wanted is None else (s for s in stream if s["__key__"] in wanted)
 
     def verify(self) -> list[str]:
         """Check every shard's checksum and that shards and manifest hold the same samples.
@@ -515,4 +566,21 @@ def write_dataset(store: Store, spec: DatasetSpec, version: str,
     with DatasetWriter(store, spec, version, **writer_kwargs) as writer:
         for key, row, files in samples:
             writer.add(key, row, files)
+    return writer.ref
+
+
+def assemble_dataset(store: Store, spec: DatasetSpec, version: str, parts: list[DatasetRef],
+                     **writer_kwargs) -> DatasetRef:
+    """Commit ``spec@version`` from committed parts: their shards are copied (server-side on
+    S3), manifests and quarantine tables concatenated. Nothing is re-rendered."""
+    existing = committed_ref(store, spec.name, version)
+    if existing is not None:
+        return existing
+    with DatasetWriter(store, spec, version, **writer_kwargs) as writer:
+        for ref in parts:
+            part = Dataset(store, ref.name, ref.version)
+            for shard in part.marker["shards"]:
+                writer.add_shard_from(part, shard)
+            for row in part.quarantine().to_pylist():
+                writer.quarantine(**row)
     return writer.ref

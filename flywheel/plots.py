@@ -37,3 +37,34 @@ def occupancy_sheet(grids: Sequence[np.ndarray], titles: Sequence[str], path: st
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def image_sheet(images: Sequence[np.ndarray], titles: Sequence[str], path: str | Path,
+                columns: int = 8) -> Path:
+    """Save a contact sheet of RGB(A) images (uint8[H, W, C]) as PNG; RGBA over a checkerboard."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(len(images), 1)
+    cols = min(columns, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 1.95 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles):
+        image = np.asarray(image)
+        if image.ndim == 3 and image.shape[2] == 4:
+            h, w = image.shape[:2]
+            checker = (((np.arange(h)[:, None] // 8) + (np.arange(w)[None] // 8)) % 2) * 40 + 200
+            alpha = image[..., 3:4] / 255.0
+            image = (image[..., :3] * alpha + checker[..., None] * (1 - alpha)).astype(np.uint8)
+        ax.imshow(image)
+        ax.set_title(title, fontsize=6)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

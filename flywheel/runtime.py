@@ -30,4 +30,6 @@ def apply_environment(cfg: FlywheelConfig | None = None) -> FlywheelConfig:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    # Prefect creates its home without parents and then fails to open its database.
+    os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
     return cfg

@@ -108,6 +108,10 @@ class Store(ABC):
         """Delete objects; missing ones are ignored."""
 
     @abstractmethod
+    def copy(self, src: str, dst: str) -> None:
+        """Copy an object inside the store (server-side on S3, a hard link on disk)."""
+
+    @abstractmethod
     def check(self) -> None:
         """Raise a clear :class:`StoreError` if the store cannot be used (auth, bucket, network)."""
 
@@ -231,6 +235,18 @@ class LocalStore(Store):
                     parent.rmdir()
                 except OSError:  # not empty (or already gone)
                     break
+
+    def copy(self, src: str, dst: str) -> None:
+        source, target = self._path(src), self._path(dst)
+        if not source.exists():
+            raise ObjectNotFound(f"{self.uri(src)}: no such object")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}-{target.name}"
+        try:
+            os.link(source, tmp)  # committed objects are immutable: sharing the inode is safe
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
 
     def check(self) -> None:
         try:
@@ -400,6 +416,11 @@ class S3Store(Store):
                 first = resp["Errors"][0]
                 raise StoreError(f"delete in {self.root_uri}: {len(resp['Errors'])} failed, "
                                  f"e.g. {first.get('Key')}: {first.get('Code')}")
+
+    def copy(self, src: str, dst: str) -> None:
+        # Managed copy: server-side, multipart above 5 GiB.
+        self._call(f"copy {self.uri(src)} -> {self.uri(dst)}", self.client.copy,
+                   {"Bucket": self.bucket, "Key": self._k(src)}, self.bucket, self._k(dst))
 
     def check(self) -> None:
         try:

@@ -32,3 +32,35 @@ def render_job(scene: dict, out_dir: str) -> list[dict]:
     from rendering import blender_backend
 
     return blender_backend.render(Scene.from_dict(scene), out_dir)
+
+
+def _png(array: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def view_samples(object_id: str, scene: Scene, views: list[dict], out_dir: str, occ: bytes):
+    """``(key, row, files)`` per rendered view of one object (ISO3DO contract)."""
+    from pathlib import Path
+
+    out = Path(out_dir)
+    for view in views:
+        camera = scene.cameras[view["view"]]
+        index = np.load(out / view["files"]["index"])
+        mask = (index == OBJECT_INDEX)
+        R, t, s = scene.objects[0].pose_in_camera(camera)
+        row = {"object_id": object_id, "view": view["view"], "width": camera.width,
+               "height": camera.height, "K": np.ravel(camera.K).tolist(),
+               "world_to_cam": np.ravel(camera.world_to_cam).tolist(), "R": R.ravel().tolist(),
+               "t": t.tolist(), "s": s, "mask_pixels": int(mask.sum()),
+               "num_lights": len(scene.lights), "env_strength": scene.world_strength,
+               "samples": scene.settings.samples, "render_s": view["render_s"]}
+        files = {"rgb.png": (out / view["files"]["rgba"]).read_bytes(),
+                 "mask.png": _png(mask.astype(np.uint8) * 255),
+                 "depth.npy": (out / view["files"]["depth"]).read_bytes(), "occ.npy": occ}
+        yield f"{object_id}-v{view['view']:03d}", row, files

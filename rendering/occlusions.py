@@ -119,3 +119,32 @@ def composite(rgba: np.ndarray, background: np.ndarray) -> np.ndarray:
     alpha = rgba[..., 3:4].astype(np.float32) / 255.0
     out = rgba[..., :3].astype(np.float32) * alpha + background.astype(np.float32) * (1 - alpha)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def occlusion_sample(sample_id: str, result: dict, out_dir: str, background: np.ndarray,
+                     occludee_id: str, occluder_id: str, background_id: str, occ: bytes):
+    """``(key, row, files)`` of one accepted layout (OCCLUSIONS contract)."""
+    import io
+    from pathlib import Path
+
+    from PIL import Image
+
+    from rendering.iso3do import _png
+
+    out = Path(out_dir)
+    rgba = np.asarray(Image.open(io.BytesIO((out / result["files"]["rgba"]).read_bytes())).convert("RGBA"))
+    modal = np.load(out / result["files"]["index"]) == OCCLUDEE
+    amodal = np.load(out / "amodal" / "v000_index.npy") == OCCLUDEE
+    h, w = modal.shape
+    row = {"sample_id": sample_id, "occludee_id": occludee_id, "occluder_id": occluder_id,
+           "background_id": background_id, "width": w, "height": h,
+           "K": np.ravel(result["K"]).tolist(),
+           **{f"{name}_{k}": (np.ravel(result[name][k]).tolist() if k != "s" else result[name][k])
+              for name in ("occludee", "occluder") for k in ("R", "t", "s")},
+           "visible_fraction": float(modal.sum() / max(amodal.sum(), 1)),
+           "amodal_pixels": int(amodal.sum()), "modal_pixels": int(modal.sum()),
+           "tries": result["tries"]}
+    files = {"rgb.png": _png(composite(rgba, background)), "modal.png": _png(modal.astype(np.uint8) * 255),
+             "amodal.png": _png(amodal.astype(np.uint8) * 255),
+             "depth.npy": (out / result["files"]["depth"]).read_bytes(), "occ.npy": occ}
+    return sample_id, row, files

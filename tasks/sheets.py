@@ -1,0 +1,35 @@
+"""Contact sheets of a dataset's first samples, logged to the active MLflow stage run."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from flywheel.datasets import Dataset, decode_npy
+from flywheel.plots import image_sheet, occupancy_sheet
+
+SHEET_SIZE = 32
+
+
+def log_image_sheet(dataset: Dataset, filename: str, kind: str = "rgb") -> None:
+    """``kind``: "rgb" (the samples' rgb.png) or "occupancy" (their occ.npy)."""
+    from PIL import Image
+
+    images, titles = [], []
+    for sample in dataset.samples():
+        if kind == "rgb":
+            images.append(np.asarray(Image.open(io.BytesIO(sample["rgb.png"]))))
+        else:
+            images.append(decode_npy(sample["occ.npy"]))
+        titles.append(sample["__key__"][-22:])
+        if len(images) >= SHEET_SIZE:
+            break
+    if not images:
+        return
+    draw = image_sheet if kind == "rgb" else occupancy_sheet
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifact(str(draw(images, titles, Path(tmp) / filename)))

@@ -1,0 +1,266 @@
+"""Tasks of the synthetic-data stages: mesh library, Iso-3DO renders, Flying Occlusions.
+
+Rendering work is split into batch-sized parts, each a cached task that commits its own
+``<kind>-part`` dataset version; a re-run of a killed flow finds the finished parts
+committed and renders only the missing ones. The assemble task copies the parts' shards
+into the final version (nothing is rendered twice) and records the stage in MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from flywheel.config import FlywheelConfig
+from flywheel.contracts import ISO3DO, MESHES, OCCLUSIONS, DatasetSpec, part_spec
+from flywheel.datasets import (Dataset, DatasetRef, DatasetWriter, assemble_dataset, committed_ref,
+                               digest_of, version_of)
+from rendering.backgrounds import crop, load_backgrounds
+from rendering.iso3do import iso3do_scene, view_samples
+from rendering.mesh_library import library_samples, procedural_items, source_items
+from rendering.meshes import MeshFilter
+from rendering.occlusions import occlusion_sample
+from rendering.pool import Job, RenderPool
+from tasks.conventions import flywheel_task, log_datasets, stage, store_for, writer_options
+from tasks.sheets import log_image_sheet
+
+log = logging.getLogger(__name__)
+_POOL: tuple[dict, RenderPool] | None = None
+
+
+def render_pool(cfg: FlywheelConfig) -> RenderPool:
+    """The process's Blender workers, started once and reused by every render task."""
+    global _POOL
+    settings = cfg.render.model_dump()
+    if _POOL is None or _POOL[0] != settings:
+        close_render_pool()
+        r = cfg.render
+        _POOL = (settings, RenderPool(
+            r.workers, str(cfg.state_dir / "logs" / "blender"), recycle_after=r.recycle_after,
+            timeout_s=r.timeout_s, num_cpus=r.actor_num_cpus,
+            num_gpus=r.actor_num_gpus if r.device == "GPU" else 0.0, pin_cores=r.pin_cores))
+    return _POOL[1]
+
+
+def close_render_pool() -> None:
+    global _POOL
+    if _POOL is not None:
+        _POOL[1].close()
+        _POOL = None
+
+
+def _limits(cfg: FlywheelConfig) -> MeshFilter:
+    m = cfg.meshes
+    return MeshFilter(max_faces=m.max_faces, max_file_bytes=int(m.max_file_mb * 2**20),
+                      max_components=m.max_components)
+
+
+def _write_part(cfg, spec: DatasetSpec, version: str, inputs: dict, produce) -> DatasetRef:
+    """Commit one part: ``produce(writer)`` adds samples and quarantines failures."""
+    store = store_for(cfg)
+    pspec = part_spec(spec)
+    existing = committed_ref(store, pspec.name, version)
+    if existing is not None:
+        return existing
+    with DatasetWriter(store, pspec, version, inputs=inputs, **writer_options(cfg)) as writer:
+        produce(writer)
+    return writer.ref
+
+
+# -- mesh library -----------------------------------------------------------------------------
+
+@flywheel_task(name="mesh-library", version="1")
+def build_mesh_library(cfg: FlywheelConfig, source: str | None, num_procedural: int, seed: int,
+                       resolution: int, limits: dict, parent_run_id: str | None = None) -> DatasetRef:
+    """Ingest, filter, de-duplicate and voxelise meshes into a ``meshes`` dataset version."""
+    store = store_for(cfg)
+    inputs = {"source": source, "num_procedural": num_procedural if source is None else None,
+              "seed": seed, "resolution": resolution, "limits": limits}
+    version = version_of(MESHES, inputs=inputs, code_version="1")
+    filt = MeshFilter(**limits)
+    with stage(cfg, parent_run_id, "mesh-library", params={"source": source or "procedural",
+                                                           "resolution": resolution}) as run_id:
+        ref = committed_ref(store, MESHES.name, version)
+        if ref is None:
+            with tempfile.TemporaryDirectory(prefix="flywheel-meshes-") as tmp:
+                items = (procedural_items(seed, num_procedural) if source is None
+                         else source_items(source, cfg.store, filt, Path(tmp)))
+                with DatasetWriter(store, MESHES, version, inputs=inputs, **writer_options(cfg)) as w:
+                    for n, out in enumerate(library_samples(items, resolution, filt), 1):
+                        if out[0] == "sample":
+                            w.add(*out[1:])
+                        else:
+                            w.quarantine(out[1], "mesh", out[2], out[3])
+                            log.warning("mesh quarantined: %s", out[3] if out[1] in out[3] else f"{out[1]}: {out[3]}")
+                        if n % 20 == 0:
+                            log.info("mesh library: %d items processed", n)
+                ref = w.ref
+        dataset = Dataset(store, ref.name, ref.version)
+        reasons = Counter(dataset.quarantine().column("reason").to_pylist())
+        mlflow.log_metrics({"meshes_accepted": ref.num_rows, "meshes_rejected": sum(reasons.values()),
+                            **{f"rejected_{r.replace(' ', '_')}": n for r, n in reasons.items()}})
+        log_datasets(run_id, outputs=[ref])
+        log_image_sheet(dataset, "meshes_sheet.png", kind="occupancy")
+    return ref
+
+
+# -- Iso-3DO ----------------------------------------------------------------------------------
+
+def _mesh_files(library: Dataset, ids: list[str], folder: Path) -> dict[str, tuple[str, bytes]]:
+    """Write the batch's meshes for the workers; returns id -> (npz path, occupancy bytes)."""
+    out = {}
+    for sample in library.samples(keys=ids):
+        path = folder / f"{sample['__key__']}.npz"
+        path.write_bytes(sample["mesh.npz"])
+        out[sample["__key__"]] = (str(path), sample["occ.npy"])
+    return out
+
+
+def _object_rng(seed: int, object_id: str) -> np.random.Generator:
+    """Per-object randomness: independent of batch boundaries and of the other objects."""
+    return np.random.default_rng([seed, int(digest_of(object_id)[:12], 16)])
+
+
+@flywheel_task(name="iso3do-part", version="1")
+def render_iso3do_part(cfg: FlywheelConfig, library: DatasetRef, object_ids: list[str],
+                       settings: dict) -> DatasetRef:
+    """Render one batch of objects (every view) into a committed ``iso3do-part`` version."""
+    inputs = {"library": library, "objects": object_ids, "settings": settings}
+    version = version_of(ISO3DO, inputs=inputs, code_version="1")
+
+    def produce(writer):
+        store = store_for(cfg)
+        lib = Dataset(store, library.name, library.version)
+        with tempfile.TemporaryDirectory(prefix="flywheel-iso3do-") as tmp:
+            meshes = _mesh_files(lib, object_ids, Path(tmp))
+            scenes, jobs = {}, []
+            for oid in object_ids:
+                if oid not in meshes:
+                    writer.quarantine(oid, "object", "missing mesh", f"{oid} not in {library}")
+                    continue
+                scenes[oid] = iso3do_scene(
+                    meshes[oid][0], _object_rng(settings["seed"], oid), views=settings["views"],
+                    resolution=settings["resolution"], samples=settings["samples"],
+                    fov_deg=settings["fov_deg"], camera_distance=settings["camera_distance"],
+                    elevation_deg=settings["elevation_deg"], device=settings["device"])
+                jobs.append(Job(oid, "rendering.iso3do:render_job",
+                                {"scene": scenes[oid].to_dict(), "out_dir": f"{tmp}/{oid}"}))
+            results = {r.id: r for r in render_pool(cfg).run(jobs)}
+            for oid in object_ids:  # input order: the part's content is deterministic
+                result = results.get(oid)
+                if result is None:
+                    continue
+                if not result.ok:
+                    writer.quarantine(oid, "object", "render failed", f"{oid}: {result.reason}")
+                    log.warning("object %s quarantined: %s", oid, result.reason)
+                    continue
+                for sample in view_samples(oid, scenes[oid], result.result, f"{tmp}/{oid}", meshes[oid][1]):
+                    writer.add(*sample)
+
+    return _write_part(cfg, ISO3DO, version, inputs, produce)
+
+
+def iso3do_settings(cfg: FlywheelConfig) -> dict:
+    """The settings that shape the renders (so they are in every cache key and version)."""
+    s = cfg.iso3do.model_dump(exclude={"objects_per_shard"})
+    return {**s, "elevation_deg": list(s["elevation_deg"]), "device": cfg.render.device}
+
+
+# -- Flying Occlusions ------------------------------------------------------------------------
+
+def occlusions_settings(cfg: FlywheelConfig) -> dict:
+    s = cfg.occlusions.model_dump(exclude={"samples_per_shard", "num_samples"})
+    return {**s, "visible_band": list(s["visible_band"]), "device": cfg.render.device}
+
+
+@flywheel_task(name="occlusions-part", version="1")
+def render_occlusions_part(cfg: FlywheelConfig, library: DatasetRef, indices: list[int],
+                           settings: dict) -> DatasetRef:
+    """Sample, test and render one batch of occluder/occludee pairs on photos."""
+    inputs = {"library": library, "indices": indices, "settings": settings}
+    version = version_of(OCCLUSIONS, inputs=inputs, code_version="1")
+
+    def produce(writer):
+        store = store_for(cfg)
+        lib = Dataset(store, library.name, library.version)
+        mesh_ids = sorted(lib.manifest().column("mesh_id").to_pylist())
+        backgrounds, bad = load_backgrounds(settings["background_source"], cfg.store)
+        for name, reason in bad:
+            writer.quarantine(name, "background", "bad background", reason)
+        if not backgrounds or len(mesh_ids) < 2:
+            for i in indices:
+                writer.quarantine(f"fo-{i:06d}", "sample", "no inputs",
+                                  f"need 2+ meshes and 1+ background, have {len(mesh_ids)} / {len(backgrounds)}")
+            return
+        picks = {}
+        for i in indices:
+            rng = np.random.default_rng([settings["seed"], i])
+            a, b = rng.choice(len(mesh_ids), size=2, replace=False)
+            picks[i] = (mesh_ids[a], mesh_ids[b], int(rng.integers(len(backgrounds))), rng)
+        with tempfile.TemporaryDirectory(prefix="flywheel-fo-") as tmp:
+            needed = sorted({m for p in picks.values() for m in p[:2]})
+            meshes = _mesh_files(lib, needed, Path(tmp))
+            keys = ("resolution", "samples", "fov_deg", "visible_band", "max_tries", "min_occludee_pixels", "device")
+            jobs = [Job(f"fo-{i:06d}", "rendering.occlusions:occlusion_job", {
+                "occludee_mesh": meshes[p[0]][0], "occluder_mesh": meshes[p[1]][0],
+                "seed": int(p[3].integers(2**31)), "out_dir": f"{tmp}/fo-{i:06d}",
+                **{k: settings[k] for k in keys}}) for i, p in picks.items()]
+            results = {r.id: r for r in render_pool(cfg).run(jobs)}
+            for i in indices:
+                sid = f"fo-{i:06d}"
+                occludee, occluder, bg, rng = picks[i]
+                result = results[sid]
+                if not result.ok:
+                    writer.quarantine(sid, "sample", "render failed", f"{sid}: {result.reason}")
+                elif not result.result["accepted"]:
+                    writer.quarantine(sid, "sample", "no layout in band",
+                                      f"{sid}: no layout inside the band after {result.result['tries']} "
+                                      f"tries ({result.result['rejected']})")
+                else:
+                    photo = crop(backgrounds[bg], rng, settings["resolution"])
+                    writer.add(*occlusion_sample(sid, result.result, f"{tmp}/{sid}", photo, occludee,
+                                                 occluder, backgrounds[bg].background_id, meshes[occludee][1]))
+
+    return _write_part(cfg, OCCLUSIONS, version, inputs, produce)
+
+
+# -- assembly ---------------------------------------------------------------------------------
+
+@flywheel_task(name="assemble", version="1")
+def assemble(cfg: FlywheelConfig, kind: str, library: DatasetRef, parts: list[DatasetRef],
+             settings: dict, parent_run_id: str | None = None) -> DatasetRef:
+    """Commit the final dataset from its parts and record the stage in MLflow."""
+    spec = {"iso3do": ISO3DO, "occlusions": OCCLUSIONS}[kind]
+    store = store_for(cfg)
+    version = version_of(spec, inputs={"library": library, "settings": settings,
+                                       "parts": [p.version for p in parts]}, code_version="1")
+    with stage(cfg, parent_run_id, kind, params={k: str(v) for k, v in settings.items()}) as run_id:
+        ref = assemble_dataset(store, spec, version, parts, inputs={"library": library, "settings": settings},
+                               parents=[library], **writer_options(cfg))
+        dataset = Dataset(store, ref.name, ref.version)
+        reasons = Counter(dataset.quarantine().column("reason").to_pylist())
+        manifest = dataset.manifest()
+        metrics = {"rows": ref.num_rows, "quarantined": sum(reasons.values()),
+                   **{f"quarantined_{r.replace(' ', '_')}": n for r, n in reasons.items()}}
+        if kind == "iso3do" and ref.num_rows:
+            render_s = np.array(manifest.column("render_s").to_pylist())
+            metrics.update(objects=len(set(manifest.column("object_id").to_pylist())),
+                           render_s_per_view=float(render_s.mean()))
+        if kind == "occlusions" and ref.num_rows:
+            tries = np.array(manifest.column("tries").to_pylist())
+            vf = np.array(manifest.column("visible_fraction").to_pylist())
+            metrics.update(tries_per_accepted=float(tries.mean()), visible_fraction_mean=float(vf.mean()))
+        mlflow.log_metrics(metrics)
+        log_datasets(run_id, inputs=[library], outputs=[ref])
+        log_image_sheet(dataset, f"{kind}_sheet.png", kind="rgb")
+        log.info("%s: %s", ref, metrics)
+    return ref
+
+
+def batches(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
