@@ -41,10 +41,11 @@ def occlusions(cfg: FlywheelConfig, library: DatasetRef, parent: str) -> Dataset
     return assemble(cfg, "occlusions", library, parts, settings, parent_run_id=parent)
 
 
-def _run(name: str, body) -> dict:
+def run_round(name: str, body) -> dict:
+    """Run ``body(cfg, parent_run_id) -> [DatasetRef]`` as one MLflow round with Blender workers."""
     cfg = load_config()
     ensure_result_storage(cfg)
-    round_id = f"synth-{name}-{digest_of({'store': cfg.store_root, 'cfg': cfg.model_dump(mode='json')})[:10]}"
+    round_id = f"{name}-{digest_of({'store': cfg.store_root, 'cfg': cfg.model_dump(mode='json')})[:10]}"
     parent = lineage.start_round(cfg, round_id, flow_run_id=prefect_run_ids()[0])
     try:
         refs = body(cfg, parent)
@@ -62,7 +63,7 @@ def _run(name: str, body) -> dict:
 @flow(name="synth-meshes", log_prints=True)
 def synth_meshes() -> dict:
     """Build the mesh library (config ``meshes``)."""
-    return _run("meshes", lambda cfg, parent: [mesh_library(cfg, parent)])
+    return run_round("synth-meshes", lambda cfg, parent: [mesh_library(cfg, parent)])
 
 
 @flow(name="synth-iso3do", log_prints=True)
@@ -71,7 +72,7 @@ def synth_iso3do() -> dict:
     def body(cfg, parent):
         library = mesh_library(cfg, parent)
         return [library, iso3do(cfg, library, parent)]
-    return _run("iso3do", body)
+    return run_round("synth-iso3do", body)
 
 
 @flow(name="synth-occlusions", log_prints=True)
@@ -80,7 +81,7 @@ def synth_occlusions() -> dict:
     def body(cfg, parent):
         library = mesh_library(cfg, parent)
         return [library, occlusions(cfg, library, parent)]
-    return _run("occlusions", body)
+    return run_round("synth-occlusions", body)
 
 
 @flow(name="synth-all", log_prints=True)
@@ -89,4 +90,4 @@ def synth_all() -> dict:
     def body(cfg, parent):
         library = mesh_library(cfg, parent)
         return [library, iso3do(cfg, library, parent), occlusions(cfg, library, parent)]
-    return _run("all", body)
+    return run_round("synth-all", body)

@@ -29,9 +29,13 @@ config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is
 datasets_app = typer.Typer(help="List, inspect, verify and clean versioned datasets.",
                            no_args_is_help=True)
 store_app = typer.Typer(help="Check the configured object store.", no_args_is_help=True)
+synth_app = typer.Typer(help="Synthetic data: mesh library, Iso-3DO renders, Flying Occlusions. "
+                        "Sizes and settings come from the config (see `flywheel config show`).",
+                        no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(store_app, name="store")
+app.add_typer(synth_app, name="synth")
 
 
 def _fail(message: str, code: int) -> None:
@@ -168,31 +172,58 @@ def datasets_gc(
     typer.echo(f"{verb} {len(removed)} uncommitted attempt(s) older than {hours} h")
 
 
-@app.command("run")
-def run(
-    num_objects: Optional[int] = typer.Option(None, help="Objects in the round (default: demo.num_objects)."),
-    resolution: Optional[int] = typer.Option(None, help="Occupancy grid side (default: demo.grid_resolution)."),
-    seed: Optional[int] = typer.Option(None, help="Seed (default: demo.seed)."),
-) -> None:
-    """Run the demo round on the embedded defaults (a Prefect flow; lineage in MLflow)."""
+def _run_flow(flow_name: str) -> None:
+    """Run one of the flows in this process (an ephemeral Prefect server starts if needed)."""
     cfg = _cfg()
     _store(cfg)
     from flywheel.runtime import apply_environment
 
     apply_environment(cfg)
     started = datetime.now()
-    from flows.demo import demo_round  # imports Prefect: only when a flow is run
+    import importlib
 
+    module, _, name = flow_name.partition(":")
+    flow = getattr(importlib.import_module(module), name)  # imports Prefect: only when a flow runs
     try:
-        result = demo_round(num_objects=num_objects, resolution=resolution, seed=seed)
+        result = flow()
     except Exception as e:  # the flow already logged the traceback
-        _fail(f"demo round failed: {type(e).__name__}: {e}", EXIT_FAILED)
+        _fail(f"{flow.name} failed: {type(e).__name__}: {e}", EXIT_FAILED)
     seconds = (datetime.now() - started).total_seconds()
-    typer.echo(f"\nround {result['round']} done in {seconds:.0f} s")
+    typer.echo(f"\n{result['round']} done in {seconds:.0f} s")
     for ds in result["datasets"]:
         typer.echo(f"  {ds['name']}@{ds['version']}: {ds['num_rows']} rows  {ds['uri']}")
     typer.echo(f"  MLflow run {result['mlflow_run_id']} in {cfg.mlflow_tracking_uri}")
     typer.echo(f"  look: mlflow ui --backend-store-uri {cfg.mlflow_tracking_uri}")
+
+
+@app.command("run")
+def run() -> None:
+    """Run the demo round on the configured sizes (a Prefect flow; lineage in MLflow)."""
+    _run_flow("flows.demo:demo_round")
+
+
+@synth_app.command("meshes")
+def synth_meshes() -> None:
+    """Build the mesh library: load, filter, de-duplicate, voxelise (config `meshes`)."""
+    _run_flow("flows.synth:synth_meshes")
+
+
+@synth_app.command("iso3do")
+def synth_iso3do() -> None:
+    """Mesh library, then Iso-3DO renders with Blender (config `iso3do`, `render`)."""
+    _run_flow("flows.synth:synth_iso3do")
+
+
+@synth_app.command("occlusions")
+def synth_occlusions() -> None:
+    """Mesh library, then Flying-Occlusions render-paste (config `occlusions`, `render`)."""
+    _run_flow("flows.synth:synth_occlusions")
+
+
+@synth_app.command("all")
+def synth_all() -> None:
+    """The whole synthetic-data refresh: meshes, Iso-3DO and Flying Occlusions."""
+    _run_flow("flows.synth:synth_all")
 
 
 def entrypoint() -> None:  # pragma: no cover

@@ -96,14 +96,6 @@ class PrefectConfig(_Section):
     )
 
 
-class DemoConfig(_Section):
-    """Sizes of the demo round that the README's main-job command runs."""
-
-    num_objects: int = Field(24, ge=1)
-    grid_resolution: Literal[16, 32, 64] = 16
-    seed: int = 0
-
-
 class RenderConfig(_Section):
     """Blender workers, shared by every stage that renders."""
 
@@ -167,7 +159,6 @@ class FlywheelConfig(_Section):
     datasets: DatasetsConfig = DatasetsConfig()
     mlflow: MlflowConfig = MlflowConfig()
     prefect: PrefectConfig = PrefectConfig()
-    demo: DemoConfig = DemoConfig()
     render: RenderConfig = RenderConfig()
     meshes: MeshLibraryConfig = MeshLibraryConfig()
     iso3do: Iso3doConfig = Iso3doConfig()

@@ -103,7 +103,7 @@ def registered() -> dict[str, DatasetSpec]:
 # Dataset kinds. Later stages add theirs here, next to each other, so there is one place
 # to read every contract.
 
-#: Procedural occupancy shapes: the demo's synthetic objects until the mesh library lands.
+#: Procedural occupancy shapes: small, fast test and benchmark data for the storage layer.
 SHAPES = register(DatasetSpec(
     name="shapes",
     schema=pa.schema([
@@ -116,18 +116,6 @@ SHAPES = register(DatasetSpec(
     ]),
     files=("occ.npy",),  # bool[res, res, res], indexed (x, y, z) over the unit cube
     description="Procedural closed shapes as filled occupancy grids.",
-))
-
-#: Per-family summary of a shapes dataset (what the demo's second stage produces).
-SHAPE_STATS = register(DatasetSpec(
-    name="shape-stats",
-    schema=pa.schema([
-        pa.field("family", pa.string(), nullable=False),
-        pa.field("count", pa.int64(), nullable=False),
-        pa.field("mean_occupied_fraction", pa.float64(), nullable=False),
-    ]),
-    files=("mean_occ.npy",),  # float32[res, res, res]: mean occupancy of the family
-    description="Per-family statistics of a shapes dataset.",
 ))
 
 _F32 = pa.float32()
@@ -170,7 +158,6 @@ ISO3DO = register(DatasetSpec(
         pa.field("num_lights", pa.int32(), nullable=False),
         pa.field("env_strength", _F32, nullable=False),
         pa.field("samples", pa.int32(), nullable=False),
-        pa.field("render_s", _F32, nullable=False),           # pure Cycles time of this view
     ]),
     # rgb.png RGBA 8-bit sRGB; mask.png 0/255; depth.npy f32[H,W] planar z, 0 off-object;
     # occ.npy bool[r,r,r] occupancy target of the mesh.

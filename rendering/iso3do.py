@@ -59,7 +59,7 @@ def view_samples(object_id: str, scene: Scene, views: list[dict], out_dir: str, 
                "world_to_cam": np.ravel(camera.world_to_cam).tolist(), "R": R.ravel().tolist(),
                "t": t.tolist(), "s": s, "mask_pixels": int(mask.sum()),
                "num_lights": len(scene.lights), "env_strength": scene.world_strength,
-               "samples": scene.settings.samples, "render_s": view["render_s"]}
+               "samples": scene.settings.samples}
         files = {"rgb.png": (out / view["files"]["rgba"]).read_bytes(),
                  "mask.png": _png(mask.astype(np.uint8) * 255),
                  "depth.npy": (out / view["files"]["depth"]).read_bytes(), "occ.npy": occ}

@@ -54,11 +54,13 @@ class CleanMesh:
 
     @property
     def mesh_id(self) -> str:
-        """Content digest of the geometry (same shape from two files -> same id)."""
-        h = hashlib.sha256()
-        h.update(np.round(self.vertices.astype(np.float64), 5).tobytes())
-        h.update(self.faces.astype(np.int64).tobytes())
-        return "mesh-" + h.hexdigest()[:16]
+        """Content digest of the geometry: the same surface gives the same id whatever the
+        file format's vertex indexing (STL repeats vertices per face, PLY shares them)."""
+        tri = np.rint(self.vertices[self.faces].astype(np.float64) * 1e5).astype(np.int64)  # [F,3,3]
+        key = tri[..., 0] * 10**12 + tri[..., 1] * 10**6 + tri[..., 2]
+        tri = np.take_along_axis(tri, np.argsort(key, axis=1)[..., None], axis=1).reshape(-1, 9)
+        tri = tri[np.lexsort(tri.T[::-1])]
+        return "mesh-" + hashlib.sha256(tri.tobytes()).hexdigest()[:16]
 
     def to_npz(self) -> bytes:
         buf = io.BytesIO()
@@ -210,7 +212,8 @@ def clean(mesh, limits: MeshFilter = MeshFilter()) -> CleanMesh:
     # Textured files split vertices at UV seams: merge by position before judging topology.
     merged = work.copy()
     merged.merge_vertices(merge_tex=True, merge_norm=True)
-    pieces = merged.split(only_watertight=False)
+    # repair=False: trimesh would otherwise fill holes and call an open surface closed.
+    pieces = merged.split(only_watertight=False, repair=False)
     if len(pieces) > limits.max_components:
         raise MeshRejected("fragmented", f"{len(pieces)} components > {limits.max_components}")
     share = max(p.area for p in pieces) / merged.area

@@ -148,3 +148,9 @@ def occlusion_sample(sample_id: str, result: dict, out_dir: str, background: np.
              "amodal.png": _png(amodal.astype(np.uint8) * 255),
              "depth.npy": (out / result["files"]["depth"]).read_bytes(), "occ.npy": occ}
     return sample_id, row, files
+
+
+def measure_job(occludee: dict, occluder: dict, camera: dict, out_dir: str, device: str = "CPU") -> dict:
+    """Worker entry point: the visibility of a given (not sampled) layout."""
+    return visible_fraction(Layout(SceneObject(**occludee), SceneObject(**occluder)), Camera(**camera),
+                            out_dir, device)

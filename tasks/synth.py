@@ -248,9 +248,7 @@ def assemble(cfg: FlywheelConfig, kind: str, library: DatasetRef, parts: list[Da
         metrics = {"rows": ref.num_rows, "quarantined": sum(reasons.values()),
                    **{f"quarantined_{r.replace(' ', '_')}": n for r, n in reasons.items()}}
         if kind == "iso3do" and ref.num_rows:
-            render_s = np.array(manifest.column("render_s").to_pylist())
-            metrics.update(objects=len(set(manifest.column("object_id").to_pylist())),
-                           render_s_per_view=float(render_s.mean()))
+            metrics.update(objects=len(set(manifest.column("object_id").to_pylist())))
         if kind == "occlusions" and ref.num_rows:
             tries = np.array(manifest.column("tries").to_pylist())
             vf = np.array(manifest.column("visible_fraction").to_pylist())

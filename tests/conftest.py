@@ -77,3 +77,12 @@ def any_store(request, tmp_path) -> Store:
 def store(request, tmp_path) -> Store:
     """A fresh store on local disk and on the credential-checking S3 server."""
     return make_store(request.param, request, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One Prefect test server for the whole session (it takes ~25 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

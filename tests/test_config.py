@@ -12,16 +12,16 @@ from flywheel.config import ConfigError, load_config, redacted
 def test_embedded_defaults_load():
     cfg = load_config(environ={})
     assert cfg.store.root == ".flywheel/store"
-    assert cfg.demo.grid_resolution == 16
+    assert cfg.meshes.occupancy_resolution == 16 and cfg.iso3do.views == 24
     assert cfg.mlflow_tracking_uri == f"sqlite:///{Path('.flywheel').resolve() / 'mlflow.db'}"
 
 
 def test_file_then_environment_override(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("store:\n  root: s3://my-bucket/data\n  max_attempts: 7\ndemo:\n  seed: 3\n")
-    cfg = load_config(f, environ={"FLYWHEEL__DEMO__SEED": "11", "FLYWHEEL__STORE__REGION": "eu-west-1"})
+    f.write_text("store:\n  root: s3://my-bucket/data\n  max_attempts: 7\niso3do:\n  seed: 3\n")
+    cfg = load_config(f, environ={"FLYWHEEL__ISO3DO__SEED": "11", "FLYWHEEL__STORE__REGION": "eu-west-1"})
     assert cfg.store.root == "s3://my-bucket/data" and cfg.store.max_attempts == 7
-    assert cfg.demo.seed == 11  # env beats file, parsed as an int
+    assert cfg.iso3do.seed == 11  # env beats file, parsed as an int
     assert cfg.store.region == "eu-west-1"
     assert cfg.store.connect_timeout_s == 5.0  # untouched default
     assert load_config(environ={"FLYWHEEL_CONFIG": str(f)}).store.root == "s3://my-bucket/data"
@@ -29,10 +29,12 @@ def test_file_then_environment_override(tmp_path):
 
 @pytest.mark.parametrize("environ, field, value, why", [
     ({"FLYWHEEL__STORE__MAX_ATTEMPTS": "0"}, "store.max_attempts", "0", "greater than or equal to 1"),
-    ({"FLYWHEEL__DEMO__GRID_RESOLUTION": "20"}, "demo.grid_resolution", "20", "16, 32 or 64"),
+    ({"FLYWHEEL__MESHES__OCCUPANCY_RESOLUTION": "20"}, "meshes.occupancy_resolution", "20", "16, 32 or 64"),
+    ({"FLYWHEEL__OCCLUSIONS__VISIBLE_BAND": "[0.9, 0.2]"}, "occlusions.visible_band", "[0.9, 0.2]", "0 < low < high < 1"),
+    ({"FLYWHEEL__RENDER__DEVICE": "TPU"}, "render.device", "'TPU'", "'CPU' or 'GPU'"),
     ({"FLYWHEEL__STORE__ROOT": "s3://UPPER/x"}, "store.root", "'s3://UPPER/x'", "valid bucket name"),
     ({"FLYWHEEL__STORE__ROOT": "gs://b/x"}, "store.root", "'gs://b/x'", "unsupported scheme 'gs'"),
-    ({"FLYWHEEL__DEMO__NUM_OBJECTS": "many"}, "demo.num_objects", "'many'", "valid integer"),
+    ({"FLYWHEEL__ISO3DO__VIEWS": "many"}, "iso3do.views", "'many'", "valid integer"),
     ({"FLYWHEEL__STORE__ROOTT": "x"}, "store.roott", "'x'", "Extra inputs are not permitted"),
 ])
 def test_bad_value_names_field_value_source_and_reason(environ, field, value, why):
@@ -62,5 +64,5 @@ def test_passwords_in_uris_are_redacted():
     assert shown["mlflow"]["tracking_uri"] == "https://ops:***@mlflow.example:5000"
     assert "hunter2" not in repr(shown)
     with pytest.raises(ConfigError) as err:
-        load_config(environ={"FLYWHEEL__MLFLOW__TRACKING_URI": "https://u:hunter2@h", "FLYWHEEL__DEMO__SEED": "x"})
+        load_config(environ={"FLYWHEEL__MLFLOW__TRACKING_URI": "https://u:hunter2@h", "FLYWHEEL__ISO3DO__SEED": "x"})
     assert "hunter2" not in str(err.value)

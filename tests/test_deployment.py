@@ -53,11 +53,12 @@ def test_deploy_and_run_demo_round_through_a_worker(tmp_path):
         prefect("work-pool", "create", "flywheel-process", "--type", "process")
         prefect("--no-prompt", "deploy", "--all")
         assert "demo-round/demo-round" in prefect("deployment", "ls")
-        prefect("deployment", "run", "demo-round/demo-round", "--param", "num_objects=5")
+        assert "synth-all/synth-refresh" in prefect("deployment", "ls")
+        prefect("deployment", "run", "synth-meshes/synth-meshes")
         prefect("worker", "start", "--pool", "flywheel-process", "--run-once")
         assert "COMPLETED" in prefect("flow-run", "ls")
-        versions = list_versions(LocalStore(tmp_path / "store"), "shapes")
-        assert [v["num_rows"] for v in versions] == [5]
+        versions = list_versions(LocalStore(tmp_path / "store"), "meshes")
+        assert [v["num_rows"] for v in versions] == [5]  # configs/test.yaml: 5 procedural meshes
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)

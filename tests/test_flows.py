@@ -1,83 +1,15 @@
-"""Real Prefect flow runs (one test server for the session): the demo round, the task
-conventions (retries, cache keys, persisted results) and re-runs after a failure."""
+"""The task conventions on real Prefect flow runs: retries, cache keys, persisted results,
+re-runs after a failure."""
 
 from __future__ import annotations
 
-import mlflow
 import pytest
 from prefect import flow
-from prefect.testing.utilities import prefect_test_harness
 
-from conftest import BUCKET
-from flywheel import lineage
 from flywheel.config import load_config
-from flywheel.datasets import Dataset
-from flywheel.store import open_store
 from tasks.conventions import cache_key_for, ensure_result_storage, flywheel_task
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def _stage_names(parent_run_id):
-    return [r.data.tags[lineage.STAGE_TAG] for r in lineage.stage_runs(parent_run_id)]
-
-
-def test_demo_round_commits_datasets_and_lineage_then_reruns_from_cache(monkeypatch, tmp_path):
-    from flows.demo import demo_round
-
-    monkeypatch.setenv("FLYWHEEL__STORE__ROOT", str(tmp_path / "store"))
-    state = demo_round(return_state=True)
-    assert state.is_completed()
-    result = state.result()
-    shapes, stats = result["datasets"]
-    assert shapes["num_rows"] == 9 and stats["num_rows"] == 3  # configs/test.yaml: 9 objects
-    store = open_store(str(tmp_path / "store"))
-    ds = Dataset(store, "shapes", shapes["version"])
-    assert ds.verify() == [] and ds.marker["inputs"] == {"num_objects": 9, "resolution": 16, "seed": 0}
-    stat_rows = Dataset(store, "shape-stats", stats["version"]).manifest().to_pylist()
-    assert sorted(r["family"] for r in stat_rows) == ["compound", "superquadric", "torus"]
-    assert sum(r["count"] for r in stat_rows) == 9
-
-    client = mlflow.MlflowClient()
-    parent = client.get_run(result["mlflow_run_id"])
-    assert parent.info.status == "FINISHED"
-    assert parent.data.tags[lineage.FLOW_RUN_TAG] == str(state.state_details.flow_run_id)
-    assert _stage_names(parent.info.run_id) == ["make-shapes", "summarise-shapes"]
-    make, summarise = lineage.stage_runs(parent.info.run_id)
-    assert [(d["name"], d["version"], d["context"]) for d in lineage.run_datasets(make.info.run_id)] == [
-        ("shapes", shapes["version"], "output")]
-    assert {(d["name"], d["context"]) for d in lineage.run_datasets(summarise.info.run_id)} == {
-        ("shapes", "input"), ("shape-stats", "output")}
-    assert all(d["flow_run_id"] == str(state.state_details.flow_run_id)
-               for d in lineage.run_datasets(summarise.info.run_id))
-    assert [a.path for a in client.list_artifacts(make.info.run_id)] == ["shapes_sheet.png"]
-    assert summarise.data.metrics["num_objects"] == 9
-
-    again = demo_round(return_state=True)  # finished work is reused, nothing recomputed
-    assert again.result()["datasets"] == result["datasets"]
-    assert again.result()["mlflow_run_id"] != result["mlflow_run_id"]
-    assert _stage_names(again.result()["mlflow_run_id"]) == []  # both tasks were cache hits
-
-
-def test_demo_round_on_s3(monkeypatch, seaweedfs):
-    from flows.demo import demo_round
-
-    root = f"s3://{BUCKET}/demo-flow"
-    monkeypatch.setenv("FLYWHEEL__STORE__ROOT", root)
-    monkeypatch.setenv("FLYWHEEL__STORE__ENDPOINT_URL", seaweedfs.endpoint_url)
-    result = demo_round(num_objects=4)
-    shapes = result["datasets"][0]
-    assert shapes["uri"] == f"{root}/datasets/shapes/{shapes['version']}"
-    store = open_store(config=load_config().store)
-    assert Dataset(store, "shapes", shapes["version"]).verify() == []
-    make = lineage.stage_runs(result["mlflow_run_id"])[0]
-    assert lineage.run_datasets(make.info.run_id)[0]["uri"].startswith("s3://")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 
 ATTEMPTS: dict[str, int] = {}

@@ -1,0 +1,151 @@
+"""Mesh library: procedural generator, geometric filters, bad input, occupancy targets."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import trimesh
+
+from flywheel.config import StoreConfig
+from rendering.mesh_library import library_samples, procedural_items, source_items
+from rendering.meshes import (PROCEDURAL_FAMILIES, CleanMesh, MeshFilter, MeshRejected, clean,
+                              load_mesh_file, occupancy, procedural_mesh)
+
+
+def test_procedural_meshes_are_varied_closed_and_normalised():
+    families = set()
+    for i in range(10):
+        mesh, family = procedural_mesh(0, i)
+        families.add(family)
+        c = clean(mesh)
+        extent = c.vertices.max(0) - c.vertices.min(0)
+        assert np.isclose(extent.max(), 1.0, atol=1e-5)
+        assert np.allclose((c.vertices.max(0) + c.vertices.min(0)) / 2, 0, atol=1e-5)
+        assert c.watertight, family
+        assert len(np.unique(c.colors[:, :3], axis=0)) > 1  # coloured, not flat grey
+    assert families == set(PROCEDURAL_FAMILIES)
+    assert clean(procedural_mesh(0, 3)[0]).mesh_id == clean(procedural_mesh(0, 3)[0]).mesh_id
+    assert clean(procedural_mesh(0, 3)[0]).mesh_id != clean(procedural_mesh(1, 3)[0]).mesh_id
+
+
+def _grid_centres(res):
+    c = -0.5 + (np.arange(res) + 0.5) / res
+    return np.stack(np.meshgrid(c, c, c, indexing="ij"), -1)
+
+
+@pytest.mark.parametrize("res", [16, 32, 64])
+def test_occupancy_of_a_sphere_is_filled_and_matches_the_analytic_one(res):
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=0.5)
+    c = clean(sphere)
+    occ = occupancy(c, res)
+    assert occ.shape == (res, res, res)
+    r = np.linalg.norm(_grid_centres(res), axis=-1)
+    h = 1 / res
+    assert occ[r < 0.5 - h].all()              # every centre well inside is filled
+    assert not occ[r > 0.5 + h].any()          # nothing well outside
+    assert occ[res // 2, res // 2, res // 2]   # the very middle: filled, not just the surface
+
+
+def test_occupancy_of_an_open_surface_is_surface_only():
+    box = trimesh.creation.box(extents=(1, 1, 1))
+    open_box = trimesh.Trimesh(box.vertices, box.faces[:-2], process=False)  # one side missing
+    c = clean(open_box)
+    assert not c.watertight
+    occ = occupancy(c, 16)
+    assert not occ[8, 8, 8] and occ[0, 8, 8]
+
+
+def _write_obj(path, vertices, faces, header=""):
+    lines = [header] + [f"v {x} {y} {z}" for x, y, z in vertices] + [f"f {a+1} {b+1} {c+1}" for a, b, c in faces]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def bad_meshes(tmp_path):
+    """One file per kind of bad input, next to one good mesh and its duplicate."""
+    d = tmp_path / "meshes"
+    d.mkdir()
+    good = trimesh.creation.icosphere(subdivisions=2)
+    good.export(d / "good.ply")
+    good.export(d / "good_copy.stl")                          # same geometry: a duplicate
+    (d / "corrupt.glb").write_bytes(b"glTF" + struct.pack("<II", 2, 9999) + b"\x00" * 20)
+    (d / "truncated.ply").write_bytes((d / "good.ply").read_bytes()[:300])
+    (d / "empty.obj").write_text("")
+    (d / "points_only.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\n")
+    _write_obj(d / "nan_vertex.obj", [(0, 0, 0), (1, 0, float("nan")), (0, 1, 0), (0, 0, 1)],
+               [(0, 1, 2), (0, 2, 3)])
+    _write_obj(d / "flat.obj", [(0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0)], [(0, 1, 2), (1, 3, 2)])
+    _write_obj(d / "degenerate.obj", [(0, 0, 0), (1, 1, 1), (2, 2, 2)], [(0, 1, 2)])
+    cubes = [trimesh.creation.box(extents=(0.05,) * 3).apply_translation(np.random.default_rng(i).uniform(-1, 1, 3))
+             for i in range(80)]
+    trimesh.util.concatenate(cubes).export(d / "fragmented.stl")
+    trimesh.creation.icosphere(subdivisions=5).export(d / "too_many_faces.ply")  # 20480 faces > budget
+    _write_obj(d / "escape.obj", good.vertices, good.faces, header="mtllib ../../secret.mtl")
+    (d / "missing_texture.mtl").write_text("newmtl m\nmap_Kd nowhere.png\n")
+    _write_obj(d / "missing_texture.obj", good.vertices, good.faces, header="mtllib missing_texture.mtl")
+    (d / "escape.gltf").write_text(json.dumps({"asset": {"version": "2.0"},
+                                               "buffers": [{"uri": "../outside.bin", "byteLength": 4}]}))
+    (d / "url.gltf").write_text(json.dumps({"asset": {"version": "2.0"},
+                                            "buffers": [{"uri": "http://example.com/x.bin", "byteLength": 4}]}))
+    return d
+
+
+EXPECTED = {
+    "corrupt.glb": "unreadable", "truncated.ply": "unreadable", "empty.obj": "empty",
+    "points_only.obj": "no faces", "nan_vertex.obj": "non-finite vertices", "flat.obj": "flat",
+    "degenerate.obj": "degenerate", "fragmented.stl": "fragmented", "too_many_faces.ply": "too many faces",
+    "escape.obj": "unsafe reference", "missing_texture.obj": "missing texture",
+    "escape.gltf": "unsafe reference", "url.gltf": "unsafe reference", "good_copy.stl": "duplicate",
+}
+
+
+def test_bad_meshes_are_each_quarantined_with_their_reason_and_good_ones_kept(bad_meshes, tmp_path):
+    limits = MeshFilter(max_faces=10_000)
+    out = list(library_samples(source_items(str(bad_meshes), StoreConfig(), limits, tmp_path), 16, limits))
+    samples = [o for o in out if o[0] == "sample"]
+    rejects = {o[1].rsplit("/", 1)[-1]: (o[2], o[3]) for o in out if o[0] == "reject"}
+    assert [s[2]["source"].rsplit("/", 1)[-1] for s in samples] == ["good.ply"]
+    assert {k: v[0] for k, v in rejects.items()} == EXPECTED
+    assert "outside the mesh's folder" in rejects["escape.obj"][1]
+    assert "nowhere.png" in rejects["missing_texture.obj"][1]
+    assert "good.ply" in rejects["good_copy.stl"][1]
+    assert len(out) == len(EXPECTED) + 1  # every input accounted for
+
+
+def test_file_size_limit_refuses_before_loading(tmp_path):
+    f = tmp_path / "big.stl"
+    trimesh.creation.icosphere(subdivisions=3).export(f)
+    with pytest.raises(MeshRejected, match="file too large"):
+        load_mesh_file(f, MeshFilter(max_file_bytes=1000))
+
+
+def test_textured_obj_takes_its_colours_from_the_texture(tmp_path):
+    from PIL import Image
+
+    box = trimesh.creation.box()
+    uv = np.c_[(box.vertices[:, 0] > 0) * 0.9 + 0.05, np.full(len(box.vertices), 0.5)]
+    texture = np.zeros((8, 8, 3), np.uint8)
+    texture[:, :4] = [255, 0, 0]
+    texture[:, 4:] = [0, 0, 255]
+    box.visual = trimesh.visual.TextureVisuals(uv=uv, image=Image.fromarray(texture))
+    box.export(tmp_path / "box.obj")
+    mesh, fmt = load_mesh_file(tmp_path / "box.obj")
+    c = clean(mesh)
+    assert fmt == "obj"
+    colors = {tuple(x) for x in c.colors[:, :3].tolist()}
+    assert (255, 0, 0) in colors and (0, 0, 255) in colors
+
+
+def test_npz_roundtrip():
+    c = clean(procedural_mesh(2, 1)[0])
+    back = CleanMesh.from_npz(c.to_npz())
+    assert np.array_equal(back.vertices, c.vertices) and np.array_equal(back.colors, c.colors)
+
+
+def test_procedural_items_feed_the_library():
+    out = list(library_samples(procedural_items(0, 6), 16, MeshFilter()))
+    assert [o[0] for o in out] == ["sample"] * 6
+    assert [o[2]["family"] for o in out] == list(PROCEDURAL_FAMILIES) + ["superquadric"]
