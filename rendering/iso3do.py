@@ -48,6 +48,8 @@ def view_samples(object_id: str, scene: Scene, views: list[dict], out_dir: str, 
     """``(key, row, files)`` per rendered view of one object (ISO3DO contract)."""
     from pathlib import Path
 
+    from PIL import Image
+
     out = Path(out_dir)
     for view in views:
         camera = scene.cameras[view["view"]]
@@ -60,7 +62,9 @@ def view_samples(object_id: str, scene: Scene, views: list[dict], out_dir: str, 
                "t": t.tolist(), "s": s, "mask_pixels": int(mask.sum()),
                "num_lights": len(scene.lights), "env_strength": scene.world_strength,
                "samples": scene.settings.samples}
-        files = {"rgb.png": (out / view["files"]["rgba"]).read_bytes(),
+        # Re-encoded from the pixels: Blender's PNGs carry a date and render times in their
+        # metadata, which would make identical renders differ byte for byte.
+        files = {"rgb.png": _png(np.asarray(Image.open(out / view["files"]["rgba"]).convert("RGBA"))),
                  "mask.png": _png(mask.astype(np.uint8) * 255),
                  "depth.npy": (out / view["files"]["depth"]).read_bytes(), "occ.npy": occ}
         yield f"{object_id}-v{view['view']:03d}", row, files

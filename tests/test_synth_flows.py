@@ -1,0 +1,141 @@
+"""The synthetic-data flows for real: Prefect flow runs, a Ray actor pool, Blender workers,
+MLflow lineage; tiny renders (configs/test.yaml)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from flywheel import lineage
+from flywheel.datasets import Dataset, list_versions
+from flywheel.store import LocalStore
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+BIN = Path(sys.executable).parent
+CLEAN: dict = {}  # refs of the clean run, shared by the tests below
+
+
+def _store_env(monkeypatch, root: Path) -> LocalStore:
+    monkeypatch.setenv("FLYWHEEL__STORE__ROOT", str(root))
+    return LocalStore(root)
+
+
+def test_demo_round_end_to_end_then_rerun_from_cache(monkeypatch, tmp_path):
+    from flows.demo import demo_round
+
+    store = _store_env(monkeypatch, tmp_path / "store")
+    result = demo_round()
+    meshes, iso, fo = (Dataset(store, d["name"], d["version"]) for d in result["datasets"])
+    CLEAN.update({d["name"]: d for d in result["datasets"]})
+
+    assert meshes.ref.num_rows == 5 and meshes.quarantine().num_rows == 0
+    m = iso.manifest()
+    assert iso.ref.num_rows == 5 * 2                       # 5 objects x 2 views
+    assert sorted(set(m.column("object_id").to_pylist())) == sorted(meshes.manifest().column("mesh_id").to_pylist())
+    assert iso.marker["parents"][0]["version"] == meshes.ref.version
+    R = np.array(m.column("R").to_pylist()).reshape(-1, 3, 3)
+    assert np.allclose(R @ R.transpose(0, 2, 1), np.eye(3), atol=1e-5)
+    assert min(m.column("mask_pixels").to_pylist()) > 0
+    sample = next(iso.samples())
+    depth = np.load(__import__("io").BytesIO(sample["depth.npy"]))
+    assert depth.shape == (32, 32) and depth.max() > 0
+
+    quarantined = fo.quarantine().to_pylist()
+    assert fo.ref.num_rows + len(quarantined) == 3         # every FO sample accounted for
+    vf = fo.manifest().column("visible_fraction").to_pylist()
+    assert all(0.25 <= v <= 0.85 for v in vf)              # band (0.3, 0.8), measured on the final render
+    assert iso.verify() == [] and fo.verify() == []
+
+    client = mlflow.MlflowClient()
+    stages = lineage.stage_runs(result["mlflow_run_id"])
+    assert [r.data.tags[lineage.STAGE_TAG] for r in stages] == ["mesh-library", "iso3do", "occlusions"]
+    for run, sheet in zip(stages, ["meshes_sheet.png", "iso3do_sheet.png", "occlusions_sheet.png"]):
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == [sheet]
+    iso_run = stages[1]
+    assert {(d["name"], d["context"]) for d in lineage.run_datasets(iso_run.info.run_id)} == {
+        ("meshes", "input"), ("iso3do", "output")}
+    assert iso_run.data.metrics["rows"] == 10 and iso_run.data.params["views"] == "2"
+    assert "tries_per_accepted" in stages[2].data.metrics or fo.ref.num_rows == 0
+
+    again = demo_round()
+    assert again["datasets"] == result["datasets"]
+    assert lineage.stage_runs(again["mlflow_run_id"]) == []  # every task was a cache hit
+
+
+def test_same_config_same_digests_in_another_store(monkeypatch, tmp_path):
+    from flows.synth import synth_iso3do
+
+    if not CLEAN:
+        pytest.skip("needs the clean run of the previous test")
+    _store_env(monkeypatch, tmp_path / "other-store")
+    result = synth_iso3do()
+    got = {d["name"]: d for d in result["datasets"]}
+    for name in ("meshes", "iso3do"):
+        assert got[name]["version"] == CLEAN[name]["version"]
+        assert got[name]["digest"] == CLEAN[name]["digest"], f"{name} content differs between runs"
+
+
+def test_killed_flow_rerenders_only_missing_parts(monkeypatch, tmp_path):
+    from flows.synth import synth_iso3do
+
+    store = _store_env(monkeypatch, tmp_path / "store")
+    env = {**os.environ, "FLYWHEEL__PROJECT__STATE_DIR": str(tmp_path / "state"),
+           "FLYWHEEL__RENDER__WORKERS": "1", "FLYWHEEL__ISO3DO__SAMPLES": "48",
+           "FLYWHEEL__ISO3DO__RESOLUTION": "64", "FLYWHEEL__ISO3DO__VIEWS": "6"}
+    for var in [v for v in env if v.startswith("PREFECT_API")]:
+        del env[var]  # the subprocess runs its own (ephemeral) Prefect server
+    proc = subprocess.Popen([BIN / "flywheel", "synth", "iso3do"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "killed.log", "wb"))
+    deadline = time.monotonic() + 240
+    while not list_versions(store, "iso3do-part"):
+        assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no part committed in time"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {m["version"]: m["committed_at"] for m in list_versions(store, "iso3do-part")}
+    assert 1 <= len(before) < 3 and not list_versions(store, "iso3do")
+
+    for key, value in env.items():
+        if key.startswith("FLYWHEEL__") and key != "FLYWHEEL__PROJECT__STATE_DIR":
+            monkeypatch.setenv(key, value)
+    result = synth_iso3do()
+    after = {m["version"]: m["committed_at"] for m in list_versions(store, "iso3do-part")}
+    assert len(after) == 3                                   # 5 objects, 2 per part
+    assert all(after[v] == t for v, t in before.items())     # finished parts were not redone
+    final = Dataset(store, "iso3do", result["datasets"][1]["version"])
+    assert final.ref.num_rows == 5 * 6 and final.verify() == []
+
+
+def test_bad_backgrounds_are_quarantined_and_the_rest_goes_on(monkeypatch, tmp_path):
+    from PIL import Image
+
+    from flows.synth import synth_occlusions
+
+    store = _store_env(monkeypatch, tmp_path / "store")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(photos / "good.png")
+    Image.fromarray(rng.integers(0, 255, (96, 96), dtype=np.uint8)).save(photos / "grey.png")
+    Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(photos / "tiny.png")
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    monkeypatch.setenv("FLYWHEEL__OCCLUSIONS__BACKGROUND_SOURCE", str(photos))
+    result = synth_occlusions()
+    fo = Dataset(store, "occlusions", result["datasets"][1]["version"])
+    bad = {r["item_id"].rsplit("/", 1)[-1]: r["detail"] for r in fo.quarantine().to_pylist()
+           if r["kind"] == "background"}
+    assert set(bad) == {"grey.png", "tiny.png", "broken.jpg"}
+    assert "grey-scale" in bad["grey.png"] and "smaller than" in bad["tiny.png"] and "unreadable" in bad["broken.jpg"]
+    samples = [r for r in fo.quarantine().to_pylist() if r["kind"] == "sample"]
+    assert fo.ref.num_rows + len(samples) == 3
+    assert set(fo.manifest().column("background_id").to_pylist()) <= {str(photos / "good.png")}
