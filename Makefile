@@ -12,6 +12,7 @@ test:
 bench:
 	@bash scripts/setup.sh --test
 	.venv/bin/python bench/run.py
+	.venv/bin/python bench/synth.py
 
 setup:
 	@bash scripts/setup.sh --test

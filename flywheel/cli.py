@@ -139,6 +139,12 @@ def datasets_show(
     total = sum(s["bytes"] for s in m["shards"])
     typer.echo(f"  shards:  {len(m['shards'])} ({total / 2**20:.2f} MiB); "
                f"files per sample: {', '.join(ds.spec.files)}")
+    quarantine = m.get("quarantine") or {"rows": 0, "by_reason": {}}
+    reasons = ", ".join(f"{r}: {n}" for r, n in sorted(quarantine["by_reason"].items()))
+    typer.echo(f"  quarantined: {quarantine['rows']}" + (f" ({reasons})" if reasons else ""))
+    if quarantine["rows"] and rows > 0:
+        for item in ds.quarantine().slice(0, rows).to_pylist():
+            typer.echo(f"    {item['kind']} {item['item_id']}: {item['detail']}")
     typer.echo("  schema:")
     for field in ds.spec.schema:
         typer.echo(f"    {field.name}: {field.type}")

@@ -55,16 +55,16 @@ def _scene(layout: Layout, camera: Camera, *, occluder_visible: bool, settings: 
                  list(lights), world_strength=env, settings=settings)
 
 
-def visible_fraction(layout: Layout, camera: Camera, out_dir: str, device: str = "CPU") -> dict:
-    """Worker-side: amodal and modal pixel counts of the occludee and their overlap."""
-    from rendering import blender_backend
-
+def visible_fraction(layout: Layout, camera: Camera, out_dir: str, device: str = "CPU",
+                     render=None) -> dict:
+    """Amodal and modal pixel counts of the occludee and their overlap, from two cheap
+    object-index renders. ``render(scene, out_dir)`` defaults to this process's Blender."""
+    render = render or _blender_render
     cheap = RenderSettings(device=device, samples=1, max_bounces=0, passes=("index",))
     counts = {}
     for name, visible in (("amodal", False), ("modal", True)):
-        blender_backend.render(_scene(layout, camera, occluder_visible=visible, settings=cheap), out_dir)
-        index = np.load(f"{out_dir}/v000_index.npy")
-        counts[name] = index
+        render(_scene(layout, camera, occluder_visible=visible, settings=cheap), out_dir)
+        counts[name] = np.load(f"{out_dir}/v000_index.npy")
     amodal = counts["amodal"] == OCCLUDEE
     modal = counts["modal"] == OCCLUDEE
     occluder_on_occludee = amodal & (counts["modal"] == OCCLUDER)
@@ -73,22 +73,28 @@ def visible_fraction(layout: Layout, camera: Camera, out_dir: str, device: str =
             "visible_fraction": float(modal.sum() / n) if n else 0.0}
 
 
+def _blender_render(scene: Scene, out_dir: str) -> list[dict]:
+    from rendering import blender_backend
+
+    return blender_backend.render(scene, out_dir)
+
+
 def occlusion_job(occludee_mesh: str, occluder_mesh: str, seed: int, out_dir: str, *,
                   resolution: int, samples: int, fov_deg: float, visible_band, max_tries: int,
-                  min_occludee_pixels: int, device: str = "CPU") -> dict:
+                  min_occludee_pixels: int, device: str = "CPU", render=None) -> dict:
     """Worker entry point: try layouts until one is inside the band, then render it.
 
     Returns the accepted layout (or ``accepted: False`` with the tries spent), the
-    measured visibility, and the files of the final render."""
-    from rendering import blender_backend
-
+    measured visibility, and the files of the final render. ``render`` is for benchmarks
+    (a fresh-process renderer); by default this process's Blender renders."""
+    render = render or _blender_render
     rng = np.random.default_rng(seed)
     camera = Camera(intrinsics(fov_deg, resolution, resolution), IDENTITY, resolution, resolution)
     low, high = visible_band
     rejected = {"out_of_frame": 0, "no_overlap": 0, "outside_band": 0}
     for tries in range(1, max_tries + 1):
         layout = sample_layout(rng, occludee_mesh, occluder_mesh, fov_deg)
-        vis = visible_fraction(layout, camera, out_dir, device)
+        vis = visible_fraction(layout, camera, out_dir, device, render)
         if vis["amodal_px"] < min_occludee_pixels:
             rejected["out_of_frame"] += 1
         elif vis["overlap_px"] == 0:
@@ -99,9 +105,9 @@ def occlusion_job(occludee_mesh: str, occluder_mesh: str, seed: int, out_dir: st
             lights, env = random_lights(rng)
             final = _scene(layout, camera, occluder_visible=True, lights=lights, env=env,
                            settings=RenderSettings(device=device, samples=samples))
-            views = blender_backend.render(final, out_dir)
+            views = render(final, out_dir)
             # Amodal mask of the accepted layout, kept from the cheap render.
-            blender_backend.render(_scene(layout, camera, occluder_visible=False, settings=RenderSettings(
+            render(_scene(layout, camera, occluder_visible=False, settings=RenderSettings(
                 device=device, samples=1, max_bounces=0, passes=("index",))), f"{out_dir}/amodal")
             return {"accepted": True, "tries": tries, "rejected": rejected, **vis,
                     "occludee": _pose(layout.occludee), "occluder": _pose(layout.occluder),

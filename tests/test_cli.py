@@ -56,6 +56,7 @@ def test_datasets_ls_show_verify_gc(tmp_path):
     assert show.returncode == 0, show.stderr
     assert "rows=5" in show.stdout and "shards:  3" in show.stdout and "verify: ok" in show.stdout
     assert "object_id: string" in show.stdout
+    assert "quarantined: 0" in show.stdout
 
     assert run("datasets", "show", "shapes@nope", env=env).returncode == 4
     assert "not committed" in run("datasets", "show", "shapes@nope", env=env).stderr
@@ -81,3 +82,16 @@ def test_store_problems_exit_3(seaweedfs):
     assert "not-the-secret" not in wrong.stderr
     missing = run("store", "check", env={**env, "FLYWHEEL__STORE__ROOT": "s3://missing-bucket/x"})
     assert missing.returncode == 3 and "does not exist" in missing.stderr
+
+
+def test_datasets_show_lists_what_was_quarantined(tmp_path):
+    from flywheel.datasets import DatasetWriter
+
+    with DatasetWriter(LocalStore(tmp_path), SHAPES, "v-quarantine") as writer:
+        writer.add(*next(shape_samples(0, 1, 16)))
+        writer.quarantine("meshes/bad.obj", "mesh", "unsafe reference", "texture '../x.png' points outside")
+        writer.quarantine("meshes/nan.obj", "mesh", "non-finite vertices")
+    out = run("datasets", "show", "shapes@v-quarantine", env={"FLYWHEEL__STORE__ROOT": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert "quarantined: 2 (non-finite vertices: 1, unsafe reference: 1)" in out.stdout
+    assert "mesh meshes/bad.obj: texture '../x.png' points outside" in out.stdout
