@@ -71,6 +71,8 @@ def _s3_items(uri: str, store_config: StoreConfig, limits: MeshFilter, workdir: 
 
 
 def source_items(source: str, store_config: StoreConfig, limits: MeshFilter, workdir: Path) -> Iterator[MeshItem]:
+    """The items of a folder, manifest or s3:// prefix; S3 objects are fetched into ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
     if source.startswith("s3://"):
         yield from _s3_items(source, store_config, limits, workdir)
         return

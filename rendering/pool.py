@@ -38,13 +38,16 @@ class JobResult:
 def ensure_ray(address: str | None = None) -> None:
     import ray
 
-    if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING,
-                 # The package code travels with the job on a remote cluster.
-                 runtime_env=None if not address else {"working_dir": _repo_root(),
-                                                       "excludes": [".venv", ".flywheel", ".git"]})
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        # A cluster: the project's code travels with the job (workers import rendering.*).
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                 runtime_env={"working_dir": _repo_root(),
+                              "excludes": [".venv/", ".flywheel/", ".git/", "bench/results/"]})
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
 
 
 def _repo_root() -> str:

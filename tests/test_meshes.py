@@ -149,3 +149,50 @@ def test_procedural_items_feed_the_library():
     out = list(library_samples(procedural_items(0, 6), 16, MeshFilter()))
     assert [o[0] for o in out] == ["sample"] * 6
     assert [o[2]["family"] for o in out] == list(PROCEDURAL_FAMILIES) + ["superquadric"]
+
+
+def _textured_obj(folder):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    box = trimesh.creation.box()
+    uv = np.c_[(box.vertices[:, 0] > 0) * 0.9 + 0.05, np.full(len(box.vertices), 0.5)]
+    box.visual = trimesh.visual.TextureVisuals(uv=uv, image=Image.fromarray(np.full((4, 4, 3), 200, np.uint8)))
+    box.export(folder / "box.obj")
+    return folder
+
+
+def test_meshes_from_an_s3_prefix_with_sidecar_files(seaweedfs, tmp_path):
+    from conftest import BUCKET, s3_store_config
+
+    local = tmp_path / "src"
+    _textured_obj(local / "textured")
+    trimesh.creation.icosphere(subdivisions=2).export(local / "sphere.glb")
+    _write_obj(local / "bad.obj", [(0, 0, float("inf")), (1, 0, 0), (0, 1, 0)], [(0, 1, 2)])
+    client = seaweedfs.client()
+    for f in local.rglob("*"):
+        if f.is_file():
+            client.upload_file(str(f), BUCKET, f"mesh-src/{f.relative_to(local).as_posix()}")
+    cfg = s3_store_config(seaweedfs, f"s3://{BUCKET}/mesh-src")
+    limits = MeshFilter()
+    out = list(library_samples(source_items(f"s3://{BUCKET}/mesh-src", cfg, limits, tmp_path / "work"), 16, limits))
+    got = {o[1].rsplit("/", 1)[-1] if o[0] == "reject" else o[2]["source"].rsplit("/", 1)[-1]: o[0] for o in out}
+    assert got == {"bad.obj": "reject", "box.obj": "sample", "sphere.glb": "sample"}
+    box = next(o for o in out if o[0] == "sample" and o[2]["source"].endswith("box.obj"))
+    assert box[2]["source"] == f"s3://{BUCKET}/mesh-src/textured/box.obj" and box[2]["format"] == "obj"
+
+
+def test_meshes_from_a_manifest(tmp_path):
+    _textured_obj(tmp_path / "a")
+    trimesh.creation.capsule().export(tmp_path / "cap.ply")
+    (tmp_path / "list.txt").write_text("# meshes for round 3\na/box.obj\ncap.ply\nmissing.stl\n")
+    (tmp_path / "list.jsonl").write_text(json.dumps({"uri": str(tmp_path / "cap.ply")}) + "\n")
+    limits = MeshFilter()
+    out = list(library_samples(source_items(str(tmp_path / "list.txt"), StoreConfig(), limits, tmp_path), 16, limits))
+    assert [(o[0], (o[2]["source"] if o[0] == "sample" else o[1])) for o in out] == [
+        ("sample", "a/box.obj"), ("sample", "cap.ply"), ("reject", "missing.stl")]
+    assert out[2][2] == "unreadable"
+    jsonl = list(library_samples(source_items(str(tmp_path / "list.jsonl"), StoreConfig(), limits, tmp_path), 16, limits))
+    assert [o[0] for o in jsonl] == ["sample"]
+    with pytest.raises(FileNotFoundError, match="not a folder, manifest"):
+        list(source_items(str(tmp_path / "nothing-here"), StoreConfig(), limits, tmp_path))
