@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.synth import iso3do, mesh_library, occlusions, run_round
+from flows.synth import all_synthetic, run_round
 
 
 @flow(name="demo-round", log_prints=True)
 def demo_round() -> dict:
     """Synthetic data for a round, on the configured sizes (configs/default.yaml)."""
-    def body(cfg, parent):
-        library = mesh_library(cfg, parent)
-        return [library, iso3do(cfg, library, parent), occlusions(cfg, library, parent)]
-    return run_round("demo", body)
+    return run_round("demo", all_synthetic)

@@ -84,10 +84,13 @@ def synth_occlusions() -> dict:
     return run_round("synth-occlusions", body)
 
 
+def all_synthetic(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
+    """Mesh library, then Iso-3DO and Flying Occlusions from it."""
+    library = mesh_library(cfg, parent)
+    return [library, iso3do(cfg, library, parent), occlusions(cfg, library, parent)]
+
+
 @flow(name="synth-all", log_prints=True)
 def synth_all() -> dict:
     """The whole synthetic-data refresh: mesh library, Iso-3DO and Flying Occlusions."""
-    def body(cfg, parent):
-        library = mesh_library(cfg, parent)
-        return [library, iso3do(cfg, library, parent), occlusions(cfg, library, parent)]
-    return run_round("synth-all", body)
+    return run_round("synth-all", all_synthetic)

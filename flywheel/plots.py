@@ -9,58 +9,21 @@ from typing import Sequence
 import numpy as np
 
 
-def occupancy_sheet(grids: Sequence[np.ndarray], titles: Sequence[str], path: str | Path,
-                    columns: int = 8) -> Path:
-    """Save a contact sheet of occupancy grids (depth-shaded projection along z) as PNG."""
+def _sheet(items: Sequence, titles: Sequence[str], path: str | Path, columns: int, draw) -> Path:
+    """A grid of small panels, ``draw(ax, item)`` each, saved as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = max(len(grids), 1)
-    cols = min(columns, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.75 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, grid, title in zip(axes.flat, grids, titles):
-        grid = np.asarray(grid, dtype=np.float32)
-        depth = grid.shape[2]
-        # The nearest occupied cell along z, brighter when closer: reads as a 3D silhouette.
-        first = np.where(grid.any(axis=2), np.argmax(grid > 0.5, axis=2), depth)
-        shade = np.where(first < depth, 1.0 - 0.7 * first / depth, 0.0)
-        ax.imshow(shade.T, origin="lower", cmap="magma", vmin=0, vmax=1)
-        ax.set_title(title, fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def image_sheet(images: Sequence[np.ndarray], titles: Sequence[str], path: str | Path,
-                columns: int = 8) -> Path:
-    """Save a contact sheet of RGB(A) images (uint8[H, W, C]) as PNG; RGBA over a checkerboard."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = max(len(images), 1)
+    n = max(len(items), 1)
     cols = min(columns, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 1.95 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, title in zip(axes.flat, images, titles):
-        image = np.asarray(image)
-        if image.ndim == 3 and image.shape[2] == 4:
-            h, w = image.shape[:2]
-            checker = (((np.arange(h)[:, None] // 8) + (np.arange(w)[None] // 8)) % 2) * 40 + 200
-            alpha = image[..., 3:4] / 255.0
-            image = (image[..., :3] * alpha + checker[..., None] * (1 - alpha)).astype(np.uint8)
-        ax.imshow(image)
+    for ax, item, title in zip(axes.flat, items, titles):
+        draw(ax, item)
         ax.set_title(title, fontsize=6)
     fig.tight_layout()
     path = Path(path)
@@ -68,3 +31,34 @@ def image_sheet(images: Sequence[np.ndarray], titles: Sequence[str], path: str |
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def occupancy_sheet(grids: Sequence[np.ndarray], titles: Sequence[str], path: str | Path,
+                    columns: int = 8) -> Path:
+    """Save a contact sheet of occupancy grids (depth-shaded projection along z) as PNG."""
+
+    def draw(ax, grid):
+        grid = np.asarray(grid, dtype=np.float32)
+        depth = grid.shape[2]
+        # The nearest occupied cell along z, brighter when closer: reads as a 3D silhouette.
+        first = np.where(grid.any(axis=2), np.argmax(grid > 0.5, axis=2), depth)
+        shade = np.where(first < depth, 1.0 - 0.7 * first / depth, 0.0)
+        ax.imshow(shade.T, origin="lower", cmap="magma", vmin=0, vmax=1)
+
+    return _sheet(grids, titles, path, columns, draw)
+
+
+def image_sheet(images: Sequence[np.ndarray], titles: Sequence[str], path: str | Path,
+                columns: int = 8) -> Path:
+    """Save a contact sheet of RGB(A) images (uint8[H, W, C]) as PNG; RGBA over a checkerboard."""
+
+    def draw(ax, image):
+        image = np.asarray(image)
+        if image.ndim == 3 and image.shape[2] == 4:
+            h, w = image.shape[:2]
+            checker = (((np.arange(h)[:, None] // 8) + (np.arange(w)[None] // 8)) % 2) * 40 + 200
+            alpha = image[..., 3:4] / 255.0
+            image = (image[..., :3] * alpha + checker[..., None] * (1 - alpha)).astype(np.uint8)
+        ax.imshow(image)
+
+    return _sheet(images, titles, path, columns, draw)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 
 from flywheel.config import StoreConfig
 from flywheel.datasets import encode_npy

@@ -282,7 +282,7 @@ def _inside_by_column_parity(vertices: np.ndarray, faces: np.ndarray, res: int) 
 
 # -- procedural generator -------------------------------------------------------------------
 
-def _superquadric(rng) -> "trimesh.Trimesh":
+def _superquadric(rng):
     import trimesh
 
     sphere = trimesh.creation.icosphere(subdivisions=3)
@@ -295,7 +295,7 @@ def _superquadric(rng) -> "trimesh.Trimesh":
     return trimesh.Trimesh(d * f[:, None] ** (-e1 / 2), sphere.faces, process=False)
 
 
-def _star_prism(rng) -> "trimesh.Trimesh":
+def _star_prism(rng):
     """An extruded star/gear polygon (star-shaped, so a fan from the centre triangulates it)."""
     import trimesh
 

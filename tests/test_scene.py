@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rendering.occlusions import OCCLUDEE, OCCLUDER, composite, sample_layout
-from rendering.scene import Camera, Scene, SceneObject, intrinsics, look_at, random_lights, viewpoints
+from rendering.scene import Camera, Scene, intrinsics, look_at, random_lights, viewpoints
 from rendering.iso3do import iso3do_scene
 
 

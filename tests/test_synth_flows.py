@@ -3,7 +3,6 @@ MLflow lineage; tiny renders (configs/test.yaml)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
