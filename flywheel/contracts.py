@@ -192,3 +192,6 @@ OCCLUSIONS = register(DatasetSpec(
     files=("rgb.png", "modal.png", "amodal.png", "depth.npy", "occ.npy"),
     description="Render-paste occluder/occludee pairs on natural photos.",
 ))
+
+# The per-batch parts that Iso-3DO and Flying Occlusions are assembled from (same schemas).
+ISO3DO_PART, OCCLUSIONS_PART = part_spec(ISO3DO), part_spec(OCCLUSIONS)
