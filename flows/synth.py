@@ -1,7 +1,9 @@
 """Synthetic-data flows: the mesh library, Iso-3DO renders and Flying Occlusions.
 
-    mesh library ──> iso3do parts (cached per batch) ──> assemble iso3do
-                 └─> occlusion parts (cached per batch) ─> assemble occlusions
+    mesh library ─> gate ─┬─> iso3do parts (cached per batch) ─> assemble ─> gate
+                          └─> occlusion parts (cached per batch) ─> assemble ─> gate
+
+Every dataset passes its validation gate before anything consumes it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from flywheel import lineage
 from flywheel.config import FlywheelConfig, load_config
 from flywheel.datasets import Dataset, DatasetRef, digest_of
 from tasks.conventions import ensure_result_storage, prefect_run_ids, store_for
+from tasks.validation import gate_for
 from tasks.synth import (assemble, batches, build_mesh_library, close_render_pool, iso3do_settings,
                          occlusions_settings, render_iso3do_part, render_occlusions_part)
 
@@ -20,8 +23,10 @@ def mesh_library(cfg: FlywheelConfig, parent: str) -> DatasetRef:
     m = cfg.meshes
     limits = {"max_faces": m.max_faces, "max_file_bytes": int(m.max_file_mb * 2**20),
               "max_components": m.max_components}
-    return build_mesh_library(cfg, m.source, m.num_procedural, m.seed, m.occupancy_resolution,
-                              limits, parent_run_id=parent)
+    library = build_mesh_library(cfg, m.source, m.num_procedural, m.seed, m.occupancy_resolution,
+                                 limits, parent_run_id=parent)
+    gate_for(cfg, library, parent)
+    return library
 
 
 def iso3do(cfg: FlywheelConfig, library: DatasetRef, parent: str) -> DatasetRef:
@@ -30,7 +35,9 @@ def iso3do(cfg: FlywheelConfig, library: DatasetRef, parent: str) -> DatasetRef:
                  .column("mesh_id").to_pylist())
     parts = [render_iso3do_part(cfg, library, batch, settings)
              for batch in batches(ids, cfg.iso3do.objects_per_shard)]
-    return assemble(cfg, "iso3do", library, parts, settings, parent_run_id=parent)
+    renders = assemble(cfg, "iso3do", library, parts, settings, parent_run_id=parent)
+    gate_for(cfg, renders, parent)
+    return renders
 
 
 def occlusions(cfg: FlywheelConfig, library: DatasetRef, parent: str) -> DatasetRef:
@@ -38,7 +45,9 @@ def occlusions(cfg: FlywheelConfig, library: DatasetRef, parent: str) -> Dataset
     indices = list(range(cfg.occlusions.num_samples))
     parts = [render_occlusions_part(cfg, library, batch, settings)
              for batch in batches(indices, cfg.occlusions.samples_per_shard)]
-    return assemble(cfg, "occlusions", library, parts, settings, parent_run_id=parent)
+    composites = assemble(cfg, "occlusions", library, parts, settings, parent_run_id=parent)
+    gate_for(cfg, composites, parent)
+    return composites
 
 
 def run_round(name: str, body) -> dict:

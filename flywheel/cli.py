@@ -178,6 +178,35 @@ def datasets_gc(
     typer.echo(f"{verb} {len(removed)} uncommitted attempt(s) older than {hours} h")
 
 
+@app.command("validate")
+def validate_cmd(
+    spec: str = typer.Argument(..., metavar="NAME[@VERSION]", help="Latest version if omitted."),
+    docs: Optional[str] = typer.Option(None, "--docs", metavar="DIR", help="Build Great Expectations' "
+                                       "HTML Data Docs into DIR (open DIR/gx/uncommitted/data_docs/local_site/index.html)."),
+    json_out: Optional[str] = typer.Option(None, "--json", metavar="FILE", help="Write the full results as JSON."),
+) -> None:
+    """Validate a dataset version with its Great Expectations suite (exit 1 if it fails)."""
+    from flywheel.contracts import get_spec
+    from flywheel.datasets import Dataset, DatasetError
+    from flywheel.validation import validate, write_json
+
+    cfg = _cfg()
+    store = _store(cfg)
+    try:
+        get_spec(spec.partition("@")[0])
+        ds = Dataset.open(store, spec)
+    except (KeyError, DatasetError) as e:
+        _fail(str(e), EXIT_NOT_FOUND)
+    report = validate(ds, cfg.validation, docs_dir=docs)
+    typer.echo(report.summary())
+    if json_out:
+        write_json(report, json_out)
+    if report.docs:
+        typer.echo(f"data docs: {report.docs}")
+    if not report.success:
+        raise typer.Exit(EXIT_FAILED)
+
+
 def _run_flow(flow_name: str) -> None:
     """Run one of the flows in this process (an ephemeral Prefect server starts if needed)."""
     cfg = _cfg()

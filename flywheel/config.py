@@ -153,6 +153,20 @@ class OcclusionsConfig(_Section):
         return v
 
 
+class ValidationConfig(_Section):
+    """Thresholds of the dataset gates. What a dataset should look like (views per object,
+    image size, visible band) comes from the settings recorded in its own commit marker."""
+
+    rotation_tolerance: float = Field(1e-3, gt=0, description="Max |R R^T - I| and |det R - 1|.")
+    max_family_share: float = Field(0.6, gt=0, le=1, description="Mesh library balance: no family above this share.")
+    max_quarantine_fraction: float = Field(0.5, ge=0, le=1, description="Of the items a stage saw.")
+    min_accept_rate: float = Field(0.2, ge=0, le=1, description="Flying Occlusions: accepted / attempted samples.")
+    band_tolerance: float = Field(0.05, ge=0, description="Slack on the visible band (final vs cheap render).")
+    sample_checks: int = Field(500, ge=0, description="Samples streamed for pixel-level checks; 0: none.")
+    overrides: dict[str, str] = Field(
+        default_factory=dict, description="NAME or NAME@VERSION -> reason: let a failed gate pass, recorded in MLflow.")
+
+
 class FlywheelConfig(_Section):
     project: ProjectConfig = ProjectConfig()
     store: StoreConfig = StoreConfig()
@@ -163,6 +177,7 @@ class FlywheelConfig(_Section):
     meshes: MeshLibraryConfig = MeshLibraryConfig()
     iso3do: Iso3doConfig = Iso3doConfig()
     occlusions: OcclusionsConfig = OcclusionsConfig()
+    validation: ValidationConfig = ValidationConfig()
 
     @property
     def state_dir(self) -> Path:

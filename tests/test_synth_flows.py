@@ -56,14 +56,18 @@ def test_demo_round_end_to_end_then_rerun_from_cache(monkeypatch, tmp_path):
 
     client = mlflow.MlflowClient()
     stages = lineage.stage_runs(result["mlflow_run_id"])
-    assert [r.data.tags[lineage.STAGE_TAG] for r in stages] == ["mesh-library", "iso3do", "occlusions"]
-    for run, sheet in zip(stages, ["meshes_sheet.png", "iso3do_sheet.png", "occlusions_sheet.png"]):
+    assert [r.data.tags[lineage.STAGE_TAG] for r in stages] == [
+        "mesh-library", "validate-meshes", "iso3do", "validate-iso3do", "occlusions", "validate-occlusions"]
+    for run, sheet in zip(stages[::2], ["meshes_sheet.png", "iso3do_sheet.png", "occlusions_sheet.png"]):
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == [sheet]
-    iso_run = stages[1]
+    for run in stages[1::2]:  # every dataset passed its gate, with JSON and Data Docs logged
+        assert run.data.tags["validation.success"] == "true"
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"validation.json", "data_docs"}
+    iso_run = stages[2]
     assert {(d["name"], d["context"]) for d in lineage.run_datasets(iso_run.info.run_id)} == {
         ("meshes", "input"), ("iso3do", "output")}
     assert iso_run.data.metrics["rows"] == 10 and iso_run.data.params["views"] == "2"
-    assert "tries_per_accepted" in stages[2].data.metrics or fo.ref.num_rows == 0
+    assert "tries_per_accepted" in stages[4].data.metrics or fo.ref.num_rows == 0
 
     again = demo_round()
     assert again["datasets"] == result["datasets"]
@@ -138,3 +142,31 @@ def test_bad_backgrounds_are_quarantined_and_the_rest_goes_on(monkeypatch, tmp_p
     samples = [r for r in fo.quarantine().to_pylist() if r["kind"] == "sample"]
     assert fo.ref.num_rows + len(samples) == 3
     assert set(fo.manifest().column("background_id").to_pylist()) <= {str(photos / "good.png")}
+
+
+def test_failed_gate_stops_the_flow_until_an_override_is_recorded(monkeypatch, tmp_path):
+    import trimesh
+
+    from flows.synth import synth_iso3do
+    from tasks.validation import ValidationFailed
+
+    store = _store_env(monkeypatch, tmp_path / "store")
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    trimesh.creation.icosphere().export(upload / "good.ply")
+    for name in ("a.obj", "b.obj", "c.obj"):
+        (upload / name).write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\n")       # no faces
+    monkeypatch.setenv("FLYWHEEL__MESHES__SOURCE", str(upload))
+    with pytest.raises(ValidationFailed) as err:
+        synth_iso3do()
+    message = str(err.value)
+    assert "stage[quarantined_fraction] expect_column_values_to_be_between" in message and "0.75" in message
+    assert not list_versions(store, "iso3do-part")                       # nothing downstream ran
+
+    monkeypatch.setenv("FLYWHEEL__VALIDATION__OVERRIDES", '{"meshes": "3 of 4 uploads broken, ticket OPS-42"}')
+    result = synth_iso3do()
+    assert result["datasets"][1]["num_rows"] == 2                        # 1 mesh x 2 views
+    gate_run = next(r for r in lineage.stage_runs(result["mlflow_run_id"])
+                    if r.data.tags[lineage.STAGE_TAG] == "validate-meshes")
+    assert gate_run.data.tags["validation.success"] == "false"
+    assert gate_run.data.tags["validation.override_reason"] == "3 of 4 uploads broken, ticket OPS-42"
