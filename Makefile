@@ -13,6 +13,7 @@ bench:
 	@bash scripts/setup.sh --test
 	.venv/bin/python bench/run.py
 	.venv/bin/python bench/synth.py
+	.venv/bin/python bench/validation.py
 
 setup:
 	@bash scripts/setup.sh --test
