@@ -54,7 +54,9 @@ def run_round(name: str, body) -> dict:
     """Run ``body(cfg, parent_run_id) -> [DatasetRef]`` as one MLflow round with Blender workers."""
     cfg = load_config()
     ensure_result_storage(cfg)
-    round_id = f"{name}-{digest_of({'store': cfg.store_root, 'cfg': cfg.model_dump(mode='json')})[:10]}"
+    # The round is what it makes: re-running it after a fix or an override resumes its MLflow run.
+    shaping = cfg.model_dump(mode="json", include={"meshes", "iso3do", "occlusions"})
+    round_id = f"{name}-{digest_of({'store': cfg.store_root, **shaping})[:10]}"
     parent = lineage.start_round(cfg, round_id, flow_run_id=prefect_run_ids()[0])
     try:
         refs = body(cfg, parent)

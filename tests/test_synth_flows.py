@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from flywheel import lineage
+from flywheel.config import load_config
 from flywheel.datasets import Dataset, list_versions
 from flywheel.store import LocalStore
 
@@ -159,6 +160,10 @@ def test_failed_gate_stops_the_flow_until_an_override_is_recorded(monkeypatch, t
     monkeypatch.setenv("FLYWHEEL__MESHES__SOURCE", str(upload))
     with pytest.raises(ValidationFailed) as err:
         synth_iso3do()
+    failed_round = mlflow.MlflowClient().search_runs(
+        [mlflow.get_experiment_by_name(load_config().mlflow.experiment).experiment_id],
+        filter_string="tags.`flywheel.stage` = 'round'", order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert failed_round.info.status == "FAILED"
     message = str(err.value)
     assert "stage[quarantined_fraction] expect_column_values_to_be_between" in message and "0.75" in message
     assert not list_versions(store, "iso3do-part")                       # nothing downstream ran
@@ -166,7 +171,10 @@ def test_failed_gate_stops_the_flow_until_an_override_is_recorded(monkeypatch, t
     monkeypatch.setenv("FLYWHEEL__VALIDATION__OVERRIDES", '{"meshes": "3 of 4 uploads broken, ticket OPS-42"}')
     result = synth_iso3do()
     assert result["datasets"][1]["num_rows"] == 2                        # 1 mesh x 2 views
-    gate_run = next(r for r in lineage.stage_runs(result["mlflow_run_id"])
-                    if r.data.tags[lineage.STAGE_TAG] == "validate-meshes")
+    assert result["mlflow_run_id"] == failed_round.info.run_id           # the failed round, resumed
+    gate_runs = [r for r in lineage.stage_runs(result["mlflow_run_id"])
+                 if r.data.tags[lineage.STAGE_TAG] == "validate-meshes"]
+    assert [r.info.status for r in gate_runs] == ["FAILED", "FINISHED"]
+    gate_run = gate_runs[-1]
     assert gate_run.data.tags["validation.success"] == "false"
     assert gate_run.data.tags["validation.override_reason"] == "3 of 4 uploads broken, ticket OPS-42"
