@@ -36,6 +36,9 @@ app.add_typer(config_app, name="config")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(store_app, name="store")
 app.add_typer(synth_app, name="synth")
+stack_app = typer.Typer(help="A local production-like stack on loopback: S3 (SeaweedFS), MLflow server, "
+                        "Prefect server, Ray head + worker.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
 
 
 def _fail(message: str, code: int) -> None:
@@ -176,6 +179,67 @@ def datasets_gc(
     for prefix in removed:
         typer.echo(f"{verb} {store.uri(prefix)}")
     typer.echo(f"{verb} {len(removed)} uncommitted attempt(s) older than {hours} h")
+
+
+@stack_app.command("up")
+def stack_up(
+    database_url: Optional[str] = typer.Option(None, help="PostgreSQL URL for the Prefect server "
+                                               "(postgresql+asyncpg://...); default SQLite."),
+    ray_cpus: int = typer.Option(1, help="CPUs of each Ray node (head and worker)."),
+) -> None:
+    """Start the stack and write .flywheel/stack/flywheel.yaml, the config that uses it."""
+    from flywheel import stack
+
+    cfg = _cfg()
+    try:
+        stack.up(cfg, database_url=database_url, ray_cpus=ray_cpus, log=typer.echo)
+    except stack.StackError as e:
+        _fail(str(e), EXIT_FAILED)
+    _print_status(stack.status(cfg))
+    typer.echo(f"\nrun on it:  flywheel --config {stack.paths(cfg).config} synth all")
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop what `flywheel stack up` started (and nothing else)."""
+    from flywheel import stack
+
+    stopped = stack.down(_cfg(), log=typer.echo)
+    typer.echo(f"stopped {len(stopped)} service(s)" if stopped else "nothing was running")
+
+
+def _print_status(services: dict) -> bool:
+    for name, svc in services.items():
+        mark = "ok  " if svc["healthy"] else "DOWN"
+        typer.echo(f"  {mark} {name:<11} {svc.get('url', ''):<32} {svc['message'] if not svc['healthy'] else ''}")
+    return all(s["healthy"] for s in services.values())
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Health of each service (exit 1 if any is down)."""
+    from flywheel import stack
+
+    if not _print_status(stack.status(_cfg())):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@stack_app.command("env")
+def stack_env() -> None:
+    """Shell exports for tools outside flywheel (prefect, mlflow, ray CLIs) to use the stack."""
+    from flywheel import stack
+
+    cfg = _cfg()
+    state, p = stack.read_state(cfg), stack.paths(cfg)
+    if not state:
+        _fail("the stack is not up (flywheel stack up)", EXIT_FAILED)
+    svc = state["services"]
+    for key, value in {"FLYWHEEL_CONFIG": p.config, "PREFECT_API_URL": svc["prefect"]["url"],
+                       "MLFLOW_TRACKING_URI": svc["mlflow"]["url"], "RAY_ADDRESS": svc["ray-head"]["url"],
+                       "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": p.ray_token,
+                       "AWS_SHARED_CREDENTIALS_FILE": p.credentials, "AWS_PROFILE": stack.PROFILE,
+                       "AWS_ENDPOINT_URL_S3": svc["s3"]["url"]}.items():
+        typer.echo(f"export {key}={value}")
 
 
 @app.command("validate")

@@ -51,6 +51,9 @@ class StoreConfig(_Section):
     )
     region: str | None = None
     profile: str | None = Field(None, description="AWS profile name for credentials.")
+    credentials_file: Path | None = Field(
+        None, description="An AWS shared-credentials file to read the profile from (a path, "
+        "never the secret itself); e.g. the one `flywheel stack up` writes.")
     max_attempts: int = Field(5, ge=1, le=20, description="Attempts per S3 call (retries+1).")
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(60.0, gt=0)
@@ -85,6 +88,9 @@ class MlflowConfig(_Section):
 
 
 class PrefectConfig(_Section):
+    api_url: str | None = Field(
+        None, description="A Prefect server's API (exported as PREFECT_API_URL); None: a temporary "
+        "server per process, or whatever PREFECT_API_URL says.")
     task_retries: int = Field(2, ge=0, le=10)
     retry_backoff_base_s: float = Field(2.0, ge=0)
     retry_jitter_factor: float = Field(0.5, ge=0)
@@ -94,6 +100,13 @@ class PrefectConfig(_Section):
     ephemeral_startup_timeout_s: int = Field(
         120, ge=20, description="Prefect's 20 s default is too short on a fresh database."
     )
+
+
+class RayConfig(_Section):
+    address: str | None = Field(None, description="host:port of a Ray cluster (exported as RAY_ADDRESS); None: local Ray.")
+    auth_token_path: Path | None = Field(
+        None, description="File holding the cluster's auth token; sets RAY_AUTH_MODE=token. Ray 2.60 "
+        "clusters require it unless started with RAY_AUTH_MODE=disabled.")
 
 
 class RenderConfig(_Section):
@@ -173,6 +186,7 @@ class FlywheelConfig(_Section):
     datasets: DatasetsConfig = DatasetsConfig()
     mlflow: MlflowConfig = MlflowConfig()
     prefect: PrefectConfig = PrefectConfig()
+    ray: RayConfig = RayConfig()
     render: RenderConfig = RenderConfig()
     meshes: MeshLibraryConfig = MeshLibraryConfig()
     iso3do: Iso3doConfig = Iso3doConfig()

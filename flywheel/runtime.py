@@ -7,9 +7,13 @@ user already set are kept.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from flywheel.config import FlywheelConfig, load_config
+
+
+DOMAIN_LOGGERS = ("flywheel", "rendering", "sam3d_model")
 
 
 def apply_environment(cfg: FlywheelConfig | None = None) -> FlywheelConfig:
@@ -24,12 +28,23 @@ def apply_environment(cfg: FlywheelConfig | None = None) -> FlywheelConfig:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         # Progress lines from domain code (shards written, objects done) reach the Prefect UI.
-        "PREFECT_LOGGING_EXTRA_LOGGERS": "flywheel,rendering,sam3d_model",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": ",".join(DOMAIN_LOGGERS),
         "GX_ANALYTICS_ENABLED": "false",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    # Services named in the config win over the environment: "run on the stack" is config only.
+    if cfg.prefect.api_url:
+        os.environ["PREFECT_API_URL"] = cfg.prefect.api_url
+    if cfg.ray.address:
+        os.environ["RAY_ADDRESS"] = cfg.ray.address
+    if cfg.ray.auth_token_path:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(cfg.ray.auth_token_path)
+    # Domain progress (shards written, renders done) is INFO; the root logger's WARNING would drop it.
+    for name in DOMAIN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
     # Prefect creates its home without parents and then fails to open its database.
     os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
     return cfg

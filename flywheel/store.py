@@ -435,7 +435,12 @@ def make_s3_client(config: StoreConfig):
     import boto3
     from botocore.config import Config
 
-    session = boto3.session.Session(profile_name=config.profile) if config.profile else boto3.session.Session()
+    import botocore.session
+
+    core = botocore.session.Session()
+    if config.credentials_file:
+        core.set_config_variable("credentials_file", str(config.credentials_file))
+    session = boto3.session.Session(botocore_session=core, profile_name=config.profile)
     return session.client(
         "s3",
         endpoint_url=config.endpoint_url,

@@ -46,8 +46,11 @@ def ensure_ray(address: str | None = None) -> None:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
                  runtime_env={"working_dir": _repo_root(),
                               "excludes": [".venv/", ".flywheel/", ".git/", "bench/results/"]})
+        log.info("render pool: connected to the Ray cluster at %s (%s CPUs)", address,
+                 ray.cluster_resources().get("CPU"))
     else:
         ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        log.info("render pool: started a local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
 
 
 def _repo_root() -> str:
