@@ -83,3 +83,54 @@ def test_stack_up_micro_round_down(tmp_path):
     assert down.returncode == 0 and len(services) == 5
     assert not [name for name, svc in services.items() if _alive(svc["pid"])]
     assert flywheel("stack", "status").returncode == 1
+
+
+def _postgres(tmp_path):
+    """A throw-away PostgreSQL server on loopback, run as the `postgres` user (it refuses root)."""
+    import shutil
+    import time
+
+    from flywheel.servers import free_port
+
+    if not shutil.which("initdb") or not shutil.which("runuser"):
+        pytest.skip("PostgreSQL server binaries not installed")
+    import tempfile
+
+    # Outside pytest's tmp folders: their parents are private to root, and postgres is not root.
+    data = Path(tempfile.mkdtemp(prefix="flywheel-pg-"))
+    shutil.chown(data, "postgres")
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    init = subprocess.run(as_pg + ["initdb", "-D", str(data), "-A", "trust", "-U", "postgres"],
+                          capture_output=True, text=True)
+    assert init.returncode == 0, init.stderr
+    port = free_port()
+    subprocess.run(as_pg + ["pg_ctl", "-D", str(data), "-o", f"-p {port} -k {data} -h 127.0.0.1", "-l",
+                            str(data / "log"), "-w", "start"], check=True, capture_output=True)
+    subprocess.run(as_pg + ["createdb", "-h", "127.0.0.1", "-p", str(port), "prefect"], check=True, capture_output=True)
+    def stop():
+        subprocess.run(as_pg + ["pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+    return port, stop
+
+
+def test_prefect_server_on_postgresql(tmp_path):
+    port, stop = _postgres(tmp_path)
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAY_", "MLFLOW_", "FLYWHEEL__"))}
+    env.update({"FLYWHEEL__PROJECT__STATE_DIR": str(state)})
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect"
+    try:
+        up = subprocess.run([FLYWHEEL, "stack", "up", "--database-url", url], env=env, capture_output=True,
+                            text=True, timeout=400)
+        assert up.returncode == 0, up.stdout + up.stderr
+        run = subprocess.run([FLYWHEEL, "--config", str(state / "stack" / "flywheel.yaml"), "synth", "meshes"],
+                             env={**env, **MICRO}, capture_output=True, text=True, timeout=400)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        count = subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-h", "127.0.0.1", "-p", str(port), "-d",
+                                "prefect", "-tAc", "select count(*) from flow_run where state_type = 'COMPLETED'"],
+                               capture_output=True, text=True, check=True)
+        assert int(count.stdout.strip()) >= 1                         # the flow run is in PostgreSQL
+    finally:
+        subprocess.run([FLYWHEEL, "stack", "down"], env=env, capture_output=True, timeout=120)
+        stop()
