@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from datetime import datetime
 from typing import Optional
 
@@ -323,10 +322,6 @@ def synth_occlusions() -> None:
 def synth_all() -> None:
     """The whole synthetic-data refresh: meshes, Iso-3DO and Flying Occlusions."""
     _run_flow("flows.synth:synth_all")
-
-
-def entrypoint() -> None:  # pragma: no cover
-    sys.exit(app())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -54,12 +54,6 @@ def close_render_pool() -> None:
         _POOL = None
 
 
-def _limits(cfg: FlywheelConfig) -> MeshFilter:
-    m = cfg.meshes
-    return MeshFilter(max_faces=m.max_faces, max_file_bytes=int(m.max_file_mb * 2**20),
-                      max_components=m.max_components)
-
-
 def _write_part(cfg, spec: DatasetSpec, version: str, inputs: dict, produce) -> DatasetRef:
     """Commit one part: ``produce(writer)`` adds samples and quarantines failures."""
     store = store_for(cfg)

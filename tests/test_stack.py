@@ -14,7 +14,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
 
 from flywheel import lineage
 from flywheel.config import load_config
@@ -69,7 +68,7 @@ def test_stack_up_micro_round_down(tmp_path):
         stages = {r.data.tags[lineage.STAGE_TAG]: r for r in lineage.stage_runs(rounds[0].info.run_id)}
         assert {"mesh-library", "iso3do", "validate-iso3do"} <= set(stages)
         assert stages["iso3do"].info.artifact_uri.startswith("mlflow-artifacts:")
-        artifacts = [o.key for o in open_store(f"s3://flywheel/mlflow-artifacts", cfg.store).list("")]
+        artifacts = [o.key for o in open_store("s3://flywheel/mlflow-artifacts", cfg.store).list("")]
         assert any(k.endswith("iso3do_sheet.png") for k in artifacts)  # artifacts live in S3
 
         body = json.dumps({"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}).encode()
@@ -88,7 +87,6 @@ def test_stack_up_micro_round_down(tmp_path):
 def _postgres(tmp_path):
     """A throw-away PostgreSQL server on loopback, run as the `postgres` user (it refuses root)."""
     import shutil
-    import time
 
     from flywheel.servers import free_port
 
