@@ -62,3 +62,35 @@ def image_sheet(images: Sequence[np.ndarray], titles: Sequence[str], path: str |
         ax.imshow(image)
 
     return _sheet(images, titles, path, columns, draw)
+
+
+def curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, title: str = "",
+           log_y: bool = True) -> Path:
+    """Save line plots, one panel per series ``name -> (x, y)`` (e.g. learning curves), as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(len(series), 1)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, (name, (x, y)) in zip(axes.flat, series.items()):
+        y = np.asarray(y, dtype=float)
+        ax.plot(x, y, lw=1.2)
+        if log_y and len(y) and np.all(y > 0):
+            ax.set_yscale("log")
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,87 @@
+"""The velocity network: shape latents + layout tokens -> velocities, given t, d and condition.
+
+A state is a dict of tensors, one per modality (see :data:`MODALITIES`):
+shape (B, r³, C) normalised VAE latents, rotation (B, 6), translation (B, 3), scale (B, 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from sam3d_model.config import ModelConfig
+from sam3d_model.transformer import MoTBlock, modulate
+
+#: Layout modalities, one token each, with their sizes.
+LAYOUT = {"rotation": 6, "translation": 3, "scale": 1}
+MODALITIES = ("shape", *LAYOUT)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding of t in [0, 1] (scaled by 1000 like diffusion timesteps): (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1) if dim % 2 else emb
+
+
+class Embedder(nn.Module):
+    def __init__(self, width: int, zero_init: bool = False):
+        super().__init__()
+        self.width = width
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        if zero_init:  # the shortcut step size starts as a no-op
+            nn.init.zeros_(self.mlp[2].weight)
+            nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.width))
+
+
+class OutputHead(nn.Module):
+    """Final adaLN + zero-initialised projection (each stream predicts zero velocity at init)."""
+
+    def __init__(self, width: int, out: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.proj = nn.Linear(width, out)
+        for layer in (self.modulation[1], self.proj):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.modulation(c)[:, None].chunk(2, dim=-1)
+        return self.proj(modulate(self.norm(x), shift, scale))
+
+
+class GeometryFlow(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        w = cfg.width
+        self.shape_in = nn.Linear(cfg.latent_channels, w)
+        self.shape_pos = nn.Parameter(torch.randn(1, cfg.shape_tokens, w) * 0.02)
+        self.layout_in = nn.ModuleDict({k: nn.Linear(n, w) for k, n in LAYOUT.items()})
+        self.layout_pos = nn.Parameter(torch.randn(1, len(LAYOUT), w) * 0.02)
+        self.time = Embedder(w)
+        self.step = Embedder(w, zero_init=True)
+        self.blocks = nn.ModuleList(MoTBlock(cfg) for _ in range(cfg.depth))
+        self.shape_out = OutputHead(w, cfg.latent_channels)
+        self.layout_out = nn.ModuleDict({k: OutputHead(w, n) for k, n in LAYOUT.items()})
+
+    def forward(self, x: dict[str, torch.Tensor], t: torch.Tensor, d: torch.Tensor,
+                cond: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x: state at time t (B,); d (B,) shortcut step size (0 = instantaneous velocity);
+        cond (B, M, W) condition tokens -> velocity state, same shapes as x."""
+        s = self.shape_in(x["shape"]) + self.shape_pos
+        lay = torch.stack([self.layout_in[k](x[k]) for k in LAYOUT], dim=1) + self.layout_pos
+        c = self.time(t) + self.step(d)
+        for block in self.blocks:
+            s, lay = block(s, lay, c, cond)
+        out = {"shape": self.shape_out(s, c)}
+        for i, k in enumerate(LAYOUT):
+            out[k] = self.layout_out[k](lay[:, i:i + 1], c)[:, 0]
+        return out

@@ -1,0 +1,45 @@
+"""Layout parametrisation: rotation as normalised 6D, translation, log scale.
+
+Conventions are those of :mod:`flywheel.contracts`: an object's normalised points map to
+camera frame by ``p_cam = R @ (s * p) + t``. The 6D rotation is the first two columns of
+R (Zhou et al., continuous and unique up to Gram-Schmidt).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sam3d_model.config import ModelConfig
+
+
+def rot6d_from_matrix(R: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) rotation matrices -> (..., 6): first column then second column."""
+    return torch.cat([R[..., :, 0], R[..., :, 1]], dim=-1)
+
+
+def matrix_from_rot6d(x: torch.Tensor) -> torch.Tensor:
+    """(..., 6) -> (..., 3, 3) proper rotations by Gram-Schmidt; any non-degenerate input works."""
+    a1, a2 = x[..., :3], x[..., 3:]
+    b1 = F.normalize(a1, dim=-1)
+    b2 = F.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
+    b3 = torch.linalg.cross(b1, b2, dim=-1)
+    return torch.stack([b1, b2, b3], dim=-1)
+
+
+def layout_tokens(cfg: ModelConfig, R: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Normalised flow targets from a pose: R (B,3,3), t (B,3), s (B,) ->
+    {"rotation": (B,6), "translation": (B,3), "scale": (B,1)}."""
+    mean = torch.tensor(cfg.translation_mean, dtype=t.dtype, device=t.device)
+    std = torch.tensor(cfg.translation_std, dtype=t.dtype, device=t.device)
+    log_s = (torch.log(s.clamp_min(1e-6)) - cfg.log_scale_mean) / cfg.log_scale_std
+    return {"rotation": rot6d_from_matrix(R), "translation": (t - mean) / std, "scale": log_s[:, None]}
+
+
+def pose_from_tokens(cfg: ModelConfig, tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`layout_tokens`: (R (B,3,3), t (B,3), s (B,))."""
+    tr = tokens["translation"]
+    mean = torch.tensor(cfg.translation_mean, dtype=tr.dtype, device=tr.device)
+    std = torch.tensor(cfg.translation_std, dtype=tr.dtype, device=tr.device)
+    s = torch.exp(tokens["scale"][:, 0] * cfg.log_scale_std + cfg.log_scale_mean)
+    return matrix_from_rot6d(tokens["rotation"]), tr * std + mean, s

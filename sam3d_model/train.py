@@ -1,0 +1,258 @@
+"""Training stages as library functions (DESIGN.md §5): VAE, pre-training on Iso-3DO,
+mid-training on Flying Occlusions, SFT, flow-DPO and shortcut distillation.
+
+Every stage runs through :func:`fit`: AdamW with warm-up, gradient clipping, bf16 autocast
+and ``torch.compile`` on CUDA, one seeded generator for all training randomness, atomic
+checkpoints with optimizer/scheduler/generator state (a killed stage resumes where it
+stopped and ends with the same weights as an uninterrupted one, given the same batches),
+progress in the log, and — given an MLflow run id — params, per-step losses and a
+learning-curve PNG logged to that run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from sam3d_model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from sam3d_model.config import LossWeights
+from sam3d_model.dpo import flow_dpo_loss
+from sam3d_model.model import SmallSam3D
+from sam3d_model.shortcut import shortcut_loss
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[Batch, torch.Generator], dict[str, torch.Tensor]]
+
+
+class TrainSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    steps: int = Field(500, ge=0)
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    warmup_steps: int = Field(20, ge=1)
+    seed: int = 0
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    compile: bool = Field(False, description="torch.compile the flow transformer on CUDA")
+
+
+@dataclass
+class TrainResult:
+    stage: str
+    steps: int
+    history: list[dict] = field(default_factory=list)   # {"step": n, "loss": ..., ...} every log_every
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+    resumed_from: int = 0
+
+    def metric(self, name: str) -> list[float]:
+        return [h[name] for h in self.history if name in h]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+class _RunLog:
+    """Logs to one MLflow run by id (stages run in worker threads: no "active run")."""
+
+    def __init__(self, run_id: str | None):
+        self.run_id = run_id
+        if run_id:
+            from mlflow import MlflowClient
+
+            self.client = MlflowClient()
+
+    def params(self, params: dict) -> None:
+        if self.run_id:
+            from mlflow.entities import Param
+
+            self.client.log_batch(self.run_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
+
+    def metrics(self, values: dict, step: int) -> None:
+        if self.run_id:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def curves(self, stage: str, history: list[dict]) -> None:
+        if not self.run_id or not history:
+            return
+        from flywheel.plots import curves
+
+        keys = [k for k in history[0] if k not in ("step", "steps_per_s")]
+        series = {k: ([h["step"] for h in history], [h[k] for h in history]) for k in keys}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = curves(series, Path(tmp) / f"{stage}_curves.png", title=f"{stage}: learning curves")
+            self.client.log_artifact(self.run_id, str(path), "curves")
+
+
+def fit(stage: str, model: SmallSam3D, parameters: Iterable[torch.nn.Parameter], loss_fn: LossFn,
+        batches: Iterable[Batch], settings: TrainSettings, *, checkpoint_dir: str | Path | None = None,
+        run_id: str | None = None, params: dict | None = None) -> TrainResult:
+    """Optimise ``parameters`` of ``model`` for ``settings.steps`` steps of ``loss_fn``.
+
+    ``batches`` must be deterministic for exact resumption: on resume the batches of the
+    finished steps are drawn and skipped."""
+    device = resolve_device(settings.device)
+    model.to(device)
+    trainable = [p for p in parameters if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.99))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / settings.warmup_steps))
+    gen = torch.Generator(device=device).manual_seed(settings.seed)
+    history: list[dict] = []
+    start = 0
+    last = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    if last is not None and last.exists():
+        payload = read_checkpoint(last)
+        if payload["extra"].get("stage") != stage:
+            raise CheckpointError(f"checkpoint {last}: belongs to stage {payload['extra'].get('stage')!r}, "
+                                  f"not {stage!r}; use another checkpoint folder")
+        model.load_state_dict(payload["model"])
+        opt.load_state_dict(payload["optimizer"])
+        sched.load_state_dict(payload["extra"]["scheduler"])
+        gen.set_state(payload["generator"])
+        start, history = payload["step"], list(payload["extra"]["history"])
+        log.info("%s: resuming from step %d (%s)", stage, start, last)
+
+    runlog = _RunLog(run_id)
+    runlog.params({"stage": stage, **settings.model_dump(), **(params or {}),
+                   "parameters": sum(p.numel() for p in trainable)})
+    if settings.compile and device.type == "cuda":
+        model.flow.compile()
+    amp = settings.amp and device.type == "cuda"
+
+    def save(step: int) -> None:
+        if last is not None:
+            save_checkpoint(last, model, optimizer=opt, step=step, generator=gen,
+                            extra={"stage": stage, "history": history, "scheduler": sched.state_dict()})
+
+    stream: Iterator[Batch] = iter(batches)
+    for _ in range(start):
+        next(stream)
+    model.train()
+    window: dict[str, float] = {}
+    count, t0, began = 0, time.perf_counter(), time.perf_counter()
+    for step in range(start, settings.steps):
+        try:
+            batch = _to(next(stream), device)
+        except StopIteration:
+            raise ValueError(f"{stage}: the batches ran out at step {step} of {settings.steps}") from None
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = loss_fn(batch, gen)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{stage}: loss is {loss.item()} at step {step}; lower the learning rate "
+                                     f"(now {settings.lr}) or check the data")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
+        opt.step()
+        sched.step()
+        for k, v in out.items():
+            window[k] = window.get(k, 0.0) + float(v)
+        window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
+        count += 1
+        done = step + 1
+        if done % settings.log_every == 0 or done == settings.steps:
+            elapsed = time.perf_counter() - t0
+            entry = {"step": done, **{k: v / count for k, v in window.items()},
+                     "lr": sched.get_last_lr()[0], "steps_per_s": count / max(elapsed, 1e-9)}
+            history.append(entry)
+            runlog.metrics({k: v for k, v in entry.items() if k != "step"}, done)
+            log.info("%s: step %d/%d loss %.4f (%.1f steps/s)", stage, done, settings.steps,
+                     entry["loss"], entry["steps_per_s"])
+            window, count, t0 = {}, 0, time.perf_counter()
+        if done % settings.checkpoint_every == 0 or done == settings.steps:
+            save(done)
+    model.eval()
+    runlog.curves(stage, history)
+    return TrainResult(stage, settings.steps, history, last, time.perf_counter() - began, start)
+
+
+def _flow_parameters(model: SmallSam3D) -> list[torch.nn.Parameter]:
+    """Everything but the VAE, which is trained first and then frozen."""
+    return [*model.condition_encoder.parameters(), *model.flow.parameters()]
+
+
+# -- stages -----------------------------------------------------------------------------------
+
+def train_vae(model: SmallSam3D, batches: Iterable[Batch], settings: TrainSettings, *,
+              calibration_batches: int = 8, **kw) -> TrainResult:
+    """Shape VAE (dice + KL on occupancy), then set the latent normalisation from
+    ``calibration_batches`` further batches."""
+    batches = iter(batches)
+    result = fit("vae", model, model.vae.parameters(),
+                 lambda b, g: model.vae.loss(b["occupancy"], model.cfg.kl_weight, g), batches, settings, **kw)
+    model.calibrate_latents(torch.cat([next(batches)["occupancy"] for _ in range(calibration_batches)]))
+    return result
+
+
+def pretrain(model: SmallSam3D, batches: Iterable[Batch], settings: TrainSettings, **kw) -> TrainResult:
+    """Iso-3DO: object-crop condition, shape + rotation terms only (no translation/scale)."""
+    w = model.cfg.loss_weights
+    weights = LossWeights(shape=w.shape, rotation=w.rotation, translation=0.0, scale=0.0)
+    return fit("pretrain", model, _flow_parameters(model), lambda b, g: model.losses(b, g, weights),
+               batches, settings, **kw)
+
+
+def midtrain(model: SmallSam3D, batches: Iterable[Batch], settings: TrainSettings, **kw) -> TrainResult:
+    """Flying Occlusions: full image + crop, every layout term."""
+    return fit("midtrain", model, _flow_parameters(model), model.losses, batches, settings, **kw)
+
+
+def sft(model: SmallSam3D, batches: Iterable[Batch], settings: TrainSettings, **kw) -> TrainResult:
+    """Supervised fine-tuning on accepted (annotator-approved) data, every term."""
+    return fit("sft", model, _flow_parameters(model), model.losses, batches, settings, **kw)
+
+
+def dpo(model: SmallSam3D, pair_batches: Iterable[Batch], settings: TrainSettings, *, beta: float = 500.0,
+        reference: SmallSam3D | None = None, **kw) -> TrainResult:
+    """Flow-DPO on (winner, loser) batches against a frozen reference (default: a copy of
+    ``model`` as it is now, i.e. the SFT model)."""
+    reference = frozen_copy(model) if reference is None else reference.eval().requires_grad_(False)
+    reference.to(resolve_device(settings.device))
+    params = {"beta": beta, **kw.pop("params", {})}
+    return fit("dpo", model, _flow_parameters(model),
+               lambda b, g: flow_dpo_loss(model, reference, b, beta, g), pair_batches, settings,
+               params=params, **kw)
+
+
+def distill(model: SmallSam3D, batches: Iterable[Batch], settings: TrainSettings, *, guidance: float | None = None,
+            consistency_fraction: float = 0.5, levels: int = 3, teacher: SmallSam3D | None = None,
+            **kw) -> TrainResult:
+    """Shortcut distillation of ``model`` (trained in place) from a frozen guided teacher
+    (default: a copy of ``model`` as it is now)."""
+    teacher = frozen_copy(model) if teacher is None else teacher.eval().requires_grad_(False)
+    teacher.to(resolve_device(settings.device))
+    guidance = model.cfg.guidance if guidance is None else guidance
+    params = {"guidance": guidance, "consistency_fraction": consistency_fraction, "levels": levels,
+              **kw.pop("params", {})}
+    return fit("distill", model, _flow_parameters(model),
+               lambda b, g: shortcut_loss(model, teacher, b, g, guidance=guidance,
+                                          consistency_fraction=consistency_fraction, levels=levels),
+               batches, settings, params=params, **kw)
+
+
+def frozen_copy(model: SmallSam3D) -> SmallSam3D:
+    return copy.deepcopy(model).eval().requires_grad_(False)
