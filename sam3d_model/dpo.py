@@ -4,7 +4,8 @@ For each (winner, loser) pair of one condition, both share the noise x0 and the 
 e = per-sample mean squared velocity error of the shape stream;
 Δ = (e_θ^w - e_θ^l) - (e_ref^w - e_ref^l); loss = -log σ(-β/2 · Δ).
 At θ = ref, Δ = 0 and the loss is log 2. The implicit accuracy is the fraction of pairs
-with Δ < 0, i.e. where the model prefers the winner more than the reference does.
+with Δ < 0 (ties count half), i.e. where the model prefers the winner more than the
+reference does.
 """
 
 from __future__ import annotations
@@ -44,5 +45,6 @@ def flow_dpo_loss(model: SmallSam3D, reference: SmallSam3D, batch: dict[str, tor
         r_w, r_l = shape_errors(reference, ref_cond, x0, x1w, t), shape_errors(reference, ref_cond, x0, x1l, t)
     delta = (e_w - e_l) - (r_w - r_l)
     loss = -F.logsigmoid(-0.5 * beta * delta).mean()
-    return {"loss": loss, "implicit_accuracy": (delta < 0).float().mean(), "delta": delta.mean().detach(),
+    accuracy = (delta < 0).float() + 0.5 * (delta == 0).float()   # a tie counts half
+    return {"loss": loss, "implicit_accuracy": accuracy.mean(), "delta": delta.mean().detach(),
             "winner_error": e_w.mean().detach(), "loser_error": e_l.mean().detach()}

@@ -170,7 +170,7 @@ def fit(stage: str, model: SmallSam3D, parameters: Iterable[torch.nn.Parameter],
         opt.step()
         sched.step()
         for k, v in out.items():
-            window[k] = window.get(k, 0.0) + float(v)
+            window[k] = window.get(k, 0.0) + float(v.detach())
         window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
         count += 1
         done = step + 1

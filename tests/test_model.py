@@ -1,0 +1,241 @@
+"""The small SAM 3D geometry model on the toy task: structure, training, DPO, shortcut
+distillation, sampling and checkpoints (micro preset, CPU, seconds)."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+from scipy.spatial.transform import Rotation
+
+from sam3d_model import train as T
+from sam3d_model.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from sam3d_model.config import ModelConfig, preset
+from sam3d_model.data import batch_stream, collate
+from sam3d_model.dpo import flow_dpo_loss
+from sam3d_model.geometry import layout_tokens, matrix_from_rot6d, pose_from_tokens, rot6d_from_matrix
+from sam3d_model.interface import GeometryModel
+from sam3d_model.metrics import shape_metrics
+from sam3d_model.model import SmallSam3D
+from sam3d_model.toy import toy_examples
+
+CFG = preset("micro")
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return toy_examples(CFG, 8)
+
+
+@pytest.fixture(scope="module")
+def trained(examples):
+    """The micro model over-fitted on 8 toy objects: VAE, then the flow (SFT stage)."""
+    torch.manual_seed(0)
+    model = SmallSam3D(CFG)
+    batches = batch_stream(lambda: examples, 8, seed=0)
+    vae = T.train_vae(model, batches, T.TrainSettings(steps=100, lr=5e-3, log_every=10))
+    flow = T.sft(model, batches, T.TrainSettings(steps=400, lr=3e-3, log_every=20))
+    return model, vae, flow
+
+
+def mean_viou(pred, examples) -> float:
+    return float(np.mean([shape_metrics(pred.item(i)["occupancy"], e["occupancy"].numpy() > 0.5)["viou"]
+                          for i, e in enumerate(examples)]))
+
+
+# -- geometry and structure -------------------------------------------------------------------
+
+def test_rot6d_round_trip_and_projection_to_rotations():
+    R = torch.tensor(Rotation.random(64, random_state=0).as_matrix(), dtype=torch.float32)
+    assert torch.allclose(matrix_from_rot6d(rot6d_from_matrix(R)), R, atol=1e-5)
+    raw = torch.randn(64, 6, generator=torch.Generator().manual_seed(1))  # any 6 numbers -> a rotation
+    M = matrix_from_rot6d(raw)
+    assert torch.allclose(M @ M.transpose(1, 2), torch.eye(3).expand(64, 3, 3), atol=1e-5)
+    assert torch.allclose(torch.linalg.det(M), torch.ones(64), atol=1e-5)
+
+
+def test_layout_tokens_round_trip():
+    R = torch.tensor(Rotation.random(8, random_state=2).as_matrix(), dtype=torch.float32)
+    t, s = torch.randn(8, 3), torch.rand(8) + 0.5
+    R2, t2, s2 = pose_from_tokens(CFG, layout_tokens(CFG, R, t, s))
+    assert torch.allclose(R2, R, atol=1e-5) and torch.allclose(t2, t, atol=1e-5) and torch.allclose(s2, s, atol=1e-5)
+
+
+def test_presets_and_config_errors():
+    assert sum(p.numel() for p in SmallSam3D(preset("tiny")).parameters()) == pytest.approx(3e6, rel=0.2)
+    assert preset("small").resolution == 32 and preset("base").resolution == 64
+    with pytest.raises(ValidationError, match="latent_resolution"):
+        ModelConfig(resolution=32)                      # 32 != 4 x 2^2
+    with pytest.raises(ValueError, match="unknown model preset 'huge'"):
+        preset("huge")
+    assert isinstance(SmallSam3D(CFG), GeometryModel)
+
+
+def test_shape_stream_ignores_layout_and_layout_loss_never_moves_it(examples):
+    """MoT: shape tokens attend to shape only; layout sees shape tokens detached."""
+    model = SmallSam3D(CFG)
+    for p in model.parameters():   # leave the zero-initialised gates and heads: make every path live
+        torch.nn.init.normal_(p, std=0.05) if p.dim() > 1 else None
+    batch = collate(examples[:2])
+    cond = model.condition(batch)
+    x = {"shape": torch.randn(2, CFG.shape_tokens, CFG.latent_channels, requires_grad=True),
+         "rotation": torch.randn(2, 6), "translation": torch.randn(2, 3), "scale": torch.randn(2, 1)}
+    t, d = torch.full((2,), 0.3), torch.zeros(2)
+    out = model.flow(x, t, d, cond)
+    other = dict(x, rotation=torch.randn(2, 6), translation=torch.randn(2, 3))
+    assert torch.allclose(model.flow(other, t, d, cond)["shape"], out["shape"])
+    assert not torch.allclose(model.flow(other, t, d, cond)["rotation"], out["rotation"])
+    (out["rotation"].sum() + out["translation"].sum()).backward()
+    shape_grads = [p.grad for n, p in model.flow.named_parameters() if ".shape." in n or n.startswith("shape_")]
+    assert shape_grads and all(g is None or g.abs().max() == 0 for g in shape_grads)
+    assert x["shape"].grad is None or x["shape"].grad.abs().max() == 0
+
+
+def test_encoders_and_point_map_variants_run(examples):
+    for cfg in (preset("micro", encoder="vit", vit_patch=8), preset("micro", use_pointmap=True)):
+        model = SmallSam3D(cfg)
+        batch = collate(toy_examples(cfg, 2))
+        out = model.losses(batch, torch.Generator().manual_seed(0))
+        out["loss"].backward()
+        assert torch.isfinite(out["loss"])
+        assert model.sample(batch, steps=2).occupancy.shape == (2, 16, 16, 16)
+
+
+# -- training -----------------------------------------------------------------------------------
+
+def test_micro_model_overfits_a_tiny_batch(trained, examples):
+    model, vae, flow = trained
+    dice, loss = vae.metric("dice"), flow.metric("loss")
+    assert dice[-1] < dice[0] / 4, dice
+    assert loss[-1] < loss[0] / 3, loss
+    untrained = SmallSam3D(CFG)
+    untrained.vae.load_state_dict(model.vae.state_dict())       # same decoder: only the flow differs
+    untrained.latent_mean.copy_(model.latent_mean)
+    untrained.latent_std.copy_(model.latent_std)
+    batch = collate(examples)
+    assert mean_viou(model.sample(batch), examples) > mean_viou(untrained.sample(batch), examples) + 0.2
+
+
+def test_sampling_is_seeded(trained, examples):
+    model = trained[0]
+    batch = collate(examples[:3])
+    a, b, c = model.sample(batch, seed=1), model.sample(batch, seed=1), model.sample(batch, seed=2)
+    assert torch.equal(a.occupancy, b.occupancy) and torch.equal(a.rotation, b.rotation)
+    assert not torch.equal(a.translation, c.translation)
+
+
+def test_dpo_loss_is_log_2_at_the_reference_and_accuracy_rises(trained, examples):
+    model = copy.deepcopy(trained[0])
+    pairs = [dict(e, winner=e["occupancy"], loser=examples[(i + 1) % len(examples)]["occupancy"])
+             for i, e in enumerate(examples)]
+    batch = collate(pairs)
+    reference = T.frozen_copy(model)
+
+    def evaluate():
+        g = torch.Generator().manual_seed(123)
+        with torch.no_grad():
+            outs = [flow_dpo_loss(model, reference, batch, 500.0, g) for _ in range(4)]
+        return (float(np.mean([o["loss"] for o in outs])), float(np.mean([o["implicit_accuracy"] for o in outs])))
+
+    loss0, acc0 = evaluate()
+    assert loss0 == pytest.approx(np.log(2), abs=1e-6) and acc0 == 0.5
+    result = T.dpo(model, batch_stream(lambda: pairs, 8, seed=1), T.TrainSettings(steps=40, lr=1e-3, log_every=10),
+                   beta=500.0, reference=reference)
+    loss1, acc1 = evaluate()
+    assert acc1 > 0.8 and loss1 < loss0
+    assert result.metric("implicit_accuracy")[-1] > 0.8
+
+
+def test_shortcut_samples_approach_the_guided_teacher_after_distillation(trained, examples):
+    teacher = trained[0]
+    student = copy.deepcopy(teacher)
+    batch = collate(examples)
+    target = teacher.sample_state(batch, seed=5)                 # 25 steps with guidance
+
+    def gap():
+        fast = student.sample_state(batch, shortcut=True, seed=5)   # 4 steps, no guidance
+        return float((fast["shape"] - target["shape"]).pow(2).mean())
+
+    before = gap()
+    T.distill(student, batch_stream(lambda: examples, 8, seed=0), T.TrainSettings(steps=300, lr=1e-3, log_every=50),
+              consistency_fraction=1.0, levels=1, teacher=T.frozen_copy(teacher))
+    assert gap() < 0.6 * before
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+
+def test_checkpoint_round_trip_gives_identical_outputs(trained, examples, tmp_path):
+    model = trained[0]
+    path = save_checkpoint(tmp_path / "model.pt", model, step=7)
+    loaded = load_model(path)
+    batch = collate(examples[:2])
+    a, b = model.sample(batch, seed=3), loaded.sample(batch, seed=3)
+    assert torch.equal(a.occupancy, b.occupancy) and torch.equal(a.translation, b.translation)
+    assert loaded.cfg == model.cfg and read_checkpoint(path)["step"] == 7
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no such file"),
+    ("garbage", "not a readable torch checkpoint"),
+    ("truncated", "not a readable torch checkpoint"),
+    ("code", "not a readable torch checkpoint"),
+    ("foreign", "not a sam3d-flywheel-checkpoint/1 checkpoint"),
+    ("other-config", "weights do not fit"),
+])
+def test_bad_checkpoint_files_give_clear_errors(trained, tmp_path, capfd, case, message):
+    path = tmp_path / "bad.pt"
+    good = save_checkpoint(tmp_path / "good.pt", trained[0])
+    if case == "garbage":
+        path.write_bytes(b"not a checkpoint at all")
+    elif case == "truncated":
+        path.write_bytes(good.read_bytes()[:2000])
+    elif case == "code":                                      # weights_only refuses to run code
+        path.write_bytes(pickle.dumps({"format": "x", "obj": _Payload()}))
+    elif case == "foreign":
+        torch.save({"state_dict": {}}, path)
+    elif case == "other-config":
+        payload = read_checkpoint(good)
+        payload["model_config"] = preset("micro", width=48).model_dump(mode="json")
+        torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=message) as err:
+        load_model(path)
+    assert str(path) in str(err.value)
+    assert "must never run" not in capfd.readouterr().out
+
+
+def test_killed_training_resumes_to_the_same_weights(examples, tmp_path):
+    settings = T.TrainSettings(steps=12, lr=3e-3, log_every=2, checkpoint_every=4)
+
+    def batches(fail_at=None):
+        for i, b in enumerate(batch_stream(lambda: examples, 4, seed=0)):
+            if i == fail_at:
+                raise KeyboardInterrupt("killed")
+            yield b
+
+    torch.manual_seed(0)
+    reference = SmallSam3D(CFG)
+    start = copy.deepcopy(reference.state_dict())
+    T.sft(reference, batches(), settings, checkpoint_dir=tmp_path / "straight")
+
+    model = SmallSam3D(CFG)
+    model.load_state_dict(start)
+    with pytest.raises(KeyboardInterrupt):
+        T.sft(model, batches(fail_at=10), settings, checkpoint_dir=tmp_path / "killed")
+    resumed = SmallSam3D(CFG)
+    resumed.load_state_dict(start)
+    result = T.sft(resumed, batches(), settings, checkpoint_dir=tmp_path / "killed")
+    assert result.resumed_from == 8
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [h["step"] for h in result.history] == list(range(2, 13, 2))
+    with pytest.raises(CheckpointError, match="belongs to stage 'sft'"):
+        T.dpo(resumed, batches(), settings, checkpoint_dir=tmp_path / "killed")
