@@ -132,9 +132,9 @@ DECODERS: dict[str, Callable[[ModelConfig, dict, dict], Example]] = {
 def dataset_examples(cfg: ModelConfig, dataset: Dataset) -> Iterator[Example]:
     """Stream a committed dataset's samples as examples, in shard order."""
     try:
-        decode = DECODERS[dataset.name]
+        decode = DECODERS[dataset.spec.name]
     except KeyError:
-        raise ValueError(f"dataset {dataset.name!r} has no training decoder (known: {', '.join(DECODERS)})") from None
+        raise ValueError(f"dataset {dataset.spec.name!r} has no training decoder (known: {', '.join(DECODERS)})") from None
     rows = {r["sample_key"]: r for r in dataset.manifest().to_pylist()}
     for sample in dataset.samples():
         yield decode(cfg, sample, rows[sample["__key__"]])

@@ -35,7 +35,7 @@ def test_demo_round_end_to_end_then_rerun_from_cache(monkeypatch, tmp_path):
     store = _store_env(monkeypatch, tmp_path / "store")
     result = demo_round()
     meshes, iso, fo = (Dataset(store, d["name"], d["version"]) for d in result["datasets"])
-    CLEAN.update({d["name"]: d for d in result["datasets"]})
+    CLEAN.update({d["name"]: d for d in result["datasets"]}, store=store)
 
     assert meshes.ref.num_rows == 5 and meshes.quarantine().num_rows == 0
     m = iso.manifest()
@@ -73,6 +73,56 @@ def test_demo_round_end_to_end_then_rerun_from_cache(monkeypatch, tmp_path):
     again = demo_round()
     assert again["datasets"] == result["datasets"]
     assert lineage.stage_runs(again["mlflow_run_id"]) == []  # every task was a cache hit
+
+
+def test_model_trains_on_the_rounds_renders_and_logs_to_mlflow(tmp_path):
+    """The model's data path on real renders: Iso-3DO views and FO composites decode into
+    examples with the manifest's poses; the training stages log params, per-step losses
+    and learning curves to the given MLflow run."""
+    import torch
+
+    from flywheel.config import load_config
+    from sam3d_model import train as T
+    from sam3d_model.config import preset
+    from sam3d_model.data import batch_stream, cached_examples
+    from sam3d_model.model import SmallSam3D
+
+    if not CLEAN:
+        pytest.skip("needs the datasets of the end-to-end test")
+    store = CLEAN["store"]
+    cfg = preset("micro")
+    iso = Dataset(store, "iso3do", CLEAN["iso3do"]["version"])
+    fo = Dataset(store, "occlusions", CLEAN["occlusions"]["version"])
+    iso_examples = cached_examples(cfg, [iso])
+    assert len(iso_examples) == iso.ref.num_rows
+    rows = {r["sample_key"]: r for r in iso.manifest().to_pylist()}
+    first_key = next(iso.samples())["__key__"]
+    first = iso_examples[0]
+    assert first["crop"].shape == (4, 32, 32) and not first["full_valid"]
+    assert torch.allclose(first["rotation"].flatten(), torch.tensor(rows[first_key]["R"]), atol=1e-6)
+    assert first["crop"][3].mean() > 3 * first["full"][3].mean()   # the crop zooms in on the mask
+    fo_examples = cached_examples(cfg, [fo])
+    assert len(fo_examples) == fo.ref.num_rows and all(e["full_valid"] for e in fo_examples)
+
+    flywheel_cfg = load_config()
+    experiment = lineage.configure(flywheel_cfg)
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(experiment, run_name="model-on-renders").info.run_id
+    model = SmallSam3D(cfg)
+    settings = T.TrainSettings(steps=6, log_every=2)
+    T.train_vae(model, batch_stream(lambda: iso_examples, 4), settings, calibration_batches=2,
+                checkpoint_dir=tmp_path / "vae")
+    T.pretrain(model, batch_stream(lambda: iso_examples, 4), settings, run_id=run_id,
+               params={"dataset": str(iso.ref)})
+    if fo_examples:
+        T.midtrain(model, batch_stream(lambda: fo_examples, 2), settings.model_copy(update={"steps": 2}))
+    client.set_terminated(run_id)
+    run = client.get_run(run_id)
+    assert run.data.params["stage"] == "pretrain" and run.data.params["dataset"] == str(iso.ref)
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [2, 4, 6]
+    assert "translation" in run.data.metrics and "grad_norm" in run.data.metrics
+    assert [a.path for a in client.list_artifacts(run_id, "curves")] == ["curves/pretrain_curves.png"]
+    assert (tmp_path / "vae" / "last.pt").is_file()
 
 
 def test_same_config_same_digests_in_another_store(monkeypatch, tmp_path):
