@@ -14,6 +14,7 @@ bench:
 	.venv/bin/python bench/run.py
 	.venv/bin/python bench/synth.py
 	.venv/bin/python bench/validation.py
+	.venv/bin/python bench/model.py
 
 setup:
 	@bash scripts/setup.sh --test

@@ -199,7 +199,7 @@ def test_bad_checkpoint_files_give_clear_errors(trained, tmp_path, capfd, case, 
     elif case == "truncated":
         path.write_bytes(good.read_bytes()[:2000])
     elif case == "code":                                      # weights_only refuses to run code
-        path.write_bytes(pickle.dumps({"format": "x", "obj": _Payload()}))
+        path.write_bytes(pickle.dumps({"format": "x", "obj": _Payload()}, protocol=2))
     elif case == "foreign":
         torch.save({"state_dict": {}}, path)
     elif case == "other-config":
@@ -239,3 +239,28 @@ def test_killed_training_resumes_to_the_same_weights(examples, tmp_path):
     assert [h["step"] for h in result.history] == list(range(2, 13, 2))
     with pytest.raises(CheckpointError, match="belongs to stage 'sft'"):
         T.dpo(resumed, batches(), settings, checkpoint_dir=tmp_path / "killed")
+
+
+# -- the released checkpoint ----------------------------------------------------------------------
+
+def test_sam3d_adapter_says_what_is_missing(tmp_path):
+    from sam3d_model.adapter import Sam3DObjectsAdapter, Sam3DUnavailable, quaternion_to_matrix, voxels_to_grid
+
+    with pytest.raises(Sam3DUnavailable, match=f"repository not found at {tmp_path}"):
+        Sam3DObjectsAdapter(tmp_path)
+    (tmp_path / "notebook").mkdir()
+    (tmp_path / "notebook" / "inference.py").write_text("raise ImportError('no kaolin here')\n")
+    with pytest.raises(Sam3DUnavailable, match="weights not found: .*pipeline.yaml is missing"):
+        Sam3DObjectsAdapter(tmp_path)
+    config = tmp_path / "checkpoints" / "hf" / "pipeline.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text("{}\n")
+    if not torch.cuda.is_available():
+        with pytest.raises(Sam3DUnavailable, match="needs a CUDA GPU"):
+            Sam3DObjectsAdapter(tmp_path)
+    # the output mapping: quaternions and sparse voxels
+    q = torch.tensor(Rotation.from_euler("z", 90, degrees=True).as_quat()[[3, 0, 1, 2]], dtype=torch.float32)
+    assert torch.allclose(quaternion_to_matrix(q), torch.tensor([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]]), atol=1e-6)
+    coords = torch.tensor([[0, 0, 0, 0], [0, 63, 63, 63], [0, 5, 6, 7]])
+    grid = voxels_to_grid(coords, 64, 16)
+    assert grid.shape == (16, 16, 16) and grid.sum() == 3 and grid[1, 1, 1] == 1 and grid[15, 15, 15] == 1
