@@ -195,3 +195,43 @@ OCCLUSIONS = register(DatasetSpec(
 
 # The per-batch parts that Iso-3DO and Flying Occlusions are assembled from (same schemas).
 ISO3DO_PART, OCCLUSIONS_PART = part_spec(ISO3DO), part_spec(OCCLUSIONS)
+
+#: The objects of a round that need 3D: one (image, object mask) per row. For the demo,
+#: Flying-Occlusions composites stand in for real photos; their ground truth stays in the
+#: source dataset (``source`` names the sample) and is never copied here.
+IMAGE_POOL = register(DatasetSpec(
+    name="image-pool",
+    schema=pa.schema([
+        pa.field("object_id", pa.string(), nullable=False),   # digest of image + mask bytes
+        pa.field("source", pa.string(), nullable=False),      # dataset@version/sample_key or the image URI
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("mask_pixels", pa.int32(), nullable=False),
+    ]),
+    files=("rgb.png", "mask.png"),  # RGB 8-bit; object mask 0/255, same size
+    description="Images and object masks to propose 3D candidates for.",
+))
+
+#: Candidates: N proposals per image-pool object from an ensemble, with their provenance.
+#: The manifest is the candidate registry that rankings refer to (candidate_id, object_id).
+CANDIDATES = register(DatasetSpec(
+    name="candidates",
+    schema=pa.schema([
+        pa.field("candidate_id", pa.string(), nullable=False),  # digest of object + shape + layout
+        pa.field("object_id", pa.string(), nullable=False),     # image-pool object_id
+        pa.field("member", pa.string(), nullable=False),        # ensemble member name
+        pa.field("kind", pa.string(), nullable=False),          # "model" or "retrieval"
+        pa.field("model_version", pa.string(), nullable=False),  # registry name/version or checkpoint digest
+        pa.field("seed", pa.int64(), nullable=False),           # -1 for retrieval
+        pa.field("guidance", _F32, nullable=False),
+        pa.field("steps", pa.int32(), nullable=False),
+        pa.field("retrieved_mesh_id", pa.string(), nullable=False),  # "" unless kind = retrieval
+        pa.field("R", _MAT3, nullable=False),                   # pose in camera frame
+        pa.field("t", _VEC3, nullable=False),
+        pa.field("s", _F32, nullable=False),
+        pa.field("occupied_fraction", _F32, nullable=False),
+    ]),
+    files=("occ.npy",),  # bool[r,r,r] proposed occupancy over the unit cube
+    description="Ensemble proposals per object, for annotators to rank.",
+))
+CANDIDATES_PART = part_spec(CANDIDATES)

@@ -1,22 +1,19 @@
 """Render jobs on a pool of Ray actors, each owning one persistent Blender worker.
 
-The same code runs on a laptop (``ray.init()`` starts a local Ray) and on a cluster
-(``RAY_ADDRESS`` set, or ``address=``). Actors reserve fractional CPUs (a whole CPU per
-actor can starve Ray on 2-core machines, ENVIRONMENT.md) or a GPU share when rendering on
-GPU. A job that fails, times out or kills Blender comes back as a failure with its reason
+The same code runs on a laptop and on a cluster (flywheel.raypool). Actors reserve
+fractional CPUs (a whole CPU per actor can starve Ray on 2-core machines, ENVIRONMENT.md)
+or a GPU share when rendering on GPU. A job that fails, times out or kills Blender comes back as a failure with its reason
 (to be quarantined by the caller); the worker restarts and the batch goes on. If a whole
 actor dies, its job is retried once on another actor.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-log = logging.getLogger(__name__)
+from flywheel.raypool import ensure_ray, run_on_actors
 
 
 @dataclass(frozen=True)
@@ -33,30 +30,6 @@ class JobResult:
     result: dict | list | None = None
     reason: str | None = None
     worker: str | None = None
-
-
-def ensure_ray(address: str | None = None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        # A cluster: the project's code travels with the job (workers import rendering.*).
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
-                 runtime_env={"working_dir": _repo_root(),
-                              "excludes": [".venv/", ".flywheel/", ".git/", "bench/results/"]})
-        log.info("render pool: connected to the Ray cluster at %s (%s CPUs)", address,
-                 ray.cluster_resources().get("CPU"))
-    else:
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-        log.info("render pool: started a local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
-
-
-def _repo_root() -> str:
-    from pathlib import Path
-
-    return str(Path(__file__).resolve().parent.parent)
 
 
 def _actor_class():
@@ -105,40 +78,10 @@ class RenderPool:
 
     def run(self, jobs: Iterable[Job], on_result: Callable[[JobResult], None] | None = None) -> list[JobResult]:
         """Run ``jobs`` on the actors, as they free up; results in completion order."""
-        import ray
-        from ray.exceptions import RayActorError
-
-        pending = list(jobs)[::-1]
-        total = len(pending)
-        retried: set[str] = set()
-        in_flight: dict = {}
-        idle = list(self.actors)
-        results: list[JobResult] = []
-        started = time.monotonic()
-        while pending or in_flight:
-            while idle and pending:
-                actor, job = idle.pop(), pending.pop()
-                in_flight[actor.run.remote(job, self.timeout_s)] = (actor, job)
-            done, _ = ray.wait(list(in_flight), num_returns=1)
-            actor, job = in_flight.pop(done[0])
-            try:
-                result = ray.get(done[0])
-            except RayActorError as e:  # the actor process itself died; Ray restarts it
-                if job.id not in retried:
-                    retried.add(job.id)
-                    pending.append(job)
-                    idle.append(actor)
-                    log.warning("render actor died on %s; retrying the job once", job.id)
-                    continue
-                result = JobResult(job.id, False, reason=f"render actor died twice: {type(e).__name__}")
-            idle.append(actor)
-            results.append(result)
-            if on_result:
-                on_result(result)
-            if len(results) % max(1, total // 10) == 0 or len(results) == total:
-                log.info("rendered %d/%d jobs (%d failed) in %.0f s", len(results), total,
-                         sum(not r.ok for r in results), time.monotonic() - started)
-        return results
+        return run_on_actors(self.actors, list(jobs), lambda actor, job: actor.run.remote(job, self.timeout_s),
+                             name=lambda job: job.id, what="rendered",
+                             failed=lambda job, reason: JobResult(job.id, False, reason=f"render {reason}"),
+                             on_result=on_result)
 
     def worker_pids(self) -> list[int | None]:
         import ray

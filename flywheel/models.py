@@ -1,0 +1,125 @@
+"""Model versions: checkpoints in the MLflow model registry, and model references resolved
+back to local checkpoint files.
+
+A model reference is ``models:/NAME@ALIAS`` (e.g. ``models:/sam3d@champion``),
+``models:/NAME/VERSION``, or a path to a checkpoint file. Resolving one gives the local
+file, a label for provenance (``NAME/VERSION``, or ``file:<sha256 prefix>``) and the
+checkpoint's sha256. Downloads are cached in the state folder by digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from flywheel.config import FlywheelConfig
+
+CHECKPOINT_ARTIFACT = "checkpoint"
+CHECKPOINT_FILE = "model.pt"
+
+
+class ModelNotFound(LookupError):
+    """A model reference that names no checkpoint; the message says which and why."""
+
+
+class RegistryUnreachable(ConnectionError):
+    """The MLflow tracking server behind the registry did not answer."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    ref: str        # as given
+    label: str      # NAME/VERSION, or file:<digest prefix>
+    path: Path      # local checkpoint file
+    sha256: str
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _client(cfg: FlywheelConfig):
+    from mlflow import MlflowClient
+
+    from flywheel import lineage
+
+    lineage.configure(cfg)
+    return MlflowClient()
+
+
+def register_checkpoint(cfg: FlywheelConfig, path: str | Path, *, run_id: str, name: str,
+                        aliases: tuple[str, ...] = (), tags: dict | None = None) -> ResolvedModel:
+    """Log ``path`` as the run's checkpoint artifact and register it as a new version of
+    ``name`` (created if needed), with optional aliases (e.g. ``champion``)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(cfg)
+    digest = file_digest(path)
+    with tempfile.TemporaryDirectory() as tmp:  # the artifact has one fixed file name
+        staged = Path(tmp) / CHECKPOINT_FILE
+        shutil.copyfile(path, staged)
+        client.log_artifact(run_id, str(staged), CHECKPOINT_ARTIFACT)
+    try:
+        client.create_registered_model(name)
+    except MlflowException:  # exists already
+        pass
+    version = client.create_model_version(name, source=f"runs:/{run_id}/{CHECKPOINT_ARTIFACT}", run_id=run_id,
+                                          tags={"checkpoint_sha256": digest, **(tags or {})})
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, version.version)
+    return ResolvedModel(f"models:/{name}/{version.version}", f"{name}/{version.version}", Path(path), digest)
+
+
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+def resolve_model(cfg: FlywheelConfig, ref: str) -> ResolvedModel:
+    """The checkpoint file behind a model reference (see the module docstring)."""
+    match = _MODELS_URI.match(ref)
+    if match is None:
+        if ref.startswith("models:/"):
+            raise ModelNotFound(f"model {ref!r}: use models:/NAME@ALIAS or models:/NAME/VERSION")
+        path = Path(ref)
+        if not path.is_file():
+            raise ModelNotFound(f"model {ref!r}: no such checkpoint file")
+        digest = file_digest(path)
+        return ResolvedModel(ref, f"file:{digest[:12]}", path, digest)
+
+    from mlflow.exceptions import MlflowException
+
+    name, alias, number = match["name"], match["alias"], match["version"]
+    try:
+        client = _client(cfg)
+        version = (client.get_model_version_by_alias(name, alias) if alias
+                   else client.get_model_version(name, number))
+    except MlflowException as e:
+        if "RESOURCE_DOES_NOT_EXIST" in str(e.error_code) or "INVALID_PARAMETER_VALUE" in str(e.error_code):
+            raise ModelNotFound(f"model {ref!r}: not in the registry at {cfg.mlflow_tracking_uri} "
+                                f"({e.message.splitlines()[0]})") from None
+        raise RegistryUnreachable(f"model {ref!r}: registry at {cfg.mlflow_tracking_uri} failed: "
+                                  f"{e.message.splitlines()[0]}") from None
+    except (ConnectionError, OSError) as e:
+        raise RegistryUnreachable(f"model {ref!r}: registry at {cfg.mlflow_tracking_uri} unreachable: {e}") from None
+    digest = version.tags.get("checkpoint_sha256", "")
+    cache = cfg.state_dir / "models" / f"{digest or name + '-' + version.version}.pt"
+    if not cache.is_file():
+        import mlflow
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = mlflow.artifacts.download_artifacts(
+                artifact_uri=client.get_model_version_download_uri(name, version.version), dst_path=tmp)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(folder) / CHECKPOINT_FILE, cache.with_suffix(".tmp"))
+            cache.with_suffix(".tmp").replace(cache)
+    if digest and file_digest(cache) != digest:
+        cache.unlink()
+        raise ModelNotFound(f"model {ref!r}: downloaded checkpoint does not match its registered sha256")
+    return ResolvedModel(ref, f"{name}/{version.version}", cache, digest or file_digest(cache))
