@@ -1,0 +1,122 @@
+"""Candidate proposals: the ensemble (model members + retrieval) and its Ray actors, with the
+micro model on the toy task, and model references through a real MLflow registry."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from flywheel import lineage
+from flywheel.config import load_config
+from flywheel.models import ModelNotFound, register_checkpoint, resolve_model
+from sam3d_model import train as T
+from sam3d_model.checkpoint import save_checkpoint
+from sam3d_model.config import preset
+from sam3d_model.data import batch_stream, collate
+from sam3d_model.ensemble import DEFAULT_MEMBERS, MeshIndex, propose
+from sam3d_model.model import SmallSam3D
+from sam3d_model.serving import ProposalJob, ProposalPool
+from sam3d_model.toy import toy_examples
+
+CFG = preset("micro")
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory):
+    """A briefly trained micro model and its checkpoint file."""
+    torch.manual_seed(0)
+    examples = toy_examples(CFG, 8)
+    model = SmallSam3D(CFG)
+    batches = batch_stream(lambda: examples, 8)
+    T.train_vae(model, batches, T.TrainSettings(steps=30, lr=5e-3, log_every=10))
+    T.sft(model, batches, T.TrainSettings(steps=60, lr=3e-3, log_every=20))
+    path = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "champion.pt", model)
+    return model, path, examples
+
+
+def library(examples):
+    return [f"mesh-{i}" for i in range(len(examples))], np.stack([e["occupancy"].numpy() > 0.5 for e in examples])
+
+
+def test_ensemble_gives_n_distinct_candidates_with_provenance(champion):
+    model, _, examples = champion
+    ids, occ = library(examples)
+    objects = [f"obj-{i}" for i in range(3)]
+    batch = collate(examples[:3])
+    out = propose({"champion": (model, "sam3d/1")}, DEFAULT_MEMBERS, objects, batch, num_candidates=8,
+                  index={"champion": MeshIndex(model, ids, occ)})
+    for oid in objects:
+        cands = out[oid]
+        assert len(cands) == 8 and len({c.candidate_id for c in cands}) == 8
+        assert {c.member for c in cands} == {"champion", "champion-strong-cfg", "retrieval"}
+        retrieved = [c for c in cands if c.kind == "retrieval"]
+        assert len(retrieved) == 2 and all(c.retrieved_mesh_id in ids and c.seed == -1 for c in retrieved)
+        assert all(c.model_version == "sam3d/1" for c in cands)
+        row = cands[0].row()
+        assert np.allclose(np.array(row["R"]).reshape(3, 3) @ np.array(row["R"]).reshape(3, 3).T, np.eye(3), atol=1e-5)
+    again = propose({"champion": (model, "sam3d/1")}, DEFAULT_MEMBERS, objects, batch, num_candidates=8,
+                    index={"champion": MeshIndex(model, ids, occ)})
+    assert [c.candidate_id for c in again["obj-0"]] == [c.candidate_id for c in out["obj-0"]]
+
+
+def test_retrieval_finds_the_library_shape_it_is_shown(champion):
+    model, _, examples = champion
+    ids, occ = library(examples)
+    index = MeshIndex(model, ids, occ)
+    with torch.no_grad():
+        query = model.encode_shape(torch.from_numpy(occ[[2, 5]]).float())
+    assert [hits[0] for hits in index.nearest(query, 3)] == [2, 5]
+
+
+def test_duplicates_are_topped_up_from_further_seeds(champion):
+    model, _, examples = champion
+    from sam3d_model.ensemble import Member
+
+    same_seed = (Member(name="a", seeds=(0,)), Member(name="b", seeds=(0,)))    # b duplicates a exactly
+    out = propose({"champion": (model, "v")}, same_seed, ["o"], collate(examples[:1]), num_candidates=3)
+    assert len(out["o"]) == 3 and [c.member for c in out["o"]] == ["a", "a", "a"]
+    assert [c.seed for c in out["o"]] == [0, 10_000, 10_001]
+
+
+def test_ray_actors_survive_a_killed_actor_without_losing_or_duplicating(champion):
+    model, path, examples = champion
+    jobs = [ProposalJob(f"batch-{i}", [f"obj-{2 * i}", f"obj-{2 * i + 1}"], collate(examples[2 * i:2 * i + 2]))
+            for i in range(4)]
+    members = DEFAULT_MEMBERS[:2]
+    with ProposalPool({"champion": (str(path), "sam3d/1")}, members, num_candidates=6, actors=2) as pool:
+        clean = {r.id: r for r in pool.run(jobs)}
+        victim = pool.actor_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        after = {r.id: r for r in pool.run(jobs)}
+        assert victim not in pool.actor_pids()            # replaced
+    assert set(clean) == set(after) == {j.id for j in jobs}
+    for job in jobs:
+        assert clean[job.id].ok and after[job.id].ok
+        for oid in job.object_ids:
+            ids = [c.candidate_id for c in after[job.id].candidates[oid]]
+            assert len(ids) == len(set(ids)) == 6
+            assert ids == [c.candidate_id for c in clean[job.id].candidates[oid]]   # same ids on any actor
+
+
+def test_model_references_resolve_through_the_registry(champion, tmp_path):
+    _, path, _ = champion
+    cfg = load_config(environ={"FLYWHEEL__PROJECT__STATE_DIR": str(tmp_path / "state")})
+    import mlflow
+
+    experiment = lineage.configure(cfg)
+    run_id = mlflow.MlflowClient().create_run(experiment).info.run_id
+    registered = register_checkpoint(cfg, path, run_id=run_id, name="sam3d-test", aliases=("champion",))
+    resolved = resolve_model(cfg, "models:/sam3d-test@champion")
+    assert resolved.label == registered.label == "sam3d-test/1"
+    assert resolved.sha256 == registered.sha256 and resolved.path.read_bytes() == path.read_bytes()
+    assert resolve_model(cfg, "models:/sam3d-test/1").path == resolved.path
+    assert resolve_model(cfg, str(path)).label.startswith("file:")
+    for ref, message in [("models:/sam3d-test@nobody", "not in the registry"), ("models:/sam3d-test/7", "not in the registry"),
+                         ("models:/other@champion", "not in the registry"), (str(tmp_path / "x.pt"), "no such checkpoint"),
+                         ("models:/bad", "use models:/NAME@ALIAS")]:
+        with pytest.raises(ModelNotFound, match=message):
+            resolve_model(cfg, ref)
