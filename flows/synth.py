@@ -50,12 +50,13 @@ def occlusions(cfg: FlywheelConfig, library: DatasetRef, parent: str) -> Dataset
     return composites
 
 
-def run_round(name: str, body) -> dict:
-    """Run ``body(cfg, parent_run_id) -> [DatasetRef]`` as one MLflow round with Blender workers."""
+def run_round(name: str, body, shaping_sections: tuple[str, ...] = ("meshes", "iso3do", "occlusions")) -> dict:
+    """Run ``body(cfg, parent_run_id) -> [DatasetRef]`` as one MLflow round with Blender workers;
+    the round's identity is the store and the config sections that shape what it makes."""
     cfg = load_config()
     ensure_result_storage(cfg)
     # The round is what it makes: re-running it after a fix or an override resumes its MLflow run.
-    shaping = cfg.model_dump(mode="json", include={"meshes", "iso3do", "occlusions"})
+    shaping = cfg.model_dump(mode="json", include=set(shaping_sections))
     round_id = f"{name}-{digest_of({'store': cfg.store_root, **shaping})[:10]}"
     parent = lineage.start_round(cfg, round_id, flow_run_id=prefect_run_ids()[0])
     try:

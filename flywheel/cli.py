@@ -300,6 +300,30 @@ def run() -> None:
     _run_flow("flows.demo:demo_round")
 
 
+@app.command("propose")
+def propose(
+    pool: Optional[str] = typer.Option(None, help="Image pool: dataset NAME or NAME@VERSION (e.g. occlusions) or a "
+                                       ".jsonl/.csv manifest with image, mask[, object_id]. Default: candidates.pool."),
+    model: Optional[list[str]] = typer.Option(None, help="KEY=REF, e.g. champion=models:/sam3d@champion or "
+                                              "champion=path/to/model.pt (repeatable). Default: candidates.models."),
+    candidates: Optional[int] = typer.Option(None, "--candidates", "-n", help="Distinct candidates per object (N)."),
+) -> None:
+    """Propose N candidates per image-pool object with the model ensemble on Ray, render previews
+    and publish annotation tasks (native JSONL + Label Studio imports) in the store."""
+    overrides = {}
+    if pool:
+        overrides["FLYWHEEL__CANDIDATES__POOL"] = pool
+    if model:
+        pairs = [m.partition("=") for m in model]
+        if any(not k or not v for k, _, v in pairs):
+            _fail(f"--model needs KEY=REF, got {model}", EXIT_USAGE)
+        overrides["FLYWHEEL__CANDIDATES__MODELS"] = json.dumps({k: v for k, _, v in pairs})
+    if candidates is not None:
+        overrides["FLYWHEEL__CANDIDATES__NUM_CANDIDATES"] = str(candidates)
+    os.environ.update(overrides)
+    _run_flow("flows.propose:propose")
+
+
 @synth_app.command("meshes")
 def synth_meshes() -> None:
     """Build the mesh library: load, filter, de-duplicate, voxelise (config `meshes`)."""

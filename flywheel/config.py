@@ -180,6 +180,30 @@ class ValidationConfig(_Section):
         default_factory=dict, description="NAME or NAME@VERSION -> reason: let a failed gate pass, recorded in MLflow.")
 
 
+class CandidatesConfig(_Section):
+    """Candidate generation (propose): the image pool, the ensemble, Ray actors, previews."""
+
+    pool: str = Field("occlusions", description=(
+        "Image pool: a dataset NAME[@VERSION] (Flying-Occlusions composites stand in for photos) or a "
+        "manifest file (.jsonl or .csv with columns image, mask[, object_id]; paths or s3:// URIs)."))
+    num_candidates: int = Field(8, ge=2, description="Distinct candidates per object (N).")
+    models: dict[str, str] = Field(default_factory=lambda: {"champion": "models:/sam3d@champion"}, description=(
+        "Model key -> reference: models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint file."))
+    members: list[dict] = Field(default_factory=list, description=(
+        "Ensemble members (fields of sam3d_model.ensemble.Member); empty: the default ensemble "
+        "(champion at 4 seeds, at 2 seeds with strong guidance, 2 retrieved meshes)."))
+    retrieval_library: str = Field("meshes", description="Mesh library NAME[@VERSION] for retrieval members.")
+    objects_per_part: int = Field(8, ge=1, description="Objects per cached task (a re-run redoes only missing parts).")
+    objects_per_job: int = Field(4, ge=1, description="Objects per Ray actor call.")
+    actors: int = Field(2, ge=1)
+    actor_num_cpus: float = Field(0.5, gt=0)
+    actor_num_gpus: float = Field(0.5, ge=0, description="GPU share per actor when the cluster has GPUs.")
+    preview_views: int = Field(3, ge=1, le=12)
+    preview_resolution: int = Field(96, ge=32, le=1024)
+    max_image_bytes: int = Field(20_000_000, ge=1, description="Larger image files are quarantined.")
+    registered_model: str = Field("sam3d", description="MLflow registered model of the champion.")
+
+
 class FlywheelConfig(_Section):
     project: ProjectConfig = ProjectConfig()
     store: StoreConfig = StoreConfig()
@@ -192,6 +216,7 @@ class FlywheelConfig(_Section):
     iso3do: Iso3doConfig = Iso3doConfig()
     occlusions: OcclusionsConfig = OcclusionsConfig()
     validation: ValidationConfig = ValidationConfig()
+    candidates: CandidatesConfig = CandidatesConfig()
 
     @property
     def state_dir(self) -> Path:

@@ -301,6 +301,87 @@ def _occlusions(ds: Dataset, cfg: ValidationConfig) -> dict:
     }
 
 
+def _image_pool(ds: Dataset, cfg: ValidationConfig) -> dict:
+    E = _gx()
+    m = ds.manifest().to_pandas()
+    m["mask_fits"] = m["mask_pixels"] <= m["width"] * m["height"]
+
+    def stats(s):
+        rgb, mask = _png(s["rgb.png"]), _png(s["mask.png"])
+        return {"rgb_channels": rgb.shape[2] if rgb.ndim == 3 else 1,
+                "mask_matches_image": mask.shape[:2] == rgb.shape[:2], "mask_pixels_file": int((mask > 127).sum())}
+
+    samples = _stream_stats(ds, cfg.sample_checks, stats)
+    sample_suite = []
+    if len(samples):
+        samples = samples.merge(m[["sample_key", "mask_pixels"]], on="sample_key")
+        samples["mask_count_matches"] = samples["mask_pixels_file"] == samples["mask_pixels"]
+        sample_suite = [E.ExpectColumnValuesToBeInSet(column="rgb_channels", value_set=[3]),
+                        E.ExpectColumnValuesToBeInSet(column="mask_matches_image", value_set=[True]),
+                        E.ExpectColumnValuesToBeInSet(column="mask_count_matches", value_set=[True])]
+    seen = len(m) + _quarantined(ds)
+    stage = pd.DataFrame([{"quarantined_fraction": _quarantined(ds) / seen if seen else 0.0}])
+    return {
+        "manifest": (m, _common(ds, m, "object_id") + [
+            E.ExpectColumnValuesToBeBetween(column="width", min_value=1),
+            E.ExpectColumnValuesToBeBetween(column="height", min_value=1),
+            E.ExpectColumnValuesToBeBetween(column="mask_pixels", min_value=1),
+            E.ExpectColumnValuesToBeInSet(column="mask_fits", value_set=[True])]),
+        "samples": (samples, sample_suite),
+        "stage": (stage, [E.ExpectColumnValuesToBeBetween(column="quarantined_fraction",
+                                                          max_value=cfg.max_quarantine_fraction)]),
+    }
+
+
+def _candidates(ds: Dataset, cfg: ValidationConfig) -> dict:
+    """Candidates: poses, N per object, and the chain candidates -> objects (image pool) and
+    retrieved meshes -> mesh library."""
+    E = _gx()
+    m = ds.manifest().to_pandas()
+    m["rotation_error"] = _rotation_error(m["R"])
+    t = np.array(m["t"].tolist(), dtype=np.float64).reshape(-1, 3)
+    m["t_finite"] = np.isfinite(t).all(axis=1) if len(t) else []
+    n = ds.marker["inputs"].get("settings", {}).get("num_candidates")
+    per_object = m.groupby("object_id").size() if len(m) else pd.Series(dtype=int)
+    groups = pd.DataFrame({"object_id": per_object.index, "candidates": per_object.values})
+    object_ids = _parent_ids(ds, "image-pool", "object_id")
+    mesh_ids = _parent_ids(ds, "meshes", "mesh_id")
+    retrieved = m[m["kind"] == "retrieval"][["sample_key", "retrieved_mesh_id"]]
+    def stats(s):
+        occ = _npy(s["occ.npy"])
+        return {"occ_cubic": occ.ndim == 3 and len(set(occ.shape)) == 1, "occ_fraction_file": float(occ.mean())}
+
+    samples = _stream_stats(ds, cfg.sample_checks, stats)
+    sample_suite = []
+    if len(samples):
+        samples = samples.merge(m[["sample_key", "occupied_fraction"]], on="sample_key")
+        samples["occupancy_mismatch"] = (samples["occ_fraction_file"] - samples["occupied_fraction"]).abs()
+        sample_suite = [E.ExpectColumnValuesToBeInSet(column="occ_cubic", value_set=[True]),
+                        E.ExpectColumnValuesToBeBetween(column="occupancy_mismatch", max_value=1e-4)]
+    manifest_suite = _common(ds, m, "candidate_id") + [
+        E.ExpectColumnValuesToNotBeNull(column="rotation_error"),
+        E.ExpectColumnValuesToBeBetween(column="rotation_error", max_value=cfg.rotation_tolerance),
+        E.ExpectColumnValuesToBeInSet(column="t_finite", value_set=[True]),
+        E.ExpectColumnValuesToBeBetween(column="s", min_value=0, strict_min=True),
+        E.ExpectColumnValuesToBeBetween(column="occupied_fraction", min_value=0, max_value=1),
+        E.ExpectColumnValuesToBeInSet(column="kind", value_set=["model", "retrieval"])]
+    if object_ids:
+        manifest_suite.append(E.ExpectColumnValuesToBeInSet(column="object_id", value_set=object_ids))
+    refs = (retrieved, [E.ExpectColumnValuesToBeInSet(column="retrieved_mesh_id", value_set=mesh_ids)]
+            if mesh_ids and len(retrieved) else [])
+    seen = len(groups) + _quarantined(ds, "object")
+    stage = pd.DataFrame([{"quarantined_fraction": _quarantined(ds, "object") / seen if seen else 0.0}])
+    return {
+        "manifest": (m, manifest_suite),
+        "groups": (groups, [E.ExpectColumnValuesToBeBetween(column="candidates", min_value=n, max_value=n)]
+                   if n else []),
+        "references": refs,
+        "samples": (samples, sample_suite),
+        "stage": (stage, [E.ExpectColumnValuesToBeBetween(column="quarantined_fraction",
+                                                          max_value=cfg.max_quarantine_fraction)]),
+    }
+
+
 def _generic(ds: Dataset, cfg: ValidationConfig) -> dict:
     m = ds.manifest().to_pandas()
     return {"manifest": (m, _common(ds, m, "sample_key"))}
@@ -309,6 +390,7 @@ def _generic(ds: Dataset, cfg: ValidationConfig) -> dict:
 SUITES: dict[str, Callable[[Dataset, ValidationConfig], dict]] = {
     "meshes": _meshes, "iso3do": _iso3do, "iso3do-part": _iso3do,
     "occlusions": _occlusions, "occlusions-part": _occlusions,
+    "image-pool": _image_pool, "candidates": _candidates,
 }
 
 

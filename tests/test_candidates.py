@@ -120,3 +120,61 @@ def test_model_references_resolve_through_the_registry(champion, tmp_path):
                          ("models:/bad", "use models:/NAME@ALIAS")]:
         with pytest.raises(ModelNotFound, match=message):
             resolve_model(cfg, ref)
+
+
+def test_image_pool_manifest_quarantines_each_bad_item_and_keeps_the_rest(tmp_path):
+    from PIL import Image
+
+    from flywheel.config import StoreConfig
+    from flywheel.image_pool import from_manifest
+
+    rgb = (np.random.default_rng(0).random((24, 32, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((24, 32), np.uint8)
+    mask[5:15, 8:20] = 255
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    Image.fromarray(mask).save(tmp_path / "a-mask.png")
+    Image.fromarray(np.zeros((24, 32), np.uint8)).save(tmp_path / "empty-mask.png")
+    Image.fromarray(mask[:10]).save(tmp_path / "small-mask.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    big = (np.random.default_rng(1).random((200, 200, 3)) * 255).astype(np.uint8)
+    Image.fromarray(big).save(tmp_path / "big.png")
+    lines = ['{"image": "a.png", "mask": "a-mask.png", "object_id": "mine"}',
+             '{"image": "gone.png", "mask": "a-mask.png"}',
+             '{"image": "broken.png", "mask": "a-mask.png"}',
+             '{"image": "a.png", "mask": "small-mask.png"}',
+             '{"image": "a.png", "mask": "empty-mask.png"}',
+             '{"image": "a.png"}',
+             'not json',
+             '{"image": "big.png", "mask": "a-mask.png"}']
+    manifest = tmp_path / "pool.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    items = list(from_manifest(manifest, StoreConfig(), max_bytes=50_000))
+    assert [i[0] for i in items].count("sample") == 1
+    sample = next(i for i in items if i[0] == "sample")
+    assert sample[1] == "mine" and sample[2]["mask_pixels"] == 120
+    reasons = {i[1]: i[2] for i in items if i[0] == "quarantine"}
+    assert reasons == {"pool.jsonl:2": "missing image", "pool.jsonl:3": "unreadable image",
+                       "pool.jsonl:4": "mask size", "pool.jsonl:5": "empty mask", "pool.jsonl:6": "malformed row",
+                       "pool.jsonl:7": "malformed row", "pool.jsonl:8": "file too large"}
+    assert all("pool.jsonl" in i[3] for i in items if i[0] == "quarantine")   # each reason names the row
+
+
+def test_annotation_files_validate_against_their_schemas():
+    import jsonschema
+
+    from flywheel import annotation
+
+    task = {"task_id": "v/obj", "object_id": "obj", "candidates_dataset": "candidates@v", "image": "s3://b/i.png",
+            "mask": "s3://b/m.png", "sheet": "s3://b/s.png", "kinds": ["pairwise", "best-of-n", "reject-all"],
+            "candidates": [{"candidate_id": f"cand-{i:020x}", "preview": f"s3://b/{i}.png", "member": "champion"}
+                           for i in range(3)]}
+    text = annotation.native_tasks([task])
+    assert text.count("\n") == 1
+    pairs = annotation.label_studio_pairwise([task])
+    assert len(pairs) == 3 and {p["data"]["left_id"] for p in pairs} <= {c["candidate_id"] for c in task["candidates"]}
+    ranking = annotation.label_studio_ranking([task])
+    assert [i["id"] for i in ranking[0]["data"]["items"]] == [c["candidate_id"] for c in task["candidates"]]
+    with pytest.raises(jsonschema.ValidationError):
+        annotation.native_tasks([dict(task, candidates=task["candidates"][:1])])       # fewer than 2
+    with pytest.raises(jsonschema.ValidationError):
+        annotation.native_tasks([dict(task, extra="field")])

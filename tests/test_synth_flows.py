@@ -125,6 +125,72 @@ def test_model_trains_on_the_rounds_renders_and_logs_to_mlflow(tmp_path):
     assert (tmp_path / "vae" / "last.pt").is_file()
 
 
+def test_propose_flow_on_the_rounds_composites(monkeypatch, tmp_path):
+    """propose: FO composites as the image pool -> N candidates per object from a micro
+    checkpoint (2 seeds + 2 retrieved meshes) on Ray -> gates -> previews and annotation
+    files; a re-run reuses every task and gives the same candidate ids."""
+    import json
+
+    import jsonschema
+    import torch
+
+    from flows.propose import propose
+    from flywheel import annotation
+    from sam3d_model import train as T
+    from sam3d_model.checkpoint import save_checkpoint
+    from sam3d_model.config import preset
+    from sam3d_model.data import batch_stream
+    from sam3d_model.model import SmallSam3D
+    from sam3d_model.toy import toy_examples
+
+    if not CLEAN:
+        pytest.skip("needs the datasets of the end-to-end test")
+    store = _store_env(monkeypatch, CLEAN["store"].root)
+    torch.manual_seed(0)
+    model = SmallSam3D(preset("micro"))
+    T.train_vae(model, batch_stream(lambda: toy_examples(model.cfg, 4), 4), T.TrainSettings(steps=3),
+                calibration_batches=1)
+    checkpoint = save_checkpoint(tmp_path / "champion.pt", model)
+    monkeypatch.setenv("FLYWHEEL__CANDIDATES__MODELS", json.dumps({"champion": str(checkpoint)}))
+    monkeypatch.setenv("FLYWHEEL__CANDIDATES__NUM_CANDIDATES", "4")
+    monkeypatch.setenv("FLYWHEEL__CANDIDATES__MEMBERS", json.dumps([
+        {"name": "champion", "seeds": [0, 1]}, {"name": "retrieval", "kind": "retrieval", "top_k": 2}]))
+    monkeypatch.setenv("FLYWHEEL__CANDIDATES__OBJECTS_PER_PART", "2")
+    monkeypatch.setenv("FLYWHEEL__CANDIDATES__PREVIEW_RESOLUTION", "48")
+
+    result = propose()
+    pool, cands = (Dataset(store, d["name"], d["version"]) for d in result["datasets"])
+    fo = Dataset(store, "occlusions", CLEAN["occlusions"]["version"])
+    assert pool.ref.num_rows == fo.ref.num_rows > 0
+    rows = cands.manifest().to_pylist()
+    by_object = {}
+    for r in rows:
+        by_object.setdefault(r["object_id"], []).append(r)
+    assert set(by_object) == set(pool.manifest().column("object_id").to_pylist())
+    assert all(len(c) == 4 and len({r["candidate_id"] for r in c}) == 4 for c in by_object.values())
+    assert {r["kind"] for r in rows} == {"model", "retrieval"}
+    assert all(r["model_version"].startswith("file:") for r in rows)
+    assert cands.marker["parents"][0]["name"] == "image-pool" and cands.verify() == []
+
+    stages = [r.data.tags[lineage.STAGE_TAG] for r in lineage.stage_runs(result["mlflow_run_id"])]
+    assert stages == ["image-pool", "validate-image-pool", "candidates", "validate-candidates", "annotation-tasks"]
+    prefix = f"annotation/{cands.ref.version}"
+    tasks = [json.loads(line) for line in store.get_bytes(f"{prefix}/tasks.jsonl").decode().splitlines()]
+    assert sorted(t["object_id"] for t in tasks) == sorted(by_object)
+    for t in tasks:
+        jsonschema.validate(t, annotation.TASK_SCHEMA)
+        assert store.exists(f"{prefix}/sheets/{t['object_id']}.png")
+        assert [c["candidate_id"] for c in t["candidates"]] == [r["candidate_id"] for r in by_object[t["object_id"]]]
+    jsonschema.validate(json.loads(store.get_bytes(f"{prefix}/label_studio_pairwise.json")),
+                        annotation.LABEL_STUDIO_PAIRWISE_SCHEMA)
+    jsonschema.validate(json.loads(store.get_bytes(f"{prefix}/label_studio_ranking.json")),
+                        annotation.LABEL_STUDIO_RANKING_SCHEMA)
+
+    again = propose()
+    assert again["datasets"] == result["datasets"]
+    assert lineage.stage_runs(again["mlflow_run_id"]) == []
+
+
 def test_same_config_same_digests_in_another_store(monkeypatch, tmp_path):
     from flows.synth import synth_iso3do
 

@@ -1,0 +1,134 @@
+"""The image pool of a round: (image, object mask) pairs that need 3D.
+
+From a committed dataset (Flying-Occlusions composites, whose ground truth stays in that
+dataset) or from a user manifest (``.jsonl`` or ``.csv``: ``image``, ``mask`` and an
+optional ``object_id``; local paths, relative to the manifest, or ``s3://`` URIs). Each
+item either becomes a sample of :data:`~flywheel.contracts.IMAGE_POOL` or is quarantined
+with its reason: unreadable manifest row, missing or unreadable image or mask, file over
+the size limit, mask of the wrong size, empty mask. The rest of the pool goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from flywheel.config import StoreConfig
+from flywheel.datasets import Dataset
+from flywheel.store import ObjectNotFound, StoreError, open_store
+
+Item = tuple  # ("sample", key, row, files) | ("quarantine", item_id, reason, detail)
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def _sample(rgb: np.ndarray, mask: np.ndarray, source: str, object_id: str | None = None) -> Item:
+    rgb_png, mask_png = png_bytes(rgb), png_bytes(mask.astype(np.uint8) * 255)
+    oid = object_id or "obj-" + hashlib.sha256(rgb_png + mask_png).hexdigest()[:20]
+    row = {"object_id": oid, "source": source, "width": rgb.shape[1], "height": rgb.shape[0],
+           "mask_pixels": int(mask.sum())}
+    return ("sample", oid, row, {"rgb.png": rgb_png, "mask.png": mask_png})
+
+
+def check_pair(rgb: np.ndarray, mask: np.ndarray, name: str) -> tuple[str, str] | None:
+    """(reason, detail) if the pair cannot be used, else None."""
+    if mask.shape != rgb.shape[:2]:
+        return ("mask size", f"{name}: mask is {mask.shape[1]}x{mask.shape[0]}, image is {rgb.shape[1]}x{rgb.shape[0]}")
+    if not mask.any():
+        return ("empty mask", f"{name}: the object mask is empty")
+    return None
+
+
+def from_dataset(dataset: Dataset) -> Iterator[Item]:
+    """Flying-Occlusions composites: the RGB composite and the occludee's visible mask."""
+    if dataset.spec.name != "occlusions":
+        raise ValueError(f"image pool from dataset {dataset.spec.name!r}: only 'occlusions' can stand in for photos")
+    for s in dataset.samples():
+        rgb = np.asarray(Image.open(io.BytesIO(s["rgb.png"])).convert("RGB"))
+        mask = np.asarray(Image.open(io.BytesIO(s["modal.png"]))) > 127
+        name = f"{dataset.ref}/{s['__key__']}"
+        problem = check_pair(rgb, mask, name)
+        yield ("quarantine", name, *problem) if problem else _sample(rgb, mask, name)
+
+
+def _manifest_rows(path: Path) -> Iterator[tuple[int, dict | None, str]]:
+    text = path.read_text()
+    if path.suffix == ".csv":
+        for i, row in enumerate(csv.DictReader(io.StringIO(text)), 2):
+            yield i, row, ""
+        return
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield i, None, f"not JSON: {e.msg}"
+            continue
+        yield i, row if isinstance(row, dict) else None, "" if isinstance(row, dict) else "not a JSON object"
+
+
+def _read(uri: str, base: Path, store_config: StoreConfig, max_bytes: int) -> bytes:
+    if uri.startswith("s3://"):
+        bucket, _, key = uri[5:].partition("/")
+        store = open_store(f"s3://{bucket}", store_config)
+        info = store.stat(key)
+        if info is None:
+            raise FileNotFoundError(uri)
+        size = info.size
+        if size > max_bytes:
+            raise ValueError(f"{size} bytes, over the limit of {max_bytes}")
+        return store.get_bytes(key)
+    path = Path(uri) if Path(uri).is_absolute() else base / uri
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{size} bytes, over the limit of {max_bytes}")
+    return path.read_bytes()
+
+
+def from_manifest(path: str | Path, store_config: StoreConfig, max_bytes: int) -> Iterator[Item]:
+    """Items of a user manifest; every bad row is quarantined with its reason."""
+    path = Path(path)
+    for line, row, problem in _manifest_rows(path):
+        name = f"{path.name}:{line}"
+        if row is None or problem:
+            yield ("quarantine", name, "malformed row", f"{name}: {problem or 'not a row'}")
+            continue
+        image, mask_uri = row.get("image"), row.get("mask")
+        if not isinstance(image, str) or not isinstance(mask_uri, str) or not image or not mask_uri:
+            yield ("quarantine", name, "malformed row", f"{name}: needs string fields 'image' and 'mask'")
+            continue
+        arrays = []
+        for what, uri in (("image", image), ("mask", mask_uri)):
+            try:
+                data = _read(uri, path.parent, store_config, max_bytes)
+                arrays.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB" if what == "image" else "L")))
+            except (FileNotFoundError, ObjectNotFound):
+                yield ("quarantine", name, f"missing {what}", f"{name}: {what} {uri} does not exist")
+                break
+            except ValueError as e:
+                if "over the limit" in str(e):
+                    yield ("quarantine", name, "file too large", f"{name}: {what} {uri}: {e}")
+                else:
+                    yield ("quarantine", name, f"unreadable {what}", f"{name}: {what} {uri}: {e}")
+                break
+            except (UnidentifiedImageError, OSError, StoreError) as e:
+                yield ("quarantine", name, f"unreadable {what}", f"{name}: {what} {uri}: {type(e).__name__}: {e}")
+                break
+        if len(arrays) < 2:
+            continue
+        rgb, mask = arrays[0], arrays[1] > 127
+        problem = check_pair(rgb, mask, f"{name} ({image})")
+        oid = row.get("object_id")
+        yield ("quarantine", name, *problem) if problem else _sample(rgb, mask, image, str(oid) if oid else None)
