@@ -15,6 +15,7 @@ bench:
 	.venv/bin/python bench/synth.py
 	.venv/bin/python bench/validation.py
 	.venv/bin/python bench/model.py
+	.venv/bin/python bench/candidates.py
 
 setup:
 	@bash scripts/setup.sh --test

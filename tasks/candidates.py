@@ -302,7 +302,8 @@ def publish_annotation_tasks(cfg: FlywheelConfig, candidates: DatasetRef, pool: 
             if not result.ok:
                 log.warning("previews of %s failed: %s (blank previews published)", oid, result.reason)
             sheet = image_sheet([_crop_view(rgb, mask, resolution)] + strips,
-                                ["input"] + [f"{c['member']} s{c['seed']}" for c in cands],
+                                ["input"] + [f"{c['member']} seed {c['seed']}" if c["kind"] == "model"
+                                             else f"{c['member']} {c['retrieved_mesh_id'][:12]}" for c in cands],
                                 Path(tmp) / "sheets" / f"{oid}.png", columns=3)
             sheets.append(sheet)
             store.put_file(f"{prefix}/sheets/{oid}.png", sheet)
