@@ -207,3 +207,77 @@ def test_data_docs_are_built(store, meshes, tmp_path):
     report = validate(Dataset(store, "meshes", meshes.version), ValidationConfig(), docs_dir=tmp_path / "docs")
     assert report.docs is not None and report.docs.name == "index.html"
     assert "meshes" in report.docs.read_text()
+
+
+# -- image pool and candidates ---------------------------------------------------------------------
+
+def write_pool(store, objects=3):
+    from flywheel.contracts import IMAGE_POOL
+
+    mask, rgba, _ = disc_sample()
+    samples = [(f"obj-{i}", {"object_id": f"obj-{i}", "source": f"test/{i}", "width": RES, "height": RES,
+                             "mask_pixels": int(mask.sum())},
+                {"rgb.png": png(rgba[..., :3].copy()), "mask.png": png(mask.astype(np.uint8) * 255)})
+               for i in range(objects)]
+    return write_dataset(store, IMAGE_POOL, "pool-v1", samples, inputs={"source": "test"})
+
+
+def write_candidates(store, pool, meshes, corrupt=None, n=3, version="cand-v1"):
+    from flywheel.contracts import CANDIDATES
+
+    mesh_ids = Dataset(store, "meshes", meshes.version).manifest().column("mesh_id").to_pylist()
+    occ = np.zeros((16,) * 3, bool)
+    occ[4:12, 4:12, 4:12] = True
+    with DatasetWriter(store, CANDIDATES, version, inputs={"settings": {"num_candidates": n}},
+                       parents=[pool, meshes], shard_max_samples=4) as w:
+        for oid in Dataset(store, pool.name, pool.version).manifest().column("object_id").to_pylist():
+            for j in range(n):
+                cid = f"cand-{oid[-1]}{j:019x}"
+                row = {"candidate_id": cid, "object_id": oid, "member": "retrieval" if j == 0 else "champion",
+                       "kind": "retrieval" if j == 0 else "model", "model_version": "sam3d/1",
+                       "seed": -1 if j == 0 else j, "guidance": 1.0, "steps": 25,
+                       "retrieved_mesh_id": mesh_ids[0] if j == 0 else "", "R": np.eye(3).ravel().tolist(),
+                       "t": [0.0, 0.0, 2.5], "s": 1.0, "occupied_fraction": float(occ.mean())}
+                key, row, files = cid, row, {"occ.npy": encode_npy(occ)}
+                if corrupt:
+                    out = corrupt(key, row, files)
+                    if out is None:
+                        continue
+                    key, row, files = out
+                w.add(key, row, files)
+    return Dataset(store, "candidates", version)
+
+
+def _c1(key):
+    return key.startswith("cand-0") and key.endswith("1")
+
+
+CANDIDATE_CORRUPTIONS = {
+    "dangling object id": (lambda k, r, f: (k, {**r, "object_id": "obj-unknown"} if _c1(k) else r, f),
+                           ("manifest", "expect_column_values_to_be_in_set", "object_id")),
+    "dangling mesh id": (lambda k, r, f: (k, {**r, "retrieved_mesh_id": "mesh-gone"} if r["kind"] == "retrieval" else r, f),
+                         ("references", "expect_column_values_to_be_in_set", "retrieved_mesh_id")),
+    "missing candidate": (lambda k, r, f: None if _c1(k) else (k, r, f),
+                          ("groups", "expect_column_values_to_be_between", "candidates")),
+    "duplicate id": (lambda k, r, f: (k + "x", {**r, "candidate_id": "cand-00000000000000000000"}, f) if k.startswith("cand-0") else (k, r, f),
+                     ("manifest", "expect_column_values_to_be_unique", "candidate_id")),
+    "nan pose": (lambda k, r, f: (k, {**r, "R": [float("nan")] * 9} if _c1(k) else r, f),
+                 ("manifest", "expect_column_values_to_not_be_null", "rotation_error")),
+    "occupancy file disagrees": (lambda k, r, f: (k, r, {**f, "occ.npy": encode_npy(np.ones((16,) * 3, bool))} if _c1(k) else f),
+                                 ("samples", "expect_column_values_to_be_between", "occupancy_mismatch")),
+}
+
+
+def test_good_pool_and_candidates_pass(store, meshes):
+    pool = write_pool(store)
+    assert validate(Dataset(store, pool.name, pool.version), ValidationConfig()).success
+    report = validate(write_candidates(store, pool, meshes), ValidationConfig())
+    assert report.success, report.summary()
+
+
+@pytest.mark.parametrize("name", list(CANDIDATE_CORRUPTIONS))
+def test_candidates_corruption_fails_with_the_right_expectation(store, meshes, name):
+    corrupt, expected = CANDIDATE_CORRUPTIONS[name]
+    report = validate(write_candidates(store, write_pool(store), meshes, corrupt), ValidationConfig())
+    assert not report.success
+    assert expected in failed(report), report.summary()
