@@ -43,8 +43,7 @@ def image_pool(cfg: FlywheelConfig, parent: str) -> DatasetRef:
 
 def candidates(cfg: FlywheelConfig, pool: DatasetRef, parent: str) -> DatasetRef:
     c = cfg.candidates
-    members = ensemble_members(cfg)
-    models = resolve_ensemble(cfg, members)
+    models, members, dropped = resolve_ensemble(cfg, ensemble_members(cfg))
     library = None
     if any(m["kind"] == "retrieval" for m in members):
         name = c.retrieval_library.partition("@")[0]
@@ -56,7 +55,8 @@ def candidates(cfg: FlywheelConfig, pool: DatasetRef, parent: str) -> DatasetRef
                  for part in batches(ids, c.objects_per_part)]
     finally:
         close_proposal_pool()
-    proposals = assemble_candidates(cfg, pool, parts, models, members, library, settings, parent_run_id=parent)
+    proposals = assemble_candidates(cfg, pool, parts, models, members, library, settings, dropped,
+                                    parent_run_id=parent)
     gate_for(cfg, proposals, parent)
     return proposals
 

@@ -570,9 +570,10 @@ def write_dataset(store: Store, spec: DatasetSpec, version: str,
 
 
 def assemble_dataset(store: Store, spec: DatasetSpec, version: str, parts: list[DatasetRef],
-                     **writer_kwargs) -> DatasetRef:
+                     quarantine: Iterable[dict] = (), **writer_kwargs) -> DatasetRef:
     """Commit ``spec@version`` from committed parts: their shards are copied (server-side on
-    S3), manifests and quarantine tables concatenated. Nothing is re-rendered."""
+    S3), manifests and quarantine tables concatenated (plus ``quarantine`` rows of the
+    stage itself). Nothing is re-rendered."""
     existing = committed_ref(store, spec.name, version)
     if existing is not None:
         return existing
@@ -583,4 +584,6 @@ def assemble_dataset(store: Store, spec: DatasetSpec, version: str, parts: list[
                 writer.add_shard_from(part, shard)
             for row in part.quarantine().to_pylist():
                 writer.quarantine(**row)
+        for row in quarantine:
+            writer.quarantine(**row)
     return writer.ref

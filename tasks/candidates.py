@@ -25,7 +25,7 @@ from flywheel.contracts import CANDIDATES, CANDIDATES_PART, IMAGE_POOL
 from flywheel.datasets import (Dataset, DatasetRef, DatasetWriter, assemble_dataset, committed_ref, decode_npy,
                                encode_npy, version_of)
 from flywheel.image_pool import from_dataset, from_manifest
-from flywheel.models import resolve_model
+from flywheel.models import ModelNotFound, RegistryUnreachable, resolve_model
 from flywheel.plots import image_sheet
 from sam3d_model.checkpoint import read_checkpoint
 from sam3d_model.config import ModelConfig
@@ -48,18 +48,39 @@ def ensemble_members(cfg: FlywheelConfig) -> list[dict]:
     return [m.model_dump(mode="json") for m in members]
 
 
-def resolve_ensemble(cfg: FlywheelConfig, members: list[dict]) -> dict[str, dict]:
+def resolve_ensemble(cfg: FlywheelConfig, members: list[dict]) -> tuple[dict[str, dict], list[dict], list[dict]]:
     """Pin every model the members use to an immutable version: {key: {ref, label, sha256}}.
-    An alias such as ``@champion`` is resolved now, so the run's cache keys name versions."""
-    out = {}
+    An alias such as ``@champion`` is resolved now, so the run's cache keys name versions.
+
+    A model that cannot be resolved (unknown version, unreachable registry) costs only the
+    members that use it: they are dropped and reported as quarantine rows; the remaining
+    members still propose (and top up to N). Returns (models, members kept, quarantine rows)."""
+    models, problems = {}, {}
     for key in sorted({m["model"] for m in members}):
-        if key not in cfg.candidates.models:
-            raise ValueError(f"ensemble member uses model {key!r}, not in candidates.models "
-                             f"({', '.join(cfg.candidates.models) or 'none'})")
-        resolved = resolve_model(cfg, cfg.candidates.models[key])
+        ref = cfg.candidates.models.get(key)
+        if ref is None:
+            problems[key] = ("unknown model", f"model key {key!r} is not in candidates.models "
+                                              f"({', '.join(cfg.candidates.models) or 'none'})")
+            continue
+        try:
+            resolved = resolve_model(cfg, ref)
+        except ModelNotFound as e:
+            problems[key] = ("unknown model", str(e))
+            continue
+        except RegistryUnreachable as e:
+            problems[key] = ("registry unreachable", str(e))
+            continue
         pinned = f"models:/{resolved.label}" if not resolved.label.startswith("file:") else str(resolved.path)
-        out[key] = {"ref": pinned, "label": resolved.label, "sha256": resolved.sha256}
-    return out
+        models[key] = {"ref": pinned, "label": resolved.label, "sha256": resolved.sha256}
+    kept = [m for m in members if m["model"] in models]
+    dropped = [{"item_id": m["name"], "kind": "member", "reason": problems[m["model"]][0],
+                "detail": f"ensemble member {m['name']}: {problems[m['model']][1]}"} for m in members
+               if m["model"] in problems]
+    for row in dropped:
+        log.error("%s; proposing without it", row["detail"])
+    if not any(m["kind"] == "model" for m in kept):
+        raise ModelNotFound("no ensemble member has a usable model: " + "; ".join(r["detail"] for r in dropped))
+    return models, kept, dropped
 
 
 def proposal_pool(cfg: FlywheelConfig, checkpoints: dict, members: list[dict], library) -> ProposalPool:
@@ -202,18 +223,20 @@ def propose_part(cfg: FlywheelConfig, pool: DatasetRef, object_ids: list[str], m
 
 @flywheel_task(name="candidates", version="1")
 def assemble_candidates(cfg: FlywheelConfig, pool: DatasetRef, parts: list[DatasetRef], models: dict,
-                        members: list[dict], library: DatasetRef | None, settings: dict,
+                        members: list[dict], library: DatasetRef | None, settings: dict, dropped: list[dict],
                         parent_run_id: str | None = None) -> DatasetRef:
-    """Commit the round's candidate dataset (the candidate registry) from its parts."""
+    """Commit the round's candidate dataset (the candidate registry) from its parts, with the
+    dropped ensemble members in its quarantine table."""
     store = store_for(cfg)
     inputs = {"pool": pool, "models": models, "members": members, "library": library, "settings": settings}
-    version = version_of(CANDIDATES, inputs={**inputs, "parts": [p.version for p in parts]}, code_version="1")
+    version = version_of(CANDIDATES, inputs={**inputs, "parts": [p.version for p in parts], "dropped": dropped},
+                         code_version="1")
     parents = [pool] + ([library] if library else [])
     params = {"num_candidates": settings["num_candidates"], "members": ", ".join(m["name"] for m in members),
               **{f"model.{k}": m["label"] for k, m in models.items()}}
     with stage(cfg, parent_run_id, "candidates", params=params) as run_id:
         ref = assemble_dataset(store, CANDIDATES, version, parts, inputs=inputs, parents=parents,
-                               **writer_options(cfg))
+                               quarantine=dropped, **writer_options(cfg))
         dataset = Dataset(store, ref.name, ref.version)
         manifest = dataset.manifest()
         per_object = Counter(manifest.column("object_id").to_pylist())

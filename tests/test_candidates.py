@@ -178,3 +178,24 @@ def test_annotation_files_validate_against_their_schemas():
         annotation.native_tasks([dict(task, candidates=task["candidates"][:1])])       # fewer than 2
     with pytest.raises(jsonschema.ValidationError):
         annotation.native_tasks([dict(task, extra="field")])
+
+
+def test_an_unresolvable_model_costs_only_the_members_that_use_it(champion, tmp_path):
+    import json
+
+    from sam3d_model.ensemble import Member
+    from tasks.candidates import resolve_ensemble
+
+    _, path, _ = champion
+    cfg = load_config(environ={"FLYWHEEL__PROJECT__STATE_DIR": str(tmp_path / "state"),
+                               "FLYWHEEL__CANDIDATES__MODELS": json.dumps(
+                                   {"champion": str(path), "old": "models:/sam3d-none/3"})})
+    members = [Member(name="champion", seeds=(0, 1)), Member(name="old-seeds", model="old"),
+               Member(name="ghost", model="not-configured")]
+    models, kept, dropped = resolve_ensemble(cfg, [m.model_dump(mode="json") for m in members])
+    assert set(models) == {"champion"} and models["champion"]["label"].startswith("file:")
+    assert [m["name"] for m in kept] == ["champion"]
+    assert {(d["item_id"], d["reason"]) for d in dropped} == {("old-seeds", "unknown model"), ("ghost", "unknown model")}
+    assert all("sam3d-none" in d["detail"] or "not-configured" in d["detail"] for d in dropped)
+    with pytest.raises(ModelNotFound, match="no ensemble member has a usable model"):
+        resolve_ensemble(cfg, [members[1].model_dump(mode="json")])
