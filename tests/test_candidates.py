@@ -3,6 +3,7 @@ micro model on the toy task, and model references through a real MLflow registry
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 
@@ -199,3 +200,26 @@ def test_an_unresolvable_model_costs_only_the_members_that_use_it(champion, tmp_
     assert all("sam3d-none" in d["detail"] or "not-configured" in d["detail"] for d in dropped)
     with pytest.raises(ModelNotFound, match="no ensemble member has a usable model"):
         resolve_ensemble(cfg, [members[1].model_dump(mode="json")])
+
+
+def test_image_pool_manifest_reads_s3_uris(moto, tmp_path):
+    from PIL import Image
+
+    from conftest import BUCKET, s3_store_config
+    from flywheel.image_pool import from_manifest, png_bytes
+    from flywheel.store import S3Store
+
+    config = s3_store_config(moto, f"s3://{BUCKET}")
+    store = S3Store(f"s3://{BUCKET}", config)
+    rgb = np.full((16, 16, 3), 90, np.uint8)
+    mask = np.zeros((16, 16), bool)
+    mask[4:10, 4:10] = True
+    store.put_bytes("pool/a.png", png_bytes(rgb))
+    store.put_bytes("pool/a-mask.png", png_bytes(mask.astype(np.uint8) * 255))
+    manifest = tmp_path / "pool.csv"
+    manifest.write_text(f"image,mask\ns3://{BUCKET}/pool/a.png,s3://{BUCKET}/pool/a-mask.png\n"
+                        f"s3://{BUCKET}/pool/missing.png,s3://{BUCKET}/pool/a-mask.png\n")
+    items = list(from_manifest(manifest, config, max_bytes=10_000))
+    assert items[0][0] == "sample" and items[0][2]["mask_pixels"] == 36
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(items[0][3]["rgb.png"]))), rgb)
+    assert items[1][:3] == ("quarantine", "pool.csv:3", "missing image")
