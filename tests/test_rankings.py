@@ -1,0 +1,97 @@
+"""Rankings ingestion: every kind of bad row gets its quarantine reason and the rest of the
+file is kept; native and Label Studio exports of the same judgements read the same."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pandas as pd
+import pytest
+
+from flywheel.rankings import ExportError, check, from_label_studio, read_native
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+REGISTRY = pd.DataFrame({"candidate_id": ["c1", "c2", "c3", "c4", "c5"],
+                         "object_id": ["o1", "o1", "o1", "o2", "o2"]})
+ANNOTATORS = {"ann-a", "ann-b"}
+
+
+def row(sid, **kw):
+    base = {"submission_id": sid, "annotator_id": "ann-a", "object_id": "o1", "kind": "pairwise",
+            "winner": "c1", "losers": ["c2"], "timestamp": "2026-11-21T10:00:00Z", "time_spent_s": 12.5}
+    return {**base, **kw}
+
+
+GOOD = [row("s1"), row("s2", kind="best-of-n", winner="c2", losers=["c1", "c3"], geometry=7, texture=5.5),
+        row("s3", kind="reject-all", winner=None, losers=["c1", "c2", "c3"], annotator_id="ann-b")]
+BAD = {
+    "unknown object": row("b1", object_id="o9"),
+    "unknown candidate": row("b2", losers=["c9"]),
+    "candidate of another object": row("b3", losers=["c4"]),
+    "self-comparison": row("b4", winner="c1", losers=["c1"]),
+    "unknown annotator": row("b5", annotator_id="intruder"),
+    "future timestamp": row("b6", timestamp="2027-01-01T00:00:00Z"),
+    "impossible duration": row("b7", time_spent_s=-3),
+    "malformed row": row("b8", time_spent_s="abc"),
+}
+
+
+def check_rows(raw):
+    return check(raw, "export.jsonl", candidates=REGISTRY, annotators=ANNOTATORS, max_time_spent_s=3600, now=NOW)
+
+
+def jsonl(rows, extra_lines=()):
+    return ("\n".join([json.dumps(r) for r in rows] + list(extra_lines)) + "\n").encode()
+
+
+def test_every_bad_row_gets_its_reason_and_the_rest_is_kept():
+    data = jsonl(GOOD + list(BAD.values()), extra_lines=["{not json", "[1, 2]",
+                                                          json.dumps(row("b9", kind="ranked"))])
+    good, quarantine = check_rows(read_native(data, "export.jsonl"))
+    assert good.column("submission_id").to_pylist() == ["s1", "s2", "s3"]
+    reasons = dict(zip(quarantine["item_id"].str.split(":").str[-1], quarantine["reason"]))
+    for sid, (reason, _) in zip([r["submission_id"] for r in BAD.values()], BAD.items()):
+        assert reasons[sid] == reason, (sid, reasons)
+    assert list(quarantine["reason"]).count("malformed row") == 4     # b8, bad JSON, not an object, bad kind
+    assert all(d and d != "None" for d in quarantine["detail"])
+    s2 = good.slice(1, 1).to_pylist()[0]
+    assert s2["losers"] == ["c1", "c3"] and s2["geometry"] == 7 and s2["completeness"] is None
+
+
+def test_resubmissions_count_once_and_conflicts_are_quarantined():
+    data = jsonl([row("s1"), row("s1"), row("s2"), row("s2", winner="c2", losers=["c1"])])
+    good, quarantine = check_rows(read_native(data, "export.jsonl"))
+    assert good.column("submission_id").to_pylist() == ["s1"]
+    assert list(quarantine["reason"]) == ["conflicting resubmission"] * 2
+
+
+def test_csv_and_parquet_read_like_jsonl(tmp_path):
+    frame = pd.DataFrame([{**r, "losers": ";".join(r["losers"])} for r in GOOD])
+    from_csv, _ = check_rows(read_native(frame.to_csv(index=False).encode(), "x.csv"))
+    frame.to_parquet(tmp_path / "x.parquet")
+    from_parquet, _ = check_rows(read_native((tmp_path / "x.parquet").read_bytes(), "x.parquet"))
+    from_jsonl, _ = check_rows(read_native(jsonl(GOOD), "x.jsonl"))
+    assert from_csv.equals(from_jsonl) and from_parquet.equals(from_jsonl)
+    with pytest.raises(ExportError, match="x.xml: unknown export format"):
+        read_native(b"<x/>", "x.xml")
+
+
+def test_label_studio_exports_read_like_native():
+    pairwise_task = {"id": 11, "data": {"object_id": "o1", "image": "i", "left": "l", "right": "r",
+                                        "left_id": "c2", "right_id": "c1"},
+                     "annotations": [{"id": 5, "completed_by": {"email": "ann-a"}, "created_at": "2026-11-21T10:00:00Z",
+                                      "lead_time": 12.5, "result": [{"type": "pairwise", "value": {"selected": "right"}}]}]}
+    ranking_task = {"id": 12, "data": {"object_id": "o1", "image": "i", "items": []},
+                    "annotations": [{"id": 6, "completed_by": {"email": "ann-a"}, "created_at": "2026-11-21T10:00:00Z",
+                                     "lead_time": 12.5, "result": [{"type": "ranker", "value": {"ranker": {
+                                         "best": ["c2", "c1"], "rejected": ["c3"]}}}]},
+                                    {"id": 7, "completed_by": {"email": "ann-b"}, "created_at": "2026-11-21T10:00:00Z",
+                                     "lead_time": 12.5, "result": [{"type": "ranker", "value": {"ranker": {
+                                         "best": [], "rejected": ["c1", "c2", "c3"]}}}]}]}
+    ls, q = check_rows(from_label_studio(json.dumps([pairwise_task, ranking_task]).encode(), "ls.json"))
+    assert q.empty
+    native, _ = check_rows(read_native(jsonl(GOOD), "x.jsonl"))
+    columns = ["annotator_id", "object_id", "kind", "winner", "losers", "timestamp", "time_spent_s"]
+    assert ls.select(columns).to_pylist() == native.select(columns).to_pylist()
+    assert ls.column("submission_id").to_pylist() == ["ls-11-5", "ls-12-6", "ls-12-7"]
