@@ -95,3 +95,54 @@ def test_label_studio_exports_read_like_native():
     columns = ["annotator_id", "object_id", "kind", "winner", "losers", "timestamp", "time_spent_s"]
     assert ls.select(columns).to_pylist() == native.select(columns).to_pylist()
     assert ls.column("submission_id").to_pylist() == ["ls-11-5", "ls-12-6", "ls-12-7"]
+
+
+# -- aggregation ---------------------------------------------------------------------------------
+
+def judgements(rows):
+    good, q = check_rows(pd.DataFrame(rows))
+    assert q.empty, q
+    return good
+
+
+def pairwise(sid, obj, winner, loser, annotator="ann-a"):
+    return row(sid, object_id=obj, winner=winner, losers=[loser], annotator_id=annotator)
+
+
+def test_bradley_terry_orders_candidates_and_decides():
+    from flywheel.aggregate import DecisionRules, decide, preference_pairs
+
+    rows = [pairwise(f"p{i}", "o1", w, lo) for i, (w, lo) in enumerate([("c1", "c2"), ("c2", "c3"), ("c1", "c3")] * 4)]
+    rows += [row(f"r{i}", object_id="o2", kind="reject-all", winner=None, losers=["c4", "c5"],
+                 annotator_id="ann-a" if i % 2 else "ann-b") for i in range(3)]
+    rows += [pairwise("q1", "o2", "c4", "c5")]
+    rankings = judgements(rows)
+    decisions, scores = decide(rankings, REGISTRY, DecisionRules(alpha=0.6))
+    d = decisions.set_index("object_id")
+    s = scores.set_index("candidate_id")["strength"]
+    assert s["c1"] > s["c2"] > s["c3"]
+    assert d.loc["o1", "decision"] == "accept" and d.loc["o1", "winner"] == "c1" and d.loc["o1", "runner_up"] == "c2"
+    assert 0.6 <= d.loc["o1", "score"] <= 1 and 0.5 < d.loc["o1", "confidence"] <= 1
+    assert d.loc["o2", "decision"] == "hard-case" and d.loc["o2", "rejects"] == 3
+    assert decide(rankings, REGISTRY, DecisionRules(alpha=0.99))[0].set_index("object_id").loc["o1", "decision"] \
+        == "below-threshold"
+    pairs = preference_pairs(decisions, rankings)
+    assert pairs[["winner", "loser", "times"]].values.tolist() == [["c1", "c2", 4], ["c1", "c3", 4]]
+
+
+def test_agreement_and_gold_accuracy():
+    from flywheel.aggregate import agreement, annotator_stats, comparisons
+
+    items = [("o1", "c1", "c2"), ("o1", "c3", "c2"), ("o1", "c1", "c3"), ("o2", "c5", "c4")]
+    rows = [pairwise(f"a{i}", o, w, lo, "ann-a") for i, (o, w, lo) in enumerate(items)]
+    rows += [pairwise(f"b{i}", o, w, lo, "ann-b") for i, (o, w, lo) in enumerate(items)]
+    rankings = judgements(rows)
+    result = agreement(comparisons(rankings), min_overlap=3)
+    assert result["cohen"]["ann-a~ann-b"] == pytest.approx(1.0) and result["overlapping_items"] == 4
+    flipped = [pairwise(f"b{i}", o, lo, w, "ann-b") for i, (o, w, lo) in enumerate(items)]
+    contrary = judgements(rows[:4] + flipped)
+    assert agreement(comparisons(contrary), min_overlap=3)["cohen"]["ann-a~ann-b"] == pytest.approx(-1.0)
+    stats = annotator_stats(contrary, comparisons(contrary), gold={"o1": "c1"}).set_index("annotator_id")
+    assert stats.loc["ann-a", "gold_accuracy"] == pytest.approx(2 / 3)   # c1, c3, c1 as winners on o1
+    assert stats.loc["ann-b", "gold_accuracy"] == pytest.approx(0.0)     # c2, c2, c3
+    assert stats.loc["ann-a", "weight"] > stats.loc["ann-b", "weight"]

@@ -1,0 +1,194 @@
+"""From judgements to decisions: Bradley–Terry scores per object, annotator agreement and
+quality, and the round's accept / DPO / hard-case decisions.
+
+- Pairwise rows are one comparison; a best-of-N row is its winner beating each loser.
+  Per object, Bradley–Terry log-strengths come from ``choix.lsr_pairwise`` (Luce spectral
+  ranking, a consistent estimator that needs no iterations; ``alpha`` regularises objects
+  with few comparisons). The expansion and grouping are vectorised with pyarrow.
+- An object's **score** is the mean BT probability that its top candidate beats each of
+  the others (0.5 = no preference, 1 = beats all); its **confidence** is the probability
+  that it beats the runner-up.
+- Reject-all votes count per object; when their (annotator-weighted) share reaches
+  ``reject_share``, the object goes to the **hard-case queue** (3D artists, in the paper).
+- Round k accepts the top candidate when its score passes ``alpha_k`` (thresholds rise over
+  rounds): it becomes an SFT example, and (winner, each candidate it beat) a DPO pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import choix
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def comparisons(rankings: pa.Table) -> pd.DataFrame:
+    """One row per (object, annotator, winner, loser) from pairwise and best-of-N rows."""
+    ranked = rankings.filter(pc.is_in(rankings["kind"], pa.array(["pairwise", "best-of-n"])))
+    parents = pc.list_parent_indices(ranked["losers"])
+    return pd.DataFrame({
+        "object_id": pc.take(ranked["object_id"], parents).to_numpy(zero_copy_only=False),
+        "annotator_id": pc.take(ranked["annotator_id"], parents).to_numpy(zero_copy_only=False),
+        "winner": pc.take(ranked["winner"], parents).to_numpy(zero_copy_only=False),
+        "loser": pc.list_flatten(ranked["losers"]).to_numpy(zero_copy_only=False),
+    })
+
+
+def bradley_terry(pairs: pd.DataFrame, registry: pd.DataFrame, alpha: float = 0.1) -> pd.DataFrame:
+    """Per candidate: BT log-strength (mean 0 within its object), wins and losses.
+    ``registry``: candidate_id, object_id — every candidate of a judged object gets a score."""
+    judged = registry[registry["object_id"].isin(pairs["object_id"].unique())].sort_values(
+        ["object_id", "candidate_id"], kind="stable").reset_index(drop=True)
+    judged["item"] = judged.groupby("object_id").cumcount()
+    index = dict(zip(judged["candidate_id"], judged["item"]))
+    w = pairs["winner"].map(index).to_numpy()
+    lo = pairs["loser"].map(index).to_numpy()
+    order = np.argsort(pairs["object_id"].to_numpy(), kind="stable")
+    objects = pairs["object_id"].to_numpy()[order]
+    bounds = np.flatnonzero(np.r_[True, objects[1:] != objects[:-1], True])
+    sizes = judged.groupby("object_id", sort=True).size()
+    strengths = np.zeros(len(judged))
+    start_of = dict(zip(sizes.index, np.r_[0, np.cumsum(sizes.to_numpy())[:-1]]))
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        obj = objects[a]
+        n = int(sizes[obj])
+        data = list(zip(w[order[a:b]], lo[order[a:b]]))
+        params = choix.lsr_pairwise(n, data, alpha=alpha)
+        strengths[start_of[obj]:start_of[obj] + n] = params - params.mean()
+    judged["strength"] = strengths
+    wins = pairs.groupby("winner").size()
+    losses = pairs.groupby("loser").size()
+    judged["wins"] = judged["candidate_id"].map(wins).fillna(0).astype(int)
+    judged["losses"] = judged["candidate_id"].map(losses).fillna(0).astype(int)
+    return judged.drop(columns="item")
+
+
+@dataclass(frozen=True)
+class DecisionRules:
+    alpha: float                 # the round's acceptance threshold on the score
+    reject_share: float = 0.5    # weighted share of reject-all votes that makes a hard case
+    min_judgements: int = 1      # fewer judgements: undecided (wait for more)
+
+
+def decide(rankings: pa.Table, registry: pd.DataFrame, rules: DecisionRules,
+           weights: dict[str, float] | None = None, bt_alpha: float = 0.1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-object decisions, per-candidate scores). Decisions: ``accept``, ``hard-case``,
+    ``below-threshold`` or ``undecided``, with winner, runner-up, score and confidence."""
+    pairs = comparisons(rankings)
+    scores = bradley_terry(pairs, registry, bt_alpha)
+    votes = pd.DataFrame({"object_id": rankings["object_id"].to_numpy(zero_copy_only=False),
+                          "annotator_id": rankings["annotator_id"].to_numpy(zero_copy_only=False),
+                          "reject": pc.equal(rankings["kind"], "reject-all").to_numpy(zero_copy_only=False)})
+    votes["weight"] = votes["annotator_id"].map(weights or {}).fillna(1.0)
+    votes["reject_weight"] = votes["weight"] * votes["reject"]
+    per_object = votes.groupby("object_id").agg(judgements=("reject", "size"), rejects=("reject", "sum"),
+                                                 weight=("weight", "sum"), reject_weight=("reject_weight", "sum"))
+    per_object["reject_share"] = per_object["reject_weight"] / per_object["weight"].where(per_object["weight"] > 0, 1)
+
+    ranked = scores.sort_values(["object_id", "strength", "candidate_id"], ascending=[True, False, True])
+    top = ranked.groupby("object_id").nth(0).set_index("object_id")
+    second = ranked.groupby("object_id").nth(1).set_index("object_id")
+    diff = ranked.merge(top[["strength"]].rename(columns={"strength": "top"}), left_on="object_id", right_index=True)
+    diff = diff[diff["candidate_id"] != diff["object_id"].map(top["candidate_id"])]
+    diff["p"] = 1 / (1 + np.exp(-(diff["top"] - diff["strength"])))
+    score = diff.groupby("object_id")["p"].mean()
+
+    out = per_object.copy()
+    out["winner"] = top["candidate_id"].reindex(out.index)
+    out["runner_up"] = second["candidate_id"].reindex(out.index)
+    out["score"] = score.reindex(out.index)
+    out["confidence"] = (1 / (1 + np.exp(-(top["strength"] - second["strength"])))).reindex(out.index)
+    decision = np.where(out["judgements"] < rules.min_judgements, "undecided",
+                        np.where(out["reject_share"] >= rules.reject_share, "hard-case",
+                                 np.where(out["score"].fillna(0) >= rules.alpha, "accept",
+                                          np.where(out["winner"].isna(), "undecided", "below-threshold"))))
+    out["decision"] = decision
+    out.loc[out["decision"] == "hard-case", ["winner", "runner_up"]] = None
+    return out.reset_index(), scores
+
+
+def preference_pairs(decisions: pd.DataFrame, rankings: pa.Table) -> pd.DataFrame:
+    """DPO pairs of accepted objects: (winner, each candidate it beat in some judgement)."""
+    pairs = comparisons(rankings)
+    accepted = decisions[decisions["decision"] == "accept"][["object_id", "winner", "score"]]
+    beaten = pairs.merge(accepted, on=["object_id", "winner"])
+    return (beaten.groupby(["object_id", "winner", "loser"], as_index=False)
+            .agg(times=("annotator_id", "size"), score=("score", "first"))
+            .sort_values(["object_id", "loser"]).reset_index(drop=True))
+
+
+def acceptance_threshold(round_index: int, schedule: list[float]) -> float:
+    """alpha_k: the schedule's k-th value, its last value from then on (thresholds rise)."""
+    return schedule[min(round_index, len(schedule) - 1)]
+
+
+def _labelled_items(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Each comparison as an item (object + unordered pair) with a binary label."""
+    w, lo = pairs["winner"].astype(str), pairs["loser"].astype(str)
+    first, second = w.where(w < lo, lo), w.where(w > lo, lo)
+    return pd.DataFrame({"item": pairs["object_id"].astype(str) + "|" + first + "|" + second,
+                         "annotator_id": pairs["annotator_id"].to_numpy(),
+                         "label": (w == first).astype(int).to_numpy()})
+
+
+def agreement(pairs: pd.DataFrame, min_overlap: int = 5) -> dict:
+    """Inter-annotator agreement on items judged by more than one annotator: Cohen's kappa
+    per annotator pair with at least ``min_overlap`` shared items, and Fleiss' kappa over
+    the items rated by the most common number (>= 2) of annotators."""
+    from sklearn.metrics import cohen_kappa_score
+    from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
+
+    items = _labelled_items(pairs).drop_duplicates(["item", "annotator_id"])
+    wide = items.pivot(index="item", columns="annotator_id", values="label")
+    cohen = {}
+    names = list(wide.columns)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            both = wide[[a, b]].dropna()
+            if len(both) >= min_overlap:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    value = cohen_kappa_score(both[a].astype(int), both[b].astype(int))
+                # NaN: both used one and the same label throughout, i.e. perfect agreement
+                cohen[f"{a}~{b}"] = 1.0 if np.isnan(value) else float(value)
+    raters = wide.notna().sum(axis=1)
+    fleiss = None
+    if (raters >= 2).any():
+        m = int(raters[raters >= 2].mode().iloc[0])
+        rows = wide[raters == m]
+        table = np.stack([np.sort(r.dropna().to_numpy())[:m] for _, r in rows.iterrows()]).astype(int)
+        counts, _ = aggregate_raters(table, n_cat=2)
+        fleiss = float(fleiss_kappa(counts)) if len(counts) > 1 else None
+    return {"cohen": cohen, "fleiss": fleiss, "overlapping_items": int((raters >= 2).sum())}
+
+
+def annotator_stats(rankings: pa.Table, pairs: pd.DataFrame, gold: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per annotator: judgements, median seconds, agreement with the majority on shared
+    items, accuracy on gold items (objects with a known best candidate) and a weight
+    (smoothed gold accuracy, else smoothed majority agreement)."""
+    table = pd.DataFrame({"annotator_id": rankings["annotator_id"].to_numpy(zero_copy_only=False),
+                          "object_id": rankings["object_id"].to_numpy(zero_copy_only=False),
+                          "winner": rankings["winner"].to_numpy(zero_copy_only=False),
+                          "seconds": rankings["time_spent_s"].to_numpy()})
+    out = table.groupby("annotator_id").agg(judgements=("object_id", "size"), median_seconds=("seconds", "median"))
+    items = _labelled_items(pairs)
+    share = items.groupby("item")["label"].mean()
+    majority = pd.Series(np.where(share > 0.5, 1.0, np.where(share < 0.5, 0.0, np.nan)), index=share.index)
+    shared = items[items["item"].map(items.groupby("item")["annotator_id"].nunique()) >= 2].copy()
+    shared["agrees"] = shared["label"] == shared["item"].map(majority)
+    shared = shared[shared["item"].map(majority).notna()]
+    agree = shared.groupby("annotator_id")["agrees"].agg(["sum", "size"])
+    out["majority_agreement"] = (agree["sum"] / agree["size"]).reindex(out.index)
+    if gold:
+        graded = table[table["object_id"].isin(gold) & table["winner"].notna()].copy()
+        graded["correct"] = graded["winner"] == graded["object_id"].map(gold)
+        g = graded.groupby("annotator_id")["correct"].agg(["sum", "size"])
+        out["gold_items"] = g["size"].reindex(out.index).fillna(0).astype(int)
+        out["gold_accuracy"] = (g["sum"] / g["size"]).reindex(out.index)
+        weight = (g["sum"] + 1) / (g["size"] + 2)
+    else:
+        weight = (agree["sum"] + 1) / (agree["size"] + 2)
+    out["weight"] = weight.reindex(out.index).fillna(0.5)
+    return out.reset_index()
