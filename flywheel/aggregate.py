@@ -16,6 +16,7 @@ quality, and the round's accept / DPO / hard-case decisions.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import choix
@@ -149,8 +150,9 @@ def agreement(pairs: pd.DataFrame, min_overlap: int = 5) -> dict:
         for b in names[i + 1:]:
             both = wide[[a, b]].dropna()
             if len(both) >= min_overlap:
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    value = cohen_kappa_score(both[a].astype(int), both[b].astype(int))
+                with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+                    warnings.simplefilter("ignore")  # one shared label: sklearn warns, returns NaN
+                    value = cohen_kappa_score(both[a].astype(int), both[b].astype(int), labels=[0, 1])
                 # NaN: both used one and the same label throughout, i.e. perfect agreement
                 cohen[f"{a}~{b}"] = 1.0 if np.isnan(value) else float(value)
     raters = wide.notna().sum(axis=1)
@@ -160,7 +162,9 @@ def agreement(pairs: pd.DataFrame, min_overlap: int = 5) -> dict:
         rows = wide[raters == m]
         table = np.stack([np.sort(r.dropna().to_numpy())[:m] for _, r in rows.iterrows()]).astype(int)
         counts, _ = aggregate_raters(table, n_cat=2)
-        fleiss = float(fleiss_kappa(counts)) if len(counts) > 1 else None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = float(fleiss_kappa(counts)) if len(counts) > 1 else float("nan")
+        fleiss = None if np.isnan(value) else value   # undefined when every rating is the same
     return {"cohen": cohen, "fleiss": fleiss, "overlapping_items": int((raters >= 2).sum())}
 
 

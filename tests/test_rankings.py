@@ -146,3 +146,65 @@ def test_agreement_and_gold_accuracy():
     assert stats.loc["ann-a", "gold_accuracy"] == pytest.approx(2 / 3)   # c1, c3, c1 as winners on o1
     assert stats.loc["ann-b", "gold_accuracy"] == pytest.approx(0.0)     # c2, c2, c3
     assert stats.loc["ann-a", "weight"] > stats.loc["ann-b", "weight"]
+
+
+# -- simulated annotators ------------------------------------------------------------------------
+
+def simulated_round(seed=0, objects=6, per_object_candidates=5):
+    """Candidates of known quality: object k's truth is a box; candidate i is the box shifted
+    by i cells, so quality falls with i (candidate order is shuffled)."""
+    import numpy as np
+
+    from flywheel.simulate import Truth
+
+    rng = np.random.default_rng(seed)
+    truths, candidates, registry = {}, {}, []
+    for k in range(objects):
+        occ = np.zeros((16,) * 3, bool)
+        occ[4:12, 4:12, 3 + k % 3:11 + k % 3] = True
+        oid = f"obj-{k}"
+        truths[oid] = Truth(occ, np.eye(3), np.array([0.0, 0.0, 2.5]))
+        shifts = rng.permutation(per_object_candidates)
+        candidates[oid] = [{"candidate_id": f"cand-{k:02d}{int(s):018d}", "member": "champion" if s % 2 else "retrieval",
+                            "occupancy": np.roll(occ, int(s), axis=0), "R": np.eye(3), "t": np.array([0.0, 0.0, 2.5])}
+                           for s in shifts]
+        registry += [(c["candidate_id"], oid) for c in candidates[oid]]
+    return truths, candidates, pd.DataFrame(registry, columns=["candidate_id", "object_id"])
+
+
+def test_a_noiseless_simulated_annotator_picks_the_true_best():
+    from flywheel.aggregate import DecisionRules, decide
+    from flywheel.simulate import SimulatedAnnotator, simulate
+
+    truths, candidates, registry = simulated_round()
+    for annotator in (SimulatedAnnotator("exact"), SimulatedAnnotator("exact-pairs", pairs_per_object=10)):
+        rows = simulate([annotator], candidates, truths, per_object=1)
+        good, q = check(pd.DataFrame(rows), "sim.jsonl", candidates=registry, annotators=None,
+                        max_time_spent_s=3600, now=NOW)
+        assert q.empty
+        decisions = decide(good, registry, DecisionRules(alpha=0.5))[0].set_index("object_id")
+        for oid, cands in candidates.items():
+            best = next(c["candidate_id"] for c in cands if c["candidate_id"].endswith("0" * 18))  # shift 0
+            assert decisions.loc[oid, "winner"] == best, oid
+
+
+def test_label_studio_and_native_exports_of_the_same_judgements_aggregate_the_same():
+    from flywheel.aggregate import DecisionRules, agreement, comparisons, decide
+    from flywheel.simulate import SimulatedAnnotator, simulate, to_label_studio
+
+    truths, candidates, registry = simulated_round(seed=3)
+    team = [SimulatedAnnotator("a", noise=0.05, pairs_per_object=6, flip_probability=0.1),
+            SimulatedAnnotator("b", noise=0.1, bias={"retrieval": 0.05}),
+            SimulatedAnnotator("c", noise=0.05, reject_threshold=1.0)]
+    rows = simulate(team, candidates, truths, per_object=2, seed=4)
+    assert {r["kind"] for r in rows} == {"pairwise", "best-of-n", "reject-all"}
+    kw = dict(candidates=registry, annotators={"a", "b", "c"}, max_time_spent_s=3600, now=NOW)
+    native, q1 = check(read_native(jsonl(rows), "sim.jsonl"), "sim.jsonl", **kw)
+    ls, q2 = check(from_label_studio(to_label_studio(rows).encode(), "sim.json"), "sim.json", **kw)
+    assert q1.empty and q2.empty and native.num_rows == ls.num_rows == len(rows)
+    rules = DecisionRules(alpha=0.6)
+    d_native, s_native = decide(native, registry, rules)
+    d_ls, s_ls = decide(ls, registry, rules)
+    pd.testing.assert_frame_equal(d_native, d_ls)
+    pd.testing.assert_frame_equal(s_native, s_ls)
+    assert agreement(comparisons(native), min_overlap=1) == agreement(comparisons(ls), min_overlap=1)

@@ -1,0 +1,109 @@
+"""Simulated annotators, for unattended rounds, tests and the demo.
+
+On objects whose ground truth is known (Flying-Occlusions composites in the image pool),
+an annotator judges candidates by their true quality — voxel IoU with the true shape,
+minus a penalty per degree of rotation error and per unit of translation error — seen
+through its own imperfections: Gaussian noise on the quality, a bias for or against some
+ensemble members, a probability of flipping a pairwise answer, and a threshold under
+which it rejects all candidates. Objects are shared out so that each is judged by
+``per_object`` annotators (the overlap agreement is measured on). They write the same
+native and Label Studio exports that people do, which go through the same ingestion.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SimulatedAnnotator:
+    name: str
+    noise: float = 0.0                 # std of the noise on each candidate's quality
+    flip_probability: float = 0.0      # chance a pairwise answer is flipped
+    bias: dict = field(default_factory=dict)   # member name -> quality bonus
+    reject_threshold: float = 0.0      # best perceived quality below this: reject all
+    pairs_per_object: int = 0          # 0: one best-of-N judgement; k: k pairwise judgements
+
+
+@dataclass(frozen=True)
+class Truth:
+    occupancy: np.ndarray
+    R: np.ndarray
+    t: np.ndarray
+
+
+def quality(candidate_occ: np.ndarray, R: np.ndarray, t: np.ndarray, truth: Truth,
+            rotation_weight: float = 1 / 180, translation_weight: float = 0.5) -> float:
+    """vIoU with the true shape minus layout penalties (1 for a perfect candidate)."""
+    a, b = candidate_occ.astype(bool), truth.occupancy.astype(bool)
+    union = np.logical_or(a, b).sum()
+    viou = 1.0 if union == 0 else np.logical_and(a, b).sum() / union
+    cos = np.clip((np.trace(np.asarray(R).T @ truth.R) - 1) / 2, -1, 1)
+    return float(viou - rotation_weight * np.degrees(np.arccos(cos))
+                 - translation_weight * np.linalg.norm(np.asarray(t) - truth.t))
+
+
+def simulate(annotators: list[SimulatedAnnotator], candidates: dict[str, list[dict]], truths: dict[str, Truth], *,
+             per_object: int = 2, seed: int = 0, start: datetime | None = None) -> list[dict]:
+    """Native judgement rows. ``candidates``: object id -> [{candidate_id, member, occupancy,
+    R, t}]; objects without a truth are skipped."""
+    rng = np.random.default_rng(seed)
+    start = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
+    rows = []
+    objects = sorted(o for o in candidates if o in truths)
+    for n, oid in enumerate(objects):
+        cands = candidates[oid]
+        true_q = np.array([quality(c["occupancy"], c["R"], c["t"], truths[oid]) for c in cands])
+        chosen = rng.choice(len(annotators), size=min(per_object, len(annotators)), replace=False)
+        for a_index in sorted(chosen):
+            ann = annotators[a_index]
+            seen = true_q + rng.normal(0, ann.noise, len(cands)) if ann.noise else true_q.copy()
+            seen += np.array([ann.bias.get(c["member"], 0.0) for c in cands])
+            base = {"annotator_id": ann.name, "object_id": oid,
+                    "timestamp": (start + timedelta(minutes=n)).isoformat(),
+                    "time_spent_s": float(np.round(rng.uniform(5, 60), 1))}
+            sid = f"sim-{ann.name}-{oid}"
+            ids = [c["candidate_id"] for c in cands]
+            if seen.max() < ann.reject_threshold:
+                rows.append({**base, "submission_id": sid, "kind": "reject-all", "winner": None, "losers": ids})
+                continue
+            if ann.pairs_per_object == 0:
+                order = np.argsort(-seen, kind="stable")
+                rows.append({**base, "submission_id": sid, "kind": "best-of-n", "winner": ids[order[0]],
+                             "losers": [ids[i] for i in order[1:]]})
+                continue
+            pairs = list(itertools.combinations(range(len(cands)), 2))
+            picked = rng.choice(len(pairs), size=min(ann.pairs_per_object, len(pairs)), replace=False)
+            for k in sorted(picked):
+                i, j = pairs[k]
+                win, lose = (i, j) if seen[i] >= seen[j] else (j, i)
+                if rng.random() < ann.flip_probability:
+                    win, lose = lose, win
+                rows.append({**base, "submission_id": f"{sid}-{k}", "kind": "pairwise", "winner": ids[win],
+                             "losers": [ids[lose]]})
+    return rows
+
+
+def to_label_studio(rows: list[dict]) -> str:
+    """The same judgements as a Label Studio export (pairwise and ranking templates)."""
+    tasks: dict[tuple, dict] = {}
+    for n, r in enumerate(rows, 1):
+        if r["kind"] == "pairwise":
+            left, right = sorted([r["winner"], r["losers"][0]])
+            key = ("pairwise", r["object_id"], left, right)
+            data = {"object_id": r["object_id"], "image": "", "left": "", "right": "", "left_id": left, "right_id": right}
+            result = {"type": "pairwise", "value": {"selected": "left" if r["winner"] == left else "right"}}
+        else:
+            key = ("ranking", r["object_id"])
+            data = {"object_id": r["object_id"], "image": "", "items": []}
+            best = [r["winner"]] + r["losers"] if r["kind"] == "best-of-n" else []
+            result = {"type": "ranker", "value": {"ranker": {"best": best, "rejected": [] if best else r["losers"]}}}
+        task = tasks.setdefault(key, {"id": len(tasks) + 1, "data": data, "annotations": []})
+        task["annotations"].append({"id": n, "completed_by": {"email": r["annotator_id"]},
+                                    "created_at": r["timestamp"], "lead_time": r["time_spent_s"], "result": [result]})
+    return json.dumps(list(tasks.values()), indent=1)
