@@ -16,6 +16,7 @@ quality, and the round's accept / DPO / hard-case decisions.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -51,20 +52,39 @@ def bradley_terry(pairs: pd.DataFrame, registry: pd.DataFrame, alpha: float = 0.
     objects = pairs["object_id"].to_numpy()[order]
     bounds = np.flatnonzero(np.r_[True, objects[1:] != objects[:-1], True])
     sizes = judged.groupby("object_id", sort=True).size()
+    starts = pd.Series(np.r_[0, np.cumsum(sizes.to_numpy())[:-1]], index=sizes.index)
+    firsts = objects[bounds[:-1]]
+    n_items, offsets = sizes.reindex(firsts).to_numpy(), starts.reindex(firsts).to_numpy()
+    w, lo = w[order], lo[order]
+    problems = [(n, list(zip(w[a:b].tolist(), lo[a:b].tolist())))
+                for a, b, n in zip(bounds[:-1].tolist(), bounds[1:].tolist(), n_items.tolist())]
     strengths = np.zeros(len(judged))
-    start_of = dict(zip(sizes.index, np.r_[0, np.cumsum(sizes.to_numpy())[:-1]]))
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        obj = objects[a]
-        n = int(sizes[obj])
-        data = list(zip(w[order[a:b]], lo[order[a:b]]))
-        params = choix.lsr_pairwise(n, data, alpha=alpha)
-        strengths[start_of[obj]:start_of[obj] + n] = params - params.mean()
+    for off, n, params in zip(offsets.tolist(), n_items.tolist(), _fit_all(problems, alpha)):
+        strengths[off:off + n] = params - params.mean()
     judged["strength"] = strengths
     wins = pairs.groupby("winner").size()
     losses = pairs.groupby("loser").size()
     judged["wins"] = judged["candidate_id"].map(wins).fillna(0).astype(int)
     judged["losses"] = judged["candidate_id"].map(losses).fillna(0).astype(int)
     return judged.drop(columns="item")
+
+
+def _fit(problems: list[tuple[int, list]], alpha: float) -> list[np.ndarray]:
+    return [choix.lsr_pairwise(n, data, alpha=alpha) for n, data in problems]
+
+
+def _fit_all(problems: list[tuple[int, list]], alpha: float, parallel_above: int = 5000) -> list[np.ndarray]:
+    """One choix fit per object; many objects are spread over the machine's cores."""
+    workers = min(os.cpu_count() or 1, 8)
+    if len(problems) < parallel_above or workers < 2:
+        return _fit(problems, alpha)
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunk = -(-len(problems) // workers)
+    with ProcessPoolExecutor(workers) as pool:
+        parts = pool.map(_fit, [problems[i:i + chunk] for i in range(0, len(problems), chunk)],
+                         [alpha] * workers)
+        return [p for part in parts for p in part]
 
 
 @dataclass(frozen=True)

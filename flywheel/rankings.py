@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 KINDS = ("pairwise", "best-of-n", "reject-all")
@@ -153,96 +154,124 @@ def _ls_user(ann: dict):
     return None if user is None else str(user)
 
 
+def _is_text(values: pd.Series) -> np.ndarray:
+    """Non-empty strings (vectorised for string columns, e.g. from Parquet)."""
+    if pd.api.types.is_string_dtype(values.dtype) and values.dtype != object:
+        return (values.notna() & (values.str.len() > 0)).to_numpy(dtype=bool)
+    return np.fromiter((isinstance(v, str) and v != "" for v in values.to_numpy(dtype=object)), bool, len(values))
+
+
 def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annotators: set[str] | None,
           max_time_spent_s: float, now: datetime | None = None,
           clock_skew_s: float = 300.0) -> tuple[pa.Table, pd.DataFrame]:
     """Type and check raw rows. ``candidates``: the registry (candidate_id, object_id).
 
-    Returns (good rows as a NATIVE_SCHEMA table, quarantine rows: item_id, kind, reason, detail)."""
+    Returns (good rows as a NATIVE_SCHEMA table, quarantine rows: item_id, kind, reason,
+    detail). Vectorised: candidate ids are flattened with pyarrow and joined against the
+    registry in one hash join; detail texts are built only for the rows that fail."""
     now = now or datetime.now(timezone.utc)
-    df = raw.copy()
+    df = raw.reset_index(drop=True)
     for col in [f.name for f in NATIVE_SCHEMA] + ["_line", "_problem"]:
         if col not in df:
             df[col] = None
     n = len(df)
-    reason = pd.Series([None] * n, index=df.index, dtype=object)
-    detail = pd.Series([None] * n, index=df.index, dtype=object)
+    reason = np.full(n, None, dtype=object)
+    detail = np.full(n, None, dtype=object)
 
     def flag(mask, why: str, text) -> None:
-        mask = mask & reason.isna()
-        reason[mask] = why
-        detail[mask] = text if isinstance(text, str) else text[mask]
+        """``text``: a string, or a function of the flagged row indices giving their texts."""
+        rows = np.flatnonzero(np.asarray(mask, bool) & pd.isna(reason))
+        if len(rows):
+            reason[rows] = why
+            detail[rows] = text if isinstance(text, str) else np.asarray(text(rows), dtype=object)
 
-    flag(df["_problem"].notna(), "malformed row", "line " + df["_line"].astype(str) + ": " + df["_problem"].astype(str))
-    for col in ("submission_id", "annotator_id", "object_id", "kind"):
-        bad = df[col].isna() | (df[col].astype(str).str.len() == 0) | ~df[col].map(lambda v: isinstance(v, str))
-        flag(bad, "malformed row", f"missing or non-text {col}")
-    flag(~df["kind"].isin(KINDS), "malformed row", "kind must be one of " + ", ".join(KINDS))
-    losers = df["losers"].map(_losers)
-    flag(losers.isna(), "malformed row", "losers must be a list of candidate ids")
-    losers = losers.map(lambda v: v if isinstance(v, list) else [])
-    winner = df["winner"].map(lambda v: v if isinstance(v, str) and v else None).astype(object)
-    needs_winner = df["kind"].isin(("pairwise", "best-of-n"))
-    has_winner = winner.map(lambda w: isinstance(w, str))
-    flag(needs_winner & ~has_winner, "malformed row", "pairwise and best-of-n need a winner")
-    flag((df["kind"] == "reject-all") & has_winner, "malformed row", "reject-all has no winner")
-    flag((df["kind"] == "pairwise") & (losers.map(len) != 1), "malformed row", "pairwise needs exactly one loser")
-    flag((df["kind"] == "best-of-n") & (losers.map(len) < 1), "malformed row", "best-of-n needs one loser or more")
-    time_spent = pd.to_numeric(df["time_spent_s"], errors="coerce")
-    flag(time_spent.isna(), "malformed row", "time_spent_s is not a number")
+    problem = df["_problem"].to_numpy(dtype=object)
+    flag(pd.notna(problem), "malformed row", lambda i: [f"line {df['_line'][j]}: {problem[j]}" for j in i])
+    text = {col: _is_text(df[col]) for col in ("submission_id", "annotator_id", "object_id", "kind")}
+    for col, ok in text.items():
+        flag(~ok, "malformed row", f"missing or non-text {col}")
+    kind = df["kind"].to_numpy(dtype=object)
+    flag(~df["kind"].isin(KINDS).to_numpy(), "malformed row", "kind must be one of " + ", ".join(KINDS))
+    losers = [_losers(v) for v in df["losers"]]
+    flag(np.fromiter((v is None for v in losers), bool, n), "malformed row", "losers must be a list of candidate ids")
+    losers = [v if isinstance(v, list) and all(isinstance(x, str) for x in v) else [] for v in losers]
+    has_winner = _is_text(df["winner"])
+    winner = np.where(has_winner, df["winner"].to_numpy(dtype=object), None)
+    count = np.fromiter((len(v) for v in losers), np.int64, n)
+    flag(np.isin(kind, ("pairwise", "best-of-n")) & ~has_winner, "malformed row", "pairwise and best-of-n need a winner")
+    flag((kind == "reject-all") & has_winner, "malformed row", "reject-all has no winner")
+    flag((kind == "pairwise") & (count != 1), "malformed row", "pairwise needs exactly one loser")
+    flag((kind == "best-of-n") & (count < 1), "malformed row", "best-of-n needs one loser or more")
+    time_spent = pd.to_numeric(df["time_spent_s"], errors="coerce").to_numpy(dtype=float)
+    flag(np.isnan(time_spent), "malformed row", "time_spent_s is not a number")
     stamps = pd.to_datetime(df["timestamp"], errors="coerce", utc=True, format="mixed")
-    flag(stamps.isna(), "malformed row", "timestamp is not an ISO 8601 time")
+    flag(stamps.isna().to_numpy(), "malformed row", "timestamp is not an ISO 8601 time")
     rubric = {}
     for r in RUBRIC:
-        values = pd.to_numeric(df[r].replace("", None), errors="coerce")
-        flag(df[r].notna() & (df[r].astype(str) != "") & (values.isna() | (values < 0) | (values > 10)),
-             "malformed row", f"{r} must be a number in 0..10")
+        given = df[r].notna().to_numpy() & (df[r].astype(str) != "").to_numpy()
+        values = pd.to_numeric(df[r].where(given, None), errors="coerce").to_numpy(dtype=float)
+        flag(given & (np.isnan(values) | (values < 0) | (values > 10)), "malformed row", f"{r} must be a number in 0..10")
         rubric[r] = values
 
-    owner = dict(zip(candidates["candidate_id"], candidates["object_id"]))
-    known_objects = set(candidates["object_id"])
-    flag(~df["object_id"].isin(known_objects), "unknown object",
-         "object " + df["object_id"].astype(str) + " has no candidates in the registry")
-    ids = winner.map(lambda w: [w] if isinstance(w, str) else []) + losers
-    unknown = ids.map(lambda xs: [str(x) for x in xs if x not in owner])
-    flag(unknown.map(bool), "unknown candidate", "candidates not in the registry: " + unknown.map(", ".join))
-    foreign = pd.Series([[str(x) for x in xs if owner.get(x) not in (None, o)] for xs, o in zip(ids, df["object_id"])],
-                        index=df.index)
-    flag(foreign.map(bool), "candidate of another object",
-         "candidates of another object: " + foreign.map(", ".join) + " (row object " + df["object_id"].astype(str) + ")")
-    flag(pd.Series([isinstance(w, str) and w in ls for w, ls in zip(winner, losers)], index=df.index, dtype=bool)
-         | losers.map(lambda xs: len(set(xs)) != len(xs)), "self-comparison", "a candidate is compared with itself")
+    objects = df["object_id"].to_numpy(dtype=object)
+    flag(~df["object_id"].isin(set(candidates["object_id"])).to_numpy(), "unknown object",
+         lambda i: [f"object {objects[j]} has no candidates in the registry" for j in i])
+    # every candidate id a row names (winner + losers), flattened, with its owner object
+    flat = pa.array(losers, pa.list_(pa.string()))
+    parent = np.concatenate([np.flatnonzero(has_winner), pc.list_parent_indices(flat).to_numpy()])
+    cand = np.concatenate([winner[has_winner], pc.list_flatten(flat).to_numpy(zero_copy_only=False)]).astype(object)
+    owner = pd.Series(candidates["object_id"].to_numpy(), index=candidates["candidate_id"].to_numpy())
+    cand_owner = pd.Series(cand).map(owner).to_numpy(dtype=object)
+    unknown = pd.isna(cand_owner)
+    foreign = ~unknown & (cand_owner != objects[parent])
+
+    def listed(mask):
+        names = pd.Series(cand[mask]).groupby(parent[mask]).agg(", ".join)
+        return lambda i: [f"{names.get(j, '')}" for j in i]
+
+    unknown_rows = np.bincount(parent[unknown], minlength=n) > 0
+    flag(unknown_rows, "unknown candidate",
+         lambda i: ["candidates not in the registry: " + t for t in listed(unknown)(i)])
+    flag(np.bincount(parent[foreign], minlength=n) > 0, "candidate of another object",
+         lambda i: [f"candidates of another object: {t} (row object {objects[j]})"
+                    for t, j in zip(listed(foreign)(i), i)])
+    repeated = pd.DataFrame({"p": parent, "c": cand}).duplicated().to_numpy()
+    flag(np.bincount(parent[repeated], minlength=n) > 0, "self-comparison", "a candidate is compared with itself")
     if annotators is not None:
-        flag(~df["annotator_id"].isin(annotators), "unknown annotator",
-             "annotator " + df["annotator_id"].astype(str) + " is not on the allow-list")
-    flag(stamps > pd.Timestamp(now) + pd.Timedelta(seconds=clock_skew_s), "future timestamp",
-         "timestamp " + df["timestamp"].astype(str) + " is in the future")
+        annotator = df["annotator_id"].to_numpy(dtype=object)
+        flag(~df["annotator_id"].isin(annotators).to_numpy(), "unknown annotator",
+             lambda i: [f"annotator {annotator[j]} is not on the allow-list" for j in i])
+    future = (stamps > pd.Timestamp(now) + pd.Timedelta(seconds=clock_skew_s)).to_numpy()
+    flag(future, "future timestamp", lambda i: [f"timestamp {df['timestamp'][j]} is in the future" for j in i])
     flag((time_spent <= 0) | (time_spent > max_time_spent_s), "impossible duration",
-         "time_spent_s " + time_spent.astype(str) + f" is not in (0, {max_time_spent_s}]")
+         lambda i: [f"time_spent_s {time_spent[j]} is not in (0, {max_time_spent_s}]" for j in i])
 
     # the same submission id twice in a file: identical -> once; different -> quarantined
-    key = df["submission_id"].astype(str)
-    content = (df["annotator_id"].astype(str) + "|" + df["object_id"].astype(str) + "|" + df["kind"].astype(str)
-               + "|" + winner.astype(str) + "|" + losers.map(lambda xs: ";".join(xs)))
-    ok = reason.isna()
-    groups = pd.DataFrame({"key": key[ok], "content": content[ok]}).groupby("key")["content"].nunique()
-    conflicting = key.isin(groups[groups > 1].index) & ok
-    flag(conflicting, "conflicting resubmission", "submission " + key + " appears with different contents")
-    keep = reason.isna() & ~key.duplicated()
+    key = df["submission_id"].astype(str).to_numpy(dtype=object)
+    ok = pd.isna(reason)
+    repeats = ok & pd.Series(key).duplicated(keep=False).to_numpy()
+    if repeats.any():
+        rows = np.flatnonzero(repeats)
+        content = pd.Series([f"{df['annotator_id'][j]}|{objects[j]}|{kind[j]}|{winner[j]}|{';'.join(losers[j])}"
+                             for j in rows], index=key[rows])
+        conflicting = content.groupby(level=0).nunique()
+        flag(repeats & np.isin(key, conflicting[conflicting > 1].index), "conflicting resubmission",
+             lambda i: [f"submission {key[j]} appears with different contents" for j in i])
+    keep = np.flatnonzero(pd.isna(reason) & ~pd.Series(key).duplicated().to_numpy())
 
     good = pa.table({
-        "submission_id": pa.array(key[keep].tolist(), pa.string()),
-        "annotator_id": pa.array(df["annotator_id"][keep].tolist(), pa.string()),
-        "object_id": pa.array(df["object_id"][keep].tolist(), pa.string()),
-        "kind": pa.array(df["kind"][keep].tolist(), pa.string()),
-        "winner": pa.array([w if isinstance(w, str) else None for w in winner[keep]], pa.string()),
-        "losers": pa.array(losers[keep].tolist(), pa.list_(pa.string())),
-        "timestamp": pa.array(stamps[keep].dt.tz_convert("UTC").tolist(), pa.timestamp("us", tz="UTC")),
-        "time_spent_s": pa.array(time_spent[keep].tolist(), pa.float64()),
-        **{r: pa.array(rubric[r][keep].to_numpy(), pa.float64(), from_pandas=True) for r in RUBRIC},
+        "submission_id": pa.array(key[keep], pa.string()),
+        "annotator_id": pa.array(df["annotator_id"].to_numpy(dtype=object)[keep], pa.string()),
+        "object_id": pa.array(objects[keep], pa.string()),
+        "kind": pa.array(kind[keep], pa.string()),
+        "winner": pa.array(winner[keep], pa.string()),
+        "losers": flat.take(pa.array(keep)) if len(keep) else pa.array([], pa.list_(pa.string())),
+        "timestamp": pa.array(stamps.iloc[keep], pa.timestamp("us", tz="UTC")),
+        "time_spent_s": pa.array(time_spent[keep], pa.float64()),
+        **{r: pa.array(rubric[r][keep], pa.float64(), from_pandas=True) for r in RUBRIC},
     }, schema=NATIVE_SCHEMA)
-    bad = reason.notna()
+    bad = np.flatnonzero(pd.notna(reason))
     quarantine = pd.DataFrame({
-        "item_id": file_name + ":" + df["_line"][bad].astype(str) + ":" + key[bad],
-        "kind": "ranking", "reason": reason[bad], "detail": detail[bad].astype(str)})
-    return good, quarantine.reset_index(drop=True)
+        "item_id": [f"{file_name}:{df['_line'][j]}:{key[j]}" for j in bad], "kind": "ranking",
+        "reason": reason[bad], "detail": detail[bad].astype(str)})
+    return good, quarantine
