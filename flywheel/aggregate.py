@@ -40,33 +40,35 @@ def comparisons(rankings: pa.Table) -> pd.DataFrame:
 
 
 def bradley_terry(pairs: pd.DataFrame, registry: pd.DataFrame, alpha: float = 0.1) -> pd.DataFrame:
-    """Per candidate: BT log-strength (mean 0 within its object), wins and losses.
-    ``registry``: candidate_id, object_id — every candidate of a judged object gets a score."""
-    judged = registry[registry["object_id"].isin(pairs["object_id"].unique())].sort_values(
-        ["object_id", "candidate_id"], kind="stable").reset_index(drop=True)
-    judged["item"] = judged.groupby("object_id").cumcount()
-    index = dict(zip(judged["candidate_id"], judged["item"]))
-    w = pairs["winner"].map(index).to_numpy()
-    lo = pairs["loser"].map(index).to_numpy()
-    order = np.argsort(pairs["object_id"].to_numpy(), kind="stable")
-    objects = pairs["object_id"].to_numpy()[order]
-    bounds = np.flatnonzero(np.r_[True, objects[1:] != objects[:-1], True])
-    sizes = judged.groupby("object_id", sort=True).size()
-    starts = pd.Series(np.r_[0, np.cumsum(sizes.to_numpy())[:-1]], index=sizes.index)
-    firsts = objects[bounds[:-1]]
-    n_items, offsets = sizes.reindex(firsts).to_numpy(), starts.reindex(firsts).to_numpy()
-    w, lo = w[order], lo[order]
-    problems = [(n, list(zip(w[a:b].tolist(), lo[a:b].tolist())))
-                for a, b, n in zip(bounds[:-1].tolist(), bounds[1:].tolist(), n_items.tolist())]
-    strengths = np.zeros(len(judged))
-    for off, n, params in zip(offsets.tolist(), n_items.tolist(), _fit_all(problems, alpha)):
+    """Per candidate of every judged object: BT log-strength (mean 0 within its object),
+    wins and losses. ``registry``: candidate_id, object_id. Works on integer codes: one hash
+    join of the candidate ids, integer sorts, then one choix fit per object."""
+    reg = registry.sort_values(["object_id", "candidate_id"], kind="stable").reset_index(drop=True)
+    obj_code, _ = pd.factorize(reg["object_id"], sort=False)           # increasing: reg is sorted
+    item = reg.groupby("object_id", sort=False).cumcount().to_numpy()
+    position = pd.Index(reg["candidate_id"])
+    w_pos, l_pos = position.get_indexer(pairs["winner"]), position.get_indexer(pairs["loser"])
+    if (w_pos < 0).any() or (l_pos < 0).any():
+        raise ValueError("bradley_terry: comparisons name candidates that are not in the registry")
+    pair_obj = obj_code[w_pos]
+    order = np.argsort(pair_obj, kind="stable")
+    pair_obj, w_item, l_item = pair_obj[order], item[w_pos][order], item[l_pos][order]
+    bounds = np.flatnonzero(np.r_[True, pair_obj[1:] != pair_obj[:-1], True])
+    judged_objects = pair_obj[bounds[:-1]]
+    sizes = np.bincount(obj_code)
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    problems = [(n, list(zip(w_item[a:b].tolist(), l_item[a:b].tolist())))
+                for a, b, n in zip(bounds[:-1].tolist(), bounds[1:].tolist(), sizes[judged_objects].tolist())]
+    strengths = np.zeros(len(reg))
+    for off, n, params in zip(starts[judged_objects].tolist(), sizes[judged_objects].tolist(),
+                              _fit_all(problems, alpha)):
         strengths[off:off + n] = params - params.mean()
-    judged["strength"] = strengths
-    wins = pairs.groupby("winner").size()
-    losses = pairs.groupby("loser").size()
-    judged["wins"] = judged["candidate_id"].map(wins).fillna(0).astype(int)
-    judged["losses"] = judged["candidate_id"].map(losses).fillna(0).astype(int)
-    return judged.drop(columns="item")
+    judged = np.isin(obj_code, judged_objects)
+    out = reg[judged].reset_index(drop=True)
+    out["strength"] = strengths[judged]
+    out["wins"] = np.bincount(w_pos, minlength=len(reg))[judged]
+    out["losses"] = np.bincount(l_pos, minlength=len(reg))[judged]
+    return out
 
 
 def _fit(problems: list[tuple[int, list]], alpha: float) -> list[np.ndarray]:
@@ -109,19 +111,29 @@ def decide(rankings: pa.Table, registry: pd.DataFrame, rules: DecisionRules,
                                                  weight=("weight", "sum"), reject_weight=("reject_weight", "sum"))
     per_object["reject_share"] = per_object["reject_weight"] / per_object["weight"].where(per_object["weight"] > 0, 1)
 
-    ranked = scores.sort_values(["object_id", "strength", "candidate_id"], ascending=[True, False, True])
-    top = ranked.groupby("object_id").nth(0).set_index("object_id")
-    second = ranked.groupby("object_id").nth(1).set_index("object_id")
-    diff = ranked.merge(top[["strength"]].rename(columns={"strength": "top"}), left_on="object_id", right_index=True)
-    diff = diff[diff["candidate_id"] != diff["object_id"].map(top["candidate_id"])]
-    diff["p"] = 1 / (1 + np.exp(-(diff["top"] - diff["strength"])))
-    score = diff.groupby("object_id")["p"].mean()
+    # top and runner-up per object: scores are grouped by object; sort within by strength
+    obj = scores["object_id"].to_numpy(dtype=object)
+    code, uniques = pd.factorize(obj, sort=False)
+    strength = scores["strength"].to_numpy()
+    order = np.lexsort((np.arange(len(code)), -strength, code))
+    code_s, strength_s = code[order], strength[order]
+    first = np.flatnonzero(np.r_[True, code_s[1:] != code_s[:-1]])
+    size = np.diff(np.r_[first, len(code_s)])
+    top_strength = np.repeat(strength_s[first], size)
+    rest = np.ones(len(code_s), bool)
+    rest[first] = False
+    p = 1 / (1 + np.exp(-(top_strength - strength_s)))
+    score = np.bincount(code_s[rest], weights=p[rest], minlength=len(uniques)) / np.maximum(size - 1, 1)
+    candidates = scores["candidate_id"].to_numpy(dtype=object)[order]
+    has_second = size > 1
+    second_idx = np.where(has_second, first + 1, first)
+    summary = pd.DataFrame({
+        "winner": candidates[first], "runner_up": np.where(has_second, candidates[second_idx], None),
+        "score": np.where(has_second, score, np.nan),
+        "confidence": np.where(has_second, 1 / (1 + np.exp(-(strength_s[first] - strength_s[second_idx]))), np.nan),
+    }, index=pd.Index(uniques[code_s[first]], name="object_id"))
 
-    out = per_object.copy()
-    out["winner"] = top["candidate_id"].reindex(out.index)
-    out["runner_up"] = second["candidate_id"].reindex(out.index)
-    out["score"] = score.reindex(out.index)
-    out["confidence"] = (1 / (1 + np.exp(-(top["strength"] - second["strength"])))).reindex(out.index)
+    out = per_object.join(summary, how="left")
     decision = np.where(out["judgements"] < rules.min_judgements, "undecided",
                         np.where(out["reject_share"] >= rules.reject_share, "hard-case",
                                  np.where(out["score"].fillna(0) >= rules.alpha, "accept",

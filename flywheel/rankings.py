@@ -82,7 +82,7 @@ def read_native(data: bytes, name: str) -> pd.DataFrame:
     suffix = Path(name).suffix.lower()
     if suffix == ".parquet":
         try:
-            df = pq.read_table(io.BytesIO(data)).to_pandas()
+            df = pq.read_table(io.BytesIO(data)).to_pandas(types_mapper=pd.ArrowDtype)  # stays columnar
         except (pa.ArrowInvalid, OSError) as e:
             raise ExportError(f"{name}: not a readable Parquet file: {e}") from None
         df["_line"] = np.arange(len(df)) + 1
@@ -154,6 +154,21 @@ def _ls_user(ann: dict):
     return None if user is None else str(user)
 
 
+def _loser_lists(column: pd.Series, flag) -> pa.ListArray:
+    """The losers column as an Arrow list array (columnar input stays columnar); rows whose
+    value is not a list of ids are flagged malformed and read as empty."""
+    list_type = pa.list_(pa.string())
+    if isinstance(column.dtype, pd.ArrowDtype) and pa.types.is_list(column.dtype.pyarrow_dtype):
+        arr = pa.array(column.array)
+        arr = (arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr).cast(list_type)
+        return pc.if_else(pc.is_null(arr), pa.scalar([], list_type), arr)
+    lists = [_losers(v) for v in column]
+    flag(np.fromiter((v is None for v in lists), bool, len(lists)), "malformed row",
+         "losers must be a list of candidate ids")
+    return pa.array([v if isinstance(v, list) and all(isinstance(x, str) for x in v) else [] for v in lists],
+                    list_type)
+
+
 def _is_text(values: pd.Series) -> np.ndarray:
     """Non-empty strings (vectorised for string columns, e.g. from Parquet)."""
     if pd.api.types.is_string_dtype(values.dtype) and values.dtype != object:
@@ -192,24 +207,24 @@ def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annota
         flag(~ok, "malformed row", f"missing or non-text {col}")
     kind = df["kind"].to_numpy(dtype=object)
     flag(~df["kind"].isin(KINDS).to_numpy(), "malformed row", "kind must be one of " + ", ".join(KINDS))
-    losers = [_losers(v) for v in df["losers"]]
-    flag(np.fromiter((v is None for v in losers), bool, n), "malformed row", "losers must be a list of candidate ids")
-    losers = [v if isinstance(v, list) and all(isinstance(x, str) for x in v) else [] for v in losers]
+    flat = _loser_lists(df["losers"], flag)
     has_winner = _is_text(df["winner"])
     winner = np.where(has_winner, df["winner"].to_numpy(dtype=object), None)
-    count = np.fromiter((len(v) for v in losers), np.int64, n)
+    count = pc.fill_null(pc.list_value_length(flat), 0).to_numpy()
     flag(np.isin(kind, ("pairwise", "best-of-n")) & ~has_winner, "malformed row", "pairwise and best-of-n need a winner")
     flag((kind == "reject-all") & has_winner, "malformed row", "reject-all has no winner")
     flag((kind == "pairwise") & (count != 1), "malformed row", "pairwise needs exactly one loser")
     flag((kind == "best-of-n") & (count < 1), "malformed row", "best-of-n needs one loser or more")
-    time_spent = pd.to_numeric(df["time_spent_s"], errors="coerce").to_numpy(dtype=float)
+    time_spent = pd.to_numeric(df["time_spent_s"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     flag(np.isnan(time_spent), "malformed row", "time_spent_s is not a number")
     stamps = pd.to_datetime(df["timestamp"], errors="coerce", utc=True, format="mixed")
     flag(stamps.isna().to_numpy(), "malformed row", "timestamp is not an ISO 8601 time")
     rubric = {}
     for r in RUBRIC:
-        given = df[r].notna().to_numpy() & (df[r].astype(str) != "").to_numpy()
-        values = pd.to_numeric(df[r].where(given, None), errors="coerce").to_numpy(dtype=float)
+        given = df[r].notna().to_numpy().copy()
+        if not pd.api.types.is_numeric_dtype(df[r].dtype):   # CSV: empty text is "not given"
+            given &= ~df[r].isin([""]).to_numpy()
+        values = pd.to_numeric(df[r].where(given, None), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
         flag(given & (np.isnan(values) | (values < 0) | (values > 10)), "malformed row", f"{r} must be a number in 0..10")
         rubric[r] = values
 
@@ -217,7 +232,6 @@ def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annota
     flag(~df["object_id"].isin(set(candidates["object_id"])).to_numpy(), "unknown object",
          lambda i: [f"object {objects[j]} has no candidates in the registry" for j in i])
     # every candidate id a row names (winner + losers), flattened, with its owner object
-    flat = pa.array(losers, pa.list_(pa.string()))
     parent = np.concatenate([np.flatnonzero(has_winner), pc.list_parent_indices(flat).to_numpy()])
     cand = np.concatenate([winner[has_winner], pc.list_flatten(flat).to_numpy(zero_copy_only=False)]).astype(object)
     owner = pd.Series(candidates["object_id"].to_numpy(), index=candidates["candidate_id"].to_numpy())
@@ -252,8 +266,8 @@ def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annota
     repeats = ok & pd.Series(key).duplicated(keep=False).to_numpy()
     if repeats.any():
         rows = np.flatnonzero(repeats)
-        content = pd.Series([f"{df['annotator_id'][j]}|{objects[j]}|{kind[j]}|{winner[j]}|{';'.join(losers[j])}"
-                             for j in rows], index=key[rows])
+        content = pd.Series([f"{df['annotator_id'][j]}|{objects[j]}|{kind[j]}|{winner[j]}|"
+                             f"{';'.join(flat[int(j)].as_py() or [])}" for j in rows], index=key[rows])
         conflicting = content.groupby(level=0).nunique()
         flag(repeats & np.isin(key, conflicting[conflicting > 1].index), "conflicting resubmission",
              lambda i: [f"submission {key[j]} appears with different contents" for j in i])
