@@ -44,6 +44,9 @@ def bradley_terry(pairs: pd.DataFrame, registry: pd.DataFrame, alpha: float = 0.
     wins and losses. ``registry``: candidate_id, object_id. Works on integer codes: one hash
     join of the candidate ids, integer sorts, then one choix fit per object."""
     reg = registry.sort_values(["object_id", "candidate_id"], kind="stable").reset_index(drop=True)
+    if len(pairs) == 0:
+        return reg.iloc[:0].assign(strength=pd.Series(dtype=float), wins=pd.Series(dtype=int),
+                                   losses=pd.Series(dtype=int))
     obj_code, _ = pd.factorize(reg["object_id"], sort=False)           # increasing: reg is sorted
     item = reg.groupby("object_id", sort=False).cumcount().to_numpy()
     position = pd.Index(reg["candidate_id"])
@@ -117,7 +120,7 @@ def decide(rankings: pa.Table, registry: pd.DataFrame, rules: DecisionRules,
     strength = scores["strength"].to_numpy()
     order = np.lexsort((np.arange(len(code)), -strength, code))
     code_s, strength_s = code[order], strength[order]
-    first = np.flatnonzero(np.r_[True, code_s[1:] != code_s[:-1]])
+    first = np.flatnonzero(np.r_[True, code_s[1:] != code_s[:-1]]) if len(code_s) else np.zeros(0, int)
     size = np.diff(np.r_[first, len(code_s)])
     top_strength = np.repeat(strength_s[first], size)
     rest = np.ones(len(code_s), bool)

@@ -38,6 +38,9 @@ app.add_typer(synth_app, name="synth")
 stack_app = typer.Typer(help="A local production-like stack on loopback: S3 (SeaweedFS), MLflow server, "
                         "Prefect server, Ray head + worker.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
+rankings_app = typer.Typer(help="Human (or simulated) rankings of candidates: ingest exports, report.",
+                           no_args_is_help=True)
+app.add_typer(rankings_app, name="rankings")
 
 
 def _fail(message: str, code: int) -> None:
@@ -270,7 +273,7 @@ def validate_cmd(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _run_flow(flow_name: str) -> None:
+def _run_flow(flow_name: str, **parameters) -> None:
     """Run one of the flows in this process (an ephemeral Prefect server starts if needed)."""
     cfg = _cfg()
     _store(cfg)
@@ -283,7 +286,7 @@ def _run_flow(flow_name: str) -> None:
     module, _, name = flow_name.partition(":")
     flow = getattr(importlib.import_module(module), name)  # imports Prefect: only when a flow runs
     try:
-        result = flow()
+        result = flow(**parameters)
     except Exception as e:  # the flow already logged the traceback
         _fail(f"{flow.name} failed: {type(e).__name__}: {e}", EXIT_FAILED)
     seconds = (datetime.now() - started).total_seconds()
@@ -322,6 +325,47 @@ def propose(
         overrides["FLYWHEEL__CANDIDATES__NUM_CANDIDATES"] = str(candidates)
     os.environ.update(overrides)
     _run_flow("flows.propose:propose")
+
+
+@rankings_app.command("ingest")
+def rankings_ingest(
+    files: list[str] = typer.Argument(..., help="Exports: native .jsonl/.csv/.parquet or Label Studio .json "
+                                      "(paths or s3:// URIs)."),
+    candidates: Optional[str] = typer.Option(None, help="Candidates version the judgements are about "
+                                             "(default: the newest)."),
+    round_index: int = typer.Option(0, "--round", help="Round k: picks the acceptance threshold alpha_k."),
+) -> None:
+    """Archive the exports as received, check every row (bad rows are quarantined with their
+    reason), count each submission once, and commit the round's SFT, preference (DPO) and
+    hard-case datasets. Re-ingesting a file changes nothing."""
+    _run_flow("flows.rankings:rankings", files=files, candidates=candidates, round_index=round_index)
+
+
+@rankings_app.command("report")
+def rankings_report(version: Optional[str] = typer.Argument(None, help="rankings version (default: newest).")) -> None:
+    """Submissions per kind and annotator, quarantine reasons, and the newest decisions."""
+    cfg = _cfg()
+    store = _store(cfg)
+    from collections import Counter
+
+    from flywheel.datasets import Dataset, DatasetNotCommitted, list_versions
+
+    try:
+        ds = Dataset(store, "rankings", version)
+    except (DatasetNotCommitted, FileNotFoundError, KeyError) as e:
+        _fail(f"no rankings to report: {e}", EXIT_NOT_FOUND)
+    table = ds.manifest()
+    typer.echo(f"{ds.ref}: {table.num_rows} submissions from {len(set(table['source_file'].to_pylist()))} exports")
+    for name, counts in (("kind", Counter(table["kind"].to_pylist())),
+                         ("annotator", Counter(table["annotator_id"].to_pylist()))):
+        typer.echo(f"  by {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    reasons = Counter(ds.quarantine()["reason"].to_pylist())
+    typer.echo("  quarantined: " + (", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"))
+    for name in ("sft", "preferences", "hard-cases"):
+        versions = list_versions(store, name)
+        if versions:
+            latest = Dataset(store, name, versions[-1]["version"])
+            typer.echo(f"  newest {name}: {latest.ref.num_rows} rows ({latest.ref})")
 
 
 @synth_app.command("meshes")

@@ -204,6 +204,27 @@ class CandidatesConfig(_Section):
     registered_model: str = Field("sam3d", description="MLflow registered model of the champion.")
 
 
+class RankingsConfig(_Section):
+    """Ingesting judgements and turning them into decisions (close)."""
+
+    annotators: list[str] | None = Field(None, description="Allow-list of annotator ids; None: anyone.")
+    max_file_mb: float = Field(200.0, gt=0, description="Larger export files are quarantined whole.")
+    max_time_spent_s: float = Field(3600.0, gt=0, description="Longer judgements are impossible durations.")
+    alpha_schedule: list[float] = Field([0.55, 0.6, 0.65], description=(
+        "Acceptance threshold alpha_k on the winner's score, per round (the last value from then on)."))
+    reject_share: float = Field(0.5, gt=0, le=1, description="Weighted reject-all share that makes a hard case.")
+    min_judgements: int = Field(1, ge=1)
+    bt_alpha: float = Field(0.1, gt=0, description="Bradley-Terry regularisation (choix).")
+    gold: dict[str, str] = Field(default_factory=dict, description="Gold items: object id -> best candidate id.")
+
+    @field_validator("alpha_schedule")
+    @classmethod
+    def _rising(cls, v):
+        if not v or any(not 0.5 <= a <= 1 for a in v) or any(b < a for a, b in zip(v, v[1:])):
+            raise ValueError("must be a non-empty, non-decreasing list of values in [0.5, 1]")
+        return v
+
+
 class FlywheelConfig(_Section):
     project: ProjectConfig = ProjectConfig()
     store: StoreConfig = StoreConfig()
@@ -217,6 +238,7 @@ class FlywheelConfig(_Section):
     occlusions: OcclusionsConfig = OcclusionsConfig()
     validation: ValidationConfig = ValidationConfig()
     candidates: CandidatesConfig = CandidatesConfig()
+    rankings: RankingsConfig = RankingsConfig()
 
     @property
     def state_dir(self) -> Path:

@@ -235,3 +235,71 @@ CANDIDATES = register(DatasetSpec(
     description="Ensemble proposals per object, for annotators to rank.",
 ))
 CANDIDATES_PART = part_spec(CANDIDATES)
+
+#: Ingested human (or simulated) judgements: every row of every accepted export, once per
+#: submission id. Table-only (the manifest is the data); the raw exports are archived as
+#: received under ``rankings/raw/<sha256>/``. Columns: flywheel.rankings.NATIVE_SCHEMA.
+RANKINGS = register(DatasetSpec(
+    name="rankings",
+    schema=pa.schema([
+        pa.field("submission_id", pa.string(), nullable=False),
+        pa.field("annotator_id", pa.string(), nullable=False),
+        pa.field("object_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),         # pairwise | best-of-n | reject-all
+        pa.field("winner", pa.string()),                       # null for reject-all
+        pa.field("losers", pa.list_(pa.string()), nullable=False),
+        pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("time_spent_s", pa.float64(), nullable=False),
+        pa.field("geometry", pa.float64()),                    # optional rubric scores 0-10
+        pa.field("texture", pa.float64()),
+        pa.field("completeness", pa.float64()),
+        pa.field("multiview_consistency", pa.float64()),
+        pa.field("source_file", pa.string(), nullable=False),  # sha256 of the raw export
+    ]),
+    files=(),
+    description="Judgements of candidates, ingested from native and Label Studio exports.",
+))
+
+_DECISION_FIELDS = [
+    pa.field("object_id", pa.string(), nullable=False),
+    pa.field("round", pa.int32(), nullable=False),
+    pa.field("score", _F32, nullable=False),        # mean BT probability of beating the others
+]
+
+#: Accepted objects: the annotators' winner as a training target (SFT).
+SFT = register(DatasetSpec(
+    name="sft",
+    schema=pa.schema(_DECISION_FIELDS + [
+        pa.field("candidate_id", pa.string(), nullable=False),
+        pa.field("confidence", _F32, nullable=False),  # BT probability of beating the runner-up
+        pa.field("R", _MAT3, nullable=False), pa.field("t", _VEC3, nullable=False), pa.field("s", _F32, nullable=False),
+    ]),
+    files=("rgb.png", "mask.png", "occ.npy"),
+    description="Accepted winners with their input image, for supervised fine-tuning.",
+))
+
+#: Preference pairs for DPO: (winner, a candidate it beat) of an accepted object.
+PREFERENCES = register(DatasetSpec(
+    name="preferences",
+    schema=pa.schema(_DECISION_FIELDS + [
+        pa.field("winner", pa.string(), nullable=False),
+        pa.field("loser", pa.string(), nullable=False),
+        pa.field("times", pa.int32(), nullable=False),   # judgements where the winner beat it
+    ]),
+    files=("rgb.png", "mask.png", "winner.npy", "loser.npy"),
+    description="Winner/loser shape pairs with their input image, for flow-DPO.",
+))
+
+#: Objects every candidate of which was rejected: for 3D artists.
+HARD_CASES = register(DatasetSpec(
+    name="hard-cases",
+    schema=pa.schema([
+        pa.field("object_id", pa.string(), nullable=False),
+        pa.field("round", pa.int32(), nullable=False),
+        pa.field("judgements", pa.int32(), nullable=False),
+        pa.field("rejects", pa.int32(), nullable=False),
+        pa.field("reject_share", _F32, nullable=False),
+    ]),
+    files=("rgb.png", "mask.png"),
+    description="Objects no candidate was acceptable for (the paper routes these to 3D artists).",
+))

@@ -153,6 +153,7 @@ class DatasetWriter:
         self.attempt = f"attempt-{stamp}-{uuid.uuid4().hex[:8]}"
         self._base = f"{_prefix(spec.name, version)}/{self.attempt}"
         self._rows: list[dict] = []
+        self._tables: list[pa.Table] = []   # table-only datasets: rows added in bulk
         self._quarantine: list[dict] = []
         self._keys: set[str] = set()
         self._shards: list[dict] = []
@@ -184,6 +185,25 @@ class DatasetWriter:
         self._keys.add(key)
         self._rows.append({"sample_key": key, "shard": self._tar_path.name, "sample_bytes": total,
                            "sample_sha256": digest.hexdigest(), **row})
+
+    def add_table(self, table: pa.Table, key_column: str) -> None:
+        """Add many rows at once to a table-only dataset (a spec without files): the rows
+        live in the manifest alone, keyed by ``key_column``."""
+        if self.spec.files:
+            raise SampleError(f"dataset {self.spec.name}: add_table is for table-only datasets; use add()")
+        try:
+            table = table.select(self.spec.schema.names).cast(self.spec.schema)
+        except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as e:
+            raise SampleError(f"dataset {self.spec.name}@{self.version}: table does not fit the schema: {e}") from None
+        keys = table[key_column].to_pylist()
+        if len(set(keys)) != len(keys) or self._keys.intersection(keys):
+            raise SampleError(f"dataset {self.spec.name}@{self.version}: duplicate {key_column} values")
+        self._keys.update(keys)
+        n = table.num_rows
+        storage = pa.table({"sample_key": table[key_column], "shard": pa.array([""] * n),
+                            "sample_bytes": pa.array([0] * n, pa.int64()), "sample_sha256": pa.array([""] * n)})
+        self._tables.append(pa.Table.from_arrays(storage.columns + table.columns,
+                                                 schema=self.spec.manifest_schema))
 
     def quarantine(self, item_id: str, kind: str, reason: str, detail: str = "") -> None:
         """Record an item this stage refused; kept with the version, never dropped."""
@@ -257,7 +277,7 @@ class DatasetWriter:
     def commit(self) -> DatasetRef:
         """Upload the last shard and the manifest, then make the version visible."""
         self._close_shard()
-        table = pa.Table.from_pylist(self._rows, schema=self.spec.manifest_schema)
+        table = pa.concat_tables([pa.Table.from_pylist(self._rows, schema=self.spec.manifest_schema), *self._tables])
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
         manifest = buf.getvalue()
@@ -481,6 +501,9 @@ class Dataset:
             manifest = self.manifest()
         except DatasetCorrupt as e:
             return [str(e)]
+        if not self.spec.files:  # table-only: the manifest is the data
+            stray = [s["name"] for s in self.marker["shards"]]
+            return [f"shard {n}: a table-only dataset has no shards" for n in stray]
         expected = {}
         for row in manifest.select(["sample_key", "shard", "sample_sha256"]).to_pylist():
             expected[row["sample_key"]] = row

@@ -37,20 +37,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from flywheel.contracts import RANKINGS
+
 KINDS = ("pairwise", "best-of-n", "reject-all")
 RUBRIC = ("geometry", "texture", "completeness", "multiview_consistency")
 
-NATIVE_SCHEMA = pa.schema([
-    pa.field("submission_id", pa.string(), nullable=False),
-    pa.field("annotator_id", pa.string(), nullable=False),
-    pa.field("object_id", pa.string(), nullable=False),
-    pa.field("kind", pa.string(), nullable=False),
-    pa.field("winner", pa.string()),
-    pa.field("losers", pa.list_(pa.string()), nullable=False),
-    pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("time_spent_s", pa.float64(), nullable=False),
-    *[pa.field(r, pa.float64()) for r in RUBRIC],
-])
+#: The native export's columns: the rankings dataset's, less its bookkeeping.
+NATIVE_SCHEMA = pa.schema([f for f in RANKINGS.schema if f.name != "source_file"])
 
 #: Reasons a row is quarantined, for counting.
 REASONS = ("malformed row", "unknown object", "unknown candidate", "candidate of another object",

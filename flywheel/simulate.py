@@ -107,3 +107,40 @@ def to_label_studio(rows: list[dict]) -> str:
         task["annotations"].append({"id": n, "completed_by": {"email": r["annotator_id"]},
                                     "created_at": r["timestamp"], "lead_time": r["time_spent_s"], "result": [result]})
     return json.dumps(list(tasks.values()), indent=1)
+
+
+def truths_for_pool(store, pool) -> dict[str, Truth]:
+    """Ground truth of image-pool objects that came from Flying Occlusions (source
+    ``occlusions@VERSION/KEY``): the occludee's occupancy and pose."""
+    from flywheel.datasets import Dataset, decode_npy
+
+    wanted: dict[str, dict[str, str]] = {}
+    for row in Dataset(store, pool.name, pool.version).manifest().select(["object_id", "source"]).to_pylist():
+        spec, _, key = row["source"].partition("/")
+        if spec.startswith("occlusions@") and key:
+            wanted.setdefault(spec.partition("@")[2], {})[key] = row["object_id"]
+    truths = {}
+    for version, keys in wanted.items():
+        ds = Dataset(store, "occlusions", version)
+        rows = {r["sample_key"]: r for r in ds.manifest().to_pylist() if r["sample_key"] in keys}
+        for sample in ds.samples(keys=list(keys)):
+            r = rows[sample["__key__"]]
+            truths[keys[sample["__key__"]]] = Truth(decode_npy(sample["occ.npy"]),
+                                                    np.asarray(r["occludee_R"], float).reshape(3, 3),
+                                                    np.asarray(r["occludee_t"], float))
+    return truths
+
+
+def candidate_records(store, candidates) -> dict[str, list[dict]]:
+    """The candidates of a candidates dataset, per object, as :func:`simulate` takes them."""
+    from flywheel.datasets import Dataset, decode_npy
+
+    ds = Dataset(store, candidates.name, candidates.version)
+    rows = {r["sample_key"]: r for r in ds.manifest().to_pylist()}
+    out: dict[str, list[dict]] = {}
+    for sample in ds.samples():
+        r = rows[sample["__key__"]]
+        out.setdefault(r["object_id"], []).append({
+            "candidate_id": r["candidate_id"], "member": r["member"], "occupancy": decode_npy(sample["occ.npy"]),
+            "R": np.asarray(r["R"], float).reshape(3, 3), "t": np.asarray(r["t"], float)})
+    return out

@@ -382,6 +382,29 @@ def _candidates(ds: Dataset, cfg: ValidationConfig) -> dict:
     }
 
 
+def _rankings(ds: Dataset, cfg: ValidationConfig) -> dict:
+    """Judgements: kinds, durations, and the chain rankings -> candidates (every candidate id
+    named belongs to the row's object in the parent candidate registry)."""
+    E = _gx()
+    m = ds.manifest().to_pandas()
+    registry = {}
+    for parent in ds.marker.get("parents", []):
+        if parent["name"] == "candidates":
+            reg = Dataset(ds.store, "candidates", parent["version"]).manifest().select(["candidate_id", "object_id"])
+            registry = dict(zip(reg["candidate_id"].to_pylist(), reg["object_id"].to_pylist()))
+    named = pd.DataFrame([(r.sample_key, c, r.object_id) for r in m.itertuples()
+                          for c in ([r.winner] if isinstance(r.winner, str) else []) + list(r.losers)],
+                         columns=["sample_key", "candidate_id", "object_id"])
+    named["owner_matches"] = named["candidate_id"].map(registry) == named["object_id"]
+    refs = (named, [E.ExpectColumnValuesToBeInSet(column="owner_matches", value_set=[True])]) if registry else (named, [])
+    return {
+        "manifest": (m, _common(ds, m, "submission_id") + [
+            E.ExpectColumnValuesToBeInSet(column="kind", value_set=["pairwise", "best-of-n", "reject-all"]),
+            E.ExpectColumnValuesToBeBetween(column="time_spent_s", min_value=0, strict_min=True)]),
+        "references": refs,
+    }
+
+
 def _generic(ds: Dataset, cfg: ValidationConfig) -> dict:
     m = ds.manifest().to_pandas()
     return {"manifest": (m, _common(ds, m, "sample_key"))}
@@ -390,7 +413,7 @@ def _generic(ds: Dataset, cfg: ValidationConfig) -> dict:
 SUITES: dict[str, Callable[[Dataset, ValidationConfig], dict]] = {
     "meshes": _meshes, "iso3do": _iso3do, "iso3do-part": _iso3do,
     "occlusions": _occlusions, "occlusions-part": _occlusions,
-    "image-pool": _image_pool, "candidates": _candidates,
+    "image-pool": _image_pool, "candidates": _candidates, "rankings": _rankings,
 }
 
 

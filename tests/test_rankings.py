@@ -208,3 +208,11 @@ def test_label_studio_and_native_exports_of_the_same_judgements_aggregate_the_sa
     pd.testing.assert_frame_equal(d_native, d_ls)
     pd.testing.assert_frame_equal(s_native, s_ls)
     assert agreement(comparisons(native), min_overlap=1) == agreement(comparisons(ls), min_overlap=1)
+
+
+def test_only_rejections_make_hard_cases_without_scores():
+    from flywheel.aggregate import DecisionRules, decide
+
+    only = judgements([row("r1", kind="reject-all", winner=None, losers=["c1", "c2", "c3"])])
+    decisions, scores = decide(only, REGISTRY, DecisionRules(alpha=0.6))
+    assert decisions[["object_id", "decision"]].values.tolist() == [["o1", "hard-case"]] and scores.empty

@@ -189,6 +189,57 @@ def test_propose_flow_on_the_rounds_composites(monkeypatch, tmp_path):
     again = propose()
     assert again["datasets"] == result["datasets"]
     assert lineage.stage_runs(again["mlflow_run_id"]) == []
+    CLEAN.update(pool=pool.ref, candidates=cands.ref)
+
+
+def test_rankings_flow_from_simulated_annotators(monkeypatch, tmp_path):
+    """Simulated annotators judge the proposed candidates against the composites' ground
+    truth and write a native and a Label Studio export (one row malformed, one from an
+    intruder); ingestion quarantines those two, decisions give SFT / DPO / hard-case
+    datasets; ingesting the same files again changes nothing."""
+    import json
+
+    from flows.rankings import rankings
+    from flywheel.simulate import SimulatedAnnotator, candidate_records, simulate, to_label_studio, truths_for_pool
+
+    if "candidates" not in CLEAN:
+        pytest.skip("needs the candidates of the propose test")
+    store = _store_env(monkeypatch, CLEAN["store"].root)
+    monkeypatch.setenv("FLYWHEEL__RANKINGS__ANNOTATORS", json.dumps(["ann-1", "ann-2", "ann-3"]))
+    truths = truths_for_pool(store, CLEAN["pool"])
+    candidates = candidate_records(store, CLEAN["candidates"])
+    assert set(truths) == set(candidates)
+    team = [SimulatedAnnotator("ann-1"), SimulatedAnnotator("ann-2", noise=0.05, pairs_per_object=4),
+            SimulatedAnnotator("ann-3", reject_threshold=2.0)]            # rejects everything it sees
+    rows = simulate(team, candidates, truths, per_object=2, seed=1)
+    native = tmp_path / "batch-1.jsonl"
+    native.write_text("\n".join(json.dumps(r) for r in rows[:len(rows) // 2]) + "\n{broken\n"
+                      + json.dumps({**rows[0], "submission_id": "x", "annotator_id": "intruder"}) + "\n")
+    studio = tmp_path / "batch-2.json"
+    studio.write_text(to_label_studio(rows[len(rows) // 2:]))
+
+    result = rankings([str(native), str(studio)], candidates=CLEAN["candidates"].version)
+    judged = Dataset(store, "rankings", result["datasets"][0]["version"])
+    assert judged.ref.num_rows == len(rows)
+    assert sorted(judged.quarantine()["reason"].to_pylist()) == ["malformed row", "unknown annotator"]
+    raw = [o.key for o in store.list("rankings/raw/")]
+    assert len(raw) == 2 and store.get_bytes(next(k for k in raw if k.endswith(".jsonl"))) == native.read_bytes()
+    outputs = {d["name"]: Dataset(store, d["name"], d["version"]) for d in result["datasets"][1:]}
+    assert set(outputs) == {"sft", "preferences", "hard-cases"}
+    sft, prefs, hard = outputs["sft"], outputs["preferences"], outputs["hard-cases"]
+    assert sft.ref.num_rows + hard.ref.num_rows <= len(candidates)
+    assert all(r["winner"] in {c["candidate_id"] for c in candidates[r["object_id"]]}
+               for r in prefs.manifest().to_pylist())
+    stages = [r.data.tags[lineage.STAGE_TAG] for r in lineage.stage_runs(result["mlflow_run_id"])]
+    assert stages[:3] == ["ingest-rankings", "validate-rankings", "decide"]
+    decide_run = lineage.stage_runs(result["mlflow_run_id"])[2]
+    assert "accept_rate" in decide_run.data.metrics
+    assert "rankings/rankings_report.png" in [a.path for a in mlflow.MlflowClient().list_artifacts(
+        decide_run.info.run_id, "rankings")]
+
+    again = rankings([str(native), str(studio)], candidates=CLEAN["candidates"].version)
+    assert again["datasets"] == result["datasets"]
+    assert len(list(store.list("rankings/raw/"))) == 2
 
 
 def test_same_config_same_digests_in_another_store(monkeypatch, tmp_path):

@@ -281,3 +281,30 @@ def test_candidates_corruption_fails_with_the_right_expectation(store, meshes, n
     report = validate(write_candidates(store, write_pool(store), meshes, corrupt), ValidationConfig())
     assert not report.success
     assert expected in failed(report), report.summary()
+
+
+def test_rankings_suite_checks_the_chain_to_candidates(store, meshes):
+    import pyarrow as pa
+
+    from flywheel.contracts import RANKINGS
+
+    pool = write_pool(store)
+    cands = write_candidates(store, pool, meshes)
+    ids = cands.manifest().select(["candidate_id", "object_id"]).to_pylist()
+
+    def rankings(winner_of_obj0, version):
+        a, b = ids[0]["candidate_id"], ids[1]["candidate_id"]
+        table = pa.table({"submission_id": ["s1"], "annotator_id": ["x"], "object_id": [ids[0]["object_id"]],
+                          "kind": ["pairwise"], "winner": [winner_of_obj0 or a], "losers": [[b]],
+                          "timestamp": pa.array([0], pa.timestamp("us", tz="UTC")), "time_spent_s": [3.0],
+                          "geometry": [None], "texture": [None], "completeness": [None],
+                          "multiview_consistency": [None], "source_file": ["f"]}, schema=RANKINGS.schema)
+        with DatasetWriter(store, RANKINGS, version, parents=[cands.ref]) as w:
+            w.add_table(table, "submission_id")
+        return Dataset(store, "rankings", version)
+
+    good = rankings(None, "r-good")
+    assert good.verify() == [] and validate(good, ValidationConfig()).success
+    other_object = next(r["candidate_id"] for r in ids if r["object_id"] != ids[0]["object_id"])
+    report = validate(rankings(other_object, "r-bad"), ValidationConfig())
+    assert ("references", "expect_column_values_to_be_in_set", "owner_matches") in failed(report)

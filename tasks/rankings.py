@@ -1,0 +1,215 @@
+"""Tasks of the close stage's first half: ingest judgements, then decide (SFT / DPO /
+hard cases) with Bradley–Terry aggregation and annotator quality.
+
+Ingestion keeps every export exactly as received (``rankings/raw/<sha256>/<name>``,
+create-if-absent: append-only) and commits a new ``rankings`` version = the previous
+version's rows + the new submissions. A file already ingested changes nothing; a
+submission id already ingested is counted once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flywheel.aggregate import (DecisionRules, acceptance_threshold, agreement, annotator_stats, comparisons,
+                                decide, preference_pairs)
+from flywheel.config import FlywheelConfig
+from flywheel.contracts import HARD_CASES, PREFERENCES, RANKINGS, SFT
+from flywheel.datasets import Dataset, DatasetRef, DatasetWriter, committed_ref, list_versions, version_of
+from flywheel.models import file_digest
+from flywheel.rankings import ExportError, check, from_label_studio, read_native
+from flywheel.store import open_store
+from tasks.conventions import flywheel_task, log_datasets, stage, store_for, writer_options
+
+log = logging.getLogger(__name__)
+
+
+def latest_rankings(cfg: FlywheelConfig) -> DatasetRef | None:
+    versions = list_versions(store_for(cfg), RANKINGS.name)
+    return Dataset(store_for(cfg), RANKINGS.name, versions[-1]["version"]).ref if versions else None
+
+
+def _read_source(cfg: FlywheelConfig, uri: str) -> bytes:
+    if uri.startswith("s3://"):
+        bucket, _, key = uri[5:].partition("/")
+        return open_store(f"s3://{bucket}", cfg.store).get_bytes(key)
+    return Path(uri).read_bytes()
+
+
+def export_digests(cfg: FlywheelConfig, files: list[str]) -> list[str]:
+    """sha256 of each export (the flow pins them: they are in the ingest task's cache key)."""
+    return [file_digest(f) if not f.startswith("s3://") else hashlib.sha256(_read_source(cfg, f)).hexdigest()
+            for f in files]
+
+
+@flywheel_task(name="ingest-rankings", version="1")
+def ingest_rankings(cfg: FlywheelConfig, files: list[str], digests: list[str], candidates: DatasetRef,
+                    previous: DatasetRef | None, settings: dict, parent_run_id: str | None = None) -> DatasetRef:
+    """Archive and check ``files`` against the candidate registry; commit the next version."""
+    store = store_for(cfg)
+    done = set(Dataset(store, previous.name, previous.version).marker["inputs"]["files"]) if previous else set()
+    new = [(f, d) for f, d in zip(files, digests) if d not in done]
+    with stage(cfg, parent_run_id, "ingest-rankings", params={"files": len(files), "new_files": len(new)}) as run_id:
+        if not new and previous is not None:
+            log.info("rankings: every export was ingested before; %s is unchanged", previous)
+            mlflow.log_metrics({"new_submissions": 0, "replayed_files": len(files)})
+            return previous
+        inputs = {"files": sorted(done | {d for _, d in new}), "previous": previous, "candidates": candidates,
+                  "settings": settings}
+        version = version_of(RANKINGS, inputs=inputs, code_version="1")
+        ref = committed_ref(store, RANKINGS.name, version)
+        if ref is None:
+            registry = Dataset(store, candidates.name, candidates.version).manifest().select(
+                ["candidate_id", "object_id"]).to_pandas()
+            old = Dataset(store, previous.name, previous.version) if previous else None
+            tables = [old.manifest().select(RANKINGS.schema.names)] if old else []
+            seen = set(tables[0]["submission_id"].to_pylist()) if tables else set()
+            quarantine = old.quarantine().to_pylist() if old else []
+            counts = {"rows": 0, "accepted": 0, "duplicates": 0, "quarantined": 0}
+            for uri, digest in new:
+                data = _read_source(cfg, uri)
+                name = Path(uri).name
+                store.create_if_absent(f"rankings/raw/{digest}/{name}", data)   # as received, once
+                if len(data) > settings["max_file_bytes"]:
+                    quarantine.append({"item_id": name, "kind": "file", "reason": "file too large",
+                                       "detail": f"{name}: {len(data)} bytes, over {settings['max_file_bytes']}"})
+                    continue
+                try:
+                    raw = from_label_studio(data, name) if name.endswith(".json") else read_native(data, name)
+                except ExportError as e:
+                    quarantine.append({"item_id": name, "kind": "file", "reason": "unreadable file", "detail": str(e)})
+                    continue
+                good, bad = check(raw, name, candidates=registry, annotators=settings["annotators"],
+                                  max_time_spent_s=settings["max_time_spent_s"])
+                ids = good["submission_id"].to_pylist()
+                fresh = np.array([i not in seen for i in ids], bool)
+                seen.update(ids)
+                counts["rows"] += len(raw)
+                counts["duplicates"] += int((~fresh).sum())
+                counts["accepted"] += int(fresh.sum())
+                counts["quarantined"] += len(bad)
+                good = good.filter(pa.array(fresh))
+                tables.append(good.append_column("source_file", pa.array([digest] * good.num_rows, pa.string())))
+                quarantine += bad.to_dict("records")
+                log.info("%s: %d rows, %d new, %d already ingested, %d quarantined", name, len(raw), int(fresh.sum()),
+                         int((~fresh).sum()), len(bad))
+            with DatasetWriter(store, RANKINGS, version, inputs=inputs, parents=[candidates],
+                               **writer_options(cfg)) as writer:
+                if tables:
+                    writer.add_table(pa.concat_tables(tables), "submission_id")
+                for row in quarantine:
+                    writer.quarantine(**row)
+            ref = writer.ref
+            mlflow.log_metrics({f"export_{k}": v for k, v in counts.items()})
+        mlflow.log_metrics({"submissions": ref.num_rows})
+        log_datasets(run_id, inputs=[candidates] + ([previous] if previous else []), outputs=[ref])
+    return ref
+
+
+def _plot(decisions: pd.DataFrame, stats: pd.DataFrame, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    counts = decisions["decision"].value_counts()
+    axes[0].bar(counts.index, counts.values, color="#4c72b0")
+    axes[0].set_title("decisions", fontsize=9)
+    axes[1].hist(decisions["score"].dropna(), bins=20, range=(0.5, 1), color="#55a868")
+    axes[1].set_title("winner score (mean P[beats others])", fontsize=9)
+    quality = stats.set_index("annotator_id")[["majority_agreement", "weight"]]
+    quality.plot.bar(ax=axes[2], fontsize=7)
+    axes[2].set_title("annotators", fontsize=9)
+    axes[2].set_ylim(0, 1)
+    for ax in axes:
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+@flywheel_task(name="decide", version="1")
+def decide_round(cfg: FlywheelConfig, rankings: DatasetRef, candidates: DatasetRef, pool: DatasetRef,
+                 round_index: int, rules: dict, parent_run_id: str | None = None) -> dict:
+    """Aggregate the judgements and commit the round's SFT, preference (DPO) and hard-case
+    datasets; log counts, accept rate, agreement and annotator statistics with a plot."""
+    store = store_for(cfg)
+    cands = Dataset(store, candidates.name, candidates.version)
+    registry = cands.manifest().to_pandas()
+    table = Dataset(store, rankings.name, rankings.version).manifest()
+    # the rankings accumulate over rounds: this round decides on this candidate registry's objects
+    table = table.filter(pc.is_in(table["object_id"], pa.array(registry["object_id"].unique())))
+    alpha = acceptance_threshold(round_index, rules["alpha_schedule"])
+    pairs = comparisons(table)
+    stats = annotator_stats(table, pairs, rules["gold"] or None)
+    decisions, _ = decide(table, registry[["candidate_id", "object_id"]],
+                          DecisionRules(alpha, rules["reject_share"], rules["min_judgements"]),
+                          weights=dict(zip(stats["annotator_id"], stats["weight"])), bt_alpha=rules["bt_alpha"])
+    prefs = preference_pairs(decisions, table)
+    accepted = decisions[decisions["decision"] == "accept"]
+    hard = decisions[decisions["decision"] == "hard-case"]
+    inputs = {"rankings": rankings, "candidates": candidates, "pool": pool, "round": round_index, "rules": rules}
+    params = {"round": round_index, "alpha": alpha, **{k: str(v) for k, v in rules.items() if k != "gold"}}
+    with stage(cfg, parent_run_id, "decide", params=params) as run_id:
+        needed = set(accepted["object_id"]) | set(hard["object_id"]) | set(prefs["object_id"])
+        images = {s["__key__"]: s for s in Dataset(store, pool.name, pool.version).samples(keys=sorted(needed))}
+        wanted = set(accepted["winner"]) | set(prefs["loser"])
+        occ = {s["__key__"]: s["occ.npy"] for s in cands.samples(keys=sorted(wanted))}
+        rows = registry.set_index("candidate_id")
+        refs = {}
+        specs = ((SFT, accepted), (PREFERENCES, prefs), (HARD_CASES, hard))
+        for spec, frame in specs:
+            version = version_of(spec, inputs=inputs, code_version="1")
+            ref = committed_ref(store, spec.name, version)
+            if ref is None:
+                with DatasetWriter(store, spec, version, inputs=inputs, parents=[rankings, candidates, pool],
+                                   **writer_options(cfg)) as writer:
+                    for r in frame.to_dict("records"):
+                        image = images[r["object_id"]]
+                        files = {"rgb.png": image["rgb.png"], "mask.png": image["mask.png"]}
+                        base = {"object_id": r["object_id"], "round": round_index}
+                        if spec is SFT:
+                            c = rows.loc[r["winner"]]
+                            writer.add(r["winner"], {**base, "score": r["score"], "candidate_id": r["winner"],
+                                                     "confidence": r["confidence"], "R": list(c["R"]),
+                                                     "t": list(c["t"]), "s": float(c["s"])},
+                                       {**files, "occ.npy": occ[r["winner"]]})
+                        elif spec is PREFERENCES:
+                            writer.add(f"{r['winner']}-{r['loser']}",
+                                       {**base, "score": r["score"], "winner": r["winner"], "loser": r["loser"],
+                                        "times": r["times"]},
+                                       {**files, "winner.npy": occ[r["winner"]], "loser.npy": occ[r["loser"]]})
+                        else:
+                            writer.add(r["object_id"], {**base, "judgements": r["judgements"], "rejects": r["rejects"],
+                                                        "reject_share": r["reject_share"]}, files)
+                ref = writer.ref
+            refs[spec.name] = ref
+        judged = len(decisions)
+        kappa = agreement(pairs)
+        metrics = {"objects_judged": judged, "accepted": len(accepted), "hard_cases": len(hard),
+                   "preference_pairs": len(prefs), "accept_rate": len(accepted) / judged if judged else 0.0,
+                   "alpha": alpha, "annotators": len(stats), "overlapping_items": kappa["overlapping_items"],
+                   **({"fleiss_kappa": kappa["fleiss"]} if kappa["fleiss"] is not None else {}),
+                   **{f"decision_{k.replace('-', '_')}": int(v) for k, v in decisions["decision"].value_counts().items()}}
+        mlflow.log_metrics(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            stats.to_csv(Path(tmp) / "annotators.csv", index=False)
+            decisions.to_csv(Path(tmp) / "decisions.csv", index=False)
+            pd.Series(kappa["cohen"], name="cohen_kappa").to_csv(Path(tmp) / "cohen_kappa.csv")
+            for name in ("annotators.csv", "decisions.csv", "cohen_kappa.csv"):
+                mlflow.log_artifact(str(Path(tmp) / name), "rankings")
+            mlflow.log_artifact(str(_plot(decisions, stats, Path(tmp) / "rankings_report.png")), "rankings")
+        log_datasets(run_id, inputs=[rankings, candidates, pool], outputs=list(refs.values()))
+        log.info("round %d decisions: %s", round_index, metrics)
+    return {"metrics": metrics, "datasets": {k: v.to_dict() for k, v in refs.items()}}
