@@ -26,7 +26,7 @@ class SimulatedAnnotator:
     noise: float = 0.0                 # std of the noise on each candidate's quality
     flip_probability: float = 0.0      # chance a pairwise answer is flipped
     bias: dict = field(default_factory=dict)   # member name -> quality bonus
-    reject_threshold: float = 0.0      # best perceived quality below this: reject all
+    reject_threshold: float = float("-inf")   # best perceived quality below this: reject all
     pairs_per_object: int = 0          # 0: one best-of-N judgement; k: k pairwise judgements
 
 

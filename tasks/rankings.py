@@ -33,6 +33,24 @@ from tasks.conventions import flywheel_task, log_datasets, stage, store_for, wri
 log = logging.getLogger(__name__)
 
 
+_CONTENT = ["annotator_id", "object_id", "kind", "winner", "losers"]
+
+
+def _conflicts(good: pa.Table, repeated: np.ndarray, tables: list[pa.Table]) -> np.ndarray:
+    """Rows of ``good`` whose submission id was ingested before with different contents."""
+    out = np.zeros(good.num_rows, bool)
+    if not repeated.any() or not tables:
+        return out
+    before = pa.concat_tables([t.select(["submission_id"] + _CONTENT) for t in tables]).to_pandas()
+    before = before.drop_duplicates("submission_id").set_index("submission_id")
+    now = good.select(["submission_id"] + _CONTENT).to_pandas()
+    for i in np.flatnonzero(repeated):
+        row = now.iloc[i]
+        old = before.loc[row["submission_id"]]
+        out[i] = any(list(old[c]) != list(row[c]) if c == "losers" else old[c] != row[c] for c in _CONTENT)
+    return out
+
+
 def latest_rankings(cfg: FlywheelConfig) -> DatasetRef | None:
     versions = list_versions(store_for(cfg), RANKINGS.name)
     return Dataset(store_for(cfg), RANKINGS.name, versions[-1]["version"]).ref if versions else None
@@ -71,7 +89,7 @@ def ingest_rankings(cfg: FlywheelConfig, files: list[str], digests: list[str], c
             registry = Dataset(store, candidates.name, candidates.version).manifest().select(
                 ["candidate_id", "object_id"]).to_pandas()
             old = Dataset(store, previous.name, previous.version) if previous else None
-            tables = [old.manifest().select(RANKINGS.schema.names)] if old else []
+            tables = [old.manifest().select(RANKINGS.schema.names).cast(RANKINGS.schema)] if old else []
             seen = set(tables[0]["submission_id"].to_pylist()) if tables else set()
             quarantine = old.quarantine().to_pylist() if old else []
             counts = {"rows": 0, "accepted": 0, "duplicates": 0, "quarantined": 0}
@@ -92,13 +110,20 @@ def ingest_rankings(cfg: FlywheelConfig, files: list[str], digests: list[str], c
                                   max_time_spent_s=settings["max_time_spent_s"])
                 ids = good["submission_id"].to_pylist()
                 fresh = np.array([i not in seen for i in ids], bool)
+                conflicts = _conflicts(good, ~fresh, tables)
+                if conflicts.any():
+                    for sid in np.asarray(ids, dtype=object)[conflicts]:
+                        quarantine.append({"item_id": f"{name}:{sid}", "kind": "ranking",
+                                           "reason": "conflicting resubmission",
+                                           "detail": f"submission {sid} was ingested before with other contents"})
                 seen.update(ids)
                 counts["rows"] += len(raw)
-                counts["duplicates"] += int((~fresh).sum())
+                counts["duplicates"] += int((~fresh & ~conflicts).sum())
                 counts["accepted"] += int(fresh.sum())
-                counts["quarantined"] += len(bad)
+                counts["quarantined"] += len(bad) + int(conflicts.sum())
                 good = good.filter(pa.array(fresh))
-                tables.append(good.append_column("source_file", pa.array([digest] * good.num_rows, pa.string())))
+                tables.append(good.append_column("source_file", pa.array([digest] * good.num_rows, pa.string()))
+                              .cast(RANKINGS.schema))
                 quarantine += bad.to_dict("records")
                 log.info("%s: %d rows, %d new, %d already ingested, %d quarantined", name, len(raw), int(fresh.sum()),
                          int((~fresh).sum()), len(bad))

@@ -217,13 +217,16 @@ def test_rankings_flow_from_simulated_annotators(monkeypatch, tmp_path):
                       + json.dumps({**rows[0], "submission_id": "x", "annotator_id": "intruder"}) + "\n")
     studio = tmp_path / "batch-2.json"
     studio.write_text(to_label_studio(rows[len(rows) // 2:]))
+    big = tmp_path / "too-big.jsonl"
+    big.write_text((json.dumps(rows[0]) + "\n") * 8000)                 # > 1 MB
+    monkeypatch.setenv("FLYWHEEL__RANKINGS__MAX_FILE_MB", "1")
 
-    result = rankings([str(native), str(studio)], candidates=CLEAN["candidates"].version)
+    result = rankings([str(native), str(studio), str(big)], candidates=CLEAN["candidates"].version)
     judged = Dataset(store, "rankings", result["datasets"][0]["version"])
     assert judged.ref.num_rows == len(rows)
-    assert sorted(judged.quarantine()["reason"].to_pylist()) == ["malformed row", "unknown annotator"]
+    assert sorted(judged.quarantine()["reason"].to_pylist()) == ["file too large", "malformed row", "unknown annotator"]
     raw = [o.key for o in store.list("rankings/raw/")]
-    assert len(raw) == 2 and store.get_bytes(next(k for k in raw if k.endswith(".jsonl"))) == native.read_bytes()
+    assert len(raw) == 3 and store.get_bytes(next(k for k in raw if k.endswith("batch-1.jsonl"))) == native.read_bytes()
     outputs = {d["name"]: Dataset(store, d["name"], d["version"]) for d in result["datasets"][1:]}
     assert set(outputs) == {"sft", "preferences", "hard-cases"}
     sft, prefs, hard = outputs["sft"], outputs["preferences"], outputs["hard-cases"]
@@ -237,9 +240,20 @@ def test_rankings_flow_from_simulated_annotators(monkeypatch, tmp_path):
     assert "rankings/rankings_report.png" in [a.path for a in mlflow.MlflowClient().list_artifacts(
         decide_run.info.run_id, "rankings")]
 
-    again = rankings([str(native), str(studio)], candidates=CLEAN["candidates"].version)
+    again = rankings([str(native), str(studio), str(big)], candidates=CLEAN["candidates"].version)
     assert again["datasets"] == result["datasets"]
-    assert len(list(store.list("rankings/raw/"))) == 2
+    assert len(list(store.list("rankings/raw/"))) == 3
+
+    # a later export that resubmits an ingested id with other contents: quarantined, not counted
+    changed = tmp_path / "batch-3.jsonl"
+    first = next(r for r in judged.manifest().to_pylist() if r["kind"] != "reject-all")
+    changed.write_text(json.dumps({**{k: first[k] for k in ("submission_id", "annotator_id", "object_id", "kind")},
+                                   "winner": first["losers"][0], "losers": [first["winner"]] + first["losers"][1:],
+                                   "timestamp": first["timestamp"].isoformat(), "time_spent_s": 9.0}) + "\n")
+    later = rankings([str(changed)], candidates=CLEAN["candidates"].version, round_index=1)
+    updated = Dataset(store, "rankings", later["datasets"][0]["version"])
+    assert updated.ref.num_rows == judged.ref.num_rows
+    assert updated.quarantine()["reason"].to_pylist().count("conflicting resubmission") == 1
 
 
 def test_same_config_same_digests_in_another_store(monkeypatch, tmp_path):
