@@ -16,6 +16,7 @@ bench:
 	.venv/bin/python bench/validation.py
 	.venv/bin/python bench/model.py
 	.venv/bin/python bench/candidates.py
+	.venv/bin/python bench/rankings.py
 
 setup:
 	@bash scripts/setup.sh --test
