@@ -405,6 +405,52 @@ def _rankings(ds: Dataset, cfg: ValidationConfig) -> dict:
     }
 
 
+def _decision_refs(ds: Dataset, m: pd.DataFrame, candidate_columns: tuple[str, ...]) -> list:
+    """Objects of the round's image pool; candidates of the candidate registry."""
+    E = _gx()
+    out = []
+    objects = _parent_ids(ds, "image-pool", "object_id")
+    if objects:
+        out.append(E.ExpectColumnValuesToBeInSet(column="object_id", value_set=objects))
+    candidates = _parent_ids(ds, "candidates", "candidate_id")
+    if candidates:
+        out += [E.ExpectColumnValuesToBeInSet(column=c, value_set=candidates) for c in candidate_columns]
+    return out
+
+
+def _sft(ds: Dataset, cfg: ValidationConfig) -> dict:
+    E = _gx()
+    m = ds.manifest().to_pandas()
+    m["rotation_error"] = _rotation_error(m["R"])
+    return {"manifest": (m, _common(ds, m, "candidate_id") + _decision_refs(ds, m, ("candidate_id",)) + [
+        E.ExpectColumnValuesToBeUnique(column="object_id"),
+        E.ExpectColumnValuesToNotBeNull(column="rotation_error"),
+        E.ExpectColumnValuesToBeBetween(column="rotation_error", max_value=cfg.rotation_tolerance),
+        E.ExpectColumnValuesToBeBetween(column="s", min_value=0, strict_min=True),
+        E.ExpectColumnValuesToBeBetween(column="score", min_value=0.5, max_value=1),
+        E.ExpectColumnValuesToBeBetween(column="confidence", min_value=0, max_value=1)])}
+
+
+def _preferences(ds: Dataset, cfg: ValidationConfig) -> dict:
+    E = _gx()
+    m = ds.manifest().to_pandas()
+    m["distinct"] = m["winner"] != m["loser"]
+    return {"manifest": (m, _common(ds, m, "sample_key") + _decision_refs(ds, m, ("winner", "loser")) + [
+        E.ExpectCompoundColumnsToBeUnique(column_list=["winner", "loser"]),
+        E.ExpectColumnValuesToBeInSet(column="distinct", value_set=[True]),
+        E.ExpectColumnValuesToBeBetween(column="times", min_value=1),
+        E.ExpectColumnValuesToBeBetween(column="score", min_value=0.5, max_value=1)])}
+
+
+def _hard_cases(ds: Dataset, cfg: ValidationConfig) -> dict:
+    E = _gx()
+    m = ds.manifest().to_pandas()
+    m["rejects_le_judgements"] = m["rejects"] <= m["judgements"]
+    return {"manifest": (m, _common(ds, m, "object_id") + _decision_refs(ds, m, ()) + [
+        E.ExpectColumnValuesToBeBetween(column="reject_share", min_value=0, max_value=1),
+        E.ExpectColumnValuesToBeInSet(column="rejects_le_judgements", value_set=[True])])}
+
+
 def _generic(ds: Dataset, cfg: ValidationConfig) -> dict:
     m = ds.manifest().to_pandas()
     return {"manifest": (m, _common(ds, m, "sample_key"))}
@@ -414,6 +460,7 @@ SUITES: dict[str, Callable[[Dataset, ValidationConfig], dict]] = {
     "meshes": _meshes, "iso3do": _iso3do, "iso3do-part": _iso3do,
     "occlusions": _occlusions, "occlusions-part": _occlusions,
     "image-pool": _image_pool, "candidates": _candidates, "rankings": _rankings,
+    "sft": _sft, "preferences": _preferences, "hard-cases": _hard_cases,
 }
 
 

@@ -308,3 +308,33 @@ def test_rankings_suite_checks_the_chain_to_candidates(store, meshes):
     other_object = next(r["candidate_id"] for r in ids if r["object_id"] != ids[0]["object_id"])
     report = validate(rankings(other_object, "r-bad"), ValidationConfig())
     assert ("references", "expect_column_values_to_be_in_set", "owner_matches") in failed(report)
+
+
+@pytest.mark.parametrize("corrupt, expected", [
+    (None, None),
+    ("self-pair", ("manifest", "expect_column_values_to_be_in_set", "distinct")),
+    ("dangling loser", ("manifest", "expect_column_values_to_be_in_set", "loser")),
+])
+def test_preferences_suite(store, meshes, corrupt, expected):
+    from flywheel.contracts import PREFERENCES
+
+    pool = write_pool(store)
+    cands = write_candidates(store, pool, meshes)
+    rows = cands.manifest().to_pylist()
+    winner, loser = rows[0]["candidate_id"], rows[1]["candidate_id"]
+    if corrupt == "self-pair":
+        loser = winner
+    elif corrupt == "dangling loser":
+        loser = "cand-ffffffffffffffffffff"
+    occ = encode_npy(np.zeros((16,) * 3, bool))
+    mask, rgba, _ = disc_sample()
+    with DatasetWriter(store, PREFERENCES, "p-v1", parents=[pool, cands.ref]) as w:
+        w.add("pair-1", {"object_id": rows[0]["object_id"], "round": 0, "score": 0.8, "winner": winner,
+                         "loser": loser, "times": 2},
+              {"rgb.png": png(rgba[..., :3].copy()), "mask.png": png(mask.astype(np.uint8) * 255),
+               "winner.npy": occ, "loser.npy": occ})
+    report = validate(Dataset(store, "preferences", "p-v1"), ValidationConfig())
+    if expected is None:
+        assert report.success, report.summary()
+    else:
+        assert expected in failed(report), report.summary()
