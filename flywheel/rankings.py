@@ -162,11 +162,18 @@ def _loser_lists(column: pd.Series, flag) -> pa.ListArray:
                     list_type)
 
 
-def _is_text(values: pd.Series) -> np.ndarray:
-    """Non-empty strings (vectorised for string columns, e.g. from Parquet)."""
-    if pd.api.types.is_string_dtype(values.dtype) and values.dtype != object:
-        return (values.notna() & (values.str.len() > 0)).to_numpy(dtype=bool)
-    return np.fromiter((isinstance(v, str) and v != "" for v in values.to_numpy(dtype=object)), bool, len(values))
+def _text(values: pd.Series) -> pa.StringArray:
+    """A column as Arrow strings; anything that is not a non-empty string becomes null."""
+    if isinstance(values.dtype, pd.ArrowDtype) and pa.types.is_string(values.dtype.pyarrow_dtype):
+        arr = pa.array(values.array)
+        arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+        return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
+    return pa.array([v if isinstance(v, str) and v else None for v in values.to_numpy(dtype=object)], pa.string())
+
+
+def _mask(arr) -> np.ndarray:
+    """A boolean Arrow array as numpy, nulls as False."""
+    return pc.fill_null(arr, False).to_numpy(zero_copy_only=False)
 
 
 def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annotators: set[str] | None,
@@ -195,19 +202,20 @@ def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annota
 
     problem = df["_problem"].to_numpy(dtype=object)
     flag(pd.notna(problem), "malformed row", lambda i: [f"line {df['_line'][j]}: {problem[j]}" for j in i])
-    text = {col: _is_text(df[col]) for col in ("submission_id", "annotator_id", "object_id", "kind")}
-    for col, ok in text.items():
-        flag(~ok, "malformed row", f"missing or non-text {col}")
-    kind = df["kind"].to_numpy(dtype=object)
-    flag(~df["kind"].isin(KINDS).to_numpy(), "malformed row", "kind must be one of " + ", ".join(KINDS))
+    cols = {col: _text(df[col]) for col in ("submission_id", "annotator_id", "object_id", "kind", "winner")}
+    for col in ("submission_id", "annotator_id", "object_id", "kind"):
+        flag(~_mask(pc.is_valid(cols[col])), "malformed row", f"missing or non-text {col}")
+    kind = cols["kind"]
+    flag(~_mask(pc.is_in(kind, value_set=pa.array(KINDS))), "malformed row", "kind must be one of " + ", ".join(KINDS))
     flat = _loser_lists(df["losers"], flag)
-    has_winner = _is_text(df["winner"])
-    winner = np.where(has_winner, df["winner"].to_numpy(dtype=object), None)
+    has_winner = _mask(pc.is_valid(cols["winner"]))
     count = pc.fill_null(pc.list_value_length(flat), 0).to_numpy()
-    flag(np.isin(kind, ("pairwise", "best-of-n")) & ~has_winner, "malformed row", "pairwise and best-of-n need a winner")
-    flag((kind == "reject-all") & has_winner, "malformed row", "reject-all has no winner")
-    flag((kind == "pairwise") & (count != 1), "malformed row", "pairwise needs exactly one loser")
-    flag((kind == "best-of-n") & (count < 1), "malformed row", "best-of-n needs one loser or more")
+    is_kind = {k: _mask(pc.equal(kind, k)) for k in KINDS}
+    flag((is_kind["pairwise"] | is_kind["best-of-n"]) & ~has_winner, "malformed row",
+         "pairwise and best-of-n need a winner")
+    flag(is_kind["reject-all"] & has_winner, "malformed row", "reject-all has no winner")
+    flag(is_kind["pairwise"] & (count != 1), "malformed row", "pairwise needs exactly one loser")
+    flag(is_kind["best-of-n"] & (count < 1), "malformed row", "best-of-n needs one loser or more")
     time_spent = pd.to_numeric(df["time_spent_s"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     flag(np.isnan(time_spent), "malformed row", "time_spent_s is not a number")
     stamps = pd.to_datetime(df["timestamp"], errors="coerce", utc=True, format="mixed")
@@ -221,64 +229,65 @@ def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annota
         flag(given & (np.isnan(values) | (values < 0) | (values > 10)), "malformed row", f"{r} must be a number in 0..10")
         rubric[r] = values
 
-    objects = df["object_id"].to_numpy(dtype=object)
-    flag(~df["object_id"].isin(set(candidates["object_id"])).to_numpy(), "unknown object",
-         lambda i: [f"object {objects[j]} has no candidates in the registry" for j in i])
-    # every candidate id a row names (winner + losers), flattened, with its owner object
+    objects = cols["object_id"]
+    reg_candidates = pa.array(candidates["candidate_id"].to_numpy(dtype=object), pa.string())
+    reg_objects = pa.array(candidates["object_id"].to_numpy(dtype=object), pa.string())
+    flag(~_mask(pc.is_in(objects, value_set=pc.unique(reg_objects))), "unknown object",
+         lambda i: [f"object {o} has no candidates in the registry" for o in objects.take(pa.array(i)).to_pylist()])
+    # every candidate id a row names (winner + losers), flattened; one hash lookup in the registry
     parent = np.concatenate([np.flatnonzero(has_winner), pc.list_parent_indices(flat).to_numpy()])
-    cand = np.concatenate([winner[has_winner], pc.list_flatten(flat).to_numpy(zero_copy_only=False)]).astype(object)
-    owner = pd.Series(candidates["object_id"].to_numpy(), index=candidates["candidate_id"].to_numpy())
-    cand_owner = pd.Series(cand).map(owner).to_numpy(dtype=object)
-    unknown = pd.isna(cand_owner)
-    foreign = ~unknown & (cand_owner != objects[parent])
+    cand = pa.concat_arrays([cols["winner"].filter(pa.array(has_winner)), pc.list_flatten(flat)])
+    position = pc.index_in(cand, value_set=reg_candidates)
+    unknown = ~_mask(pc.is_valid(position))
+    foreign = _mask(pc.not_equal(reg_objects.take(position), objects.take(pa.array(parent))))
 
     def listed(mask):
-        names = pd.Series(cand[mask]).groupby(parent[mask]).agg(", ".join)
+        names = pd.Series(cand.filter(pa.array(mask)).to_pylist()).groupby(parent[mask]).agg(", ".join)
         return lambda i: [f"{names.get(j, '')}" for j in i]
 
-    unknown_rows = np.bincount(parent[unknown], minlength=n) > 0
-    flag(unknown_rows, "unknown candidate",
+    flag(np.bincount(parent[unknown], minlength=n) > 0, "unknown candidate",
          lambda i: ["candidates not in the registry: " + t for t in listed(unknown)(i)])
     flag(np.bincount(parent[foreign], minlength=n) > 0, "candidate of another object",
-         lambda i: [f"candidates of another object: {t} (row object {objects[j]})"
-                    for t, j in zip(listed(foreign)(i), i)])
-    repeated = pd.DataFrame({"p": parent, "c": cand}).duplicated().to_numpy()
+         lambda i: [f"candidates of another object: {t} (row object {o})"
+                    for t, o in zip(listed(foreign)(i), objects.take(pa.array(i)).to_pylist())])
+    codes = pc.dictionary_encode(cand).indices.to_numpy()
+    repeated = pd.DataFrame({"p": parent, "c": codes}).duplicated().to_numpy()
     flag(np.bincount(parent[repeated], minlength=n) > 0, "self-comparison", "a candidate is compared with itself")
     if annotators is not None:
-        annotator = df["annotator_id"].to_numpy(dtype=object)
-        flag(~df["annotator_id"].isin(annotators).to_numpy(), "unknown annotator",
-             lambda i: [f"annotator {annotator[j]} is not on the allow-list" for j in i])
+        allowed = pc.is_in(cols["annotator_id"], value_set=pa.array(sorted(annotators), pa.string()))
+        flag(~_mask(allowed), "unknown annotator", lambda i: [
+            f"annotator {a} is not on the allow-list" for a in cols["annotator_id"].take(pa.array(i)).to_pylist()])
     future = (stamps > pd.Timestamp(now) + pd.Timedelta(seconds=clock_skew_s)).to_numpy()
     flag(future, "future timestamp", lambda i: [f"timestamp {df['timestamp'][j]} is in the future" for j in i])
     flag((time_spent <= 0) | (time_spent > max_time_spent_s), "impossible duration",
          lambda i: [f"time_spent_s {time_spent[j]} is not in (0, {max_time_spent_s}]" for j in i])
 
     # the same submission id twice in a file: identical -> once; different -> quarantined
-    key = df["submission_id"].astype(str).to_numpy(dtype=object)
+    key_codes = pc.dictionary_encode(pc.fill_null(cols["submission_id"], "")).indices.to_numpy()
     ok = pd.isna(reason)
-    repeats = ok & pd.Series(key).duplicated(keep=False).to_numpy()
+    repeats = ok & pd.Series(key_codes).duplicated(keep=False).to_numpy()
     if repeats.any():
         rows = np.flatnonzero(repeats)
-        content = pd.Series([f"{df['annotator_id'][j]}|{objects[j]}|{kind[j]}|{winner[j]}|"
-                             f"{';'.join(flat[int(j)].as_py() or [])}" for j in rows], index=key[rows])
+        sub = pa.table({c: cols[c].take(pa.array(rows)) for c in cols}).append_column(
+            "losers", flat.take(pa.array(rows))).to_pylist()
+        content = pd.Series([f"{r['annotator_id']}|{r['object_id']}|{r['kind']}|{r['winner']}|{';'.join(r['losers'])}"
+                             for r in sub], index=key_codes[rows])
         conflicting = content.groupby(level=0).nunique()
-        flag(repeats & np.isin(key, conflicting[conflicting > 1].index), "conflicting resubmission",
-             lambda i: [f"submission {key[j]} appears with different contents" for j in i])
-    keep = np.flatnonzero(pd.isna(reason) & ~pd.Series(key).duplicated().to_numpy())
+        flag(repeats & np.isin(key_codes, conflicting[conflicting > 1].index), "conflicting resubmission",
+             lambda i: [f"submission {k} appears with different contents"
+                        for k in cols["submission_id"].take(pa.array(i)).to_pylist()])
+    keep = pa.array(np.flatnonzero(pd.isna(reason) & ~pd.Series(key_codes).duplicated().to_numpy()))
 
     good = pa.table({
-        "submission_id": pa.array(key[keep], pa.string()),
-        "annotator_id": pa.array(df["annotator_id"].to_numpy(dtype=object)[keep], pa.string()),
-        "object_id": pa.array(objects[keep], pa.string()),
-        "kind": pa.array(kind[keep], pa.string()),
-        "winner": pa.array(winner[keep], pa.string()),
-        "losers": flat.take(pa.array(keep)) if len(keep) else pa.array([], pa.list_(pa.string())),
-        "timestamp": pa.array(stamps.iloc[keep], pa.timestamp("us", tz="UTC")),
-        "time_spent_s": pa.array(time_spent[keep], pa.float64()),
-        **{r: pa.array(rubric[r][keep], pa.float64(), from_pandas=True) for r in RUBRIC},
-    }, schema=NATIVE_SCHEMA)
+        **{c: cols[c].take(keep) for c in ("submission_id", "annotator_id", "object_id", "kind", "winner")},
+        "losers": flat.take(keep),
+        "timestamp": pa.array(stamps.iloc[keep.to_numpy()], pa.timestamp("us", tz="UTC")),
+        "time_spent_s": pa.array(time_spent[keep.to_numpy()], pa.float64()),
+        **{r: pa.array(rubric[r][keep.to_numpy()], pa.float64(), from_pandas=True) for r in RUBRIC},
+    }).select(NATIVE_SCHEMA.names).cast(NATIVE_SCHEMA)
     bad = np.flatnonzero(pd.notna(reason))
+    keys = cols["submission_id"].take(pa.array(bad)).to_pylist()
     quarantine = pd.DataFrame({
-        "item_id": [f"{file_name}:{df['_line'][j]}:{key[j]}" for j in bad], "kind": "ranking",
+        "item_id": [f"{file_name}:{df['_line'][j]}:{k}" for j, k in zip(bad, keys)], "kind": "ranking",
         "reason": reason[bad], "detail": detail[bad].astype(str)})
     return good, quarantine
