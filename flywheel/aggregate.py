@@ -31,12 +31,17 @@ def comparisons(rankings: pa.Table) -> pd.DataFrame:
     """One row per (object, annotator, winner, loser) from pairwise and best-of-N rows."""
     ranked = rankings.filter(pc.is_in(rankings["kind"], pa.array(["pairwise", "best-of-n"])))
     parents = pc.list_parent_indices(ranked["losers"])
-    return pd.DataFrame({
-        "object_id": pc.take(ranked["object_id"], parents).to_numpy(zero_copy_only=False),
-        "annotator_id": pc.take(ranked["annotator_id"], parents).to_numpy(zero_copy_only=False),
-        "winner": pc.take(ranked["winner"], parents).to_numpy(zero_copy_only=False),
-        "loser": pc.list_flatten(ranked["losers"]).to_numpy(zero_copy_only=False),
-    })
+    arrow = {"object_id": pc.take(ranked["object_id"], parents),
+             "annotator_id": pc.take(ranked["annotator_id"], parents),
+             "winner": pc.take(ranked["winner"], parents),
+             "loser": pc.list_flatten(ranked["losers"])}
+    return pd.DataFrame({k: pd.arrays.ArrowExtensionArray(v) for k, v in arrow.items()})  # stays columnar
+
+
+def _arrow(column: pd.Series) -> pa.Array:
+    arr = pa.array(column.array) if isinstance(column.dtype, pd.ArrowDtype) else pa.array(
+        column.to_numpy(dtype=object), pa.string())
+    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
 
 
 def bradley_terry(pairs: pd.DataFrame, registry: pd.DataFrame, alpha: float = 0.1) -> pd.DataFrame:
@@ -49,10 +54,11 @@ def bradley_terry(pairs: pd.DataFrame, registry: pd.DataFrame, alpha: float = 0.
                                    losses=pd.Series(dtype=int))
     obj_code, _ = pd.factorize(reg["object_id"], sort=False)           # increasing: reg is sorted
     item = reg.groupby("object_id", sort=False).cumcount().to_numpy()
-    position = pd.Index(reg["candidate_id"])
-    w_pos, l_pos = position.get_indexer(pairs["winner"]), position.get_indexer(pairs["loser"])
-    if (w_pos < 0).any() or (l_pos < 0).any():
+    ids = pa.array(reg["candidate_id"].to_numpy(dtype=object), pa.string())
+    w_pos, l_pos = (pc.index_in(_arrow(pairs[c]), value_set=ids) for c in ("winner", "loser"))
+    if w_pos.null_count or l_pos.null_count:
         raise ValueError("bradley_terry: comparisons name candidates that are not in the registry")
+    w_pos, l_pos = w_pos.to_numpy(), l_pos.to_numpy()
     pair_obj = obj_code[w_pos]
     order = np.argsort(pair_obj, kind="stable")
     pair_obj, w_item, l_item = pair_obj[order], item[w_pos][order], item[l_pos][order]
@@ -60,12 +66,14 @@ def bradley_terry(pairs: pd.DataFrame, registry: pd.DataFrame, alpha: float = 0.
     judged_objects = pair_obj[bounds[:-1]]
     sizes = np.bincount(obj_code)
     starts = np.r_[0, np.cumsum(sizes)[:-1]]
-    problems = [(n, list(zip(w_item[a:b].tolist(), l_item[a:b].tolist())))
-                for a, b, n in zip(bounds[:-1].tolist(), bounds[1:].tolist(), sizes[judged_objects].tolist())]
+    n_items = sizes[judged_objects]
+    fitted = _fit_all(w_item, l_item, bounds, n_items, alpha)           # concatenated, per judged object
+    ends = np.cumsum(n_items)
+    means = np.add.reduceat(fitted, ends - n_items) / n_items if len(fitted) else fitted
     strengths = np.zeros(len(reg))
-    for off, n, params in zip(starts[judged_objects].tolist(), sizes[judged_objects].tolist(),
-                              _fit_all(problems, alpha)):
-        strengths[off:off + n] = params - params.mean()
+    take = np.concatenate([np.arange(o, o + k) for o, k in zip(starts[judged_objects], n_items)]) \
+        if len(n_items) else np.zeros(0, int)
+    strengths[take] = fitted - np.repeat(means, n_items)
     judged = np.isin(obj_code, judged_objects)
     out = reg[judged].reset_index(drop=True)
     out["strength"] = strengths[judged]
@@ -74,22 +82,28 @@ def bradley_terry(pairs: pd.DataFrame, registry: pd.DataFrame, alpha: float = 0.
     return out
 
 
-def _fit(problems: list[tuple[int, list]], alpha: float) -> list[np.ndarray]:
-    return [choix.lsr_pairwise(n, data, alpha=alpha) for n, data in problems]
+def _fit(w_item: np.ndarray, l_item: np.ndarray, bounds: np.ndarray, n_items: np.ndarray,
+         alpha: float) -> np.ndarray:
+    """choix.lsr_pairwise per object; objects are the slices ``bounds`` of the pair arrays."""
+    out = [choix.lsr_pairwise(n, list(zip(w_item[a:b].tolist(), l_item[a:b].tolist())), alpha=alpha)
+           for a, b, n in zip(bounds[:-1].tolist(), bounds[1:].tolist(), n_items.tolist())]
+    return np.concatenate(out) if out else np.zeros(0)
 
 
-def _fit_all(problems: list[tuple[int, list]], alpha: float, parallel_above: int = 5000) -> list[np.ndarray]:
-    """One choix fit per object; many objects are spread over the machine's cores."""
+def _fit_all(w_item, l_item, bounds, n_items, alpha: float, parallel_above: int = 5000) -> np.ndarray:
+    """One choix fit per object; many objects are spread over the machine's cores (each
+    worker gets plain arrays, not Python lists: cheap to send)."""
+    objects = len(bounds) - 1
     workers = min(os.cpu_count() or 1, 8)
-    if len(problems) < parallel_above or workers < 2:
-        return _fit(problems, alpha)
+    if objects < parallel_above or workers < 2:
+        return _fit(w_item, l_item, bounds, n_items, alpha)
     from concurrent.futures import ProcessPoolExecutor
 
-    chunk = -(-len(problems) // workers)
+    cuts = np.linspace(0, objects, workers + 1).astype(int)
+    jobs = [(w_item[bounds[a]:bounds[b]], l_item[bounds[a]:bounds[b]], bounds[a:b + 1] - bounds[a], n_items[a:b])
+            for a, b in zip(cuts[:-1], cuts[1:])]
     with ProcessPoolExecutor(workers) as pool:
-        parts = pool.map(_fit, [problems[i:i + chunk] for i in range(0, len(problems), chunk)],
-                         [alpha] * workers)
-        return [p for part in parts for p in part]
+        return np.concatenate(list(pool.map(_fit, *zip(*jobs), [alpha] * len(jobs))))
 
 
 @dataclass(frozen=True)
