@@ -223,3 +223,17 @@ def test_image_pool_manifest_reads_s3_uris(moto, tmp_path):
     assert items[0][0] == "sample" and items[0][2]["mask_pixels"] == 36
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(items[0][3]["rgb.png"]))), rgb)
     assert items[1][:3] == ("quarantine", "pool.csv:3", "missing image")
+
+
+def test_an_ensemble_of_two_model_versions_names_each_in_its_candidates(champion):
+    from sam3d_model.ensemble import Member
+
+    model, _, examples = champion
+    earlier = SmallSam3D(CFG)                    # stands in for an older registered version
+    earlier.load_state_dict(model.state_dict())
+    torch.nn.init.normal_(earlier.flow.shape_out.proj.weight, std=0.5)   # it proposes differently
+    members = (Member(name="champion", seeds=(0, 1)), Member(name="previous", model="previous", seeds=(0, 1)))
+    out = propose({"champion": (model, "sam3d/2"), "previous": (earlier, "sam3d/1")}, members, ["o"],
+                  collate(examples[:1]), num_candidates=4)
+    assert [(c.member, c.model_version) for c in out["o"]] == [
+        ("champion", "sam3d/2"), ("champion", "sam3d/2"), ("previous", "sam3d/1"), ("previous", "sam3d/1")]
