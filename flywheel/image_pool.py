@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from flywheel.config import StoreConfig
 from flywheel.datasets import Dataset
-from flywheel.store import ObjectNotFound, StoreError, open_store
+from flywheel.store import ObjectNotFound, StoreError, read_uri
 
 Item = tuple  # ("sample", key, row, files) | ("quarantine", item_id, reason, detail)
 
@@ -79,24 +79,6 @@ def _manifest_rows(path: Path) -> Iterator[tuple[int, dict | None, str]]:
         yield i, row if isinstance(row, dict) else None, "" if isinstance(row, dict) else "not a JSON object"
 
 
-def _read(uri: str, base: Path, store_config: StoreConfig, max_bytes: int) -> bytes:
-    if uri.startswith("s3://"):
-        bucket, _, key = uri[5:].partition("/")
-        store = open_store(f"s3://{bucket}", store_config)
-        info = store.stat(key)
-        if info is None:
-            raise FileNotFoundError(uri)
-        size = info.size
-        if size > max_bytes:
-            raise ValueError(f"{size} bytes, over the limit of {max_bytes}")
-        return store.get_bytes(key)
-    path = Path(uri) if Path(uri).is_absolute() else base / uri
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise ValueError(f"{size} bytes, over the limit of {max_bytes}")
-    return path.read_bytes()
-
-
 def from_manifest(path: str | Path, store_config: StoreConfig, max_bytes: int) -> Iterator[Item]:
     """Items of a user manifest; every bad row is quarantined with its reason."""
     path = Path(path)
@@ -112,7 +94,7 @@ def from_manifest(path: str | Path, store_config: StoreConfig, max_bytes: int) -
         arrays = []
         for what, uri in (("image", image), ("mask", mask_uri)):
             try:
-                data = _read(uri, path.parent, store_config, max_bytes)
+                data = read_uri(uri, store_config, base=path.parent, max_bytes=max_bytes)
                 arrays.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB" if what == "image" else "L")))
             except (FileNotFoundError, ObjectNotFound):
                 yield ("quarantine", name, f"missing {what}", f"{name}: {what} {uri} does not exist")

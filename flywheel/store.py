@@ -463,3 +463,22 @@ def open_store(root: str | None = None, config: StoreConfig | None = None) -> St
     if root.startswith("s3://"):
         return S3Store(root, config)
     return LocalStore(root)
+
+
+def read_uri(uri: str, config: StoreConfig, *, base: Path | None = None, max_bytes: int | None = None) -> bytes:
+    """Bytes of one file given by the user: a local path (relative to ``base``) or an
+    ``s3://bucket/key`` URI on the configured endpoint. A missing file raises
+    FileNotFoundError; one over ``max_bytes`` raises ValueError("... over the limit ...")."""
+    if uri.startswith("s3://"):
+        bucket, _, key = uri[5:].partition("/")
+        store = open_store(f"s3://{bucket}", config)
+        info = store.stat(key)
+        if info is None:
+            raise FileNotFoundError(uri)
+        size, read = info.size, lambda: store.get_bytes(key)
+    else:
+        path = Path(uri) if base is None or Path(uri).is_absolute() else base / uri
+        size, read = path.stat().st_size, path.read_bytes
+    if max_bytes is not None and size > max_bytes:
+        raise ValueError(f"{size} bytes, over the limit of {max_bytes}")
+    return read()

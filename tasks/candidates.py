@@ -24,7 +24,7 @@ from flywheel.config import FlywheelConfig
 from flywheel.contracts import CANDIDATES, CANDIDATES_PART, IMAGE_POOL
 from flywheel.datasets import (Dataset, DatasetRef, DatasetWriter, assemble_dataset, committed_ref, decode_npy,
                                encode_npy, version_of)
-from flywheel.image_pool import from_dataset, from_manifest
+from flywheel.image_pool import from_dataset, from_manifest, png_bytes
 from flywheel.models import ModelNotFound, RegistryUnreachable, resolve_model
 from flywheel.plots import image_sheet
 from sam3d_model.checkpoint import read_checkpoint
@@ -35,6 +35,7 @@ from sam3d_model.metrics import occupancy_to_mesh
 from sam3d_model.serving import ProposalJob, ProposalPool
 from tasks.conventions import flywheel_task, log_datasets, stage, store_for, writer_options
 from tasks.synth import batches, render_pool
+from rendering.meshes import CleanMesh
 from rendering.pool import Job
 from rendering.previews import preview_scene
 
@@ -254,13 +255,12 @@ def assemble_candidates(cfg: FlywheelConfig, pool: DatasetRef, parts: list[Datas
 # -- previews and annotation tasks --------------------------------------------------------------
 
 def _mesh_npz(occupancy: np.ndarray) -> bytes | None:
+    """The candidate's marching-cubes surface in the mesh library's file format (grey)."""
     mesh = occupancy_to_mesh(occupancy)
     if len(mesh.faces) == 0:
         return None
-    buf = io.BytesIO()
-    np.savez(buf, vertices=mesh.vertices.astype(np.float32), faces=mesh.faces.astype(np.int32),
-             colors=np.full((len(mesh.vertices), 4), 200, np.uint8))
-    return buf.getvalue()
+    return CleanMesh(mesh.vertices.astype(np.float32), mesh.faces.astype(np.int32),
+                     np.full((len(mesh.vertices), 4), 200, np.uint8), watertight=mesh.is_watertight).to_npz()
 
 
 def _crop_view(rgb: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray:
@@ -271,12 +271,6 @@ def _crop_view(rgb: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray:
     x0, x1 = max(0, xs.min() - pad), min(mask.shape[1], xs.max() + pad + 1)
     shown = np.where(mask[..., None], rgb, (rgb * 0.35).astype(np.uint8))[y0:y1, x0:x1]
     return np.asarray(Image.fromarray(shown).resize((size, size), Image.BILINEAR))
-
-
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", optimize=False)
-    return buf.getvalue()
 
 
 @flywheel_task(name="annotation-tasks", version="1")
@@ -319,7 +313,7 @@ def publish_annotation_tasks(cfg: FlywheelConfig, candidates: DatasetRef, pool: 
                 if c["occupied_fraction"] > 0 and result.ok:
                     strip = np.concatenate([np.asarray(Image.open(f).convert("RGBA")) for f in next(files)], axis=1)
                 key = f"{prefix}/previews/{c['candidate_id']}.png"
-                store.put_bytes(key, _png(strip))
+                store.put_bytes(key, png_bytes(strip))
                 strips.append(strip)
                 entries.append({"candidate_id": c["candidate_id"], "preview": store.uri(key), "member": c["member"]})
             if not result.ok:

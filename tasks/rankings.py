@@ -27,7 +27,7 @@ from flywheel.contracts import HARD_CASES, PREFERENCES, RANKINGS, SFT
 from flywheel.datasets import Dataset, DatasetRef, DatasetWriter, committed_ref, list_versions, version_of
 from flywheel.models import file_digest
 from flywheel.rankings import ExportError, check, from_label_studio, read_native
-from flywheel.store import open_store
+from flywheel.store import read_uri
 from tasks.conventions import flywheel_task, log_datasets, stage, store_for, writer_options
 
 log = logging.getLogger(__name__)
@@ -56,16 +56,9 @@ def latest_rankings(cfg: FlywheelConfig) -> DatasetRef | None:
     return Dataset(store_for(cfg), RANKINGS.name, versions[-1]["version"]).ref if versions else None
 
 
-def _read_source(cfg: FlywheelConfig, uri: str) -> bytes:
-    if uri.startswith("s3://"):
-        bucket, _, key = uri[5:].partition("/")
-        return open_store(f"s3://{bucket}", cfg.store).get_bytes(key)
-    return Path(uri).read_bytes()
-
-
 def export_digests(cfg: FlywheelConfig, files: list[str]) -> list[str]:
     """sha256 of each export (the flow pins them: they are in the ingest task's cache key)."""
-    return [file_digest(f) if not f.startswith("s3://") else hashlib.sha256(_read_source(cfg, f)).hexdigest()
+    return [file_digest(f) if not f.startswith("s3://") else hashlib.sha256(read_uri(f, cfg.store)).hexdigest()
             for f in files]
 
 
@@ -94,7 +87,7 @@ def ingest_rankings(cfg: FlywheelConfig, files: list[str], digests: list[str], c
             quarantine = old.quarantine().to_pylist() if old else []
             counts = {"rows": 0, "accepted": 0, "duplicates": 0, "quarantined": 0}
             for uri, digest in new:
-                data = _read_source(cfg, uri)
+                data = read_uri(uri, cfg.store)
                 name = Path(uri).name
                 store.create_if_absent(f"rankings/raw/{digest}/{name}", data)   # as received, once
                 if len(data) > settings["max_file_bytes"]:
