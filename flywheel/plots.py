@@ -9,6 +9,18 @@ from typing import Sequence
 import numpy as np
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write as PNG (folders created) and free the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _sheet(items: Sequence, titles: Sequence[str], path: str | Path, columns: int, draw) -> Path:
     """A grid of small panels, ``draw(ax, item)`` each, saved as PNG."""
     import matplotlib
@@ -25,12 +37,7 @@ def _sheet(items: Sequence, titles: Sequence[str], path: str | Path, columns: in
     for ax, item, title in zip(axes.flat, items, titles):
         draw(ax, item)
         ax.set_title(title, fontsize=6)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def occupancy_sheet(grids: Sequence[np.ndarray], titles: Sequence[str], path: str | Path,
@@ -88,9 +95,4 @@ def curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
