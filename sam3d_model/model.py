@@ -15,10 +15,6 @@ from sam3d_model.interface import Prediction
 from sam3d_model.shape_vae import ShapeVAE, latent_grid, latent_tokens
 
 
-def build_model(cfg: ModelConfig) -> "SmallSam3D":
-    return SmallSam3D(cfg)
-
-
 class SmallSam3D(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -33,14 +33,14 @@ from sam3d_model.data import condition_inputs, collate
 from sam3d_model.ensemble import DEFAULT_MEMBERS, Member
 from sam3d_model.metrics import occupancy_to_mesh
 from sam3d_model.serving import ProposalJob, ProposalPool
-from tasks.conventions import flywheel_task, log_datasets, stage, store_for, writer_options
+from tasks.conventions import ProcessResource, flywheel_task, log_datasets, stage, store_for, writer_options
 from tasks.synth import batches, render_pool
 from rendering.meshes import CleanMesh
 from rendering.pool import Job
 from rendering.previews import preview_scene
 
 log = logging.getLogger(__name__)
-_POOL: tuple[tuple, ProposalPool] | None = None
+_PROPOSAL_POOL = ProcessResource()
 
 
 def ensemble_members(cfg: FlywheelConfig) -> list[dict]:
@@ -86,23 +86,15 @@ def resolve_ensemble(cfg: FlywheelConfig, members: list[dict]) -> tuple[dict[str
 
 def proposal_pool(cfg: FlywheelConfig, checkpoints: dict, members: list[dict], library) -> ProposalPool:
     """The process's proposal actors, started once per ensemble and reused by every part."""
-    global _POOL
     c = cfg.candidates
     key = (tuple(sorted((k, v[1]) for k, v in checkpoints.items())), str(members), c.num_candidates,
            c.actors, c.actor_num_cpus, c.actor_num_gpus, library is not None and tuple(library[0]))
-    if _POOL is None or _POOL[0] != key:
-        close_proposal_pool()
-        _POOL = (key, ProposalPool(checkpoints, tuple(Member(**m) for m in members), num_candidates=c.num_candidates,
-                                   library=library, actors=c.actors, num_cpus=c.actor_num_cpus,
-                                   num_gpus=c.actor_num_gpus))
-    return _POOL[1]
+    return _PROPOSAL_POOL.get(key, lambda: ProposalPool(
+        checkpoints, tuple(Member(**m) for m in members), num_candidates=c.num_candidates, library=library,
+        actors=c.actors, num_cpus=c.actor_num_cpus, num_gpus=c.actor_num_gpus))
 
 
-def close_proposal_pool() -> None:
-    global _POOL
-    if _POOL is not None:
-        _POOL[1].close()
-        _POOL = None
+close_proposal_pool = _PROPOSAL_POOL.close
 
 
 # -- image pool -------------------------------------------------------------------------------

@@ -116,3 +116,22 @@ def log_datasets(run_id: str, *, inputs=(), outputs=()) -> None:
         lineage.log_dataset(run_id, ref, "input", flow_run_id)
     for ref in outputs:
         lineage.log_dataset(run_id, ref, "output", flow_run_id)
+
+
+class ProcessResource:
+    """One long-lived resource per process (a pool of Ray actors, say), reused by every task
+    that asks with the same settings and rebuilt when they change. It needs ``close()``."""
+
+    def __init__(self):
+        self._key = self._value = None
+
+    def get(self, key, make):
+        if self._value is None or self._key != key:
+            self.close()
+            self._key, self._value = key, make()
+        return self._value
+
+    def close(self) -> None:
+        if self._value is not None:
+            self._value.close()
+        self._key = self._value = None

@@ -26,32 +26,23 @@ from rendering.mesh_library import library_samples, procedural_items, source_ite
 from rendering.meshes import MeshFilter
 from rendering.occlusions import occlusion_sample
 from rendering.pool import Job, RenderPool
-from tasks.conventions import flywheel_task, log_datasets, stage, store_for, writer_options
+from tasks.conventions import ProcessResource, flywheel_task, log_datasets, stage, store_for, writer_options
 from tasks.sheets import log_image_sheet
 
 log = logging.getLogger(__name__)
-_POOL: tuple[dict, RenderPool] | None = None
+_RENDER_POOL = ProcessResource()
 
 
 def render_pool(cfg: FlywheelConfig) -> RenderPool:
     """The process's Blender workers, started once and reused by every render task."""
-    global _POOL
-    settings = cfg.render.model_dump()
-    if _POOL is None or _POOL[0] != settings:
-        close_render_pool()
-        r = cfg.render
-        _POOL = (settings, RenderPool(
-            r.workers, str(cfg.state_dir / "logs" / "blender"), recycle_after=r.recycle_after,
-            timeout_s=r.timeout_s, num_cpus=r.actor_num_cpus,
-            num_gpus=r.actor_num_gpus if r.device == "GPU" else 0.0, pin_cores=r.pin_cores))
-    return _POOL[1]
+    r = cfg.render
+    return _RENDER_POOL.get(r.model_dump(), lambda: RenderPool(
+        r.workers, str(cfg.state_dir / "logs" / "blender"), recycle_after=r.recycle_after,
+        timeout_s=r.timeout_s, num_cpus=r.actor_num_cpus,
+        num_gpus=r.actor_num_gpus if r.device == "GPU" else 0.0, pin_cores=r.pin_cores))
 
 
-def close_render_pool() -> None:
-    global _POOL
-    if _POOL is not None:
-        _POOL[1].close()
-        _POOL = None
+close_render_pool = _RENDER_POOL.close
 
 
 def _write_part(cfg, spec: DatasetSpec, version: str, inputs: dict, produce) -> DatasetRef:
