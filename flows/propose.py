@@ -32,8 +32,9 @@ def _latest(cfg: FlywheelConfig, spec: str) -> str:
     return versions[-1]["version"]
 
 
-def image_pool(cfg: FlywheelConfig, parent: str) -> DatasetRef:
-    source = cfg.candidates.pool
+def image_pool(cfg: FlywheelConfig, parent: str, source: str | None = None) -> DatasetRef:
+    """The pool from ``source`` (default: config ``candidates.pool``), gated."""
+    source = source or cfg.candidates.pool
     is_manifest = Path(source).suffix in (".jsonl", ".csv")
     pinned = file_digest(source) if is_manifest else _latest(cfg, source)
     pool = build_image_pool(cfg, source, pinned, cfg.candidates.max_image_bytes, parent_run_id=parent)
@@ -41,11 +42,14 @@ def image_pool(cfg: FlywheelConfig, parent: str) -> DatasetRef:
     return pool
 
 
-def candidates(cfg: FlywheelConfig, pool: DatasetRef, parent: str) -> DatasetRef:
+def candidates(cfg: FlywheelConfig, pool: DatasetRef, parent: str, library: DatasetRef | None = None) -> DatasetRef:
+    """Candidates for the pool from the configured ensemble, gated. Retrieval members search
+    ``library`` (default: config ``candidates.retrieval_library``)."""
     c = cfg.candidates
     models, members, dropped = resolve_ensemble(cfg, ensemble_members(cfg))
-    library = None
-    if any(m["kind"] == "retrieval" for m in members):
+    if not any(m["kind"] == "retrieval" for m in members):
+        library = None
+    elif library is None:
         name = c.retrieval_library.partition("@")[0]
         library = Dataset(store_for(cfg), name, _latest(cfg, c.retrieval_library)).ref
     settings = {"num_candidates": c.num_candidates, "objects_per_job": c.objects_per_job}
@@ -61,13 +65,18 @@ def candidates(cfg: FlywheelConfig, pool: DatasetRef, parent: str) -> DatasetRef
     return proposals
 
 
-def propose_body(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
-    pool = image_pool(cfg, parent)
-    proposals = candidates(cfg, pool, parent)
+def publish(cfg: FlywheelConfig, proposals: DatasetRef, pool: DatasetRef, parent: str) -> dict:
     published = publish_annotation_tasks(cfg, proposals, pool, cfg.candidates.preview_views,
                                          cfg.candidates.preview_resolution, parent_run_id=parent)
     print(f"annotation tasks: {published['tasks']}")
     print(f"Label Studio imports: {published['label_studio_pairwise']}, {published['label_studio_ranking']}")
+    return published
+
+
+def propose_body(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
+    pool = image_pool(cfg, parent)
+    proposals = candidates(cfg, pool, parent)
+    publish(cfg, proposals, pool, parent)
     return [pool, proposals]
 
 

@@ -27,11 +27,13 @@ def candidates_ref(cfg: FlywheelConfig, version: str | None) -> DatasetRef:
 
 
 def ingest_and_decide(cfg: FlywheelConfig, parent: str, files: list[str], candidates: DatasetRef,
-                      round_index: int) -> list[DatasetRef]:
+                      round_index: int, previous: DatasetRef | None) -> tuple[list[DatasetRef], dict]:
+    """Add ``files`` to the ``previous`` rankings version and decide round ``round_index``.
+    -> ([rankings, sft, preferences, hard-cases], the decision metrics)"""
     r = cfg.rankings
     settings = {"annotators": sorted(r.annotators) if r.annotators is not None else None,
                 "max_file_bytes": int(r.max_file_mb * 2**20), "max_time_spent_s": r.max_time_spent_s}
-    judged = ingest_rankings(cfg, files, export_digests(cfg, files), candidates, latest_rankings(cfg), settings,
+    judged = ingest_rankings(cfg, files, export_digests(cfg, files), candidates, previous, settings,
                              parent_run_id=parent)
     gate_for(cfg, judged, parent)
     pool = next(p for p in Dataset(store_for(cfg), candidates.name, candidates.version).marker["parents"]
@@ -42,7 +44,7 @@ def ingest_and_decide(cfg: FlywheelConfig, parent: str, files: list[str], candid
     outputs = [Dataset(store_for(cfg), d["name"], d["version"]).ref for d in decided["datasets"].values()]
     for ref in outputs:
         gate_for(cfg, ref, parent)
-    return [judged, *outputs]
+    return [judged, *outputs], decided["metrics"]
 
 
 @flow(name="rankings", log_prints=True)
@@ -53,4 +55,4 @@ def rankings(files: list[str], candidates: str | None = None, round_index: int =
     cfg = load_config()
     ref = candidates_ref(cfg, candidates)
     return run_round(f"rankings-r{round_index}",
-                     lambda c, parent: ingest_and_decide(c, parent, files, ref, round_index), ("rankings",))
+                     lambda c, parent: ingest_and_decide(c, parent, files, ref, round_index, latest_rankings(c))[0], ("rankings",))

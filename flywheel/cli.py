@@ -273,8 +273,9 @@ def validate_cmd(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _run_flow(flow_name: str, **parameters) -> None:
-    """Run one of the flows in this process (an ephemeral Prefect server starts if needed)."""
+def _run_flow(flow_name: str, **parameters):
+    """Run one of the flows in this process (an ephemeral Prefect server starts if needed);
+    print what a dataset-producing flow committed; return the flow's result."""
     cfg = _cfg()
     _store(cfg)
     from flywheel.runtime import apply_environment
@@ -290,17 +291,37 @@ def _run_flow(flow_name: str, **parameters) -> None:
     except Exception as e:  # the flow already logged the traceback
         _fail(f"{flow.name} failed: {type(e).__name__}: {e}", EXIT_FAILED)
     seconds = (datetime.now() - started).total_seconds()
-    typer.echo(f"\n{result['round']} done in {seconds:.0f} s")
-    for ds in result["datasets"]:
-        typer.echo(f"  {ds['name']}@{ds['version']}: {ds['num_rows']} rows  {ds['uri']}")
-    typer.echo(f"  MLflow run {result['mlflow_run_id']} in {cfg.mlflow_tracking_uri}")
-    typer.echo(f"  look: mlflow ui --backend-store-uri {cfg.mlflow_tracking_uri}")
+    if isinstance(result, dict) and "datasets" in result:
+        typer.echo(f"\n{result['round']} done in {seconds:.0f} s")
+        for ds in result["datasets"]:
+            typer.echo(f"  {ds['name']}@{ds['version']}: {ds['num_rows']} rows  {ds['uri']}")
+        typer.echo(f"  MLflow run {result['mlflow_run_id']} in {cfg.mlflow_tracking_uri}")
+        typer.echo(f"  look: mlflow ui --backend-store-uri {cfg.mlflow_tracking_uri}")
+    else:
+        typer.echo(f"\ndone in {seconds:.0f} s")
+    return result
 
 
 @app.command("run")
-def run() -> None:
-    """Run the demo round on the configured sizes (a Prefect flow; lineage in MLflow)."""
-    _run_flow("flows.demo:demo_round")
+def run(rounds: int = typer.Option(1, "--rounds", min=1, help="Rounds to run: 0..N-1 (committed ones are "
+                                   "read back, not re-run). The demo is 1; the longer demo 3.")) -> None:
+    """Run flywheel rounds on the configured sizes: round 0 first bootstraps a champion from
+    synthetic data; each round proposes candidates for new images, has simulated annotators
+    rank them, retrains (SFT, DPO), evaluates on the held-out set and promotes or keeps the
+    champion. A Prefect flow; lineage in MLflow."""
+    cfg = _cfg()
+    records = _run_flow("flows.round:flywheel_rounds", rounds_to_run=rounds)
+    last = records[-1]
+    store = cfg.store_root
+    typer.echo(f"\nchampion: {last['champion_after']['uri']} (round {last['round']} "
+               f"{'promoted its challenger' if last['promotion']['promote'] else 'kept it'})")
+    typer.echo(f"  round records:  {store}/rounds/{last['series']}/")
+    typer.echo("  datasets:       flywheel datasets ls")
+    typer.echo(f"  lineage:        flywheel lineage models:/{cfg.candidates.registered_model}@champion")
+    typer.echo(f"  annotation:     {store}/annotation/{last['datasets']['candidates']['version']}/sheets/")
+    typer.echo(f"  MLflow UI:      mlflow ui --backend-store-uri {cfg.mlflow_tracking_uri}  "
+               f"(experiment {cfg.mlflow.experiment}: runs round-*, summary/rounds_summary.png)")
+    typer.echo(f"  Prefect UI:     PREFECT_HOME={cfg.state_dir / 'prefect'} prefect server start")
 
 
 @app.command("propose")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "FLYWHEEL__"
 CONFIG_FILE_ENV = "FLYWHEEL_CONFIG"
@@ -225,6 +225,96 @@ class RankingsConfig(_Section):
         return v
 
 
+class StageSettings(_Section):
+    """One training stage; ``steps: 0`` skips it."""
+
+    steps: int = Field(..., ge=0)
+    lr: float = Field(3e-4, gt=0)
+    batch_size: int = Field(16, ge=1)
+
+
+class ModelSection(_Section):
+    """The model a round trains (DESIGN.md §5): preset, then each stage's settings."""
+
+    preset: str = Field("tiny", description="sam3d_model.config preset: micro | tiny | small | base.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="ModelConfig fields over the preset.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    seed: int = 0
+    vae: StageSettings = StageSettings(steps=400, lr=1e-3)
+    pretrain: StageSettings = StageSettings(steps=300, lr=5e-4)
+    midtrain: StageSettings = StageSettings(steps=200)
+    sft: StageSettings = StageSettings(steps=150, lr=2e-4)
+    dpo: StageSettings = StageSettings(steps=60, lr=5e-5, batch_size=8)
+    distill: StageSettings = StageSettings(steps=0, lr=2e-4, batch_size=8)
+    curriculum: list[float] = Field([0.8, 0.5, 0.2, 0.0], description=(
+        "Synthetic share of each SFT batch, one value per equal phase of the SFT steps "
+        "(80/20 -> 50/50 -> 20/80 synthetic/real, ending on real data only)."))
+    dpo_beta: float = Field(500.0, gt=0)
+
+    @field_validator("curriculum")
+    @classmethod
+    def _shares(cls, v):
+        if not v or any(not 0 <= x <= 1 for x in v):
+            raise ValueError("must be a non-empty list of shares in [0, 1]")
+        return v
+
+    @model_validator(mode="after")
+    def _buildable(self):
+        self.architecture()  # an unknown preset or a bad override fails at load, named
+        return self
+
+    def architecture(self):
+        """The sam3d_model ModelConfig this section describes."""
+        from sam3d_model.config import preset
+
+        return preset(self.preset, **self.overrides)
+
+
+class AnnotatorSettings(_Section):
+    """A simulated annotator (flywheel.simulate.SimulatedAnnotator)."""
+
+    name: str = Field(..., min_length=1)
+    noise: float = Field(0.0, ge=0)
+    flip_probability: float = Field(0.0, ge=0, le=1)
+    bias: dict[str, float] = Field(default_factory=dict)
+    reject_threshold: float | None = Field(None, description="Reject all when the best perceived quality is below; None: never.")
+    pairs_per_object: int = Field(0, ge=0, description="0: one best-of-N judgement per object; k: k pairwise ones.")
+
+    def annotator(self):
+        from flywheel.simulate import SimulatedAnnotator
+
+        fields = self.model_dump(exclude={"reject_threshold"})
+        return SimulatedAnnotator(**fields, reject_threshold=float("-inf") if self.reject_threshold is None
+                                  else self.reject_threshold)
+
+
+class RoundsConfig(_Section):
+    """Flywheel rounds: fresh "real" images per round, the fixed held-out set, simulated
+    annotators, the promotion rule and the one-round-at-a-time lock.
+
+    Round images and the held-out set are Flying-Occlusions composites of procedural meshes
+    from their own seeds: objects the synthetic training data never showed."""
+
+    pool_objects: int = Field(16, ge=1, description="Images per round (round k: library seed pool_seed + k).")
+    pool_seed: int = 1000
+    eval_objects: int = Field(16, ge=1, description="Held-out composites, never trained on.")
+    eval_seed: int = 999
+    library_meshes: int = Field(8, ge=1, description="Meshes in each held-out / round library.")
+    annotators: list[AnnotatorSettings] = Field(default_factory=lambda: [
+        AnnotatorSettings(name="sim-careful", noise=0.02, reject_threshold=0.15),
+        AnnotatorSettings(name="sim-hasty", noise=0.1, flip_probability=0.1, pairs_per_object=6),
+        AnnotatorSettings(name="sim-retrieval-fan", noise=0.05, bias={"retrieval": 0.05}, reject_threshold=0.1),
+    ])
+    judgements_per_object: int = Field(2, ge=1, description="Annotators per object (their overlap is measured).")
+    promote_metric: Literal["viou", "f1"] = "viou"
+    min_gain: float = Field(0.0, description="Promote when challenger - champion >= this on promote_metric ...")
+    max_regression: dict[str, float] = Field(default_factory=lambda: {"f1": 0.02, "add_s_accuracy": 0.1}, description=(
+        "... and no metric here falls by more than its value."))
+    eval_seeds: int = Field(2, ge=1, description="Samples per held-out object (metrics are averaged).")
+    lock_wait_s: float = Field(3600.0, ge=0, description="How long a round waits for a running one; 0: refuse.")
+    lock_lease_s: float = Field(60.0, ge=60, description="A killed round's lock is free after this long (Prefect: at least 60 s).")
+
+
 class FlywheelConfig(_Section):
     project: ProjectConfig = ProjectConfig()
     store: StoreConfig = StoreConfig()
@@ -239,6 +329,8 @@ class FlywheelConfig(_Section):
     validation: ValidationConfig = ValidationConfig()
     candidates: CandidatesConfig = CandidatesConfig()
     rankings: RankingsConfig = RankingsConfig()
+    model: ModelSection = ModelSection()
+    rounds: RoundsConfig = RoundsConfig()
 
     @property
     def state_dir(self) -> Path:

@@ -71,9 +71,10 @@ def image_sheet(images: Sequence[np.ndarray], titles: Sequence[str], path: str |
     return _sheet(images, titles, path, columns, draw)
 
 
-def curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, title: str = "",
+def curves(series: dict[str, tuple | dict[str, tuple]], path: str | Path, title: str = "",
            log_y: bool = True) -> Path:
-    """Save line plots, one panel per series ``name -> (x, y)`` (e.g. learning curves), as PNG."""
+    """Save line plots as PNG, one panel per ``name -> (x, y)`` (e.g. learning curves) or per
+    ``name -> {label: (x, y)}`` (several lines with a legend)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,11 +86,17 @@ def curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
-    for ax, (name, (x, y)) in zip(axes.flat, series.items()):
-        y = np.asarray(y, dtype=float)
-        ax.plot(x, y, lw=1.2)
-        if log_y and len(y) and np.all(y > 0):
+    for ax, (name, lines) in zip(axes.flat, series.items()):
+        lines = lines if isinstance(lines, dict) else {"": lines}
+        positive = True
+        for label, (x, y) in lines.items():
+            y = np.asarray(y, dtype=float)
+            ax.plot(x, y, lw=1.2, marker="o" if len(y) < 12 else None, ms=3, label=label or None)
+            positive &= bool(len(y)) and bool(np.all(y > 0))
+        if log_y and positive:
             ax.set_yscale("log")
+        if len(lines) > 1:
+            ax.legend(fontsize=6)
         ax.set_title(name, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)

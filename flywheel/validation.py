@@ -384,14 +384,19 @@ def _candidates(ds: Dataset, cfg: ValidationConfig) -> dict:
 
 def _rankings(ds: Dataset, cfg: ValidationConfig) -> dict:
     """Judgements: kinds, durations, and the chain rankings -> candidates (every candidate id
-    named belongs to the row's object in the parent candidate registry)."""
+    named belongs to the row's object in a candidate registry of this or an earlier round)."""
     E = _gx()
     m = ds.manifest().to_pandas()
-    registry = {}
-    for parent in ds.marker.get("parents", []):
-        if parent["name"] == "candidates":
-            reg = Dataset(ds.store, "candidates", parent["version"]).manifest().select(["candidate_id", "object_id"])
-            registry = dict(zip(reg["candidate_id"].to_pylist(), reg["object_id"].to_pylist()))
+    # rankings accumulate over rounds: each version's parents are its round's candidates and the
+    # previous rankings version, whose rows refer to earlier rounds' candidates
+    registry, chain = {}, [ds]
+    while chain:
+        for parent in chain.pop().marker.get("parents", []):
+            if parent["name"] == "candidates":
+                reg = Dataset(ds.store, "candidates", parent["version"]).manifest().select(["candidate_id", "object_id"])
+                registry.update(zip(reg["candidate_id"].to_pylist(), reg["object_id"].to_pylist()))
+            elif parent["name"] == "rankings":
+                chain.append(Dataset(ds.store, "rankings", parent["version"]))
     named = pd.DataFrame([(r.sample_key, c, r.object_id) for r in m.itertuples()
                           for c in ([r.winner] if isinstance(r.winner, str) else []) + list(r.losers)],
                          columns=["sample_key", "candidate_id", "object_id"])

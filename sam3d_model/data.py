@@ -125,8 +125,30 @@ def occlusions_example(cfg: ModelConfig, sample: dict, row: dict) -> Example:
             "scale": torch.tensor(float(row["occludee_s"]))}
 
 
+def _photo_condition(cfg: ModelConfig, sample: dict) -> dict[str, torch.Tensor]:
+    """An image-pool photo and its object mask (no depth: real images have none)."""
+    key = sample["__key__"]
+    crop, full = condition_inputs(cfg, _png(sample["rgb.png"])[..., :3], _png(sample["mask.png"]) > 127, name=key)
+    return {"crop": crop, "full": full, "full_valid": torch.tensor(True)}
+
+
+def sft_example(cfg: ModelConfig, sample: dict, row: dict) -> Example:
+    """An accepted object: the annotators' winning candidate is the target."""
+    return {**_photo_condition(cfg, sample), "occupancy": _occupancy(cfg, sample["occ.npy"], sample["__key__"]),
+            "rotation": _mat(row["R"], 3), "translation": torch.tensor(row["t"], dtype=torch.float32),
+            "scale": torch.tensor(float(row["s"]))}
+
+
+def preference_example(cfg: ModelConfig, sample: dict, row: dict) -> Example:
+    """A (winner, loser) pair of one photo, for flow-DPO."""
+    key = sample["__key__"]
+    return {**_photo_condition(cfg, sample), "winner": _occupancy(cfg, sample["winner.npy"], key),
+            "loser": _occupancy(cfg, sample["loser.npy"], key)}
+
+
 DECODERS: dict[str, Callable[[ModelConfig, dict, dict], Example]] = {
-    "iso3do": iso3do_example, "occlusions": occlusions_example}
+    "iso3do": iso3do_example, "occlusions": occlusions_example, "sft": sft_example,
+    "preferences": preference_example}
 
 
 def dataset_examples(cfg: ModelConfig, dataset: Dataset) -> Iterator[Example]:
@@ -168,6 +190,23 @@ def batch_stream(source: Callable[[], Iterable[Example]], batch_size: int, seed:
             if len(pending) == batch_size:
                 yield collate(pending)
                 pending = []
+
+
+def curriculum_stream(real: list[Example], synthetic: list[Example], shares: list[float], steps: int,
+                      batch_size: int, seed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """SFT batches that mix synthetic replay into real (accepted) data: the steps are cut into
+    ``len(shares)`` equal phases, and in phase i a batch holds ``round(shares[i] * B)``
+    synthetic examples. Without real data every batch is synthetic, without synthetic data
+    every batch is real. Seeded: the same arguments give the same batches."""
+    if not real and not synthetic:
+        raise ValueError("curriculum_stream: no examples at all")
+    rng = random.Random(seed)
+    for step in range(steps):
+        share = shares[min(step * len(shares) // max(steps, 1), len(shares) - 1)]
+        n_syn = batch_size if not real else 0 if not synthetic else round(share * batch_size)
+        picked = [synthetic[rng.randrange(len(synthetic))] for _ in range(n_syn)]
+        picked += [real[rng.randrange(len(real))] for _ in range(batch_size - n_syn)]
+        yield collate(picked)
 
 
 def cached_examples(cfg: ModelConfig, datasets: Iterable[Dataset]) -> list[Example]:

@@ -10,6 +10,7 @@ submission id already ingested is counted once.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -22,11 +23,12 @@ import pyarrow.compute as pc
 
 from flywheel.aggregate import (DecisionRules, acceptance_threshold, agreement, annotator_stats, comparisons,
                                 decide, preference_pairs)
-from flywheel.config import FlywheelConfig
+from flywheel.config import AnnotatorSettings, FlywheelConfig
 from flywheel.contracts import HARD_CASES, PREFERENCES, RANKINGS, SFT
-from flywheel.datasets import Dataset, DatasetRef, DatasetWriter, committed_ref, list_versions, version_of
+from flywheel.datasets import Dataset, DatasetRef, DatasetWriter, committed_ref, digest_of, list_versions, version_of
 from flywheel.models import file_digest
 from flywheel.rankings import ExportError, check, from_label_studio, read_native
+from flywheel.simulate import candidate_records, simulate, truths_for_pool
 from flywheel.store import read_uri
 from tasks.conventions import flywheel_task, log_datasets, stage, store_for, writer_options
 
@@ -62,7 +64,7 @@ def export_digests(cfg: FlywheelConfig, files: list[str]) -> list[str]:
             for f in files]
 
 
-@flywheel_task(name="ingest-rankings", version="1")
+@flywheel_task(name="ingest-rankings", version="2")
 def ingest_rankings(cfg: FlywheelConfig, files: list[str], digests: list[str], candidates: DatasetRef,
                     previous: DatasetRef | None, settings: dict, parent_run_id: str | None = None) -> DatasetRef:
     """Archive and check ``files`` against the candidate registry; commit the next version."""
@@ -76,7 +78,7 @@ def ingest_rankings(cfg: FlywheelConfig, files: list[str], digests: list[str], c
             return previous
         inputs = {"files": sorted(done | {d for _, d in new}), "previous": previous, "candidates": candidates,
                   "settings": settings}
-        version = version_of(RANKINGS, inputs=inputs, code_version="1")
+        version = version_of(RANKINGS, inputs=inputs, code_version="2")
         ref = committed_ref(store, RANKINGS.name, version)
         if ref is None:
             registry = Dataset(store, candidates.name, candidates.version).manifest().select(
@@ -120,7 +122,7 @@ def ingest_rankings(cfg: FlywheelConfig, files: list[str], digests: list[str], c
                 quarantine += bad.to_dict("records")
                 log.info("%s: %d rows, %d new, %d already ingested, %d quarantined", name, len(raw), int(fresh.sum()),
                          int((~fresh).sum()), len(bad))
-            with DatasetWriter(store, RANKINGS, version, inputs=inputs, parents=[candidates],
+            with DatasetWriter(store, RANKINGS, version, inputs=inputs, parents=[candidates] + ([previous] if previous else []),
                                **writer_options(cfg)) as writer:
                 if tables:
                     writer.add_table(pa.concat_tables(tables), "submission_id")
@@ -155,6 +157,26 @@ def _plot(decisions: pd.DataFrame, stats: pd.DataFrame, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+@flywheel_task(name="simulate-annotators", version="1")
+def simulate_annotators(cfg: FlywheelConfig, candidates: DatasetRef, pool: DatasetRef, annotators: list[dict],
+                        per_object: int, seed: int, parent_run_id: str | None = None) -> str:
+    """Judgements of ``candidates`` by simulated annotators (config ``rounds.annotators``) who
+    know the pool's ground truth, written as a native export next to the round's annotation
+    tasks; returns its URI, which ingestion then reads like any people's export."""
+    store = store_for(cfg)
+    settings = {"annotators": annotators, "per_object": per_object, "seed": seed}
+    key = f"annotation/{candidates.version}/exports/simulated-{digest_of(settings)[:12]}.jsonl"
+    with stage(cfg, parent_run_id, "simulate-annotators", params={"annotators": len(annotators),
+                                                                  "per_object": per_object}):
+        if not store.exists(key):
+            team = [AnnotatorSettings.model_validate(a).annotator() for a in annotators]
+            rows = simulate(team, candidate_records(store, candidates), truths_for_pool(store, pool),
+                            per_object=per_object, seed=seed)
+            store.put_bytes(key, "".join(json.dumps(r) + "\n" for r in rows).encode())
+            mlflow.log_metrics({"judgements": len(rows)})
+    return store.uri(key)
 
 
 @flywheel_task(name="decide", version="1")

@@ -1,0 +1,80 @@
+"""The round ledger: what each closed flywheel round committed, in the store.
+
+A *series* is a sequence of rounds run with one store and one set of the config sections
+that shape them; its id is a digest of those. Round ``k`` is committed when its record,
+``rounds/<series>/round-<k>.json``, exists: the record is written last, atomically, so a
+round killed anywhere before is simply not committed, and re-running it reuses its
+finished tasks. Round ``k`` starts from the champion that round ``k-1`` ended with (round
+0 from the model bootstrapped from synthetic data), never from the moving registry alias,
+so a re-run of a round sees the same inputs as its first run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flywheel.config import FlywheelConfig
+from flywheel.datasets import digest_of
+from flywheel.store import Store
+
+#: Config sections that shape what a round produces (the rest is where and how it runs).
+SHAPING_SECTIONS = ("meshes", "iso3do", "occlusions", "candidates", "rankings", "model", "rounds")
+#: Of ``rounds``, fields that only say how rounds are run.
+_NOT_SHAPING = {"rounds": {"lock_wait_s", "lock_lease_s"}, "candidates": {"actors", "actor_num_cpus",
+                                                                           "actor_num_gpus", "objects_per_job"}}
+
+
+def series_id(cfg: FlywheelConfig) -> str:
+    shaping = {name: getattr(cfg, name).model_dump(mode="json", exclude=_NOT_SHAPING.get(name, set()))
+               for name in SHAPING_SECTIONS}
+    return digest_of({"store": cfg.store_root, **shaping})[:12]
+
+
+def record_key(series: str, round_index: int) -> str:
+    return f"rounds/{series}/round-{round_index:04d}.json"
+
+
+def read_round(store: Store, series: str, round_index: int) -> dict | None:
+    key = record_key(series, round_index)
+    return json.loads(store.get_bytes(key)) if store.exists(key) else None
+
+
+def write_round(store: Store, series: str, record: dict) -> str:
+    key = record_key(series, record["round"])
+    store.put_bytes(key, json.dumps(record, indent=1, sort_keys=True).encode())
+    return store.uri(key)
+
+
+def committed_rounds(store: Store, series: str) -> list[dict]:
+    """The series' committed round records, oldest first."""
+    keys = sorted(o.key for o in store.list(f"rounds/{series}/") if o.key.endswith(".json"))
+    return [json.loads(store.get_bytes(k)) for k in keys]
+
+
+def summary_rows(records: list[dict]) -> list[dict]:
+    """One flat row per round: held-out metrics, decisions, data volumes, stage seconds."""
+    rows = []
+    for r in records:
+        row = {"round": r["round"], "promoted": r["promotion"]["promote"], "champion_after": r["champion_after"]["uri"]}
+        for who in ("champion", "challenger"):
+            row.update({f"{who}_{k}": v for k, v in r["evaluation"][who].items()})
+        row.update(r["rankings"])
+        row.update({f"rows_{k}": v for k, v in r["volumes"].items()})
+        row.update({f"seconds_{k}": v for k, v in r["seconds"].items()})
+        rows.append(row)
+    return rows
+
+
+def summary_plot(records: list[dict], path: str | Path) -> Path:
+    """Held-out metrics (champion vs challenger), accept rate and data volumes per round."""
+    from flywheel.plots import curves
+
+    x = [r["round"] for r in records]
+    series = {}
+    for metric in ("viou", "f1", "add_s_accuracy", "rotation_error_deg"):
+        series[f"held-out {metric}"] = {who: (x, [r["evaluation"][who][metric] for r in records])
+                                        for who in ("champion", "challenger")}
+    series["accept rate"] = (x, [r["rankings"]["accept_rate"] for r in records])
+    series["rows per dataset"] = {k: (x, [r["volumes"].get(k, 0) for r in records]) for k in records[-1]["volumes"]}
+    return curves(series, path, title="flywheel rounds", log_y=False)
