@@ -10,15 +10,14 @@
     committed ones.
 
 Round k starts from the champion round k-1 ended with (see flywheel.rounds); one round runs
-at a time (a Prefect global concurrency limit); every step is a cached task, so a failed
-round re-run redoes only what did not finish.
+at a time (flywheel.rounds.round_lock); every step is a cached task, so a failed round
+re-run redoes only what did not finish.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from prefect import flow
@@ -33,43 +32,6 @@ from sam3d_model.evaluation import promotion
 from tasks.conventions import store_for
 from tasks.rankings import simulate_annotators
 from tasks.training import evaluate_model, register_model, set_alias, train_stage
-
-ROUND_LOCK = "flywheel-round"
-
-
-class RoundBusy(RuntimeError):
-    """Another round holds the one-round-at-a-time lock."""
-
-
-@contextmanager
-def one_round_at_a_time(cfg: FlywheelConfig):
-    """Hold the Prefect global concurrency limit ``flywheel-round`` (limit 1) for the block;
-    wait up to ``rounds.lock_wait_s`` for it. A killed holder's lease ends after
-    ``rounds.lock_lease_s``."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(ROUND_LOCK)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=ROUND_LOCK, limit=1))
-            except ObjectAlreadyExists:  # created meanwhile by the other round
-                pass
-    wait = cfg.rounds.lock_wait_s
-    with ExitStack() as held:
-        try:
-            held.enter_context(concurrency(ROUND_LOCK, timeout_seconds=wait, lease_duration=cfg.rounds.lock_lease_s,
-                                           strict=True))
-        except TimeoutError:
-            raise RoundBusy(f"another flywheel round is running (it holds the Prefect concurrency limit "
-                            f"{ROUND_LOCK!r}); waited {wait:g} s (rounds.lock_wait_s). See it with "
-                            f"`prefect global-concurrency-limit inspect {ROUND_LOCK}`") from None
-        yield
-
 
 def _with(cfg: FlywheelConfig, section: str, **fields) -> FlywheelConfig:
     return cfg.model_copy(update={section: getattr(cfg, section).model_copy(update=fields)})
@@ -107,10 +69,9 @@ def bootstrap(cfg: FlywheelConfig, parent: str, synthetic: list[DatasetRef], ser
                                      parent_run_id=parent)
     if checkpoint is None:
         raise ValueError("model: vae, pretrain and midtrain all have steps 0; nothing to bootstrap")
-    return register_model(cfg, checkpoint, cfg.candidates.registered_model,
+    return register_model(cfg, checkpoint, cfg.candidates.registered_model, {"iso3do": [iso], "occlusions": [fo]},
                           {"flywheel.series": series, "flywheel.round": "bootstrap",
-                           "flywheel.stages": "vae,pretrain,midtrain", "dataset.iso3do": iso.version,
-                           "dataset.occlusions": fo.version}, parent_run_id=parent)
+                           "flywheel.stages": "vae,pretrain,midtrain"}, parent_run_id=parent)
 
 
 def propose_round(cfg: FlywheelConfig, parent: str, k: int, champion: dict, library: DatasetRef) -> list[DatasetRef]:
@@ -155,11 +116,11 @@ def close_round(cfg: FlywheelConfig, parent: str, k: int, champion: dict, pool: 
                                      parent_run_id=parent)
             stages.append(stage)
     lap("retrain")
-    challenger = register_model(cfg, checkpoint, name, {
-        "flywheel.series": series, "flywheel.round": k, "flywheel.stages": ",".join(stages),
-        "flywheel.warm_start": champion["uri"], **{f"dataset.{d.name}": d.version for d in (judged, sft, prefs, hard)},
-        "dataset.sft_history": ",".join(d.version for d in accepted), "dataset.replay": replay.version},
-        parent_run_id=parent)
+    challenger = register_model(
+        cfg, checkpoint, name, {"sft": accepted, "replay": [replay], "preferences": [prefs], "rankings": [judged],
+                                "hard-cases": [hard]},
+        {"flywheel.series": series, "flywheel.round": k, "flywheel.stages": ",".join(stages),
+         "flywheel.warm_start": champion["uri"]}, parent_run_id=parent)
     set_alias(cfg, challenger, "challenger")
 
     heldout = composites(cfg, parent, r.eval_seed, r.eval_objects)
@@ -178,7 +139,8 @@ def close_round(cfg: FlywheelConfig, parent: str, k: int, champion: dict, pool: 
                                                         "preference_pairs", "annotators", "alpha")}
             | ({"fleiss_kappa": decided["fleiss_kappa"]} if "fleiss_kappa" in decided else {}),
             "volumes": volumes, "seconds": seconds, "stages": stages,
-            "datasets": {d.name: d.to_dict() for d in (pool, proposals, judged, sft, prefs, hard, heldout, replay)},
+            "datasets": {**{d.name: d.to_dict() for d in (pool, proposals, judged, sft, prefs, hard)},
+                         "held-out": heldout.to_dict(), "replay": replay.to_dict()},
             "sft_history": [d.to_dict() for d in accepted]}
 
 
@@ -206,7 +168,7 @@ def play_round(k: int, files: list[str] | None = None, propose_only: bool = Fals
     """Round k (bootstrapping a champion first for round 0); returns its record."""
     cfg = load_config()
     store, series = store_for(cfg), rounds.series_id(cfg)
-    with one_round_at_a_time(cfg):
+    with rounds.round_lock(cfg.state_dir / "rounds.lock", cfg.rounds.lock_wait_s):
         done = rounds.read_round(store, series, k)
         if done is not None:
             print(f"round {k} of series {series} is committed already: {done['promotion']['reason']}")
@@ -232,7 +194,8 @@ def play_round(k: int, files: list[str] | None = None, propose_only: bool = Fals
                                  "propose": round(proposed - before_propose, 2), **record["seconds"]}
             record["mlflow_run_id"] = parent
             _log_summary(cfg, parent, record, [*rounds.committed_rounds(store, series), record])
-            uri = rounds.write_round(store, series, record)   # last: the round is committed
+            record = rounds.write_round(store, series, record)   # last: the round is committed
+            uri = store.uri(rounds.record_key(series, k))
             committed["record"] = record
             print(f"round {k}: accept rate {record['rankings']['accept_rate']:.2f}, held-out vIoU champion "
                   f"{record['evaluation']['champion']['viou']:.3f} / challenger "
@@ -247,17 +210,24 @@ def play_round(k: int, files: list[str] | None = None, propose_only: bool = Fals
         return committed.get("record", result)
 
 
+def next_round() -> int:
+    """The first uncommitted round of the configured series."""
+    cfg = load_config()
+    return len(rounds.committed_rounds(store_for(cfg), rounds.series_id(cfg)))
+
+
 @flow(name="flywheel-round", log_prints=True)
-def flywheel_round(round_index: int = 0, files: list[str] | None = None) -> dict:
-    """One whole round: propose, then close with the given annotation exports (default:
-    simulated annotators), retrain, evaluate and promote."""
-    return play_round(round_index, files)
+def flywheel_round(round_index: int | None = None, files: list[str] | None = None) -> dict:
+    """One whole round (default: the next uncommitted one): propose, then close with the given
+    annotation exports (default: simulated annotators), retrain, evaluate and promote."""
+    return play_round(next_round() if round_index is None else round_index, files)
 
 
 @flow(name="round-propose", log_prints=True)
-def round_propose(round_index: int = 0) -> dict:
-    """The propose half of round k: images, candidates from the champion, annotation tasks."""
-    return play_round(round_index, propose_only=True)
+def round_propose(round_index: int | None = None) -> dict:
+    """The propose half of round k (default: the next uncommitted one): images, candidates
+    from the champion, annotation tasks."""
+    return play_round(next_round() if round_index is None else round_index, propose_only=True)
 
 
 @flow(name="flywheel", log_prints=True)
@@ -266,10 +236,5 @@ def flywheel_rounds(rounds_to_run: int = 1) -> list[dict]:
     records = [play_round(k) for k in range(rounds_to_run)]
     cfg = load_config()
     store = store_for(cfg)
-    history = rounds.committed_rounds(store, rounds.series_id(cfg))
-    print("round  accept  champion vIoU/F1  challenger vIoU/F1  promoted")
-    for r in history:
-        ch, cl = r["evaluation"]["champion"], r["evaluation"]["challenger"]
-        print(f"{r['round']:>5}  {r['rankings']['accept_rate']:6.2f}  {ch['viou']:.3f} / {ch['f1']:.3f}     "
-              f"{cl['viou']:.3f} / {cl['f1']:.3f}       {r['promotion']['promote']}")
+    print(rounds.summary_text(rounds.committed_rounds(store, rounds.series_id(cfg))))
     return records

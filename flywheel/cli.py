@@ -324,6 +324,38 @@ def run(rounds: int = typer.Option(1, "--rounds", min=1, help="Rounds to run: 0.
     typer.echo(f"  Prefect UI:     PREFECT_HOME={cfg.state_dir / 'prefect'} prefect server start")
 
 
+@app.command("lineage")
+def lineage_cmd(model: str = typer.Argument("sam3d@champion", help="NAME@ALIAS, NAME@VERSION or a models:/ URI.")) -> None:
+    """Print the tree from a model version back to the datasets that made it: the model it was
+    warm-started from, SFT/preference data -> rankings -> candidates -> image pool -> renders -> meshes."""
+    cfg = _cfg()
+    _store(cfg)
+    from flywheel.lineage import model_tree
+    from flywheel.models import ModelNotFound
+
+    try:
+        lines = model_tree(cfg, model)
+    except ModelNotFound as e:
+        _fail(str(e), EXIT_NOT_FOUND)
+    typer.echo("\n".join(lines))
+
+
+@app.command("rounds")
+def rounds_cmd() -> None:
+    """The committed rounds of the configured series: held-out metrics, accept rate, decision."""
+    cfg = _cfg()
+    store = _store(cfg)
+    from flywheel import rounds
+
+    series = rounds.series_id(cfg)
+    history = rounds.committed_rounds(store, series)
+    if not history:
+        typer.echo(f"no committed round in series {series} ({cfg.store_root}); run `flywheel run`")
+        return
+    typer.echo(f"series {series}: {len(history)} round(s)")
+    typer.echo(rounds.summary_text(history))
+
+
 @app.command("propose")
 def propose(
     pool: Optional[str] = typer.Option(None, help="Image pool: dataset NAME or NAME@VERSION (e.g. occlusions) or a "

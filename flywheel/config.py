@@ -312,7 +312,6 @@ class RoundsConfig(_Section):
         "... and no metric here falls by more than its value."))
     eval_seeds: int = Field(2, ge=1, description="Samples per held-out object (metrics are averaged).")
     lock_wait_s: float = Field(3600.0, ge=0, description="How long a round waits for a running one; 0: refuse.")
-    lock_lease_s: float = Field(60.0, ge=60, description="A killed round's lock is free after this long (Prefect: at least 60 s).")
 
 
 class FlywheelConfig(_Section):

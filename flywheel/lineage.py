@@ -148,3 +148,65 @@ def stage_runs(parent_run_id: str) -> list:
         [parent.info.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
         order_by=["attributes.start_time ASC"])
+
+
+def model_tree(cfg: FlywheelConfig, ref: str) -> list[str]:
+    """The lineage of a registered model as printable lines: the model version, the model it
+    was warm-started from (recursively), and each dataset that made it with the datasets it
+    was made from (rankings -> candidates -> image pool -> renders -> meshes). ``ref``:
+    ``NAME@ALIAS``, ``NAME@VERSION``, ``NAME/VERSION`` or a ``models:/`` URI."""
+    from mlflow import MlflowClient
+
+    from flywheel.datasets import Dataset, DatasetNotCommitted
+    from flywheel.models import ModelNotFound
+    from flywheel.store import open_store
+
+    configure(cfg)
+    client = MlflowClient()
+    store = open_store(cfg.store_root, cfg.store)
+    lines: list[str] = []
+    shown: set[str] = set()
+
+    def version_of(text: str):
+        name, sep, which = text.removeprefix("models:/").replace("/", "@", 1).partition("@")
+        which = which if sep else "champion"
+        try:
+            return (client.get_model_version(name, which) if which.isdigit()
+                    else client.get_model_version_by_alias(name, which))
+        except Exception as e:  # MlflowException: unknown name, version or alias
+            raise ModelNotFound(f"model {text!r}: not in the registry at {cfg.mlflow_tracking_uri} "
+                                f"({str(e).splitlines()[0]})") from None
+
+    def dataset(spec: str, prefix: str, role: str = "") -> None:
+        name, _, version = spec.partition("@")
+        label = f"{role}: " if role else ""
+        if spec in shown:
+            lines.append(f"{prefix}{label}{spec} (see above)")
+            return
+        shown.add(spec)
+        try:
+            ds = Dataset(store, name, version)
+            marker = ds.marker
+        except DatasetNotCommitted:
+            lines.append(f"{prefix}{label}{spec}  MISSING from {cfg.store_root}")
+            return
+        lines.append(f"{prefix}{label}{spec}  {ds.ref.num_rows} rows  {ds.ref.uri}")
+        for parent in marker.get("parents", []):
+            dataset(f"{parent['name']}@{parent['version']}", prefix + "    ")
+
+    def model(version, prefix: str) -> None:
+        tags = version.tags
+        lines.append(f"{prefix}model {version.name}/{version.version}  round {tags.get('flywheel.round', '?')}  "
+                     f"stages {tags.get('flywheel.stages', '?')}  sha256 {tags.get('checkpoint_sha256', '?')[:12]}  "
+                     f"run {version.run_id}")
+        inner = prefix + "    "
+        for key in sorted(k for k in tags if k.startswith("dataset.")):
+            for spec in filter(None, tags[key].split(",")):
+                dataset(spec, inner, key.removeprefix("dataset."))
+        warm = tags.get("flywheel.warm_start")
+        if warm:
+            lines.append(f"{inner}warm start:")
+            model(version_of(warm), inner + "    ")
+
+    model(version_of(ref), "")
+    return lines

@@ -11,7 +11,13 @@ so a re-run of a round sees the same inputs as its first run.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import socket
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 from flywheel.config import FlywheelConfig
@@ -21,7 +27,7 @@ from flywheel.store import Store
 #: Config sections that shape what a round produces (the rest is where and how it runs).
 SHAPING_SECTIONS = ("meshes", "iso3do", "occlusions", "candidates", "rankings", "model", "rounds")
 #: Of ``rounds``, fields that only say how rounds are run.
-_NOT_SHAPING = {"rounds": {"lock_wait_s", "lock_lease_s"}, "candidates": {"actors", "actor_num_cpus",
+_NOT_SHAPING = {"rounds": {"lock_wait_s"}, "candidates": {"actors", "actor_num_cpus",
                                                                            "actor_num_gpus", "objects_per_job"}}
 
 
@@ -40,10 +46,47 @@ def read_round(store: Store, series: str, round_index: int) -> dict | None:
     return json.loads(store.get_bytes(key)) if store.exists(key) else None
 
 
-def write_round(store: Store, series: str, record: dict) -> str:
+def write_round(store: Store, series: str, record: dict) -> dict:
+    """Commit ``record`` (create-if-absent: a round is committed once, whoever writes first);
+    returns the committed record."""
     key = record_key(series, record["round"])
-    store.put_bytes(key, json.dumps(record, indent=1, sort_keys=True).encode())
-    return store.uri(key)
+    if store.create_if_absent(key, json.dumps(record, indent=1, sort_keys=True).encode()):
+        return record
+    return json.loads(store.get_bytes(key))
+
+
+class RoundBusy(RuntimeError):
+    """Another round holds the one-round-at-a-time lock."""
+
+
+@contextmanager
+def round_lock(path: Path, wait_s: float):
+    """One round at a time for everything sharing this state folder: an exclusive ``flock`` on
+    ``path``, which the kernel releases when its holder exits or is killed (no stale lock to
+    clean up after a crash). Waits up to ``wait_s``, then raises :class:`RoundBusy` naming
+    the holder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    f.seek(0)
+                    raise RoundBusy(f"another flywheel round is running ({f.read().strip() or 'holder unknown'}; "
+                                    f"lock {path}); waited {wait_s:g} s (rounds.lock_wait_s)") from None
+                time.sleep(0.5)
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n")
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def committed_rounds(store: Store, series: str) -> list[dict]:
@@ -78,3 +121,14 @@ def summary_plot(records: list[dict], path: str | Path) -> Path:
     series["accept rate"] = (x, [r["rankings"]["accept_rate"] for r in records])
     series["rows per dataset"] = {k: (x, [r["volumes"].get(k, 0) for r in records]) for k in records[-1]["volumes"]}
     return curves(series, path, title="flywheel rounds", log_y=False)
+
+
+def summary_text(records: list[dict]) -> str:
+    """A table for people: per round, held-out metrics of both models, accept rate, decision."""
+    lines = ["round  accept  champion vIoU / F1   challenger vIoU / F1   decision"]
+    for r in records:
+        ch, cl = r["evaluation"]["champion"], r["evaluation"]["challenger"]
+        lines.append(f"{r['round']:>5}  {r['rankings']['accept_rate']:6.2f}  {ch['viou']:.3f} / {ch['f1']:.3f}"
+                     f"          {cl['viou']:.3f} / {cl['f1']:.3f}            "
+                     f"{'promoted ' + r['challenger']['uri'] if r['promotion']['promote'] else 'kept'}")
+    return "\n".join(lines)

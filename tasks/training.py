@@ -66,7 +66,7 @@ def _examples(cfg: FlywheelConfig, arch: ModelConfig, refs: list[DatasetRef]) ->
     return cached_examples(arch, [Dataset(store, r.name, r.version) for r in refs])
 
 
-@flywheel_task(name="train", version="1")
+@flywheel_task(name="train", version="2")
 def train_stage(cfg: FlywheelConfig, stage_name: str, init: dict | None, datasets: dict[str, list[DatasetRef]],
                 settings: dict, architecture: dict, parent_run_id: str | None = None) -> dict:
     """Train one stage (``vae``, ``pretrain``, ``midtrain``, ``sft``, ``dpo``, ``distill``) from
@@ -117,7 +117,7 @@ def train_stage(cfg: FlywheelConfig, stage_name: str, init: dict | None, dataset
             pairs = _examples(cfg, arch, datasets["preferences"])
             T.dpo(model, batch_stream(lambda: pairs, batch, seed), train, beta=settings["beta"], **fit)
         final = save_checkpoint(workdir / "model.pt", model,
-                                extra={"stage": stage_name, "init": init and init["uri"]})
+                                extra={"stage": stage_name, "init_sha256": init and init["sha256"]})
         store.put_file(key, final)
         return checkpoint_ref(store, key, final)
 
@@ -141,11 +141,13 @@ def evaluate_model(cfg: FlywheelConfig, model: dict, heldout: DatasetRef, seeds:
     return result["summary"]
 
 
-@flywheel_task(name="register-model", version="1")
-def register_model(cfg: FlywheelConfig, checkpoint: dict, name: str, tags: dict,
-                   parent_run_id: str | None = None) -> dict:
+@flywheel_task(name="register-model", version="2")
+def register_model(cfg: FlywheelConfig, checkpoint: dict, name: str, datasets: dict[str, list[DatasetRef]],
+                   tags: dict, parent_run_id: str | None = None) -> dict:
     """A registry version for ``checkpoint`` (the existing one if this checkpoint is already
-    registered under ``name``), tagged with the round and datasets that made it."""
+    registered under ``name``), tagged with the round and with the datasets that made it
+    (``dataset.<role>`` = ``name@version[,...]``, what ``flywheel lineage`` follows); its run
+    logs those datasets as inputs."""
     from mlflow import MlflowClient
 
     from flywheel import lineage
@@ -154,15 +156,16 @@ def register_model(cfg: FlywheelConfig, checkpoint: dict, name: str, tags: dict,
     client = MlflowClient()
     found = [v for v in client.search_model_versions(f"name = '{name}'")
              if v.tags.get("checkpoint_sha256") == checkpoint["sha256"]]
-    if found:
-        version = min(found, key=lambda v: int(v.version))
-        return {"name": name, "version": version.version, "uri": f"models:/{name}/{version.version}",
-                "sha256": checkpoint["sha256"]}
-    with stage(cfg, parent_run_id, "register", params={"checkpoint": checkpoint["uri"]}) as run_id:
-        resolved = register_checkpoint(cfg, local_checkpoint(cfg, checkpoint), run_id=run_id, name=name,
-                                       tags={k: str(v) for k, v in tags.items()})
-    version = resolved.label.rpartition("/")[2]
-    return {"name": name, "version": version, "uri": resolved.ref, "sha256": checkpoint["sha256"]}
+    if not found:
+        tags = {**{k: str(v) for k, v in tags.items()},
+                **{f"dataset.{role}": ",".join(str(r) for r in refs) for role, refs in datasets.items()}}
+        with stage(cfg, parent_run_id, "register", params={"checkpoint": checkpoint["uri"]}) as run_id:
+            log_datasets(run_id, inputs=[r for refs in datasets.values() for r in refs])
+            register_checkpoint(cfg, local_checkpoint(cfg, checkpoint), run_id=run_id, name=name, tags=tags)
+        found = [v for v in client.search_model_versions(f"name = '{name}'")
+                 if v.tags.get("checkpoint_sha256") == checkpoint["sha256"]]
+    version = min(found, key=lambda v: int(v.version)).version
+    return {"name": name, "version": version, "uri": f"models:/{name}/{version}", "sha256": checkpoint["sha256"]}
 
 
 def set_alias(cfg: FlywheelConfig, model: dict, alias: str) -> None:

@@ -30,7 +30,7 @@ def _store_env(monkeypatch, root: Path) -> LocalStore:
 
 
 def test_demo_round_end_to_end_then_rerun_from_cache(monkeypatch, tmp_path):
-    from flows.demo import demo_round
+    from flows.synth import synth_all as demo_round
 
     store = _store_env(monkeypatch, tmp_path / "store")
     result = demo_round()

@@ -1,0 +1,192 @@
+"""Flywheel rounds for real, on micro settings (configs/test.yaml): Prefect flow runs, Ray
+actors, Blender workers, MLflow lineage and registry, simulated annotators.
+
+A clean series of two rounds; a round killed in its last stage and re-run; two rounds
+triggered at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from flywheel import lineage, rounds
+from flywheel.config import load_config
+from flywheel.datasets import Dataset
+from tasks.conventions import store_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+BIN = Path(sys.executable).parent
+CLEAN: dict = {}
+TRAINING_STAGES = {"vae", "pretrain", "midtrain", "sft", "dpo"}
+
+
+def _comparable(record: dict) -> dict:
+    """What a round committed, without where and when it ran."""
+    out = {k: v for k, v in record.items() if k not in ("series", "seconds", "mlflow_run_id")}
+    out["datasets"] = {k: (d["version"], d["digest"], d["num_rows"]) for k, d in record["datasets"].items()}
+    out["sft_history"] = [(d["version"], d["digest"]) for d in record["sft_history"]]
+    return out
+
+
+def _stage_names(parent_run_id: str) -> list[str]:
+    return [r.data.tags[lineage.STAGE_TAG] for r in lineage.stage_runs(parent_run_id)]
+
+
+def _subprocess_env(store_root: Path, **extra) -> dict:
+    """The CLI in another process, on this session's Prefect server, MLflow store and results."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "FLYWHEEL__STORE__ROOT": str(store_root), "PREFECT_API_URL": PREFECT_API_URL.value(),
+            **extra}
+
+
+def test_two_rounds_end_to_end_with_lineage(monkeypatch, tmp_path):
+    from flows.round import flywheel_rounds
+
+    monkeypatch.setenv("FLYWHEEL__STORE__ROOT", str(tmp_path / "store"))
+    cfg = load_config()
+    store = store_for(cfg)
+    records = flywheel_rounds(2)
+    assert [r["round"] for r in records] == [0, 1]
+    r0, r1 = records
+    series = rounds.series_id(cfg)
+    assert rounds.committed_rounds(store, series) == records
+
+    # round 0 started from the bootstrapped model, round 1 from what round 0 ended with
+    client = mlflow.MlflowClient()
+    boot = client.get_model_version("sam3d", r0["champion_before"]["version"])
+    assert boot.tags["flywheel.round"] == "bootstrap" and boot.tags["flywheel.stages"] == "vae,pretrain,midtrain"
+    assert r1["champion_before"] == r0["champion_after"]
+    for r in records:
+        assert r["champion_after"] == (r["challenger"] if r["promotion"]["promote"] else r["champion_before"])
+        for who in ("champion", "challenger"):
+            scores = r["evaluation"][who]
+            assert 0 <= scores["viou"] <= 1 and 0 <= scores["f1"] <= 1 and scores["objects"] == 3
+        assert r["stages"] == (["sft", "dpo"] if r["volumes"]["preferences"] else ["sft"])
+        assert r["volumes"]["image-pool"] == 3 and r["volumes"]["candidates"] == 12
+        assert r["rankings"]["objects_judged"] == 3
+    assert client.get_model_version_by_alias("sam3d", "champion").version == r1["champion_after"]["version"]
+    assert client.get_model_version_by_alias("sam3d", "challenger").version == r1["challenger"]["version"]
+
+    # new images every round, one fixed held-out set, the accepted data accumulates
+    assert r0["datasets"]["image-pool"]["version"] != r1["datasets"]["image-pool"]["version"]
+    held_out = {r["datasets"]["held-out"]["version"] for r in records}
+    assert len(held_out) == 1 and held_out.isdisjoint({r["datasets"]["replay"]["version"] for r in records})
+    assert [d["version"] for d in r1["sft_history"]] == [r0["datasets"]["sft"]["version"],
+                                                         r1["datasets"]["sft"]["version"]]
+    rankings1 = Dataset(store, "rankings", r1["datasets"]["rankings"]["version"])
+    assert rankings1.ref.num_rows > r0["datasets"]["rankings"]["num_rows"]   # round 0's judgements kept
+    assert rankings1.verify() == []
+
+    # MLflow: a parent run per round, a nested run per stage, datasets logged, a summary
+    stages = _stage_names(r0["mlflow_run_id"])
+    assert TRAINING_STAGES <= set(stages)
+    assert {"simulate-annotators", "ingest-rankings", "decide", "register", "evaluate-champion",
+            "evaluate-challenger"} <= set(stages)
+    sft_run = next(r for r in lineage.stage_runs(r0["mlflow_run_id"]) if r.data.tags[lineage.STAGE_TAG] == "sft")
+    logged = {(d["name"], d["context"]) for d in lineage.run_datasets(sft_run.info.run_id)}
+    assert {("sft", "input"), ("occlusions", "input")} <= logged
+    parent = client.get_run(r1["mlflow_run_id"])
+    assert parent.data.metrics["accept_rate"] == r1["rankings"]["accept_rate"]
+    assert parent.data.tags["flywheel.promoted"] == str(r1["promotion"]["promote"]).lower()
+    assert {a.path for a in client.list_artifacts(r1["mlflow_run_id"], "summary")} == {
+        "summary/rounds.csv", "summary/rounds_summary.png"}
+
+    # lineage: from the champion back to the meshes
+    tree = "\n".join(lineage.model_tree(cfg, f"sam3d@{r1['challenger']['version']}"))
+    for needle in ("sft: sft@", "preferences: preferences@", "rankings@", "candidates@", "image-pool@",
+                   "occlusions@", "meshes@", "warm start:", "round bootstrap", "iso3do: iso3do@"):
+        assert needle in tree, needle
+
+    # a re-run reads the committed rounds back: nothing runs again
+    again = flywheel_rounds(2)
+    assert again == records
+    assert _stage_names(r0["mlflow_run_id"]) == stages
+    CLEAN.update(records=records, store=store)
+
+
+def test_round_killed_in_its_last_stage_reruns_only_the_rest(monkeypatch, tmp_path):
+    """SIGKILL the CLI once the challenger is registered (evaluation and promotion remain);
+    the dead round's lock is free at once, the re-run redoes only the held-out evaluation and
+    the promotion, and commits what the clean run committed."""
+    from flows.round import flywheel_round
+
+    if not CLEAN:
+        pytest.skip("needs the clean rounds")
+    root = tmp_path / "store"
+    monkeypatch.setenv("FLYWHEEL__STORE__ROOT", str(root))
+    cfg = load_config()
+    client = mlflow.MlflowClient()
+    lineage.configure(cfg)
+    known = {v.version for v in client.search_model_versions("name = 'sam3d'")}
+    series = rounds.series_id(cfg)
+    log = tmp_path / "killed.log"
+    proc = subprocess.Popen([BIN / "flywheel", "run"], env=_subprocess_env(root), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    store = store_for(cfg)
+    deadline = time.monotonic() + 400
+
+    def registered_challenger() -> bool:  # the second registration: bootstrap, then challenger
+        return sum("Task run 'register-model" in line and "Completed" in line
+                   for line in log.read_text(errors="replace").splitlines()) >= 2
+
+    while not registered_challenger():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "the round did not reach its last stage in time"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert rounds.read_round(store, series, 0) is None, "killed too late: the round committed"
+    parent = client.search_runs([lineage.configure(cfg)], filter_string=f"tags.`{lineage.ROUND_TAG}` LIKE 'round-0-%' "
+                                f"and tags.`{lineage.STAGE_TAG}` = 'round'", order_by=["attributes.start_time DESC"])
+    before = {r.info.run_id for r in lineage.stage_runs(parent[0].info.run_id)}
+
+    started = time.monotonic()
+    record = flywheel_round(0)
+    rerun_s = time.monotonic() - started
+    new = [r.data.tags[lineage.STAGE_TAG] for r in lineage.stage_runs(record["mlflow_run_id"])
+           if r.info.run_id not in before]
+    assert not TRAINING_STAGES & set(new), f"finished training stages ran again: {new}"
+    assert "evaluate-challenger" in new
+    assert _comparable(record) == _comparable(CLEAN["records"][0])
+    # training is deterministic: the same checkpoints, found in the registry, not registered again
+    assert {v.version for v in client.search_model_versions("name = 'sam3d'")} == known
+    print(f"re-run after a last-stage kill: {rerun_s:.0f} s")
+
+
+def test_two_rounds_at_once_one_waits_and_one_is_refused(tmp_path):
+    """Two CLI runs of the next round start together: one runs it, the other waits for the
+    lock and then finds it committed; a third that will not wait is refused with exit 1."""
+    if not CLEAN:
+        pytest.skip("needs the clean rounds")
+    store = CLEAN["store"]
+    root = Path(store.root)
+    cfg = load_config(environ={**os.environ, "FLYWHEEL__STORE__ROOT": str(root)})
+    series = rounds.series_id(cfg)
+    env = _subprocess_env(root)
+    logs = [tmp_path / f"run-{i}.log" for i in range(3)]
+    procs = [subprocess.Popen([BIN / "flywheel", "run", "--rounds", "3"], env=env, stdout=open(logs[i], "wb"),
+                              stderr=subprocess.STDOUT) for i in range(2)]
+    deadline = time.monotonic() + 300
+    while not any("resuming MLflow run" in p.read_text(errors="replace") or "Task run" in p.read_text(errors="replace")
+                  for p in logs[:2]):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.2)
+    refused = subprocess.run([BIN / "flywheel", "run", "--rounds", "3"], env={**env, "FLYWHEEL__ROUNDS__LOCK_WAIT_S": "0"},
+                             stdout=open(logs[2], "wb"), stderr=subprocess.STDOUT, timeout=300)
+    codes = [p.wait(timeout=400) for p in procs]
+    texts = [p.read_text(errors="replace") for p in logs]
+    assert codes == [0, 0], texts[0][-2000:] + texts[1][-2000:]
+    assert refused.returncode == 1 and "another flywheel round is running" in texts[2]
+    assert sum("round 2 of series" in t and "committed already" in t for t in texts[:2]) == 1
+    history = rounds.committed_rounds(store, series)
+    assert [r["round"] for r in history] == [0, 1, 2]
+    stages = _stage_names(history[2]["mlflow_run_id"])
+    assert stages.count("sft") == 1 and stages.count("evaluate-challenger") == 1   # ran once
