@@ -17,6 +17,7 @@ bench:
 	.venv/bin/python bench/model.py
 	.venv/bin/python bench/candidates.py
 	.venv/bin/python bench/rankings.py
+	.venv/bin/python bench/rounds.py
 
 setup:
 	@bash scripts/setup.sh --test
