@@ -279,6 +279,8 @@ class AnnotatorSettings(_Section):
     bias: dict[str, float] = Field(default_factory=dict)
     reject_threshold: float | None = Field(None, description="Reject all when the best perceived quality is below; None: never.")
     pairs_per_object: int = Field(0, ge=0, description="0: one best-of-N judgement per object; k: k pairwise ones.")
+    rotation_weight: float = Field(1 / 180, ge=0, description="Quality lost per degree of rotation error.")
+    translation_weight: float = Field(0.5, ge=0, description="Quality lost per unit of translation error.")
 
     def annotator(self):
         from flywheel.simulate import SimulatedAnnotator

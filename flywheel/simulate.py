@@ -28,6 +28,8 @@ class SimulatedAnnotator:
     bias: dict = field(default_factory=dict)   # member name -> quality bonus
     reject_threshold: float = float("-inf")   # best perceived quality below this: reject all
     pairs_per_object: int = 0          # 0: one best-of-N judgement; k: k pairwise judgements
+    rotation_weight: float = 1 / 180   # quality lost per degree of rotation error
+    translation_weight: float = 0.5    # quality lost per unit of translation error
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,11 @@ def simulate(annotators: list[SimulatedAnnotator], candidates: dict[str, list[di
     objects = sorted(o for o in candidates if o in truths)
     for n, oid in enumerate(objects):
         cands = candidates[oid]
-        true_q = np.array([quality(c["occupancy"], c["R"], c["t"], truths[oid]) for c in cands])
         chosen = rng.choice(len(annotators), size=min(per_object, len(annotators)), replace=False)
         for a_index in sorted(chosen):
             ann = annotators[a_index]
+            true_q = np.array([quality(c["occupancy"], c["R"], c["t"], truths[oid], ann.rotation_weight,
+                                       ann.translation_weight) for c in cands])
             seen = true_q + rng.normal(0, ann.noise, len(cands)) if ann.noise else true_q.copy()
             seen += np.array([ann.bias.get(c["member"], 0.0) for c in cands])
             base = {"annotator_id": ann.name, "object_id": oid,
