@@ -26,6 +26,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flywheel.rankings import arrow_text
+
 
 def comparisons(rankings: pa.Table) -> pd.DataFrame:
     """One row per (object, annotator, winner, loser) from pairwise and best-of-N rows."""
@@ -38,43 +40,43 @@ def comparisons(rankings: pa.Table) -> pd.DataFrame:
     return pd.DataFrame({k: pd.arrays.ArrowExtensionArray(v) for k, v in arrow.items()})  # stays columnar
 
 
-def _arrow(column: pd.Series) -> pa.Array:
-    arr = pa.array(column.array) if isinstance(column.dtype, pd.ArrowDtype) else pa.array(
-        column.to_numpy(dtype=object), pa.string())
-    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-
-
 def bradley_terry(pairs: pd.DataFrame, registry: pd.DataFrame, alpha: float = 0.1) -> pd.DataFrame:
     """Per candidate of every judged object: BT log-strength (mean 0 within its object),
-    wins and losses. ``registry``: candidate_id, object_id. Works on integer codes: one hash
-    join of the candidate ids, integer sorts, then one choix fit per object."""
-    reg = registry.sort_values(["object_id", "candidate_id"], kind="stable").reset_index(drop=True)
+    wins and losses; rows sorted by object, then candidate. ``registry``: candidate_id,
+    object_id. Works on integer codes: the registry sorted in Arrow, one hash lookup of the
+    compared ids, integer sorts, then one choix fit per object."""
+    objects, ids = arrow_text(registry["object_id"]), arrow_text(registry["candidate_id"])
+    if objects.null_count or ids.null_count:
+        raise ValueError("bradley_terry: the registry has candidates without a candidate or object id")
+    order = pc.sort_indices(pa.table({"o": objects, "c": ids}), sort_keys=[("o", "ascending"), ("c", "ascending")])
+    reg = registry.iloc[order.to_numpy()].reset_index(drop=True)
     if len(pairs) == 0:
         return reg.iloc[:0].assign(strength=pd.Series(dtype=float), wins=pd.Series(dtype=int),
                                    losses=pd.Series(dtype=int))
-    obj_code, _ = pd.factorize(reg["object_id"], sort=False)           # increasing: reg is sorted
-    item = reg.groupby("object_id", sort=False).cumcount().to_numpy()
-    ids = pa.array(reg["candidate_id"].to_numpy(dtype=object), pa.string())
-    w_pos, l_pos = (pc.index_in(_arrow(pairs[c]), value_set=ids) for c in ("winner", "loser"))
-    if w_pos.null_count or l_pos.null_count:
-        raise ValueError("bradley_terry: comparisons name candidates that are not in the registry")
-    w_pos, l_pos = w_pos.to_numpy(), l_pos.to_numpy()
-    pair_obj = obj_code[w_pos]
-    order = np.argsort(pair_obj, kind="stable")
-    pair_obj, w_item, l_item = pair_obj[order], item[w_pos][order], item[l_pos][order]
-    bounds = np.flatnonzero(np.r_[True, pair_obj[1:] != pair_obj[:-1], True])
-    judged_objects = pair_obj[bounds[:-1]]
+    obj_code = pc.dictionary_encode(objects.take(order)).indices.to_numpy()   # increasing: sorted
+    ids = ids.take(order)
     sizes = np.bincount(obj_code)
     starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    item = np.arange(len(reg)) - starts[obj_code]                               # index within its object
+    position = pc.index_in(pa.concat_arrays([arrow_text(pairs["winner"]), arrow_text(pairs["loser"])]), value_set=ids)
+    if position.null_count:
+        raise ValueError("bradley_terry: comparisons name candidates that are not in the registry")
+    w_pos, l_pos = np.split(position.to_numpy(), 2)
+    pair_obj = obj_code[w_pos]
+    by_object = np.argsort(pair_obj, kind="stable")
+    pair_obj, w_item, l_item = pair_obj[by_object], item[w_pos][by_object], item[l_pos][by_object]
+    bounds = np.flatnonzero(np.r_[True, pair_obj[1:] != pair_obj[:-1], True])
+    judged_objects = pair_obj[bounds[:-1]]
     n_items = sizes[judged_objects]
     fitted = _fit_all(w_item, l_item, bounds, n_items, alpha)           # concatenated, per judged object
-    ends = np.cumsum(n_items)
-    means = np.add.reduceat(fitted, ends - n_items) / n_items if len(fitted) else fitted
+    first_item = np.cumsum(n_items) - n_items                           # of each judged object in ``fitted``
+    means = np.add.reduceat(fitted, first_item) / n_items if len(fitted) else fitted
     strengths = np.zeros(len(reg))
-    take = np.concatenate([np.arange(o, o + k) for o, k in zip(starts[judged_objects], n_items)]) \
-        if len(n_items) else np.zeros(0, int)
-    strengths[take] = fitted - np.repeat(means, n_items)
-    judged = np.isin(obj_code, judged_objects)
+    strengths[np.arange(len(fitted)) + np.repeat(starts[judged_objects] - first_item, n_items)] = \
+        fitted - np.repeat(means, n_items)
+    judged = np.zeros(len(sizes), bool)
+    judged[judged_objects] = True
+    judged = judged[obj_code]
     out = reg[judged].reset_index(drop=True)
     out["strength"] = strengths[judged]
     out["wins"] = np.bincount(w_pos, minlength=len(reg))[judged]
@@ -119,20 +121,27 @@ def decide(rankings: pa.Table, registry: pd.DataFrame, rules: DecisionRules,
     ``below-threshold`` or ``undecided``, with winner, runner-up, score and confidence."""
     pairs = comparisons(rankings)
     scores = bradley_terry(pairs, registry, bt_alpha)
-    votes = pd.DataFrame({"object_id": rankings["object_id"].to_numpy(zero_copy_only=False),
-                          "annotator_id": rankings["annotator_id"].to_numpy(zero_copy_only=False),
-                          "reject": pc.equal(rankings["kind"], "reject-all").to_numpy(zero_copy_only=False)})
-    votes["weight"] = votes["annotator_id"].map(weights or {}).fillna(1.0)
-    votes["reject_weight"] = votes["weight"] * votes["reject"]
-    per_object = votes.groupby("object_id").agg(judgements=("reject", "size"), rejects=("reject", "sum"),
-                                                 weight=("weight", "sum"), reject_weight=("reject_weight", "sum"))
+    reject = pc.fill_null(pc.equal(rankings["kind"], "reject-all"), False).to_numpy()
+    weight = np.ones(len(reject))
+    if weights:     # annotators without a weight count 1
+        given = pc.fill_null(pc.index_in(rankings["annotator_id"], value_set=pa.array(list(weights), pa.string())),
+                             -1).to_numpy()
+        weight = np.where(given >= 0, np.array(list(weights.values()), float)[given], 1.0)
+    votes = pa.table({"object_id": rankings["object_id"], "reject": reject.astype(np.int64), "weight": weight,
+                      "reject_weight": weight * reject})
+    per_object = (votes.group_by("object_id").aggregate([("reject", "count"), ("reject", "sum"), ("weight", "sum"),
+                                                         ("reject_weight", "sum")])
+                  .sort_by("object_id").to_pandas()
+                  .rename(columns={"reject_count": "judgements", "reject_sum": "rejects", "weight_sum": "weight",
+                                   "reject_weight_sum": "reject_weight"})
+                  .set_index("object_id"))
     per_object["reject_share"] = per_object["reject_weight"] / per_object["weight"].where(per_object["weight"] > 0, 1)
 
     # top and runner-up per object: scores are grouped by object; sort within by strength
-    obj = scores["object_id"].to_numpy(dtype=object)
-    code, uniques = pd.factorize(obj, sort=False)
+    encoded = pc.dictionary_encode(arrow_text(scores["object_id"]))
+    code, uniques = encoded.indices.to_numpy(), encoded.dictionary.to_numpy(zero_copy_only=False)
     strength = scores["strength"].to_numpy()
-    order = np.lexsort((np.arange(len(code)), -strength, code))
+    order = np.lexsort((-strength, code))        # stable: equal strengths keep registry order
     code_s, strength_s = code[order], strength[order]
     first = np.flatnonzero(np.r_[True, code_s[1:] != code_s[:-1]]) if len(code_s) else np.zeros(0, int)
     size = np.diff(np.r_[first, len(code_s)])

@@ -162,11 +162,19 @@ def _loser_lists(column: pd.Series, flag) -> pa.ListArray:
                     list_type)
 
 
-def _text(values: pd.Series) -> pa.StringArray:
+def _arrow_strings(values: pd.Series) -> pa.StringArray | None:
+    """An Arrow-backed text column as its Arrow array (no Python objects); else None."""
+    if not hasattr(values.array, "__arrow_array__"):
+        return None
+    arr = pa.array(values.array)
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    return arr.cast(pa.string()) if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) else None
+
+
+def arrow_text(values: pd.Series) -> pa.StringArray:
     """A column as Arrow strings; anything that is not a non-empty string becomes null."""
-    if isinstance(values.dtype, pd.ArrowDtype) and pa.types.is_string(values.dtype.pyarrow_dtype):
-        arr = pa.array(values.array)
-        arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    arr = _arrow_strings(values)
+    if arr is not None:
         return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
     return pa.array([v if isinstance(v, str) and v else None for v in values.to_numpy(dtype=object)], pa.string())
 
@@ -192,17 +200,20 @@ def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annota
     n = len(df)
     reason = np.full(n, None, dtype=object)
     detail = np.full(n, None, dtype=object)
+    flagged = np.zeros(n, bool)
 
     def flag(mask, why: str, text) -> None:
-        """``text``: a string, or a function of the flagged row indices giving their texts."""
-        rows = np.flatnonzero(np.asarray(mask, bool) & pd.isna(reason))
+        """``text``: a string, or a function of the flagged row indices giving their texts.
+        A row keeps its first reason."""
+        rows = np.flatnonzero(np.asarray(mask, bool) & ~flagged)
         if len(rows):
+            flagged[rows] = True
             reason[rows] = why
             detail[rows] = text if isinstance(text, str) else np.asarray(text(rows), dtype=object)
 
     problem = df["_problem"].to_numpy(dtype=object)
     flag(pd.notna(problem), "malformed row", lambda i: [f"line {df['_line'][j]}: {problem[j]}" for j in i])
-    cols = {col: _text(df[col]) for col in ("submission_id", "annotator_id", "object_id", "kind", "winner")}
+    cols = {col: arrow_text(df[col]) for col in ("submission_id", "annotator_id", "object_id", "kind", "winner")}
     for col in ("submission_id", "annotator_id", "object_id", "kind"):
         flag(~_mask(pc.is_valid(cols[col])), "malformed row", f"missing or non-text {col}")
     kind = cols["kind"]
@@ -223,6 +234,9 @@ def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annota
     rubric = {}
     for r in RUBRIC:
         given = df[r].notna().to_numpy().copy()
+        if not given.any():          # the usual case: no rubric
+            rubric[r] = np.full(n, np.nan)
+            continue
         if not pd.api.types.is_numeric_dtype(df[r].dtype):   # CSV: empty text is "not given"
             given &= ~df[r].isin([""]).to_numpy()
         values = pd.to_numeric(df[r].where(given, None), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
@@ -230,16 +244,22 @@ def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annota
         rubric[r] = values
 
     objects = cols["object_id"]
-    reg_candidates = pa.array(candidates["candidate_id"].to_numpy(dtype=object), pa.string())
-    reg_objects = pa.array(candidates["object_id"].to_numpy(dtype=object), pa.string())
-    flag(~_mask(pc.is_in(objects, value_set=pc.unique(reg_objects))), "unknown object",
+    # ids become integer codes once (registry position, registry object number); the checks
+    # then compare integers
+    reg_candidates = arrow_text(candidates["candidate_id"])
+    reg_objects = pc.dictionary_encode(arrow_text(candidates["object_id"]))
+    reg_object_code = pc.fill_null(reg_objects.indices, -1).to_numpy()
+    row_object = pc.index_in(objects, value_set=reg_objects.dictionary)
+    flag(~_mask(pc.is_valid(row_object)), "unknown object",
          lambda i: [f"object {o} has no candidates in the registry" for o in objects.take(pa.array(i)).to_pylist()])
+    row_object = pc.fill_null(row_object, -1).to_numpy()
     # every candidate id a row names (winner + losers), flattened; one hash lookup in the registry
     parent = np.concatenate([np.flatnonzero(has_winner), pc.list_parent_indices(flat).to_numpy()])
     cand = pa.concat_arrays([cols["winner"].filter(pa.array(has_winner)), pc.list_flatten(flat)])
     position = pc.index_in(cand, value_set=reg_candidates)
     unknown = ~_mask(pc.is_valid(position))
-    foreign = _mask(pc.not_equal(reg_objects.take(position), objects.take(pa.array(parent))))
+    position = pc.fill_null(position, -1).to_numpy()
+    foreign = ~unknown & (reg_object_code[position] != row_object[parent])
 
     def listed(mask):
         names = pd.Series(cand.filter(pa.array(mask)).to_pylist()).groupby(parent[mask]).agg(", ".join)
@@ -250,9 +270,18 @@ def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annota
     flag(np.bincount(parent[foreign], minlength=n) > 0, "candidate of another object",
          lambda i: [f"candidates of another object: {t} (row object {o})"
                     for t, o in zip(listed(foreign)(i), objects.take(pa.array(i)).to_pylist())])
-    codes = pc.dictionary_encode(cand).indices.to_numpy()
-    repeated = pd.DataFrame({"p": parent, "c": codes}).duplicated().to_numpy()
-    flag(np.bincount(parent[repeated], minlength=n) > 0, "self-comparison", "a candidate is compared with itself")
+    # a loser that is the row's winner, or a loser listed twice (best-of-n); unknown ids share
+    # position -1, but their rows are flagged already
+    winners = int(has_winner.sum())
+    winner_position = np.full(n, -2)
+    winner_position[has_winner] = position[:winners]
+    loser_row, loser_position = parent[winners:], position[winners:]
+    self_compared = loser_row[loser_position == winner_position[loser_row]]
+    listed_twice = count[loser_row] > 1
+    if listed_twice.any():
+        rows, positions = loser_row[listed_twice], loser_position[listed_twice]
+        self_compared = np.r_[self_compared, rows[pd.DataFrame({"r": rows, "c": positions}).duplicated().to_numpy()]]
+    flag(np.bincount(self_compared, minlength=n) > 0, "self-comparison", "a candidate is compared with itself")
     if annotators is not None:
         allowed = pc.is_in(cols["annotator_id"], value_set=pa.array(sorted(annotators), pa.string()))
         flag(~_mask(allowed), "unknown annotator", lambda i: [
@@ -264,8 +293,7 @@ def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annota
 
     # the same submission id twice in a file: identical -> once; different -> quarantined
     key_codes = pc.dictionary_encode(pc.fill_null(cols["submission_id"], "")).indices.to_numpy()
-    ok = pd.isna(reason)
-    repeats = ok & pd.Series(key_codes).duplicated(keep=False).to_numpy()
+    repeats = ~flagged & pd.Series(key_codes).duplicated(keep=False).to_numpy()
     if repeats.any():
         rows = np.flatnonzero(repeats)
         sub = pa.table({c: cols[c].take(pa.array(rows)) for c in cols}).append_column(
@@ -276,7 +304,7 @@ def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annota
         flag(repeats & np.isin(key_codes, conflicting[conflicting > 1].index), "conflicting resubmission",
              lambda i: [f"submission {k} appears with different contents"
                         for k in cols["submission_id"].take(pa.array(i)).to_pylist()])
-    keep = pa.array(np.flatnonzero(pd.isna(reason) & ~pd.Series(key_codes).duplicated().to_numpy()))
+    keep = pa.array(np.flatnonzero(~flagged & ~pd.Series(key_codes).duplicated().to_numpy()))
 
     good = pa.table({
         **{c: cols[c].take(keep) for c in ("submission_id", "annotator_id", "object_id", "kind", "winner")},
@@ -285,7 +313,7 @@ def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annota
         "time_spent_s": pa.array(time_spent[keep.to_numpy()], pa.float64()),
         **{r: pa.array(rubric[r][keep.to_numpy()], pa.float64(), from_pandas=True) for r in RUBRIC},
     }).select(NATIVE_SCHEMA.names).cast(NATIVE_SCHEMA)
-    bad = np.flatnonzero(pd.notna(reason))
+    bad = np.flatnonzero(flagged)
     keys = cols["submission_id"].take(pa.array(bad)).to_pylist()
     quarantine = pd.DataFrame({
         "item_id": [f"{file_name}:{df['_line'][j]}:{k}" for j, k in zip(bad, keys)], "kind": "ranking",

@@ -59,6 +59,19 @@ def test_every_bad_row_gets_its_reason_and_the_rest_is_kept():
     assert s2["losers"] == ["c1", "c3"] and s2["geometry"] == 7 and s2["completeness"] is None
 
 
+def test_every_form_of_self_comparison_is_quarantined():
+    rows = [row("p", winner="c1", losers=["c1"]),
+            row("w", kind="best-of-n", winner="c2", losers=["c1", "c2"]),
+            row("t", kind="best-of-n", winner="c2", losers=["c1", "c3", "c1"]),
+            row("r", kind="reject-all", winner=None, losers=["c3", "c3"]),
+            row("ok", kind="best-of-n", winner="c2", losers=["c1", "c3"]),
+            row("ok2", object_id="o2", winner="c4", losers=["c5"])]
+    good, quarantine = check_rows(read_native(jsonl(rows), "export.jsonl"))
+    assert good.column("submission_id").to_pylist() == ["ok", "ok2"]
+    assert list(quarantine["reason"]) == ["self-comparison"] * 4
+    assert [i.split(":")[-1] for i in quarantine["item_id"]] == ["p", "w", "t", "r"]
+
+
 def test_resubmissions_count_once_and_conflicts_are_quarantined():
     data = jsonl([row("s1"), row("s1"), row("s2"), row("s2", winner="c2", losers=["c1"])])
     good, quarantine = check_rows(read_native(data, "export.jsonl"))
