@@ -2,9 +2,10 @@
 quality, and the round's accept / DPO / hard-case decisions.
 
 - Pairwise rows are one comparison; a best-of-N row is its winner beating each loser.
-  Per object, Bradley–Terry log-strengths come from ``choix.lsr_pairwise`` (Luce spectral
-  ranking, a consistent estimator that needs no iterations; ``alpha`` regularises objects
-  with few comparisons). The expansion and grouping are vectorised with pyarrow.
+  Per object, Bradley–Terry log-strengths come from ``choix.lsr_pairwise_dense`` (Luce
+  spectral ranking, a consistent estimator that needs no iterations; ``alpha`` regularises
+  objects with few comparisons) on win counts weighted by annotator quality. The
+  expansion, grouping and counting are vectorised with pyarrow / numpy.
 - An object's **score** is the mean BT probability that its top candidate beats each of
   the others (0.5 = no preference, 1 = beats all); its **confidence** is the probability
   that it beats the runner-up.
@@ -40,11 +41,16 @@ def comparisons(rankings: pa.Table) -> pd.DataFrame:
     return pd.DataFrame({k: pd.arrays.ArrowExtensionArray(v) for k, v in arrow.items()})  # stays columnar
 
 
-def bradley_terry(pairs: pd.DataFrame, registry: pd.DataFrame, alpha: float = 0.1) -> pd.DataFrame:
+def bradley_terry(pairs: pd.DataFrame, registry: pd.DataFrame, alpha: float = 0.1,
+                  weights: dict[str, float] | None = None) -> pd.DataFrame:
     """Per candidate of every judged object: BT log-strength (mean 0 within its object),
     wins and losses; rows sorted by object, then candidate. ``registry``: candidate_id,
-    object_id. Works on integer codes: the registry sorted in Arrow, one hash lookup of the
-    compared ids, integer sorts, then one choix fit per object."""
+    object_id. ``weights``: per annotator (absent: 1); a comparison counts its annotator's
+    weight over the mean weight of all comparisons, so equal weights are no weights.
+
+    Works on integer codes: the registry sorted in Arrow, one hash lookup of the compared
+    ids, then per object a (weighted) win-count matrix, filled for all objects at once, and
+    one ``choix.lsr_pairwise_dense`` fit (it takes fractional counts)."""
     objects, ids = arrow_text(registry["object_id"]), arrow_text(registry["candidate_id"])
     if objects.null_count or ids.null_count:
         raise ValueError("bradley_terry: the registry has candidates without a candidate or object id")
@@ -62,15 +68,20 @@ def bradley_terry(pairs: pd.DataFrame, registry: pd.DataFrame, alpha: float = 0.
     if position.null_count:
         raise ValueError("bradley_terry: comparisons name candidates that are not in the registry")
     w_pos, l_pos = np.split(position.to_numpy(), 2)
-    pair_obj = obj_code[w_pos]
-    by_object = np.argsort(pair_obj, kind="stable")
-    pair_obj, w_item, l_item = pair_obj[by_object], item[w_pos][by_object], item[l_pos][by_object]
-    bounds = np.flatnonzero(np.r_[True, pair_obj[1:] != pair_obj[:-1], True])
-    judged_objects = pair_obj[bounds[:-1]]
+    weight = np.ones(len(w_pos))
+    if weights:
+        known = pc.fill_null(pc.index_in(arrow_text(pairs["annotator_id"]),
+                                         value_set=pa.array(list(weights), pa.string())), -1).to_numpy()
+        weight = np.where(known >= 0, np.array(list(weights.values()), float)[known], 1.0)
+        weight = weight / weight.mean() if weight.mean() > 0 else np.ones(len(weight))
+    judged_objects, pair_judged = np.unique(obj_code[w_pos], return_inverse=True)
     n_items = sizes[judged_objects]
-    fitted = _fit_all(w_item, l_item, bounds, n_items, alpha)           # concatenated, per judged object
+    matrix_at = np.cumsum(n_items ** 2) - n_items ** 2                  # each judged object's n x n block
+    cell = matrix_at[pair_judged] + item[w_pos] * n_items[pair_judged] + item[l_pos]
+    counts = np.bincount(cell, weights=weight, minlength=int((n_items ** 2).sum()))
+    fitted = _fit_all(counts, n_items, alpha)                           # concatenated, per judged object
     first_item = np.cumsum(n_items) - n_items                           # of each judged object in ``fitted``
-    means = np.add.reduceat(fitted, first_item) / n_items if len(fitted) else fitted
+    means = np.add.reduceat(fitted, first_item) / n_items
     strengths = np.zeros(len(reg))
     strengths[np.arange(len(fitted)) + np.repeat(starts[judged_objects] - first_item, n_items)] = \
         fitted - np.repeat(means, n_items)
@@ -84,26 +95,27 @@ def bradley_terry(pairs: pd.DataFrame, registry: pd.DataFrame, alpha: float = 0.
     return out
 
 
-def _fit(w_item: np.ndarray, l_item: np.ndarray, bounds: np.ndarray, n_items: np.ndarray,
-         alpha: float) -> np.ndarray:
-    """choix.lsr_pairwise per object; objects are the slices ``bounds`` of the pair arrays."""
-    out = [choix.lsr_pairwise(n, list(zip(w_item[a:b].tolist(), l_item[a:b].tolist())), alpha=alpha)
-           for a, b, n in zip(bounds[:-1].tolist(), bounds[1:].tolist(), n_items.tolist())]
+def _fit(counts: np.ndarray, n_items: np.ndarray, alpha: float) -> np.ndarray:
+    """choix.lsr_pairwise_dense per object; ``counts`` holds their n x n win matrices in turn."""
+    out, at = [], 0
+    for n in n_items.tolist():
+        out.append(choix.lsr_pairwise_dense(counts[at:at + n * n].reshape(n, n), alpha=alpha))
+        at += n * n
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def _fit_all(w_item, l_item, bounds, n_items, alpha: float, parallel_above: int = 5000) -> np.ndarray:
+def _fit_all(counts: np.ndarray, n_items: np.ndarray, alpha: float, parallel_above: int = 5000) -> np.ndarray:
     """One choix fit per object; many objects are spread over the machine's cores (each
-    worker gets plain arrays, not Python lists: cheap to send)."""
-    objects = len(bounds) - 1
+    worker gets a slice of plain arrays: cheap to send)."""
+    objects = len(n_items)
     workers = min(os.cpu_count() or 1, 8)
     if objects < parallel_above or workers < 2:
-        return _fit(w_item, l_item, bounds, n_items, alpha)
+        return _fit(counts, n_items, alpha)
     from concurrent.futures import ProcessPoolExecutor
 
     cuts = np.linspace(0, objects, workers + 1).astype(int)
-    jobs = [(w_item[bounds[a]:bounds[b]], l_item[bounds[a]:bounds[b]], bounds[a:b + 1] - bounds[a], n_items[a:b])
-            for a, b in zip(cuts[:-1], cuts[1:])]
+    at = np.r_[0, np.cumsum(n_items ** 2)]
+    jobs = [(counts[at[a]:at[b]], n_items[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
     with ProcessPoolExecutor(workers) as pool:
         return np.concatenate(list(pool.map(_fit, *zip(*jobs), [alpha] * len(jobs))))
 
@@ -120,7 +132,7 @@ def decide(rankings: pa.Table, registry: pd.DataFrame, rules: DecisionRules,
     """(per-object decisions, per-candidate scores). Decisions: ``accept``, ``hard-case``,
     ``below-threshold`` or ``undecided``, with winner, runner-up, score and confidence."""
     pairs = comparisons(rankings)
-    scores = bradley_terry(pairs, registry, bt_alpha)
+    scores = bradley_terry(pairs, registry, bt_alpha, weights)
     reject = pc.fill_null(pc.equal(rankings["kind"], "reject-all"), False).to_numpy()
     weight = np.ones(len(reject))
     if weights:     # annotators without a weight count 1

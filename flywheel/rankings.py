@@ -184,6 +184,31 @@ def _mask(arr) -> np.ndarray:
     return pc.fill_null(arr, False).to_numpy(zero_copy_only=False)
 
 
+def submission_content(columns) -> pa.StringArray:
+    """Per row, one text of what the submission says (annotator, object, kind, winner,
+    losers). ``columns``: a table, or a dict of those columns as Arrow arrays."""
+    return pc.binary_join_element_wise(*(pc.fill_null(columns[c], "") for c in ("annotator_id", "object_id", "kind",
+                                                                             "winner")),
+                                       pc.binary_join(columns["losers"], ";"), "|")
+
+
+def resubmissions(good: pa.Table, ingested: pa.Table | None) -> tuple[np.ndarray, np.ndarray]:
+    """(duplicate, conflicting) masks over the rows of ``good`` whose submission id is in
+    ``ingested`` (the rows ingested before): with the same content a row is a duplicate,
+    counted once; with other content it is a conflicting resubmission. Cumulative exports
+    (Label Studio exports everything so far) make most rows duplicates: one hash lookup."""
+    duplicate, conflicting = np.zeros(good.num_rows, bool), np.zeros(good.num_rows, bool)
+    if ingested is None or ingested.num_rows == 0 or good.num_rows == 0:
+        return duplicate, conflicting
+    at = pc.index_in(good["submission_id"], value_set=ingested["submission_id"].combine_chunks())
+    seen = _mask(pc.is_valid(at))
+    rows = np.flatnonzero(seen)
+    same = _mask(pc.equal(submission_content(good.take(rows)),
+                          submission_content(ingested.take(pc.drop_null(at)))))
+    duplicate[rows], conflicting[rows] = same, ~same
+    return duplicate, conflicting
+
+
 def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annotators: set[str] | None,
           max_time_spent_s: float, now: datetime | None = None,
           clock_skew_s: float = 300.0) -> tuple[pa.Table, pd.DataFrame]:
@@ -296,11 +321,9 @@ def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annota
     repeats = ~flagged & pd.Series(key_codes).duplicated(keep=False).to_numpy()
     if repeats.any():
         rows = np.flatnonzero(repeats)
-        sub = pa.table({c: cols[c].take(pa.array(rows)) for c in cols}).append_column(
-            "losers", flat.take(pa.array(rows))).to_pylist()
-        content = pd.Series([f"{r['annotator_id']}|{r['object_id']}|{r['kind']}|{r['winner']}|{';'.join(r['losers'])}"
-                             for r in sub], index=key_codes[rows])
-        conflicting = content.groupby(level=0).nunique()
+        content = submission_content({**{c: cols[c].take(pa.array(rows)) for c in cols},
+                                      "losers": flat.take(pa.array(rows))})
+        conflicting = pd.Series(content.to_numpy(zero_copy_only=False), index=key_codes[rows]).groupby(level=0).nunique()
         flag(repeats & np.isin(key_codes, conflicting[conflicting > 1].index), "conflicting resubmission",
              lambda i: [f"submission {k} appears with different contents"
                         for k in cols["submission_id"].take(pa.array(i)).to_pylist()])

@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,30 +26,12 @@ from flywheel.config import AnnotatorSettings, FlywheelConfig
 from flywheel.contracts import HARD_CASES, PREFERENCES, RANKINGS, SFT
 from flywheel.datasets import Dataset, DatasetRef, DatasetWriter, committed_ref, digest_of, list_versions, version_of
 from flywheel.models import file_digest
-from flywheel.rankings import ExportError, check, from_label_studio, read_native
+from flywheel.rankings import ExportError, check, from_label_studio, read_native, resubmissions
 from flywheel.simulate import candidate_records, simulate, truths_for_pool
 from flywheel.store import read_uri
 from tasks.conventions import flywheel_task, log_datasets, stage, store_for, writer_options
 
 log = logging.getLogger(__name__)
-
-
-_CONTENT = ["annotator_id", "object_id", "kind", "winner", "losers"]
-
-
-def _conflicts(good: pa.Table, repeated: np.ndarray, tables: list[pa.Table]) -> np.ndarray:
-    """Rows of ``good`` whose submission id was ingested before with different contents."""
-    out = np.zeros(good.num_rows, bool)
-    if not repeated.any() or not tables:
-        return out
-    before = pa.concat_tables([t.select(["submission_id"] + _CONTENT) for t in tables]).to_pandas()
-    before = before.drop_duplicates("submission_id").set_index("submission_id")
-    now = good.select(["submission_id"] + _CONTENT).to_pandas()
-    for i in np.flatnonzero(repeated):
-        row = now.iloc[i]
-        old = before.loc[row["submission_id"]]
-        out[i] = any(list(old[c]) != list(row[c]) if c == "losers" else old[c] != row[c] for c in _CONTENT)
-    return out
 
 
 def latest_rankings(cfg: FlywheelConfig) -> DatasetRef | None:
@@ -85,7 +66,6 @@ def ingest_rankings(cfg: FlywheelConfig, files: list[str], digests: list[str], c
                 ["candidate_id", "object_id"]).to_pandas()
             old = Dataset(store, previous.name, previous.version) if previous else None
             tables = [old.manifest().select(RANKINGS.schema.names).cast(RANKINGS.schema)] if old else []
-            seen = set(tables[0]["submission_id"].to_pylist()) if tables else set()
             quarantine = old.quarantine().to_pylist() if old else []
             counts = {"rows": 0, "accepted": 0, "duplicates": 0, "quarantined": 0}
             for uri, digest in new:
@@ -103,17 +83,14 @@ def ingest_rankings(cfg: FlywheelConfig, files: list[str], digests: list[str], c
                     continue
                 good, bad = check(raw, name, candidates=registry, annotators=settings["annotators"],
                                   max_time_spent_s=settings["max_time_spent_s"])
-                ids = good["submission_id"].to_pylist()
-                fresh = np.array([i not in seen for i in ids], bool)
-                conflicts = _conflicts(good, ~fresh, tables)
-                if conflicts.any():
-                    for sid in np.asarray(ids, dtype=object)[conflicts]:
-                        quarantine.append({"item_id": f"{name}:{sid}", "kind": "ranking",
-                                           "reason": "conflicting resubmission",
-                                           "detail": f"submission {sid} was ingested before with other contents"})
-                seen.update(ids)
+                duplicates, conflicts = resubmissions(good, pa.concat_tables(tables) if tables else None)
+                fresh = ~duplicates & ~conflicts
+                for sid in good["submission_id"].filter(pa.array(conflicts)).to_pylist():
+                    quarantine.append({"item_id": f"{name}:{sid}", "kind": "ranking",
+                                       "reason": "conflicting resubmission",
+                                       "detail": f"submission {sid} was ingested before with other contents"})
                 counts["rows"] += len(raw)
-                counts["duplicates"] += int((~fresh & ~conflicts).sum())
+                counts["duplicates"] += int(duplicates.sum())
                 counts["accepted"] += int(fresh.sum())
                 counts["quarantined"] += len(bad) + int(conflicts.sum())
                 good = good.filter(pa.array(fresh))
@@ -121,7 +98,7 @@ def ingest_rankings(cfg: FlywheelConfig, files: list[str], digests: list[str], c
                               .cast(RANKINGS.schema))
                 quarantine += bad.to_dict("records")
                 log.info("%s: %d rows, %d new, %d already ingested, %d quarantined", name, len(raw), int(fresh.sum()),
-                         int((~fresh).sum()), len(bad))
+                         int(duplicates.sum()), len(bad) + int(conflicts.sum()))
             with DatasetWriter(store, RANKINGS, version, inputs=inputs, parents=[candidates] + ([previous] if previous else []),
                                **writer_options(cfg)) as writer:
                 if tables:

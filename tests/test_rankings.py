@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
-from flywheel.rankings import ExportError, check, from_label_studio, read_native
+from flywheel.rankings import ExportError, check, from_label_studio, read_native, resubmissions
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 REGISTRY = pd.DataFrame({"candidate_id": ["c1", "c2", "c3", "c4", "c5"],
@@ -79,6 +79,18 @@ def test_resubmissions_count_once_and_conflicts_are_quarantined():
     assert list(quarantine["reason"]) == ["conflicting resubmission"] * 2
 
 
+def test_a_cumulative_export_against_what_was_ingested():
+    first, _ = check_rows(read_native(jsonl([row("s1"), row("s2", kind="reject-all", winner=None, losers=["c1"])]),
+                                      "day1.jsonl"))
+    # the next export repeats both (s2 unchanged, s1 changed its mind) and adds s3
+    later = [row("s1", winner="c2", losers=["c1"]), row("s2", kind="reject-all", winner=None, losers=["c1"]),
+             row("s3")]
+    good, _ = check_rows(read_native(jsonl(later), "day2.jsonl"))
+    duplicate, conflicting = resubmissions(good, first)
+    assert duplicate.tolist() == [False, True, False] and conflicting.tolist() == [True, False, False]
+    assert not any(resubmissions(good, None)[0]) and not any(resubmissions(good, first.slice(0, 0))[1])
+
+
 def test_csv_and_parquet_read_like_jsonl(tmp_path):
     frame = pd.DataFrame([{**r, "losers": ";".join(r["losers"])} for r in GOOD])
     from_csv, _ = check_rows(read_native(frame.to_csv(index=False).encode(), "x.csv"))
@@ -141,6 +153,22 @@ def test_bradley_terry_orders_candidates_and_decides():
         == "below-threshold"
     pairs = preference_pairs(decisions, rankings)
     assert pairs[["winner", "loser", "times"]].values.tolist() == [["c1", "c2", 4], ["c1", "c3", 4]]
+
+
+def test_annotator_weights_count_in_the_fit():
+    """A reliable annotator's two votes outweigh an unreliable one's three; equal weights
+    are no weights."""
+    from flywheel.aggregate import DecisionRules, decide
+
+    rows = [pairwise(f"a{i}", "o1", "c1", "c2", "ann-a") for i in range(2)]
+    rows += [pairwise(f"b{i}", "o1", "c2", "c1", "ann-b") for i in range(3)]
+    rankings, rules = judgements(rows), DecisionRules(alpha=0.5)
+    winner = lambda weights: decide(rankings, REGISTRY, rules, weights)[0].set_index("object_id").loc["o1", "winner"]  # noqa: E731
+    assert winner(None) == "c2"
+    assert winner({"ann-a": 0.9, "ann-b": 0.1}) == "c1"
+    plain = decide(rankings, REGISTRY, rules)[1]["strength"]
+    assert decide(rankings, REGISTRY, rules, {"ann-a": 0.3, "ann-b": 0.3})[1]["strength"].tolist() \
+        == pytest.approx(plain.tolist())
 
 
 def test_agreement_and_gold_accuracy():
