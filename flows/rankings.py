@@ -39,8 +39,7 @@ def ingest_and_decide(cfg: FlywheelConfig, parent: str, files: list[str], candid
     pool = next(p for p in Dataset(store_for(cfg), candidates.name, candidates.version).marker["parents"]
                 if p["name"] == "image-pool")
     pool_ref = Dataset(store_for(cfg), pool["name"], pool["version"]).ref
-    rules = r.model_dump(include={"alpha_schedule", "reject_share", "min_judgements", "bt_alpha", "gold"})
-    decided = decide_round(cfg, judged, candidates, pool_ref, round_index, rules, parent_run_id=parent)
+    decided = decide_round(cfg, judged, candidates, pool_ref, round_index, r.rules(), parent_run_id=parent)
     outputs = [Dataset(store_for(cfg), d["name"], d["version"]).ref for d in decided["datasets"].values()]
     for ref in outputs:
         gate_for(cfg, ref, parent)

@@ -196,6 +196,47 @@ def acceptance_threshold(round_index: int, schedule: list[float]) -> float:
     return schedule[min(round_index, len(schedule) - 1)]
 
 
+@dataclass(frozen=True)
+class RoundJudgement:
+    """What one round's decisions rest on, and the decisions."""
+    round_index: int
+    alpha: float
+    decisions: pd.DataFrame       # per object: decide()
+    preferences: pd.DataFrame     # DPO pairs: preference_pairs()
+    annotators: pd.DataFrame      # per annotator: annotator_stats()
+    agreement: dict               # agreement()
+
+    def metrics(self) -> dict[str, float]:
+        """Counts, accept rate, threshold and agreement, as logged to MLflow."""
+        d = self.decisions
+        judged = len(d)
+        accepted = int((d["decision"] == "accept").sum())
+        return {"objects_judged": judged, "accepted": accepted, "hard_cases": int((d["decision"] == "hard-case").sum()),
+                "preference_pairs": len(self.preferences), "accept_rate": accepted / judged if judged else 0.0,
+                "alpha": self.alpha, "annotators": len(self.annotators),
+                "overlapping_items": self.agreement["overlapping_items"],
+                **({"fleiss_kappa": self.agreement["fleiss"]} if self.agreement["fleiss"] is not None else {}),
+                **{f"decision_{k.replace('-', '_')}": int(v) for k, v in d["decision"].value_counts().items()}}
+
+
+def judge_round(rankings: pa.Table, registry: pd.DataFrame, round_index: int, *, alpha_schedule: list[float],
+                reject_share: float, min_judgements: int, bt_alpha: float,
+                gold: dict[str, str] | None = None) -> RoundJudgement:
+    """Round k's decisions on the objects of ``registry`` (candidate_id, object_id): the
+    rankings accumulate over rounds, so judgements of other objects are left out. Annotator
+    weights (gold accuracy, else agreement with the majority) weigh the fit and the
+    reject-all shares; the threshold is ``alpha_schedule``'s k-th value."""
+    rankings = rankings.filter(pc.is_in(rankings["object_id"], pa.array(pd.unique(registry["object_id"]), pa.string())))
+    alpha = acceptance_threshold(round_index, alpha_schedule)
+    pairs = comparisons(rankings)
+    stats = annotator_stats(rankings, pairs, gold or None)
+    decisions, _ = decide(rankings, registry[["candidate_id", "object_id"]],
+                          DecisionRules(alpha, reject_share, min_judgements),
+                          weights=dict(zip(stats["annotator_id"], stats["weight"])), bt_alpha=bt_alpha)
+    return RoundJudgement(round_index, alpha, decisions, preference_pairs(decisions, rankings), stats,
+                          agreement(pairs))
+
+
 def _labelled_items(pairs: pd.DataFrame) -> pd.DataFrame:
     """Each comparison as an item (object + unordered pair) with a binary label."""
     w, lo = pairs["winner"].astype(str), pairs["loser"].astype(str)

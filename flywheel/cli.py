@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from datetime import datetime
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -395,17 +396,29 @@ def rankings_ingest(
 
 
 @rankings_app.command("report")
-def rankings_report(version: Optional[str] = typer.Argument(None, help="rankings version (default: newest).")) -> None:
-    """Submissions per kind and annotator, quarantine reasons, and the newest decisions."""
+def rankings_report(
+    version: Optional[str] = typer.Argument(None, help="rankings version (default: newest)."),
+    round_index: int = typer.Option(0, "--round", help="Round k: picks the acceptance threshold alpha_k."),
+    candidates: Optional[str] = typer.Option(None, help="Candidates version to decide on (default: the one the "
+                                             "rankings version was ingested for)."),
+    plot: Optional[Path] = typer.Option(None, help="Also save the report plot (PNG) here."),
+) -> None:
+    """Submissions per kind and annotator, quarantine reasons, and what round k's rules
+    (config `rankings`) decide on them now: decisions, accept rate, agreement, annotators."""
     cfg = _cfg()
     store = _store(cfg)
     from collections import Counter
 
-    from flywheel.datasets import Dataset, DatasetNotCommitted, list_versions
+    from flywheel.aggregate import judge_round
+    from flywheel.datasets import Dataset, DatasetNotCommitted
+    from flywheel.plots import rankings_report as report_plot
 
     try:
         ds = Dataset(store, "rankings", version)
-    except (DatasetNotCommitted, FileNotFoundError, KeyError) as e:
+        if candidates is None:
+            candidates = next(p["version"] for p in ds.marker["parents"] if p["name"] == "candidates")
+        registry = Dataset(store, "candidates", candidates).manifest().select(["candidate_id", "object_id"])
+    except (DatasetNotCommitted, FileNotFoundError, KeyError, StopIteration) as e:
         _fail(f"no rankings to report: {e}", EXIT_NOT_FOUND)
     table = ds.manifest()
     typer.echo(f"{ds.ref}: {table.num_rows} submissions from {len(set(table['source_file'].to_pylist()))} exports")
@@ -414,11 +427,21 @@ def rankings_report(version: Optional[str] = typer.Argument(None, help="rankings
         typer.echo(f"  by {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     reasons = Counter(ds.quarantine()["reason"].to_pylist())
     typer.echo("  quarantined: " + (", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"))
-    for name in ("sft", "preferences", "hard-cases"):
-        versions = list_versions(store, name)
-        if versions:
-            latest = Dataset(store, name, versions[-1]["version"])
-            typer.echo(f"  newest {name}: {latest.ref.num_rows} rows ({latest.ref})")
+
+    judged = judge_round(table, registry.to_pandas(), round_index, **cfg.rankings.rules())
+    m = judged.metrics()
+    counts = judged.decisions["decision"].value_counts()
+    typer.echo(f"round {round_index} on candidates@{candidates} (alpha {judged.alpha:g}): {m['objects_judged']} objects "
+               f"judged: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+               + f"; accept rate {m['accept_rate']:.2f}; {m['preference_pairs']} preference pairs")
+    fleiss = judged.agreement["fleiss"]
+    typer.echo(f"  agreement: {m['overlapping_items']} items judged by 2+ annotators; Fleiss' kappa "
+               + (f"{fleiss:.2f}" if fleiss is not None else "n/a")
+               + "".join(f"; Cohen's kappa {pair} {k:.2f}" for pair, k in sorted(judged.agreement["cohen"].items())))
+    typer.echo("  annotators:\n" + "\n".join("    " + line for line in judged.annotators.round(3).to_string(
+        index=False).splitlines()))
+    if plot:
+        typer.echo(f"plot: {report_plot(judged.decisions, judged.annotators, plot)}")
 
 
 @synth_app.command("meshes")

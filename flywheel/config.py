@@ -224,6 +224,10 @@ class RankingsConfig(_Section):
             raise ValueError("must be a non-empty, non-decreasing list of values in [0.5, 1]")
         return v
 
+    def rules(self) -> dict:
+        """The decision rules: keyword arguments of flywheel.aggregate.judge_round."""
+        return self.model_dump(include={"alpha_schedule", "reject_share", "min_judgements", "bt_alpha", "gold"})
+
 
 class StageSettings(_Section):
     """One training stage; ``steps: 0`` skips it."""

@@ -103,3 +103,25 @@ def curves(series: dict[str, tuple | dict[str, tuple]], path: str | Path, title:
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def rankings_report(decisions, annotators, path: str | Path) -> Path:
+    """A round's decisions (counts), winner scores and annotator quality, side by side.
+    ``decisions`` / ``annotators``: frames of flywheel.aggregate.judge_round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    counts = decisions["decision"].value_counts()
+    axes[0].bar(counts.index, counts.values, color="#4c72b0")
+    axes[0].set_title("decisions", fontsize=9)
+    axes[1].hist(decisions["score"].dropna(), bins=20, range=(0.5, 1), color="#55a868")
+    axes[1].set_title("winner score (mean P[beats others])", fontsize=9)
+    annotators.set_index("annotator_id")[["majority_agreement", "weight"]].plot.bar(ax=axes[2], fontsize=7)
+    axes[2].set_title("annotators", fontsize=9)
+    axes[2].set_ylim(0, 1)
+    for ax in axes:
+        ax.tick_params(labelsize=7)
+    return _save(fig, path)

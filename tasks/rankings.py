@@ -18,14 +18,13 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from flywheel.aggregate import (DecisionRules, acceptance_threshold, agreement, annotator_stats, comparisons,
-                                decide, preference_pairs)
+from flywheel.aggregate import judge_round
 from flywheel.config import AnnotatorSettings, FlywheelConfig
 from flywheel.contracts import HARD_CASES, PREFERENCES, RANKINGS, SFT
 from flywheel.datasets import Dataset, DatasetRef, DatasetWriter, committed_ref, digest_of, list_versions, version_of
 from flywheel.models import file_digest
+from flywheel.plots import rankings_report
 from flywheel.rankings import ExportError, check, from_label_studio, read_native, resubmissions
 from flywheel.simulate import candidate_records, simulate, truths_for_pool
 from flywheel.store import read_uri
@@ -112,30 +111,6 @@ def ingest_rankings(cfg: FlywheelConfig, files: list[str], digests: list[str], c
     return ref
 
 
-def _plot(decisions: pd.DataFrame, stats: pd.DataFrame, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    counts = decisions["decision"].value_counts()
-    axes[0].bar(counts.index, counts.values, color="#4c72b0")
-    axes[0].set_title("decisions", fontsize=9)
-    axes[1].hist(decisions["score"].dropna(), bins=20, range=(0.5, 1), color="#55a868")
-    axes[1].set_title("winner score (mean P[beats others])", fontsize=9)
-    quality = stats.set_index("annotator_id")[["majority_agreement", "weight"]]
-    quality.plot.bar(ax=axes[2], fontsize=7)
-    axes[2].set_title("annotators", fontsize=9)
-    axes[2].set_ylim(0, 1)
-    for ax in axes:
-        ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 @flywheel_task(name="simulate-annotators", version="1")
 def simulate_annotators(cfg: FlywheelConfig, candidates: DatasetRef, pool: DatasetRef, annotators: list[dict],
                         per_object: int, seed: int, parent_run_id: str | None = None) -> str:
@@ -156,7 +131,8 @@ def simulate_annotators(cfg: FlywheelConfig, candidates: DatasetRef, pool: Datas
     return store.uri(key)
 
 
-@flywheel_task(name="decide", version="1")
+# v2: annotator weights count in the Bradley-Terry fit
+@flywheel_task(name="decide", version="2")
 def decide_round(cfg: FlywheelConfig, rankings: DatasetRef, candidates: DatasetRef, pool: DatasetRef,
                  round_index: int, rules: dict, parent_run_id: str | None = None) -> dict:
     """Aggregate the judgements and commit the round's SFT, preference (DPO) and hard-case
@@ -164,20 +140,12 @@ def decide_round(cfg: FlywheelConfig, rankings: DatasetRef, candidates: DatasetR
     store = store_for(cfg)
     cands = Dataset(store, candidates.name, candidates.version)
     registry = cands.manifest().to_pandas()
-    table = Dataset(store, rankings.name, rankings.version).manifest()
-    # the rankings accumulate over rounds: this round decides on this candidate registry's objects
-    table = table.filter(pc.is_in(table["object_id"], pa.array(registry["object_id"].unique())))
-    alpha = acceptance_threshold(round_index, rules["alpha_schedule"])
-    pairs = comparisons(table)
-    stats = annotator_stats(table, pairs, rules["gold"] or None)
-    decisions, _ = decide(table, registry[["candidate_id", "object_id"]],
-                          DecisionRules(alpha, rules["reject_share"], rules["min_judgements"]),
-                          weights=dict(zip(stats["annotator_id"], stats["weight"])), bt_alpha=rules["bt_alpha"])
-    prefs = preference_pairs(decisions, table)
+    judged = judge_round(Dataset(store, rankings.name, rankings.version).manifest(), registry, round_index, **rules)
+    decisions, prefs = judged.decisions, judged.preferences
     accepted = decisions[decisions["decision"] == "accept"]
     hard = decisions[decisions["decision"] == "hard-case"]
     inputs = {"rankings": rankings, "candidates": candidates, "pool": pool, "round": round_index, "rules": rules}
-    params = {"round": round_index, "alpha": alpha, **{k: str(v) for k, v in rules.items() if k != "gold"}}
+    params = {"round": round_index, "alpha": judged.alpha, **{k: str(v) for k, v in rules.items() if k != "gold"}}
     with stage(cfg, parent_run_id, "decide", params=params) as run_id:
         needed = set(accepted["object_id"]) | set(hard["object_id"]) | set(prefs["object_id"])
         images = {s["__key__"]: s for s in Dataset(store, pool.name, pool.version).samples(keys=sorted(needed))}
@@ -187,7 +155,7 @@ def decide_round(cfg: FlywheelConfig, rankings: DatasetRef, candidates: DatasetR
         refs = {}
         specs = ((SFT, accepted), (PREFERENCES, prefs), (HARD_CASES, hard))
         for spec, frame in specs:
-            version = version_of(spec, inputs=inputs, code_version="1")
+            version = version_of(spec, inputs=inputs, code_version="2")
             ref = committed_ref(store, spec.name, version)
             if ref is None:
                 with DatasetWriter(store, spec, version, inputs=inputs, parents=[rankings, candidates, pool],
@@ -212,21 +180,16 @@ def decide_round(cfg: FlywheelConfig, rankings: DatasetRef, candidates: DatasetR
                                                         "reject_share": r["reject_share"]}, files)
                 ref = writer.ref
             refs[spec.name] = ref
-        judged = len(decisions)
-        kappa = agreement(pairs)
-        metrics = {"objects_judged": judged, "accepted": len(accepted), "hard_cases": len(hard),
-                   "preference_pairs": len(prefs), "accept_rate": len(accepted) / judged if judged else 0.0,
-                   "alpha": alpha, "annotators": len(stats), "overlapping_items": kappa["overlapping_items"],
-                   **({"fleiss_kappa": kappa["fleiss"]} if kappa["fleiss"] is not None else {}),
-                   **{f"decision_{k.replace('-', '_')}": int(v) for k, v in decisions["decision"].value_counts().items()}}
+        metrics = judged.metrics()
         mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
-            stats.to_csv(Path(tmp) / "annotators.csv", index=False)
+            judged.annotators.to_csv(Path(tmp) / "annotators.csv", index=False)
             decisions.to_csv(Path(tmp) / "decisions.csv", index=False)
-            pd.Series(kappa["cohen"], name="cohen_kappa").to_csv(Path(tmp) / "cohen_kappa.csv")
+            pd.Series(judged.agreement["cohen"], name="cohen_kappa").to_csv(Path(tmp) / "cohen_kappa.csv")
             for name in ("annotators.csv", "decisions.csv", "cohen_kappa.csv"):
                 mlflow.log_artifact(str(Path(tmp) / name), "rankings")
-            mlflow.log_artifact(str(_plot(decisions, stats, Path(tmp) / "rankings_report.png")), "rankings")
+            report = rankings_report(decisions, judged.annotators, Path(tmp) / "rankings_report.png")
+            mlflow.log_artifact(str(report), "rankings")
         log_datasets(run_id, inputs=[rankings, candidates, pool], outputs=list(refs.values()))
         log.info("round %d decisions: %s", round_index, metrics)
     return {"metrics": metrics, "datasets": {k: v.to_dict() for k, v in refs.items()}}

@@ -255,6 +255,20 @@ def test_rankings_flow_from_simulated_annotators(monkeypatch, tmp_path):
     assert updated.ref.num_rows == judged.ref.num_rows
     assert updated.quarantine()["reason"].to_pylist().count("conflicting resubmission") == 1
 
+    # the report people run: what came in, what was quarantined, and round 0's decisions again
+    report = subprocess.run([str(BIN / "flywheel"), "rankings", "report", judged.ref.version, "--plot",
+                             str(tmp_path / "report.png")], capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    decided = decide_run.data.metrics
+    assert f"{judged.ref.num_rows} submissions from 2 exports" in report.stdout
+    assert "file too large 1, malformed row 1, unknown annotator 1" in report.stdout
+    assert f"{int(decided['objects_judged'])} objects judged" in report.stdout
+    assert f"accept rate {decided['accept_rate']:.2f}" in report.stdout and "ann-1" in report.stdout, report.stdout
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+    unknown = subprocess.run([str(BIN / "flywheel"), "rankings", "report", "no-such-version"],
+                             capture_output=True, text=True, timeout=300)
+    assert unknown.returncode == 4 and "no rankings to report" in unknown.stderr
+
 
 def test_same_config_same_digests_in_another_store(monkeypatch, tmp_path):
     from flows.synth import synth_iso3do
