@@ -15,6 +15,14 @@ from sam3d_model.interface import Prediction
 from sam3d_model.shape_vae import ShapeVAE, latent_grid, latent_tokens
 
 
+def build_model(cfg: ModelConfig, seed: int) -> "SmallSam3D":
+    """A new model whose initial weights depend only on ``cfg`` and ``seed``, not on what used
+    torch's global random state before in the process (other tasks, libraries)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SmallSam3D(cfg)
+
+
 class SmallSam3D(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()

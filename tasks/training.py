@@ -26,7 +26,7 @@ from sam3d_model.checkpoint import load_model, save_checkpoint
 from sam3d_model.config import ModelConfig
 from sam3d_model.data import batch_stream, cached_examples, curriculum_stream
 from sam3d_model.evaluation import evaluate
-from sam3d_model.model import SmallSam3D
+from sam3d_model.model import build_model
 from tasks.conventions import flywheel_task, log_datasets, stage, store_for
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def _examples(cfg: FlywheelConfig, arch: ModelConfig, refs: list[DatasetRef]) ->
     return cached_examples(arch, [Dataset(store, r.name, r.version) for r in refs])
 
 
-@flywheel_task(name="train", version="2")
+@flywheel_task(name="train", version="3")
 def train_stage(cfg: FlywheelConfig, stage_name: str, init: dict | None, datasets: dict[str, list[DatasetRef]],
                 settings: dict, architecture: dict, parent_run_id: str | None = None) -> dict:
     """Train one stage (``vae``, ``pretrain``, ``midtrain``, ``sft``, ``dpo``, ``distill``) from
@@ -78,7 +78,8 @@ def train_stage(cfg: FlywheelConfig, stage_name: str, init: dict | None, dataset
     if unknown:
         raise ValueError(f"stage {stage_name}: unexpected dataset roles {sorted(unknown)}")
     store = store_for(cfg)
-    name = f"{stage_name}-" + digest_of({"stage": stage_name, "init": init and init["sha256"],
+    # "seeded": new models are initialised from settings.seed (before: from torch's global state)
+    name = f"{stage_name}-" + digest_of({"stage": stage_name, "init": init and init["sha256"] or "seeded",
                                          "datasets": {k: [r.version for r in v] for k, v in datasets.items()},
                                          "settings": settings, "architecture": architecture})[:24]
     key = f"models/{name}.pt"
@@ -90,7 +91,7 @@ def train_stage(cfg: FlywheelConfig, stage_name: str, init: dict | None, dataset
             log.info("%s: already trained (%s)", stage_name, store.uri(key))
             return checkpoint_ref(store, key)
         if init is None:
-            model = SmallSam3D(ModelConfig.model_validate(architecture))
+            model = build_model(ModelConfig.model_validate(architecture), settings["seed"])
         else:
             model = load_model(local_checkpoint(cfg, init))
         arch = model.cfg

@@ -20,7 +20,7 @@ from sam3d_model.dpo import flow_dpo_loss
 from sam3d_model.geometry import layout_tokens, matrix_from_rot6d, pose_from_tokens, rot6d_from_matrix
 from sam3d_model.interface import GeometryModel
 from sam3d_model.metrics import shape_metrics
-from sam3d_model.model import SmallSam3D
+from sam3d_model.model import SmallSam3D, build_model
 from sam3d_model.toy import toy_examples
 
 CFG = preset("micro")
@@ -264,3 +264,16 @@ def test_sam3d_adapter_says_what_is_missing(tmp_path):
     coords = torch.tensor([[0, 0, 0, 0], [0, 63, 63, 63], [0, 5, 6, 7]])
     grid = voxels_to_grid(coords, 64, 16)
     assert grid.shape == (16, 16, 16) and grid.sum() == 3 and grid[1, 1, 1] == 1 and grid[15, 15, 15] == 1
+
+
+def test_a_new_model_depends_on_its_seed_only():
+    """Other users of torch's global random state (other tasks in the process) must not
+    change a new model's initial weights; the global state is left as it was."""
+    first = build_model(CFG, seed=3).state_dict()
+    torch.rand(1000)
+    state = torch.random.get_rng_state()
+    again = build_model(CFG, seed=3).state_dict()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    other = build_model(CFG, seed=4).state_dict()
+    assert not torch.equal(first["flow.shape_in.weight"], other["flow.shape_in.weight"])
