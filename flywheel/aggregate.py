@@ -68,6 +68,8 @@ def bradley_terry(pairs: pd.DataFrame, registry: pd.DataFrame, alpha: float = 0.
     if position.null_count:
         raise ValueError("bradley_terry: comparisons name candidates that are not in the registry")
     w_pos, l_pos = np.split(position.to_numpy(), 2)
+    if (obj_code[w_pos] != obj_code[l_pos]).any():
+        raise ValueError("bradley_terry: a comparison names candidates of two objects")
     weight = np.ones(len(w_pos))
     if weights:
         known = pc.fill_null(pc.index_in(arrow_text(pairs["annotator_id"]),
