@@ -70,12 +70,8 @@ def bradley_terry(pairs: pd.DataFrame, registry: pd.DataFrame, alpha: float = 0.
     w_pos, l_pos = np.split(position.to_numpy(), 2)
     if (obj_code[w_pos] != obj_code[l_pos]).any():
         raise ValueError("bradley_terry: a comparison names candidates of two objects")
-    weight = np.ones(len(w_pos))
-    if weights:
-        known = pc.fill_null(pc.index_in(arrow_text(pairs["annotator_id"]),
-                                         value_set=pa.array(list(weights), pa.string())), -1).to_numpy()
-        weight = np.where(known >= 0, np.array(list(weights.values()), float)[known], 1.0)
-        weight = weight / weight.mean() if weight.mean() > 0 else np.ones(len(weight))
+    weight = _annotator_weights(arrow_text(pairs["annotator_id"]), weights)
+    weight = weight / weight.mean() if weight.mean() > 0 else np.ones(len(weight))
     judged_objects, pair_judged = np.unique(obj_code[w_pos], return_inverse=True)
     n_items = sizes[judged_objects]
     matrix_at = np.cumsum(n_items ** 2) - n_items ** 2                  # each judged object's n x n block
@@ -95,6 +91,14 @@ def bradley_terry(pairs: pd.DataFrame, registry: pd.DataFrame, alpha: float = 0.
     out["wins"] = np.bincount(w_pos, minlength=len(reg))[judged]
     out["losses"] = np.bincount(l_pos, minlength=len(reg))[judged]
     return out
+
+
+def _annotator_weights(annotator_ids, weights: dict[str, float] | None) -> np.ndarray:
+    """Each row's annotator weight; annotators without one count 1."""
+    if not weights:
+        return np.ones(len(annotator_ids))
+    known = pc.fill_null(pc.index_in(annotator_ids, value_set=pa.array(list(weights), pa.string())), -1).to_numpy()
+    return np.where(known >= 0, np.array(list(weights.values()), float)[known], 1.0)
 
 
 def _fit(counts: np.ndarray, n_items: np.ndarray, alpha: float) -> np.ndarray:
@@ -136,11 +140,7 @@ def decide(rankings: pa.Table, registry: pd.DataFrame, rules: DecisionRules,
     pairs = comparisons(rankings)
     scores = bradley_terry(pairs, registry, bt_alpha, weights)
     reject = pc.fill_null(pc.equal(rankings["kind"], "reject-all"), False).to_numpy()
-    weight = np.ones(len(reject))
-    if weights:     # annotators without a weight count 1
-        given = pc.fill_null(pc.index_in(rankings["annotator_id"], value_set=pa.array(list(weights), pa.string())),
-                             -1).to_numpy()
-        weight = np.where(given >= 0, np.array(list(weights.values()), float)[given], 1.0)
+    weight = _annotator_weights(rankings["annotator_id"], weights)
     votes = pa.table({"object_id": rankings["object_id"], "reject": reject.astype(np.int64), "weight": weight,
                       "reject_weight": weight * reject})
     per_object = (votes.group_by("object_id").aggregate([("reject", "count"), ("reject", "sum"), ("weight", "sum"),
