@@ -77,6 +77,9 @@ def main() -> None:
     print(f"  killed in its last stage after:        {until_kill:7.1f} s")
     print(f"  re-run to commit:                      {rerun:7.1f} s  = {rerun / full:.2f} of a full round")
     print(f"  committed round equals the clean one:  {same}")
+    print("  seconds per phase, clean / re-run (the rest is start-up: Prefect server, Ray, imports):")
+    for phase in a["seconds"]:
+        print(f"    {phase:28s} {a['seconds'][phase]:7.1f} / {b['seconds'].get(phase, 0.0):7.1f}")
     out = REPO / "bench" / "results" / "rounds.json"
     out.write_text(json.dumps({"config": args.config, "full_s": full, "until_kill_s": until_kill, "rerun_s": rerun,
                                "rerun_fraction": rerun / full, "same_result": same}, indent=1))
