@@ -31,10 +31,11 @@ def _env(folder: Path, config: str) -> dict:
             "FLYWHEEL__STORE__ROOT": str(folder / "store")}
 
 
-def full_round(folder: Path, config: str) -> float:
+def timed_round(folder: Path, config: str, log_name: str) -> float:
+    """Seconds of one `flywheel run` to the end (its stderr in ``folder/log_name``)."""
     started = time.perf_counter()
     subprocess.run([BIN / "flywheel", "run"], env=_env(folder, config), check=True, cwd=REPO,
-                   stdout=subprocess.DEVNULL, stderr=open(folder / "full.log", "wb"))
+                   stdout=subprocess.DEVNULL, stderr=open(folder / log_name, "wb"))
     return time.perf_counter() - started
 
 
@@ -53,10 +54,7 @@ def killed_then_rerun(folder: Path, config: str) -> tuple[float, float]:
     until_kill = time.perf_counter() - started
     if list((folder / "store").glob("rounds/*/round-0000.json")):
         raise SystemExit("killed too late: the round had committed")
-    started = time.perf_counter()
-    subprocess.run([BIN / "flywheel", "run"], env=_env(folder, config), check=True, cwd=REPO,
-                   stdout=subprocess.DEVNULL, stderr=open(folder / "rerun.log", "wb"))
-    return until_kill, time.perf_counter() - started
+    return until_kill, timed_round(folder, config, "rerun.log")
 
 
 def main() -> None:
@@ -67,7 +65,7 @@ def main() -> None:
         clean, killed = Path(tmp) / "clean", Path(tmp) / "killed"
         clean.mkdir()
         killed.mkdir()
-        full = full_round(clean, args.config)
+        full = timed_round(clean, args.config, "full.log")
         until_kill, rerun = killed_then_rerun(killed, args.config)
         a = json.loads(next((clean / "store").glob("rounds/*/round-0000.json")).read_text())
         b = json.loads(next((killed / "store").glob("rounds/*/round-0000.json")).read_text())

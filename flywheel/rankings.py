@@ -162,20 +162,15 @@ def _loser_lists(column: pd.Series, flag) -> pa.ListArray:
                     list_type)
 
 
-def _arrow_strings(values: pd.Series) -> pa.StringArray | None:
-    """An Arrow-backed text column as its Arrow array (no Python objects); else None."""
-    if not hasattr(values.array, "__arrow_array__"):
-        return None
-    arr = pa.array(values.array)
-    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    return arr.cast(pa.string()) if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) else None
-
-
 def arrow_text(values: pd.Series) -> pa.StringArray:
-    """A column as Arrow strings; anything that is not a non-empty string becomes null."""
-    arr = _arrow_strings(values)
-    if arr is not None:
-        return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
+    """A column as Arrow strings; anything that is not a non-empty string becomes null.
+    Arrow-backed text columns convert without Python objects."""
+    if hasattr(values.array, "__arrow_array__"):
+        arr = pa.array(values.array)
+        arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            arr = arr.cast(pa.string())
+            return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
     return pa.array([v if isinstance(v, str) and v else None for v in values.to_numpy(dtype=object)], pa.string())
 
 
