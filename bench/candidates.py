@@ -23,13 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from flywheel.learning.serving import ProposalJob, ProposalPool  # noqa: E402
+from flywheel.learning.toy import toy_examples  # noqa: E402
 from sam3d_model.checkpoint import save_checkpoint  # noqa: E402
 from sam3d_model.config import preset  # noqa: E402
 from sam3d_model.data import collate  # noqa: E402
 from sam3d_model.ensemble import Member  # noqa: E402
 from sam3d_model.model import SmallSam3D  # noqa: E402
-from sam3d_model.serving import ProposalJob, ProposalPool  # noqa: E402
-from sam3d_model.toy import toy_examples  # noqa: E402
 
 
 def measure(checkpoint: str, members: tuple, jobs: list, n: int, actors: int) -> float:

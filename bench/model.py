@@ -2,7 +2,7 @@
 guided 25-step sampler (the baseline) vs the distilled 4-step shortcut sampler, measured in
 the same run on the same held-out toy objects.
 
-Trains the chosen preset on the toy task (sam3d_model.toy: procedural shapes seen as
+Trains the chosen preset on the toy task (flywheel.learning.toy: procedural shapes seen as
 depth-shaded views): VAE, flow (SFT stage), shortcut distillation. Then, on held-out
 objects, samples with both samplers from the same noise and reports samples/s, the speed
 ratio, and vIoU / F1@0.01 against ground truth (the goal: >= 8x faster at <= 5% loss).
@@ -27,12 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from flywheel.learning.toy import toy_examples  # noqa: E402
 from sam3d_model import train as T  # noqa: E402
 from sam3d_model.config import preset  # noqa: E402
 from sam3d_model.data import batch_stream, collate  # noqa: E402
 from sam3d_model.metrics import shape_metrics  # noqa: E402
 from sam3d_model.model import SmallSam3D  # noqa: E402
-from sam3d_model.toy import toy_examples  # noqa: E402
 
 # dense bf16 peak of known accelerators (FLOP/s), for the utilisation figure
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}

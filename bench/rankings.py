@@ -1,5 +1,5 @@
 """Rankings at scale: 1M pairwise judgements over 100k objects (8 candidates each),
-ingested (read + every check of flywheel.rankings) and aggregated (Bradley-Terry per
+ingested (read + every check of flywheel.feedback.exports) and aggregated (Bradley-Terry per
 object with choix, decisions), against a naive baseline that checks row by row in Python
 and fits each object with iterative ILSR, measured in the same run on a sample. Then the
 next, cumulative export (Label Studio exports everything so far: the 1M rows again plus
@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flywheel.aggregate import DecisionRules, decide  # noqa: E402
-from flywheel.rankings import check, read_native, resubmissions  # noqa: E402
+from flywheel.feedback.aggregate import DecisionRules, decide  # noqa: E402
+from flywheel.feedback.exports import check, read_native, resubmissions  # noqa: E402
 
 CANDIDATES = 8
 NOW = datetime(2026, 11, 22, tzinfo=timezone.utc)

@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flywheel.config import StoreConfig  # noqa: E402
-from flywheel.contracts import SHAPES  # noqa: E402
-from flywheel.datasets import Dataset, DatasetWriter, version_of  # noqa: E402
-from flywheel.servers import start_moto, start_seaweedfs  # noqa: E402
-from flywheel.store import LocalStore, S3Store, Store  # noqa: E402
+from flywheel.core.config import StoreConfig  # noqa: E402
+from flywheel.core.contracts import SHAPES  # noqa: E402
+from flywheel.core.datasets import Dataset, DatasetWriter, version_of  # noqa: E402
+from flywheel.core.store import LocalStore, S3Store, Store  # noqa: E402
+from flywheel.ops.servers import start_moto, start_seaweedfs  # noqa: E402
 from rendering.procedural_shapes import shape_samples  # noqa: E402
 
 KEY, SECRET, BUCKET = "bench-key", "bench-secret", "flywheel-bench"

@@ -18,9 +18,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flywheel.config import ValidationConfig  # noqa: E402
-from flywheel.contracts import ISO3DO  # noqa: E402
-from flywheel.validation import _common, iso3do_tables, run_suites  # noqa: E402
+from flywheel.core.config import ValidationConfig  # noqa: E402
+from flywheel.core.contracts import ISO3DO  # noqa: E402
+from flywheel.validation.suites import _common, iso3do_tables, run_suites  # noqa: E402
 
 VIEWS = 24
 

@@ -1,5 +1,4 @@
-"""Prefect flows: thin compositions of tasks that read like the pipeline diagram."""
+"""Prefect flows: thin compositions of tasks that read like the pipeline diagram.
 
-from flywheel.runtime import apply_environment
-
-apply_environment()  # before anything imports prefect
+Each flow takes the config as its ``config`` parameter (the CLI passes the one it loaded;
+a deployment run without it loads the worker's config once, at the flow's start)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flywheel.config import StoreConfig
+from flywheel.core.config import StoreConfig
 
 # Colour photos inside the scikit-image wheel itself (others need a download).
 DEFAULT_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
@@ -55,7 +55,7 @@ def load_backgrounds(source: str | None, store_config: StoreConfig) -> tuple[lis
 
         candidates = [(f"skimage:{n}", lambda n=n: getattr(skimage.data, n)()) for n in DEFAULT_PHOTOS]
     elif source.startswith("s3://"):
-        from flywheel.store import S3Store
+        from flywheel.core.store import S3Store
 
         store = S3Store(source.rstrip("/"), store_config)
         candidates = [(store.uri(o.key), lambda k=o.key: store.get_bytes(k)) for o in store.list("")

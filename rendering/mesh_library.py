@@ -14,11 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-
-from flywheel.config import StoreConfig
-from flywheel.datasets import encode_npy
-from flywheel.store import S3Store, StoreError
-from rendering.meshes import MESH_FORMATS, CleanMesh, MeshFilter, MeshRejected, clean, load_mesh_file, occupancy, procedural_mesh
+from flywheel.core.codecs import encode_npy
+from flywheel.core.config import StoreConfig
+from flywheel.core.records import Rejected, Sample
+from flywheel.core.store import S3Store, StoreError
+from rendering.meshes import (
+    MESH_FORMATS,
+    CleanMesh,
+    MeshFilter,
+    MeshRejected,
+    clean,
+    load_mesh_file,
+    occupancy,
+    procedural_mesh,
+)
 
 
 @dataclass(frozen=True)
@@ -94,8 +103,8 @@ def source_items(source: str, store_config: StoreConfig, limits: MeshFilter, wor
         raise FileNotFoundError(f"mesh source {source!r}: not a folder, manifest (.txt/.jsonl) or s3:// prefix")
 
 
-def library_samples(items: Iterator[MeshItem], resolution: int, limits: MeshFilter) -> Iterator[tuple]:
-    """Yield ``("sample", key, row, files)`` or ``("reject", source, reason, detail)`` per item.
+def library_samples(items: Iterator[MeshItem], resolution: int, limits: MeshFilter) -> Iterator[Sample | Rejected]:
+    """Yield a :class:`Sample` or a :class:`Rejected` (by source) per item.
 
     Duplicates (same normalised geometry) keep the first source, in source order."""
     seen: dict[str, str] = {}
@@ -104,14 +113,14 @@ def library_samples(items: Iterator[MeshItem], resolution: int, limits: MeshFilt
             mesh, fmt, family = item.load()
             cleaned: CleanMesh = clean(mesh, limits)
         except MeshRejected as e:
-            yield ("reject", item.source, e.reason, str(e))
+            yield Rejected(item.source, e.reason, str(e))
             continue
         except (OSError, StoreError) as e:
-            yield ("reject", item.source, "unreadable", f"{type(e).__name__}: {e}")
+            yield Rejected(item.source, "unreadable", f"{type(e).__name__}: {e}")
             continue
         mesh_id = cleaned.mesh_id
         if mesh_id in seen:
-            yield ("reject", item.source, "duplicate", f"same geometry as {seen[mesh_id]}")
+            yield Rejected(item.source, "duplicate", f"same geometry as {seen[mesh_id]}")
             continue
         seen[mesh_id] = item.source
         occ = occupancy(cleaned, resolution)
@@ -119,4 +128,4 @@ def library_samples(items: Iterator[MeshItem], resolution: int, limits: MeshFilt
                "num_vertices": len(cleaned.vertices), "num_faces": len(cleaned.faces),
                "watertight": cleaned.watertight, "occupancy_resolution": resolution,
                "occupied_fraction": float(occ.mean())}
-        yield ("sample", mesh_id, row, {"mesh.npz": cleaned.to_npz(), "occ.npy": encode_npy(occ)})
+        yield Sample(mesh_id, row, {"mesh.npz": cleaned.to_npz(), "occ.npy": encode_npy(occ)})

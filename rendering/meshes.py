@@ -360,6 +360,7 @@ def _colorize(mesh, rng) -> np.ndarray:
 def procedural_mesh(seed: int, index: int):
     """The ``index``-th mesh of a seeded procedural collection, as (trimesh, family)."""
     import trimesh
+
     from rendering.procedural_shapes import random_rotation
 
     rng = np.random.default_rng([seed, index, 3])

@@ -1,6 +1,6 @@
 """Render jobs on a pool of Ray actors, each owning one persistent Blender worker.
 
-The same code runs on a laptop and on a cluster (flywheel.raypool). Actors reserve
+The same code runs on a laptop and on a cluster (flywheel.core.raypool). Actors reserve
 fractional CPUs (a whole CPU per actor can starve Ray on 2-core machines, ENVIRONMENT.md)
 or a GPU share when rendering on GPU. A job that fails, times out or kills Blender comes back as a failure with its reason
 (to be quarantined by the caller); the worker restarts and the batch goes on. If a whole
@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from flywheel.raypool import ensure_ray, run_on_actors
+from flywheel.core.raypool import ensure_ray, run_on_actors
 
 
 @dataclass(frozen=True)

@@ -84,8 +84,8 @@ def shape_for(seed: int, index: int, res: int) -> Shape:
 
 def shape_samples(seed: int, count: int, res: int):
     """``(key, manifest row, files)`` for the first ``count`` shapes of a seeded collection,
-    in the layout of :data:`flywheel.contracts.SHAPES`."""
-    from flywheel.datasets import encode_npy
+    in the layout of :data:`flywheel.core.contracts.SHAPES`."""
+    from flywheel.core.codecs import encode_npy
 
     for index in range(count):
         shape = shape_for(seed, index, res)

@@ -1,15 +1,15 @@
-"""From versioned datasets to training batches.
+"""From images and examples to training batches.
 
 An *example* is one object as tensors (see :mod:`sam3d_model.interface` for the keys);
-``collate`` stacks examples into a batch. Iso-3DO and Flying-Occlusions samples are
-streamed from their committed shards (webdataset) and decoded here; :func:`batch_stream`
-turns any example source into an endless, seeded, shuffled stream of batches (the same
-seed gives the same batches, which is what exact resumption of training needs).
+:func:`condition_inputs` makes the condition tensors of an (image, mask) pair, ``collate``
+stacks examples into a batch, and :func:`batch_stream` turns any example source into an
+endless, seeded, shuffled stream of batches (the same seed gives the same batches, which
+is what exact resumption of training needs). Decoding stored datasets into examples is the
+caller's business (``flywheel.learning.examples`` does it for the flywheel's datasets).
 """
 
 from __future__ import annotations
 
-import io
 import random
 from typing import Callable, Iterable, Iterator
 
@@ -17,15 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from flywheel.datasets import Dataset, decode_npy
 from sam3d_model.config import ModelConfig
 
 Example = dict[str, torch.Tensor]
 CROP_MARGIN = 1.2  # the crop is the mask's bounding square, enlarged by this factor
-
-
-def _png(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)))
 
 
 def pointmap(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
@@ -81,87 +76,6 @@ def condition_inputs(cfg: ModelConfig, rgb: np.ndarray, mask: np.ndarray,
     return views[0], views[1]
 
 
-def _mat(values, n: int) -> torch.Tensor:
-    return torch.tensor(np.asarray(values, np.float32).reshape(n, n))
-
-
-def _occupancy(cfg: ModelConfig, data: bytes, key: str) -> torch.Tensor:
-    occ = decode_npy(data)
-    if occ.shape != (cfg.resolution,) * 3:
-        raise ValueError(f"{key}: occupancy grid is {occ.shape} but the model expects "
-                         f"{(cfg.resolution,) * 3}; build the mesh library at occupancy_resolution "
-                         f"{cfg.resolution} or choose a model config with resolution {occ.shape[0]}")
-    return torch.from_numpy(occ.astype(np.float32))
-
-
-def iso3do_example(cfg: ModelConfig, sample: dict, row: dict) -> Example:
-    """An Iso-3DO view: the object's crop is the condition (pre-training ignores the full image)."""
-    key = sample["__key__"]
-    rgba = _png(sample["rgb.png"])
-    mask = _png(sample["mask.png"]) > 127
-    alpha = rgba[..., 3:4].astype(np.float32) / 255.0 if rgba.shape[-1] == 4 else 1.0
-    rgb = (rgba[..., :3] * alpha).astype(np.uint8)   # over black
-    K = np.asarray(row["K"], np.float32).reshape(3, 3)
-    points = pointmap(decode_npy(sample["depth.npy"]), K) if cfg.use_pointmap else None
-    crop, full = condition_inputs(cfg, rgb, mask, points, name=key)
-    return {"crop": crop, "full": full, "full_valid": torch.tensor(False),
-            "occupancy": _occupancy(cfg, sample["occ.npy"], key),
-            "rotation": _mat(row["R"], 3), "translation": torch.tensor(row["t"], dtype=torch.float32),
-            "scale": torch.tensor(float(row["s"]))}
-
-
-def occlusions_example(cfg: ModelConfig, sample: dict, row: dict) -> Example:
-    """A Flying-Occlusions composite: the occludee's visible (modal) mask on the full photo."""
-    key = sample["__key__"]
-    rgb = _png(sample["rgb.png"])[..., :3]
-    mask = _png(sample["modal.png"]) > 127
-    K = np.asarray(row["K"], np.float32).reshape(3, 3)
-    points = pointmap(decode_npy(sample["depth.npy"]), K) if cfg.use_pointmap else None
-    crop, full = condition_inputs(cfg, rgb, mask, points, name=key)
-    return {"crop": crop, "full": full, "full_valid": torch.tensor(True),
-            "occupancy": _occupancy(cfg, sample["occ.npy"], key),
-            "rotation": _mat(row["occludee_R"], 3),
-            "translation": torch.tensor(row["occludee_t"], dtype=torch.float32),
-            "scale": torch.tensor(float(row["occludee_s"]))}
-
-
-def _photo_condition(cfg: ModelConfig, sample: dict) -> dict[str, torch.Tensor]:
-    """An image-pool photo and its object mask (no depth: real images have none)."""
-    key = sample["__key__"]
-    crop, full = condition_inputs(cfg, _png(sample["rgb.png"])[..., :3], _png(sample["mask.png"]) > 127, name=key)
-    return {"crop": crop, "full": full, "full_valid": torch.tensor(True)}
-
-
-def sft_example(cfg: ModelConfig, sample: dict, row: dict) -> Example:
-    """An accepted object: the annotators' winning candidate is the target."""
-    return {**_photo_condition(cfg, sample), "occupancy": _occupancy(cfg, sample["occ.npy"], sample["__key__"]),
-            "rotation": _mat(row["R"], 3), "translation": torch.tensor(row["t"], dtype=torch.float32),
-            "scale": torch.tensor(float(row["s"]))}
-
-
-def preference_example(cfg: ModelConfig, sample: dict, row: dict) -> Example:
-    """A (winner, loser) pair of one photo, for flow-DPO."""
-    key = sample["__key__"]
-    return {**_photo_condition(cfg, sample), "winner": _occupancy(cfg, sample["winner.npy"], key),
-            "loser": _occupancy(cfg, sample["loser.npy"], key)}
-
-
-DECODERS: dict[str, Callable[[ModelConfig, dict, dict], Example]] = {
-    "iso3do": iso3do_example, "occlusions": occlusions_example, "sft": sft_example,
-    "preferences": preference_example}
-
-
-def dataset_examples(cfg: ModelConfig, dataset: Dataset) -> Iterator[Example]:
-    """Stream a committed dataset's samples as examples, in shard order."""
-    try:
-        decode = DECODERS[dataset.spec.name]
-    except KeyError:
-        raise ValueError(f"dataset {dataset.spec.name!r} has no training decoder (known: {', '.join(DECODERS)})") from None
-    rows = {r["sample_key"]: r for r in dataset.manifest().to_pylist()}
-    for sample in dataset.samples():
-        yield decode(cfg, sample, rows[sample["__key__"]])
-
-
 def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([e[k] for e in examples]) for k in examples[0]}
 
@@ -209,6 +123,3 @@ def curriculum_stream(real: list[Example], synthetic: list[Example], shares: lis
         yield collate(picked)
 
 
-def cached_examples(cfg: ModelConfig, datasets: Iterable[Dataset]) -> list[Example]:
-    """Decode small datasets once and keep them in memory (each epoch then costs nothing)."""
-    return [e for d in datasets for e in dataset_examples(cfg, d)]

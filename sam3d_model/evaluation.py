@@ -17,7 +17,6 @@ from sam3d_model.interface import GeometryModel
 from sam3d_model.metrics import add_s_accuracy, rotation_error_deg, shape_metrics, surface_points
 
 #: Larger is better for these; smaller for the rest (see :func:`better`).
-HIGHER_IS_BETTER = frozenset({"viou", "f1", "add_s_accuracy"})
 CONDITION_KEYS = ("crop", "full", "full_valid")
 
 
@@ -54,25 +53,3 @@ def _score(pred: dict[str, np.ndarray], example: dict[str, torch.Tensor]) -> dic
             "rotation_error_deg": rotation_error_deg(pred_pose[0], true_pose[0]),
             "translation_error": float(np.linalg.norm(pred_pose[1] - true_pose[1])),
             "add_s_accuracy": float(add_s_accuracy(points, pred_pose, true_pose))}
-
-
-def better(metric: str, challenger: float, champion: float) -> float:
-    """How much better the challenger is on ``metric`` (positive: better), whichever way it points."""
-    return challenger - champion if metric in HIGHER_IS_BETTER else champion - challenger
-
-
-def promotion(champion: dict[str, float], challenger: dict[str, float], *, metric: str, min_gain: float,
-              max_regression: dict[str, float]) -> dict:
-    """The promotion rule: promote when the challenger gains at least ``min_gain`` on ``metric``
-    and loses no more than ``max_regression[m]`` on any other metric ``m``."""
-    gain = better(metric, challenger[metric], champion[metric])
-    regressions = {m: -better(m, challenger[m], champion[m]) for m in max_regression
-                   if -better(m, challenger[m], champion[m]) > max_regression[m]}
-    promote = gain >= min_gain and not regressions
-    if promote:
-        reason = f"{metric} {champion[metric]:.4f} -> {challenger[metric]:.4f} (gain {gain:+.4f} >= {min_gain})"
-    elif gain < min_gain:
-        reason = f"{metric} gain {gain:+.4f} < {min_gain}"
-    else:
-        reason = "regressed: " + ", ".join(f"{m} by {d:.4f} (> {max_regression[m]})" for m, d in regressions.items())
-    return {"promote": promote, "metric": metric, "gain": gain, "regressions": regressions, "reason": reason}

@@ -1,6 +1,6 @@
 """Layout parametrisation: rotation as normalised 6D, translation, log scale.
 
-Conventions are those of :mod:`flywheel.contracts`: an object's normalised points map to
+Conventions are those of :mod:`flywheel.core.contracts`: an object's normalised points map to
 camera frame by ``p_cam = R @ (s * p) + t``. The 6D rotation is the first two columns of
 R (Zhou et al., continuous and unique up to Gram-Schmidt).
 """

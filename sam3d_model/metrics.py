@@ -16,7 +16,6 @@ from scipy.optimize import linear_sum_assignment, linprog
 from scipy.spatial import ConvexHull, HalfspaceIntersection, cKDTree
 from skimage.measure import marching_cubes
 
-
 # -- occupancy --------------------------------------------------------------------------------
 
 def voxel_iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -5,19 +5,18 @@ Every stage runs through :func:`fit`: AdamW with warm-up, gradient clipping, bf1
 and ``torch.compile`` on CUDA, one seeded generator for all training randomness, atomic
 checkpoints with optimizer/scheduler/generator state (a killed stage resumes where it
 stopped and ends with the same weights as an uninterrupted one, given the same batches),
-progress in the log, and — given an MLflow run id — params, per-step losses and a
-learning-curve PNG logged to that run.
+progress in the log, and — given a :class:`TrainLog` — params, per-step losses and the
+history reported to it.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -72,44 +71,20 @@ def _to(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-class _RunLog:
-    """Logs to one MLflow run by id (stages run in worker threads: no "active run")."""
+class TrainLog(Protocol):
+    """Where a stage reports: its parameters once, metrics every ``log_every`` steps, and its
+    history at the end (an MLflow run in the flywheel: ``flywheel.tracking.training_log``)."""
 
-    def __init__(self, run_id: str | None):
-        self.run_id = run_id
-        if run_id:
-            from mlflow import MlflowClient
+    def params(self, params: dict) -> None: ...
 
-            self.client = MlflowClient()
+    def metrics(self, values: dict, step: int) -> None: ...
 
-    def params(self, params: dict) -> None:
-        if self.run_id:
-            from mlflow.entities import Param
-
-            self.client.log_batch(self.run_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
-
-    def metrics(self, values: dict, step: int) -> None:
-        if self.run_id:
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
-
-    def curves(self, stage: str, history: list[dict]) -> None:
-        if not self.run_id or not history:
-            return
-        from flywheel.plots import curves
-
-        keys = [k for k in history[0] if k not in ("step", "steps_per_s")]
-        series = {k: ([h["step"] for h in history], [h[k] for h in history]) for k in keys}
-        with tempfile.TemporaryDirectory() as tmp:
-            path = curves(series, Path(tmp) / f"{stage}_curves.png", title=f"{stage}: learning curves")
-            self.client.log_artifact(self.run_id, str(path), "curves")
+    def finished(self, stage: str, history: list[dict]) -> None: ...
 
 
 def fit(stage: str, model: SmallSam3D, parameters: Iterable[torch.nn.Parameter], loss_fn: LossFn,
         batches: Iterable[Batch], settings: TrainSettings, *, checkpoint_dir: str | Path | None = None,
-        run_id: str | None = None, params: dict | None = None) -> TrainResult:
+        log_to: TrainLog | None = None, params: dict | None = None) -> TrainResult:
     """Optimise ``parameters`` of ``model`` for ``settings.steps`` steps of ``loss_fn``.
 
     ``batches`` must be deterministic for exact resumption: on resume the batches of the
@@ -135,8 +110,8 @@ def fit(stage: str, model: SmallSam3D, parameters: Iterable[torch.nn.Parameter],
         start, history = payload["step"], list(payload["extra"]["history"])
         log.info("%s: resuming from step %d (%s)", stage, start, last)
 
-    runlog = _RunLog(run_id)
-    runlog.params({"stage": stage, **settings.model_dump(), **(params or {}),
+    if log_to is not None:
+        log_to.params({"stage": stage, **settings.model_dump(), **(params or {}),
                    "parameters": sum(p.numel() for p in trainable)})
     if settings.compile and device.type == "cuda":
         model.flow.compile()
@@ -179,14 +154,16 @@ def fit(stage: str, model: SmallSam3D, parameters: Iterable[torch.nn.Parameter],
             entry = {"step": done, **{k: v / count for k, v in window.items()},
                      "lr": sched.get_last_lr()[0], "steps_per_s": count / max(elapsed, 1e-9)}
             history.append(entry)
-            runlog.metrics({k: v for k, v in entry.items() if k != "step"}, done)
+            if log_to is not None:
+                log_to.metrics({k: v for k, v in entry.items() if k != "step"}, done)
             log.info("%s: step %d/%d loss %.4f (%.1f steps/s)", stage, done, settings.steps,
                      entry["loss"], entry["steps_per_s"])
             window, count, t0 = {}, 0, time.perf_counter()
         if done % settings.checkpoint_every == 0 or done == settings.steps:
             save(done)
     model.eval()
-    runlog.curves(stage, history)
+    if log_to is not None:
+        log_to.finished(stage, history)
     return TrainResult(stage, settings.steps, history, last, time.perf_counter() - began, start)
 
 

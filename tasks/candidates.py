@@ -19,25 +19,26 @@ import numpy as np
 import torch
 from PIL import Image
 
-from flywheel import annotation
-from flywheel.config import FlywheelConfig
-from flywheel.contracts import CANDIDATES, CANDIDATES_PART, IMAGE_POOL
-from flywheel.datasets import (Dataset, DatasetRef, DatasetWriter, assemble_dataset, committed_ref, decode_npy,
-                               encode_npy, version_of)
-from flywheel.image_pool import from_dataset, from_manifest, png_bytes
-from flywheel.models import ModelNotFound, RegistryUnreachable, resolve_model
-from flywheel.plots import image_sheet
-from sam3d_model.checkpoint import read_checkpoint
-from sam3d_model.config import ModelConfig
-from sam3d_model.data import condition_inputs, collate
-from sam3d_model.ensemble import DEFAULT_MEMBERS, Member
-from sam3d_model.metrics import occupancy_to_mesh
-from sam3d_model.serving import ProposalJob, ProposalPool
-from tasks.conventions import ProcessResource, flywheel_task, log_datasets, stage, store_for, writer_options
-from tasks.synth import batches, render_pool
+from flywheel.core.codecs import decode_npy, encode_npy, encode_png
+from flywheel.core.config import FlywheelConfig
+from flywheel.core.contracts import CANDIDATES, CANDIDATES_PART, IMAGE_POOL
+from flywheel.core.datasets import Dataset, DatasetWriter, assemble_dataset, committed_ref, version_of
+from flywheel.core.records import DatasetRef
+from flywheel.feedback import annotation
+from flywheel.feedback.image_pool import from_dataset, from_manifest, unique
+from flywheel.learning.serving import ProposalJob, ProposalPool
+from flywheel.tracking.plots import image_sheet
+from flywheel.tracking.registry import ModelNotFound, RegistryUnreachable, resolve_model
 from rendering.meshes import CleanMesh
 from rendering.pool import Job
 from rendering.previews import preview_scene
+from sam3d_model.checkpoint import read_checkpoint
+from sam3d_model.config import ModelConfig
+from sam3d_model.data import collate, condition_inputs
+from sam3d_model.ensemble import DEFAULT_MEMBERS, Member
+from sam3d_model.metrics import occupancy_to_mesh
+from tasks.conventions import ProcessResource, flywheel_task, log_datasets, stage, store_for, writer_options
+from tasks.synth import batches, render_pool
 
 log = logging.getLogger(__name__)
 _PROPOSAL_POOL = ProcessResource()
@@ -106,7 +107,7 @@ def build_image_pool(cfg: FlywheelConfig, source: str, source_version: str, max_
     ``source_version``: the dataset version or the manifest file's digest (in the cache key)."""
     store = store_for(cfg)
     inputs = {"source": source, "source_version": source_version, "max_image_bytes": max_image_bytes}
-    version = version_of(IMAGE_POOL, inputs=inputs, code_version="1")
+    version = version_of(IMAGE_POOL, inputs=inputs, code_version=build_image_pool.version)
     with stage(cfg, parent_run_id, "image-pool", params={"source": source}) as run_id:
         ref = committed_ref(store, IMAGE_POOL.name, version)
         parents = []
@@ -119,17 +120,9 @@ def build_image_pool(cfg: FlywheelConfig, source: str, source_version: str, max_
                 items = from_dataset(dataset)
             with DatasetWriter(store, IMAGE_POOL, version, inputs=inputs, parents=parents,
                                **writer_options(cfg)) as writer:
-                seen = set()
-                for item in items:
-                    if item[0] == "quarantine":
-                        writer.quarantine(item[1], "image", item[2], item[3])
-                        log.warning("image quarantined: %s", item[3])
-                    elif item[1] in seen:
-                        writer.quarantine(item[1], "image", "duplicate", f"{item[2]['source']}: same image and "
-                                          f"mask as an earlier item ({item[1]})")
-                    else:
-                        seen.add(item[1])
-                        writer.add(*item[1:])
+                for item in unique(items):
+                    if not writer.put(item, "image"):
+                        log.warning("image quarantined: %s", item.detail)
             ref = writer.ref
         pool = Dataset(store, ref.name, ref.version)
         reasons = Counter(pool.quarantine().column("reason").to_pylist())
@@ -177,7 +170,7 @@ def propose_part(cfg: FlywheelConfig, pool: DatasetRef, object_ids: list[str], m
     """Propose candidates for one part of the pool, on the Ray actors; commit a part."""
     inputs = {"pool": pool, "objects": object_ids, "models": models, "members": members, "library": library,
               "settings": settings}
-    version = version_of(CANDIDATES, inputs=inputs, code_version="1")
+    version = version_of(CANDIDATES, inputs=inputs, code_version=propose_part.version)
     store = store_for(cfg)
     existing = committed_ref(store, CANDIDATES_PART.name, version)
     if existing is not None:
@@ -223,7 +216,7 @@ def assemble_candidates(cfg: FlywheelConfig, pool: DatasetRef, parts: list[Datas
     store = store_for(cfg)
     inputs = {"pool": pool, "models": models, "members": members, "library": library, "settings": settings}
     version = version_of(CANDIDATES, inputs={**inputs, "parts": [p.version for p in parts], "dropped": dropped},
-                         code_version="1")
+                         code_version=assemble_candidates.version)
     parents = [pool] + ([library] if library else [])
     params = {"num_candidates": settings["num_candidates"], "members": ", ".join(m["name"] for m in members),
               **{f"model.{k}": m["label"] for k, m in models.items()}}
@@ -305,7 +298,7 @@ def publish_annotation_tasks(cfg: FlywheelConfig, candidates: DatasetRef, pool: 
                 if c["occupied_fraction"] > 0 and result.ok:
                     strip = np.concatenate([np.asarray(Image.open(f).convert("RGBA")) for f in next(files)], axis=1)
                 key = f"{prefix}/previews/{c['candidate_id']}.png"
-                store.put_bytes(key, png_bytes(strip))
+                store.put_bytes(key, encode_png(strip))
                 strips.append(strip)
                 entries.append({"candidate_id": c["candidate_id"], "preview": store.uri(key), "member": c["member"]})
             if not result.ok:

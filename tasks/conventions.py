@@ -1,65 +1,85 @@
 """Conventions every flywheel task follows.
 
-- retries with exponential backoff and jitter (config ``prefect.*``);
+- its first parameter is the config (``cfg: FlywheelConfig``), passed down from the entry
+  point: retries with exponential backoff and jitter and the result storage come from its
+  ``prefect`` section when the task is called, never from a config read at import;
 - a cache key from the digest of the task's inputs plus the task's ``version`` (bump it
-  when the code changes what the task produces), so a re-run reuses finished work;
+  when the code changes what the task produces: the same number versions the datasets the
+  task commits, see :attr:`FlywheelTask.version`), so a re-run reuses finished work;
 - results persisted to a *saved* storage block referred to by name, so a re-run in a
   new process (``prefect flow-run retry``, a new worker) finds them;
-- a task returns a small reference (a :class:`~flywheel.datasets.DatasetRef`), never a
-  large object.
+- a task returns a small typed reference (:mod:`flywheel.core.records`), never a large
+  object.
 
 Parameters whose value does not change what a task produces are left out of the cache
-key: ``parent_run_id`` (MLflow bookkeeping) and, of a ``cfg: FlywheelConfig``, all but
-the store root. Config values that shape a task's output are passed as explicit
-parameters, so they are in the key.
+key: ``parent_run_id`` (MLflow bookkeeping) and, of the config, all but what
+:func:`~flywheel.core.config.shaping` keeps with no section (the store root). Config values
+that shape a task's output are passed as explicit parameters, so they are in the key.
 """
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generic, Iterator, ParamSpec, TypeVar
 
-from prefect import task
+from prefect import Task, task
 from prefect.tasks import exponential_backoff
 
-from flywheel import lineage
-from flywheel.config import FlywheelConfig, load_config
-from flywheel.datasets import digest_of
-from flywheel.store import Store, open_store
+from flywheel.core.config import FlywheelConfig, PrefectConfig, shaping
+from flywheel.core.digests import digest_of
+from flywheel.core.records import DatasetRef
+from flywheel.core.store import Store, open_store
+from flywheel.tracking import lineage
 
 NOT_IN_CACHE_KEY = frozenset({"parent_run_id"})
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def cache_key_for(task_name: str, version: str) -> Callable[[Any, dict], str]:
-    def key(_context, parameters: dict) -> str:
-        keyed = {}
-        for name, value in parameters.items():
-            if name in NOT_IN_CACHE_KEY:
-                continue
-            keyed[name] = value.store_root if isinstance(value, FlywheelConfig) else value
+def cache_key_for(task_name: str, version: str) -> Callable[[Any, dict[str, Any]], str]:
+    def key(_context: Any, parameters: dict[str, Any]) -> str:
+        keyed = {name: shaping(value, ()) if isinstance(value, FlywheelConfig) else value
+                 for name, value in parameters.items() if name not in NOT_IN_CACHE_KEY}
         return f"{task_name}-v{version}-{digest_of(keyed)[:32]}"
 
     return key
 
 
-def flywheel_task(*, name: str, version: str, retries: int | None = None,
-                  timeout_seconds: float | None = None):
-    """Decorate a function as a flywheel task (see the module docstring)."""
-    cfg = load_config()
+class FlywheelTask(Generic[P, R]):
+    """A Prefect task configured, when called, by the config it is called with."""
 
-    def decorate(fn):
-        return task(
-            fn,
-            name=name,
-            version=version,
-            retries=cfg.prefect.task_retries if retries is None else retries,
-            retry_delay_seconds=exponential_backoff(backoff_factor=cfg.prefect.retry_backoff_base_s),
-            retry_jitter_factor=cfg.prefect.retry_jitter_factor,
-            cache_key_fn=cache_key_for(name, version),
-            persist_result=True,
-            result_storage=f"local-file-system/{cfg.prefect.result_storage_block}",
-            timeout_seconds=timeout_seconds,
-        )
+    def __init__(self, fn: Callable[P, R], *, name: str, version: str, retries: int | None,
+                 timeout_seconds: float | None):
+        self.fn, self.name, self.version, self._retries = fn, name, version, retries
+        self._task: Task[P, R] = task(fn, name=name, version=version, cache_key_fn=cache_key_for(name, version),
+                                      persist_result=True, timeout_seconds=timeout_seconds)
+        self._configured: dict[tuple[Any, ...], Task[P, R]] = {}
+        functools.update_wrapper(self, fn)
+
+    def configured(self, settings: PrefectConfig) -> Task[P, R]:
+        """The Prefect task with ``settings``' retries and result storage."""
+        retries = settings.task_retries if self._retries is None else self._retries
+        key = (retries, settings.retry_backoff_base_s, settings.retry_jitter_factor, settings.result_storage_block)
+        if key not in self._configured:
+            self._configured[key] = self._task.with_options(
+                retries=retries, retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_backoff_base_s),
+                retry_jitter_factor=settings.retry_jitter_factor,
+                result_storage=f"local-file-system/{settings.result_storage_block}")
+        return self._configured[key]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        cfg = next((a for a in (*args, *kwargs.values()) if isinstance(a, FlywheelConfig)), None)
+        return self.configured(cfg.prefect if cfg is not None else PrefectConfig())(*args, **kwargs)
+
+
+def flywheel_task(*, name: str, version: str, retries: int | None = None,
+                  timeout_seconds: float | None = None) -> Callable[[Callable[P, R]], FlywheelTask[P, R]]:
+    """Decorate a function as a flywheel task (see the module docstring); ``retries`` fixes
+    the retries whatever the config says (0: a failure that is not transient)."""
+
+    def decorate(fn: Callable[P, R]) -> FlywheelTask[P, R]:
+        return FlywheelTask(fn, name=name, version=version, retries=retries, timeout_seconds=timeout_seconds)
 
     return decorate
 
@@ -69,7 +89,7 @@ def store_for(cfg: FlywheelConfig) -> Store:
     return open_store(cfg.store_root, cfg.store)
 
 
-def writer_options(cfg: FlywheelConfig) -> dict:
+def writer_options(cfg: FlywheelConfig) -> dict[str, Any]:
     """Keyword arguments of DatasetWriter / write_dataset from the config."""
     return {"shard_max_samples": cfg.datasets.shard_max_samples,
             "shard_max_bytes": cfg.datasets.shard_max_bytes,
@@ -102,7 +122,7 @@ def prefect_run_ids() -> tuple[str | None, str | None]:
 
 @contextmanager
 def stage(cfg: FlywheelConfig, parent_run_id: str | None, name: str,
-          params: dict | None = None) -> Iterator[str]:
+          params: dict[str, Any] | None = None) -> Iterator[str]:
     """A nested MLflow stage run tagged with the Prefect flow and task run ids."""
     flow_run_id, task_run_id = prefect_run_ids()
     with lineage.stage_run(cfg, parent_run_id, name, flow_run_id=flow_run_id,
@@ -110,7 +130,8 @@ def stage(cfg: FlywheelConfig, parent_run_id: str | None, name: str,
         yield run_id
 
 
-def log_datasets(run_id: str, *, inputs=(), outputs=()) -> None:
+def log_datasets(run_id: str, *, inputs: tuple[DatasetRef, ...] | list[DatasetRef] = (),
+                 outputs: tuple[DatasetRef, ...] | list[DatasetRef] = ()) -> None:
     flow_run_id, _ = prefect_run_ids()
     for ref in inputs:
         lineage.log_dataset(run_id, ref, "input", flow_run_id)
@@ -122,10 +143,11 @@ class ProcessResource:
     """One long-lived resource per process (a pool of Ray actors, say), reused by every task
     that asks with the same settings and rebuilt when they change. It needs ``close()``."""
 
-    def __init__(self):
-        self._key = self._value = None
+    def __init__(self) -> None:
+        self._key: Any = None
+        self._value: Any = None
 
-    def get(self, key, make):
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
         if self._value is None or self._key != key:
             self.close()
             self._key, self._value = key, make()

@@ -17,25 +17,21 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-import pyarrow as pa
 
-from flywheel.aggregate import judge_round
-from flywheel.config import AnnotatorSettings, FlywheelConfig
-from flywheel.contracts import HARD_CASES, PREFERENCES, RANKINGS, SFT
-from flywheel.datasets import Dataset, DatasetRef, DatasetWriter, committed_ref, digest_of, list_versions, version_of
-from flywheel.models import file_digest
-from flywheel.plots import rankings_report
-from flywheel.rankings import ExportError, check, from_label_studio, read_native, resubmissions
-from flywheel.simulate import candidate_records, simulate, truths_for_pool
-from flywheel.store import read_uri
+from flywheel.core.config import AnnotatorSettings, FlywheelConfig
+from flywheel.core.contracts import HARD_CASES, PREFERENCES, RANKINGS, SFT
+from flywheel.core.datasets import Dataset, committed_ref, version_of
+from flywheel.core.digests import digest_of, file_digest
+from flywheel.core.records import DatasetRef
+from flywheel.core.store import read_uri
+from flywheel.feedback.aggregate import judge_round
+from flywheel.feedback.decisions import RoundDecisions, write_decisions
+from flywheel.feedback.ingest import ingest_exports
+from flywheel.feedback.simulate import SimulatedAnnotator, candidate_records, simulate, truths_for_pool
+from flywheel.tracking.plots import rankings_report
 from tasks.conventions import flywheel_task, log_datasets, stage, store_for, writer_options
 
 log = logging.getLogger(__name__)
-
-
-def latest_rankings(cfg: FlywheelConfig) -> DatasetRef | None:
-    versions = list_versions(store_for(cfg), RANKINGS.name)
-    return Dataset(store_for(cfg), RANKINGS.name, versions[-1]["version"]).ref if versions else None
 
 
 def export_digests(cfg: FlywheelConfig, files: list[str]) -> list[str]:
@@ -58,53 +54,11 @@ def ingest_rankings(cfg: FlywheelConfig, files: list[str], digests: list[str], c
             return previous
         inputs = {"files": sorted(done | {d for _, d in new}), "previous": previous, "candidates": candidates,
                   "settings": settings}
-        version = version_of(RANKINGS, inputs=inputs, code_version="2")
+        version = version_of(RANKINGS, inputs=inputs, code_version=ingest_rankings.version)
         ref = committed_ref(store, RANKINGS.name, version)
         if ref is None:
-            registry = Dataset(store, candidates.name, candidates.version).manifest().select(
-                ["candidate_id", "object_id"]).to_pandas()
-            old = Dataset(store, previous.name, previous.version) if previous else None
-            tables = [old.manifest().select(RANKINGS.schema.names).cast(RANKINGS.schema)] if old else []
-            quarantine = old.quarantine().to_pylist() if old else []
-            counts = {"rows": 0, "accepted": 0, "duplicates": 0, "quarantined": 0}
-            for uri, digest in new:
-                data = read_uri(uri, cfg.store)
-                name = Path(uri).name
-                store.create_if_absent(f"rankings/raw/{digest}/{name}", data)   # as received, once
-                if len(data) > settings["max_file_bytes"]:
-                    quarantine.append({"item_id": name, "kind": "file", "reason": "file too large",
-                                       "detail": f"{name}: {len(data)} bytes, over {settings['max_file_bytes']}"})
-                    continue
-                try:
-                    raw = from_label_studio(data, name) if name.endswith(".json") else read_native(data, name)
-                except ExportError as e:
-                    quarantine.append({"item_id": name, "kind": "file", "reason": "unreadable file", "detail": str(e)})
-                    continue
-                good, bad = check(raw, name, candidates=registry, annotators=settings["annotators"],
-                                  max_time_spent_s=settings["max_time_spent_s"])
-                duplicates, conflicts = resubmissions(good, pa.concat_tables(tables) if tables else None)
-                fresh = ~duplicates & ~conflicts
-                for sid in good["submission_id"].filter(pa.array(conflicts)).to_pylist():
-                    quarantine.append({"item_id": f"{name}:{sid}", "kind": "ranking",
-                                       "reason": "conflicting resubmission",
-                                       "detail": f"submission {sid} was ingested before with other contents"})
-                counts["rows"] += len(raw)
-                counts["duplicates"] += int(duplicates.sum())
-                counts["accepted"] += int(fresh.sum())
-                counts["quarantined"] += len(bad) + int(conflicts.sum())
-                good = good.filter(pa.array(fresh))
-                tables.append(good.append_column("source_file", pa.array([digest] * good.num_rows, pa.string()))
-                              .cast(RANKINGS.schema))
-                quarantine += bad.to_dict("records")
-                log.info("%s: %d rows, %d new, %d already ingested, %d quarantined", name, len(raw), int(fresh.sum()),
-                         int(duplicates.sum()), len(bad) + int(conflicts.sum()))
-            with DatasetWriter(store, RANKINGS, version, inputs=inputs, parents=[candidates] + ([previous] if previous else []),
-                               **writer_options(cfg)) as writer:
-                if tables:
-                    writer.add_table(pa.concat_tables(tables), "submission_id")
-                for row in quarantine:
-                    writer.quarantine(**row)
-            ref = writer.ref
+            ref, counts = ingest_exports(store, cfg.store, new, version=version, inputs=inputs, candidates=candidates,
+                                         previous=previous, settings=settings, writer_options=writer_options(cfg))
             mlflow.log_metrics({f"export_{k}": v for k, v in counts.items()})
         mlflow.log_metrics({"submissions": ref.num_rows})
         log_datasets(run_id, inputs=[candidates] + ([previous] if previous else []), outputs=[ref])
@@ -123,7 +77,7 @@ def simulate_annotators(cfg: FlywheelConfig, candidates: DatasetRef, pool: Datas
     with stage(cfg, parent_run_id, "simulate-annotators", params={"annotators": len(annotators),
                                                                   "per_object": per_object}):
         if not store.exists(key):
-            team = [AnnotatorSettings.model_validate(a).annotator() for a in annotators]
+            team = [SimulatedAnnotator.from_settings(AnnotatorSettings.model_validate(a)) for a in annotators]
             rows = simulate(team, candidate_records(store, candidates), truths_for_pool(store, pool),
                             per_object=per_object, seed=seed)
             store.put_bytes(key, "".join(json.dumps(r) + "\n" for r in rows).encode())
@@ -134,52 +88,20 @@ def simulate_annotators(cfg: FlywheelConfig, candidates: DatasetRef, pool: Datas
 # v2: annotator weights count in the Bradley-Terry fit
 @flywheel_task(name="decide", version="2")
 def decide_round(cfg: FlywheelConfig, rankings: DatasetRef, candidates: DatasetRef, pool: DatasetRef,
-                 round_index: int, rules: dict, parent_run_id: str | None = None) -> dict:
+                 round_index: int, rules: dict, parent_run_id: str | None = None) -> RoundDecisions:
     """Aggregate the judgements and commit the round's SFT, preference (DPO) and hard-case
     datasets; log counts, accept rate, agreement and annotator statistics with a plot."""
     store = store_for(cfg)
-    cands = Dataset(store, candidates.name, candidates.version)
-    registry = cands.manifest().to_pandas()
+    registry = Dataset(store, candidates.name, candidates.version).manifest().to_pandas()
     judged = judge_round(Dataset(store, rankings.name, rankings.version).manifest(), registry, round_index, **rules)
     decisions, prefs = judged.decisions, judged.preferences
-    accepted = decisions[decisions["decision"] == "accept"]
-    hard = decisions[decisions["decision"] == "hard-case"]
     inputs = {"rankings": rankings, "candidates": candidates, "pool": pool, "round": round_index, "rules": rules}
     params = {"round": round_index, "alpha": judged.alpha, **{k: str(v) for k, v in rules.items() if k != "gold"}}
     with stage(cfg, parent_run_id, "decide", params=params) as run_id:
-        needed = set(accepted["object_id"]) | set(hard["object_id"]) | set(prefs["object_id"])
-        images = {s["__key__"]: s for s in Dataset(store, pool.name, pool.version).samples(keys=sorted(needed))}
-        wanted = set(accepted["winner"]) | set(prefs["loser"])
-        occ = {s["__key__"]: s["occ.npy"] for s in cands.samples(keys=sorted(wanted))}
-        rows = registry.set_index("candidate_id")
-        refs = {}
-        specs = ((SFT, accepted), (PREFERENCES, prefs), (HARD_CASES, hard))
-        for spec, frame in specs:
-            version = version_of(spec, inputs=inputs, code_version="2")
-            ref = committed_ref(store, spec.name, version)
-            if ref is None:
-                with DatasetWriter(store, spec, version, inputs=inputs, parents=[rankings, candidates, pool],
-                                   **writer_options(cfg)) as writer:
-                    for r in frame.to_dict("records"):
-                        image = images[r["object_id"]]
-                        files = {"rgb.png": image["rgb.png"], "mask.png": image["mask.png"]}
-                        base = {"object_id": r["object_id"], "round": round_index}
-                        if spec is SFT:
-                            c = rows.loc[r["winner"]]
-                            writer.add(r["winner"], {**base, "score": r["score"], "candidate_id": r["winner"],
-                                                     "confidence": r["confidence"], "R": list(c["R"]),
-                                                     "t": list(c["t"]), "s": float(c["s"])},
-                                       {**files, "occ.npy": occ[r["winner"]]})
-                        elif spec is PREFERENCES:
-                            writer.add(f"{r['winner']}-{r['loser']}",
-                                       {**base, "score": r["score"], "winner": r["winner"], "loser": r["loser"],
-                                        "times": r["times"]},
-                                       {**files, "winner.npy": occ[r["winner"]], "loser.npy": occ[r["loser"]]})
-                        else:
-                            writer.add(r["object_id"], {**base, "judgements": r["judgements"], "rejects": r["rejects"],
-                                                        "reject_share": r["reject_share"]}, files)
-                ref = writer.ref
-            refs[spec.name] = ref
+        refs = write_decisions(store, accepted=decisions[decisions["decision"] == "accept"], preferences=prefs,
+                               hard=decisions[decisions["decision"] == "hard-case"], rankings=rankings,
+                               candidates=candidates, pool=pool, round_index=round_index, inputs=inputs,
+                               code_version=decide_round.version, writer_options=writer_options(cfg))
         metrics = judged.metrics()
         mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
@@ -192,4 +114,5 @@ def decide_round(cfg: FlywheelConfig, rankings: DatasetRef, candidates: DatasetR
             mlflow.log_artifact(str(report), "rankings")
         log_datasets(run_id, inputs=[rankings, candidates, pool], outputs=list(refs.values()))
         log.info("round %d decisions: %s", round_index, metrics)
-    return {"metrics": metrics, "datasets": {k: v.to_dict() for k, v in refs.items()}}
+    return RoundDecisions(metrics=metrics, sft=refs[SFT.name], preferences=refs[PREFERENCES.name],
+                          hard_cases=refs[HARD_CASES.name])

@@ -9,8 +9,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from flywheel.datasets import Dataset, decode_npy
-from flywheel.plots import image_sheet, occupancy_sheet
+from flywheel.core.codecs import decode_npy
+from flywheel.core.datasets import Dataset
+from flywheel.tracking.plots import image_sheet, occupancy_sheet
 
 SHEET_SIZE = 32
 

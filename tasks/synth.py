@@ -16,10 +16,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from flywheel.config import FlywheelConfig
-from flywheel.contracts import ISO3DO, MESHES, OCCLUSIONS, DatasetSpec, part_spec
-from flywheel.datasets import (Dataset, DatasetRef, DatasetWriter, assemble_dataset, committed_ref,
-                               digest_of, version_of)
+from flywheel.core.config import FlywheelConfig
+from flywheel.core.contracts import ISO3DO, MESHES, OCCLUSIONS, DatasetSpec, part_spec
+from flywheel.core.datasets import Dataset, DatasetWriter, assemble_dataset, committed_ref, version_of
+from flywheel.core.digests import digest_of
+from flywheel.core.records import DatasetRef
 from rendering.backgrounds import crop, load_backgrounds
 from rendering.iso3do import iso3do_scene, view_samples
 from rendering.mesh_library import library_samples, procedural_items, source_items
@@ -66,7 +67,7 @@ def build_mesh_library(cfg: FlywheelConfig, source: str | None, num_procedural: 
     store = store_for(cfg)
     inputs = {"source": source, "num_procedural": num_procedural if source is None else None,
               "seed": seed, "resolution": resolution, "limits": limits}
-    version = version_of(MESHES, inputs=inputs, code_version="1")
+    version = version_of(MESHES, inputs=inputs, code_version=build_mesh_library.version)
     filt = MeshFilter(**limits)
     with stage(cfg, parent_run_id, "mesh-library", params={"source": source or "procedural",
                                                            "resolution": resolution}) as run_id:
@@ -76,12 +77,10 @@ def build_mesh_library(cfg: FlywheelConfig, source: str | None, num_procedural: 
                 items = (procedural_items(seed, num_procedural) if source is None
                          else source_items(source, cfg.store, filt, Path(tmp)))
                 with DatasetWriter(store, MESHES, version, inputs=inputs, **writer_options(cfg)) as w:
-                    for n, out in enumerate(library_samples(items, resolution, filt), 1):
-                        if out[0] == "sample":
-                            w.add(*out[1:])
-                        else:
-                            w.quarantine(out[1], "mesh", out[2], out[3])
-                            log.warning("mesh quarantined: %s", out[3] if out[1] in out[3] else f"{out[1]}: {out[3]}")
+                    for n, item in enumerate(library_samples(items, resolution, filt), 1):
+                        if not w.put(item, "mesh"):
+                            log.warning("mesh quarantined: %s", item.detail if item.item_id in item.detail
+                                        else f"{item.item_id}: {item.detail}")
                         if n % 20 == 0:
                             log.info("mesh library: %d items processed", n)
                 ref = w.ref
@@ -116,7 +115,7 @@ def render_iso3do_part(cfg: FlywheelConfig, library: DatasetRef, object_ids: lis
                        settings: dict) -> DatasetRef:
     """Render one batch of objects (every view) into a committed ``iso3do-part`` version."""
     inputs = {"library": library, "objects": object_ids, "settings": settings}
-    version = version_of(ISO3DO, inputs=inputs, code_version="1")
+    version = version_of(ISO3DO, inputs=inputs, code_version=render_iso3do_part.version)
 
     def produce(writer):
         store = store_for(cfg)
@@ -168,7 +167,7 @@ def render_occlusions_part(cfg: FlywheelConfig, library: DatasetRef, indices: li
                            settings: dict) -> DatasetRef:
     """Sample, test and render one batch of occluder/occludee pairs on photos."""
     inputs = {"library": library, "indices": indices, "settings": settings}
-    version = version_of(OCCLUSIONS, inputs=inputs, code_version="1")
+    version = version_of(OCCLUSIONS, inputs=inputs, code_version=render_occlusions_part.version)
 
     def produce(writer):
         store = store_for(cfg)
@@ -223,7 +222,7 @@ def assemble(cfg: FlywheelConfig, kind: str, library: DatasetRef, parts: list[Da
     spec = {"iso3do": ISO3DO, "occlusions": OCCLUSIONS}[kind]
     store = store_for(cfg)
     version = version_of(spec, inputs={"library": library, "settings": settings,
-                                       "parts": [p.version for p in parts]}, code_version="1")
+                                       "parts": [p.version for p in parts]}, code_version=assemble.version)
     with stage(cfg, parent_run_id, kind, params={k: str(v) for k, v in settings.items()}) as run_id:
         ref = assemble_dataset(store, spec, version, parts, inputs={"library": library, "settings": settings},
                                parents=[library], **writer_options(cfg))

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import mlflow
 
-from flywheel.config import FlywheelConfig
-from flywheel.datasets import Dataset, DatasetRef
-from flywheel.validation import validate, write_json
+from flywheel.core.config import FlywheelConfig
+from flywheel.core.datasets import Dataset
+from flywheel.core.records import DatasetRef
+from flywheel.validation.suites import validate, write_json
 from tasks.conventions import flywheel_task, log_datasets, stage, store_for
 
 log = logging.getLogger(__name__)

@@ -32,9 +32,9 @@ os.environ.update({
     "AWS_SHARED_CREDENTIALS_FILE": str(SESSION_DIR / "no-aws-credentials"),
 })
 
-from flywheel.config import StoreConfig  # noqa: E402
-from flywheel.servers import S3Server, start_moto, start_seaweedfs  # noqa: E402
-from flywheel.store import LocalStore, S3Store, Store  # noqa: E402
+from flywheel.core.config import StoreConfig  # noqa: E402
+from flywheel.core.store import LocalStore, S3Store, Store  # noqa: E402
+from flywheel.ops.servers import S3Server, start_moto, start_seaweedfs  # noqa: E402
 
 
 @pytest.fixture(scope="session")

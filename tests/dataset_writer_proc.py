@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from flywheel.config import StoreConfig
-from flywheel.contracts import SHAPES
-from flywheel.datasets import DatasetWriter, version_of
-from flywheel.store import open_store
+from flywheel.core.config import StoreConfig
+from flywheel.core.contracts import SHAPES
+from flywheel.core.datasets import DatasetWriter, version_of
+from flywheel.core.store import open_store
 from rendering.procedural_shapes import shape_samples
 
 

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from flywheel import lineage
-from flywheel.config import load_config
-from flywheel.models import ModelNotFound, register_checkpoint, resolve_model
+from flywheel.core.config import load_config
+from flywheel.learning.serving import ProposalJob, ProposalPool
+from flywheel.learning.toy import toy_examples
+from flywheel.tracking import lineage
+from flywheel.tracking.registry import ModelNotFound, register_checkpoint, resolve_model
 from sam3d_model import train as T
 from sam3d_model.checkpoint import save_checkpoint
 from sam3d_model.config import preset
 from sam3d_model.data import batch_stream, collate
 from sam3d_model.ensemble import DEFAULT_MEMBERS, MeshIndex, propose
 from sam3d_model.model import SmallSam3D
-from sam3d_model.serving import ProposalJob, ProposalPool
-from sam3d_model.toy import toy_examples
 
 CFG = preset("micro")
 
@@ -126,8 +126,9 @@ def test_model_references_resolve_through_the_registry(champion, tmp_path):
 def test_image_pool_manifest_quarantines_each_bad_item_and_keeps_the_rest(tmp_path):
     from PIL import Image
 
-    from flywheel.config import StoreConfig
-    from flywheel.image_pool import from_manifest
+    from flywheel.core.config import StoreConfig
+    from flywheel.core.records import Rejected, Sample
+    from flywheel.feedback.image_pool import from_manifest
 
     rgb = (np.random.default_rng(0).random((24, 32, 3)) * 255).astype(np.uint8)
     mask = np.zeros((24, 32), np.uint8)
@@ -150,20 +151,20 @@ def test_image_pool_manifest_quarantines_each_bad_item_and_keeps_the_rest(tmp_pa
     manifest = tmp_path / "pool.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     items = list(from_manifest(manifest, StoreConfig(), max_bytes=50_000))
-    assert [i[0] for i in items].count("sample") == 1
-    sample = next(i for i in items if i[0] == "sample")
-    assert sample[1] == "mine" and sample[2]["mask_pixels"] == 120
-    reasons = {i[1]: i[2] for i in items if i[0] == "quarantine"}
+    assert [type(i).__name__ for i in items].count("Sample") == 1
+    sample = next(i for i in items if isinstance(i, Sample))
+    assert sample.key == "mine" and sample.row["mask_pixels"] == 120
+    reasons = {i.item_id: i.reason for i in items if isinstance(i, Rejected)}
     assert reasons == {"pool.jsonl:2": "missing image", "pool.jsonl:3": "unreadable image",
                        "pool.jsonl:4": "mask size", "pool.jsonl:5": "empty mask", "pool.jsonl:6": "malformed row",
                        "pool.jsonl:7": "malformed row", "pool.jsonl:8": "file too large"}
-    assert all("pool.jsonl" in i[3] for i in items if i[0] == "quarantine")   # each reason names the row
+    assert all("pool.jsonl" in i.detail for i in items if isinstance(i, Rejected))   # each reason names the row
 
 
 def test_annotation_files_validate_against_their_schemas():
     import jsonschema
 
-    from flywheel import annotation
+    from flywheel.feedback import annotation
 
     task = {"task_id": "v/obj", "object_id": "obj", "candidates_dataset": "candidates@v", "image": "s3://b/i.png",
             "mask": "s3://b/m.png", "sheet": "s3://b/s.png", "kinds": ["pairwise", "best-of-n", "reject-all"],
@@ -203,26 +204,28 @@ def test_an_unresolvable_model_costs_only_the_members_that_use_it(champion, tmp_
 
 
 def test_image_pool_manifest_reads_s3_uris(moto, tmp_path):
+    from conftest import BUCKET, s3_store_config
     from PIL import Image
 
-    from conftest import BUCKET, s3_store_config
-    from flywheel.image_pool import from_manifest, png_bytes
-    from flywheel.store import S3Store
+    from flywheel.core.codecs import encode_png
+    from flywheel.core.records import Sample
+    from flywheel.core.store import S3Store
+    from flywheel.feedback.image_pool import from_manifest
 
     config = s3_store_config(moto, f"s3://{BUCKET}")
     store = S3Store(f"s3://{BUCKET}", config)
     rgb = np.full((16, 16, 3), 90, np.uint8)
     mask = np.zeros((16, 16), bool)
     mask[4:10, 4:10] = True
-    store.put_bytes("pool/a.png", png_bytes(rgb))
-    store.put_bytes("pool/a-mask.png", png_bytes(mask.astype(np.uint8) * 255))
+    store.put_bytes("pool/a.png", encode_png(rgb))
+    store.put_bytes("pool/a-mask.png", encode_png(mask.astype(np.uint8) * 255))
     manifest = tmp_path / "pool.csv"
     manifest.write_text(f"image,mask\ns3://{BUCKET}/pool/a.png,s3://{BUCKET}/pool/a-mask.png\n"
                         f"s3://{BUCKET}/pool/missing.png,s3://{BUCKET}/pool/a-mask.png\n")
     items = list(from_manifest(manifest, config, max_bytes=10_000))
-    assert items[0][0] == "sample" and items[0][2]["mask_pixels"] == 36
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(items[0][3]["rgb.png"]))), rgb)
-    assert items[1][:3] == ("quarantine", "pool.csv:3", "missing image")
+    assert isinstance(items[0], Sample) and items[0].row["mask_pixels"] == 36
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(items[0].files["rgb.png"]))), rgb)
+    assert (items[1].item_id, items[1].reason) == ("pool.csv:3", "missing image")
 
 
 def test_an_ensemble_of_two_model_versions_names_each_in_its_candidates(champion):

@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from conftest import BUCKET
-from flywheel.contracts import SHAPES
-from flywheel.datasets import version_of, write_dataset
-from flywheel.store import LocalStore
+
+from flywheel.core.contracts import SHAPES
+from flywheel.core.datasets import version_of, write_dataset
+from flywheel.core.store import LocalStore
 from rendering.procedural_shapes import shape_samples
 
 FLYWHEEL = str(Path(sys.executable).parent / "flywheel")
@@ -85,7 +85,7 @@ def test_store_problems_exit_3(seaweedfs):
 
 
 def test_datasets_show_lists_what_was_quarantined(tmp_path):
-    from flywheel.datasets import DatasetWriter
+    from flywheel.core.datasets import DatasetWriter
 
     with DatasetWriter(LocalStore(tmp_path), SHAPES, "v-quarantine") as writer:
         writer.add(*next(shape_samples(0, 1, 16)))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.config import ConfigError, load_config, redacted
+from flywheel.core.config import ConfigError, load_config, redacted
 
 
 def test_embedded_defaults_load():

@@ -14,11 +14,22 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from flywheel.contracts import SHAPES, DatasetSpec
-from flywheel.datasets import (Dataset, DatasetCorrupt, DatasetNotCommitted, DatasetWriter,
-                               SampleError, collect_garbage, committed_ref, decode_npy,
-                               list_versions, read_marker, version_of, write_dataset)
-from flywheel.store import S3Store
+from flywheel.core.codecs import decode_npy
+from flywheel.core.contracts import SHAPES, DatasetSpec
+from flywheel.core.datasets import (
+    Dataset,
+    DatasetCorrupt,
+    DatasetNotCommitted,
+    DatasetWriter,
+    SampleError,
+    collect_garbage,
+    committed_ref,
+    list_versions,
+    read_marker,
+    version_of,
+    write_dataset,
+)
+from flywheel.core.store import S3Store
 from rendering.procedural_shapes import shape_samples
 
 HERE = Path(__file__).resolve().parent
@@ -136,7 +147,7 @@ def test_writer_killed_mid_version_leaves_nothing_visible_and_rerun_commits_same
 
 
 def _local(path):
-    from flywheel.store import LocalStore
+    from flywheel.core.store import LocalStore
 
     return LocalStore(path)
 
@@ -171,7 +182,7 @@ def test_two_concurrent_writers_one_commit_identical_content(store, tmp_path):
     (lambda k, r, f: (k, r, {"occ.npy": "text"}), "must be bytes"),
 ])
 def test_bad_sample_is_refused_with_reason_and_writer_goes_on(tmp_path, mutate, reason):
-    from flywheel.store import LocalStore
+    from flywheel.core.store import LocalStore
 
     store = LocalStore(tmp_path)
     samples = list(shape_samples(0, 3, 16))
@@ -186,7 +197,7 @@ def test_bad_sample_is_refused_with_reason_and_writer_goes_on(tmp_path, mutate, 
 
 
 def test_duplicate_key_is_refused(tmp_path):
-    from flywheel.store import LocalStore
+    from flywheel.core.store import LocalStore
 
     sample = next(shape_samples(0, 1, 16))
     with DatasetWriter(LocalStore(tmp_path), SHAPES, "v1") as writer:
@@ -196,7 +207,7 @@ def test_duplicate_key_is_refused(tmp_path):
 
 
 def test_verify_detects_truncated_shard_and_tampered_manifest(tmp_path):
-    from flywheel.store import LocalStore
+    from flywheel.core.store import LocalStore
 
     store = LocalStore(tmp_path)
     ref = write_shapes(store, count=9, shard=4)
@@ -212,7 +223,8 @@ def test_verify_detects_truncated_shard_and_tampered_manifest(tmp_path):
 
 def test_writer_checks_store_before_work(seaweedfs):
     from conftest import s3_store_config
-    from flywheel.store import BucketNotFound
+
+    from flywheel.core.store import BucketNotFound
 
     cfg = s3_store_config(seaweedfs, "s3://bucket-that-is-missing/x")
     with pytest.raises(BucketNotFound):
@@ -235,7 +247,8 @@ def test_same_bucket_name_on_two_servers_reads_from_the_right_one(seaweedfs, mot
 
 def test_wrong_credentials_write_nothing(seaweedfs):
     from conftest import BUCKET, s3_store_config
-    from flywheel.store import StoreAuthError
+
+    from flywheel.core.store import StoreAuthError
 
     root = f"s3://{BUCKET}/wrong-creds"
     cfg = s3_store_config(seaweedfs, root)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.datasets import list_versions
-from flywheel.servers import free_port
-from flywheel.store import LocalStore
+from flywheel.core.datasets import list_versions
+from flywheel.core.store import LocalStore
+from flywheel.ops.servers import free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from prefect import flow
 
-from flywheel.config import load_config
+from flywheel.core.config import load_config
 from tasks.conventions import cache_key_for, ensure_result_storage, flywheel_task
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from flywheel import lineage
-from flywheel.config import load_config
-from flywheel.datasets import DatasetRef
+from flywheel.core.config import load_config
+from flywheel.core.records import DatasetRef
+from flywheel.tracking import lineage
 
 
 @pytest.fixture

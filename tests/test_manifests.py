@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from flywheel.config import load_config
+from flywheel.core.config import load_config
 
 INFRA = Path(__file__).resolve().parent.parent / "infra"
 SECRET_NAMES = re.compile(r"(SECRET|PASSWORD|TOKEN|ACCESS_KEY)", re.I)

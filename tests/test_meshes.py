@@ -9,10 +9,19 @@ import numpy as np
 import pytest
 import trimesh
 
-from flywheel.config import StoreConfig
+from flywheel.core.config import StoreConfig
+from flywheel.core.records import Rejected, Sample
 from rendering.mesh_library import library_samples, procedural_items, source_items
-from rendering.meshes import (PROCEDURAL_FAMILIES, CleanMesh, MeshFilter, MeshRejected, clean,
-                              load_mesh_file, occupancy, procedural_mesh)
+from rendering.meshes import (
+    PROCEDURAL_FAMILIES,
+    CleanMesh,
+    MeshFilter,
+    MeshRejected,
+    clean,
+    load_mesh_file,
+    occupancy,
+    procedural_mesh,
+)
 
 
 def test_procedural_meshes_are_varied_closed_and_normalised():
@@ -105,9 +114,9 @@ EXPECTED = {
 def test_bad_meshes_are_each_quarantined_with_their_reason_and_good_ones_kept(bad_meshes, tmp_path):
     limits = MeshFilter(max_faces=10_000)
     out = list(library_samples(source_items(str(bad_meshes), StoreConfig(), limits, tmp_path), 16, limits))
-    samples = [o for o in out if o[0] == "sample"]
-    rejects = {o[1].rsplit("/", 1)[-1]: (o[2], o[3]) for o in out if o[0] == "reject"}
-    assert [s[2]["source"].rsplit("/", 1)[-1] for s in samples] == ["good.ply"]
+    samples = [o for o in out if isinstance(o, Sample)]
+    rejects = {o.item_id.rsplit("/", 1)[-1]: (o.reason, o.detail) for o in out if isinstance(o, Rejected)}
+    assert [s.row["source"].rsplit("/", 1)[-1] for s in samples] == ["good.ply"]
     assert {k: v[0] for k, v in rejects.items()} == EXPECTED
     assert "outside the mesh's folder" in rejects["escape.obj"][1]
     assert "nowhere.png" in rejects["missing_texture.obj"][1]
@@ -147,8 +156,8 @@ def test_npz_roundtrip():
 
 def test_procedural_items_feed_the_library():
     out = list(library_samples(procedural_items(0, 6), 16, MeshFilter()))
-    assert [o[0] for o in out] == ["sample"] * 6
-    assert [o[2]["family"] for o in out] == list(PROCEDURAL_FAMILIES) + ["superquadric"]
+    assert all(isinstance(o, Sample) for o in out) and len(out) == 6
+    assert [o.row["family"] for o in out] == list(PROCEDURAL_FAMILIES) + ["superquadric"]
 
 
 def _textured_obj(folder):
@@ -176,10 +185,11 @@ def test_meshes_from_an_s3_prefix_with_sidecar_files(seaweedfs, tmp_path):
     cfg = s3_store_config(seaweedfs, f"s3://{BUCKET}/mesh-src")
     limits = MeshFilter()
     out = list(library_samples(source_items(f"s3://{BUCKET}/mesh-src", cfg, limits, tmp_path / "work"), 16, limits))
-    got = {o[1].rsplit("/", 1)[-1] if o[0] == "reject" else o[2]["source"].rsplit("/", 1)[-1]: o[0] for o in out}
+    got = {o.item_id.rsplit("/", 1)[-1] if isinstance(o, Rejected) else o.row["source"].rsplit("/", 1)[-1]:
+           "reject" if isinstance(o, Rejected) else "sample" for o in out}
     assert got == {"bad.obj": "reject", "box.obj": "sample", "sphere.glb": "sample"}
-    box = next(o for o in out if o[0] == "sample" and o[2]["source"].endswith("box.obj"))
-    assert box[2]["source"] == f"s3://{BUCKET}/mesh-src/textured/box.obj" and box[2]["format"] == "obj"
+    box = next(o for o in out if isinstance(o, Sample) and o.row["source"].endswith("box.obj"))
+    assert box.row["source"] == f"s3://{BUCKET}/mesh-src/textured/box.obj" and box.row["format"] == "obj"
 
 
 def test_meshes_from_a_manifest(tmp_path):
@@ -189,10 +199,10 @@ def test_meshes_from_a_manifest(tmp_path):
     (tmp_path / "list.jsonl").write_text(json.dumps({"uri": str(tmp_path / "cap.ply")}) + "\n")
     limits = MeshFilter()
     out = list(library_samples(source_items(str(tmp_path / "list.txt"), StoreConfig(), limits, tmp_path), 16, limits))
-    assert [(o[0], (o[2]["source"] if o[0] == "sample" else o[1])) for o in out] == [
-        ("sample", "a/box.obj"), ("sample", "cap.ply"), ("reject", "missing.stl")]
-    assert out[2][2] == "unreadable"
+    assert [o.row["source"] if isinstance(o, Sample) else ("rejected", o.item_id) for o in out] == [
+        "a/box.obj", "cap.ply", ("rejected", "missing.stl")]
+    assert out[2].reason == "unreadable"
     jsonl = list(library_samples(source_items(str(tmp_path / "list.jsonl"), StoreConfig(), limits, tmp_path), 16, limits))
-    assert [o[0] for o in jsonl] == ["sample"]
+    assert [type(o) for o in jsonl] == [Sample]
     with pytest.raises(FileNotFoundError, match="not a folder, manifest"):
         list(source_items(str(tmp_path / "nothing-here"), StoreConfig(), limits, tmp_path))

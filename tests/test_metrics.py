@@ -7,8 +7,18 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from rendering.procedural_shapes import grid_points
-from sam3d_model.metrics import (add_s, add_s_accuracy, box_iou_3d, chamfer_distance, earth_movers_distance,
-                                 f_score, occupancy_to_mesh, rotation_error_deg, shape_metrics, voxel_iou)
+from sam3d_model.metrics import (
+    add_s,
+    add_s_accuracy,
+    box_iou_3d,
+    chamfer_distance,
+    earth_movers_distance,
+    f_score,
+    occupancy_to_mesh,
+    rotation_error_deg,
+    shape_metrics,
+    voxel_iou,
+)
 
 
 def lattice(n=6, spacing=0.1):

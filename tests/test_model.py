@@ -12,6 +12,7 @@ import torch
 from pydantic import ValidationError
 from scipy.spatial.transform import Rotation
 
+from flywheel.learning.toy import toy_examples
 from sam3d_model import train as T
 from sam3d_model.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from sam3d_model.config import ModelConfig, preset
@@ -21,7 +22,6 @@ from sam3d_model.geometry import layout_tokens, matrix_from_rot6d, pose_from_tok
 from sam3d_model.interface import GeometryModel
 from sam3d_model.metrics import shape_metrics
 from sam3d_model.model import SmallSam3D, build_model
-from sam3d_model.toy import toy_examples
 
 CFG = preset("micro")
 

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
-from flywheel.rankings import ExportError, check, from_label_studio, read_native, resubmissions
+from flywheel.feedback.exports import ExportError, check, from_label_studio, read_native, resubmissions
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 REGISTRY = pd.DataFrame({"candidate_id": ["c1", "c2", "c3", "c4", "c5"],
@@ -135,7 +135,7 @@ def pairwise(sid, obj, winner, loser, annotator="ann-a"):
 
 
 def test_bradley_terry_orders_candidates_and_decides():
-    from flywheel.aggregate import DecisionRules, decide, preference_pairs
+    from flywheel.feedback.aggregate import DecisionRules, decide, preference_pairs
 
     rows = [pairwise(f"p{i}", "o1", w, lo) for i, (w, lo) in enumerate([("c1", "c2"), ("c2", "c3"), ("c1", "c3")] * 4)]
     rows += [row(f"r{i}", object_id="o2", kind="reject-all", winner=None, losers=["c4", "c5"],
@@ -158,7 +158,7 @@ def test_bradley_terry_orders_candidates_and_decides():
 def test_annotator_weights_count_in_the_fit():
     """A reliable annotator's two votes outweigh an unreliable one's three; equal weights
     are no weights."""
-    from flywheel.aggregate import DecisionRules, decide
+    from flywheel.feedback.aggregate import DecisionRules, decide
 
     rows = [pairwise(f"a{i}", "o1", "c1", "c2", "ann-a") for i in range(2)]
     rows += [pairwise(f"b{i}", "o1", "c2", "c1", "ann-b") for i in range(3)]
@@ -172,7 +172,7 @@ def test_annotator_weights_count_in_the_fit():
 
 
 def test_agreement_and_gold_accuracy():
-    from flywheel.aggregate import agreement, annotator_stats, comparisons
+    from flywheel.feedback.aggregate import agreement, annotator_stats, comparisons
 
     items = [("o1", "c1", "c2"), ("o1", "c3", "c2"), ("o1", "c1", "c3"), ("o2", "c5", "c4")]
     rows = [pairwise(f"a{i}", o, w, lo, "ann-a") for i, (o, w, lo) in enumerate(items)]
@@ -196,7 +196,7 @@ def simulated_round(seed=0, objects=6, per_object_candidates=5):
     by i cells, so quality falls with i (candidate order is shuffled)."""
     import numpy as np
 
-    from flywheel.simulate import Truth
+    from flywheel.feedback.simulate import Truth
 
     rng = np.random.default_rng(seed)
     truths, candidates, registry = {}, {}, []
@@ -214,8 +214,8 @@ def simulated_round(seed=0, objects=6, per_object_candidates=5):
 
 
 def test_a_noiseless_simulated_annotator_picks_the_true_best():
-    from flywheel.aggregate import DecisionRules, decide
-    from flywheel.simulate import SimulatedAnnotator, simulate
+    from flywheel.feedback.aggregate import DecisionRules, decide
+    from flywheel.feedback.simulate import SimulatedAnnotator, simulate
 
     truths, candidates, registry = simulated_round()
     for annotator in (SimulatedAnnotator("exact"), SimulatedAnnotator("exact-pairs", pairs_per_object=10)):
@@ -230,8 +230,8 @@ def test_a_noiseless_simulated_annotator_picks_the_true_best():
 
 
 def test_label_studio_and_native_exports_of_the_same_judgements_aggregate_the_same():
-    from flywheel.aggregate import DecisionRules, agreement, comparisons, decide
-    from flywheel.simulate import SimulatedAnnotator, simulate, to_label_studio
+    from flywheel.feedback.aggregate import DecisionRules, agreement, comparisons, decide
+    from flywheel.feedback.simulate import SimulatedAnnotator, simulate, to_label_studio
 
     truths, candidates, registry = simulated_round(seed=3)
     team = [SimulatedAnnotator("a", noise=0.05, pairs_per_object=6, flip_probability=0.1),
@@ -252,7 +252,7 @@ def test_label_studio_and_native_exports_of_the_same_judgements_aggregate_the_sa
 
 
 def test_only_rejections_make_hard_cases_without_scores():
-    from flywheel.aggregate import DecisionRules, decide
+    from flywheel.feedback.aggregate import DecisionRules, decide
 
     only = judgements([row("r1", kind="reject-all", winner=None, losers=["c1", "c2", "c3"])])
     decisions, scores = decide(only, REGISTRY, DecisionRules(alpha=0.6))

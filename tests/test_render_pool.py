@@ -66,15 +66,14 @@ def test_the_same_pool_runs_against_a_ray_cluster_address(tmp_path):
     """`ray start --head` as a separate cluster; the driver only gets RAY_ADDRESS. Token
     authentication is disabled on both sides here (loopback, test only); sharing the token
     with clients is the local stack's job (infra/RUNBOOK.md)."""
+    import socket
     import subprocess
     import sys
+    import tempfile
     import time
     from pathlib import Path
 
-    from flywheel.servers import free_port
-
-    import socket
-    import tempfile
+    from flywheel.ops.servers import free_port
 
     port = free_port()
     # Short: Ray's Unix sockets live under RAY_TMPDIR and pytest's paths exceed the 107-byte limit.

@@ -3,6 +3,7 @@ promotion rule, the one-round-at-a-time lock, the round ledger and the config se
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,15 +12,21 @@ import time
 
 import pytest
 import torch
+from pydantic import ValidationError
 
-from flywheel import rounds
-from flywheel.config import ConfigError, load_config
-from flywheel.store import LocalStore
+from flywheel.core.config import ConfigError, load_config
+from flywheel.core.records import DatasetRef, ModelRef
+from flywheel.core.store import LocalStore
+from flywheel.feedback.simulate import SimulatedAnnotator
+from flywheel.learning.stages import model_architecture
+from flywheel.learning.toy import toy_examples
+from flywheel.rounds import ledger as rounds
+from flywheel.rounds.promotion import Promotion, promotion
+from flywheel.rounds.record import SCHEMA_VERSION, RoundRecord
 from sam3d_model.config import preset
 from sam3d_model.data import curriculum_stream
-from sam3d_model.evaluation import evaluate, promotion
+from sam3d_model.evaluation import evaluate
 from sam3d_model.model import SmallSam3D
-from sam3d_model.toy import toy_examples
 
 
 def _tagged(value: float, count: int) -> list[dict]:
@@ -68,19 +75,19 @@ def test_evaluation_is_deterministic_and_scores_the_truth_perfectly():
 def test_promotion_rule():
     champion = {"viou": 0.30, "f1": 0.10, "rotation_error_deg": 40.0}
     rule = {"metric": "viou", "min_gain": 0.01, "max_regression": {"f1": 0.02, "rotation_error_deg": 5.0}}
-    assert promotion(champion, {**champion, "viou": 0.32}, **rule)["promote"]
+    assert promotion(champion, {**champion, "viou": 0.32}, **rule).promote
     small = promotion(champion, {**champion, "viou": 0.305}, **rule)
-    assert not small["promote"] and "gain +0.0050 < 0.01" in small["reason"]
+    assert not small.promote and "gain +0.0050 < 0.01" in small.reason
     worse_f1 = promotion(champion, {**champion, "viou": 0.35, "f1": 0.07}, **rule)
-    assert not worse_f1["promote"] and "f1" in worse_f1["regressions"]
+    assert not worse_f1.promote and "f1" in worse_f1.regressions
     worse_rotation = promotion(champion, {**champion, "viou": 0.35, "rotation_error_deg": 50.0}, **rule)  # lower is better
-    assert not worse_rotation["promote"] and "rotation_error_deg" in worse_rotation["regressions"]
+    assert not worse_rotation.promote and "rotation_error_deg" in worse_rotation.regressions
 
 
 def test_round_lock_refuses_while_held_and_is_free_once_the_holder_is_killed(tmp_path):
     lock = tmp_path / "rounds.lock"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom pathlib import Path\nfrom flywheel.rounds import round_lock\n"
+        "import sys, time\nfrom pathlib import Path\nfrom flywheel.rounds.ledger import round_lock\n"
         f"with round_lock(Path({str(lock)!r}), 0):\n    print('held', flush=True)\n    time.sleep(600)\n")],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -98,14 +105,38 @@ def test_round_lock_refuses_while_held_and_is_free_once_the_holder_is_killed(tmp
         pass
 
 
+def _record(k: int, series: str = "s1", reason: str = "first") -> RoundRecord:
+    model = ModelRef("sam3d", str(k + 1), f"models:/sam3d/{k + 1}", "ab" * 32)
+    data = DatasetRef("sft", f"v{k}", f"/store/datasets/sft/v{k}", "cd" * 32, 3)
+    return RoundRecord(round=k, series=series, champion_before=model, challenger=model, champion_after=model,
+                       promotion=Promotion(promote=False, metric="viou", gain=0.0, regressions={}, reason=reason),
+                       evaluation={"champion": {"viou": 0.3}, "challenger": {"viou": 0.3}},
+                       rankings={"accept_rate": 0.5, "accepted": 2}, volumes={"sft": 3}, seconds={"evaluate": 1.5},
+                       stages=["sft"], datasets={"sft": data}, sft_history=[data])
+
+
 def test_round_records_are_committed_once(tmp_path):
     store = LocalStore(tmp_path / "store")
-    first = {"round": 0, "value": "first"}
-    assert rounds.write_round(store, "s1", first) == first
-    assert rounds.write_round(store, "s1", {"round": 0, "value": "second"}) == first   # the first one stays
-    rounds.write_round(store, "s1", {"round": 1, "value": "next"})
-    assert [r["round"] for r in rounds.committed_rounds(store, "s1")] == [0, 1]
+    first = _record(0)
+    assert rounds.write_round(store, first) == first
+    assert rounds.write_round(store, _record(0, reason="second")) == first   # the first one stays
+    rounds.write_round(store, _record(1))
+    assert [r.round for r in rounds.committed_rounds(store, "s1")] == [0, 1]
     assert rounds.read_round(store, "s1", 2) is None and rounds.committed_rounds(store, "other") == []
+
+
+def test_round_record_json_is_versioned_and_checked():
+    record = _record(0)
+    data = json.loads(record.to_json())
+    assert data["schema_version"] == SCHEMA_VERSION and data["champion_after"]["uri"] == "models:/sam3d/1"
+    assert data["rankings"]["accepted"] == 2 and isinstance(data["rankings"]["accepted"], int)
+    assert RoundRecord.from_json(record.to_json()) == record
+    del data["schema_version"]       # written before the schema had a version: read as version 1
+    assert RoundRecord.from_json(json.dumps(data)) == record
+    with pytest.raises(ValidationError, match="schema_version"):
+        RoundRecord.from_json(json.dumps({**data, "schema_version": 2}))
+    with pytest.raises(ValidationError, match="champion_after"):
+        RoundRecord.from_json(json.dumps({k: v for k, v in data.items() if k != "champion_after"}))
 
 
 def test_series_changes_with_what_shapes_rounds_not_with_how_they_run():
@@ -117,11 +148,13 @@ def test_series_changes_with_what_shapes_rounds_not_with_how_they_run():
 
 
 def test_model_and_rounds_config_errors_name_the_field():
-    with pytest.raises(ConfigError, match="unknown model preset 'huge'"):
+    with pytest.raises(ConfigError, match="model.preset = 'huge'"):
         load_config(environ={"FLYWHEEL__MODEL__PRESET": "huge"})
+    with pytest.raises(ConfigError, match="model.overrides.*no_such_field"):
+        model_architecture(load_config(environ={"FLYWHEEL__MODEL__OVERRIDES": "{no_such_field: 1}"}).model)
     with pytest.raises(ConfigError, match="model.curriculum"):
         load_config(environ={"FLYWHEEL__MODEL__CURRICULUM": "[1.5]"})
     with pytest.raises(ConfigError, match="rounds.promote_metric"):
         load_config(environ={"FLYWHEEL__ROUNDS__PROMOTE_METRIC": "accuracy"})
     team = load_config(environ={}).rounds.annotators
-    assert [a.annotator().reject_threshold for a in team][:1] == [0.15]
+    assert [SimulatedAnnotator.from_settings(a).reject_threshold for a in team][:1] == [0.15]

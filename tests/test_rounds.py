@@ -11,19 +11,21 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from flywheel import lineage, rounds
-from flywheel.config import load_config
-from flywheel.datasets import Dataset
+from flywheel.core.config import FlywheelConfig, load_config
+from flywheel.core.datasets import Dataset
+from flywheel.core.store import Store
+from flywheel.rounds import ledger as rounds
+from flywheel.tracking import lineage
 from tasks.conventions import store_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 BIN = Path(sys.executable).parent
-CLEAN: dict = {}
 TRAINING_STAGES = {"vae", "pretrain", "midtrain", "sft", "dpo"}
 
 
@@ -47,17 +49,31 @@ def _subprocess_env(store_root: Path, **extra) -> dict:
             **extra}
 
 
-def test_two_rounds_end_to_end_with_lineage(monkeypatch, tmp_path):
+@dataclass
+class CleanRounds:
+    cfg: FlywheelConfig
+    store: Store
+    records: list[dict]      # the round records' JSON form
+
+
+@pytest.fixture(scope="session")
+def clean(prefect_server, tmp_path_factory) -> CleanRounds:
+    """Two clean rounds in a store of their own, run once for the tests that compare with them."""
     from flows.round import flywheel_rounds
 
-    monkeypatch.setenv("FLYWHEEL__STORE__ROOT", str(tmp_path / "store"))
-    cfg = load_config()
-    store = store_for(cfg)
-    records = flywheel_rounds(2)
+    root = tmp_path_factory.mktemp("rounds") / "store"
+    cfg = load_config(environ={**os.environ, "FLYWHEEL__STORE__ROOT": str(root)})
+    return CleanRounds(cfg, store_for(cfg), [r.model_dump(mode="json") for r in flywheel_rounds(2, config=cfg)])
+
+
+def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
+    from flows.round import flywheel_rounds
+
+    cfg, store, records = clean.cfg, clean.store, clean.records
     assert [r["round"] for r in records] == [0, 1]
     r0, r1 = records
     series = rounds.series_id(cfg)
-    assert rounds.committed_rounds(store, series) == records
+    assert [r.model_dump(mode="json") for r in rounds.committed_rounds(store, series)][:2] == records
 
     # round 0 started from the bootstrapped model, round 1 from what round 0 ended with
     client = mlflow.MlflowClient()
@@ -106,20 +122,17 @@ def test_two_rounds_end_to_end_with_lineage(monkeypatch, tmp_path):
         assert needle in tree, needle
 
     # a re-run reads the committed rounds back: nothing runs again
-    again = flywheel_rounds(2)
-    assert again == records
+    again = flywheel_rounds(2, config=cfg)
+    assert [r.model_dump(mode="json") for r in again] == records
     assert _stage_names(r0["mlflow_run_id"]) == stages
-    CLEAN.update(records=records, store=store)
 
 
-def test_round_killed_in_its_last_stage_reruns_only_the_rest(monkeypatch, tmp_path):
+def test_round_killed_in_its_last_stage_reruns_only_the_rest(clean: CleanRounds, monkeypatch, tmp_path):
     """SIGKILL the CLI once the challenger is registered (evaluation and promotion remain);
     the dead round's lock is free at once, the re-run redoes only the held-out evaluation and
     the promotion, and commits what the clean run committed."""
     from flows.round import flywheel_round
 
-    if not CLEAN:
-        pytest.skip("needs the clean rounds")
     root = tmp_path / "store"
     monkeypatch.setenv("FLYWHEEL__STORE__ROOT", str(root))
     cfg = load_config()
@@ -149,24 +162,22 @@ def test_round_killed_in_its_last_stage_reruns_only_the_rest(monkeypatch, tmp_pa
     before = {r.info.run_id for r in lineage.stage_runs(parent[0].info.run_id)}
 
     started = time.monotonic()
-    record = flywheel_round(0)
+    record = flywheel_round(0).model_dump(mode="json")
     rerun_s = time.monotonic() - started
     new = [r.data.tags[lineage.STAGE_TAG] for r in lineage.stage_runs(record["mlflow_run_id"])
            if r.info.run_id not in before]
     assert not TRAINING_STAGES & set(new), f"finished training stages ran again: {new}"
     assert "evaluate-challenger" in new
-    assert _comparable(record) == _comparable(CLEAN["records"][0])
+    assert _comparable(record) == _comparable(clean.records[0])
     # training is deterministic: the same checkpoints, found in the registry, not registered again
     assert {v.version for v in client.search_model_versions("name = 'sam3d'")} == known
     print(f"re-run after a last-stage kill: {rerun_s:.0f} s")
 
 
-def test_two_rounds_at_once_one_waits_and_one_is_refused(tmp_path):
+def test_two_rounds_at_once_one_waits_and_one_is_refused(clean: CleanRounds, tmp_path):
     """Two CLI runs of the next round start together: one runs it, the other waits for the
     lock and then finds it committed; a third that will not wait is refused with exit 1."""
-    if not CLEAN:
-        pytest.skip("needs the clean rounds")
-    store = CLEAN["store"]
+    store = clean.store
     root = Path(store.root)
     cfg = load_config(environ={**os.environ, "FLYWHEEL__STORE__ROOT": str(root)})
     series = rounds.series_id(cfg)
@@ -187,6 +198,6 @@ def test_two_rounds_at_once_one_waits_and_one_is_refused(tmp_path):
     assert refused.returncode == 1 and "another flywheel round is running" in texts[2]
     assert sum("round 2 of series" in t and "committed already" in t for t in texts[:2]) == 1
     history = rounds.committed_rounds(store, series)
-    assert [r["round"] for r in history] == [0, 1, 2]
-    stages = _stage_names(history[2]["mlflow_run_id"])
+    assert [r.round for r in history] == [0, 1, 2]
+    stages = _stage_names(history[2].mlflow_run_id)
     assert stages.count("sft") == 1 and stages.count("evaluate-challenger") == 1   # ran once

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from rendering.iso3do import iso3do_scene
 from rendering.occlusions import OCCLUDEE, OCCLUDER, composite, sample_layout
 from rendering.scene import Camera, Scene, intrinsics, look_at, random_lights, viewpoints
-from rendering.iso3do import iso3do_scene
 
 
 def test_look_at_is_an_opencv_camera():

@@ -15,11 +15,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from flywheel import lineage
-from flywheel.config import load_config
-from flywheel.datasets import Dataset
-from flywheel.stack import _alive
-from flywheel.store import open_store
+from flywheel.core.config import load_config
+from flywheel.core.datasets import Dataset
+from flywheel.core.store import open_store
+from flywheel.ops.stack import _alive
+from flywheel.tracking import lineage
 
 pytestmark = pytest.mark.slow
 FLYWHEEL = str(Path(sys.executable).parent / "flywheel")
@@ -88,7 +88,7 @@ def _postgres(tmp_path):
     """A throw-away PostgreSQL server on loopback, run as the `postgres` user (it refuses root)."""
     import shutil
 
-    from flywheel.servers import free_port
+    from flywheel.ops.servers import free_port
 
     if not shutil.which("initdb") or not shutil.which("runuser"):
         pytest.skip("PostgreSQL server binaries not installed")

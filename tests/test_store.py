@@ -7,12 +7,19 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from conftest import BUCKET, s3_store_config
-from flywheel.store import (BucketNotFound, LocalStore, ObjectNotFound, S3Store, StoreAuthError,
-                            StoreUnreachable, open_store)
-from flywheel.config import StoreConfig
-from flywheel.servers import free_port
+
+from flywheel.core.config import StoreConfig
+from flywheel.core.store import (
+    BucketNotFound,
+    LocalStore,
+    ObjectNotFound,
+    S3Store,
+    StoreAuthError,
+    StoreUnreachable,
+    open_store,
+)
+from flywheel.ops.servers import free_port
 
 
 def test_put_get_roundtrip_and_ranged_reads(any_store):
@@ -136,7 +143,8 @@ def test_unreachable_endpoint_fails_after_bounded_attempts():
 
 def test_transient_server_errors_are_retried_with_a_bound(moto):
     from flaky_proxy import FlakyProxy
-    from flywheel.store import StoreError
+
+    from flywheel.core.store import StoreError
 
     root = f"s3://{BUCKET}/flaky"
     with FlakyProxy(moto.endpoint_url, fail_first=2) as proxy:

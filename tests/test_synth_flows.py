@@ -3,25 +3,37 @@ MLflow lineage; tiny renders (configs/test.yaml)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 
-from flywheel import lineage
-from flywheel.config import load_config
-from flywheel.datasets import Dataset, list_versions
-from flywheel.store import LocalStore
+from flywheel.core.config import FlywheelConfig, load_config
+from flywheel.core.datasets import Dataset, list_versions
+from flywheel.core.records import RunSummary
+from flywheel.core.store import LocalStore
+from flywheel.tracking import lineage
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 BIN = Path(sys.executable).parent
-CLEAN: dict = {}  # refs of the clean run, shared by the tests below
+MICRO_CANDIDATES = {"FLYWHEEL__CANDIDATES__NUM_CANDIDATES": "4", "FLYWHEEL__CANDIDATES__OBJECTS_PER_PART": "2",
+                    "FLYWHEEL__CANDIDATES__PREVIEW_RESOLUTION": "48",
+                    "FLYWHEEL__CANDIDATES__MEMBERS": json.dumps([{"name": "champion", "seeds": [0, 1]},
+                                                                 {"name": "retrieval", "kind": "retrieval",
+                                                                  "top_k": 2}])}
+
+
+def _config(root: Path, **env: str) -> FlywheelConfig:
+    """The test config on the store at ``root``, with ``env`` overrides (FLYWHEEL__...)."""
+    return load_config(environ={**os.environ, "FLYWHEEL__STORE__ROOT": str(root), **env})
 
 
 def _store_env(monkeypatch, root: Path) -> LocalStore:
@@ -29,13 +41,63 @@ def _store_env(monkeypatch, root: Path) -> LocalStore:
     return LocalStore(root)
 
 
-def test_demo_round_end_to_end_then_rerun_from_cache(monkeypatch, tmp_path):
+@dataclass
+class Made:
+    """What a session fixture's flow run made: its config, store and result."""
+
+    cfg: FlywheelConfig
+    store: LocalStore
+    result: RunSummary
+
+    def dataset(self, name: str) -> Dataset:
+        ref = next(d for d in self.result.datasets if d.name == name)
+        return Dataset(self.store, ref.name, ref.version)
+
+
+@pytest.fixture(scope="session")
+def synthetic(prefect_server, tmp_path_factory) -> Made:
+    """The synthetic-data demo flow, run once for the tests that read its datasets."""
+    from flows.synth import synth_all
+
+    root = tmp_path_factory.mktemp("synthetic") / "store"
+    cfg = _config(root)
+    return Made(cfg, LocalStore(root), synth_all(config=cfg))
+
+
+def _micro_checkpoint(folder: Path) -> Path:
+    import torch
+
+    from flywheel.learning.toy import toy_examples
+    from sam3d_model import train as T
+    from sam3d_model.checkpoint import save_checkpoint
+    from sam3d_model.config import preset
+    from sam3d_model.data import batch_stream
+    from sam3d_model.model import SmallSam3D
+
+    torch.manual_seed(0)
+    model = SmallSam3D(preset("micro"))
+    T.train_vae(model, batch_stream(lambda: toy_examples(model.cfg, 4), 4), T.TrainSettings(steps=3),
+                calibration_batches=1)
+    return save_checkpoint(folder / "champion.pt", model)
+
+
+@pytest.fixture(scope="session")
+def proposed(synthetic: Made, tmp_path_factory) -> Made:
+    """propose on the synthetic run's composites with a micro checkpoint (2 seeds + 2
+    retrieved meshes), run once for the tests that read its candidates."""
+    from flows.propose import propose
+
+    checkpoint = _micro_checkpoint(tmp_path_factory.mktemp("champion"))
+    cfg = _config(Path(synthetic.store.root), FLYWHEEL__CANDIDATES__MODELS=json.dumps({"champion": str(checkpoint)}),
+                  **MICRO_CANDIDATES)
+    return Made(cfg, synthetic.store, propose(config=cfg))
+
+
+def test_demo_round_end_to_end_then_rerun_from_cache(synthetic: Made):
     from flows.synth import synth_all as demo_round
 
-    store = _store_env(monkeypatch, tmp_path / "store")
-    result = demo_round()
-    meshes, iso, fo = (Dataset(store, d["name"], d["version"]) for d in result["datasets"])
-    CLEAN.update({d["name"]: d for d in result["datasets"]}, store=store)
+    result = synthetic.result
+    meshes, iso, fo = (synthetic.dataset(name) for name in ("meshes", "iso3do", "occlusions"))
 
     assert meshes.ref.num_rows == 5 and meshes.quarantine().num_rows == 0
     m = iso.manifest()
@@ -56,7 +118,7 @@ def test_demo_round_end_to_end_then_rerun_from_cache(monkeypatch, tmp_path):
     assert iso.verify() == [] and fo.verify() == []
 
     client = mlflow.MlflowClient()
-    stages = lineage.stage_runs(result["mlflow_run_id"])
+    stages = lineage.stage_runs(result.mlflow_run_id)
     assert [r.data.tags[lineage.STAGE_TAG] for r in stages] == [
         "mesh-library", "validate-meshes", "iso3do", "validate-iso3do", "occlusions", "validate-occlusions"]
     for run, sheet in zip(stages[::2], ["meshes_sheet.png", "iso3do_sheet.png", "occlusions_sheet.png"]):
@@ -70,29 +132,27 @@ def test_demo_round_end_to_end_then_rerun_from_cache(monkeypatch, tmp_path):
     assert iso_run.data.metrics["rows"] == 10 and iso_run.data.params["views"] == "2"
     assert "tries_per_accepted" in stages[4].data.metrics or fo.ref.num_rows == 0
 
-    again = demo_round()
-    assert again["datasets"] == result["datasets"]
-    assert lineage.stage_runs(again["mlflow_run_id"]) == []  # every task was a cache hit
+    again = demo_round(config=synthetic.cfg)
+    assert again.datasets == result.datasets
+    assert lineage.stage_runs(again.mlflow_run_id) == []  # every task was a cache hit
 
 
-def test_model_trains_on_the_rounds_renders_and_logs_to_mlflow(tmp_path):
+def test_model_trains_on_the_rounds_renders_and_logs_to_mlflow(synthetic: Made, tmp_path):
     """The model's data path on real renders: Iso-3DO views and FO composites decode into
     examples with the manifest's poses; the training stages log params, per-step losses
     and learning curves to the given MLflow run."""
     import torch
 
-    from flywheel.config import load_config
+    from flywheel.core.config import load_config
+    from flywheel.learning.examples import cached_examples
+    from flywheel.tracking.training_log import MlflowTrainLog
     from sam3d_model import train as T
     from sam3d_model.config import preset
-    from sam3d_model.data import batch_stream, cached_examples
+    from sam3d_model.data import batch_stream
     from sam3d_model.model import SmallSam3D
 
-    if not CLEAN:
-        pytest.skip("needs the datasets of the end-to-end test")
-    store = CLEAN["store"]
     cfg = preset("micro")
-    iso = Dataset(store, "iso3do", CLEAN["iso3do"]["version"])
-    fo = Dataset(store, "occlusions", CLEAN["occlusions"]["version"])
+    iso, fo = synthetic.dataset("iso3do"), synthetic.dataset("occlusions")
     iso_examples = cached_examples(cfg, [iso])
     assert len(iso_examples) == iso.ref.num_rows
     rows = {r["sample_key"]: r for r in iso.manifest().to_pylist()}
@@ -112,7 +172,7 @@ def test_model_trains_on_the_rounds_renders_and_logs_to_mlflow(tmp_path):
     settings = T.TrainSettings(steps=6, log_every=2)
     T.train_vae(model, batch_stream(lambda: iso_examples, 4), settings, calibration_batches=2,
                 checkpoint_dir=tmp_path / "vae")
-    T.pretrain(model, batch_stream(lambda: iso_examples, 4), settings, run_id=run_id,
+    T.pretrain(model, batch_stream(lambda: iso_examples, 4), settings, log_to=MlflowTrainLog(run_id),
                params={"dataset": str(iso.ref)})
     if fo_examples:
         T.midtrain(model, batch_stream(lambda: fo_examples, 2), settings.model_copy(update={"steps": 2}))
@@ -125,42 +185,18 @@ def test_model_trains_on_the_rounds_renders_and_logs_to_mlflow(tmp_path):
     assert (tmp_path / "vae" / "last.pt").is_file()
 
 
-def test_propose_flow_on_the_rounds_composites(monkeypatch, tmp_path):
+def test_propose_flow_on_the_rounds_composites(synthetic: Made, proposed: Made):
     """propose: FO composites as the image pool -> N candidates per object from a micro
     checkpoint (2 seeds + 2 retrieved meshes) on Ray -> gates -> previews and annotation
     files; a re-run reuses every task and gives the same candidate ids."""
-    import json
-
     import jsonschema
-    import torch
 
     from flows.propose import propose
-    from flywheel import annotation
-    from sam3d_model import train as T
-    from sam3d_model.checkpoint import save_checkpoint
-    from sam3d_model.config import preset
-    from sam3d_model.data import batch_stream
-    from sam3d_model.model import SmallSam3D
-    from sam3d_model.toy import toy_examples
+    from flywheel.feedback import annotation
 
-    if not CLEAN:
-        pytest.skip("needs the datasets of the end-to-end test")
-    store = _store_env(monkeypatch, CLEAN["store"].root)
-    torch.manual_seed(0)
-    model = SmallSam3D(preset("micro"))
-    T.train_vae(model, batch_stream(lambda: toy_examples(model.cfg, 4), 4), T.TrainSettings(steps=3),
-                calibration_batches=1)
-    checkpoint = save_checkpoint(tmp_path / "champion.pt", model)
-    monkeypatch.setenv("FLYWHEEL__CANDIDATES__MODELS", json.dumps({"champion": str(checkpoint)}))
-    monkeypatch.setenv("FLYWHEEL__CANDIDATES__NUM_CANDIDATES", "4")
-    monkeypatch.setenv("FLYWHEEL__CANDIDATES__MEMBERS", json.dumps([
-        {"name": "champion", "seeds": [0, 1]}, {"name": "retrieval", "kind": "retrieval", "top_k": 2}]))
-    monkeypatch.setenv("FLYWHEEL__CANDIDATES__OBJECTS_PER_PART", "2")
-    monkeypatch.setenv("FLYWHEEL__CANDIDATES__PREVIEW_RESOLUTION", "48")
-
-    result = propose()
-    pool, cands = (Dataset(store, d["name"], d["version"]) for d in result["datasets"])
-    fo = Dataset(store, "occlusions", CLEAN["occlusions"]["version"])
+    store, result = proposed.store, proposed.result
+    pool, cands = proposed.dataset("image-pool"), proposed.dataset("candidates")
+    fo = synthetic.dataset("occlusions")
     assert pool.ref.num_rows == fo.ref.num_rows > 0
     rows = cands.manifest().to_pylist()
     by_object = {}
@@ -172,7 +208,7 @@ def test_propose_flow_on_the_rounds_composites(monkeypatch, tmp_path):
     assert all(r["model_version"].startswith("file:") for r in rows)
     assert cands.marker["parents"][0]["name"] == "image-pool" and cands.verify() == []
 
-    stages = [r.data.tags[lineage.STAGE_TAG] for r in lineage.stage_runs(result["mlflow_run_id"])]
+    stages = [r.data.tags[lineage.STAGE_TAG] for r in lineage.stage_runs(result.mlflow_run_id)]
     assert stages == ["image-pool", "validate-image-pool", "candidates", "validate-candidates", "annotation-tasks"]
     prefix = f"annotation/{cands.ref.version}"
     tasks = [json.loads(line) for line in store.get_bytes(f"{prefix}/tasks.jsonl").decode().splitlines()]
@@ -186,13 +222,12 @@ def test_propose_flow_on_the_rounds_composites(monkeypatch, tmp_path):
     jsonschema.validate(json.loads(store.get_bytes(f"{prefix}/label_studio_ranking.json")),
                         annotation.LABEL_STUDIO_RANKING_SCHEMA)
 
-    again = propose()
-    assert again["datasets"] == result["datasets"]
-    assert lineage.stage_runs(again["mlflow_run_id"]) == []
-    CLEAN.update(pool=pool.ref, candidates=cands.ref)
+    again = propose(config=proposed.cfg)
+    assert again.datasets == result.datasets
+    assert lineage.stage_runs(again.mlflow_run_id) == []
 
 
-def test_rankings_flow_from_simulated_annotators(monkeypatch, tmp_path):
+def test_rankings_flow_from_simulated_annotators(proposed: Made, tmp_path):
     """Simulated annotators judge the proposed candidates against the composites' ground
     truth and write a native and a Label Studio export (one row malformed, one from an
     intruder); ingestion quarantines those two, decisions give SFT / DPO / hard-case
@@ -200,14 +235,18 @@ def test_rankings_flow_from_simulated_annotators(monkeypatch, tmp_path):
     import json
 
     from flows.rankings import rankings
-    from flywheel.simulate import SimulatedAnnotator, candidate_records, simulate, to_label_studio, truths_for_pool
+    from flywheel.feedback.simulate import (
+        SimulatedAnnotator,
+        candidate_records,
+        simulate,
+        to_label_studio,
+        truths_for_pool,
+    )
 
-    if "candidates" not in CLEAN:
-        pytest.skip("needs the candidates of the propose test")
-    store = _store_env(monkeypatch, CLEAN["store"].root)
-    monkeypatch.setenv("FLYWHEEL__RANKINGS__ANNOTATORS", json.dumps(["ann-1", "ann-2", "ann-3"]))
-    truths = truths_for_pool(store, CLEAN["pool"])
-    candidates = candidate_records(store, CLEAN["candidates"])
+    store = proposed.store
+    pool, cands = proposed.dataset("image-pool").ref, proposed.dataset("candidates").ref
+    truths = truths_for_pool(store, pool)
+    candidates = candidate_records(store, cands)
     assert set(truths) == set(candidates)
     team = [SimulatedAnnotator("ann-1"), SimulatedAnnotator("ann-2", noise=0.05, pairs_per_object=4),
             SimulatedAnnotator("ann-3", reject_threshold=2.0)]            # rejects everything it sees
@@ -219,29 +258,31 @@ def test_rankings_flow_from_simulated_annotators(monkeypatch, tmp_path):
     studio.write_text(to_label_studio(rows[len(rows) // 2:]))
     big = tmp_path / "too-big.jsonl"
     big.write_text((json.dumps(rows[0]) + "\n") * 8000)                 # > 1 MB
-    monkeypatch.setenv("FLYWHEEL__RANKINGS__MAX_FILE_MB", "1")
+    env = {"FLYWHEEL__RANKINGS__ANNOTATORS": json.dumps(["ann-1", "ann-2", "ann-3"]),
+           "FLYWHEEL__RANKINGS__MAX_FILE_MB": "1"}
+    cfg = _config(Path(store.root), **env)
 
-    result = rankings([str(native), str(studio), str(big)], candidates=CLEAN["candidates"].version)
-    judged = Dataset(store, "rankings", result["datasets"][0]["version"])
+    result = rankings([str(native), str(studio), str(big)], candidates=cands.version, config=cfg)
+    judged = Dataset(store, "rankings", result.datasets[0].version)
     assert judged.ref.num_rows == len(rows)
     assert sorted(judged.quarantine()["reason"].to_pylist()) == ["file too large", "malformed row", "unknown annotator"]
     raw = [o.key for o in store.list("rankings/raw/")]
     assert len(raw) == 3 and store.get_bytes(next(k for k in raw if k.endswith("batch-1.jsonl"))) == native.read_bytes()
-    outputs = {d["name"]: Dataset(store, d["name"], d["version"]) for d in result["datasets"][1:]}
+    outputs = {d.name: Dataset(store, d.name, d.version) for d in result.datasets[1:]}
     assert set(outputs) == {"sft", "preferences", "hard-cases"}
     sft, prefs, hard = outputs["sft"], outputs["preferences"], outputs["hard-cases"]
     assert sft.ref.num_rows + hard.ref.num_rows <= len(candidates)
     assert all(r["winner"] in {c["candidate_id"] for c in candidates[r["object_id"]]}
                for r in prefs.manifest().to_pylist())
-    stages = [r.data.tags[lineage.STAGE_TAG] for r in lineage.stage_runs(result["mlflow_run_id"])]
+    stages = [r.data.tags[lineage.STAGE_TAG] for r in lineage.stage_runs(result.mlflow_run_id)]
     assert stages[:3] == ["ingest-rankings", "validate-rankings", "decide"]
-    decide_run = lineage.stage_runs(result["mlflow_run_id"])[2]
+    decide_run = lineage.stage_runs(result.mlflow_run_id)[2]
     assert "accept_rate" in decide_run.data.metrics
     assert "rankings/rankings_report.png" in [a.path for a in mlflow.MlflowClient().list_artifacts(
         decide_run.info.run_id, "rankings")]
 
-    again = rankings([str(native), str(studio), str(big)], candidates=CLEAN["candidates"].version)
-    assert again["datasets"] == result["datasets"]
+    again = rankings([str(native), str(studio), str(big)], candidates=cands.version, config=cfg)
+    assert again.datasets == result.datasets
     assert len(list(store.list("rankings/raw/"))) == 3
 
     # a later export that resubmits an ingested id with other contents: quarantined, not counted
@@ -250,14 +291,15 @@ def test_rankings_flow_from_simulated_annotators(monkeypatch, tmp_path):
     changed.write_text(json.dumps({**{k: first[k] for k in ("submission_id", "annotator_id", "object_id", "kind")},
                                    "winner": first["losers"][0], "losers": [first["winner"]] + first["losers"][1:],
                                    "timestamp": first["timestamp"].isoformat(), "time_spent_s": 9.0}) + "\n")
-    later = rankings([str(changed)], candidates=CLEAN["candidates"].version, round_index=1)
-    updated = Dataset(store, "rankings", later["datasets"][0]["version"])
+    later = rankings([str(changed)], candidates=cands.version, round_index=1, config=cfg)
+    updated = Dataset(store, "rankings", later.datasets[0].version)
     assert updated.ref.num_rows == judged.ref.num_rows
     assert updated.quarantine()["reason"].to_pylist().count("conflicting resubmission") == 1
 
     # the report people run: what came in, what was quarantined, and round 0's decisions again
+    cli_env = {**os.environ, "FLYWHEEL__STORE__ROOT": str(store.root), **env}
     report = subprocess.run([str(BIN / "flywheel"), "rankings", "report", judged.ref.version, "--plot",
-                             str(tmp_path / "report.png")], capture_output=True, text=True, timeout=300)
+                             str(tmp_path / "report.png")], capture_output=True, text=True, timeout=300, env=cli_env)
     assert report.returncode == 0, report.stderr
     decided = decide_run.data.metrics
     assert f"{judged.ref.num_rows} submissions from 2 exports" in report.stdout
@@ -266,21 +308,19 @@ def test_rankings_flow_from_simulated_annotators(monkeypatch, tmp_path):
     assert f"accept rate {decided['accept_rate']:.2f}" in report.stdout and "ann-1" in report.stdout, report.stdout
     assert (tmp_path / "report.png").stat().st_size > 10_000
     unknown = subprocess.run([str(BIN / "flywheel"), "rankings", "report", "no-such-version"],
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=300, env=cli_env)
     assert unknown.returncode == 4 and "no rankings to report" in unknown.stderr
 
 
-def test_same_config_same_digests_in_another_store(monkeypatch, tmp_path):
+def test_same_config_same_digests_in_another_store(synthetic: Made, tmp_path):
     from flows.synth import synth_iso3do
 
-    if not CLEAN:
-        pytest.skip("needs the clean run of the previous test")
-    _store_env(monkeypatch, tmp_path / "other-store")
-    result = synth_iso3do()
-    got = {d["name"]: d for d in result["datasets"]}
+    result = synth_iso3do(config=_config(tmp_path / "other-store"))
+    got = {d.name: d for d in result.datasets}
     for name in ("meshes", "iso3do"):
-        assert got[name]["version"] == CLEAN[name]["version"]
-        assert got[name]["digest"] == CLEAN[name]["digest"], f"{name} content differs between runs"
+        clean = synthetic.dataset(name).ref
+        assert got[name].version == clean.version
+        assert got[name].digest == clean.digest, f"{name} content differs between runs"
 
 
 def test_killed_flow_rerenders_only_missing_parts(monkeypatch, tmp_path):
@@ -311,7 +351,7 @@ def test_killed_flow_rerenders_only_missing_parts(monkeypatch, tmp_path):
     after = {m["version"]: m["committed_at"] for m in list_versions(store, "iso3do-part")}
     assert len(after) == 3                                   # 5 objects, 2 per part
     assert all(after[v] == t for v, t in before.items())     # finished parts were not redone
-    final = Dataset(store, "iso3do", result["datasets"][1]["version"])
+    final = Dataset(store, "iso3do", result.datasets[1].version)
     assert final.ref.num_rows == 5 * 6 and final.verify() == []
 
 
@@ -330,7 +370,7 @@ def test_bad_backgrounds_are_quarantined_and_the_rest_goes_on(monkeypatch, tmp_p
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     monkeypatch.setenv("FLYWHEEL__OCCLUSIONS__BACKGROUND_SOURCE", str(photos))
     result = synth_occlusions()
-    fo = Dataset(store, "occlusions", result["datasets"][1]["version"])
+    fo = Dataset(store, "occlusions", result.datasets[1].version)
     bad = {r["item_id"].rsplit("/", 1)[-1]: r["detail"] for r in fo.quarantine().to_pylist()
            if r["kind"] == "background"}
     assert set(bad) == {"grey.png", "tiny.png", "broken.jpg"}
@@ -365,9 +405,9 @@ def test_failed_gate_stops_the_flow_until_an_override_is_recorded(monkeypatch, t
 
     monkeypatch.setenv("FLYWHEEL__VALIDATION__OVERRIDES", '{"meshes": "3 of 4 uploads broken, ticket OPS-42"}')
     result = synth_iso3do()
-    assert result["datasets"][1]["num_rows"] == 2                        # 1 mesh x 2 views
-    assert result["mlflow_run_id"] == failed_round.info.run_id           # the failed round, resumed
-    gate_runs = [r for r in lineage.stage_runs(result["mlflow_run_id"])
+    assert result.datasets[1].num_rows == 2                              # 1 mesh x 2 views
+    assert result.mlflow_run_id == failed_round.info.run_id              # the failed round, resumed
+    gate_runs = [r for r in lineage.stage_runs(result.mlflow_run_id)
                  if r.data.tags[lineage.STAGE_TAG] == "validate-meshes"]
     assert [r.info.status for r in gate_runs] == ["FAILED", "FINISHED"]
     gate_run = gate_runs[-1]

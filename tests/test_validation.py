@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flywheel.config import ValidationConfig
-from flywheel.contracts import ISO3DO, MESHES, OCCLUSIONS
-from flywheel.datasets import Dataset, DatasetWriter, encode_npy, write_dataset
-from flywheel.store import LocalStore
-from flywheel.validation import validate
+from flywheel.core.codecs import encode_npy
+from flywheel.core.config import ValidationConfig
+from flywheel.core.contracts import ISO3DO, MESHES, OCCLUSIONS
+from flywheel.core.datasets import Dataset, DatasetWriter, write_dataset
+from flywheel.core.store import LocalStore
+from flywheel.validation.suites import validate
 from rendering.mesh_library import library_samples, procedural_items
 from rendering.meshes import MeshFilter
 from rendering.scene import intrinsics, look_at
@@ -44,7 +45,7 @@ def store(tmp_path):
 
 @pytest.fixture
 def meshes(store):
-    samples = [(o[1], o[2], o[3]) for o in library_samples(procedural_items(0, 4), 16, MeshFilter())]
+    samples = [(o.key, o.row, o.files) for o in library_samples(procedural_items(0, 4), 16, MeshFilter())]
     return write_dataset(store, MESHES, "meshes-v1", samples, inputs={"n": 4})
 
 
@@ -137,7 +138,7 @@ def test_truncated_shard_fails_integrity(store, meshes):
 
 
 def test_mesh_library_balance_and_duplicates(store):
-    rows = [(o[1], o[2], o[3]) for o in library_samples(procedural_items(0, 12), 16, MeshFilter())]
+    rows = [(o.key, o.row, o.files) for o in library_samples(procedural_items(0, 12), 16, MeshFilter())]
     same_family = [(k, {**r, "family": "torus"}, f) for k, r, f in rows]
     report = validate(Dataset(store, "meshes", write_dataset(store, MESHES, "unbalanced", same_family).version),
                       ValidationConfig(max_family_share=0.5))
@@ -212,7 +213,7 @@ def test_data_docs_are_built(store, meshes, tmp_path):
 # -- image pool and candidates ---------------------------------------------------------------------
 
 def write_pool(store, objects=3):
-    from flywheel.contracts import IMAGE_POOL
+    from flywheel.core.contracts import IMAGE_POOL
 
     mask, rgba, _ = disc_sample()
     samples = [(f"obj-{i}", {"object_id": f"obj-{i}", "source": f"test/{i}", "width": RES, "height": RES,
@@ -223,7 +224,7 @@ def write_pool(store, objects=3):
 
 
 def write_candidates(store, pool, meshes, corrupt=None, n=3, version="cand-v1"):
-    from flywheel.contracts import CANDIDATES
+    from flywheel.core.contracts import CANDIDATES
 
     mesh_ids = Dataset(store, "meshes", meshes.version).manifest().column("mesh_id").to_pylist()
     occ = np.zeros((16,) * 3, bool)
@@ -286,7 +287,7 @@ def test_candidates_corruption_fails_with_the_right_expectation(store, meshes, n
 def test_rankings_suite_checks_the_chain_to_candidates(store, meshes):
     import pyarrow as pa
 
-    from flywheel.contracts import RANKINGS
+    from flywheel.core.contracts import RANKINGS
 
     pool = write_pool(store)
     cands = write_candidates(store, pool, meshes)
@@ -316,7 +317,7 @@ def test_rankings_suite_checks_the_chain_to_candidates(store, meshes):
     ("dangling loser", ("manifest", "expect_column_values_to_be_in_set", "loser")),
 ])
 def test_preferences_suite(store, meshes, corrupt, expected):
-    from flywheel.contracts import PREFERENCES
+    from flywheel.core.contracts import PREFERENCES
 
     pool = write_pool(store)
     cands = write_candidates(store, pool, meshes)

@@ -3,7 +3,7 @@
 From a committed dataset (Flying-Occlusions composites, whose ground truth stays in that
 dataset) or from a user manifest (``.jsonl`` or ``.csv``: ``image``, ``mask`` and an
 optional ``object_id``; local paths, relative to the manifest, or ``s3://`` URIs). Each
-item either becomes a sample of :data:`~flywheel.contracts.IMAGE_POOL` or is quarantined
+item either becomes a sample of :data:`~flywheel.core.contracts.IMAGE_POOL` or is quarantined
 with its reason: unreadable manifest row, missing or unreadable image or mask, file over
 the size limit, mask of the wrong size, empty mask. The rest of the pool goes on.
 """
@@ -20,25 +20,21 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from flywheel.config import StoreConfig
-from flywheel.datasets import Dataset
-from flywheel.store import ObjectNotFound, StoreError, read_uri
+from flywheel.core.codecs import encode_png
+from flywheel.core.config import StoreConfig
+from flywheel.core.datasets import Dataset
+from flywheel.core.records import Rejected, Sample
+from flywheel.core.store import ObjectNotFound, StoreError, read_uri
 
-Item = tuple  # ("sample", key, row, files) | ("quarantine", item_id, reason, detail)
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", optimize=False)
-    return buf.getvalue()
+Item = Sample | Rejected
 
 
 def _sample(rgb: np.ndarray, mask: np.ndarray, source: str, object_id: str | None = None) -> Item:
-    rgb_png, mask_png = png_bytes(rgb), png_bytes(mask.astype(np.uint8) * 255)
+    rgb_png, mask_png = encode_png(rgb), encode_png(mask.astype(np.uint8) * 255)
     oid = object_id or "obj-" + hashlib.sha256(rgb_png + mask_png).hexdigest()[:20]
     row = {"object_id": oid, "source": source, "width": rgb.shape[1], "height": rgb.shape[0],
            "mask_pixels": int(mask.sum())}
-    return ("sample", oid, row, {"rgb.png": rgb_png, "mask.png": mask_png})
+    return Sample(oid, row, {"rgb.png": rgb_png, "mask.png": mask_png})
 
 
 def check_pair(rgb: np.ndarray, mask: np.ndarray, name: str) -> tuple[str, str] | None:
@@ -59,7 +55,7 @@ def from_dataset(dataset: Dataset) -> Iterator[Item]:
         mask = np.asarray(Image.open(io.BytesIO(s["modal.png"]))) > 127
         name = f"{dataset.ref}/{s['__key__']}"
         problem = check_pair(rgb, mask, name)
-        yield ("quarantine", name, *problem) if problem else _sample(rgb, mask, name)
+        yield Rejected(name, *problem) if problem else _sample(rgb, mask, name)
 
 
 def _manifest_rows(path: Path) -> Iterator[tuple[int, dict | None, str]]:
@@ -85,11 +81,11 @@ def from_manifest(path: str | Path, store_config: StoreConfig, max_bytes: int) -
     for line, row, problem in _manifest_rows(path):
         name = f"{path.name}:{line}"
         if row is None or problem:
-            yield ("quarantine", name, "malformed row", f"{name}: {problem or 'not a row'}")
+            yield Rejected(name, "malformed row", f"{name}: {problem or 'not a row'}")
             continue
         image, mask_uri = row.get("image"), row.get("mask")
         if not isinstance(image, str) or not isinstance(mask_uri, str) or not image or not mask_uri:
-            yield ("quarantine", name, "malformed row", f"{name}: needs string fields 'image' and 'mask'")
+            yield Rejected(name, "malformed row", f"{name}: needs string fields 'image' and 'mask'")
             continue
         arrays = []
         for what, uri in (("image", image), ("mask", mask_uri)):
@@ -97,20 +93,32 @@ def from_manifest(path: str | Path, store_config: StoreConfig, max_bytes: int) -
                 data = read_uri(uri, store_config, base=path.parent, max_bytes=max_bytes)
                 arrays.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB" if what == "image" else "L")))
             except (FileNotFoundError, ObjectNotFound):
-                yield ("quarantine", name, f"missing {what}", f"{name}: {what} {uri} does not exist")
+                yield Rejected(name, f"missing {what}", f"{name}: {what} {uri} does not exist")
                 break
             except ValueError as e:
                 if "over the limit" in str(e):
-                    yield ("quarantine", name, "file too large", f"{name}: {what} {uri}: {e}")
+                    yield Rejected(name, "file too large", f"{name}: {what} {uri}: {e}")
                 else:
-                    yield ("quarantine", name, f"unreadable {what}", f"{name}: {what} {uri}: {e}")
+                    yield Rejected(name, f"unreadable {what}", f"{name}: {what} {uri}: {e}")
                 break
             except (UnidentifiedImageError, OSError, StoreError) as e:
-                yield ("quarantine", name, f"unreadable {what}", f"{name}: {what} {uri}: {type(e).__name__}: {e}")
+                yield Rejected(name, f"unreadable {what}", f"{name}: {what} {uri}: {type(e).__name__}: {e}")
                 break
         if len(arrays) < 2:
             continue
         rgb, mask = arrays[0], arrays[1] > 127
         problem = check_pair(rgb, mask, f"{name} ({image})")
         oid = row.get("object_id")
-        yield ("quarantine", name, *problem) if problem else _sample(rgb, mask, image, str(oid) if oid else None)
+        yield Rejected(name, *problem) if problem else _sample(rgb, mask, image, str(oid) if oid else None)
+
+
+def unique(items: Iterator[Item]) -> Iterator[Item]:
+    """The items with every repeat of an earlier (image, mask) pair turned into a rejection."""
+    seen: set[str] = set()
+    for item in items:
+        if isinstance(item, Sample) and item.key in seen:
+            item = Rejected(item.key, "duplicate", f"{item.row['source']}: same image and mask as an earlier "
+                                                   f"item ({item.key})")
+        elif isinstance(item, Sample):
+            seen.add(item.key)
+        yield item

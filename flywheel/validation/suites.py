@@ -14,7 +14,7 @@ A dataset version is turned into a few pandas tables and each table gets a suite
 
 What the data should look like (views per object, image size, visible band) is read from
 the settings recorded in the dataset's own commit marker; tolerances and rates come from
-:class:`~flywheel.config.ValidationConfig`. Results come back as a :class:`Report` with the
+:class:`~flywheel.core.config.ValidationConfig`. Results come back as a :class:`Report` with the
 failing expectations and example rows; Great Expectations' HTML Data Docs are built on
 request. Nothing here imports Prefect.
 """
@@ -33,8 +33,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from flywheel.config import ValidationConfig
-from flywheel.datasets import Dataset, DatasetCorrupt
+from flywheel.core.config import ValidationConfig
+from flywheel.core.datasets import Dataset, DatasetCorrupt
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

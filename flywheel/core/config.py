@@ -14,14 +14,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "FLYWHEEL__"
 CONFIG_FILE_ENV = "FLYWHEEL_CONFIG"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_FILE = REPO_ROOT / "configs" / "default.yaml"
 
 
@@ -160,7 +160,7 @@ class OcclusionsConfig(_Section):
 
     @field_validator("visible_band")
     @classmethod
-    def _band(cls, v):
+    def _band(cls, v: tuple[float, float]) -> tuple[float, float]:
         if not 0 < v[0] < v[1] < 1:
             raise ValueError("must satisfy 0 < low < high < 1")
         return v
@@ -189,7 +189,7 @@ class CandidatesConfig(_Section):
     num_candidates: int = Field(8, ge=2, description="Distinct candidates per object (N).")
     models: dict[str, str] = Field(default_factory=lambda: {"champion": "models:/sam3d@champion"}, description=(
         "Model key -> reference: models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint file."))
-    members: list[dict] = Field(default_factory=list, description=(
+    members: list[dict[str, Any]] = Field(default_factory=list, description=(
         "Ensemble members (fields of sam3d_model.ensemble.Member); empty: the default ensemble "
         "(champion at 4 seeds, at 2 seeds with strong guidance, 2 retrieved meshes)."))
     retrieval_library: str = Field("meshes", description="Mesh library NAME[@VERSION] for retrieval members.")
@@ -219,13 +219,13 @@ class RankingsConfig(_Section):
 
     @field_validator("alpha_schedule")
     @classmethod
-    def _rising(cls, v):
+    def _rising(cls, v: list[float]) -> list[float]:
         if not v or any(not 0.5 <= a <= 1 for a in v) or any(b < a for a, b in zip(v, v[1:])):
             raise ValueError("must be a non-empty, non-decreasing list of values in [0.5, 1]")
         return v
 
-    def rules(self) -> dict:
-        """The decision rules: keyword arguments of flywheel.aggregate.judge_round."""
+    def rules(self) -> dict[str, Any]:
+        """The decision rules: keyword arguments of flywheel.feedback.aggregate.judge_round."""
         return self.model_dump(include={"alpha_schedule", "reject_share", "min_judgements", "bt_alpha", "gold"})
 
 
@@ -240,7 +240,7 @@ class StageSettings(_Section):
 class ModelSection(_Section):
     """The model a round trains (DESIGN.md §5): preset, then each stage's settings."""
 
-    preset: str = Field("tiny", description="sam3d_model.config preset: micro | tiny | small | base.")
+    preset: Literal["micro", "tiny", "small", "base"] = Field("tiny", description="sam3d_model.config preset.")
     overrides: dict[str, Any] = Field(default_factory=dict, description="ModelConfig fields over the preset.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     seed: int = 0
@@ -257,25 +257,15 @@ class ModelSection(_Section):
 
     @field_validator("curriculum")
     @classmethod
-    def _shares(cls, v):
+    def _shares(cls, v: list[float]) -> list[float]:
         if not v or any(not 0 <= x <= 1 for x in v):
             raise ValueError("must be a non-empty list of shares in [0, 1]")
         return v
 
-    @model_validator(mode="after")
-    def _buildable(self):
-        self.architecture()  # an unknown preset or a bad override fails at load, named
-        return self
-
-    def architecture(self):
-        """The sam3d_model ModelConfig this section describes."""
-        from sam3d_model.config import preset
-
-        return preset(self.preset, **self.overrides)
 
 
 class AnnotatorSettings(_Section):
-    """A simulated annotator (flywheel.simulate.SimulatedAnnotator)."""
+    """A simulated annotator (flywheel.feedback.simulate.SimulatedAnnotator)."""
 
     name: str = Field(..., min_length=1)
     noise: float = Field(0.0, ge=0)
@@ -285,13 +275,6 @@ class AnnotatorSettings(_Section):
     pairs_per_object: int = Field(0, ge=0, description="0: one best-of-N judgement per object; k: k pairwise ones.")
     rotation_weight: float = Field(1 / 180, ge=0, description="Quality lost per degree of rotation error.")
     translation_weight: float = Field(0.5, ge=0, description="Quality lost per unit of translation error.")
-
-    def annotator(self):
-        from flywheel.simulate import SimulatedAnnotator
-
-        fields = self.model_dump(exclude={"reject_threshold"})
-        return SimulatedAnnotator(**fields, reject_threshold=float("-inf") if self.reject_threshold is None
-                                  else self.reject_threshold)
 
 
 _SHAPE_ONLY = {"rotation_weight": 0.0, "translation_weight": 0.0}
@@ -362,7 +345,24 @@ class FlywheelConfig(_Section):
         return str(Path(root.removeprefix("file://")).expanduser().resolve())
 
 
-def _deep_merge(base: dict, over: dict, sources: dict, source: str, path: tuple = ()) -> None:
+#: Config sections that shape what the flywheel produces (the rest says where and how it runs) ...
+SHAPING_SECTIONS = ("meshes", "iso3do", "occlusions", "candidates", "rankings", "model", "rounds")
+#: ... and the fields of those sections that only say how it runs.
+NOT_SHAPING = {"rounds": {"lock_wait_s"}, "candidates": {"actors", "actor_num_cpus", "actor_num_gpus", "objects_per_job"}}
+
+
+def shaping(cfg: FlywheelConfig, sections: Iterable[str] = SHAPING_SECTIONS) -> dict[str, Any]:
+    """The part of ``cfg`` that shapes an output made from ``sections``, as plain data: the store
+    it lives in and those sections less their how-it-runs fields. The one answer to "does this
+    config change the result?": round series ids, round run ids and task cache keys digest it
+    (task parameters carry the individual values that shape a dataset version)."""
+    return {"store": cfg.store_root,
+            **{name: getattr(cfg, name).model_dump(mode="json", exclude=NOT_SHAPING.get(name, set()))
+               for name in sections}}
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any], sources: dict[str, str], source: str,
+                path: tuple[str, ...] = ()) -> None:
     for key, value in over.items():
         here = path + (key,)
         if isinstance(value, dict) and isinstance(base.setdefault(key, {}), dict):
@@ -372,7 +372,7 @@ def _deep_merge(base: dict, over: dict, sources: dict, source: str, path: tuple 
             sources[".".join(here)] = source
 
 
-def _read_yaml(path: Path) -> dict:
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
@@ -384,8 +384,8 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _env_overrides(environ: dict[str, str]) -> dict:
-    tree: dict = {}
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
@@ -426,7 +426,7 @@ def load_config(
         raise ConfigError(_describe(e, merged, sources)) from None
 
 
-def _describe(err: ValidationError, merged: dict, sources: dict[str, str]) -> str:
+def _describe(err: ValidationError, merged: dict[str, Any], sources: dict[str, str]) -> str:
     lines = [f"invalid configuration ({err.error_count()} problem(s)):"]
     for item in err.errors():
         field = ".".join(str(p) for p in item["loc"])
@@ -453,7 +453,7 @@ def redact_value(field: str, value: Any) -> Any:
     return value
 
 
-def redacted(cfg: FlywheelConfig) -> dict:
+def redacted(cfg: FlywheelConfig) -> dict[str, Any]:
     """The effective config as plain data, with passwords in URIs and secret fields hidden."""
 
     def walk(node: Any, path: str) -> Any:
@@ -461,4 +461,5 @@ def redacted(cfg: FlywheelConfig) -> dict:
             return {k: walk(v, f"{path}.{k}" if path else k) for k, v in node.items()}
         return redact_value(path, node)
 
-    return walk(cfg.model_dump(mode="json"), "")
+    tree: dict[str, Any] = walk(cfg.model_dump(mode="json"), "")
+    return tree

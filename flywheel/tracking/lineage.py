@@ -13,8 +13,9 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
-from flywheel.config import FlywheelConfig
-from flywheel.datasets import DatasetRef
+from flywheel.core.config import FlywheelConfig
+from flywheel.core.records import DatasetRef
+from flywheel.tracking.experiment import configure
 
 log = logging.getLogger(__name__)
 
@@ -23,27 +24,6 @@ STAGE_TAG = "flywheel.stage"
 FLOW_RUN_TAG = "prefect.flow_run_id"
 TASK_RUN_TAG = "prefect.task_run_id"
 CONTEXT_TAG = "mlflow.data.context"  # MLflow's own key for an input's context
-
-
-def configure(cfg: FlywheelConfig) -> str:
-    """Point MLflow at the configured tracking store and experiment; returns the experiment id."""
-    import mlflow
-
-    artifacts = cfg.mlflow.artifact_location
-    if cfg.mlflow.tracking_uri is None:
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        # Without this MLflow writes artifacts to ./mlruns of whatever folder the run is in.
-        artifacts = artifacts or (cfg.state_dir / "mlflow-artifacts").as_uri()
-    mlflow.set_tracking_uri(cfg.mlflow_tracking_uri)
-    experiment = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
-    if experiment is None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts)
-        except MlflowException:  # created meanwhile by a concurrent stage
-            pass
-    return mlflow.set_experiment(cfg.mlflow.experiment).experiment_id
 
 
 def _client():
@@ -157,9 +137,9 @@ def model_tree(cfg: FlywheelConfig, ref: str) -> list[str]:
     ``NAME@ALIAS``, ``NAME@VERSION``, ``NAME/VERSION`` or a ``models:/`` URI."""
     from mlflow import MlflowClient
 
-    from flywheel.datasets import Dataset, DatasetNotCommitted
-    from flywheel.models import ModelNotFound
-    from flywheel.store import open_store
+    from flywheel.core.datasets import Dataset, DatasetNotCommitted
+    from flywheel.core.store import open_store
+    from flywheel.tracking.registry import ModelNotFound
 
     configure(cfg)
     client = MlflowClient()

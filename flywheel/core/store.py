@@ -12,6 +12,7 @@ retried with botocore's "standard" mode: bounded attempts, exponential backoff, 
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import shutil
@@ -20,9 +21,9 @@ import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
-from flywheel.config import StoreConfig
+from flywheel.core.config import StoreConfig
 
 
 class StoreError(RuntimeError):
@@ -100,7 +101,7 @@ class Store(ABC):
         """All objects under ``prefix`` (a folder-like prefix), recursively, sorted by key."""
 
     @abstractmethod
-    def children(self, prefix: str = "") -> list[str]:
+    def children(self, prefix: str = "") -> builtins.list[str]:
         """Names of the immediate 'folders' under ``prefix`` (like ``ls -d prefix/*/``)."""
 
     @abstractmethod
@@ -144,7 +145,7 @@ class LocalStore(Store):
     def local_path(self, key: str) -> Path:
         return self._path(key)
 
-    def _write_tmp(self, target: Path, write) -> Path:
+    def _write_tmp(self, target: Path, write: Callable[[BinaryIO], object]) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}-{target.name}"
         try:
@@ -164,7 +165,7 @@ class LocalStore(Store):
     def put_file(self, key: str, path: str | Path) -> None:
         target = self._path(key)
 
-        def copy(f):
+        def copy(f: BinaryIO) -> None:
             with open(path, "rb") as src:
                 shutil.copyfileobj(src, f, 4 * 2**20)
 
@@ -217,7 +218,7 @@ class LocalStore(Store):
                 found.append(ObjectInfo(p.relative_to(self.root).as_posix(), st.st_size, st.st_mtime))
         yield from sorted(found, key=lambda o: o.key)
 
-    def children(self, prefix: str = "") -> list[str]:
+    def children(self, prefix: str = "") -> builtins.list[str]:
         base = self.root / prefix if prefix else self.root
         if not base.is_dir():
             return []
@@ -267,7 +268,7 @@ _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 class S3Store(Store):
     """``s3://bucket/prefix`` through boto3 (AWS, MinIO, SeaweedFS, Ceph)."""
 
-    def __init__(self, root_uri: str, config: StoreConfig | None = None, *, client=None):
+    def __init__(self, root_uri: str, config: StoreConfig | None = None, *, client: Any = None):
         if not root_uri.startswith("s3://"):
             raise ValueError(f"not an s3:// URI: {root_uri!r}")
         bucket, _, prefix = root_uri[5:].partition("/")
@@ -291,7 +292,10 @@ class S3Store(Store):
     def _translate(self, err: Exception, what: str) -> StoreError:
         """Turn a botocore failure into one clear StoreError naming store, object, reason."""
         from botocore.exceptions import (
-            ClientError, ConnectTimeoutError, EndpointConnectionError, NoCredentialsError,
+            ClientError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            NoCredentialsError,
             ReadTimeoutError,
         )
 
@@ -316,7 +320,7 @@ class S3Store(Store):
                               f"{err.response.get('Error', {}).get('Message', '')}")
         return StoreError(f"{where}: {type(err).__name__}: {err}")
 
-    def _call(self, what: str, fn, *args, **kwargs):
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -366,12 +370,14 @@ class S3Store(Store):
             s = start or 0
             kwargs["Range"] = f"bytes={s}-" + ("" if length is None else str(s + length - 1))
         resp = self._call(f"get {self.uri(key)}", self.client.get_object, **kwargs)
-        return resp["Body"].read()
+        data: bytes = resp["Body"].read()
+        return data
 
     def open(self, key: str) -> BinaryIO:
         resp = self._call(f"get {self.uri(key)}", self.client.get_object,
                           Bucket=self.bucket, Key=self._k(key))
-        return resp["Body"]
+        body: BinaryIO = resp["Body"]
+        return body
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
@@ -381,7 +387,7 @@ class S3Store(Store):
             return None
         return ObjectInfo(key, resp["ContentLength"], resp["LastModified"].timestamp())
 
-    def _paginate(self, prefix: str, **kwargs):
+    def _paginate(self, prefix: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
         full = self._k(prefix.rstrip("/")) + "/" if prefix else (f"{self.prefix}/" if self.prefix else "")
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=full, **kwargs)
@@ -395,7 +401,7 @@ class S3Store(Store):
             for obj in page.get("Contents", []):
                 yield ObjectInfo(self._rel(obj["Key"]), obj["Size"], obj["LastModified"].timestamp())
 
-    def children(self, prefix: str = "") -> list[str]:
+    def children(self, prefix: str = "") -> builtins.list[str]:
         names = []
         for page in self._paginate(prefix, Delimiter="/"):
             for cp in page.get("CommonPrefixes", []):
@@ -430,12 +436,11 @@ class S3Store(Store):
                                  f"{self.bucket!r} does not exist") from None
 
 
-def make_s3_client(config: StoreConfig):
+def make_s3_client(config: StoreConfig) -> Any:
     """A boto3 S3 client with bounded retries; create one per process (not fork-safe)."""
     import boto3
-    from botocore.config import Config
-
     import botocore.session
+    from botocore.config import Config
 
     core = botocore.session.Session()
     if config.credentials_file:
@@ -475,10 +480,11 @@ def read_uri(uri: str, config: StoreConfig, *, base: Path | None = None, max_byt
         info = store.stat(key)
         if info is None:
             raise FileNotFoundError(uri)
-        size, read = info.size, lambda: store.get_bytes(key)
-    else:
-        path = Path(uri) if base is None or Path(uri).is_absolute() else base / uri
-        size, read = path.stat().st_size, path.read_bytes
+        if max_bytes is not None and info.size > max_bytes:
+            raise ValueError(f"{info.size} bytes, over the limit of {max_bytes}")
+        return store.get_bytes(key)
+    path = Path(uri) if base is None or Path(uri).is_absolute() else base / uri
+    size = path.stat().st_size
     if max_bytes is not None and size > max_bytes:
         raise ValueError(f"{size} bytes, over the limit of {max_bytes}")
-    return read()
+    return path.read_bytes()

@@ -18,7 +18,7 @@ geometry, texture, completeness, multiview_consistency   optional rubric scores 
 ====================  =========================================================================
 
 Label Studio exports of the pairwise and ranking templates made by
-:mod:`flywheel.annotation` convert to the same rows (:func:`from_label_studio`).
+:mod:`flywheel.feedback.annotation` convert to the same rows (:func:`from_label_studio`).
 
 Checking is vectorised (pyarrow / pandas): every rejected row gets a reason (see
 :data:`REASONS`); the rest of the file is kept.
@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flywheel.contracts import RANKINGS
+from flywheel.core.contracts import RANKINGS
 
 KINDS = ("pairwise", "best-of-n", "reject-all")
 RUBRIC = ("geometry", "texture", "completeness", "multiview_consistency")
@@ -107,7 +107,7 @@ def read_native(data: bytes, name: str) -> pd.DataFrame:
 
 
 def from_label_studio(data: bytes, name: str) -> pd.DataFrame:
-    """Label Studio JSON export (pairwise or ranking template of flywheel.annotation) ->
+    """Label Studio JSON export (pairwise or ranking template of flywheel.feedback.annotation) ->
     native raw rows. Submission id: ``ls-<task id>-<annotation id>``."""
     try:
         tasks = json.loads(data)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from flywheel.raypool import cluster_gpus, ensure_ray, run_on_actors
+from flywheel.core.raypool import cluster_gpus, ensure_ray, run_on_actors
 from sam3d_model.ensemble import Candidate, Member
 
 

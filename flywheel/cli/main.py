@@ -8,15 +8,17 @@ committed.
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 import yaml
+from pydantic import ValidationError
 
-from flywheel.config import CONFIG_FILE_ENV, ConfigError, FlywheelConfig, load_config, redacted
+from flywheel.core.config import CONFIG_FILE_ENV, ConfigError, FlywheelConfig, load_config, redacted
+from flywheel.core.records import RunSummary
+from flywheel.learning.stages import model_architecture
 
 EXIT_FAILED, EXIT_USAGE, EXIT_STORE, EXIT_NOT_FOUND = 1, 2, 3, 4
 
@@ -50,24 +52,28 @@ def _fail(message: str, code: int) -> None:
 
 
 @app.callback()
-def main(config: Optional[str] = typer.Option(
+def main(ctx: typer.Context, config: Optional[str] = typer.Option(
         None, "--config", "-c", metavar="FILE",
         help=f"YAML config over configs/default.yaml (also: ${CONFIG_FILE_ENV}). "
              "Env FLYWHEEL__SECTION__FIELD overrides any field.")) -> None:
-    if config:
-        os.environ[CONFIG_FILE_ENV] = config  # seen by flows and tasks in this process too
+    """Load the config once; every command and the flows it runs get this one."""
     try:
-        load_config()
+        cfg = load_config(config)
+        model_architecture(cfg.model)  # a bad model override fails here, named, not mid-round
     except ConfigError as e:
         _fail(str(e), EXIT_USAGE)
+    ctx.obj = cfg
 
 
-def _cfg() -> FlywheelConfig:
-    return load_config()
+def _cfg(ctx: typer.Context) -> FlywheelConfig:
+    """The config :func:`main` loaded for this command."""
+    cfg = ctx.find_root().obj
+    assert isinstance(cfg, FlywheelConfig)
+    return cfg
 
 
 def _store(cfg: FlywheelConfig):
-    from flywheel.store import StoreError, open_store
+    from flywheel.core.store import StoreError, open_store
 
     store = open_store(cfg.store_root, cfg.store)
     try:
@@ -78,9 +84,9 @@ def _store(cfg: FlywheelConfig):
 
 
 @config_app.command("show")
-def config_show(fmt: str = typer.Option("yaml", "--format", "-f", help="yaml or json")) -> None:
+def config_show(ctx: typer.Context, fmt: str = typer.Option("yaml", "--format", "-f", help="yaml or json")) -> None:
     """Print the effective configuration (defaults < files < environment), secrets redacted."""
-    data = redacted(_cfg())
+    data = redacted(_cfg(ctx))
     if fmt == "json":
         typer.echo(json.dumps(data, indent=2))
     elif fmt == "yaml":
@@ -90,19 +96,19 @@ def config_show(fmt: str = typer.Option("yaml", "--format", "-f", help="yaml or 
 
 
 @store_app.command("check")
-def store_check() -> None:
+def store_check(ctx: typer.Context) -> None:
     """Check that the store is reachable, the bucket exists and the credentials work."""
-    cfg = _cfg()
+    cfg = _cfg(ctx)
     store = _store(cfg)
     typer.echo(f"ok: {store!r}")
 
 
 @datasets_app.command("ls")
-def datasets_ls(name: Optional[str] = typer.Argument(None, help="Only this dataset kind.")) -> None:
+def datasets_ls(ctx: typer.Context, name: Optional[str] = typer.Argument(None, help="Only this dataset kind.")) -> None:
     """List committed datasets: name, versions, latest version, rows, commit time."""
-    from flywheel.datasets import list_datasets, list_versions
+    from flywheel.core.datasets import list_datasets, list_versions
 
-    store = _store(_cfg())
+    store = _store(_cfg(ctx))
     names = [name] if name else list_datasets(store)
     if not names:
         typer.echo(f"no datasets in {store.root_uri}")
@@ -119,17 +125,17 @@ def datasets_ls(name: Optional[str] = typer.Argument(None, help="Only this datas
 
 
 @datasets_app.command("show")
-def datasets_show(
+def datasets_show(ctx: typer.Context, 
     spec: str = typer.Argument(..., metavar="NAME[@VERSION]", help="Latest version if omitted."),
     rows: int = typer.Option(5, "--rows", "-n", help="Manifest rows to print."),
     verify: bool = typer.Option(False, "--verify", help="Check every shard's checksum and "
                                 "that shards and manifest agree (reads all shards)."),
 ) -> None:
     """Show one dataset version: lineage, shards, schema and the first manifest rows."""
-    from flywheel.contracts import get_spec
-    from flywheel.datasets import Dataset, DatasetError
+    from flywheel.core.contracts import get_spec
+    from flywheel.core.datasets import Dataset, DatasetError
 
-    store = _store(_cfg())
+    store = _store(_cfg(ctx))
     try:
         get_spec(spec.partition("@")[0])
         ds = Dataset.open(store, spec)
@@ -166,15 +172,15 @@ def datasets_show(
 
 
 @datasets_app.command("gc")
-def datasets_gc(
+def datasets_gc(ctx: typer.Context, 
     older_than_hours: Optional[float] = typer.Option(
         None, help="Age of uncommitted attempts to remove (default: datasets.stale_attempt_hours)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
 ) -> None:
     """Remove debris of crashed or abandoned writes (never a committed version)."""
-    from flywheel.datasets import collect_garbage
+    from flywheel.core.datasets import collect_garbage
 
-    cfg = _cfg()
+    cfg = _cfg(ctx)
     store = _store(cfg)
     hours = cfg.datasets.stale_attempt_hours if older_than_hours is None else older_than_hours
     removed = collect_garbage(store, older_than_hours=hours, dry_run=dry_run)
@@ -185,15 +191,15 @@ def datasets_gc(
 
 
 @stack_app.command("up")
-def stack_up(
+def stack_up(ctx: typer.Context, 
     database_url: Optional[str] = typer.Option(None, help="PostgreSQL URL for the Prefect server "
                                                "(postgresql+asyncpg://...); default SQLite."),
     ray_cpus: int = typer.Option(1, help="CPUs of each Ray node (head and worker)."),
 ) -> None:
     """Start the stack and write .flywheel/stack/flywheel.yaml, the config that uses it."""
-    from flywheel import stack
+    from flywheel.ops import stack
 
-    cfg = _cfg()
+    cfg = _cfg(ctx)
     try:
         stack.up(cfg, database_url=database_url, ray_cpus=ray_cpus, log=typer.echo)
     except stack.StackError as e:
@@ -203,11 +209,11 @@ def stack_up(
 
 
 @stack_app.command("down")
-def stack_down() -> None:
+def stack_down(ctx: typer.Context) -> None:
     """Stop what `flywheel stack up` started (and nothing else)."""
-    from flywheel import stack
+    from flywheel.ops import stack
 
-    stopped = stack.down(_cfg(), log=typer.echo)
+    stopped = stack.down(_cfg(ctx), log=typer.echo)
     typer.echo(f"stopped {len(stopped)} service(s)" if stopped else "nothing was running")
 
 
@@ -219,20 +225,20 @@ def _print_status(services: dict) -> bool:
 
 
 @stack_app.command("status")
-def stack_status() -> None:
+def stack_status(ctx: typer.Context) -> None:
     """Health of each service (exit 1 if any is down)."""
-    from flywheel import stack
+    from flywheel.ops import stack
 
-    if not _print_status(stack.status(_cfg())):
+    if not _print_status(stack.status(_cfg(ctx))):
         raise typer.Exit(EXIT_FAILED)
 
 
 @stack_app.command("env")
-def stack_env() -> None:
+def stack_env(ctx: typer.Context) -> None:
     """Shell exports for tools outside flywheel (prefect, mlflow, ray CLIs) to use the stack."""
-    from flywheel import stack
+    from flywheel.ops import stack
 
-    cfg = _cfg()
+    cfg = _cfg(ctx)
     state, p = stack.read_state(cfg), stack.paths(cfg)
     if not state:
         _fail("the stack is not up (flywheel stack up)", EXIT_FAILED)
@@ -246,18 +252,18 @@ def stack_env() -> None:
 
 
 @app.command("validate")
-def validate_cmd(
+def validate_cmd(ctx: typer.Context, 
     spec: str = typer.Argument(..., metavar="NAME[@VERSION]", help="Latest version if omitted."),
     docs: Optional[str] = typer.Option(None, "--docs", metavar="DIR", help="Build Great Expectations' "
                                        "HTML Data Docs into DIR (open DIR/gx/uncommitted/data_docs/local_site/index.html)."),
     json_out: Optional[str] = typer.Option(None, "--json", metavar="FILE", help="Write the full results as JSON."),
 ) -> None:
     """Validate a dataset version with its Great Expectations suite (exit 1 if it fails)."""
-    from flywheel.contracts import get_spec
-    from flywheel.datasets import Dataset, DatasetError
-    from flywheel.validation import validate, write_json
+    from flywheel.core.contracts import get_spec
+    from flywheel.core.datasets import Dataset, DatasetError
+    from flywheel.validation.suites import validate, write_json
 
-    cfg = _cfg()
+    cfg = _cfg(ctx)
     store = _store(cfg)
     try:
         get_spec(spec.partition("@")[0])
@@ -274,29 +280,30 @@ def validate_cmd(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _run_flow(flow_name: str, **parameters):
-    """Run one of the flows in this process (an ephemeral Prefect server starts if needed);
-    print what a dataset-producing flow committed; return the flow's result."""
-    cfg = _cfg()
+def _run_flow(ctx: typer.Context, flow_name: str, cfg: FlywheelConfig | None = None, **parameters: Any) -> Any:
+    """Run one of the flows in this process with the loaded config (``cfg``: a variation of
+    it); an ephemeral Prefect server starts if needed. Prints what a data flow committed and
+    returns the flow's result."""
+    cfg = cfg or _cfg(ctx)
     _store(cfg)
-    from flywheel.runtime import apply_environment
+    from flywheel.core.runtime import apply_environment
 
-    apply_environment(cfg)
+    apply_environment(cfg)  # before Prefect is imported: it reads its settings then
     started = datetime.now()
     import importlib
 
     module, _, name = flow_name.partition(":")
     flow = getattr(importlib.import_module(module), name)  # imports Prefect: only when a flow runs
     try:
-        result = flow(**parameters)
+        result = flow(config=cfg, **parameters)
     except Exception as e:  # the flow already logged the traceback
         _fail(f"{flow.name} failed: {type(e).__name__}: {e}", EXIT_FAILED)
     seconds = (datetime.now() - started).total_seconds()
-    if isinstance(result, dict) and "datasets" in result:
-        typer.echo(f"\n{result['round']} done in {seconds:.0f} s")
-        for ds in result["datasets"]:
-            typer.echo(f"  {ds['name']}@{ds['version']}: {ds['num_rows']} rows  {ds['uri']}")
-        typer.echo(f"  MLflow run {result['mlflow_run_id']} in {cfg.mlflow_tracking_uri}")
+    if isinstance(result, RunSummary):
+        typer.echo(f"\n{result.run} done in {seconds:.0f} s")
+        for ds in result.datasets:
+            typer.echo(f"  {ds}: {ds.num_rows} rows  {ds.uri}")
+        typer.echo(f"  MLflow run {result.mlflow_run_id} in {cfg.mlflow_tracking_uri}")
         typer.echo(f"  look: mlflow ui --backend-store-uri {cfg.mlflow_tracking_uri}")
     else:
         typer.echo(f"\ndone in {seconds:.0f} s")
@@ -304,35 +311,35 @@ def _run_flow(flow_name: str, **parameters):
 
 
 @app.command("run")
-def run(rounds: int = typer.Option(1, "--rounds", min=1, help="Rounds to run: 0..N-1 (committed ones are "
+def run(ctx: typer.Context, rounds: int = typer.Option(1, "--rounds", min=1, help="Rounds to run: 0..N-1 (committed ones are "
                                    "read back, not re-run). The demo is 1; the longer demo 3.")) -> None:
     """Run flywheel rounds on the configured sizes: round 0 first bootstraps a champion from
     synthetic data; each round proposes candidates for new images, has simulated annotators
     rank them, retrains (SFT, DPO), evaluates on the held-out set and promotes or keeps the
     champion. A Prefect flow; lineage in MLflow."""
-    cfg = _cfg()
-    records = _run_flow("flows.round:flywheel_rounds", rounds_to_run=rounds)
+    cfg = _cfg(ctx)
+    records = _run_flow(ctx, "flows.round:flywheel_rounds", rounds_to_run=rounds)
     last = records[-1]
     store = cfg.store_root
-    typer.echo(f"\nchampion: {last['champion_after']['uri']} (round {last['round']} "
-               f"{'promoted its challenger' if last['promotion']['promote'] else 'kept it'})")
-    typer.echo(f"  round records:  {store}/rounds/{last['series']}/")
+    typer.echo(f"\nchampion: {last.champion_after.uri} (round {last.round} "
+               f"{'promoted its challenger' if last.promotion.promote else 'kept it'})")
+    typer.echo(f"  round records:  {store}/rounds/{last.series}/")
     typer.echo("  datasets:       flywheel datasets ls")
     typer.echo(f"  lineage:        flywheel lineage models:/{cfg.candidates.registered_model}@champion")
-    typer.echo(f"  annotation:     {store}/annotation/{last['datasets']['candidates']['version']}/sheets/")
+    typer.echo(f"  annotation:     {store}/annotation/{last.datasets['candidates'].version}/sheets/")
     typer.echo(f"  MLflow UI:      mlflow ui --backend-store-uri {cfg.mlflow_tracking_uri}  "
                f"(experiment {cfg.mlflow.experiment}: runs round-*, summary/rounds_summary.png)")
     typer.echo(f"  Prefect UI:     PREFECT_HOME={cfg.state_dir / 'prefect'} prefect server start")
 
 
 @app.command("lineage")
-def lineage_cmd(model: str = typer.Argument("sam3d@champion", help="NAME@ALIAS, NAME@VERSION or a models:/ URI.")) -> None:
+def lineage_cmd(ctx: typer.Context, model: str = typer.Argument("sam3d@champion", help="NAME@ALIAS, NAME@VERSION or a models:/ URI.")) -> None:
     """Print the tree from a model version back to the datasets that made it: the model it was
     warm-started from, SFT/preference data -> rankings -> candidates -> image pool -> renders -> meshes."""
-    cfg = _cfg()
+    cfg = _cfg(ctx)
     _store(cfg)
-    from flywheel.lineage import model_tree
-    from flywheel.models import ModelNotFound
+    from flywheel.tracking.lineage import model_tree
+    from flywheel.tracking.registry import ModelNotFound
 
     try:
         lines = model_tree(cfg, model)
@@ -342,11 +349,11 @@ def lineage_cmd(model: str = typer.Argument("sam3d@champion", help="NAME@ALIAS, 
 
 
 @app.command("rounds")
-def rounds_cmd() -> None:
+def rounds_cmd(ctx: typer.Context) -> None:
     """The committed rounds of the configured series: held-out metrics, accept rate, decision."""
-    cfg = _cfg()
+    cfg = _cfg(ctx)
     store = _store(cfg)
-    from flywheel import rounds
+    from flywheel.rounds import ledger as rounds
 
     series = rounds.series_id(cfg)
     history = rounds.committed_rounds(store, series)
@@ -358,7 +365,7 @@ def rounds_cmd() -> None:
 
 
 @app.command("propose")
-def propose(
+def propose(ctx: typer.Context, 
     pool: Optional[str] = typer.Option(None, help="Image pool: dataset NAME or NAME@VERSION (e.g. occlusions) or a "
                                        ".jsonl/.csv manifest with image, mask[, object_id]. Default: candidates.pool."),
     model: Optional[list[str]] = typer.Option(None, help="KEY=REF, e.g. champion=models:/sam3d@champion or "
@@ -367,22 +374,26 @@ def propose(
 ) -> None:
     """Propose N candidates per image-pool object with the model ensemble on Ray, render previews
     and publish annotation tasks (native JSONL + Label Studio imports) in the store."""
-    overrides = {}
+    cfg = _cfg(ctx)
+    section = cfg.candidates.model_dump()
     if pool:
-        overrides["FLYWHEEL__CANDIDATES__POOL"] = pool
+        section["pool"] = pool
     if model:
         pairs = [m.partition("=") for m in model]
         if any(not k or not v for k, _, v in pairs):
             _fail(f"--model needs KEY=REF, got {model}", EXIT_USAGE)
-        overrides["FLYWHEEL__CANDIDATES__MODELS"] = json.dumps({k: v for k, _, v in pairs})
+        section["models"] = {k: v for k, _, v in pairs}
     if candidates is not None:
-        overrides["FLYWHEEL__CANDIDATES__NUM_CANDIDATES"] = str(candidates)
-    os.environ.update(overrides)
-    _run_flow("flows.propose:propose")
+        section["num_candidates"] = candidates
+    try:
+        chosen = cfg.model_copy(update={"candidates": type(cfg.candidates).model_validate(section)})
+    except ValidationError as e:
+        _fail(f"invalid option: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}", EXIT_USAGE)
+    _run_flow(ctx, "flows.propose:propose", chosen)
 
 
 @rankings_app.command("ingest")
-def rankings_ingest(
+def rankings_ingest(ctx: typer.Context, 
     files: list[str] = typer.Argument(..., help="Exports: native .jsonl/.csv/.parquet or Label Studio .json "
                                       "(paths or s3:// URIs)."),
     candidates: Optional[str] = typer.Option(None, help="Candidates version the judgements are about "
@@ -392,11 +403,11 @@ def rankings_ingest(
     """Archive the exports as received, check every row (bad rows are quarantined with their
     reason), count each submission once, and commit the round's SFT, preference (DPO) and
     hard-case datasets. Re-ingesting a file changes nothing."""
-    _run_flow("flows.rankings:rankings", files=files, candidates=candidates, round_index=round_index)
+    _run_flow(ctx, "flows.rankings:rankings", files=files, candidates=candidates, round_index=round_index)
 
 
 @rankings_app.command("report")
-def rankings_report(
+def rankings_report(ctx: typer.Context, 
     version: Optional[str] = typer.Argument(None, help="rankings version (default: newest)."),
     round_index: int = typer.Option(0, "--round", help="Round k: picks the acceptance threshold alpha_k."),
     candidates: Optional[str] = typer.Option(None, help="Candidates version to decide on (default: the one the "
@@ -405,13 +416,13 @@ def rankings_report(
 ) -> None:
     """Submissions per kind and annotator, quarantine reasons, and what round k's rules
     (config `rankings`) decide on them now: decisions, accept rate, agreement, annotators."""
-    cfg = _cfg()
+    cfg = _cfg(ctx)
     store = _store(cfg)
     from collections import Counter
 
-    from flywheel.aggregate import judge_round
-    from flywheel.datasets import Dataset, DatasetNotCommitted
-    from flywheel.plots import rankings_report as report_plot
+    from flywheel.core.datasets import Dataset, DatasetNotCommitted
+    from flywheel.feedback.aggregate import judge_round
+    from flywheel.tracking.plots import rankings_report as report_plot
 
     try:
         ds = Dataset(store, "rankings", version)
@@ -445,27 +456,27 @@ def rankings_report(
 
 
 @synth_app.command("meshes")
-def synth_meshes() -> None:
+def synth_meshes(ctx: typer.Context) -> None:
     """Build the mesh library: load, filter, de-duplicate, voxelise (config `meshes`)."""
-    _run_flow("flows.synth:synth_meshes")
+    _run_flow(ctx, "flows.synth:synth_meshes")
 
 
 @synth_app.command("iso3do")
-def synth_iso3do() -> None:
+def synth_iso3do(ctx: typer.Context) -> None:
     """Mesh library, then Iso-3DO renders with Blender (config `iso3do`, `render`)."""
-    _run_flow("flows.synth:synth_iso3do")
+    _run_flow(ctx, "flows.synth:synth_iso3do")
 
 
 @synth_app.command("occlusions")
-def synth_occlusions() -> None:
+def synth_occlusions(ctx: typer.Context) -> None:
     """Mesh library, then Flying-Occlusions render-paste (config `occlusions`, `render`)."""
-    _run_flow("flows.synth:synth_occlusions")
+    _run_flow(ctx, "flows.synth:synth_occlusions")
 
 
 @synth_app.command("all")
-def synth_all() -> None:
+def synth_all(ctx: typer.Context) -> None:
     """The whole synthetic-data refresh: meshes, Iso-3DO and Flying Occlusions."""
-    _run_flow("flows.synth:synth_all")
+    _run_flow(ctx, "flows.synth:synth_all")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -30,17 +30,17 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Collection, Iterable, Iterator, Mapping
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flywheel.contracts import QUARANTINE_SCHEMA, DatasetSpec, get_spec
-from flywheel.store import ObjectNotFound, S3Store, Store
+from flywheel.core.contracts import QUARANTINE_SCHEMA, DatasetSpec, get_spec
+from flywheel.core.digests import canonical, digest_of
+from flywheel.core.records import DatasetRef, Rejected, Sample
+from flywheel.core.store import ObjectNotFound, S3Store, Store
 
 log = logging.getLogger(__name__)
 
@@ -66,45 +66,6 @@ class SampleError(DatasetError, ValueError):
     """A sample does not fit the dataset's contract; names the sample and the reason."""
 
 
-@dataclass(frozen=True)
-class DatasetRef:
-    """What a task returns: a small, hashable pointer to one committed dataset version."""
-
-    name: str
-    version: str
-    uri: str            # the version's folder
-    digest: str         # content digest: manifest + shard checksums
-    num_rows: int
-
-    def __str__(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _canonical(obj: Any) -> Any:
-    if isinstance(obj, DatasetRef):
-        return {"dataset": obj.name, "version": obj.version, "digest": obj.digest}
-    if isinstance(obj, Mapping):
-        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(obj, (list, tuple)):
-        return [_canonical(v) for v in obj]
-    if hasattr(obj, "model_dump"):  # pydantic config sections
-        return _canonical(obj.model_dump(mode="json"))
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot digest {type(obj).__name__}; pass plain data or DatasetRefs")
-
-
-def digest_of(obj: Any) -> str:
-    """sha256 of the canonical JSON of plain data (dict order does not matter)."""
-    text = json.dumps(_canonical(obj), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def version_of(spec: DatasetSpec, *, inputs: Mapping[str, Any], config: Any = None,
                code_version: str = "1") -> str:
     """The version of a dataset made from ``inputs`` with ``config`` by code ``code_version``."""
@@ -116,18 +77,10 @@ def _prefix(name: str, version: str | None = None) -> str:
     return f"datasets/{name}" + (f"/{version}" if version else "")
 
 
-def encode_npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
 
 
-def decode_npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def encode_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
 class DatasetWriter:
@@ -140,28 +93,28 @@ class DatasetWriter:
 
     def __init__(self, store: Store, spec: DatasetSpec, version: str, *,
                  inputs: Mapping[str, Any] | None = None, config: Any = None,
-                 parents: list[DatasetRef] | tuple = (), shard_max_samples: int = 1000,
+                 parents: list[DatasetRef] | tuple[DatasetRef, ...] = (), shard_max_samples: int = 1000,
                  shard_max_bytes: int = 256 * 2**20, stale_attempt_hours: float = 6.0):
         self.store, self.spec, self.version = store, spec, version
         store.check()  # credentials, bucket, network: fail before any work is done
-        self.inputs = _canonical(inputs or {})
-        self.config = _canonical(config)
+        self.inputs = canonical(inputs or {})
+        self.config = canonical(config)
         self.parents = list(parents)
         self.shard_max_samples, self.shard_max_bytes = shard_max_samples, shard_max_bytes
         self.stale_attempt_hours = stale_attempt_hours
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         self.attempt = f"attempt-{stamp}-{uuid.uuid4().hex[:8]}"
         self._base = f"{_prefix(spec.name, version)}/{self.attempt}"
-        self._rows: list[dict] = []
+        self._rows: list[dict[str, Any]] = []
         self._tables: list[pa.Table] = []   # table-only datasets: rows added in bulk
-        self._quarantine: list[dict] = []
+        self._quarantine: list[dict[str, Any]] = []
         self._keys: set[str] = set()
-        self._shards: list[dict] = []
+        self._shards: list[dict[str, Any]] = []
         self._tmpdir = tempfile.TemporaryDirectory(prefix="flywheel-shards-")
         self._tar: tarfile.TarFile | None = None
         self._tar_path: Path | None = None
         self._tar_count = self._tar_bytes = 0
-        self.ref: DatasetRef | None = None
+        self._ref: DatasetRef | None = None
 
     # -- writing ---------------------------------------------------------------------
     def add(self, key: str, row: Mapping[str, Any], files: Mapping[str, bytes]) -> None:
@@ -170,6 +123,7 @@ class DatasetWriter:
         if self._tar is None or self._tar_count >= self.shard_max_samples or (
                 self._tar_count and self._tar_bytes >= self.shard_max_bytes):
             self._roll_shard()
+        assert self._tar is not None and self._tar_path is not None
         digest = hashlib.sha256()
         total = 0
         for ext in sorted(files):
@@ -210,7 +164,15 @@ class DatasetWriter:
         self._quarantine.append({"item_id": str(item_id), "kind": kind, "reason": reason,
                                  "detail": detail or reason})
 
-    def add_shard_from(self, part: "Dataset", shard: dict) -> None:
+    def put(self, item: Sample | Rejected, kind: str) -> bool:
+        """Add a :class:`Sample`, or quarantine a :class:`Rejected` item of ``kind``; True if added."""
+        if isinstance(item, Rejected):
+            self.quarantine(item.item_id, kind, item.reason, item.detail)
+            return False
+        self.add(item.key, item.row, item.files)
+        return True
+
+    def add_shard_from(self, part: Dataset, shard: dict[str, Any]) -> None:
         """Adopt a committed shard of another dataset version (a cached part) as is."""
         self._close_shard()
         name = f"shard-{len(self._shards):06d}.tar"
@@ -261,6 +223,7 @@ class DatasetWriter:
         self._tar.close()
         self._tar = None
         path = self._tar_path
+        assert path is not None
         sha = hashlib.sha256()
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(2**20), b""):
@@ -306,12 +269,12 @@ class DatasetWriter:
         created = self.store.create_if_absent(f"{_prefix(self.spec.name, self.version)}/{MARKER}",
                                               json.dumps(marker, indent=1).encode())
         if created:
-            self.ref = _ref_from_marker(self.store, marker)
+            self._ref = _ref_from_marker(self.store, marker)
             log.info("committed %s (%d rows, %d shards, %d quarantined)", self.ref, table.num_rows,
                      len(self._shards), len(self._quarantine))
         else:
             winner = read_marker(self.store, self.spec.name, self.version)
-            self.ref = _ref_from_marker(self.store, winner)
+            self._ref = _ref_from_marker(self.store, winner)
             if winner["digest"] != content:
                 log.warning("%s was committed by another writer with different content "
                             "(%s vs ours %s): is the producer deterministic?",
@@ -336,23 +299,30 @@ class DatasetWriter:
         collect_garbage(self.store, self.spec.name, older_than_hours=self.stale_attempt_hours,
                         version=self.version)
 
-    def __enter__(self) -> "DatasetWriter":
+    @property
+    def ref(self) -> DatasetRef:
+        """The committed version (after :meth:`commit`, or the ``with`` block)."""
+        if self._ref is None:
+            raise DatasetError(f"{self.spec.name}@{self.version}: not committed yet")
+        return self._ref
+
+    def __enter__(self) -> DatasetWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         if exc_type is None:
             self.commit()
         else:
             self.abort()
 
 
-def _ref_from_marker(store: Store, marker: dict) -> DatasetRef:
+def _ref_from_marker(store: Store, marker: dict[str, Any]) -> DatasetRef:
     return DatasetRef(name=marker["name"], version=marker["version"],
                       uri=store.uri(_prefix(marker["name"], marker["version"])),
                       digest=marker["digest"], num_rows=marker["num_rows"])
 
 
-def read_marker(store: Store, name: str, version: str) -> dict:
+def read_marker(store: Store, name: str, version: str) -> dict[str, Any]:
     try:
         raw = store.get_bytes(f"{_prefix(name, version)}/{MARKER}")
     except ObjectNotFound:
@@ -360,7 +330,8 @@ def read_marker(store: Store, name: str, version: str) -> dict:
         why = "an uncommitted (unfinished or crashed) write exists" if debris else "no such version"
         raise DatasetNotCommitted(f"dataset {name}@{version} in {store.root_uri}: not committed "
                                   f"({why})") from None
-    return json.loads(raw)
+    marker: dict[str, Any] = json.loads(raw)
+    return marker
 
 
 def committed_ref(store: Store, name: str, version: str) -> DatasetRef | None:
@@ -371,7 +342,7 @@ def committed_ref(store: Store, name: str, version: str) -> DatasetRef | None:
         return None
 
 
-def list_versions(store: Store, name: str) -> list[dict]:
+def list_versions(store: Store, name: str) -> list[dict[str, Any]]:
     """Markers of the committed versions of ``name``, oldest first."""
     markers = []
     for version in store.children(_prefix(name)):
@@ -388,7 +359,7 @@ def list_datasets(store: Store) -> list[str]:
 
 _OPENER_LOCK = threading.Lock()
 _S3_SCHEMES: dict[str, Any] = {}   # scheme -> StoreConfig
-_CLIENTS: dict[tuple, Any] = {}
+_CLIENTS: dict[tuple[int, str], Any] = {}
 
 
 def _s3_scheme(store: S3Store) -> str:
@@ -397,8 +368,9 @@ def _s3_scheme(store: S3Store) -> str:
     webdataset has no s3:// support, and a plain s3:// URL does not say which endpoint
     it lives on: two stores with the same bucket name on different servers must not be
     confused, so each store configuration gets a scheme of its own."""
-    import webdataset.gopen  # noqa: F401  (the module, not the function of the same name)
     import sys
+
+    import webdataset.gopen  # noqa: F401  (the module, not the function of the same name)
 
     cfg = store.config
     scheme = "s3x" + digest_of([cfg.endpoint_url, cfg.region, cfg.profile])[:12]
@@ -408,10 +380,10 @@ def _s3_scheme(store: S3Store) -> str:
     return scheme
 
 
-def _gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
+def _gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> Any:
     if mode[0] != "r":
         raise ValueError(f"{url}: the s3 opener only reads")
-    from flywheel.store import make_s3_client
+    from flywheel.core.store import make_s3_client
 
     scheme, _, rest = url.partition("://")
     bucket, _, key = rest.partition("/")
@@ -461,7 +433,7 @@ class Dataset:
             raise DatasetCorrupt(f"{self.ref}: quarantine table checksum mismatch")
         return pq.read_table(io.BytesIO(data))
 
-    def shard_urls(self, shards: list[str] | None = None) -> list[str]:
+    def shard_urls(self, shards: Collection[str] | None = None) -> list[str]:
         """URLs webdataset can open: local paths, or S3 URLs with this store's scheme."""
         scheme = _s3_scheme(self.store) if isinstance(self.store, S3Store) else None
         urls = []
@@ -473,10 +445,11 @@ class Dataset:
             if local is not None:
                 urls.append(str(local))
             else:
+                assert scheme is not None, "only S3 stores have no local path"
                 urls.append(scheme + self.store.uri(key).removeprefix("s3"))
         return urls
 
-    def samples(self, keys: Iterable[str] | None = None) -> Iterator[dict]:
+    def samples(self, keys: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
         """Stream samples as dicts ``{"__key__": key, ext: bytes, ...}`` through webdataset;
         with ``keys``, only those samples, reading only the shards that hold them."""
         import webdataset as wds
@@ -545,7 +518,8 @@ def _sample_digests(tar_bytes: bytes) -> Iterator[tuple[str, str]]:
             if key not in groups:
                 groups[key] = []
                 order.append(key)
-            groups[key].append((ext, tar.extractfile(member).read()))
+            member_file = tar.extractfile(member)
+            groups[key].append((ext, member_file.read() if member_file is not None else b""))
     for key in order:
         digest = hashlib.sha256()
         for ext, data in sorted(groups[key]):
@@ -581,7 +555,7 @@ def collect_garbage(store: Store, name: str | None = None, *, older_than_hours: 
 
 
 def write_dataset(store: Store, spec: DatasetSpec, version: str,
-                  samples, **writer_kwargs) -> DatasetRef:
+                  samples: Iterable[tuple[str, Mapping[str, Any], Mapping[str, bytes]]], **writer_kwargs: Any) -> DatasetRef:
     """Commit ``samples`` (iterable of ``(key, row, files)``) unless the version exists."""
     existing = committed_ref(store, spec.name, version)
     if existing is not None:
@@ -593,7 +567,7 @@ def write_dataset(store: Store, spec: DatasetSpec, version: str,
 
 
 def assemble_dataset(store: Store, spec: DatasetSpec, version: str, parts: list[DatasetRef],
-                     quarantine: Iterable[dict] = (), **writer_kwargs) -> DatasetRef:
+                     quarantine: Iterable[dict[str, Any]] = (), **writer_kwargs: Any) -> DatasetRef:
     """Commit ``spec@version`` from committed parts: their shards are copied (server-side on
     S3), manifests and quarantine tables concatenated (plus ``quarantine`` rows of the
     stage itself). Nothing is re-rendered."""

@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flywheel.rankings import arrow_text
+from flywheel.feedback.exports import arrow_text
 
 
 def comparisons(rankings: pa.Table) -> pd.DataFrame:

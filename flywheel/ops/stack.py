@@ -26,8 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from flywheel.config import FlywheelConfig
-from flywheel.servers import free_port, start_seaweedfs
+from flywheel.core.config import FlywheelConfig
+from flywheel.ops.servers import free_port, start_seaweedfs
 
 BUCKET = "flywheel"
 PROFILE = "flywheel-stack"

@@ -51,7 +51,7 @@ class DatasetSpec:
     files: tuple[str, ...]
     description: str = ""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", self.name):
             raise ValueError(f"dataset name {self.name!r}: use lowercase letters, digits, '-'")
         clash = _STORAGE_NAMES & set(self.schema.names)
@@ -238,7 +238,7 @@ CANDIDATES_PART = part_spec(CANDIDATES)
 
 #: Ingested human (or simulated) judgements: every row of every accepted export, once per
 #: submission id. Table-only (the manifest is the data); the raw exports are archived as
-#: received under ``rankings/raw/<sha256>/``. Columns: flywheel.rankings.NATIVE_SCHEMA.
+#: received under ``rankings/raw/<sha256>/``. Columns: flywheel.feedback.exports.NATIVE_SCHEMA.
 RANKINGS = register(DatasetSpec(
     name="rankings",
     schema=pa.schema([

@@ -19,6 +19,10 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
+from flywheel.core.codecs import decode_npy
+from flywheel.core.config import AnnotatorSettings
+from flywheel.core.datasets import Dataset
+
 
 @dataclass(frozen=True)
 class SimulatedAnnotator:
@@ -30,6 +34,13 @@ class SimulatedAnnotator:
     pairs_per_object: int = 0          # 0: one best-of-N judgement; k: k pairwise judgements
     rotation_weight: float = 1 / 180   # quality lost per degree of rotation error
     translation_weight: float = 0.5    # quality lost per unit of translation error
+
+    @classmethod
+    def from_settings(cls, settings: AnnotatorSettings) -> SimulatedAnnotator:
+        """The annotator a config entry (``rounds.annotators``) describes."""
+        fields = settings.model_dump(exclude={"reject_threshold"})
+        threshold = float("-inf") if settings.reject_threshold is None else settings.reject_threshold
+        return cls(**fields, reject_threshold=threshold)
 
 
 @dataclass(frozen=True)
@@ -115,8 +126,6 @@ def to_label_studio(rows: list[dict]) -> str:
 def truths_for_pool(store, pool) -> dict[str, Truth]:
     """Ground truth of image-pool objects that came from Flying Occlusions (source
     ``occlusions@VERSION/KEY``): the occludee's occupancy and pose."""
-    from flywheel.datasets import Dataset, decode_npy
-
     wanted: dict[str, dict[str, str]] = {}
     for row in Dataset(store, pool.name, pool.version).manifest().select(["object_id", "source"]).to_pylist():
         spec, _, key = row["source"].partition("/")
@@ -136,8 +145,6 @@ def truths_for_pool(store, pool) -> dict[str, Truth]:
 
 def candidate_records(store, candidates) -> dict[str, list[dict]]:
     """The candidates of a candidates dataset, per object, as :func:`simulate` takes them."""
-    from flywheel.datasets import Dataset, decode_npy
-
     ds = Dataset(store, candidates.name, candidates.version)
     rows = {r["sample_key"]: r for r in ds.manifest().to_pylist()}
     out: dict[str, list[dict]] = {}

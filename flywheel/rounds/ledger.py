@@ -20,39 +20,34 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from flywheel.config import FlywheelConfig
-from flywheel.datasets import digest_of
-from flywheel.store import Store
-
-#: Config sections that shape what a round produces (the rest is where and how it runs).
-SHAPING_SECTIONS = ("meshes", "iso3do", "occlusions", "candidates", "rankings", "model", "rounds")
-#: Of ``rounds``, fields that only say how rounds are run.
-_NOT_SHAPING = {"rounds": {"lock_wait_s"}, "candidates": {"actors", "actor_num_cpus",
-                                                                           "actor_num_gpus", "objects_per_job"}}
+from flywheel.core.config import FlywheelConfig, shaping
+from flywheel.core.digests import digest_of
+from flywheel.core.store import Store
+from flywheel.rounds.record import RoundRecord
+from flywheel.tracking.plots import curves
 
 
 def series_id(cfg: FlywheelConfig) -> str:
-    shaping = {name: getattr(cfg, name).model_dump(mode="json", exclude=_NOT_SHAPING.get(name, set()))
-               for name in SHAPING_SECTIONS}
-    return digest_of({"store": cfg.store_root, **shaping})[:12]
+    """A series is one store and one shaping config (:func:`flywheel.core.config.shaping`)."""
+    return digest_of(shaping(cfg))[:12]
 
 
 def record_key(series: str, round_index: int) -> str:
     return f"rounds/{series}/round-{round_index:04d}.json"
 
 
-def read_round(store: Store, series: str, round_index: int) -> dict | None:
+def read_round(store: Store, series: str, round_index: int) -> RoundRecord | None:
     key = record_key(series, round_index)
-    return json.loads(store.get_bytes(key)) if store.exists(key) else None
+    return RoundRecord.from_json(store.get_bytes(key)) if store.exists(key) else None
 
 
-def write_round(store: Store, series: str, record: dict) -> dict:
+def write_round(store: Store, record: RoundRecord) -> RoundRecord:
     """Commit ``record`` (create-if-absent: a round is committed once, whoever writes first);
     returns the committed record."""
-    key = record_key(series, record["round"])
-    if store.create_if_absent(key, json.dumps(record, indent=1, sort_keys=True).encode()):
+    key = record_key(record.series, record.round)
+    if store.create_if_absent(key, record.to_json()):
         return record
-    return json.loads(store.get_bytes(key))
+    return RoundRecord.from_json(store.get_bytes(key))
 
 
 class RoundBusy(RuntimeError):
@@ -89,46 +84,44 @@ def round_lock(path: Path, wait_s: float):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def committed_rounds(store: Store, series: str) -> list[dict]:
+def committed_rounds(store: Store, series: str) -> list[RoundRecord]:
     """The series' committed round records, oldest first."""
     keys = sorted(o.key for o in store.list(f"rounds/{series}/") if o.key.endswith(".json"))
-    return [json.loads(store.get_bytes(k)) for k in keys]
+    return [RoundRecord.from_json(store.get_bytes(k)) for k in keys]
 
 
-def summary_rows(records: list[dict]) -> list[dict]:
+def summary_rows(records: list[RoundRecord]) -> list[dict]:
     """One flat row per round: held-out metrics, decisions, data volumes, stage seconds."""
     rows = []
     for r in records:
-        row = {"round": r["round"], "promoted": r["promotion"]["promote"], "champion_after": r["champion_after"]["uri"]}
+        row: dict = {"round": r.round, "promoted": r.promotion.promote, "champion_after": r.champion_after.uri}
         for who in ("champion", "challenger"):
-            row.update({f"{who}_{k}": v for k, v in r["evaluation"][who].items()})
-        row.update(r["rankings"])
-        row.update({f"rows_{k}": v for k, v in r["volumes"].items()})
-        row.update({f"seconds_{k}": v for k, v in r["seconds"].items()})
+            row.update({f"{who}_{k}": v for k, v in r.evaluation[who].items()})
+        row.update(r.rankings)
+        row.update({f"rows_{k}": v for k, v in r.volumes.items()})
+        row.update({f"seconds_{k}": v for k, v in r.seconds.items()})
         rows.append(row)
     return rows
 
 
-def summary_plot(records: list[dict], path: str | Path) -> Path:
+def summary_plot(records: list[RoundRecord], path: str | Path) -> Path:
     """Held-out metrics (champion vs challenger), accept rate and data volumes per round."""
-    from flywheel.plots import curves
-
-    x = [r["round"] for r in records]
-    series = {}
+    x = [r.round for r in records]
+    series: dict = {}
     for metric in ("viou", "f1", "add_s_accuracy", "rotation_error_deg"):
-        series[f"held-out {metric}"] = {who: (x, [r["evaluation"][who][metric] for r in records])
+        series[f"held-out {metric}"] = {who: (x, [r.evaluation[who][metric] for r in records])
                                         for who in ("champion", "challenger")}
-    series["accept rate"] = (x, [r["rankings"]["accept_rate"] for r in records])
-    series["rows per dataset"] = {k: (x, [r["volumes"].get(k, 0) for r in records]) for k in records[-1]["volumes"]}
+    series["accept rate"] = (x, [r.rankings["accept_rate"] for r in records])
+    series["rows per dataset"] = {k: (x, [r.volumes.get(k, 0) for r in records]) for k in records[-1].volumes}
     return curves(series, path, title="flywheel rounds", log_y=False)
 
 
-def summary_text(records: list[dict]) -> str:
+def summary_text(records: list[RoundRecord]) -> str:
     """A table for people: per round, held-out metrics of both models, accept rate, decision."""
     lines = ["round  accept  champion vIoU / F1   challenger vIoU / F1   decision"]
     for r in records:
-        ch, cl = r["evaluation"]["champion"], r["evaluation"]["challenger"]
-        lines.append(f"{r['round']:>5}  {r['rankings']['accept_rate']:6.2f}  {ch['viou']:.3f} / {ch['f1']:.3f}"
+        ch, cl = r.evaluation["champion"], r.evaluation["challenger"]
+        lines.append(f"{r.round:>5}  {r.rankings['accept_rate']:6.2f}  {ch['viou']:.3f} / {ch['f1']:.3f}"
                      f"          {cl['viou']:.3f} / {cl['f1']:.3f}            "
-                     f"{'promoted ' + r['challenger']['uri'] if r['promotion']['promote'] else 'kept'}")
+                     f"{'promoted ' + r.challenger.uri if r.promotion.promote else 'kept'}")
     return "\n".join(lines)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
+
+from flywheel.core.config import REPO_ROOT
 
 log = logging.getLogger(__name__)
 J = TypeVar("J")
@@ -27,22 +28,28 @@ def ensure_ray(address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
-                 runtime_env={"working_dir": str(Path(__file__).resolve().parent.parent),
+                 runtime_env={"working_dir": str(REPO_ROOT),
                               "excludes": [".venv/", ".flywheel/", ".git/", "bench/results/"]})
-        log.info("connected to the Ray cluster at %s (%s CPUs, %s GPUs)", address,
-                 ray.cluster_resources().get("CPU"), ray.cluster_resources().get("GPU", 0))
+        resources = _resources()
+        log.info("connected to the Ray cluster at %s (%s CPUs, %s GPUs)", address, resources.get("CPU"),
+                 resources.get("GPU", 0))
     else:
         ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-        log.info("started a local Ray (%s CPUs)", ray.cluster_resources().get("CPU"))
+        log.info("started a local Ray (%s CPUs)", _resources().get("CPU"))
+
+
+def _resources() -> dict[str, float]:
+    import ray
+
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    return resources
 
 
 def cluster_gpus() -> float:
-    import ray
-
-    return float(ray.cluster_resources().get("GPU", 0))
+    return float(_resources().get("GPU", 0))
 
 
-def run_on_actors(actors: list, jobs: Sequence[J], call: Callable[[Any, J], Any], *, name: Callable[[J], str],
+def run_on_actors(actors: list[Any], jobs: Sequence[J], call: Callable[[Any, J], Any], *, name: Callable[[J], str],
                   failed: Callable[[J, str], R], what: str = "jobs",
                   replace: Callable[[Any], Any] | None = None,
                   on_result: Callable[[R], None] | None = None) -> list[R]:
@@ -56,7 +63,7 @@ def run_on_actors(actors: list, jobs: Sequence[J], call: Callable[[Any, J], Any]
     pending = list(jobs)[::-1]
     total = len(pending)
     retried: set[str] = set()
-    in_flight: dict = {}
+    in_flight: dict[Any, tuple[Any, J]] = {}
     idle = list(actors)
     results: list[R] = []
     started = time.monotonic()

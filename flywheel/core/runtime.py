@@ -1,7 +1,8 @@
 """Process environment that makes a new user's first run work; no orchestrator imports here.
 
 Prefect reads its settings when it is imported, so :func:`apply_environment` must run
-before ``import prefect`` (``tasks/__init__.py`` and the CLI call it first). Values the
+before ``import prefect``: the CLI calls it before it imports a flow; a flow started by a
+worker calls it at its start (the worker's own environment set Prefect up). Values the
 user already set are kept.
 """
 
@@ -10,14 +11,12 @@ from __future__ import annotations
 import logging
 import os
 
-from flywheel.config import FlywheelConfig, load_config
-
+from flywheel.core.config import FlywheelConfig
 
 DOMAIN_LOGGERS = ("flywheel", "rendering", "sam3d_model")
 
 
-def apply_environment(cfg: FlywheelConfig | None = None) -> FlywheelConfig:
-    cfg = cfg or load_config()
+def apply_environment(cfg: FlywheelConfig) -> FlywheelConfig:
     state = cfg.state_dir
     defaults = {
         # Keep Prefect's database, results and logs with the project's other local state.

@@ -107,7 +107,7 @@ def curves(series: dict[str, tuple | dict[str, tuple]], path: str | Path, title:
 
 def rankings_report(decisions, annotators, path: str | Path) -> Path:
     """A round's decisions (counts), winner scores and annotator quality, side by side.
-    ``decisions`` / ``annotators``: frames of flywheel.aggregate.judge_round."""
+    ``decisions`` / ``annotators``: frames of flywheel.feedback.aggregate.judge_round."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -9,14 +9,16 @@ checkpoint's sha256. Downloads are cached in the state folder by digest.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from flywheel.config import FlywheelConfig
+from flywheel.core.config import FlywheelConfig
+from flywheel.core.digests import file_digest
+from flywheel.core.records import ModelRef
+from flywheel.tracking.experiment import configure
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 CHECKPOINT_FILE = "model.pt"
@@ -38,20 +40,10 @@ class ResolvedModel:
     sha256: str
 
 
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _client(cfg: FlywheelConfig):
     from mlflow import MlflowClient
 
-    from flywheel import lineage
-
-    lineage.configure(cfg)
+    configure(cfg)
     return MlflowClient()
 
 
@@ -123,3 +115,18 @@ def resolve_model(cfg: FlywheelConfig, ref: str) -> ResolvedModel:
         cache.unlink()
         raise ModelNotFound(f"model {ref!r}: downloaded checkpoint does not match its registered sha256")
     return ResolvedModel(ref, f"{name}/{version.version}", cache, digest or file_digest(cache))
+
+
+def find_version(cfg: FlywheelConfig, name: str, sha256: str) -> ModelRef | None:
+    """The first version of ``name`` registered for the checkpoint with this sha256, if any:
+    a checkpoint is registered once, however often its registering task runs."""
+    found = [v for v in _client(cfg).search_model_versions(f"name = '{name}'")
+             if v.tags.get("checkpoint_sha256") == sha256]
+    if not found:
+        return None
+    version = min(found, key=lambda v: int(v.version)).version
+    return ModelRef(name=name, version=str(version), uri=f"models:/{name}/{version}", sha256=sha256)
+
+
+def set_alias(cfg: FlywheelConfig, model: ModelRef, alias: str) -> None:
+    _client(cfg).set_registered_model_alias(model.name, alias, model.version)

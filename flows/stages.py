@@ -1,0 +1,202 @@
+"""The flows' shared parts, in one place: each is a few tasks run in order with their
+validation gates, and :func:`run_round` runs a body of them as one MLflow round.
+
+    mesh library ─> gate ─┬─> iso3do parts (cached per batch) ─> assemble ─> gate
+                          └─> occlusion parts (cached per batch) ─> assemble ─> gate
+    image pool ─> gate ─> candidate parts (cached per part) ─> assemble ─> gate ─> previews + tasks
+    exports ─> ingest (archive raw, check, count once) ─> gate ─> decide ─> SFT / preference / hard-case ─> gates
+
+Every dataset passes its validation gate before anything consumes it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from flywheel.core.config import FlywheelConfig, load_config, shaping
+from flywheel.core.datasets import Dataset, list_versions
+from flywheel.core.digests import digest_of, file_digest
+from flywheel.core.records import DatasetRef, RunSummary
+from flywheel.core.runtime import apply_environment
+from flywheel.tracking import lineage
+from tasks.candidates import (
+    assemble_candidates,
+    build_image_pool,
+    close_proposal_pool,
+    ensemble_members,
+    propose_part,
+    publish_annotation_tasks,
+    resolve_ensemble,
+)
+from tasks.conventions import ensure_result_storage, prefect_run_ids, store_for
+from tasks.rankings import decide_round, export_digests, ingest_rankings
+from tasks.synth import (
+    assemble,
+    batches,
+    build_mesh_library,
+    close_render_pool,
+    iso3do_settings,
+    occlusions_settings,
+    render_iso3do_part,
+    render_occlusions_part,
+)
+from tasks.validation import gate_for
+
+SYNTHETIC_SECTIONS = ("meshes", "iso3do", "occlusions")
+
+
+def flow_config(config: FlywheelConfig | None) -> FlywheelConfig:
+    """The config a flow runs with: the one its caller passed (the CLI does), or — for a
+    deployment run without one — the worker's, loaded once here."""
+    cfg = config if config is not None else load_config()
+    apply_environment(cfg)
+    return cfg
+
+
+def run_round(cfg: FlywheelConfig, name: str, body: Callable[[FlywheelConfig, str], list[DatasetRef]],
+              shaping_sections: tuple[str, ...] = SYNTHETIC_SECTIONS) -> RunSummary:
+    """Run ``body(cfg, parent_run_id) -> [DatasetRef]`` as one MLflow round with Blender workers;
+    the round's identity is what of the config shapes it (:func:`flywheel.core.config.shaping`)."""
+    ensure_result_storage(cfg)
+    # The round is what it makes: re-running it after a fix or an override resumes its MLflow run.
+    round_id = f"{name}-{digest_of(shaping(cfg, shaping_sections))[:10]}"
+    parent = lineage.start_round(cfg, round_id, flow_run_id=prefect_run_ids()[0])
+    try:
+        refs = body(cfg, parent)
+    except BaseException:
+        lineage.end_round(parent, failed=True)
+        raise
+    finally:
+        close_render_pool()
+    lineage.end_round(parent)
+    for ref in refs:
+        print(f"{ref}: {ref.num_rows} rows  {ref.uri}")
+    return RunSummary(run=round_id, mlflow_run_id=parent, datasets=refs)
+
+
+def latest_version(cfg: FlywheelConfig, spec: str) -> str:
+    """The version a NAME[@VERSION] refers to now (the newest committed one if unpinned)."""
+    name, _, version = spec.partition("@")
+    if version:
+        return version
+    versions = list_versions(store_for(cfg), name)
+    if not versions:
+        raise ValueError(f"dataset {name}: no committed version in {cfg.store_root}; run `flywheel synth all` first")
+    return str(versions[-1]["version"])
+
+
+def latest_ref(cfg: FlywheelConfig, name: str) -> DatasetRef | None:
+    versions = list_versions(store_for(cfg), name)
+    return Dataset(store_for(cfg), name, versions[-1]["version"]).ref if versions else None
+
+
+# -- synthetic data ---------------------------------------------------------------------------
+
+def mesh_library(cfg: FlywheelConfig, parent: str) -> DatasetRef:
+    m = cfg.meshes
+    limits = {"max_faces": m.max_faces, "max_file_bytes": int(m.max_file_mb * 2**20),
+              "max_components": m.max_components}
+    library = build_mesh_library(cfg, m.source, m.num_procedural, m.seed, m.occupancy_resolution,
+                                 limits, parent_run_id=parent)
+    gate_for(cfg, library, parent)
+    return library
+
+
+def iso3do(cfg: FlywheelConfig, library: DatasetRef, parent: str) -> DatasetRef:
+    settings = iso3do_settings(cfg)
+    ids = sorted(Dataset(store_for(cfg), library.name, library.version).manifest()
+                 .column("mesh_id").to_pylist())
+    parts = [render_iso3do_part(cfg, library, batch, settings)
+             for batch in batches(ids, cfg.iso3do.objects_per_shard)]
+    renders = assemble(cfg, "iso3do", library, parts, settings, parent_run_id=parent)
+    gate_for(cfg, renders, parent)
+    return renders
+
+
+def occlusions(cfg: FlywheelConfig, library: DatasetRef, parent: str) -> DatasetRef:
+    settings = occlusions_settings(cfg)
+    indices = list(range(cfg.occlusions.num_samples))
+    parts = [render_occlusions_part(cfg, library, batch, settings)
+             for batch in batches(indices, cfg.occlusions.samples_per_shard)]
+    composites = assemble(cfg, "occlusions", library, parts, settings, parent_run_id=parent)
+    gate_for(cfg, composites, parent)
+    return composites
+
+
+def all_synthetic(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
+    """Mesh library, then Iso-3DO and Flying Occlusions from it."""
+    library = mesh_library(cfg, parent)
+    return [library, iso3do(cfg, library, parent), occlusions(cfg, library, parent)]
+
+
+# -- propose ----------------------------------------------------------------------------------
+
+def image_pool(cfg: FlywheelConfig, parent: str, source: str | None = None) -> DatasetRef:
+    """The pool from ``source`` (default: config ``candidates.pool``), gated."""
+    source = source or cfg.candidates.pool
+    is_manifest = Path(source).suffix in (".jsonl", ".csv")
+    pinned = file_digest(source) if is_manifest else latest_version(cfg, source)
+    pool = build_image_pool(cfg, source, pinned, cfg.candidates.max_image_bytes, parent_run_id=parent)
+    gate_for(cfg, pool, parent)
+    return pool
+
+
+def candidates(cfg: FlywheelConfig, pool: DatasetRef, parent: str, library: DatasetRef | None = None) -> DatasetRef:
+    """Candidates for the pool from the configured ensemble, gated. Retrieval members search
+    ``library`` (default: config ``candidates.retrieval_library``)."""
+    c = cfg.candidates
+    models, members, dropped = resolve_ensemble(cfg, ensemble_members(cfg))
+    if not any(m["kind"] == "retrieval" for m in members):
+        library = None
+    elif library is None:
+        name = c.retrieval_library.partition("@")[0]
+        library = Dataset(store_for(cfg), name, latest_version(cfg, c.retrieval_library)).ref
+    settings = {"num_candidates": c.num_candidates, "objects_per_job": c.objects_per_job}
+    ids = Dataset(store_for(cfg), pool.name, pool.version).manifest().column("object_id").to_pylist()
+    try:
+        parts = [propose_part(cfg, pool, part, models, members, library, settings)
+                 for part in batches(ids, c.objects_per_part)]
+    finally:
+        close_proposal_pool()
+    proposals = assemble_candidates(cfg, pool, parts, models, members, library, settings, dropped,
+                                    parent_run_id=parent)
+    gate_for(cfg, proposals, parent)
+    return proposals
+
+
+def publish(cfg: FlywheelConfig, proposals: DatasetRef, pool: DatasetRef, parent: str) -> dict[str, str | int]:
+    published = publish_annotation_tasks(cfg, proposals, pool, cfg.candidates.preview_views,
+                                         cfg.candidates.preview_resolution, parent_run_id=parent)
+    print(f"annotation tasks: {published['tasks']}")
+    print(f"Label Studio imports: {published['label_studio_pairwise']}, {published['label_studio_ranking']}")
+    return published
+
+
+# -- rankings ---------------------------------------------------------------------------------
+
+def candidates_ref(cfg: FlywheelConfig, version: str | None) -> DatasetRef:
+    """A candidates version (default: the newest)."""
+    ref = Dataset(store_for(cfg), "candidates", version).ref if version else latest_ref(cfg, "candidates")
+    if ref is None:
+        raise ValueError(f"no candidates in {cfg.store_root}: run `flywheel propose` first")
+    return ref
+
+
+def ingest_and_decide(cfg: FlywheelConfig, parent: str, files: list[str], candidates: DatasetRef,
+                      round_index: int, previous: DatasetRef | None) -> tuple[list[DatasetRef], dict[str, float]]:
+    """Add ``files`` to the ``previous`` rankings version and decide round ``round_index``.
+    -> ([rankings, sft, preferences, hard-cases], the decision metrics)"""
+    r = cfg.rankings
+    settings = {"annotators": sorted(r.annotators) if r.annotators is not None else None,
+                "max_file_bytes": int(r.max_file_mb * 2**20), "max_time_spent_s": r.max_time_spent_s}
+    judged = ingest_rankings(cfg, files, export_digests(cfg, files), candidates, previous, settings,
+                             parent_run_id=parent)
+    gate_for(cfg, judged, parent)
+    pool = next(p for p in Dataset(store_for(cfg), candidates.name, candidates.version).marker["parents"]
+                if p["name"] == "image-pool")
+    pool_ref = Dataset(store_for(cfg), pool["name"], pool["version"]).ref
+    decided = decide_round(cfg, judged, candidates, pool_ref, round_index, r.rules(), parent_run_id=parent)
+    for ref in decided.datasets:
+        gate_for(cfg, ref, parent)
+    return [judged, *decided.datasets], decided.metrics

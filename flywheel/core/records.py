@@ -1,0 +1,88 @@
+"""Typed records that cross layers: references to what a task made, and per-item results.
+
+A task returns one of the references (small, hashable, JSON-able with ``to_dict``), never a
+large object; a producer that handles a batch of untrusted items yields a :class:`Sample`
+or a :class:`Rejected` per item, so nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A small, hashable pointer to one committed dataset version."""
+
+    name: str
+    version: str
+    uri: str            # the version's folder
+    digest: str         # content digest: manifest + shard checksums
+    num_rows: int
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint file: where it is (a store URI, or a registry URI ``models:/...``), its
+    store key when it is in the store, and the sha256 of its bytes (checked on every read)."""
+
+    uri: str
+    sha256: str
+    key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registered model version (MLflow registry) and the sha256 of its checkpoint."""
+
+    name: str
+    version: str
+    uri: str            # models:/<name>/<version>
+    sha256: str
+
+    def __str__(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def checkpoint(self) -> CheckpointRef:
+        return CheckpointRef(uri=self.uri, sha256=self.sha256)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One good item of a batch: its key, manifest row and files (name -> bytes)."""
+
+    key: str
+    row: Mapping[str, Any]
+    files: Mapping[str, bytes] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """One bad item of a batch: it goes to the quarantine table with its reason."""
+
+    item_id: str
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a data flow run committed: its run id, its MLflow run, its datasets."""
+
+    run: str
+    mlflow_run_id: str
+    datasets: list[DatasetRef]

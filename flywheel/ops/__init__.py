@@ -1,0 +1,1 @@
+"""Operating the flywheel: the local stack and the servers it starts."""

@@ -1,0 +1,1 @@
+"""Flywheel rounds: the ledger of committed rounds, the round record, the promotion rule."""

@@ -1,0 +1,50 @@
+"""The round record: what one closed flywheel round committed, as a typed, versioned record.
+
+Its JSON form (``rounds/<series>/round-<k>.json`` in the store) is :class:`RoundRecord`'s
+schema at :data:`SCHEMA_VERSION`; ``flywheel rounds``, the summary plots and the next round
+read it through this class only. Records written before the schema had a version read as
+version 1 (the same fields).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from flywheel.core.records import DatasetRef, ModelRef
+from flywheel.rounds.promotion import Promotion
+
+SCHEMA_VERSION = 1
+
+
+class RoundRecord(BaseModel):
+    """Round ``round`` of series ``series``: the models, the decision, the metrics, the data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    round: int = Field(..., ge=0)
+    series: str = Field(..., description="flywheel.rounds.ledger.series_id of the config that ran it")
+    champion_before: ModelRef = Field(..., description="The champion round k started from.")
+    challenger: ModelRef = Field(..., description="The model round k trained and registered.")
+    champion_after: ModelRef = Field(..., description="The champion round k ended with.")
+    promotion: Promotion
+    evaluation: dict[Literal["champion", "challenger"], dict[str, float]] = Field(
+        ..., description="Held-out metrics of each model (flywheel.learning.stages.evaluate_checkpoint).")
+    rankings: dict[str, int | float] = Field(
+        ..., description="Decision metrics: accept_rate, objects_judged, accepted, hard_cases, preference_pairs, "
+                         "annotators, alpha[, fleiss_kappa].")
+    volumes: dict[str, int] = Field(..., description="Rows per dataset the round made or read.")
+    seconds: dict[str, float] = Field(..., description="Wall-clock seconds per phase.")
+    stages: list[str] = Field(..., description="Training stages the challenger went through.")
+    datasets: dict[str, DatasetRef] = Field(..., description="Role -> the dataset version the round used.")
+    sft_history: list[DatasetRef] = Field(..., description="Every accepted (SFT) version so far, oldest first.")
+    mlflow_run_id: str | None = Field(None, description="The round's parent MLflow run.")
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> RoundRecord:
+        return cls.model_validate_json(data)

@@ -1,0 +1,1 @@
+"""Lineage and the model registry in MLflow, and the plots logged there."""

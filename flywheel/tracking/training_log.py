@@ -1,0 +1,39 @@
+"""A training stage's report in MLflow: params, per-step metrics, a learning-curve PNG."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from flywheel.tracking.plots import curves
+
+
+class MlflowTrainLog:
+    """Logs to one MLflow run by id (stages run in worker threads: no "active run");
+    a :class:`sam3d_model.train.TrainLog`."""
+
+    def __init__(self, run_id: str):
+        from mlflow import MlflowClient
+
+        self.run_id, self.client = run_id, MlflowClient()
+
+    def params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
+
+    def metrics(self, values: dict, step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def finished(self, stage: str, history: list[dict]) -> None:
+        if not history:
+            return
+        keys = [k for k in history[0] if k not in ("step", "steps_per_s")]
+        series = {k: ([h["step"] for h in history], [h[k] for h in history]) for k in keys}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = curves(series, Path(tmp) / f"{stage}_curves.png", title=f"{stage}: learning curves")
+            self.client.log_artifact(self.run_id, str(path), "curves")

@@ -1,0 +1,1 @@
+"""Validation gates: the Great Expectations suites every dataset passes before use."""
