@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -50,15 +52,16 @@ def check_photo(name: str, data: bytes | np.ndarray) -> Background:
 def load_backgrounds(source: str | None, store_config: StoreConfig) -> tuple[list[Background], list[tuple[str, str]]]:
     """(accepted photos sorted by id, rejected (id, reason))."""
     accepted, rejected = [], []
+    candidates: list[tuple[str, Callable[[], Any]]]   # (id, read): bytes, or an array for scikit-image's
     if source is None:
         import skimage.data
 
-        candidates = [(f"skimage:{n}", lambda n=n: getattr(skimage.data, n)()) for n in DEFAULT_PHOTOS]
+        candidates = [(f"skimage:{n}", getattr(skimage.data, n)) for n in DEFAULT_PHOTOS]
     elif source.startswith("s3://"):
         from flywheel.core.store import S3Store
 
         store = S3Store(source.rstrip("/"), store_config)
-        candidates = [(store.uri(o.key), lambda k=o.key: store.get_bytes(k)) for o in store.list("")
+        candidates = [(store.uri(o.key), partial(store.get_bytes, o.key)) for o in store.list("")
                       if o.key.lower().endswith(IMAGE_SUFFIXES)]
     else:
         folder = Path(source).expanduser()
@@ -84,4 +87,4 @@ def crop(background: Background, rng: np.random.Generator, size: int) -> np.ndar
     side = int(rng.uniform(0.5, 1.0) * min(h, w))
     y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
     tile = Image.fromarray(background.pixels[y:y + side, x:x + side])
-    return np.asarray(tile.resize((size, size), Image.BILINEAR))
+    return np.asarray(tile.resize((size, size), Image.Resampling.BILINEAR))

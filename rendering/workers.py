@@ -16,6 +16,7 @@ import select
 import subprocess
 import sys
 import time
+from typing import Any, TextIO
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,8 @@ class BlenderWorker:
         self.cores = cores
         self.recycle_after = recycle_after
         self.startup_timeout_s = startup_timeout_s
-        self.proc: subprocess.Popen | None = None
-        self._replies = None
+        self.proc: subprocess.Popen[str] | None = None
+        self._replies: TextIO | None = None
         self.jobs_done = 0
         self.starts = 0
         self._next_id = itertools.count()
@@ -93,6 +94,7 @@ class BlenderWorker:
         if self.proc is None:
             return
         try:
+            assert self.proc.stdin is not None
             self.proc.stdin.close()
             self.proc.wait(10)
         except (OSError, subprocess.TimeoutExpired):
@@ -116,7 +118,8 @@ class BlenderWorker:
         return self.proc.pid if self.proc else None
 
     # -- jobs ----------------------------------------------------------------------------
-    def _read_reply(self, timeout: float, what: str) -> dict:
+    def _read_reply(self, timeout: float, what: str) -> dict[str, Any]:
+        assert self._replies is not None, "the worker was not started"
         ready, _, _ = select.select([self._replies], [], [], timeout)
         if not ready:
             self.kill()
@@ -128,7 +131,8 @@ class BlenderWorker:
             self._close()
             raise WorkerCrashed(f"{what}: Blender worker {self.name} died (exit code {code}); "
                                 f"last log lines:\n{_log_tail(self.log_path)}")
-        return json.loads(line)
+        reply: dict[str, Any] = json.loads(line)
+        return reply
 
     def run(self, fn: str, kwargs: dict, timeout: float) -> dict:
         """Run ``fn(**kwargs)`` in the worker. Raises a :class:`RenderFailure` subclass if the
@@ -138,6 +142,7 @@ class BlenderWorker:
         if self.proc is None:
             self.start()
         request_id = next(self._next_id)
+        assert self.proc is not None and self.proc.stdin is not None
         try:
             self.proc.stdin.write(json.dumps({"id": request_id, "fn": fn, "kwargs": kwargs}) + "\n")
             self.proc.stdin.flush()

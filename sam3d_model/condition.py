@@ -50,7 +50,7 @@ class ViTTrunk(nn.Module):
         return self.blocks(self.patch(x).flatten(2).transpose(1, 2) + self.pos)
 
 
-TRUNKS: dict[str, type[nn.Module]] = {"cnn": CNNTrunk, "vit": ViTTrunk}
+TRUNKS: dict[str, type[CNNTrunk] | type[ViTTrunk]] = {"cnn": CNNTrunk, "vit": ViTTrunk}
 
 
 class ConditionEncoder(nn.Module):

@@ -38,7 +38,7 @@ def _resize(channels: np.ndarray, box: tuple[int, int, int, int], size: int, nea
     out = []
     for ch in channels:
         img = Image.fromarray(ch.astype(np.float32), mode="F").crop(box)
-        out.append(np.asarray(img.resize((size, size), Image.NEAREST if nearest else Image.BILINEAR)))
+        out.append(np.asarray(img.resize((size, size), Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR)))
     return np.stack(out)
 
 

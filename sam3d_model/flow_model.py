@@ -32,10 +32,12 @@ class Embedder(nn.Module):
     def __init__(self, width: int, zero_init: bool = False):
         super().__init__()
         self.width = width
-        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        first = nn.Linear(width, width)   # made in this order: the seeded initialisation depends on it
+        last = nn.Linear(width, width)
+        self.mlp = nn.Sequential(first, nn.SiLU(), last)
         if zero_init:  # the shortcut step size starts as a no-op
-            nn.init.zeros_(self.mlp[2].weight)
-            nn.init.zeros_(self.mlp[2].bias)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.mlp(timestep_embedding(t, self.width))
@@ -47,9 +49,10 @@ class OutputHead(nn.Module):
     def __init__(self, width: int, out: int):
         super().__init__()
         self.norm = nn.LayerNorm(width, elementwise_affine=False)
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        project = nn.Linear(width, 2 * width)
+        self.modulation = nn.Sequential(nn.SiLU(), project)
         self.proj = nn.Linear(width, out)
-        for layer in (self.modulation[1], self.proj):
+        for layer in (project, self.proj):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 

@@ -10,7 +10,7 @@ channels — and ``full_valid`` (B,) bool. Training batches add the targets ``oc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -28,8 +28,8 @@ class Prediction:
     def __len__(self) -> int:
         return self.occupancy.shape[0]
 
-    def item(self, i: int) -> dict[str, np.ndarray]:
-        """One object as numpy arrays: occupancy bool (R, R, R), R, t, s."""
+    def item(self, i: int) -> dict[str, Any]:
+        """One object as numpy arrays: occupancy bool (R, R, R), R, t; s as a float."""
         return {"occupancy": (self.occupancy[i] > 0.5).cpu().numpy(),
                 "rotation": self.rotation[i].float().cpu().numpy(),
                 "translation": self.translation[i].float().cpu().numpy(),

@@ -24,6 +24,9 @@ def build_model(cfg: ModelConfig, seed: int) -> "SmallSam3D":
 
 
 class SmallSam3D(nn.Module):
+    latent_mean: torch.Tensor   # (C,) buffers: the latent normalisation
+    latent_std: torch.Tensor
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg

@@ -63,9 +63,10 @@ class MoTBlock(nn.Module):
         super().__init__()
         self.shape = Stream(cfg)
         self.layout = Stream(cfg)
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.width, 3 * _SUBLAYERS * cfg.width))
-        nn.init.zeros_(self.modulation[1].weight)
-        nn.init.zeros_(self.modulation[1].bias)
+        project = nn.Linear(cfg.width, 3 * _SUBLAYERS * cfg.width)
+        self.modulation = nn.Sequential(nn.SiLU(), project)
+        nn.init.zeros_(project.weight)
+        nn.init.zeros_(project.bias)
 
     def forward(self, s: torch.Tensor, lay: torch.Tensor, c: torch.Tensor,
                 cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ from flywheel.core.codecs import decode_npy, encode_npy, encode_png
 from flywheel.core.config import FlywheelConfig
 from flywheel.core.contracts import CANDIDATES, CANDIDATES_PART, IMAGE_POOL
 from flywheel.core.datasets import Dataset, DatasetWriter, assemble_dataset, committed_ref, version_of
-from flywheel.core.records import DatasetRef
+from flywheel.core.records import DatasetRef, Rejected
 from flywheel.feedback import annotation
 from flywheel.feedback.image_pool import from_dataset, from_manifest, unique
 from flywheel.learning.serving import ProposalJob, ProposalPool
@@ -121,8 +121,9 @@ def build_image_pool(cfg: FlywheelConfig, source: str, source_version: str, max_
             with DatasetWriter(store, IMAGE_POOL, version, inputs=inputs, parents=parents,
                                **writer_options(cfg)) as writer:
                 for item in unique(items):
-                    if not writer.put(item, "image"):
+                    if isinstance(item, Rejected):
                         log.warning("image quarantined: %s", item.detail)
+                    writer.put(item, "image")
             ref = writer.ref
         pool = Dataset(store, ref.name, ref.version)
         reasons = Counter(pool.quarantine().column("reason").to_pylist())
@@ -231,7 +232,7 @@ def assemble_candidates(cfg: FlywheelConfig, pool: DatasetRef, parts: list[Datas
                    "candidates_per_object_min": min(per_object.values(), default=0),
                    **{f"member_{k}": n for k, n in Counter(manifest.column("member").to_pylist()).items()},
                    **{f"quarantined_{r.replace(' ', '_')}": n for r, n in reasons.items()}}
-        mlflow.log_metrics(metrics)
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         log_datasets(run_id, inputs=parents, outputs=[ref])
         log.info("%s: %s", ref, metrics)
     return ref
@@ -255,7 +256,7 @@ def _crop_view(rgb: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray:
     y0, y1 = max(0, ys.min() - pad), min(mask.shape[0], ys.max() + pad + 1)
     x0, x1 = max(0, xs.min() - pad), min(mask.shape[1], xs.max() + pad + 1)
     shown = np.where(mask[..., None], rgb, (rgb * 0.35).astype(np.uint8))[y0:y1, x0:x1]
-    return np.asarray(Image.fromarray(shown).resize((size, size), Image.BILINEAR))
+    return np.asarray(Image.fromarray(shown).resize((size, size), Image.Resampling.BILINEAR))
 
 
 @flywheel_task(name="annotation-tasks", version="1")
@@ -288,7 +289,7 @@ def publish_annotation_tasks(cfg: FlywheelConfig, candidates: DatasetRef, pool: 
         tasks, sheets = [], []
         for oid, cands in by_object.items():
             result = results[oid]
-            files = iter(result.result if result.ok else [])
+            files = iter(result.result if result.ok and isinstance(result.result, list) else [])
             sample = pool_samples[oid]
             rgb = np.asarray(Image.open(io.BytesIO(sample["rgb.png"])).convert("RGB"))
             mask = np.asarray(Image.open(io.BytesIO(sample["mask.png"]))) > 127
@@ -321,7 +322,7 @@ def publish_annotation_tasks(cfg: FlywheelConfig, candidates: DatasetRef, pool: 
                                              json.dumps(annotation.label_studio_pairwise(tasks), indent=1)),
                    "label_studio_ranking": ("label_studio_ranking.json",
                                             json.dumps(annotation.label_studio_ranking(tasks), indent=1))}
-        summary = {"objects": len(tasks), "candidates": len(rows)}
+        summary: dict[str, int | str] = {"objects": len(tasks), "candidates": len(rows)}
         for name, (filename, text) in outputs.items():
             store.put_bytes(f"{prefix}/{filename}", text.encode())
             (Path(tmp) / filename).write_text(text)

@@ -52,8 +52,9 @@ class FlywheelTask(Generic[P, R]):
     def __init__(self, fn: Callable[P, R], *, name: str, version: str, retries: int | None,
                  timeout_seconds: float | None):
         self.fn, self.name, self.version, self._retries = fn, name, version, retries
-        self._task: Task[P, R] = task(fn, name=name, version=version, cache_key_fn=cache_key_for(name, version),
-                                      persist_result=True, timeout_seconds=timeout_seconds)
+        self._task: Task[P, R] = task(  # type: ignore[call-overload]  # the overloads want cache_key_fn's exact type
+            fn, name=name, version=version, cache_key_fn=cache_key_for(name, version), persist_result=True,
+            timeout_seconds=timeout_seconds)
         self._configured: dict[tuple[Any, ...], Task[P, R]] = {}
         functools.update_wrapper(self, fn)
 
@@ -103,8 +104,8 @@ def ensure_result_storage(cfg: FlywheelConfig) -> str:
     name = cfg.prefect.result_storage_block
     basepath = str(cfg.state_dir / "prefect" / "results")
     try:
-        block = LocalFileSystem.load(name)
-        if block.basepath == basepath:
+        block = LocalFileSystem.load(name)  # a block, not a coroutine: this is sync code
+        if block.basepath == basepath:  # type: ignore[union-attr]
             return f"local-file-system/{name}"
     except ValueError:  # not saved yet
         pass

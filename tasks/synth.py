@@ -20,7 +20,7 @@ from flywheel.core.config import FlywheelConfig
 from flywheel.core.contracts import ISO3DO, MESHES, OCCLUSIONS, DatasetSpec, part_spec
 from flywheel.core.datasets import Dataset, DatasetWriter, assemble_dataset, committed_ref, version_of
 from flywheel.core.digests import digest_of
-from flywheel.core.records import DatasetRef
+from flywheel.core.records import DatasetRef, Rejected
 from rendering.backgrounds import crop, load_backgrounds
 from rendering.iso3do import iso3do_scene, view_samples
 from rendering.mesh_library import library_samples, procedural_items, source_items
@@ -78,9 +78,10 @@ def build_mesh_library(cfg: FlywheelConfig, source: str | None, num_procedural: 
                          else source_items(source, cfg.store, filt, Path(tmp)))
                 with DatasetWriter(store, MESHES, version, inputs=inputs, **writer_options(cfg)) as w:
                     for n, item in enumerate(library_samples(items, resolution, filt), 1):
-                        if not w.put(item, "mesh"):
+                        if isinstance(item, Rejected):
                             log.warning("mesh quarantined: %s", item.detail if item.item_id in item.detail
                                         else f"{item.item_id}: {item.detail}")
+                        w.put(item, "mesh")
                         if n % 20 == 0:
                             log.info("mesh library: %d items processed", n)
                 ref = w.ref
@@ -229,7 +230,7 @@ def assemble(cfg: FlywheelConfig, kind: str, library: DatasetRef, parts: list[Da
         dataset = Dataset(store, ref.name, ref.version)
         reasons = Counter(dataset.quarantine().column("reason").to_pylist())
         manifest = dataset.manifest()
-        metrics = {"rows": ref.num_rows, "quarantined": sum(reasons.values()),
+        metrics: dict[str, float] = {"rows": ref.num_rows, "quarantined": sum(reasons.values()),
                    **{f"quarantined_{r.replace(' ', '_')}": n for r, n in reasons.items()}}
         if kind == "iso3do" and ref.num_rows:
             metrics.update(objects=len(set(manifest.column("object_id").to_pylist())))

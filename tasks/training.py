@@ -49,7 +49,7 @@ def train_stage(cfg: FlywheelConfig, stage_name: str, init: CheckpointRef | None
         counts = run_stage(stage_name, model, {role: [Dataset(store, r.name, r.version) for r in refs]
                                                for role, refs in datasets.items()},
                            settings, workdir, MlflowTrainLog(run_id))
-        mlflow.log_metrics(counts)
+        mlflow.log_metrics({k: float(v) for k, v in counts.items()})
         final = save_checkpoint(workdir / "model.pt", model,
                                 extra={"stage": stage_name, "init_sha256": init.sha256 if init else None})
         store.put_file(key, final)

@@ -168,7 +168,7 @@ def decide(rankings: pa.Table, registry: pd.DataFrame, rules: DecisionRules,
     has_second = size > 1
     second_idx = np.where(has_second, first + 1, first)
     summary = pd.DataFrame({
-        "winner": candidates[first], "runner_up": np.where(has_second, candidates[second_idx], None),
+        "winner": candidates[first], "runner_up": np.where(has_second, candidates[second_idx], np.array(None)),
         "score": np.where(has_second, score, np.nan),
         "confidence": np.where(has_second, 1 / (1 + np.exp(-(strength_s[first] - strength_s[second_idx]))), np.nan),
     }, index=pd.Index(uniques[code_s[first]], name="object_id"))

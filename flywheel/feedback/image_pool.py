@@ -107,9 +107,9 @@ def from_manifest(path: str | Path, store_config: StoreConfig, max_bytes: int) -
         if len(arrays) < 2:
             continue
         rgb, mask = arrays[0], arrays[1] > 127
-        problem = check_pair(rgb, mask, f"{name} ({image})")
+        unusable = check_pair(rgb, mask, f"{name} ({image})")
         oid = row.get("object_id")
-        yield Rejected(name, *problem) if problem else _sample(rgb, mask, image, str(oid) if oid else None)
+        yield Rejected(name, *unusable) if unusable else _sample(rgb, mask, image, str(oid) if oid else None)
 
 
 def unique(items: Iterator[Item]) -> Iterator[Item]:

@@ -109,7 +109,7 @@ def to_label_studio(rows: list[dict]) -> str:
     for n, r in enumerate(rows, 1):
         if r["kind"] == "pairwise":
             left, right = sorted([r["winner"], r["losers"][0]])
-            key = ("pairwise", r["object_id"], left, right)
+            key: tuple[str, ...] = ("pairwise", r["object_id"], left, right)
             data = {"object_id": r["object_id"], "image": "", "left": "", "right": "", "left_id": left, "right_id": right}
             result = {"type": "pairwise", "value": {"selected": "left" if r["winner"] == left else "right"}}
         else:

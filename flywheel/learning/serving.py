@@ -49,7 +49,7 @@ def _actor_class():
             device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
             self.models = {key: (load_model(path, device), label) for key, (path, label) in checkpoints.items()}
             self.members, self.num_candidates, self.pid = members, num_candidates, os.getpid()
-            self.index = {}
+            self.index: dict[str, MeshIndex] = {}
             for m in members:
                 if m.kind == "retrieval" and library is not None and m.model not in self.index:
                     self.index[m.model] = MeshIndex(self.models[m.model][0], library[0], library[1])

@@ -26,9 +26,9 @@ def projection(points: np.ndarray, size: int, centre: tuple[float, float], exten
     u = ((points[:, 0] - centre[0]) / extent + 0.5) * size
     v = ((points[:, 1] - centre[1]) / extent + 0.5) * size
     keep = (u >= 0) & (u < size) & (v >= 0) & (v < size)
-    u, v, z = u[keep].astype(int), v[keep].astype(int), points[keep, 2]
+    col, row, z = u[keep].astype(np.intp), v[keep].astype(np.intp), points[keep, 2]
     near = np.full((size, size), np.inf, np.float32)
-    np.minimum.at(near, (v, u), z)
+    np.minimum.at(near, (row, col), z)
     mask = np.isfinite(near)
     zmin, zmax = (near[mask].min(), near[mask].max()) if mask.any() else (0.0, 1.0)
     shade = np.where(mask, 1.0 - 0.7 * (near - zmin) / max(zmax - zmin, 1e-6), 0.0)

@@ -23,7 +23,7 @@ class RoundRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1   # SCHEMA_VERSION
     round: int = Field(..., ge=0)
     series: str = Field(..., description="flywheel.rounds.ledger.series_id of the config that ran it")
     champion_before: ModelRef = Field(..., description="The champion round k started from.")

@@ -98,7 +98,7 @@ def log_dataset(run_id: str, ref: DatasetRef, context: str,
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the same
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(ref.uri)
-    dataset = MetaDataset(source=source, name=ref.name, digest=ref.version)
+    dataset = MetaDataset(source=source, name=ref.name, digest=ref.version)  # type: ignore[abstract]  # concrete at run time
     tags = [InputTag(CONTEXT_TAG, context), InputTag("flywheel.num_rows", str(ref.num_rows)),
             InputTag("flywheel.content_digest", ref.digest), InputTag("flywheel.uri", ref.uri)]
     if flow_run_id:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from flywheel.tracking.plots import curves
 
@@ -33,7 +34,8 @@ class MlflowTrainLog:
         if not history:
             return
         keys = [k for k in history[0] if k not in ("step", "steps_per_s")]
-        series = {k: ([h["step"] for h in history], [h[k] for h in history]) for k in keys}
+        series: dict[str, tuple[Any, ...] | dict[str, tuple[Any, ...]]] = {
+            k: ([h["step"] for h in history], [h[k] for h in history]) for k in keys}
         with tempfile.TemporaryDirectory() as tmp:
             path = curves(series, Path(tmp) / f"{stage}_curves.png", title=f"{stage}: learning curves")
             self.client.log_artifact(self.run_id, str(path), "curves")

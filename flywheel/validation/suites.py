@@ -28,7 +28,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -389,7 +389,8 @@ def _rankings(ds: Dataset, cfg: ValidationConfig) -> dict:
     m = ds.manifest().to_pandas()
     # rankings accumulate over rounds: each version's parents are its round's candidates and the
     # previous rankings version, whose rows refer to earlier rounds' candidates
-    registry, chain = {}, [ds]
+    registry: dict[str, Any] = {}
+    chain = [ds]
     while chain:
         for parent in chain.pop().marker.get("parents", []):
             if parent["name"] == "candidates":
@@ -497,7 +498,7 @@ def run_suites(dataset: str, kind: str, tables: dict, docs_dir: str | Path | Non
 
     root = Path(docs_dir) if docs_dir else Path(tempfile.mkdtemp(prefix="flywheel-gx-"))
     context = gx.get_context(mode="file", project_root_dir=str(root))
-    context.variables.progress_bars = {"globally": False}
+    context.variables.progress_bars = {"globally": False}  # type: ignore[assignment]  # GX takes the dict form
     source = context.data_sources.add_or_update_pandas("flywheel")
     name = dataset.replace("@", "-")
     report = Report(dataset, True, 0)
@@ -524,6 +525,7 @@ def run_suites(dataset: str, kind: str, tables: dict, docs_dir: str | Path | Non
             if r.success:
                 continue
             cfg_ = r.expectation_config
+            assert cfg_ is not None, "a result of a configured expectation"
             column = cfg_.kwargs.get("column")
             report.failures.append(Failure(table, cfg_.type, column, r.result.get("unexpected_count"),
                                            _examples(r.result, frame, column)))
