@@ -1,5 +1,5 @@
 # The README's two commands: `make demo` (main job) and `make test`. Both set up .venv first.
-.PHONY: demo test bench setup clean-state
+.PHONY: demo test lint format bench setup clean-state
 
 demo:
 	@bash scripts/setup.sh
@@ -8,6 +8,18 @@ demo:
 test:
 	@bash scripts/setup.sh --test
 	.venv/bin/python -m pytest -q
+
+lint:  # the layers (import-linter), lint and import order (ruff), formatting, types (mypy)
+	@bash scripts/setup.sh --test
+	.venv/bin/lint-imports --no-cache
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+format:
+	@bash scripts/setup.sh --test
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
 
 bench:
 	@bash scripts/setup.sh --test

@@ -19,15 +19,14 @@ from flywheel.core.datasets import Dataset, list_versions
 from flywheel.core.digests import digest_of, file_digest
 from flywheel.core.records import DatasetRef, RunSummary
 from flywheel.core.runtime import apply_environment
+from flywheel.learning.ensemble import ensemble_members, resolve_ensemble
 from flywheel.tracking import lineage
 from tasks.candidates import (
     assemble_candidates,
     build_image_pool,
     close_proposal_pool,
-    ensemble_members,
     propose_part,
     publish_annotation_tasks,
-    resolve_ensemble,
 )
 from tasks.conventions import ensure_result_storage, prefect_run_ids, store_for
 from tasks.rankings import decide_round, export_digests, ingest_rankings

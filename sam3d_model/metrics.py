@@ -97,12 +97,6 @@ def rotation_error_deg(Ra: np.ndarray, Rb: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
 
 
-def box_corners(center: np.ndarray, rotation: np.ndarray, size: np.ndarray) -> np.ndarray:
-    """The 8 corners (8, 3) of an oriented box."""
-    signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
-    return np.asarray(center) + (signs * np.asarray(size) / 2) @ np.asarray(rotation).T
-
-
 def _halfspaces(center, rotation, size) -> np.ndarray:
     """Box as A x + b <= 0 rows [A | b] (scipy's HalfspaceIntersection convention)."""
     rows = []

@@ -186,7 +186,7 @@ def test_an_unresolvable_model_costs_only_the_members_that_use_it(champion, tmp_
     import json
 
     from sam3d_model.ensemble import Member
-    from tasks.candidates import resolve_ensemble
+    from flywheel.learning.ensemble import resolve_ensemble
 
     _, path, _ = champion
     cfg = load_config(environ={"FLYWHEEL__PROJECT__STATE_DIR": str(tmp_path / "state"),
@@ -195,7 +195,7 @@ def test_an_unresolvable_model_costs_only_the_members_that_use_it(champion, tmp_
     members = [Member(name="champion", seeds=(0, 1)), Member(name="old-seeds", model="old"),
                Member(name="ghost", model="not-configured")]
     models, kept, dropped = resolve_ensemble(cfg, [m.model_dump(mode="json") for m in members])
-    assert set(models) == {"champion"} and models["champion"]["label"].startswith("file:")
+    assert set(models) == {"champion"} and models["champion"].label.startswith("file:")
     assert [m["name"] for m in kept] == ["champion"]
     assert {(d["item_id"], d["reason"]) for d in dropped} == {("old-seeds", "unknown model"), ("ghost", "unknown model")}
     assert all("sam3d-none" in d["detail"] or "not-configured" in d["detail"] for d in dropped)

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.core.config import ConfigError, load_config, redacted
+from flywheel.core.config import DEFAULT_CONFIG_FILE, ConfigError, FlywheelConfig, load_config, redacted
 
 
 def test_embedded_defaults_load():
+    assert DEFAULT_CONFIG_FILE == Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
     cfg = load_config(environ={})
+    assert cfg.meshes.num_procedural == 12 != FlywheelConfig().meshes.num_procedural   # the file, not the schema
     assert cfg.store.root == ".flywheel/store"
     assert cfg.meshes.occupancy_resolution == 16 and cfg.iso3do.views == 24
     assert cfg.mlflow_tracking_uri == f"sqlite:///{Path('.flywheel').resolve() / 'mlflow.db'}"

@@ -106,7 +106,7 @@ def test_round_lock_refuses_while_held_and_is_free_once_the_holder_is_killed(tmp
 
 
 def _record(k: int, series: str = "s1", reason: str = "first") -> RoundRecord:
-    model = ModelRef("sam3d", str(k + 1), f"models:/sam3d/{k + 1}", "ab" * 32)
+    model = ModelRef("sam3d", k + 1, f"models:/sam3d/{k + 1}", "ab" * 32)
     data = DatasetRef("sft", f"v{k}", f"/store/datasets/sft/v{k}", "cd" * 32, 3)
     return RoundRecord(round=k, series=series, champion_before=model, challenger=model, champion_after=model,
                        promotion=Promotion(promote=False, metric="viou", gain=0.0, regressions={}, reason=reason),

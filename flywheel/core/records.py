@@ -46,7 +46,7 @@ class ModelRef:
     """A registered model version (MLflow registry) and the sha256 of its checkpoint."""
 
     name: str
-    version: str
+    version: int        # the registry's version number
     uri: str            # models:/<name>/<version>
     sha256: str
 

@@ -124,9 +124,9 @@ def find_version(cfg: FlywheelConfig, name: str, sha256: str) -> ModelRef | None
              if v.tags.get("checkpoint_sha256") == sha256]
     if not found:
         return None
-    version = min(found, key=lambda v: int(v.version)).version
-    return ModelRef(name=name, version=str(version), uri=f"models:/{name}/{version}", sha256=sha256)
+    version = min(int(v.version) for v in found)
+    return ModelRef(name=name, version=version, uri=f"models:/{name}/{version}", sha256=sha256)
 
 
 def set_alias(cfg: FlywheelConfig, model: ModelRef, alias: str) -> None:
-    _client(cfg).set_registered_model_alias(model.name, alias, model.version)
+    _client(cfg).set_registered_model_alias(model.name, alias, str(model.version))

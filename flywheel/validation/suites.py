@@ -37,7 +37,6 @@ from flywheel.core.config import ValidationConfig
 from flywheel.core.datasets import Dataset, DatasetCorrupt
 
 log = logging.getLogger(__name__)
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 
 @dataclass
@@ -82,10 +81,6 @@ def _rotation_error(flat: pd.Series) -> np.ndarray:
     r = np.array(flat.tolist(), dtype=np.float64).reshape(-1, 3, 3)
     ortho = np.abs(r @ r.transpose(0, 2, 1) - np.eye(3)).max(axis=(1, 2))
     return np.maximum(ortho, np.abs(np.linalg.det(r) - 1))
-
-
-def _column(values, name: str) -> pd.DataFrame:
-    return pd.DataFrame({name: values})
 
 
 def _integrity(ds: Dataset) -> pd.DataFrame:
@@ -139,10 +134,16 @@ def _quarantined(ds: Dataset, kind: str | None = None) -> int:
 
 # -- suites -----------------------------------------------------------------------------------
 
-def _gx():
-    import great_expectations as gx
+def _great_expectations() -> Any:
+    """The library, imported with its analytics off (it reads the setting on import)."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations
 
-    return gx.expectations
+    return great_expectations
+
+
+def _gx() -> Any:
+    return _great_expectations().expectations
 
 
 def _common(ds: Dataset, m: pd.DataFrame, id_column: str) -> list:
@@ -494,11 +495,10 @@ def validate(ds: Dataset, cfg: ValidationConfig, docs_dir: str | Path | None = N
 
 def run_suites(dataset: str, kind: str, tables: dict, docs_dir: str | Path | None = None) -> Report:
     """Run each table's expectations with Great Expectations and collect the failures."""
-    import great_expectations as gx
-
+    gx = _great_expectations()
     root = Path(docs_dir) if docs_dir else Path(tempfile.mkdtemp(prefix="flywheel-gx-"))
     context = gx.get_context(mode="file", project_root_dir=str(root))
-    context.variables.progress_bars = {"globally": False}  # type: ignore[assignment]  # GX takes the dict form
+    context.variables.progress_bars = {"globally": False}
     source = context.data_sources.add_or_update_pandas("flywheel")
     name = dataset.replace("@", "-")
     report = Report(dataset, True, 0)
