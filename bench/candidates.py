@@ -34,7 +34,7 @@ from sam3d_model.model import SmallSam3D  # noqa: E402
 
 def measure(checkpoint: str, members: tuple, jobs: list, n: int, actors: int) -> float:
     with ProposalPool({"champion": (checkpoint, "bench")}, members, num_candidates=n, actors=actors) as pool:
-        pool.run(jobs[:actors])                       # load the models, warm up
+        pool.run(jobs[:actors])  # load the models, warm up
         start = time.perf_counter()
         results = pool.run(jobs)
         seconds = time.perf_counter() - start
@@ -53,12 +53,19 @@ def main() -> None:
     cfg = preset(args.preset)
     torch.manual_seed(0)
     examples = toy_examples(cfg, args.objects)
-    jobs = [ProposalJob(f"job-{i}", [f"obj-{j}" for j in range(i, min(i + args.objects_per_job, args.objects))],
-                        collate(examples[i:i + args.objects_per_job]))
-            for i in range(0, args.objects, args.objects_per_job)]
+    jobs = [
+        ProposalJob(
+            f"job-{i}",
+            [f"obj-{j}" for j in range(i, min(i + args.objects_per_job, args.objects))],
+            collate(examples[i : i + args.objects_per_job]),
+        )
+        for i in range(0, args.objects, args.objects_per_job)
+    ]
     seeds = tuple(range(args.candidates))
-    samplers = {"25-step+cfg": (Member(name="champion", seeds=seeds),),
-                "4-step shortcut": (Member(name="champion", seeds=seeds, shortcut=True),)}
+    samplers = {
+        "25-step+cfg": (Member(name="champion", seeds=seeds),),
+        "4-step shortcut": (Member(name="champion", seeds=seeds, shortcut=True),),
+    }
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = str(save_checkpoint(Path(tmp) / "model.pt", SmallSam3D(cfg)))
@@ -68,13 +75,24 @@ def main() -> None:
                 results[f"{sampler}, {actors} actor{'s' if actors > 1 else ''}"] = rate
                 print(f"{sampler:16s} {actors} actor(s): {rate:8.1f} candidates/s", flush=True)
     base = results["25-step+cfg, 1 actor"]
-    print(f"\n{args.objects} objects x {args.candidates} candidates, {args.preset} model; ratios to 25-step+cfg on 1 actor:")
+    print(
+        f"\n{args.objects} objects x {args.candidates} candidates, {args.preset} model; ratios to 25-step+cfg on 1 actor:"
+    )
     for name, rate in results.items():
         print(f"  {name:28s} {rate:8.1f} candidates/s  x{rate / base:.2f}")
     out = Path(__file__).resolve().parent / "results" / "candidates.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"preset": args.preset, "objects": args.objects, "candidates": args.candidates,
-                               "candidates_per_s": results}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "objects": args.objects,
+                "candidates": args.candidates,
+                "candidates_per_s": results,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -83,7 +83,7 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = preset(args.preset)
     train_set = toy_examples(cfg, args.train, seed=0)
-    held = toy_examples(cfg, args.held_out, seed=1)          # other shapes, other poses
+    held = toy_examples(cfg, args.held_out, seed=1)  # other shapes, other poses
     batches = batch_stream(lambda: train_set, args.batch, seed=0)
     model = SmallSam3D(cfg)
     settings = dict(device=str(device), log_every=50)
@@ -92,51 +92,88 @@ def main() -> None:
     stages = {}
     for name, fn, steps, lr in (("vae", T.train_vae, args.vae_steps, 3e-3), ("flow", T.sft, args.flow_steps, 1e-3)):
         result = fn(model, batches, T.TrainSettings(steps=steps, lr=lr, **settings))
-        stages[name] = {"steps_per_s": steps / result.seconds, "samples_per_s": steps * args.batch / result.seconds,
-                        "final_loss": result.history[-1]["loss"]}
+        stages[name] = {
+            "steps_per_s": steps / result.seconds,
+            "samples_per_s": steps * args.batch / result.seconds,
+            "final_loss": result.history[-1]["loss"],
+        }
     student = copy.deepcopy(model)
-    result = T.distill(student, batches, T.TrainSettings(steps=args.distill_steps, lr=5e-4, **settings),
-                       consistency_fraction=0.5, levels=2, teacher=T.frozen_copy(model))
-    stages["distill"] = {"steps_per_s": args.distill_steps / result.seconds,
-                         "samples_per_s": args.distill_steps * args.batch / result.seconds,
-                         "final_loss": result.history[-1]["loss"]}
+    result = T.distill(
+        student,
+        batches,
+        T.TrainSettings(steps=args.distill_steps, lr=5e-4, **settings),
+        consistency_fraction=0.5,
+        levels=2,
+        teacher=T.frozen_copy(model),
+    )
+    stages["distill"] = {
+        "steps_per_s": args.distill_steps / result.seconds,
+        "samples_per_s": args.distill_steps * args.batch / result.seconds,
+        "final_loss": result.history[-1]["loss"],
+    }
 
     batch = {k: v.to(device) for k, v in collate(held).items()}
     truth = [e["occupancy"].numpy() > 0.5 for e in held]
     base = {"samples_per_s": samples_per_s(model, batch, args.repeats), **quality(model, batch, truth)}
-    fast = {"samples_per_s": samples_per_s(student, batch, args.repeats, shortcut=True),
-            **quality(student, batch, truth, shortcut=True)}
+    fast = {
+        "samples_per_s": samples_per_s(student, batch, args.repeats, shortcut=True),
+        **quality(student, batch, truth, shortcut=True),
+    }
     naive = quality(model, batch, truth, steps=cfg.shortcut_steps, guidance=0.0)  # 4 steps, no distillation
     speedup = fast["samples_per_s"] / base["samples_per_s"]
     loss = {k: (base[k] - fast[k]) / max(base[k], 1e-9) for k in ("viou", "f1@0.01")}
 
-    report = {"preset": args.preset, "device": str(device), "train_objects": args.train,
-              "held_out_objects": args.held_out, "stages": stages,
-              "sample_25_step_cfg": base, "sample_4_step_shortcut": fast, "sample_4_step_undistilled": naive,
-              "speedup": speedup, "relative_quality_loss": loss}
+    report = {
+        "preset": args.preset,
+        "device": str(device),
+        "train_objects": args.train,
+        "held_out_objects": args.held_out,
+        "stages": stages,
+        "sample_25_step_cfg": base,
+        "sample_4_step_shortcut": fast,
+        "sample_4_step_undistilled": naive,
+        "speedup": speedup,
+        "relative_quality_loss": loss,
+    }
     if device.type == "cuda":
         flops = train_flops_per_step(model, {k: v.to(device) for k, v in collate(train_set[: args.batch]).items()})
         name = torch.cuda.get_device_name(device)
         peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
         achieved = flops * stages["flow"]["steps_per_s"]
-        report["gpu"] = {"name": name, "train_flops_per_step": flops, "achieved_flops": achieved,
-                         "fraction_of_peak_bf16": achieved / peak if peak else None}
+        report["gpu"] = {
+            "name": name,
+            "train_flops_per_step": flops,
+            "achieved_flops": achieved,
+            "fraction_of_peak_bf16": achieved / peak if peak else None,
+        }
 
     print(f"\ntraining (batch {args.batch}):")
     for name, s in stages.items():
-        print(f"  {name:8s} {s['steps_per_s']:7.2f} steps/s  {s['samples_per_s']:8.1f} samples/s  "
-              f"final loss {s['final_loss']:.4f}")
+        print(
+            f"  {name:8s} {s['steps_per_s']:7.2f} steps/s  {s['samples_per_s']:8.1f} samples/s  "
+            f"final loss {s['final_loss']:.4f}"
+        )
     print(f"\nsampling {args.held_out} held-out objects (vIoU / F1@0.01 vs ground truth):")
-    print(f"  25-step + CFG (baseline)  {base['samples_per_s']:8.1f} samples/s  "
-          f"vIoU {base['viou']:.3f}  F1 {base['f1@0.01']:.3f}")
-    print(f"  4-step shortcut           {fast['samples_per_s']:8.1f} samples/s  "
-          f"vIoU {fast['viou']:.3f}  F1 {fast['f1@0.01']:.3f}")
+    print(
+        f"  25-step + CFG (baseline)  {base['samples_per_s']:8.1f} samples/s  "
+        f"vIoU {base['viou']:.3f}  F1 {base['f1@0.01']:.3f}"
+    )
+    print(
+        f"  4-step shortcut           {fast['samples_per_s']:8.1f} samples/s  "
+        f"vIoU {fast['viou']:.3f}  F1 {fast['f1@0.01']:.3f}"
+    )
     print(f"  4-step, not distilled                         vIoU {naive['viou']:.3f}  F1 {naive['f1@0.01']:.3f}")
-    print(f"\nshortcut / baseline speed: {speedup:.1f}x; relative quality loss: "
-          f"vIoU {100 * loss['viou']:+.1f}%, F1 {100 * loss['f1@0.01']:+.1f}% (goal: >= 8x at <= 5%)")
+    print(
+        f"\nshortcut / baseline speed: {speedup:.1f}x; relative quality loss: "
+        f"vIoU {100 * loss['viou']:+.1f}%, F1 {100 * loss['f1@0.01']:+.1f}% (goal: >= 8x at <= 5%)"
+    )
     if "gpu" in report:
         g = report["gpu"]
-        frac = "unknown peak" if g["fraction_of_peak_bf16"] is None else f"{100 * g['fraction_of_peak_bf16']:.1f}% of peak bf16"
+        frac = (
+            "unknown peak"
+            if g["fraction_of_peak_bf16"] is None
+            else f"{100 * g['fraction_of_peak_bf16']:.1f}% of peak bf16"
+        )
         print(f"GPU {g['name']}: {g['achieved_flops'] / 1e12:.2f} TFLOP/s in flow training ({frac})")
     out = Path(__file__).resolve().parent / "results" / "model.json"
     out.parent.mkdir(exist_ok=True)

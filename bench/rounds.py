@@ -27,25 +27,46 @@ BIN = Path(sys.executable).parent
 
 def _env(folder: Path, config: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLYWHEEL", "PREFECT_"))}
-    return {**env, "FLYWHEEL_CONFIG": config, "FLYWHEEL__PROJECT__STATE_DIR": str(folder / "state"),
-            "FLYWHEEL__STORE__ROOT": str(folder / "store")}
+    return {
+        **env,
+        "FLYWHEEL_CONFIG": config,
+        "FLYWHEEL__PROJECT__STATE_DIR": str(folder / "state"),
+        "FLYWHEEL__STORE__ROOT": str(folder / "store"),
+    }
 
 
 def timed_round(folder: Path, config: str, log_name: str) -> float:
     """Seconds of one `flywheel run` to the end (its stderr in ``folder/log_name``)."""
     started = time.perf_counter()
-    subprocess.run([BIN / "flywheel", "run"], env=_env(folder, config), check=True, cwd=REPO,
-                   stdout=subprocess.DEVNULL, stderr=open(folder / log_name, "wb"))
+    subprocess.run(
+        [BIN / "flywheel", "run"],
+        env=_env(folder, config),
+        check=True,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=open(folder / log_name, "wb"),
+    )
     return time.perf_counter() - started
 
 
 def killed_then_rerun(folder: Path, config: str) -> tuple[float, float]:
     log = folder / "killed.log"
     started = time.perf_counter()
-    proc = subprocess.Popen([BIN / "flywheel", "run"], env=_env(folder, config), cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
-    while sum("Task run 'register-model" in line and "Completed" in line
-              for line in log.read_text(errors="replace").splitlines()) < 2:   # bootstrap, then challenger
+    proc = subprocess.Popen(
+        [BIN / "flywheel", "run"],
+        env=_env(folder, config),
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "wb"),
+    )
+    while (
+        sum(
+            "Task run 'register-model" in line and "Completed" in line
+            for line in log.read_text(errors="replace").splitlines()
+        )
+        < 2
+    ):  # bootstrap, then challenger
         if proc.poll() is not None:
             raise SystemExit(f"the round ended before its last stage:\n{log.read_text()[-3000:]}")
         time.sleep(0.05)
@@ -79,8 +100,19 @@ def main() -> None:
     for phase in a["seconds"]:
         print(f"    {phase:28s} {a['seconds'][phase]:7.1f} / {b['seconds'].get(phase, 0.0):7.1f}")
     out = REPO / "bench" / "results" / "rounds.json"
-    out.write_text(json.dumps({"config": args.config, "full_s": full, "until_kill_s": until_kill, "rerun_s": rerun,
-                               "rerun_fraction": rerun / full, "same_result": same}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "config": args.config,
+                "full_s": full,
+                "until_kill_s": until_kill,
+                "rerun_s": rerun,
+                "rerun_fraction": rerun / full,
+                "same_result": same,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

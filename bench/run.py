@@ -57,8 +57,7 @@ def bench_store(store: Store, size: int, count: int, repeats: int) -> dict:
     mib = size * count / 2**20
     t_put, t_get = timed(put, repeats), timed(get, repeats)
     store.delete(keys)
-    return {"put_MiB_s": mib / t_put, "get_MiB_s": mib / t_get,
-            "put_obj_s": count / t_put, "get_obj_s": count / t_get}
+    return {"put_MiB_s": mib / t_put, "get_MiB_s": mib / t_get, "put_obj_s": count / t_put, "get_obj_s": count / t_get}
 
 
 def bench_webdataset(store: Store, samples: int, resolution: int, repeats: int) -> dict:
@@ -92,8 +91,10 @@ def main() -> None:
     servers = []
     try:
         stores: dict[str, Store] = {"local": LocalStore(tmp / "local")}
-        for name, start in (("seaweedfs", lambda: start_seaweedfs(tmp / "weed", KEY, SECRET)),
-                            ("moto", lambda: start_moto(tmp / "moto"))):
+        for name, start in (
+            ("seaweedfs", lambda: start_seaweedfs(tmp / "weed", KEY, SECRET)),
+            ("moto", lambda: start_moto(tmp / "moto")),
+        ):
             server = start()
             servers.append(server)
             server.create_bucket(BUCKET)

@@ -40,10 +40,25 @@ def meshes(folder: Path, n: int) -> list[str]:
 
 
 def iso_jobs(paths, folder: Path, views: int, res: int, samples: int) -> list[Job]:
-    return [Job(f"obj{i}", "rendering.iso3do:render_job", {
-        "scene": iso3do_scene(p, np.random.default_rng(i), views=views, resolution=res, samples=samples,
-                              fov_deg=40, camera_distance=2.7).to_dict(),
-        "out_dir": str(folder / f"iso{i}")}) for i, p in enumerate(paths)]
+    return [
+        Job(
+            f"obj{i}",
+            "rendering.iso3do:render_job",
+            {
+                "scene": iso3do_scene(
+                    p,
+                    np.random.default_rng(i),
+                    views=views,
+                    resolution=res,
+                    samples=samples,
+                    fov_deg=40,
+                    camera_distance=2.7,
+                ).to_dict(),
+                "out_dir": str(folder / f"iso{i}"),
+            },
+        )
+        for i, p in enumerate(paths)
+    ]
 
 
 def bench_overhead(paths, folder, views, res, samples) -> dict:
@@ -55,8 +70,13 @@ def bench_overhead(paths, folder, views, res, samples) -> dict:
         for job in jobs:
             render_s += sum(v["render_s"] for v in worker.run(job.fn, job.kwargs, timeout=600))
         wall = time.perf_counter() - start
-    return {"objects": len(jobs), "views": views, "wall_s": wall, "pure_render_s": render_s,
-            "ratio_wall_to_render": wall / render_s}
+    return {
+        "objects": len(jobs),
+        "views": views,
+        "wall_s": wall,
+        "pure_render_s": render_s,
+        "ratio_wall_to_render": wall / render_s,
+    }
 
 
 class FreshProcessRenderer:
@@ -68,30 +88,52 @@ class FreshProcessRenderer:
     def __call__(self, scene: Scene, out_dir: str) -> list[dict]:
         self.renders += 1
         with BlenderWorker(self.log_dir, cores=[0]) as worker:
-            return worker.run("rendering.iso3do:render_job", {"scene": scene.to_dict(), "out_dir": out_dir}, timeout=600)
+            return worker.run(
+                "rendering.iso3do:render_job", {"scene": scene.to_dict(), "out_dir": out_dir}, timeout=600
+            )
 
 
 def bench_occlusions(paths, folder, n: int, res: int, samples: int) -> dict:
-    settings = dict(resolution=res, samples=samples, fov_deg=50, visible_band=(0.3, 0.8),
-                    max_tries=30, min_occludee_pixels=50)
+    settings = dict(
+        resolution=res, samples=samples, fov_deg=50, visible_band=(0.3, 0.8), max_tries=30, min_occludee_pixels=50
+    )
     pairs = [(paths[i % len(paths)], paths[(i + 1) % len(paths)]) for i in range(n)]
     with BlenderWorker(folder / "logs", cores=[0]) as worker:
-        worker.run("rendering.occlusions:occlusion_job", {"occludee_mesh": pairs[0][0], "occluder_mesh": pairs[0][1],
-                                                          "seed": 999, "out_dir": str(folder / "warm"), **settings}, timeout=600)
+        worker.run(
+            "rendering.occlusions:occlusion_job",
+            {
+                "occludee_mesh": pairs[0][0],
+                "occluder_mesh": pairs[0][1],
+                "seed": 999,
+                "out_dir": str(folder / "warm"),
+                **settings,
+            },
+            timeout=600,
+        )
         start = time.perf_counter()
-        persistent = [worker.run("rendering.occlusions:occlusion_job", {
-            "occludee_mesh": a, "occluder_mesh": b, "seed": i, "out_dir": str(folder / f"fo{i}"), **settings},
-            timeout=600) for i, (a, b) in enumerate(pairs)]
+        persistent = [
+            worker.run(
+                "rendering.occlusions:occlusion_job",
+                {"occludee_mesh": a, "occluder_mesh": b, "seed": i, "out_dir": str(folder / f"fo{i}"), **settings},
+                timeout=600,
+            )
+            for i, (a, b) in enumerate(pairs)
+        ]
         persistent_s = time.perf_counter() - start
     fresh = FreshProcessRenderer(folder / "logs")
     start = time.perf_counter()
-    baseline = [occlusion_job(a, b, i, str(folder / f"fresh{i}"), render=fresh, **settings)
-                for i, (a, b) in enumerate(pairs)]
+    baseline = [
+        occlusion_job(a, b, i, str(folder / f"fresh{i}"), render=fresh, **settings) for i, (a, b) in enumerate(pairs)
+    ]
     fresh_s = time.perf_counter() - start
     assert [r["tries"] for r in baseline] == [r["tries"] for r in persistent]  # same work done
-    return {"samples": n, "renders_per_sample": fresh.renders / n,
-            "persistent_samples_s": n / persistent_s, "fresh_process_samples_s": n / fresh_s,
-            "speedup": fresh_s / persistent_s}
+    return {
+        "samples": n,
+        "renders_per_sample": fresh.renders / n,
+        "persistent_samples_s": n / persistent_s,
+        "fresh_process_samples_s": n / fresh_s,
+        "speedup": fresh_s / persistent_s,
+    }
 
 
 def bench_scaling(paths, folder, views, res, samples) -> dict:
@@ -126,12 +168,18 @@ def main() -> None:
 
     o, f, s = results["overhead"], results["occlusions"], results["scaling"]
     print("\nsynthetic-data benchmark (ratios measured in this run)")
-    print(f"1. persistent worker: wall {o['wall_s']:.2f} s / pure Cycles {o['pure_render_s']:.2f} s "
-          f"= {o['ratio_wall_to_render']:.3f}   (goal <= 1.05)")
-    print(f"2. Flying Occlusions: {f['persistent_samples_s']:.3f} vs {f['fresh_process_samples_s']:.3f} samples/s "
-          f"(fresh process per render, {f['renders_per_sample']:.1f} renders/sample) = {f['speedup']:.2f}x   (goal >= 4x)")
-    print(f"3. scaling: {s['1_worker_objects_s']:.3f} -> {s['2_worker_objects_s']:.3f} objects/s "
-          f"= {s['ratio_2_vs_1']:.2f}x with 2 workers vs 1")
+    print(
+        f"1. persistent worker: wall {o['wall_s']:.2f} s / pure Cycles {o['pure_render_s']:.2f} s "
+        f"= {o['ratio_wall_to_render']:.3f}   (goal <= 1.05)"
+    )
+    print(
+        f"2. Flying Occlusions: {f['persistent_samples_s']:.3f} vs {f['fresh_process_samples_s']:.3f} samples/s "
+        f"(fresh process per render, {f['renders_per_sample']:.1f} renders/sample) = {f['speedup']:.2f}x   (goal >= 4x)"
+    )
+    print(
+        f"3. scaling: {s['1_worker_objects_s']:.3f} -> {s['2_worker_objects_s']:.3f} objects/s "
+        f"= {s['ratio_2_vs_1']:.2f}x with 2 workers vs 1"
+    )
     out = Path(__file__).resolve().parent / "results" / "synth.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"quick": args.quick, **results}, indent=1))

@@ -1,7 +1,7 @@
 """The close stage's first half: judgements in, decisions out.
 
-    exports ─> ingest (archive raw, check, count once) ─> gate ─> decide (Bradley–Terry,
-    annotator quality, alpha_k) ─> SFT / preference (DPO) / hard-case datasets ─> gates
+exports ─> ingest (archive raw, check, count once) ─> gate ─> decide (Bradley–Terry,
+annotator quality, alpha_k) ─> SFT / preference (DPO) / hard-case datasets ─> gates
 """
 
 from __future__ import annotations
@@ -15,14 +15,18 @@ from flywheel.core.records import RunSummary
 
 
 @flow(name="rankings", log_prints=True)
-def rankings(files: list[str], candidates: str | None = None, round_index: int = 0,
-             config: FlywheelConfig | None = None) -> RunSummary:
+def rankings(
+    files: list[str], candidates: str | None = None, round_index: int = 0, config: FlywheelConfig | None = None
+) -> RunSummary:
     """Ingest annotation exports (native .jsonl/.csv/.parquet, Label Studio .json) for a
     candidates version (default: the newest) and commit round ``round_index``'s SFT,
     preference and hard-case datasets. ``config``: None loads the worker's."""
     cfg = flow_config(config)
     ref = candidates_ref(cfg, candidates)
     previous = latest_ref(cfg, RANKINGS.name)
-    return run_round(cfg, f"rankings-r{round_index}",
-                     lambda c, parent: ingest_and_decide(c, parent, files, ref, round_index, previous)[0],
-                     ("rankings",))
+    return run_round(
+        cfg,
+        f"rankings-r{round_index}",
+        lambda c, parent: ingest_and_decide(c, parent, files, ref, round_index, previous)[0],
+        ("rankings",),
+    )

@@ -83,16 +83,25 @@ def bootstrap(cfg: FlywheelConfig, parent: str, synthetic: list[DatasetRef], ser
     _, iso, fo = synthetic
     architecture = model_architecture(cfg.model).model_dump(mode="json")
     checkpoint = None
-    for stage, data in (("vae", {"iso3do": [iso]}), ("pretrain", {"iso3do": [iso]}),
-                        ("midtrain", {"occlusions": [fo]})):
+    for stage, data in (
+        ("vae", {"iso3do": [iso]}),
+        ("pretrain", {"iso3do": [iso]}),
+        ("midtrain", {"occlusions": [fo]}),
+    ):
         if getattr(cfg.model, stage).steps:
-            checkpoint = train_stage(cfg, stage, checkpoint, data, stage_settings(cfg.model, stage), architecture,
-                                     parent_run_id=parent)
+            checkpoint = train_stage(
+                cfg, stage, checkpoint, data, stage_settings(cfg.model, stage), architecture, parent_run_id=parent
+            )
     if checkpoint is None:
         raise ValueError("model: vae, pretrain and midtrain all have steps 0; nothing to bootstrap")
-    return register_model(cfg, checkpoint, cfg.candidates.registered_model, {"iso3do": [iso], "occlusions": [fo]},
-                          {"flywheel.series": series, "flywheel.round": "bootstrap",
-                           "flywheel.stages": "vae,pretrain,midtrain"}, parent_run_id=parent)
+    return register_model(
+        cfg,
+        checkpoint,
+        cfg.candidates.registered_model,
+        {"iso3do": [iso], "occlusions": [fo]},
+        {"flywheel.series": series, "flywheel.round": "bootstrap", "flywheel.stages": "vae,pretrain,midtrain"},
+        parent_run_id=parent,
+    )
 
 
 def propose_round(r: Round, champion: ModelRef, library: DatasetRef) -> tuple[DatasetRef, DatasetRef]:
@@ -106,13 +115,28 @@ def propose_round(r: Round, champion: ModelRef, library: DatasetRef) -> tuple[Da
     return pool, proposals
 
 
-def close_round(r: Round, champion: ModelRef, pool: DatasetRef, proposals: DatasetRef, replay: DatasetRef,
-                files: list[str] | None = None) -> RoundRecord:
+def close_round(
+    r: Round,
+    champion: ModelRef,
+    pool: DatasetRef,
+    proposals: DatasetRef,
+    replay: DatasetRef,
+    files: list[str] | None = None,
+) -> RoundRecord:
     """Judgements -> datasets -> retrain from the champion -> evaluate -> promote; the round record."""
     cfg, parent, k = r.cfg, r.parent, r.k
     if files is None:
-        files = [simulate_annotators(cfg, proposals, pool, [a.model_dump() for a in cfg.rounds.annotators],
-                                     cfg.rounds.judgements_per_object, k, parent_run_id=parent)]
+        files = [
+            simulate_annotators(
+                cfg,
+                proposals,
+                pool,
+                [a.model_dump() for a in cfg.rounds.annotators],
+                cfg.rounds.judgements_per_object,
+                k,
+                parent_run_id=parent,
+            )
+        ]
     prior = r.previous.datasets["rankings"] if r.previous else None
     (judged, sft, prefs, hard), decided = ingest_and_decide(cfg, parent, files, proposals, k, prior)
     r.lap("rankings")
@@ -120,42 +144,77 @@ def close_round(r: Round, champion: ModelRef, pool: DatasetRef, proposals: Datas
     accepted = [*(r.previous.sft_history if r.previous else []), sft]
     checkpoint = champion.checkpoint
     stages = []
-    for stage, data, wanted in (("sft", {"sft": accepted, "replay": [replay]}, True),
-                                ("dpo", {"preferences": [prefs]}, prefs.num_rows > 0),
-                                ("distill", {"sft": accepted, "replay": [replay]}, True)):
+    for stage, data, wanted in (
+        ("sft", {"sft": accepted, "replay": [replay]}, True),
+        ("dpo", {"preferences": [prefs]}, prefs.num_rows > 0),
+        ("distill", {"sft": accepted, "replay": [replay]}, True),
+    ):
         if getattr(cfg.model, stage).steps and wanted:
-            checkpoint = train_stage(cfg, stage, checkpoint, data, stage_settings(cfg.model, stage), {},
-                                     parent_run_id=parent)
+            checkpoint = train_stage(
+                cfg, stage, checkpoint, data, stage_settings(cfg.model, stage), {}, parent_run_id=parent
+            )
             stages.append(stage)
     r.lap("retrain")
     challenger = register_model(
-        cfg, checkpoint, cfg.candidates.registered_model,
+        cfg,
+        checkpoint,
+        cfg.candidates.registered_model,
         {"sft": accepted, "replay": [replay], "preferences": [prefs], "rankings": [judged], "hard-cases": [hard]},
-        {"flywheel.series": r.series, "flywheel.round": k, "flywheel.stages": ",".join(stages),
-         "flywheel.warm_start": champion.uri}, parent_run_id=parent)
+        {
+            "flywheel.series": r.series,
+            "flywheel.round": k,
+            "flywheel.stages": ",".join(stages),
+            "flywheel.warm_start": champion.uri,
+        },
+        parent_run_id=parent,
+    )
     set_alias(cfg, challenger, "challenger")
 
     rules = cfg.rounds
     heldout = composites(cfg, parent, rules.eval_seed, rules.eval_objects)
-    scores = {"champion": evaluate_model(cfg, champion, heldout, rules.eval_seeds, "champion", parent_run_id=parent),
-              "challenger": evaluate_model(cfg, challenger, heldout, rules.eval_seeds, "challenger",
-                                           parent_run_id=parent)}
-    decision = promotion(scores["champion"], scores["challenger"], metric=rules.promote_metric,
-                         min_gain=rules.min_gain, max_regression=rules.max_regression)
+    scores = {
+        "champion": evaluate_model(cfg, champion, heldout, rules.eval_seeds, "champion", parent_run_id=parent),
+        "challenger": evaluate_model(cfg, challenger, heldout, rules.eval_seeds, "challenger", parent_run_id=parent),
+    }
+    decision = promotion(
+        scores["champion"],
+        scores["challenger"],
+        metric=rules.promote_metric,
+        min_gain=rules.min_gain,
+        max_regression=rules.max_regression,
+    )
     after = challenger if decision.promote else champion
     set_alias(cfg, after, "champion")
     r.lap("evaluate")
     made = (pool, proposals, judged, sft, prefs, hard)
     volumes = {d.name: d.num_rows for d in made}
     volumes["sft-total"] = sum(d.num_rows for d in accepted)
-    keep = ("accept_rate", "objects_judged", "accepted", "hard_cases", "preference_pairs", "annotators", "alpha",
-            "fleiss_kappa")
-    return RoundRecord(round=k, series=r.series, champion_before=champion, challenger=challenger,
-                       champion_after=after, promotion=decision, evaluation=scores,
-                       rankings={key: decided[key] for key in keep if key in decided},
-                       volumes=volumes, seconds=r.seconds, stages=stages,
-                       datasets={**{d.name: d for d in made}, "held-out": heldout, "replay": replay},
-                       sft_history=accepted, mlflow_run_id=parent)
+    keep = (
+        "accept_rate",
+        "objects_judged",
+        "accepted",
+        "hard_cases",
+        "preference_pairs",
+        "annotators",
+        "alpha",
+        "fleiss_kappa",
+    )
+    return RoundRecord(
+        round=k,
+        series=r.series,
+        champion_before=champion,
+        challenger=challenger,
+        champion_after=after,
+        promotion=decision,
+        evaluation=scores,
+        rankings={key: decided[key] for key in keep if key in decided},
+        volumes=volumes,
+        seconds=r.seconds,
+        stages=stages,
+        datasets={**{d.name: d for d in made}, "held-out": heldout, "replay": replay},
+        sft_history=accepted,
+        mlflow_run_id=parent,
+    )
 
 
 def _log_summary(cfg: FlywheelConfig, parent: str, record: RoundRecord, history: list[RoundRecord]) -> None:
@@ -165,11 +224,19 @@ def _log_summary(cfg: FlywheelConfig, parent: str, record: RoundRecord, history:
 
     client = mlflow.MlflowClient()
     flat = ledger.summary_rows([record])[0]
-    client.log_batch(parent, metrics=[mlflow.entities.Metric(k, float(v), int(time.time() * 1000), record.round)
-                                      for k, v in flat.items() if isinstance(v, (int, float)) and v == v])
-    for key, value in {"flywheel.promoted": str(record.promotion.promote).lower(),
-                       "flywheel.decision": record.promotion.reason[:500],
-                       "flywheel.champion_after": record.champion_after.uri}.items():
+    client.log_batch(
+        parent,
+        metrics=[
+            mlflow.entities.Metric(k, float(v), int(time.time() * 1000), record.round)
+            for k, v in flat.items()
+            if isinstance(v, (int, float)) and v == v
+        ],
+    )
+    for key, value in {
+        "flywheel.promoted": str(record.promotion.promote).lower(),
+        "flywheel.decision": record.promotion.reason[:500],
+        "flywheel.champion_after": record.champion_after.uri,
+    }.items():
         client.set_tag(parent, key, value)
     with tempfile.TemporaryDirectory() as tmp:
         pd.DataFrame(ledger.summary_rows(history)).to_csv(Path(tmp) / "rounds.csv", index=False)
@@ -178,8 +245,9 @@ def _log_summary(cfg: FlywheelConfig, parent: str, record: RoundRecord, history:
             client.log_artifact(parent, str(Path(tmp) / name), "summary")
 
 
-def play_round(cfg: FlywheelConfig, k: int, files: list[str] | None = None,
-               propose_only: bool = False) -> RoundRecord | RunSummary:
+def play_round(
+    cfg: FlywheelConfig, k: int, files: list[str] | None = None, propose_only: bool = False
+) -> RoundRecord | RunSummary:
     """Round k (bootstrapping a champion first for round 0); returns its record (what the
     propose half committed when only that ran)."""
     store, series = store_for(cfg), ledger.series_id(cfg)
@@ -190,8 +258,10 @@ def play_round(cfg: FlywheelConfig, k: int, files: list[str] | None = None,
             return done
         previous = ledger.read_round(store, series, k - 1) if k else None
         if k and previous is None:
-            raise ValueError(f"round {k}: round {k - 1} of series {series} is not closed; run it first "
-                             f"(flywheel run --rounds {k + 1} runs every missing round in order)")
+            raise ValueError(
+                f"round {k}: round {k - 1} of series {series} is not closed; run it first "
+                f"(flywheel run --rounds {k + 1} runs every missing round in order)"
+            )
         committed: list[RoundRecord] = []
 
         def body(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
@@ -207,13 +277,15 @@ def play_round(cfg: FlywheelConfig, k: int, files: list[str] | None = None,
                 return [pool, proposals]
             record = close_round(r, champion, pool, proposals, synthetic[2], files)
             _log_summary(cfg, parent, record, [*ledger.committed_rounds(store, series), record])
-            record = ledger.write_round(store, record)   # last: the round is committed
+            record = ledger.write_round(store, record)  # last: the round is committed
             committed.append(record)
-            print(f"round {k}: accept rate {record.rankings['accept_rate']:.2f}, held-out vIoU champion "
-                  f"{record.evaluation['champion']['viou']:.3f} / challenger "
-                  f"{record.evaluation['challenger']['viou']:.3f} -> "
-                  f"{'PROMOTED' if record.promotion.promote else 'kept the champion'} "
-                  f"({record.promotion.reason}); champion now {record.champion_after.uri}")
+            print(
+                f"round {k}: accept rate {record.rankings['accept_rate']:.2f}, held-out vIoU champion "
+                f"{record.evaluation['champion']['viou']:.3f} / challenger "
+                f"{record.evaluation['challenger']['viou']:.3f} -> "
+                f"{'PROMOTED' if record.promotion.promote else 'kept the champion'} "
+                f"({record.promotion.reason}); champion now {record.champion_after.uri}"
+            )
             print(f"round record: {store.uri(ledger.record_key(series, k))}")
             return [pool, proposals]
 
@@ -227,8 +299,9 @@ def next_round(cfg: FlywheelConfig) -> int:
 
 
 @flow(name="flywheel-round", log_prints=True)
-def flywheel_round(round_index: int | None = None, files: list[str] | None = None,
-                   config: FlywheelConfig | None = None) -> RoundRecord | RunSummary:
+def flywheel_round(
+    round_index: int | None = None, files: list[str] | None = None, config: FlywheelConfig | None = None
+) -> RoundRecord | RunSummary:
     """One whole round (default: the next uncommitted one): propose, then close with the given
     annotation exports (default: simulated annotators), retrain, evaluate and promote.
     ``config``: None loads the worker's."""

@@ -11,8 +11,8 @@ Every dataset passes its validation gate before anything consumes it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from flywheel.core.config import FlywheelConfig, load_config, shaping
 from flywheel.core.datasets import Dataset, list_versions
@@ -53,8 +53,12 @@ def flow_config(config: FlywheelConfig | None) -> FlywheelConfig:
     return cfg
 
 
-def run_round(cfg: FlywheelConfig, name: str, body: Callable[[FlywheelConfig, str], list[DatasetRef]],
-              shaping_sections: tuple[str, ...] = SYNTHETIC_SECTIONS) -> RunSummary:
+def run_round(
+    cfg: FlywheelConfig,
+    name: str,
+    body: Callable[[FlywheelConfig, str], list[DatasetRef]],
+    shaping_sections: tuple[str, ...] = SYNTHETIC_SECTIONS,
+) -> RunSummary:
     """Run ``body(cfg, parent_run_id) -> [DatasetRef]`` as one MLflow round with Blender workers;
     the round's identity is what of the config shapes it (:func:`flywheel.core.config.shaping`)."""
     ensure_result_storage(cfg)
@@ -92,22 +96,25 @@ def latest_ref(cfg: FlywheelConfig, name: str) -> DatasetRef | None:
 
 # -- synthetic data ---------------------------------------------------------------------------
 
+
 def mesh_library(cfg: FlywheelConfig, parent: str) -> DatasetRef:
     m = cfg.meshes
-    limits = {"max_faces": m.max_faces, "max_file_bytes": int(m.max_file_mb * 2**20),
-              "max_components": m.max_components}
-    library = build_mesh_library(cfg, m.source, m.num_procedural, m.seed, m.occupancy_resolution,
-                                 limits, parent_run_id=parent)
+    limits = {
+        "max_faces": m.max_faces,
+        "max_file_bytes": int(m.max_file_mb * 2**20),
+        "max_components": m.max_components,
+    }
+    library = build_mesh_library(
+        cfg, m.source, m.num_procedural, m.seed, m.occupancy_resolution, limits, parent_run_id=parent
+    )
     gate_for(cfg, library, parent)
     return library
 
 
 def iso3do(cfg: FlywheelConfig, library: DatasetRef, parent: str) -> DatasetRef:
     settings = iso3do_settings(cfg)
-    ids = sorted(Dataset(store_for(cfg), library.name, library.version).manifest()
-                 .column("mesh_id").to_pylist())
-    parts = [render_iso3do_part(cfg, library, batch, settings)
-             for batch in batches(ids, cfg.iso3do.objects_per_shard)]
+    ids = sorted(Dataset(store_for(cfg), library.name, library.version).manifest().column("mesh_id").to_pylist())
+    parts = [render_iso3do_part(cfg, library, batch, settings) for batch in batches(ids, cfg.iso3do.objects_per_shard)]
     renders = assemble(cfg, "iso3do", library, parts, settings, parent_run_id=parent)
     gate_for(cfg, renders, parent)
     return renders
@@ -116,8 +123,10 @@ def iso3do(cfg: FlywheelConfig, library: DatasetRef, parent: str) -> DatasetRef:
 def occlusions(cfg: FlywheelConfig, library: DatasetRef, parent: str) -> DatasetRef:
     settings = occlusions_settings(cfg)
     indices = list(range(cfg.occlusions.num_samples))
-    parts = [render_occlusions_part(cfg, library, batch, settings)
-             for batch in batches(indices, cfg.occlusions.samples_per_shard)]
+    parts = [
+        render_occlusions_part(cfg, library, batch, settings)
+        for batch in batches(indices, cfg.occlusions.samples_per_shard)
+    ]
     composites = assemble(cfg, "occlusions", library, parts, settings, parent_run_id=parent)
     gate_for(cfg, composites, parent)
     return composites
@@ -130,6 +139,7 @@ def all_synthetic(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
 
 
 # -- propose ----------------------------------------------------------------------------------
+
 
 def image_pool(cfg: FlywheelConfig, parent: str, source: str | None = None) -> DatasetRef:
     """The pool from ``source`` (default: config ``candidates.pool``), gated."""
@@ -154,25 +164,28 @@ def candidates(cfg: FlywheelConfig, pool: DatasetRef, parent: str, library: Data
     settings = {"num_candidates": c.num_candidates, "objects_per_job": c.objects_per_job}
     ids = Dataset(store_for(cfg), pool.name, pool.version).manifest().column("object_id").to_pylist()
     try:
-        parts = [propose_part(cfg, pool, part, models, members, library, settings)
-                 for part in batches(ids, c.objects_per_part)]
+        parts = [
+            propose_part(cfg, pool, part, models, members, library, settings)
+            for part in batches(ids, c.objects_per_part)
+        ]
     finally:
         close_proposal_pool()
-    proposals = assemble_candidates(cfg, pool, parts, models, members, library, settings, dropped,
-                                    parent_run_id=parent)
+    proposals = assemble_candidates(cfg, pool, parts, models, members, library, settings, dropped, parent_run_id=parent)
     gate_for(cfg, proposals, parent)
     return proposals
 
 
 def publish(cfg: FlywheelConfig, proposals: DatasetRef, pool: DatasetRef, parent: str) -> dict[str, str | int]:
-    published = publish_annotation_tasks(cfg, proposals, pool, cfg.candidates.preview_views,
-                                         cfg.candidates.preview_resolution, parent_run_id=parent)
+    published = publish_annotation_tasks(
+        cfg, proposals, pool, cfg.candidates.preview_views, cfg.candidates.preview_resolution, parent_run_id=parent
+    )
     print(f"annotation tasks: {published['tasks']}")
     print(f"Label Studio imports: {published['label_studio_pairwise']}, {published['label_studio_ranking']}")
     return published
 
 
 # -- rankings ---------------------------------------------------------------------------------
+
 
 def candidates_ref(cfg: FlywheelConfig, version: str | None) -> DatasetRef:
     """A candidates version (default: the newest)."""
@@ -182,18 +195,31 @@ def candidates_ref(cfg: FlywheelConfig, version: str | None) -> DatasetRef:
     return ref
 
 
-def ingest_and_decide(cfg: FlywheelConfig, parent: str, files: list[str], candidates: DatasetRef,
-                      round_index: int, previous: DatasetRef | None) -> tuple[list[DatasetRef], dict[str, float]]:
+def ingest_and_decide(
+    cfg: FlywheelConfig,
+    parent: str,
+    files: list[str],
+    candidates: DatasetRef,
+    round_index: int,
+    previous: DatasetRef | None,
+) -> tuple[list[DatasetRef], dict[str, float]]:
     """Add ``files`` to the ``previous`` rankings version and decide round ``round_index``.
     -> ([rankings, sft, preferences, hard-cases], the decision metrics)"""
     r = cfg.rankings
-    settings = {"annotators": sorted(r.annotators) if r.annotators is not None else None,
-                "max_file_bytes": int(r.max_file_mb * 2**20), "max_time_spent_s": r.max_time_spent_s}
-    judged = ingest_rankings(cfg, files, export_digests(cfg, files), candidates, previous, settings,
-                             parent_run_id=parent)
+    settings = {
+        "annotators": sorted(r.annotators) if r.annotators is not None else None,
+        "max_file_bytes": int(r.max_file_mb * 2**20),
+        "max_time_spent_s": r.max_time_spent_s,
+    }
+    judged = ingest_rankings(
+        cfg, files, export_digests(cfg, files), candidates, previous, settings, parent_run_id=parent
+    )
     gate_for(cfg, judged, parent)
-    pool = next(p for p in Dataset(store_for(cfg), candidates.name, candidates.version).marker["parents"]
-                if p["name"] == "image-pool")
+    pool = next(
+        p
+        for p in Dataset(store_for(cfg), candidates.name, candidates.version).marker["parents"]
+        if p["name"] == "image-pool"
+    )
     pool_ref = Dataset(store_for(cfg), pool["name"], pool["version"]).ref
     decided = decide_round(cfg, judged, candidates, pool_ref, round_index, r.rules(), parent_run_id=parent)
     for ref in decided.datasets:

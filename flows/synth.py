@@ -1,7 +1,7 @@
 """Synthetic-data flows: the mesh library, Iso-3DO renders and Flying Occlusions.
 
-    mesh library ─> gate ─┬─> iso3do parts (cached per batch) ─> assemble ─> gate
-                          └─> occlusion parts (cached per batch) ─> assemble ─> gate
+mesh library ─> gate ─┬─> iso3do parts (cached per batch) ─> assemble ─> gate
+                      └─> occlusion parts (cached per batch) ─> assemble ─> gate
 """
 
 from __future__ import annotations
@@ -22,18 +22,22 @@ def synth_meshes(config: FlywheelConfig | None = None) -> RunSummary:
 @flow(name="synth-iso3do", log_prints=True)
 def synth_iso3do(config: FlywheelConfig | None = None) -> RunSummary:
     """Mesh library -> Iso-3DO renders (config ``iso3do``, ``render``)."""
+
     def body(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
         library = mesh_library(cfg, parent)
         return [library, iso3do(cfg, library, parent)]
+
     return run_round(flow_config(config), "synth-iso3do", body)
 
 
 @flow(name="synth-occlusions", log_prints=True)
 def synth_occlusions(config: FlywheelConfig | None = None) -> RunSummary:
     """Mesh library -> Flying Occlusions (config ``occlusions``, ``render``)."""
+
     def body(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
         library = mesh_library(cfg, parent)
         return [library, occlusions(cfg, library, parent)]
+
     return run_round(flow_config(config), "synth-occlusions", body)
 
 

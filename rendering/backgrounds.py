@@ -4,10 +4,11 @@ photos that ship inside the scikit-image wheel (no download)."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def check_photo(name: str, data: bytes | np.ndarray) -> Background:
 def load_backgrounds(source: str | None, store_config: StoreConfig) -> tuple[list[Background], list[tuple[str, str]]]:
     """(accepted photos sorted by id, rejected (id, reason))."""
     accepted, rejected = [], []
-    candidates: list[tuple[str, Callable[[], Any]]]   # (id, read): bytes, or an array for scikit-image's
+    candidates: list[tuple[str, Callable[[], Any]]]  # (id, read): bytes, or an array for scikit-image's
     if source is None:
         import skimage.data
 
@@ -61,14 +62,16 @@ def load_backgrounds(source: str | None, store_config: StoreConfig) -> tuple[lis
         from flywheel.core.store import S3Store
 
         store = S3Store(source.rstrip("/"), store_config)
-        candidates = [(store.uri(o.key), partial(store.get_bytes, o.key)) for o in store.list("")
-                      if o.key.lower().endswith(IMAGE_SUFFIXES)]
+        candidates = [
+            (store.uri(o.key), partial(store.get_bytes, o.key))
+            for o in store.list("")
+            if o.key.lower().endswith(IMAGE_SUFFIXES)
+        ]
     else:
         folder = Path(source).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"background source {source!r}: not a folder or s3:// prefix")
-        candidates = [(str(p), p.read_bytes) for p in sorted(folder.iterdir())
-                      if p.suffix.lower() in IMAGE_SUFFIXES]
+        candidates = [(str(p), p.read_bytes) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     for name, read in candidates:
         try:
             accepted.append(check_photo(name, read()))
@@ -86,5 +89,5 @@ def crop(background: Background, rng: np.random.Generator, size: int) -> np.ndar
     h, w = background.pixels.shape[:2]
     side = int(rng.uniform(0.5, 1.0) * min(h, w))
     y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    tile = Image.fromarray(background.pixels[y:y + side, x:x + side])
+    tile = Image.fromarray(background.pixels[y : y + side, x : x + side])
     return np.asarray(tile.resize((size, size), Image.Resampling.BILINEAR))

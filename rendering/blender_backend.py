@@ -33,8 +33,14 @@ def clear_scene() -> None:
     """Remove what the previous object left, much cheaper than a factory reset."""
     for obj in list(bpy.data.objects):
         bpy.data.objects.remove(obj, do_unlink=True)
-    for collection in (bpy.data.meshes, bpy.data.materials, bpy.data.lights, bpy.data.cameras,
-                       bpy.data.images, bpy.data.worlds):
+    for collection in (
+        bpy.data.meshes,
+        bpy.data.materials,
+        bpy.data.lights,
+        bpy.data.cameras,
+        bpy.data.images,
+        bpy.data.worlds,
+    ):
         for block in list(collection):
             collection.remove(block)
 

@@ -23,8 +23,7 @@ def main() -> None:
     from rendering import blender_backend
 
     blender_backend.factory_reset()
-    replies.write(json.dumps({"ready": True, "pid": os.getpid(),
-                              "startup_s": time.perf_counter() - start}) + "\n")
+    replies.write(json.dumps({"ready": True, "pid": os.getpid(), "startup_s": time.perf_counter() - start}) + "\n")
     for line in sys.stdin:
         request = json.loads(line)
         module_name, _, fn_name = request["fn"].partition(":")

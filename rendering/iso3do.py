@@ -15,16 +15,26 @@ from rendering.scene import Camera, RenderSettings, Scene, SceneObject, intrinsi
 OBJECT_INDEX = 1
 
 
-def iso3do_scene(mesh_path: str, rng: np.random.Generator, *, views: int, resolution: int,
-                 samples: int, fov_deg: float, camera_distance: float,
-                 elevation_deg=(-10.0, 60.0), device: str = "CPU") -> Scene:
+def iso3do_scene(
+    mesh_path: str,
+    rng: np.random.Generator,
+    *,
+    views: int,
+    resolution: int,
+    samples: int,
+    fov_deg: float,
+    camera_distance: float,
+    elevation_deg=(-10.0, 60.0),
+    device: str = "CPU",
+) -> Scene:
     K = intrinsics(fov_deg, resolution, resolution)
-    cameras = [Camera(K, look_at(eye), resolution, resolution)
-               for eye in viewpoints(views, rng, camera_distance, tuple(elevation_deg))]
+    cameras = [
+        Camera(K, look_at(eye), resolution, resolution)
+        for eye in viewpoints(views, rng, camera_distance, tuple(elevation_deg))
+    ]
     lights, env = random_lights(rng)
     obj = SceneObject("object", mesh_path, np.eye(3).tolist(), [0.0, 0.0, 0.0], 1.0, OBJECT_INDEX)
-    return Scene(cameras, [obj], lights, world_strength=env,
-                 settings=RenderSettings(device=device, samples=samples))
+    return Scene(cameras, [obj], lights, world_strength=env, settings=RenderSettings(device=device, samples=samples))
 
 
 def render_job(scene: dict, out_dir: str) -> list[dict]:
@@ -54,17 +64,29 @@ def view_samples(object_id: str, scene: Scene, views: list[dict], out_dir: str, 
     for view in views:
         camera = scene.cameras[view["view"]]
         index = np.load(out / view["files"]["index"])
-        mask = (index == OBJECT_INDEX)
+        mask = index == OBJECT_INDEX
         R, t, s = scene.objects[0].pose_in_camera(camera)
-        row = {"object_id": object_id, "view": view["view"], "width": camera.width,
-               "height": camera.height, "K": np.ravel(camera.K).tolist(),
-               "world_to_cam": np.ravel(camera.world_to_cam).tolist(), "R": R.ravel().tolist(),
-               "t": t.tolist(), "s": s, "mask_pixels": int(mask.sum()),
-               "num_lights": len(scene.lights), "env_strength": scene.world_strength,
-               "samples": scene.settings.samples}
+        row = {
+            "object_id": object_id,
+            "view": view["view"],
+            "width": camera.width,
+            "height": camera.height,
+            "K": np.ravel(camera.K).tolist(),
+            "world_to_cam": np.ravel(camera.world_to_cam).tolist(),
+            "R": R.ravel().tolist(),
+            "t": t.tolist(),
+            "s": s,
+            "mask_pixels": int(mask.sum()),
+            "num_lights": len(scene.lights),
+            "env_strength": scene.world_strength,
+            "samples": scene.settings.samples,
+        }
         # Re-encoded from the pixels: Blender's PNGs carry a date and render times in their
         # metadata, which would make identical renders differ byte for byte.
-        files = {"rgb.png": _png(np.asarray(Image.open(out / view["files"]["rgba"]).convert("RGBA"))),
-                 "mask.png": _png(mask.astype(np.uint8) * 255),
-                 "depth.npy": (out / view["files"]["depth"]).read_bytes(), "occ.npy": occ}
+        files = {
+            "rgb.png": _png(np.asarray(Image.open(out / view["files"]["rgba"]).convert("RGBA"))),
+            "mask.png": _png(mask.astype(np.uint8) * 255),
+            "depth.npy": (out / view["files"]["depth"]).read_bytes(),
+            "occ.npy": occ,
+        }
         yield f"{object_id}-v{view['view']:03d}", row, files

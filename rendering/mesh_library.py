@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from flywheel.core.codecs import encode_npy
 from flywheel.core.config import StoreConfig
@@ -32,15 +32,17 @@ from rendering.meshes import (
 
 @dataclass(frozen=True)
 class MeshItem:
-    source: str                                  # URI people recognise
+    source: str  # URI people recognise
     load: Callable[[], tuple[object, str, str]]  # -> (trimesh, format, family)
 
 
 def procedural_items(seed: int, count: int) -> Iterator[MeshItem]:
     for i in range(count):
+
         def load(i=i):
             mesh, family = procedural_mesh(seed, i)
             return mesh, "procedural", family
+
         yield MeshItem(f"procedural:{seed}/{i}", load)
 
 
@@ -48,6 +50,7 @@ def _file_item(path: Path, source: str, limits: MeshFilter) -> MeshItem:
     def load():
         mesh, fmt = load_mesh_file(path, limits)
         return mesh, fmt, "user"
+
     return MeshItem(source, load)
 
 
@@ -75,6 +78,7 @@ def _s3_items(uri: str, store_config: StoreConfig, limits: MeshFilter, workdir: 
                     target.write_bytes(store.get_bytes(sibling))
             mesh, fmt = load_mesh_file(folder / key.rpartition("/")[2], limits)
             return mesh, fmt, "user"
+
         yield MeshItem(store.uri(key), load)
 
 
@@ -124,8 +128,15 @@ def library_samples(items: Iterator[MeshItem], resolution: int, limits: MeshFilt
             continue
         seen[mesh_id] = item.source
         occ = occupancy(cleaned, resolution)
-        row = {"mesh_id": mesh_id, "source": item.source, "format": fmt, "family": family,
-               "num_vertices": len(cleaned.vertices), "num_faces": len(cleaned.faces),
-               "watertight": cleaned.watertight, "occupancy_resolution": resolution,
-               "occupied_fraction": float(occ.mean())}
+        row = {
+            "mesh_id": mesh_id,
+            "source": item.source,
+            "format": fmt,
+            "family": family,
+            "num_vertices": len(cleaned.vertices),
+            "num_faces": len(cleaned.faces),
+            "watertight": cleaned.watertight,
+            "occupancy_resolution": resolution,
+            "occupied_fraction": float(occ.mean()),
+        }
         yield Sample(mesh_id, row, {"mesh.npz": cleaned.to_npz(), "occ.npy": encode_npy(occ)})

@@ -37,19 +37,19 @@ class MeshRejected(ValueError):
 class MeshFilter:
     max_faces: int = 200_000
     max_file_bytes: int = 64 * 2**20
-    min_extent_ratio: float = 1e-3     # flat: smallest / largest extent below this
-    max_components: int = 50           # fragmented: more pieces than this ...
+    min_extent_ratio: float = 1e-3  # flat: smallest / largest extent below this
+    max_components: int = 50  # fragmented: more pieces than this ...
     min_main_component_share: float = 0.2  # ... or the biggest piece holds less of the area
-    min_face_area: float = 1e-12       # degenerate faces (in normalised units)
+    min_face_area: float = 1e-12  # degenerate faces (in normalised units)
 
 
 @dataclass(frozen=True)
 class CleanMesh:
     """A normalised mesh (unit cube centred at the origin) with per-vertex sRGB colours."""
 
-    vertices: np.ndarray   # float32[V, 3]
-    faces: np.ndarray      # int32[F, 3]
-    colors: np.ndarray     # uint8[V, 4]
+    vertices: np.ndarray  # float32[V, 3]
+    faces: np.ndarray  # int32[F, 3]
+    colors: np.ndarray  # uint8[V, 4]
     watertight: bool
 
     @property
@@ -68,7 +68,7 @@ class CleanMesh:
         return buf.getvalue()
 
     @classmethod
-    def from_npz(cls, data: bytes) -> "CleanMesh":
+    def from_npz(cls, data: bytes) -> CleanMesh:
         z = np.load(io.BytesIO(data))
         return cls(z["vertices"], z["faces"], z["colors"], watertight=False)
 
@@ -79,6 +79,7 @@ class CleanMesh:
 
 
 # -- safe loading ---------------------------------------------------------------------------
+
 
 def _inside(base: Path, ref: str, what: str) -> Path:
     ref = unquote(ref)
@@ -111,8 +112,9 @@ def check_references(path: Path) -> None:
             mtl = _inside(base, mtl_ref.decode(errors="replace"), "material library")
             if not mtl.exists():
                 raise MeshRejected("missing file", f"material library {mtl.name!r} not found")
-            for tex in re.findall(rb"^\s*(?:map_\w+|bump|disp|decal|norm)\s+(?:-\S+\s+\S+\s+)*(.+?)\s*$",
-                                  mtl.read_bytes(), re.M):
+            for tex in re.findall(
+                rb"^\s*(?:map_\w+|bump|disp|decal|norm)\s+(?:-\S+\s+\S+\s+)*(.+?)\s*$", mtl.read_bytes(), re.M
+            ):
                 texture = _inside(mtl.parent, tex.decode(errors="replace"), "texture")
                 if not texture.exists():
                     raise MeshRejected("missing texture", f"texture {texture.name!r} not found")
@@ -220,11 +222,11 @@ def clean(mesh, limits: MeshFilter = MeshFilter()) -> CleanMesh:
     if share < limits.min_main_component_share:
         raise MeshRejected("fragmented", f"largest component holds {share:.0%} of the surface")
     watertight = all(p.is_watertight for p in pieces)
-    return CleanMesh(work.vertices.astype(np.float32), work.faces.astype(np.int32),
-                     colors.astype(np.uint8), watertight)
+    return CleanMesh(work.vertices.astype(np.float32), work.faces.astype(np.int32), colors.astype(np.uint8), watertight)
 
 
 # -- occupancy ------------------------------------------------------------------------------
+
 
 def occupancy(mesh: CleanMesh, resolution: int, seed: int = 0) -> np.ndarray:
     """bool[res, res, res] over the unit cube, indexed (x, y, z): cells the surface passes
@@ -247,10 +249,10 @@ def occupancy(mesh: CleanMesh, resolution: int, seed: int = 0) -> np.ndarray:
 def _inside_by_column_parity(vertices: np.ndarray, faces: np.ndarray, res: int) -> np.ndarray:
     """Cell centres inside a closed mesh: cast one ray per (x, y) column along +z and count
     surface crossings below each centre (odd = inside). Fully vectorised over triangles."""
-    tri = vertices[faces]                            # [F, 3, 3]
+    tri = vertices[faces]  # [F, 3, 3]
     # Tiny irrational offset: column rays never pass exactly through an edge or a vertex.
     off = np.array([1e-7 * math.sqrt(2), 1e-7 * math.sqrt(3)])
-    to_index = lambda v: (v + 0.5) * res - 0.5      # noqa: E731  coordinate -> cell index
+    to_index = lambda v: (v + 0.5) * res - 0.5  # noqa: E731  coordinate -> cell index
     lo = np.ceil(to_index(tri[:, :, :2].min(1) - off)).astype(int).clip(0, res - 1)
     hi = np.floor(to_index(tri[:, :, :2].max(1) - off)).astype(int).clip(-1, res - 1)
     span = (hi - lo + 1).clip(0)
@@ -282,6 +284,7 @@ def _inside_by_column_parity(vertices: np.ndarray, faces: np.ndarray, res: int) 
 
 # -- procedural generator -------------------------------------------------------------------
 
+
 def _superquadric(rng):
     import trimesh
 
@@ -289,8 +292,9 @@ def _superquadric(rng):
     d = sphere.vertices
     a = rng.uniform(0.5, 1.0, size=3)
     e1, e2 = rng.uniform(0.25, 1.8, size=2)
-    f = ((np.abs(d[:, 0] / a[0]) ** (2 / e2) + np.abs(d[:, 1] / a[1]) ** (2 / e2)) ** (e2 / e1)
-         + np.abs(d[:, 2] / a[2]) ** (2 / e1))
+    f = (np.abs(d[:, 0] / a[0]) ** (2 / e2) + np.abs(d[:, 1] / a[1]) ** (2 / e2)) ** (e2 / e1) + np.abs(
+        d[:, 2] / a[2]
+    ) ** (2 / e1)
     # f is homogeneous of degree 2/e1: scaling a direction by f^(-e1/2) lands on the surface.
     return trimesh.Trimesh(d * f[:, None] ** (-e1 / 2), sphere.faces, process=False)
 
@@ -323,13 +327,11 @@ def _part(rng, kind: str):
         return _superquadric(rng)
     if kind == "torus":
         major = rng.uniform(0.6, 1.0)
-        return trimesh.creation.torus(major, rng.uniform(0.15, 0.45) * major, major_sections=48,
-                                      minor_sections=16)
+        return trimesh.creation.torus(major, rng.uniform(0.15, 0.45) * major, major_sections=48, minor_sections=16)
     if kind == "extrusion":
         return _star_prism(rng)
     if kind == "capsule":
-        return trimesh.creation.capsule(height=rng.uniform(0.3, 1.5), radius=rng.uniform(0.2, 0.5),
-                                        count=[24, 12])
+        return trimesh.creation.capsule(height=rng.uniform(0.3, 1.5), radius=rng.uniform(0.2, 0.5), count=[24, 12])
     raise ValueError(kind)
 
 
@@ -340,8 +342,9 @@ def _colorize(mesh, rng) -> np.ndarray:
     v = mesh.vertices
     hue = rng.uniform()
     base = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.35, 0.9), rng.uniform(0.5, 0.95)))
-    accent = np.array(colorsys.hsv_to_rgb((hue + rng.uniform(0.2, 0.8)) % 1, rng.uniform(0.3, 0.9),
-                                          rng.uniform(0.3, 0.95)))
+    accent = np.array(
+        colorsys.hsv_to_rgb((hue + rng.uniform(0.2, 0.8)) % 1, rng.uniform(0.3, 0.9), rng.uniform(0.3, 0.95))
+    )
     axis = rng.normal(size=3)
     s = v @ (axis / np.linalg.norm(axis))
     pattern = rng.choice(["stripes", "two-tone", "gradient", "speckle"])

@@ -29,8 +29,7 @@ class Layout:
     occluder: SceneObject
 
 
-def sample_layout(rng: np.random.Generator, occludee_mesh: str, occluder_mesh: str,
-                  fov_deg: float) -> Layout:
+def sample_layout(rng: np.random.Generator, occludee_mesh: str, occluder_mesh: str, fov_deg: float) -> Layout:
     """Occludee 2.5-4.0 in front of the camera, somewhere in the central frustum; occluder
     nearer, placed on the line of sight to a random point near the occludee's centre."""
     half = math.tan(math.radians(fov_deg) / 2)
@@ -40,23 +39,40 @@ def sample_layout(rng: np.random.Generator, occludee_mesh: str, occluder_mesh: s
     z_near = rng.uniform(1.4, z_far - 0.9)
     aim = occludee_t + np.array([*rng.uniform(-0.45, 0.45, size=2), 0.0])
     occluder_t = aim * (z_near / aim[2])  # on the ray from the camera through `aim`
-    occludee = SceneObject("occludee", occludee_mesh, random_rotation(rng).tolist(),
-                           occludee_t.tolist(), float(rng.uniform(0.8, 1.3)), OCCLUDEE)
-    occluder = SceneObject("occluder", occluder_mesh, random_rotation(rng).tolist(),
-                           occluder_t.tolist(), float(rng.uniform(0.4, 0.9)), OCCLUDER)
+    occludee = SceneObject(
+        "occludee",
+        occludee_mesh,
+        random_rotation(rng).tolist(),
+        occludee_t.tolist(),
+        float(rng.uniform(0.8, 1.3)),
+        OCCLUDEE,
+    )
+    occluder = SceneObject(
+        "occluder",
+        occluder_mesh,
+        random_rotation(rng).tolist(),
+        occluder_t.tolist(),
+        float(rng.uniform(0.4, 0.9)),
+        OCCLUDER,
+    )
     return Layout(occludee, occluder)
 
 
-def _scene(layout: Layout, camera: Camera, *, occluder_visible: bool, settings: RenderSettings,
-           lights=(), env: float = 0.5) -> Scene:
+def _scene(
+    layout: Layout, camera: Camera, *, occluder_visible: bool, settings: RenderSettings, lights=(), env: float = 0.5
+) -> Scene:
     from dataclasses import replace
 
-    return Scene([camera], [layout.occludee, replace(layout.occluder, visible=occluder_visible)],
-                 list(lights), world_strength=env, settings=settings)
+    return Scene(
+        [camera],
+        [layout.occludee, replace(layout.occluder, visible=occluder_visible)],
+        list(lights),
+        world_strength=env,
+        settings=settings,
+    )
 
 
-def visible_fraction(layout: Layout, camera: Camera, out_dir: str, device: str = "CPU",
-                     render=None) -> dict:
+def visible_fraction(layout: Layout, camera: Camera, out_dir: str, device: str = "CPU", render=None) -> dict:
     """Amodal and modal pixel counts of the occludee and their overlap, from two cheap
     object-index renders. ``render(scene, out_dir)`` defaults to this process's Blender."""
     render = render or _blender_render
@@ -69,8 +85,12 @@ def visible_fraction(layout: Layout, camera: Camera, out_dir: str, device: str =
     modal = counts["modal"] == OCCLUDEE
     occluder_on_occludee = amodal & (counts["modal"] == OCCLUDER)
     n = int(amodal.sum())
-    return {"amodal_px": n, "modal_px": int(modal.sum()), "overlap_px": int(occluder_on_occludee.sum()),
-            "visible_fraction": float(modal.sum() / n) if n else 0.0}
+    return {
+        "amodal_px": n,
+        "modal_px": int(modal.sum()),
+        "overlap_px": int(occluder_on_occludee.sum()),
+        "visible_fraction": float(modal.sum() / n) if n else 0.0,
+    }
 
 
 def _blender_render(scene: Scene, out_dir: str) -> list[dict]:
@@ -79,9 +99,21 @@ def _blender_render(scene: Scene, out_dir: str) -> list[dict]:
     return blender_backend.render(scene, out_dir)
 
 
-def occlusion_job(occludee_mesh: str, occluder_mesh: str, seed: int, out_dir: str, *,
-                  resolution: int, samples: int, fov_deg: float, visible_band, max_tries: int,
-                  min_occludee_pixels: int, device: str = "CPU", render=None) -> dict:
+def occlusion_job(
+    occludee_mesh: str,
+    occluder_mesh: str,
+    seed: int,
+    out_dir: str,
+    *,
+    resolution: int,
+    samples: int,
+    fov_deg: float,
+    visible_band,
+    max_tries: int,
+    min_occludee_pixels: int,
+    device: str = "CPU",
+    render=None,
+) -> dict:
     """Worker entry point: try layouts until one is inside the band, then render it.
 
     Returns the accepted layout (or ``accepted: False`` with the tries spent), the
@@ -103,16 +135,38 @@ def occlusion_job(occludee_mesh: str, occluder_mesh: str, seed: int, out_dir: st
             rejected["outside_band"] += 1
         else:
             lights, env = random_lights(rng)
-            final = _scene(layout, camera, occluder_visible=True, lights=lights, env=env,
-                           settings=RenderSettings(device=device, samples=samples))
+            final = _scene(
+                layout,
+                camera,
+                occluder_visible=True,
+                lights=lights,
+                env=env,
+                settings=RenderSettings(device=device, samples=samples),
+            )
             views = render(final, out_dir)
             # Amodal mask of the accepted layout, kept from the cheap render.
-            render(_scene(layout, camera, occluder_visible=False, settings=RenderSettings(
-                device=device, samples=1, max_bounces=0, passes=("index",))), f"{out_dir}/amodal")
-            return {"accepted": True, "tries": tries, "rejected": rejected, **vis,
-                    "occludee": _pose(layout.occludee), "occluder": _pose(layout.occluder),
-                    "K": camera.K, "files": views[0]["files"], "render_s": views[0]["render_s"],
-                    "lights": len(lights), "env_strength": env}
+            render(
+                _scene(
+                    layout,
+                    camera,
+                    occluder_visible=False,
+                    settings=RenderSettings(device=device, samples=1, max_bounces=0, passes=("index",)),
+                ),
+                f"{out_dir}/amodal",
+            )
+            return {
+                "accepted": True,
+                "tries": tries,
+                "rejected": rejected,
+                **vis,
+                "occludee": _pose(layout.occludee),
+                "occluder": _pose(layout.occluder),
+                "K": camera.K,
+                "files": views[0]["files"],
+                "render_s": views[0]["render_s"],
+                "lights": len(lights),
+                "env_strength": env,
+            }
     return {"accepted": False, "tries": max_tries, "rejected": rejected}
 
 
@@ -127,8 +181,16 @@ def composite(rgba: np.ndarray, background: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def occlusion_sample(sample_id: str, result: dict, out_dir: str, background: np.ndarray,
-                     occludee_id: str, occluder_id: str, background_id: str, occ: bytes):
+def occlusion_sample(
+    sample_id: str,
+    result: dict,
+    out_dir: str,
+    background: np.ndarray,
+    occludee_id: str,
+    occluder_id: str,
+    background_id: str,
+    occ: bytes,
+):
     """``(key, row, files)`` of one accepted layout (OCCLUSIONS contract)."""
     import io
     from pathlib import Path
@@ -142,21 +204,34 @@ def occlusion_sample(sample_id: str, result: dict, out_dir: str, background: np.
     modal = np.load(out / result["files"]["index"]) == OCCLUDEE
     amodal = np.load(out / "amodal" / "v000_index.npy") == OCCLUDEE
     h, w = modal.shape
-    row = {"sample_id": sample_id, "occludee_id": occludee_id, "occluder_id": occluder_id,
-           "background_id": background_id, "width": w, "height": h,
-           "K": np.ravel(result["K"]).tolist(),
-           **{f"{name}_{k}": (np.ravel(result[name][k]).tolist() if k != "s" else result[name][k])
-              for name in ("occludee", "occluder") for k in ("R", "t", "s")},
-           "visible_fraction": float(modal.sum() / max(amodal.sum(), 1)),
-           "amodal_pixels": int(amodal.sum()), "modal_pixels": int(modal.sum()),
-           "tries": result["tries"]}
-    files = {"rgb.png": _png(composite(rgba, background)), "modal.png": _png(modal.astype(np.uint8) * 255),
-             "amodal.png": _png(amodal.astype(np.uint8) * 255),
-             "depth.npy": (out / result["files"]["depth"]).read_bytes(), "occ.npy": occ}
+    row = {
+        "sample_id": sample_id,
+        "occludee_id": occludee_id,
+        "occluder_id": occluder_id,
+        "background_id": background_id,
+        "width": w,
+        "height": h,
+        "K": np.ravel(result["K"]).tolist(),
+        **{
+            f"{name}_{k}": (np.ravel(result[name][k]).tolist() if k != "s" else result[name][k])
+            for name in ("occludee", "occluder")
+            for k in ("R", "t", "s")
+        },
+        "visible_fraction": float(modal.sum() / max(amodal.sum(), 1)),
+        "amodal_pixels": int(amodal.sum()),
+        "modal_pixels": int(modal.sum()),
+        "tries": result["tries"],
+    }
+    files = {
+        "rgb.png": _png(composite(rgba, background)),
+        "modal.png": _png(modal.astype(np.uint8) * 255),
+        "amodal.png": _png(amodal.astype(np.uint8) * 255),
+        "depth.npy": (out / result["files"]["depth"]).read_bytes(),
+        "occ.npy": occ,
+    }
     return sample_id, row, files
 
 
 def measure_job(occludee: dict, occluder: dict, camera: dict, out_dir: str, device: str = "CPU") -> dict:
     """Worker entry point: the visibility of a given (not sampled) layout."""
-    return visible_fraction(Layout(SceneObject(**occludee), SceneObject(**occluder)), Camera(**camera),
-                            out_dir, device)
+    return visible_fraction(Layout(SceneObject(**occludee), SceneObject(**occluder)), Camera(**camera), out_dir, device)

@@ -10,8 +10,8 @@ actor dies, its job is retried once on another actor.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from flywheel.core.raypool import ensure_ray, run_on_actors
 
@@ -19,7 +19,7 @@ from flywheel.core.raypool import ensure_ray, run_on_actors
 @dataclass(frozen=True)
 class Job:
     id: str
-    fn: str            # "rendering.module:function", run inside the Blender worker
+    fn: str  # "rendering.module:function", run inside the Blender worker
     kwargs: dict
 
 
@@ -44,15 +44,15 @@ def _actor_class():
             if pin_cores:
                 available = sorted(os.sched_getaffinity(0))
                 cores = [available[index % len(available)]]
-            self.worker = BlenderWorker(log_dir, cores=cores, recycle_after=recycle_after,
-                                        name=f"blender-{index}-{os.getpid()}")
+            self.worker = BlenderWorker(
+                log_dir, cores=cores, recycle_after=recycle_after, name=f"blender-{index}-{os.getpid()}"
+            )
 
         def run(self, job: Job, timeout: float) -> JobResult:
             from rendering.workers import RenderFailure
 
             try:
-                return JobResult(job.id, True, self.worker.run(job.fn, job.kwargs, timeout),
-                                 worker=self.worker.name)
+                return JobResult(job.id, True, self.worker.run(job.fn, job.kwargs, timeout), worker=self.worker.name)
             except RenderFailure as e:
                 return JobResult(job.id, False, reason=e.reason, worker=self.worker.name)
 
@@ -68,9 +68,18 @@ def _actor_class():
 class RenderPool:
     """``workers`` actors, created once and reused for every batch until :meth:`close`."""
 
-    def __init__(self, workers: int, log_dir: str, *, recycle_after: int = 50, timeout_s: float = 300,
-                 num_cpus: float = 0.5, num_gpus: float = 0.0, pin_cores: bool = True,
-                 address: str | None = None):
+    def __init__(
+        self,
+        workers: int,
+        log_dir: str,
+        *,
+        recycle_after: int = 50,
+        timeout_s: float = 300,
+        num_cpus: float = 0.5,
+        num_gpus: float = 0.0,
+        pin_cores: bool = True,
+        address: str | None = None,
+    ):
         ensure_ray(address)
         cls = _actor_class().options(num_cpus=num_cpus, num_gpus=num_gpus)
         self.actors = [cls.remote(i, log_dir, recycle_after, pin_cores) for i in range(workers)]
@@ -78,10 +87,15 @@ class RenderPool:
 
     def run(self, jobs: Iterable[Job], on_result: Callable[[JobResult], None] | None = None) -> list[JobResult]:
         """Run ``jobs`` on the actors, as they free up; results in completion order."""
-        return run_on_actors(self.actors, list(jobs), lambda actor, job: actor.run.remote(job, self.timeout_s),
-                             name=lambda job: job.id, what="rendered",
-                             failed=lambda job, reason: JobResult(job.id, False, reason=f"render {reason}"),
-                             on_result=on_result)
+        return run_on_actors(
+            self.actors,
+            list(jobs),
+            lambda actor, job: actor.run.remote(job, self.timeout_s),
+            name=lambda job: job.id,
+            what="rendered",
+            failed=lambda job, reason: JobResult(job.id, False, reason=f"render {reason}"),
+            on_result=on_result,
+        )
 
     def worker_pids(self) -> list[int | None]:
         import ray
@@ -99,7 +113,7 @@ class RenderPool:
             ray.kill(actor)
         self.actors = []
 
-    def __enter__(self) -> "RenderPool":
+    def __enter__(self) -> RenderPool:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -25,8 +25,13 @@ def preview_scene(mesh_path: str, views: int, resolution: int) -> Scene:
         eye = PREVIEW_DISTANCE * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
         cameras.append(Camera(K, look_at(eye), resolution, resolution))
     obj = SceneObject("candidate", mesh_path, np.eye(3).tolist(), [0.0, 0.0, 0.0], 1.0, 1)
-    return Scene(cameras, [obj], [], world_strength=1.0,
-                 settings=RenderSettings(engine="BLENDER_WORKBENCH", samples=1, passes=("rgba",)))
+    return Scene(
+        cameras,
+        [obj],
+        [],
+        world_strength=1.0,
+        settings=RenderSettings(engine="BLENDER_WORKBENCH", samples=1, passes=("rgba",)),
+    )
 
 
 def render_previews(scenes: list[dict], out_dir: str) -> list[list[str]]:

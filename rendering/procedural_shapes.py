@@ -47,7 +47,7 @@ def superquadric(points: np.ndarray, scale, e1: float, e2: float, rotation, cent
 def torus(points: np.ndarray, major: float, minor: float, rotation) -> np.ndarray:
     q = points @ np.asarray(rotation)
     ring = np.sqrt(q[..., 0] ** 2 + q[..., 1] ** 2) - major
-    return ring ** 2 + q[..., 2] ** 2 <= minor ** 2
+    return ring**2 + q[..., 2] ** 2 <= minor**2
 
 
 def make_shape(family: str, rng: np.random.Generator, res: int) -> Shape:
@@ -69,7 +69,8 @@ def make_shape(family: str, rng: np.random.Generator, res: int) -> Shape:
         offset = rng.uniform(-0.12, 0.12, size=3)
         e = rng.uniform(0.3, 1.2, size=4)
         occ = superquadric(pts, s1, e[0], e[1], rot, -offset / 2) | superquadric(
-            pts, s2, e[2], e[3], random_rotation(rng), offset / 2)
+            pts, s2, e[2], e[3], random_rotation(rng), offset / 2
+        )
         params = (*s1, *s2, *offset, *e)
     else:
         raise ValueError(f"unknown shape family {family!r}; known: {', '.join(FAMILIES)}")
@@ -90,7 +91,12 @@ def shape_samples(seed: int, count: int, res: int):
     for index in range(count):
         shape = shape_for(seed, index, res)
         object_id = f"shape-{seed}-{index:06d}"
-        row = {"object_id": object_id, "family": shape.family, "params": list(shape.params),
-               "resolution": res, "occupied_fraction": float(shape.occupancy.mean()),
-               "seed": seed}
+        row = {
+            "object_id": object_id,
+            "family": shape.family,
+            "params": list(shape.params),
+            "resolution": res,
+            "occupied_fraction": float(shape.occupancy.mean()),
+            "seed": seed,
+        }
         yield object_id, row, {"occ.npy": encode_npy(shape.occupancy)}

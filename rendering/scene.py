@@ -22,8 +22,8 @@ OPENCV_TO_BLENDER = np.diag([1.0, -1.0, -1.0, 1.0])
 
 @dataclass(frozen=True)
 class Camera:
-    K: list                 # 3x3 intrinsics, pixels; principal point at the image centre
-    world_to_cam: list      # 4x4, OpenCV convention
+    K: list  # 3x3 intrinsics, pixels; principal point at the image centre
+    world_to_cam: list  # 4x4, OpenCV convention
     width: int
     height: int
 
@@ -45,21 +45,21 @@ class Camera:
 
 @dataclass(frozen=True)
 class Light:
-    kind: str               # POINT, SUN, AREA or SPOT
-    location: list          # world, metres; lights aim at the origin
-    energy: float           # W for point/area/spot, W/m^2 (strength) for sun
-    color: list             # linear RGB in [0, 1]
-    size: float = 0.5       # soft-shadow radius / area side
+    kind: str  # POINT, SUN, AREA or SPOT
+    location: list  # world, metres; lights aim at the origin
+    energy: float  # W for point/area/spot, W/m^2 (strength) for sun
+    color: list  # linear RGB in [0, 1]
+    size: float = 0.5  # soft-shadow radius / area side
 
 
 @dataclass(frozen=True)
 class SceneObject:
     name: str
-    mesh_path: str          # .npz with vertices float32[V,3], faces int32[F,3], colors uint8[V,4]
-    rotation: list          # 3x3 world rotation R
-    translation: list       # world translation t
-    scale: float            # uniform scale s
-    pass_index: int         # object-index pass value (1..255)
+    mesh_path: str  # .npz with vertices float32[V,3], faces int32[F,3], colors uint8[V,4]
+    rotation: list  # 3x3 world rotation R
+    translation: list  # world translation t
+    scale: float  # uniform scale s
+    pass_index: int  # object-index pass value (1..255)
     visible: bool = True
 
     def pose_in_camera(self, camera: Camera) -> tuple[np.ndarray, np.ndarray, float]:
@@ -73,7 +73,7 @@ class SceneObject:
 @dataclass(frozen=True)
 class RenderSettings:
     engine: str = "CYCLES"
-    device: str = "CPU"             # CPU or GPU (Cycles picks CUDA/OptiX/HIP devices)
+    device: str = "CPU"  # CPU or GPU (Cycles picks CUDA/OptiX/HIP devices)
     samples: int = 16
     max_bounces: int = 4
     denoise: bool = False
@@ -93,15 +93,19 @@ class Scene:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Scene":
-        return cls(cameras=[Camera(**c) for c in d["cameras"]],
-                   objects=[SceneObject(**o) for o in d["objects"]],
-                   lights=[Light(**lt) for lt in d["lights"]],
-                   world_strength=d["world_strength"], world_color=d["world_color"],
-                   settings=RenderSettings(**{**d["settings"], "passes": tuple(d["settings"]["passes"])}))
+    def from_dict(cls, d: dict) -> Scene:
+        return cls(
+            cameras=[Camera(**c) for c in d["cameras"]],
+            objects=[SceneObject(**o) for o in d["objects"]],
+            lights=[Light(**lt) for lt in d["lights"]],
+            world_strength=d["world_strength"],
+            world_color=d["world_color"],
+            settings=RenderSettings(**{**d["settings"], "passes": tuple(d["settings"]["passes"])}),
+        )
 
 
 # -- sampling (pure) -------------------------------------------------------------------------
+
 
 def intrinsics(fov_deg: float, width: int, height: int) -> list:
     """Pinhole intrinsics with a horizontal field of view, square pixels, centred."""
@@ -116,18 +120,19 @@ def look_at(eye, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)) -> list:
     z /= np.linalg.norm(z)
     if abs(np.dot(z, up)) > 0.999:  # looking straight up/down: any perpendicular 'up' will do
         up = np.array([0.0, 1.0, 0.0])
-    x = np.cross(z, up)             # right
+    x = np.cross(z, up)  # right
     x /= np.linalg.norm(x)
-    y = np.cross(z, x)              # down
-    r = np.stack([x, y, z])         # rows: camera axes in world coordinates
+    y = np.cross(z, x)  # down
+    r = np.stack([x, y, z])  # rows: camera axes in world coordinates
     w2c = np.eye(4)
     w2c[:3, :3] = r
     w2c[:3, 3] = -r @ eye
     return w2c.tolist()
 
 
-def viewpoints(n: int, rng: np.random.Generator, radius: float,
-               elevation_deg: tuple[float, float] = (-10.0, 60.0)) -> np.ndarray:
+def viewpoints(
+    n: int, rng: np.random.Generator, radius: float, elevation_deg: tuple[float, float] = (-10.0, 60.0)
+) -> np.ndarray:
     """``n`` camera positions spread evenly over the sphere's band of elevations.
 
     A Fibonacci lattice on the band (equal-area in z), rotated by a random azimuth, so
@@ -136,7 +141,7 @@ def viewpoints(n: int, rng: np.random.Generator, radius: float,
     i = np.arange(n) + 0.5
     z = lo + (hi - lo) * i / n
     azimuth = i * math.pi * (3 - math.sqrt(5)) + rng.uniform(0, 2 * math.pi)
-    r_xy = np.sqrt(1 - z ** 2)
+    r_xy = np.sqrt(1 - z**2)
     return radius * np.stack([r_xy * np.cos(azimuth), r_xy * np.sin(azimuth), z], axis=1)
 
 

@@ -16,8 +16,8 @@ import select
 import subprocess
 import sys
 import time
-from typing import Any, TextIO
 from pathlib import Path
+from typing import Any, TextIO
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,15 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 class BlenderWorker:
     _ids = itertools.count()
 
-    def __init__(self, log_dir: str | Path, *, cores: list[int] | None = None,
-                 recycle_after: int = 50, startup_timeout_s: float = 60.0, name: str | None = None):
+    def __init__(
+        self,
+        log_dir: str | Path,
+        *,
+        cores: list[int] | None = None,
+        recycle_after: int = 50,
+        startup_timeout_s: float = 60.0,
+        name: str | None = None,
+    ):
         self.name = name or f"blender-{os.getpid()}-{next(self._ids)}"
         self.log_path = Path(log_dir) / f"{self.name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,9 +87,16 @@ class BlenderWorker:
             logfile.write(f"\n--- start {time.strftime('%Y-%m-%d %H:%M:%S')} cores={cores}\n".encode())
             logfile.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "rendering.blender_worker"], stdin=subprocess.PIPE,
-                stdout=logfile, stderr=subprocess.STDOUT, pass_fds=(write_fd,), env=env,
-                preexec_fn=pin, cwd=str(Path(__file__).resolve().parent.parent), text=True)
+                [sys.executable, "-m", "rendering.blender_worker"],
+                stdin=subprocess.PIPE,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                pass_fds=(write_fd,),
+                env=env,
+                preexec_fn=pin,
+                cwd=str(Path(__file__).resolve().parent.parent),
+                text=True,
+            )
         os.close(write_fd)
         self._replies = os.fdopen(read_fd, "r")
         self.starts += 1
@@ -123,14 +137,17 @@ class BlenderWorker:
         ready, _, _ = select.select([self._replies], [], [], timeout)
         if not ready:
             self.kill()
-            raise RenderTimeout(f"{what}: no answer from {self.name} within {timeout:.0f} s "
-                                "(worker killed and will restart)")
+            raise RenderTimeout(
+                f"{what}: no answer from {self.name} within {timeout:.0f} s (worker killed and will restart)"
+            )
         line = self._replies.readline()
         if not line:
             code = self.proc.wait() if self.proc else None
             self._close()
-            raise WorkerCrashed(f"{what}: Blender worker {self.name} died (exit code {code}); "
-                                f"last log lines:\n{_log_tail(self.log_path)}")
+            raise WorkerCrashed(
+                f"{what}: Blender worker {self.name} died (exit code {code}); "
+                f"last log lines:\n{_log_tail(self.log_path)}"
+            )
         reply: dict[str, Any] = json.loads(line)
         return reply
 
@@ -154,7 +171,7 @@ class BlenderWorker:
             raise JobFailed(reply["error"])
         return reply["result"]
 
-    def __enter__(self) -> "BlenderWorker":
+    def __enter__(self) -> BlenderWorker:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -33,10 +33,20 @@ class Sam3DUnavailable(RuntimeError):
 def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
     """(..., 4) unit quaternions (w, x, y, z) -> (..., 3, 3)."""
     w, x, y, z = torch.nn.functional.normalize(q, dim=-1).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], dim=-1).reshape(*q.shape[:-1], 3, 3)
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).reshape(*q.shape[:-1], 3, 3)
 
 
 def voxels_to_grid(coords: torch.Tensor, source: int, resolution: int) -> torch.Tensor:
@@ -59,47 +69,83 @@ class Sam3DObjectsAdapter:
     ``sample`` needs the original image: a batch carries ``image`` (B, H, W, 3) uint8 and
     ``mask`` (B, H, W) bool next to the small model's tensors."""
 
-    def __init__(self, repo_path: str | Path, config_file: str | Path | None = None, *,
-                 resolution: int = 64, compile: bool = False):
+    def __init__(
+        self,
+        repo_path: str | Path,
+        config_file: str | Path | None = None,
+        *,
+        resolution: int = 64,
+        compile: bool = False,
+    ):
         repo = Path(repo_path)
         if not (repo / "notebook" / "inference.py").is_file():
-            raise Sam3DUnavailable(f"SAM 3D Objects repository not found at {repo} (no notebook/inference.py): "
-                                   "clone github.com/facebookresearch/sam-3d-objects there and install it "
-                                   "(doc/setup.md of that repository)")
+            raise Sam3DUnavailable(
+                f"SAM 3D Objects repository not found at {repo} (no notebook/inference.py): "
+                "clone github.com/facebookresearch/sam-3d-objects there and install it "
+                "(doc/setup.md of that repository)"
+            )
         config = Path(config_file) if config_file else repo / "checkpoints" / "hf" / "pipeline.yaml"
         if not config.is_file():
-            raise Sam3DUnavailable(f"SAM 3D Objects weights not found: {config} is missing; request access at "
-                                   "huggingface.co/facebook/sam-3d-objects and download the checkpoints there")
+            raise Sam3DUnavailable(
+                f"SAM 3D Objects weights not found: {config} is missing; request access at "
+                "huggingface.co/facebook/sam-3d-objects and download the checkpoints there"
+            )
         if not torch.cuda.is_available():
             raise Sam3DUnavailable("SAM 3D Objects needs a CUDA GPU; none is visible to torch")
-        memory = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
+        memory = torch.cuda.get_device_properties(0).total_memory / 2**30
         if memory < MIN_GPU_MEMORY_GB:
-            raise Sam3DUnavailable(f"SAM 3D Objects needs a GPU with >= {MIN_GPU_MEMORY_GB} GB; "
-                                   f"this one has {memory:.0f} GB")
+            raise Sam3DUnavailable(
+                f"SAM 3D Objects needs a GPU with >= {MIN_GPU_MEMORY_GB} GB; this one has {memory:.0f} GB"
+            )
         sys.path[:0] = [str(repo), str(repo / "notebook")]
         try:
             from inference import Inference  # the repository's public API (notebook/inference.py)
         except ImportError as e:
-            raise Sam3DUnavailable(f"SAM 3D Objects is checked out at {repo} but cannot be imported: {e}; "
-                                   "install its requirements (doc/setup.md of that repository)") from None
+            raise Sam3DUnavailable(
+                f"SAM 3D Objects is checked out at {repo} but cannot be imported: {e}; "
+                "install its requirements (doc/setup.md of that repository)"
+            ) from None
         self.resolution = resolution
         self._pipeline = Inference(str(config), compile=compile)._pipeline
 
-    def sample(self, batch: dict[str, torch.Tensor], *, steps: int | None = None, guidance: float | None = None,
-               shortcut: bool = False, seed: int = 0) -> Prediction:
+    def sample(
+        self,
+        batch: dict[str, torch.Tensor],
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+        shortcut: bool = False,
+        seed: int = 0,
+    ) -> Prediction:
         if "image" not in batch or "mask" not in batch:
-            raise ValueError("Sam3DObjectsAdapter.sample needs the full-resolution 'image' (B, H, W, 3) uint8 "
-                             "and 'mask' (B, H, W) bool in the batch")
+            raise ValueError(
+                "Sam3DObjectsAdapter.sample needs the full-resolution 'image' (B, H, W, 3) uint8 "
+                "and 'mask' (B, H, W) bool in the batch"
+            )
         occ, rots, trans, scales = [], [], [], []
         for i in range(batch["image"].shape[0]):
-            rgba = np.concatenate([batch["image"][i].cpu().numpy()[..., :3],
-                                   batch["mask"][i].cpu().numpy()[..., None].astype(np.uint8) * 255], axis=-1)
-            out = self._pipeline.run(rgba, None, seed + i, stage1_only=True, stage1_inference_steps=steps,
-                                     use_stage1_distillation=shortcut, guidance=guidance)
+            rgba = np.concatenate(
+                [
+                    batch["image"][i].cpu().numpy()[..., :3],
+                    batch["mask"][i].cpu().numpy()[..., None].astype(np.uint8) * 255,
+                ],
+                axis=-1,
+            )
+            out = self._pipeline.run(
+                rgba,
+                None,
+                seed + i,
+                stage1_only=True,
+                stage1_inference_steps=steps,
+                use_stage1_distillation=shortcut,
+                guidance=guidance,
+            )
             missing = {"coords", "rotation", "translation", "scale"} - set(out)
             if missing:
-                raise RuntimeError(f"SAM 3D Objects returned no {sorted(missing)} (keys: {sorted(out)}); "
-                                   "this adapter was written against the release of November 2025")
+                raise RuntimeError(
+                    f"SAM 3D Objects returned no {sorted(missing)} (keys: {sorted(out)}); "
+                    "this adapter was written against the release of November 2025"
+                )
             occ.append(voxels_to_grid(out["coords"].cpu(), 64, self.resolution))
             rots.append(_P3D_TO_OPENCV @ quaternion_to_matrix(out["rotation"].reshape(4).float().cpu()))
             trans.append(_P3D_TO_OPENCV @ out["translation"].reshape(3).float().cpu())
@@ -107,12 +153,14 @@ class Sam3DObjectsAdapter:
         return Prediction(torch.stack(occ), torch.stack(rots), torch.stack(trans), torch.stack(scales))
 
     def losses(self, batch, generator):
-        raise NotImplementedError("training the released SAM 3D checkpoint is out of scope; "
-                                  "train the small model (sam3d_model.train) instead")
+        raise NotImplementedError(
+            "training the released SAM 3D checkpoint is out of scope; train the small model (sam3d_model.train) instead"
+        )
 
     def encode_shape(self, occupancy):
         raise NotImplementedError("the released pipeline does not expose its sparse-structure encoder")
 
     def decode_shape(self, tokens):
-        raise NotImplementedError("the released pipeline does not expose its sparse-structure decoder "
-                                  "on latent tokens; use sample()")
+        raise NotImplementedError(
+            "the released pipeline does not expose its sparse-structure decoder on latent tokens; use sample()"
+        )

@@ -26,8 +26,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable, or not one of ours; names file and reason."""
 
 
-def save_checkpoint(path: str | Path, model: SmallSam3D, *, optimizer: torch.optim.Optimizer | None = None,
-                    step: int = 0, generator: torch.Generator | None = None, extra: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    model: SmallSam3D,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    step: int = 0,
+    generator: torch.Generator | None = None,
+    extra: dict | None = None,
+) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {
@@ -63,8 +70,10 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path}: not a readable torch checkpoint "
-                              f"(truncated, corrupt or not written by torch.save): {first}") from None
+        raise CheckpointError(
+            f"checkpoint {path}: not a readable torch checkpoint "
+            f"(truncated, corrupt or not written by torch.save): {first}"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"checkpoint {path}: not a {FORMAT} checkpoint (found {found!r})")
@@ -83,11 +92,14 @@ def model_from_payload(payload: dict, source: str) -> SmallSam3D:
     try:
         result = model.load_state_dict(payload["model"], strict=False)
     except RuntimeError as e:  # a tensor of the wrong shape
-        raise CheckpointError(f"checkpoint {source}: weights do not fit the model config: "
-                              f"{str(e).splitlines()[-1].strip()}") from None
+        raise CheckpointError(
+            f"checkpoint {source}: weights do not fit the model config: {str(e).splitlines()[-1].strip()}"
+        ) from None
     if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"checkpoint {source}: weights do not fit the model config "
-                              f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
+        raise CheckpointError(
+            f"checkpoint {source}: weights do not fit the model config "
+            f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
     return model
 
 

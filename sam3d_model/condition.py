@@ -23,8 +23,14 @@ class CNNTrunk(nn.Module):
         layers: list[nn.Module] = []
         c_in = cfg.image_channels
         for c in cfg.encoder_channels:
-            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(8, c), c), nn.SiLU(),
-                       nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(min(8, c), c), nn.SiLU()]
+            layers += [
+                nn.Conv2d(c_in, c, 3, stride=2, padding=1),
+                nn.GroupNorm(min(8, c), c),
+                nn.SiLU(),
+                nn.Conv2d(c, c, 3, padding=1),
+                nn.GroupNorm(min(8, c), c),
+                nn.SiLU(),
+            ]
             c_in = c
         layers.append(nn.Conv2d(c_in, cfg.width, 1))
         self.net = nn.Sequential(*layers)
@@ -42,8 +48,15 @@ class ViTTrunk(nn.Module):
         self.patch = nn.Conv2d(cfg.image_channels, cfg.width, cfg.vit_patch, stride=cfg.vit_patch)
         self.tokens = (cfg.image_size // cfg.vit_patch) ** 2
         self.pos = nn.Parameter(torch.randn(1, self.tokens, cfg.width) * 0.02)
-        layer = nn.TransformerEncoderLayer(cfg.width, cfg.heads, int(cfg.width * cfg.mlp_ratio),
-                                           dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            cfg.width,
+            cfg.heads,
+            int(cfg.width * cfg.mlp_ratio),
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
         self.blocks = nn.TransformerEncoder(layer, cfg.vit_depth, enable_nested_tensor=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,13 +72,14 @@ class ConditionEncoder(nn.Module):
         self.cfg = cfg
         self.trunk = TRUNKS[cfg.encoder](cfg)
         n = self.trunk.tokens
-        self.view_embed = nn.Parameter(torch.randn(2, 1, cfg.width) * 0.02)   # crop, full
+        self.view_embed = nn.Parameter(torch.randn(2, 1, cfg.width) * 0.02)  # crop, full
         self.null = nn.Parameter(torch.randn(1, 2 * n, cfg.width) * 0.02)
         self.norm = nn.LayerNorm(cfg.width)
         self.tokens = 2 * n
 
-    def forward(self, crop: torch.Tensor, full: torch.Tensor, full_valid: torch.Tensor,
-                keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, crop: torch.Tensor, full: torch.Tensor, full_valid: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """crop, full (B, C_in, S, S); full_valid (B,) bool; keep (B,) bool, False = use the
         null condition (CFG) -> tokens (B, 2 n, width)."""
         b = crop.shape[0]

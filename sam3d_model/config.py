@@ -61,11 +61,13 @@ class ModelConfig(BaseModel):
     log_scale_std: float = 0.5
 
     @model_validator(mode="after")
-    def _check(self) -> "ModelConfig":
+    def _check(self) -> ModelConfig:
         halvings = len(self.vae_channels)
-        if self.resolution != self.latent_resolution * 2 ** halvings:
-            raise ValueError(f"resolution {self.resolution} != latent_resolution {self.latent_resolution}"
-                             f" x 2^{halvings} (one halving per vae_channels entry)")
+        if self.resolution != self.latent_resolution * 2**halvings:
+            raise ValueError(
+                f"resolution {self.resolution} != latent_resolution {self.latent_resolution}"
+                f" x 2^{halvings} (one halving per vae_channels entry)"
+            )
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.image_size % 2 ** len(self.encoder_channels):
@@ -76,7 +78,7 @@ class ModelConfig(BaseModel):
 
     @property
     def shape_tokens(self) -> int:
-        return self.latent_resolution ** 3
+        return self.latent_resolution**3
 
     @property
     def image_channels(self) -> int:
@@ -84,14 +86,35 @@ class ModelConfig(BaseModel):
 
 
 PRESETS: dict[str, dict] = {
-    "micro": dict(vae_channels=(8, 16), latent_channels=4, image_size=32, encoder_channels=(8, 16, 32),
-                  width=32, depth=2, heads=2),
+    "micro": dict(
+        vae_channels=(8, 16), latent_channels=4, image_size=32, encoder_channels=(8, 16, 32), width=32, depth=2, heads=2
+    ),
     "tiny": {},
-    "small": dict(resolution=32, latent_resolution=8, vae_channels=(32, 64), image_size=128,
-                  encoder_channels=(32, 64, 128, 256), width=384, depth=8, heads=6, use_pointmap=True),
-    "base": dict(resolution=64, latent_resolution=16, vae_channels=(64, 128), image_size=256,
-                 encoder="vit", vit_patch=16, vit_depth=6, encoder_channels=(32, 64, 128, 256),
-                 width=768, depth=12, heads=12, use_pointmap=True),
+    "small": dict(
+        resolution=32,
+        latent_resolution=8,
+        vae_channels=(32, 64),
+        image_size=128,
+        encoder_channels=(32, 64, 128, 256),
+        width=384,
+        depth=8,
+        heads=6,
+        use_pointmap=True,
+    ),
+    "base": dict(
+        resolution=64,
+        latent_resolution=16,
+        vae_channels=(64, 128),
+        image_size=256,
+        encoder="vit",
+        vit_patch=16,
+        vit_depth=6,
+        encoder_channels=(32, 64, 128, 256),
+        width=768,
+        depth=12,
+        heads=12,
+        use_pointmap=True,
+    ),
 }
 
 

@@ -11,7 +11,7 @@ caller's business (``flywheel.learning.examples`` does it for the flywheel's dat
 from __future__ import annotations
 
 import random
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -38,17 +38,21 @@ def _resize(channels: np.ndarray, box: tuple[int, int, int, int], size: int, nea
     out = []
     for ch in channels:
         img = Image.fromarray(ch.astype(np.float32), mode="F").crop(box)
-        out.append(np.asarray(img.resize((size, size), Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR)))
+        out.append(
+            np.asarray(img.resize((size, size), Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR))
+        )
     return np.stack(out)
 
 
-def condition_inputs(cfg: ModelConfig, rgb: np.ndarray, mask: np.ndarray,
-                     points: np.ndarray | None = None, name: str = "image") -> tuple[torch.Tensor, torch.Tensor]:
+def condition_inputs(
+    cfg: ModelConfig, rgb: np.ndarray, mask: np.ndarray, points: np.ndarray | None = None, name: str = "image"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """RGB uint8 (H, W, 3), mask bool (H, W), optional point map (H, W, 3) ->
     (crop, full), each (C_in, S, S): RGB in [-1, 1], mask {0, 1}[, normalised xyz, valid]."""
     if mask.shape != rgb.shape[:2]:
-        raise ValueError(f"{name}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
-                         f"{rgb.shape[1]}x{rgb.shape[0]}")
+        raise ValueError(
+            f"{name}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is {rgb.shape[1]}x{rgb.shape[0]}"
+        )
     if not mask.any():
         raise ValueError(f"{name}: the object mask is empty")
     h, w = mask.shape
@@ -80,8 +84,9 @@ def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([e[k] for e in examples]) for k in examples[0]}
 
 
-def batch_stream(source: Callable[[], Iterable[Example]], batch_size: int, seed: int = 0,
-                 shuffle_buffer: int = 512) -> Iterator[dict[str, torch.Tensor]]:
+def batch_stream(
+    source: Callable[[], Iterable[Example]], batch_size: int, seed: int = 0, shuffle_buffer: int = 512
+) -> Iterator[dict[str, torch.Tensor]]:
     """Endless batches: each epoch re-reads ``source()`` through a seeded shuffle buffer."""
     rng = random.Random(seed)
     buffer: list[Example] = []
@@ -106,8 +111,9 @@ def batch_stream(source: Callable[[], Iterable[Example]], batch_size: int, seed:
                 pending = []
 
 
-def curriculum_stream(real: list[Example], synthetic: list[Example], shares: list[float], steps: int,
-                      batch_size: int, seed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+def curriculum_stream(
+    real: list[Example], synthetic: list[Example], shares: list[float], steps: int, batch_size: int, seed: int = 0
+) -> Iterator[dict[str, torch.Tensor]]:
     """SFT batches that mix synthetic replay into real (accepted) data: the steps are cut into
     ``len(shares)`` equal phases, and in phase i a batch holds ``round(shares[i] * B)``
     synthetic examples. Without real data every batch is synthetic, without synthetic data
@@ -121,5 +127,3 @@ def curriculum_stream(real: list[Example], synthetic: list[Example], shares: lis
         picked = [synthetic[rng.randrange(len(synthetic))] for _ in range(n_syn)]
         picked += [real[rng.randrange(len(real))] for _ in range(batch_size - n_syn)]
         yield collate(picked)
-
-

@@ -23,8 +23,9 @@ def shape_errors(model: SmallSam3D, cond: torch.Tensor, x0: dict, x1: dict, t: t
     return squared_error({"shape": pred["shape"]}, {"shape": x1["shape"] - x0["shape"]})["shape"]
 
 
-def flow_dpo_loss(model: SmallSam3D, reference: SmallSam3D, batch: dict[str, torch.Tensor], beta: float,
-                  generator: torch.Generator) -> dict[str, torch.Tensor]:
+def flow_dpo_loss(
+    model: SmallSam3D, reference: SmallSam3D, batch: dict[str, torch.Tensor], beta: float, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """batch: a condition batch plus ``winner`` and ``loser`` occupancies (B, R, R, R).
 
     Returns {"loss", "implicit_accuracy", "delta" (mean Δ), "winner_error", "loser_error"}."""
@@ -33,7 +34,9 @@ def flow_dpo_loss(model: SmallSam3D, reference: SmallSam3D, batch: dict[str, tor
         x1w = {"shape": model.encode_shape(batch["winner"])}
         x1l = {"shape": model.encode_shape(batch["loser"])}
     # the layout tokens do not reach the shape stream (MoT); any values do
-    layout = {k: torch.zeros(b, n, device=x1w["shape"].device) for k, n in (("rotation", 6), ("translation", 3), ("scale", 1))}
+    layout = {
+        k: torch.zeros(b, n, device=x1w["shape"].device) for k, n in (("rotation", 6), ("translation", 3), ("scale", 1))
+    }
     x1w.update(layout)
     x1l.update(layout)
     x0 = noise_like(x1w, generator)
@@ -45,6 +48,11 @@ def flow_dpo_loss(model: SmallSam3D, reference: SmallSam3D, batch: dict[str, tor
         r_w, r_l = shape_errors(reference, ref_cond, x0, x1w, t), shape_errors(reference, ref_cond, x0, x1l, t)
     delta = (e_w - e_l) - (r_w - r_l)
     loss = -F.logsigmoid(-0.5 * beta * delta).mean()
-    accuracy = (delta < 0).float() + 0.5 * (delta == 0).float()   # a tie counts half
-    return {"loss": loss, "implicit_accuracy": accuracy.mean(), "delta": delta.mean().detach(),
-            "winner_error": e_w.mean().detach(), "loser_error": e_l.mean().detach()}
+    accuracy = (delta < 0).float() + 0.5 * (delta == 0).float()  # a tie counts half
+    return {
+        "loss": loss,
+        "implicit_accuracy": accuracy.mean(),
+        "delta": delta.mean().detach(),
+        "winner_error": e_w.mean().detach(),
+        "loser_error": e_l.mean().detach(),
+    }

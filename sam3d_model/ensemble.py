@@ -55,7 +55,7 @@ class Candidate:
     seed: int
     guidance: float
     steps: int
-    occupancy: np.ndarray            # bool (R, R, R)
+    occupancy: np.ndarray  # bool (R, R, R)
     R: np.ndarray
     t: np.ndarray
     s: float
@@ -69,11 +69,21 @@ class Candidate:
         self.candidate_id = "cand-" + h.hexdigest()[:20]
 
     def row(self) -> dict:
-        return {"candidate_id": self.candidate_id, "object_id": self.object_id, "member": self.member,
-                "kind": self.kind, "model_version": self.model_version, "seed": self.seed,
-                "guidance": float(self.guidance), "steps": self.steps, "retrieved_mesh_id": self.retrieved_mesh_id,
-                "R": self.R.ravel().tolist(), "t": self.t.tolist(), "s": float(self.s),
-                "occupied_fraction": float(self.occupancy.mean())}
+        return {
+            "candidate_id": self.candidate_id,
+            "object_id": self.object_id,
+            "member": self.member,
+            "kind": self.kind,
+            "model_version": self.model_version,
+            "seed": self.seed,
+            "guidance": float(self.guidance),
+            "steps": self.steps,
+            "retrieved_mesh_id": self.retrieved_mesh_id,
+            "R": self.R.ravel().tolist(),
+            "t": self.t.tolist(),
+            "s": float(self.s),
+            "occupied_fraction": float(self.occupancy.mean()),
+        }
 
 
 class MeshIndex:
@@ -83,8 +93,10 @@ class MeshIndex:
         self.mesh_ids = list(mesh_ids)
         self.occupancy = occupancy.astype(bool)
         with torch.no_grad():
-            emb = [model.encode_shape(torch.from_numpy(occupancy[i:i + batch]).float().to(model.device)).flatten(1)
-                   for i in range(0, len(occupancy), batch)]
+            emb = [
+                model.encode_shape(torch.from_numpy(occupancy[i : i + batch]).float().to(model.device)).flatten(1)
+                for i in range(0, len(occupancy), batch)
+            ]
         self.embedding = torch.nn.functional.normalize(torch.cat(emb), dim=1) if emb else torch.zeros(0)
 
     def nearest(self, queries: torch.Tensor, k: int) -> list[list[int]]:
@@ -96,9 +108,16 @@ class MeshIndex:
         return sims.topk(min(k, len(self.mesh_ids)), dim=1).indices.tolist()
 
 
-def propose(models: dict[str, tuple[SmallSam3D, str]], members: tuple[Member, ...], object_ids: list[str],
-            batch: dict[str, torch.Tensor], *, num_candidates: int, index: dict[str, MeshIndex] | None = None,
-            extra_seeds: int = 8) -> dict[str, list[Candidate]]:
+def propose(
+    models: dict[str, tuple[SmallSam3D, str]],
+    members: tuple[Member, ...],
+    object_ids: list[str],
+    batch: dict[str, torch.Tensor],
+    *,
+    num_candidates: int,
+    index: dict[str, MeshIndex] | None = None,
+    extra_seeds: int = 8,
+) -> dict[str, list[Candidate]]:
     """Up to ``num_candidates`` distinct candidates per object of a condition batch.
 
     ``models`` maps a member's ``model`` key to (model, version label). Members run in
@@ -123,8 +142,21 @@ def propose(models: dict[str, tuple[SmallSam3D, str]], members: tuple[Member, ..
         pred, label, guidance, steps = sample(member, seed)
         for i, oid in enumerate(object_ids):
             item = pred.item(i)
-            add(Candidate(oid, member.name, "model", label, seed, guidance, steps, item["occupancy"],
-                          item["rotation"], item["translation"], item["scale"]))
+            add(
+                Candidate(
+                    oid,
+                    member.name,
+                    "model",
+                    label,
+                    seed,
+                    guidance,
+                    steps,
+                    item["occupancy"],
+                    item["rotation"],
+                    item["translation"],
+                    item["scale"],
+                )
+            )
 
     for member in members:
         if member.kind == "model":
@@ -141,8 +173,22 @@ def propose(models: dict[str, tuple[SmallSam3D, str]], members: tuple[Member, ..
             for i, (oid, hits) in enumerate(zip(object_ids, lib.nearest(query, member.top_k))):
                 item = pred.item(i)
                 for h in hits:
-                    add(Candidate(oid, member.name, "retrieval", label, -1, 0.0, 0, lib.occupancy[h],
-                                  item["rotation"], item["translation"], item["scale"], lib.mesh_ids[h]))
+                    add(
+                        Candidate(
+                            oid,
+                            member.name,
+                            "retrieval",
+                            label,
+                            -1,
+                            0.0,
+                            0,
+                            lib.occupancy[h],
+                            item["rotation"],
+                            item["translation"],
+                            item["scale"],
+                            lib.mesh_ids[h],
+                        )
+                    )
     first = next((m for m in members if m.kind == "model"), None)
     for extra in range(extra_seeds):
         if first is None or all(len(c) >= num_candidates for c in out.values()):

@@ -20,15 +20,21 @@ from sam3d_model.metrics import add_s_accuracy, rotation_error_deg, shape_metric
 CONDITION_KEYS = ("crop", "full", "full_valid")
 
 
-def evaluate(model: GeometryModel, examples: list[dict[str, torch.Tensor]], *, seeds: int = 2,
-             batch_size: int = 16, shortcut: bool = False) -> dict:
+def evaluate(
+    model: GeometryModel,
+    examples: list[dict[str, torch.Tensor]],
+    *,
+    seeds: int = 2,
+    batch_size: int = 16,
+    shortcut: bool = False,
+) -> dict:
     """``examples``: training-style examples (condition + ``occupancy``, ``rotation``,
     ``translation``, ``scale`` targets). Returns {"summary": {metric: mean}, "objects": [...]}."""
     if not examples:
         raise ValueError("evaluate: the held-out set is empty")
     per_object: list[list[dict]] = [[] for _ in examples]
     for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
+        chunk = examples[start : start + batch_size]
         batch = collate([{k: e[k] for k in CONDITION_KEYS} for e in chunk])
         for seed in range(seeds):
             pred = model.sample(batch, shortcut=shortcut, seed=seed)
@@ -49,7 +55,11 @@ def _score(pred: dict[str, np.ndarray], example: dict[str, torch.Tensor]) -> dic
     true_pose = (example["rotation"].numpy(), example["translation"].numpy(), float(example["scale"]))
     pred_pose = (pred["rotation"], pred["translation"], pred["scale"])
     points = surface_points(true_occ, 512) if true_occ.any() else np.zeros((1, 3))
-    return {"viou": shape["viou"], "f1": shape["f1@0.01"], "chamfer": shape["chamfer"],
-            "rotation_error_deg": rotation_error_deg(pred_pose[0], true_pose[0]),
-            "translation_error": float(np.linalg.norm(pred_pose[1] - true_pose[1])),
-            "add_s_accuracy": float(add_s_accuracy(points, pred_pose, true_pose))}
+    return {
+        "viou": shape["viou"],
+        "f1": shape["f1@0.01"],
+        "chamfer": shape["chamfer"],
+        "rotation_error_deg": rotation_error_deg(pred_pose[0], true_pose[0]),
+        "translation_error": float(np.linalg.norm(pred_pose[1] - true_pose[1])),
+        "add_s_accuracy": float(add_s_accuracy(points, pred_pose, true_pose)),
+    }

@@ -8,7 +8,7 @@ the noisier half of the trajectory only (t < 1/2).
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -52,8 +52,9 @@ def weighted(errors: Mapping[str, torch.Tensor], weights: LossWeights) -> torch.
     return sum(getattr(weights, k) * e for k, e in errors.items())
 
 
-def flow_loss(velocity: VelocityFn, x1: State, weights: LossWeights,
-              generator: torch.Generator) -> dict[str, torch.Tensor]:
+def flow_loss(
+    velocity: VelocityFn, x1: State, weights: LossWeights, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """Rectified-flow loss at step size 0: {"loss": scalar, "<modality>": scalar, ...}."""
     b = next(iter(x1.values())).shape[0]
     device = next(iter(x1.values())).device

@@ -32,7 +32,7 @@ class Embedder(nn.Module):
     def __init__(self, width: int, zero_init: bool = False):
         super().__init__()
         self.width = width
-        first = nn.Linear(width, width)   # made in this order: the seeded initialisation depends on it
+        first = nn.Linear(width, width)  # made in this order: the seeded initialisation depends on it
         last = nn.Linear(width, width)
         self.mlp = nn.Sequential(first, nn.SiLU(), last)
         if zero_init:  # the shortcut step size starts as a no-op
@@ -75,8 +75,9 @@ class GeometryFlow(nn.Module):
         self.shape_out = OutputHead(w, cfg.latent_channels)
         self.layout_out = nn.ModuleDict({k: OutputHead(w, n) for k, n in LAYOUT.items()})
 
-    def forward(self, x: dict[str, torch.Tensor], t: torch.Tensor, d: torch.Tensor,
-                cond: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, x: dict[str, torch.Tensor], t: torch.Tensor, d: torch.Tensor, cond: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """x: state at time t (B,); d (B,) shortcut step size (0 = instantaneous velocity);
         cond (B, M, W) condition tokens -> velocity state, same shapes as x."""
         s = self.shape_in(x["shape"]) + self.shape_pos
@@ -86,5 +87,5 @@ class GeometryFlow(nn.Module):
             s, lay = block(s, lay, c, cond)
         out = {"shape": self.shape_out(s, c)}
         for i, k in enumerate(LAYOUT):
-            out[k] = self.layout_out[k](lay[:, i:i + 1], c)[:, 0]
+            out[k] = self.layout_out[k](lay[:, i : i + 1], c)[:, 0]
         return out

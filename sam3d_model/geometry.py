@@ -36,7 +36,9 @@ def layout_tokens(cfg: ModelConfig, R: torch.Tensor, t: torch.Tensor, s: torch.T
     return {"rotation": rot6d_from_matrix(R), "translation": (t - mean) / std, "scale": log_s[:, None]}
 
 
-def pose_from_tokens(cfg: ModelConfig, tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pose_from_tokens(
+    cfg: ModelConfig, tokens: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inverse of :func:`layout_tokens`: (R (B,3,3), t (B,3), s (B,))."""
     tr = tokens["translation"]
     mean = torch.tensor(cfg.translation_mean, dtype=tr.dtype, device=tr.device)

@@ -19,28 +19,37 @@ import torch
 class Prediction:
     """What a model proposes for each object of a batch (pose: p_cam = R @ (s p) + t)."""
 
-    occupancy: torch.Tensor    # (B, R, R, R) probabilities in [0, 1], (x, y, z) over the unit cube
-    rotation: torch.Tensor     # (B, 3, 3)
+    occupancy: torch.Tensor  # (B, R, R, R) probabilities in [0, 1], (x, y, z) over the unit cube
+    rotation: torch.Tensor  # (B, 3, 3)
     translation: torch.Tensor  # (B, 3)
-    scale: torch.Tensor        # (B,)
+    scale: torch.Tensor  # (B,)
 
     def __len__(self) -> int:
         return self.occupancy.shape[0]
 
     def item(self, i: int) -> dict[str, Any]:
         """One object as numpy arrays: occupancy bool (R, R, R), R, t; s as a float."""
-        return {"occupancy": (self.occupancy[i] > 0.5).cpu().numpy(),
-                "rotation": self.rotation[i].float().cpu().numpy(),
-                "translation": self.translation[i].float().cpu().numpy(),
-                "scale": float(self.scale[i])}
+        return {
+            "occupancy": (self.occupancy[i] > 0.5).cpu().numpy(),
+            "rotation": self.rotation[i].float().cpu().numpy(),
+            "translation": self.translation[i].float().cpu().numpy(),
+            "scale": float(self.scale[i]),
+        }
 
 
 @runtime_checkable
 class GeometryModel(Protocol):
     """sample / losses / encode_shape / decode_shape."""
 
-    def sample(self, batch: dict[str, torch.Tensor], *, steps: int | None = None,
-               guidance: float | None = None, shortcut: bool = False, seed: int = 0) -> Prediction:
+    def sample(
+        self,
+        batch: dict[str, torch.Tensor],
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+        shortcut: bool = False,
+        seed: int = 0,
+    ) -> Prediction:
         """Propose a shape and layout per object; the same seed gives the same proposal."""
 
     def losses(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:

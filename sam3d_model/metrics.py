@@ -18,6 +18,7 @@ from skimage.measure import marching_cubes
 
 # -- occupancy --------------------------------------------------------------------------------
 
+
 def voxel_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two boolean grids of the same shape; two empty grids count as identical (1.0)."""
     a, b = np.asarray(a, bool), np.asarray(b, bool)
@@ -51,6 +52,7 @@ def surface_points(shape: np.ndarray | trimesh.Trimesh, count: int = 2048, seed:
 
 # -- point sets -------------------------------------------------------------------------------
 
+
 def _nearest(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distances from each p to its nearest q, and from each q to its nearest p."""
     return cKDTree(q).query(p)[0], cKDTree(p).query(q)[0]
@@ -62,7 +64,7 @@ def chamfer_distance(p: np.ndarray, q: np.ndarray, squared: bool = False) -> flo
         return float("inf")
     dp, dq = _nearest(p, q)
     if squared:
-        dp, dq = dp ** 2, dq ** 2
+        dp, dq = dp**2, dq**2
     return float(0.5 * (dp.mean() + dq.mean()))
 
 
@@ -91,6 +93,7 @@ def earth_movers_distance(p: np.ndarray, q: np.ndarray, count: int = 512, seed: 
 
 # -- layout -----------------------------------------------------------------------------------
 
+
 def rotation_error_deg(Ra: np.ndarray, Rb: np.ndarray) -> float:
     """Geodesic angle between two rotations, degrees."""
     cos = (np.trace(np.asarray(Ra).T @ np.asarray(Rb)) - 1) / 2
@@ -115,8 +118,13 @@ def box_iou_3d(box_a: tuple, box_b: tuple) -> float:
     # interior point: the centre of the largest ball inside both (Chebyshev centre, by LP)
     A, b = halfspaces[:, :3], halfspaces[:, 3]
     norms = np.linalg.norm(A, axis=1, keepdims=True)
-    lp = linprog(np.r_[0, 0, 0, -1.0], A_ub=np.hstack([A, norms]), b_ub=-b,
-                 bounds=[(None, None)] * 3 + [(0, None)], method="highs")
+    lp = linprog(
+        np.r_[0, 0, 0, -1.0],
+        A_ub=np.hstack([A, norms]),
+        b_ub=-b,
+        bounds=[(None, None)] * 3 + [(0, None)],
+        method="highs",
+    )
     vol_a, vol_b = float(np.prod(box_a[2])), float(np.prod(box_b[2]))
     if not lp.success or lp.x[3] < 1e-9:
         return 0.0
@@ -144,8 +152,9 @@ def add_s_accuracy(points: np.ndarray, pred_pose: tuple, true_pose: tuple, fract
     return add_s(points, pred_pose, true_pose) < fraction * diameter
 
 
-def surface_distances(a: trimesh.Trimesh, b: trimesh.Trimesh, count: int = 4096, dense: int = 50_000,
-                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def surface_distances(
+    a: trimesh.Trimesh, b: trimesh.Trimesh, count: int = 4096, dense: int = 50_000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Distances from ``count`` points on each surface to the other surface, approximated by
     the nearest of ``dense`` points sampled on it (error about half their spacing, ~0.003
     on a unit-cube object at the default). Returns (a -> b, b -> a)."""

@@ -15,7 +15,7 @@ from sam3d_model.interface import Prediction
 from sam3d_model.shape_vae import ShapeVAE, latent_grid, latent_tokens
 
 
-def build_model(cfg: ModelConfig, seed: int) -> "SmallSam3D":
+def build_model(cfg: ModelConfig, seed: int) -> SmallSam3D:
     """A new model whose initial weights depend only on ``cfg`` and ``seed``, not on what used
     torch's global random state before in the process (other tasks, libraries)."""
     with torch.random.fork_rng(devices=[]):
@@ -24,7 +24,7 @@ def build_model(cfg: ModelConfig, seed: int) -> "SmallSam3D":
 
 
 class SmallSam3D(nn.Module):
-    latent_mean: torch.Tensor   # (C,) buffers: the latent normalisation
+    latent_mean: torch.Tensor  # (C,) buffers: the latent normalisation
     latent_std: torch.Tensor
 
     def __init__(self, cfg: ModelConfig):
@@ -70,7 +70,7 @@ class SmallSam3D(nn.Module):
         if generator is not None:
             keep = torch.rand(b, generator=generator, device=crop.device) >= self.cfg.condition_drop
             if self.cfg.use_pointmap:
-                pm = (torch.rand(b, generator=generator, device=crop.device) >= self.cfg.pointmap_drop)
+                pm = torch.rand(b, generator=generator, device=crop.device) >= self.cfg.pointmap_drop
                 pm = pm.view(b, 1, 1, 1).to(crop.dtype)
                 crop = torch.cat([crop[:, :4], crop[:, 4:] * pm], dim=1)
                 full = torch.cat([full[:, :4], full[:, 4:] * pm], dim=1)
@@ -84,8 +84,12 @@ class SmallSam3D(nn.Module):
         def velocity(x: State, t: torch.Tensor, d: torch.Tensor, guided: bool) -> State:
             if not guided or guidance == 0:
                 return self.flow(x, t, d, cond)
-            both = self.flow({k: torch.cat([v, v]) for k, v in x.items()}, torch.cat([t, t]),
-                             torch.cat([d, d]), torch.cat([cond, null]))
+            both = self.flow(
+                {k: torch.cat([v, v]) for k, v in x.items()},
+                torch.cat([t, t]),
+                torch.cat([d, d]),
+                torch.cat([cond, null]),
+            )
             b = t.shape[0]
             return {k: (1 + guidance) * v[:b] - guidance * v[b:] for k, v in both.items()}
 
@@ -98,23 +102,33 @@ class SmallSam3D(nn.Module):
             shape = self.encode_shape(batch["occupancy"])
         return {"shape": shape, **layout_tokens(self.cfg, batch["rotation"], batch["translation"], batch["scale"])}
 
-    def losses(self, batch: dict[str, torch.Tensor], generator: torch.Generator,
-               weights: LossWeights | None = None) -> dict[str, torch.Tensor]:
+    def losses(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator, weights: LossWeights | None = None
+    ) -> dict[str, torch.Tensor]:
         cond = self.condition(batch, generator)
         return flow_loss(self.velocity_fn(cond), self.targets(batch), weights or self.cfg.loss_weights, generator)
 
     # -- sampling ----------------------------------------------------------------------------
     def initial_noise(self, batch_size: int, seed: int) -> State:
         g = torch.Generator(device=self.device).manual_seed(seed)
-        like = {"shape": torch.empty(batch_size, self.cfg.shape_tokens, self.cfg.latent_channels, device=self.device),
-                "rotation": torch.empty(batch_size, 6, device=self.device),
-                "translation": torch.empty(batch_size, 3, device=self.device),
-                "scale": torch.empty(batch_size, 1, device=self.device)}
+        like = {
+            "shape": torch.empty(batch_size, self.cfg.shape_tokens, self.cfg.latent_channels, device=self.device),
+            "rotation": torch.empty(batch_size, 6, device=self.device),
+            "translation": torch.empty(batch_size, 3, device=self.device),
+            "scale": torch.empty(batch_size, 1, device=self.device),
+        }
         return noise_like(like, g)
 
     @torch.no_grad()
-    def sample_state(self, batch: dict[str, torch.Tensor], *, steps: int | None = None,
-                     guidance: float | None = None, shortcut: bool = False, seed: int = 0) -> State:
+    def sample_state(
+        self,
+        batch: dict[str, torch.Tensor],
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+        shortcut: bool = False,
+        seed: int = 0,
+    ) -> State:
         """Integrate the flow for a condition batch. Default: ``sample_steps`` Euler steps
         with guidance; ``shortcut``: ``shortcut_steps`` steps of the distilled model, no guidance."""
         cond = self.condition(batch)
@@ -124,8 +138,15 @@ class SmallSam3D(nn.Module):
         return euler_sample(self.velocity_fn(cond, guidance), x0, steps, guided=guidance > 0, shortcut=shortcut)
 
     @torch.no_grad()
-    def sample(self, batch: dict[str, torch.Tensor], *, steps: int | None = None,
-               guidance: float | None = None, shortcut: bool = False, seed: int = 0) -> Prediction:
+    def sample(
+        self,
+        batch: dict[str, torch.Tensor],
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+        shortcut: bool = False,
+        seed: int = 0,
+    ) -> Prediction:
         x = self.sample_state(batch, steps=steps, guidance=guidance, shortcut=shortcut, seed=seed)
         R, t, s = pose_from_tokens(self.cfg, x)
         return Prediction(self.decode_shape(x["shape"]), R, t, s)

@@ -43,8 +43,9 @@ class ShapeVAE(nn.Module):
         """latents (B, C, r, r, r) -> occupancy logits (B, R, R, R)."""
         return self.decoder(z)[:, 0]
 
-    def loss(self, occupancy: torch.Tensor, kl_weight: float,
-             generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def loss(
+        self, occupancy: torch.Tensor, kl_weight: float, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         mean, logvar = self.encode(occupancy)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         logits = self.decode(mean + torch.exp(0.5 * logvar) * noise)
@@ -70,4 +71,3 @@ def latent_grid(tokens: torch.Tensor, side: int) -> torch.Tensor:
     """(B, r³, C) -> (B, C, r, r, r)."""
     b, n, c = tokens.shape
     return tokens.transpose(1, 2).reshape(b, c, side, side, side)
-

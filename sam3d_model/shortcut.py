@@ -17,26 +17,35 @@ from sam3d_model.flow import State, flow_loss, interpolate, noise_like, squared_
 from sam3d_model.model import SmallSam3D
 
 
-def guided_velocity(model: SmallSam3D, cond: torch.Tensor, x: State, t: torch.Tensor, d: torch.Tensor,
-                    guidance: float) -> State:
+def guided_velocity(
+    model: SmallSam3D, cond: torch.Tensor, x: State, t: torch.Tensor, d: torch.Tensor, guidance: float
+) -> State:
     """Per-row CFG: guided where t < 1/2 (the noisier half), plain conditional elsewhere."""
     v_c = model.flow(x, t, d, cond)
     if guidance == 0:
         return v_c
     v_u = model.flow(x, t, d, model.condition_encoder.null_condition(cond.shape[0]).to(cond.dtype))
     noisy = t < 0.5
-    return tmap(lambda c, u: torch.where(noisy.view(-1, *([1] * (c.dim() - 1))), (1 + guidance) * c - guidance * u, c),
-                v_c, v_u)
+    return tmap(
+        lambda c, u: torch.where(noisy.view(-1, *([1] * (c.dim() - 1))), (1 + guidance) * c - guidance * u, c), v_c, v_u
+    )
 
 
 def step_levels(steps: int, levels: int) -> list[float]:
     """Student step sizes 2d, coarsest first: 1/steps, 1/(2 steps), ..."""
-    return [1.0 / (steps * 2 ** k) for k in range(levels)]
+    return [1.0 / (steps * 2**k) for k in range(levels)]
 
 
-def shortcut_loss(student: SmallSam3D, teacher: SmallSam3D, batch: dict[str, torch.Tensor],
-                  generator: torch.Generator, *, guidance: float, consistency_fraction: float = 0.5,
-                  levels: int = 3) -> dict[str, torch.Tensor]:
+def shortcut_loss(
+    student: SmallSam3D,
+    teacher: SmallSam3D,
+    batch: dict[str, torch.Tensor],
+    generator: torch.Generator,
+    *,
+    guidance: float,
+    consistency_fraction: float = 0.5,
+    levels: int = 3,
+) -> dict[str, torch.Tensor]:
     """One distillation loss on a batch with targets; one step size per call, at random."""
     cfg = student.cfg
     x1 = student.targets(batch)

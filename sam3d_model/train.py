@@ -14,9 +14,10 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,7 +53,7 @@ class TrainSettings(BaseModel):
 class TrainResult:
     stage: str
     steps: int
-    history: list[dict] = field(default_factory=list)   # {"step": n, "loss": ..., ...} every log_every
+    history: list[dict] = field(default_factory=list)  # {"step": n, "loss": ..., ...} every log_every
     checkpoint: Path | None = None
     seconds: float = 0.0
     resumed_from: int = 0
@@ -82,9 +83,18 @@ class TrainLog(Protocol):
     def finished(self, stage: str, history: list[dict]) -> None: ...
 
 
-def fit(stage: str, model: SmallSam3D, parameters: Iterable[torch.nn.Parameter], loss_fn: LossFn,
-        batches: Iterable[Batch], settings: TrainSettings, *, checkpoint_dir: str | Path | None = None,
-        log_to: TrainLog | None = None, params: dict | None = None) -> TrainResult:
+def fit(
+    stage: str,
+    model: SmallSam3D,
+    parameters: Iterable[torch.nn.Parameter],
+    loss_fn: LossFn,
+    batches: Iterable[Batch],
+    settings: TrainSettings,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    log_to: TrainLog | None = None,
+    params: dict | None = None,
+) -> TrainResult:
     """Optimise ``parameters`` of ``model`` for ``settings.steps`` steps of ``loss_fn``.
 
     ``batches`` must be deterministic for exact resumption: on resume the batches of the
@@ -101,8 +111,10 @@ def fit(stage: str, model: SmallSam3D, parameters: Iterable[torch.nn.Parameter],
     if last is not None and last.exists():
         payload = read_checkpoint(last)
         if payload["extra"].get("stage") != stage:
-            raise CheckpointError(f"checkpoint {last}: belongs to stage {payload['extra'].get('stage')!r}, "
-                                  f"not {stage!r}; use another checkpoint folder")
+            raise CheckpointError(
+                f"checkpoint {last}: belongs to stage {payload['extra'].get('stage')!r}, "
+                f"not {stage!r}; use another checkpoint folder"
+            )
         model.load_state_dict(payload["model"])
         opt.load_state_dict(payload["optimizer"])
         sched.load_state_dict(payload["extra"]["scheduler"])
@@ -111,16 +123,23 @@ def fit(stage: str, model: SmallSam3D, parameters: Iterable[torch.nn.Parameter],
         log.info("%s: resuming from step %d (%s)", stage, start, last)
 
     if log_to is not None:
-        log_to.params({"stage": stage, **settings.model_dump(), **(params or {}),
-                   "parameters": sum(p.numel() for p in trainable)})
+        log_to.params(
+            {"stage": stage, **settings.model_dump(), **(params or {}), "parameters": sum(p.numel() for p in trainable)}
+        )
     if settings.compile and device.type == "cuda":
         model.flow.compile()
     amp = settings.amp and device.type == "cuda"
 
     def save(step: int) -> None:
         if last is not None:
-            save_checkpoint(last, model, optimizer=opt, step=step, generator=gen,
-                            extra={"stage": stage, "history": history, "scheduler": sched.state_dict()})
+            save_checkpoint(
+                last,
+                model,
+                optimizer=opt,
+                step=step,
+                generator=gen,
+                extra={"stage": stage, "history": history, "scheduler": sched.state_dict()},
+            )
 
     stream: Iterator[Batch] = iter(batches)
     for _ in range(start):
@@ -137,8 +156,10 @@ def fit(stage: str, model: SmallSam3D, parameters: Iterable[torch.nn.Parameter],
             out = loss_fn(batch, gen)
         loss = out["loss"]
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{stage}: loss is {loss.item()} at step {step}; lower the learning rate "
-                                     f"(now {settings.lr}) or check the data")
+            raise FloatingPointError(
+                f"{stage}: loss is {loss.item()} at step {step}; lower the learning rate "
+                f"(now {settings.lr}) or check the data"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
@@ -151,13 +172,23 @@ def fit(stage: str, model: SmallSam3D, parameters: Iterable[torch.nn.Parameter],
         done = step + 1
         if done % settings.log_every == 0 or done == settings.steps:
             elapsed = time.perf_counter() - t0
-            entry = {"step": done, **{k: v / count for k, v in window.items()},
-                     "lr": sched.get_last_lr()[0], "steps_per_s": count / max(elapsed, 1e-9)}
+            entry = {
+                "step": done,
+                **{k: v / count for k, v in window.items()},
+                "lr": sched.get_last_lr()[0],
+                "steps_per_s": count / max(elapsed, 1e-9),
+            }
             history.append(entry)
             if log_to is not None:
                 log_to.metrics({k: v for k, v in entry.items() if k != "step"}, done)
-            log.info("%s: step %d/%d loss %.4f (%.1f steps/s)", stage, done, settings.steps,
-                     entry["loss"], entry["steps_per_s"])
+            log.info(
+                "%s: step %d/%d loss %.4f (%.1f steps/s)",
+                stage,
+                done,
+                settings.steps,
+                entry["loss"],
+                entry["steps_per_s"],
+            )
             window, count, t0 = {}, 0, time.perf_counter()
         if done % settings.checkpoint_every == 0 or done == settings.steps:
             save(done)
@@ -174,13 +205,22 @@ def _flow_parameters(model: SmallSam3D) -> list[torch.nn.Parameter]:
 
 # -- stages -----------------------------------------------------------------------------------
 
-def train_vae(model: SmallSam3D, batches: Iterable[Batch], settings: TrainSettings, *,
-              calibration_batches: int = 8, **kw) -> TrainResult:
+
+def train_vae(
+    model: SmallSam3D, batches: Iterable[Batch], settings: TrainSettings, *, calibration_batches: int = 8, **kw
+) -> TrainResult:
     """Shape VAE (dice + KL on occupancy), then set the latent normalisation from
     ``calibration_batches`` further batches."""
     batches = iter(batches)
-    result = fit("vae", model, model.vae.parameters(),
-                 lambda b, g: model.vae.loss(b["occupancy"], model.cfg.kl_weight, g), batches, settings, **kw)
+    result = fit(
+        "vae",
+        model,
+        model.vae.parameters(),
+        lambda b, g: model.vae.loss(b["occupancy"], model.cfg.kl_weight, g),
+        batches,
+        settings,
+        **kw,
+    )
     model.calibrate_latents(torch.cat([next(batches)["occupancy"] for _ in range(calibration_batches)]))
     return result
 
@@ -189,8 +229,9 @@ def pretrain(model: SmallSam3D, batches: Iterable[Batch], settings: TrainSetting
     """Iso-3DO: object-crop condition, shape + rotation terms only (no translation/scale)."""
     w = model.cfg.loss_weights
     weights = LossWeights(shape=w.shape, rotation=w.rotation, translation=0.0, scale=0.0)
-    return fit("pretrain", model, _flow_parameters(model), lambda b, g: model.losses(b, g, weights),
-               batches, settings, **kw)
+    return fit(
+        "pretrain", model, _flow_parameters(model), lambda b, g: model.losses(b, g, weights), batches, settings, **kw
+    )
 
 
 def midtrain(model: SmallSam3D, batches: Iterable[Batch], settings: TrainSettings, **kw) -> TrainResult:
@@ -203,32 +244,66 @@ def sft(model: SmallSam3D, batches: Iterable[Batch], settings: TrainSettings, **
     return fit("sft", model, _flow_parameters(model), model.losses, batches, settings, **kw)
 
 
-def dpo(model: SmallSam3D, pair_batches: Iterable[Batch], settings: TrainSettings, *, beta: float = 500.0,
-        reference: SmallSam3D | None = None, **kw) -> TrainResult:
+def dpo(
+    model: SmallSam3D,
+    pair_batches: Iterable[Batch],
+    settings: TrainSettings,
+    *,
+    beta: float = 500.0,
+    reference: SmallSam3D | None = None,
+    **kw,
+) -> TrainResult:
     """Flow-DPO on (winner, loser) batches against a frozen reference (default: a copy of
     ``model`` as it is now, i.e. the SFT model)."""
     reference = frozen_copy(model) if reference is None else reference.eval().requires_grad_(False)
     reference.to(resolve_device(settings.device))
     params = {"beta": beta, **kw.pop("params", {})}
-    return fit("dpo", model, _flow_parameters(model),
-               lambda b, g: flow_dpo_loss(model, reference, b, beta, g), pair_batches, settings,
-               params=params, **kw)
+    return fit(
+        "dpo",
+        model,
+        _flow_parameters(model),
+        lambda b, g: flow_dpo_loss(model, reference, b, beta, g),
+        pair_batches,
+        settings,
+        params=params,
+        **kw,
+    )
 
 
-def distill(model: SmallSam3D, batches: Iterable[Batch], settings: TrainSettings, *, guidance: float | None = None,
-            consistency_fraction: float = 0.5, levels: int = 3, teacher: SmallSam3D | None = None,
-            **kw) -> TrainResult:
+def distill(
+    model: SmallSam3D,
+    batches: Iterable[Batch],
+    settings: TrainSettings,
+    *,
+    guidance: float | None = None,
+    consistency_fraction: float = 0.5,
+    levels: int = 3,
+    teacher: SmallSam3D | None = None,
+    **kw,
+) -> TrainResult:
     """Shortcut distillation of ``model`` (trained in place) from a frozen guided teacher
     (default: a copy of ``model`` as it is now)."""
     teacher = frozen_copy(model) if teacher is None else teacher.eval().requires_grad_(False)
     teacher.to(resolve_device(settings.device))
     guidance = model.cfg.guidance if guidance is None else guidance
-    params = {"guidance": guidance, "consistency_fraction": consistency_fraction, "levels": levels,
-              **kw.pop("params", {})}
-    return fit("distill", model, _flow_parameters(model),
-               lambda b, g: shortcut_loss(model, teacher, b, g, guidance=guidance,
-                                          consistency_fraction=consistency_fraction, levels=levels),
-               batches, settings, params=params, **kw)
+    params = {
+        "guidance": guidance,
+        "consistency_fraction": consistency_fraction,
+        "levels": levels,
+        **kw.pop("params", {}),
+    }
+    return fit(
+        "distill",
+        model,
+        _flow_parameters(model),
+        lambda b, g: shortcut_loss(
+            model, teacher, b, g, guidance=guidance, consistency_fraction=consistency_fraction, levels=levels
+        ),
+        batches,
+        settings,
+        params=params,
+        **kw,
+    )
 
 
 def frozen_copy(model: SmallSam3D) -> SmallSam3D:

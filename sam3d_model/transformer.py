@@ -68,8 +68,9 @@ class MoTBlock(nn.Module):
         nn.init.zeros_(project.weight)
         nn.init.zeros_(project.bias)
 
-    def forward(self, s: torch.Tensor, lay: torch.Tensor, c: torch.Tensor,
-                cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, s: torch.Tensor, lay: torch.Tensor, c: torch.Tensor, cond: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """s (B, N_s, W) shape tokens, lay (B, N_l, W) layout tokens, c (B, W) time
         embedding, cond (B, M, W) condition tokens -> updated (s, lay)."""
         (sh1, sc1, g1, sh2, sc2, g2, sh3, sc3, g3) = self.modulation(c)[:, None].chunk(3 * _SUBLAYERS, dim=-1)
@@ -78,8 +79,9 @@ class MoTBlock(nn.Module):
         qs, ks, vs = S.qkv_heads(modulate(S.norm1(s), sh1, sc1))
         ql, kl, vl = L.qkv_heads(modulate(L.norm1(lay), sh1, sc1))
         s_att = F.scaled_dot_product_attention(qs, ks, vs)
-        l_att = F.scaled_dot_product_attention(ql, torch.cat([ks.detach(), kl], dim=2),
-                                               torch.cat([vs.detach(), vl], dim=2))
+        l_att = F.scaled_dot_product_attention(
+            ql, torch.cat([ks.detach(), kl], dim=2), torch.cat([vs.detach(), vl], dim=2)
+        )
         s = s + g1 * S.proj(S.merge(s_att))
         lay = lay + g1 * L.proj(L.merge(l_att))
 

@@ -39,11 +39,27 @@ _PROPOSAL_POOL = ProcessResource()
 def proposal_pool(cfg: FlywheelConfig, checkpoints: dict, members: list[dict], library) -> ProposalPool:
     """The process's proposal actors, started once per ensemble and reused by every part."""
     c = cfg.candidates
-    key = (tuple(sorted((k, v[1]) for k, v in checkpoints.items())), str(members), c.num_candidates,
-           c.actors, c.actor_num_cpus, c.actor_num_gpus, library is not None and tuple(library[0]))
-    return _PROPOSAL_POOL.get(key, lambda: ProposalPool(
-        checkpoints, tuple(Member(**m) for m in members), num_candidates=c.num_candidates, library=library,
-        actors=c.actors, num_cpus=c.actor_num_cpus, num_gpus=c.actor_num_gpus))
+    key = (
+        tuple(sorted((k, v[1]) for k, v in checkpoints.items())),
+        str(members),
+        c.num_candidates,
+        c.actors,
+        c.actor_num_cpus,
+        c.actor_num_gpus,
+        library is not None and tuple(library[0]),
+    )
+    return _PROPOSAL_POOL.get(
+        key,
+        lambda: ProposalPool(
+            checkpoints,
+            tuple(Member(**m) for m in members),
+            num_candidates=c.num_candidates,
+            library=library,
+            actors=c.actors,
+            num_cpus=c.actor_num_cpus,
+            num_gpus=c.actor_num_gpus,
+        ),
+    )
 
 
 close_proposal_pool = _PROPOSAL_POOL.close
@@ -51,9 +67,11 @@ close_proposal_pool = _PROPOSAL_POOL.close
 
 # -- image pool -------------------------------------------------------------------------------
 
+
 @flywheel_task(name="image-pool", version="1")
-def build_image_pool(cfg: FlywheelConfig, source: str, source_version: str, max_image_bytes: int,
-                     parent_run_id: str | None = None) -> DatasetRef:
+def build_image_pool(
+    cfg: FlywheelConfig, source: str, source_version: str, max_image_bytes: int, parent_run_id: str | None = None
+) -> DatasetRef:
     """Commit the round's (image, mask) pairs; bad items are quarantined with their reason.
     ``source_version``: the dataset version or the manifest file's digest (in the cache key)."""
     store = store_for(cfg)
@@ -69,8 +87,9 @@ def build_image_pool(cfg: FlywheelConfig, source: str, source_version: str, max_
                 dataset = Dataset(store, source.partition("@")[0], source_version)
                 parents = [dataset.ref]
                 items = from_dataset(dataset)
-            with DatasetWriter(store, IMAGE_POOL, version, inputs=inputs, parents=parents,
-                               **writer_options(cfg)) as writer:
+            with DatasetWriter(
+                store, IMAGE_POOL, version, inputs=inputs, parents=parents, **writer_options(cfg)
+            ) as writer:
                 for item in unique(items):
                     if isinstance(item, Rejected):
                         log.warning("image quarantined: %s", item.detail)
@@ -78,13 +97,19 @@ def build_image_pool(cfg: FlywheelConfig, source: str, source_version: str, max_
             ref = writer.ref
         pool = Dataset(store, ref.name, ref.version)
         reasons = Counter(pool.quarantine().column("reason").to_pylist())
-        mlflow.log_metrics({"objects": ref.num_rows, "quarantined": sum(reasons.values()),
-                            **{f"quarantined_{r.replace(' ', '_')}": n for r, n in reasons.items()}})
+        mlflow.log_metrics(
+            {
+                "objects": ref.num_rows,
+                "quarantined": sum(reasons.values()),
+                **{f"quarantined_{r.replace(' ', '_')}": n for r, n in reasons.items()},
+            }
+        )
         log_datasets(run_id, inputs=parents, outputs=[ref])
     return ref
 
 
 # -- candidates -------------------------------------------------------------------------------
+
 
 def _library(cfg: FlywheelConfig, library: DatasetRef | None, resolution: int):
     if library is None:
@@ -99,11 +124,24 @@ def _library(cfg: FlywheelConfig, library: DatasetRef | None, resolution: int):
 
 
 @flywheel_task(name="candidates-part", version="1")
-def propose_part(cfg: FlywheelConfig, pool: DatasetRef, object_ids: list[str], models: dict[str, PinnedModel],
-                 members: list[dict], library: DatasetRef | None, settings: dict) -> DatasetRef:
+def propose_part(
+    cfg: FlywheelConfig,
+    pool: DatasetRef,
+    object_ids: list[str],
+    models: dict[str, PinnedModel],
+    members: list[dict],
+    library: DatasetRef | None,
+    settings: dict,
+) -> DatasetRef:
     """Propose candidates for one part of the pool, on the Ray actors; commit a part."""
-    inputs = {"pool": pool, "objects": object_ids, "models": models, "members": members, "library": library,
-              "settings": settings}
+    inputs = {
+        "pool": pool,
+        "objects": object_ids,
+        "models": models,
+        "members": members,
+        "library": library,
+        "settings": settings,
+    }
     version = version_of(CANDIDATES, inputs=inputs, code_version=propose_part.version)
     store = store_for(cfg)
     existing = committed_ref(store, CANDIDATES_PART.name, version)
@@ -126,10 +164,14 @@ def propose_part(cfg: FlywheelConfig, pool: DatasetRef, object_ids: list[str], m
             if o not in seen:
                 writer.quarantine(o, "object", "missing object", f"{o} is not in {pool}")
         ready = [o for o in object_ids if o in examples]
-        jobs = [ProposalJob(f"{version[:12]}-{i}", ids, collate([examples[o] for o in ids]))
-                for i, ids in enumerate(batches(ready, settings["objects_per_job"]))]
-        results = {r.id: r for r in proposal_pool(cfg, checkpoints, members,
-                                                  _library(cfg, library, model_cfg.resolution)).run(jobs)}
+        jobs = [
+            ProposalJob(f"{version[:12]}-{i}", ids, collate([examples[o] for o in ids]))
+            for i, ids in enumerate(batches(ready, settings["objects_per_job"]))
+        ]
+        results = {
+            r.id: r
+            for r in proposal_pool(cfg, checkpoints, members, _library(cfg, library, model_cfg.resolution)).run(jobs)
+        }
         for job in jobs:  # job order: the part's content does not depend on which actor finished first
             result = results[job.id]
             for oid in job.object_ids:
@@ -142,29 +184,48 @@ def propose_part(cfg: FlywheelConfig, pool: DatasetRef, object_ids: list[str], m
 
 
 @flywheel_task(name="candidates", version="1")
-def assemble_candidates(cfg: FlywheelConfig, pool: DatasetRef, parts: list[DatasetRef], models: dict[str, PinnedModel],
-                        members: list[dict], library: DatasetRef | None, settings: dict, dropped: list[dict],
-                        parent_run_id: str | None = None) -> DatasetRef:
+def assemble_candidates(
+    cfg: FlywheelConfig,
+    pool: DatasetRef,
+    parts: list[DatasetRef],
+    models: dict[str, PinnedModel],
+    members: list[dict],
+    library: DatasetRef | None,
+    settings: dict,
+    dropped: list[dict],
+    parent_run_id: str | None = None,
+) -> DatasetRef:
     """Commit the round's candidate dataset (the candidate registry) from its parts, with the
     dropped ensemble members in its quarantine table."""
     store = store_for(cfg)
     inputs = {"pool": pool, "models": models, "members": members, "library": library, "settings": settings}
-    version = version_of(CANDIDATES, inputs={**inputs, "parts": [p.version for p in parts], "dropped": dropped},
-                         code_version=assemble_candidates.version)
+    version = version_of(
+        CANDIDATES,
+        inputs={**inputs, "parts": [p.version for p in parts], "dropped": dropped},
+        code_version=assemble_candidates.version,
+    )
     parents = [pool] + ([library] if library else [])
-    params = {"num_candidates": settings["num_candidates"], "members": ", ".join(m["name"] for m in members),
-              **{f"model.{k}": m.label for k, m in models.items()}}
+    params = {
+        "num_candidates": settings["num_candidates"],
+        "members": ", ".join(m["name"] for m in members),
+        **{f"model.{k}": m.label for k, m in models.items()},
+    }
     with stage(cfg, parent_run_id, "candidates", params=params) as run_id:
-        ref = assemble_dataset(store, CANDIDATES, version, parts, inputs=inputs, parents=parents,
-                               quarantine=dropped, **writer_options(cfg))
+        ref = assemble_dataset(
+            store, CANDIDATES, version, parts, inputs=inputs, parents=parents, quarantine=dropped, **writer_options(cfg)
+        )
         dataset = Dataset(store, ref.name, ref.version)
         manifest = dataset.manifest()
         per_object = Counter(manifest.column("object_id").to_pylist())
         reasons = Counter(dataset.quarantine().column("reason").to_pylist())
-        metrics = {"candidates": ref.num_rows, "objects": len(per_object), "quarantined": sum(reasons.values()),
-                   "candidates_per_object_min": min(per_object.values(), default=0),
-                   **{f"member_{k}": n for k, n in Counter(manifest.column("member").to_pylist()).items()},
-                   **{f"quarantined_{r.replace(' ', '_')}": n for r, n in reasons.items()}}
+        metrics = {
+            "candidates": ref.num_rows,
+            "objects": len(per_object),
+            "quarantined": sum(reasons.values()),
+            "candidates_per_object_min": min(per_object.values(), default=0),
+            **{f"member_{k}": n for k, n in Counter(manifest.column("member").to_pylist()).items()},
+            **{f"quarantined_{r.replace(' ', '_')}": n for r, n in reasons.items()},
+        }
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         log_datasets(run_id, inputs=parents, outputs=[ref])
         log.info("%s: %s", ref, metrics)
@@ -173,21 +234,42 @@ def assemble_candidates(cfg: FlywheelConfig, pool: DatasetRef, parts: list[Datas
 
 # -- previews and annotation tasks --------------------------------------------------------------
 
+
 @flywheel_task(name="annotation-tasks", version="1")
-def publish_annotation_tasks(cfg: FlywheelConfig, candidates: DatasetRef, pool: DatasetRef, views: int,
-                             resolution: int, parent_run_id: str | None = None) -> dict[str, int | str]:
+def publish_annotation_tasks(
+    cfg: FlywheelConfig,
+    candidates: DatasetRef,
+    pool: DatasetRef,
+    views: int,
+    resolution: int,
+    parent_run_id: str | None = None,
+) -> dict[str, int | str]:
     """Render every candidate from a few views (Blender Workbench), save one contact sheet
     per object, and publish the native task file and the Label Studio import files under
     ``annotation/<candidates version>/`` in the store (see :mod:`flywheel.feedback.publish`)."""
-    with stage(cfg, parent_run_id, "annotation-tasks", params={"views": views, "resolution": resolution}) as run_id, \
-            tempfile.TemporaryDirectory(prefix="flywheel-previews-") as tmp:
-        published = publish_tasks(store_for(cfg), candidates, pool, views=views, resolution=resolution,
-                                  render=render_pool(cfg).run, workdir=Path(tmp))
+    with (
+        stage(cfg, parent_run_id, "annotation-tasks", params={"views": views, "resolution": resolution}) as run_id,
+        tempfile.TemporaryDirectory(prefix="flywheel-previews-") as tmp,
+    ):
+        published = publish_tasks(
+            store_for(cfg),
+            candidates,
+            pool,
+            views=views,
+            resolution=resolution,
+            render=render_pool(cfg).run,
+            workdir=Path(tmp),
+        )
         for path in published.files.values():
             mlflow.log_artifact(str(path), "annotation")
         for sheet in published.sheets[:4]:
             mlflow.log_artifact(str(sheet), "candidate_sheets")
-        mlflow.log_metrics({"objects": published.objects, "candidates": published.candidates,
-                            "preview_failures": published.preview_failures})
+        mlflow.log_metrics(
+            {
+                "objects": published.objects,
+                "candidates": published.candidates,
+                "preview_failures": published.preview_failures,
+            }
+        )
         log_datasets(run_id, inputs=[candidates, pool])
     return {"objects": published.objects, "candidates": published.candidates, **published.uris}

@@ -20,8 +20,9 @@ that shape a task's output are passed as explicit parameters, so they are in the
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Generic, Iterator, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from prefect import Task, task
 from prefect.tasks import exponential_backoff
@@ -39,8 +40,11 @@ R = TypeVar("R")
 
 def cache_key_for(task_name: str, version: str) -> Callable[[Any, dict[str, Any]], str]:
     def key(_context: Any, parameters: dict[str, Any]) -> str:
-        keyed = {name: shaping(value, ()) if isinstance(value, FlywheelConfig) else value
-                 for name, value in parameters.items() if name not in NOT_IN_CACHE_KEY}
+        keyed = {
+            name: shaping(value, ()) if isinstance(value, FlywheelConfig) else value
+            for name, value in parameters.items()
+            if name not in NOT_IN_CACHE_KEY
+        }
         return f"{task_name}-v{version}-{digest_of(keyed)[:32]}"
 
     return key
@@ -49,12 +53,18 @@ def cache_key_for(task_name: str, version: str) -> Callable[[Any, dict[str, Any]
 class FlywheelTask(Generic[P, R]):
     """A Prefect task configured, when called, by the config it is called with."""
 
-    def __init__(self, fn: Callable[P, R], *, name: str, version: str, retries: int | None,
-                 timeout_seconds: float | None):
+    def __init__(
+        self, fn: Callable[P, R], *, name: str, version: str, retries: int | None, timeout_seconds: float | None
+    ):
         self.fn, self.name, self.version, self._retries = fn, name, version, retries
         self._task: Task[P, R] = task(  # type: ignore[call-overload]  # the overloads want cache_key_fn's exact type
-            fn, name=name, version=version, cache_key_fn=cache_key_for(name, version), persist_result=True,
-            timeout_seconds=timeout_seconds)
+            fn,
+            name=name,
+            version=version,
+            cache_key_fn=cache_key_for(name, version),
+            persist_result=True,
+            timeout_seconds=timeout_seconds,
+        )
         self._configured: dict[tuple[Any, ...], Task[P, R]] = {}
         functools.update_wrapper(self, fn)
 
@@ -64,9 +74,11 @@ class FlywheelTask(Generic[P, R]):
         key = (retries, settings.retry_backoff_base_s, settings.retry_jitter_factor, settings.result_storage_block)
         if key not in self._configured:
             self._configured[key] = self._task.with_options(
-                retries=retries, retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_backoff_base_s),
+                retries=retries,
+                retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_backoff_base_s),
                 retry_jitter_factor=settings.retry_jitter_factor,
-                result_storage=f"local-file-system/{settings.result_storage_block}")
+                result_storage=f"local-file-system/{settings.result_storage_block}",
+            )
         return self._configured[key]
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -74,8 +86,9 @@ class FlywheelTask(Generic[P, R]):
         return self.configured(cfg.prefect if cfg is not None else PrefectConfig())(*args, **kwargs)
 
 
-def flywheel_task(*, name: str, version: str, retries: int | None = None,
-                  timeout_seconds: float | None = None) -> Callable[[Callable[P, R]], FlywheelTask[P, R]]:
+def flywheel_task(
+    *, name: str, version: str, retries: int | None = None, timeout_seconds: float | None = None
+) -> Callable[[Callable[P, R]], FlywheelTask[P, R]]:
     """Decorate a function as a flywheel task (see the module docstring); ``retries`` fixes
     the retries whatever the config says (0: a failure that is not transient)."""
 
@@ -92,9 +105,11 @@ def store_for(cfg: FlywheelConfig) -> Store:
 
 def writer_options(cfg: FlywheelConfig) -> dict[str, Any]:
     """Keyword arguments of DatasetWriter / write_dataset from the config."""
-    return {"shard_max_samples": cfg.datasets.shard_max_samples,
-            "shard_max_bytes": cfg.datasets.shard_max_bytes,
-            "stale_attempt_hours": cfg.datasets.stale_attempt_hours}
+    return {
+        "shard_max_samples": cfg.datasets.shard_max_samples,
+        "shard_max_bytes": cfg.datasets.shard_max_bytes,
+        "stale_attempt_hours": cfg.datasets.stale_attempt_hours,
+    }
 
 
 def ensure_result_storage(cfg: FlywheelConfig) -> str:
@@ -117,22 +132,27 @@ def prefect_run_ids() -> tuple[str | None, str | None]:
     """(flow run id, task run id) of the calling Prefect run, for lineage tags."""
     from prefect.runtime import flow_run, task_run
 
-    return (str(flow_run.id) if flow_run.id else None,
-            str(task_run.id) if task_run.id else None)
+    return (str(flow_run.id) if flow_run.id else None, str(task_run.id) if task_run.id else None)
 
 
 @contextmanager
-def stage(cfg: FlywheelConfig, parent_run_id: str | None, name: str,
-          params: dict[str, Any] | None = None) -> Iterator[str]:
+def stage(
+    cfg: FlywheelConfig, parent_run_id: str | None, name: str, params: dict[str, Any] | None = None
+) -> Iterator[str]:
     """A nested MLflow stage run tagged with the Prefect flow and task run ids."""
     flow_run_id, task_run_id = prefect_run_ids()
-    with lineage.stage_run(cfg, parent_run_id, name, flow_run_id=flow_run_id,
-                           task_run_id=task_run_id, params=params) as run_id:
+    with lineage.stage_run(
+        cfg, parent_run_id, name, flow_run_id=flow_run_id, task_run_id=task_run_id, params=params
+    ) as run_id:
         yield run_id
 
 
-def log_datasets(run_id: str, *, inputs: tuple[DatasetRef, ...] | list[DatasetRef] = (),
-                 outputs: tuple[DatasetRef, ...] | list[DatasetRef] = ()) -> None:
+def log_datasets(
+    run_id: str,
+    *,
+    inputs: tuple[DatasetRef, ...] | list[DatasetRef] = (),
+    outputs: tuple[DatasetRef, ...] | list[DatasetRef] = (),
+) -> None:
     flow_run_id, _ = prefect_run_ids()
     for ref in inputs:
         lineage.log_dataset(run_id, ref, "input", flow_run_id)

@@ -36,13 +36,22 @@ log = logging.getLogger(__name__)
 
 def export_digests(cfg: FlywheelConfig, files: list[str]) -> list[str]:
     """sha256 of each export (the flow pins them: they are in the ingest task's cache key)."""
-    return [file_digest(f) if not f.startswith("s3://") else hashlib.sha256(read_uri(f, cfg.store)).hexdigest()
-            for f in files]
+    return [
+        file_digest(f) if not f.startswith("s3://") else hashlib.sha256(read_uri(f, cfg.store)).hexdigest()
+        for f in files
+    ]
 
 
 @flywheel_task(name="ingest-rankings", version="2")
-def ingest_rankings(cfg: FlywheelConfig, files: list[str], digests: list[str], candidates: DatasetRef,
-                    previous: DatasetRef | None, settings: dict, parent_run_id: str | None = None) -> DatasetRef:
+def ingest_rankings(
+    cfg: FlywheelConfig,
+    files: list[str],
+    digests: list[str],
+    candidates: DatasetRef,
+    previous: DatasetRef | None,
+    settings: dict,
+    parent_run_id: str | None = None,
+) -> DatasetRef:
     """Archive and check ``files`` against the candidate registry; commit the next version."""
     store = store_for(cfg)
     done = set(Dataset(store, previous.name, previous.version).marker["inputs"]["files"]) if previous else set()
@@ -52,13 +61,26 @@ def ingest_rankings(cfg: FlywheelConfig, files: list[str], digests: list[str], c
             log.info("rankings: every export was ingested before; %s is unchanged", previous)
             mlflow.log_metrics({"new_submissions": 0, "replayed_files": len(files)})
             return previous
-        inputs = {"files": sorted(done | {d for _, d in new}), "previous": previous, "candidates": candidates,
-                  "settings": settings}
+        inputs = {
+            "files": sorted(done | {d for _, d in new}),
+            "previous": previous,
+            "candidates": candidates,
+            "settings": settings,
+        }
         version = version_of(RANKINGS, inputs=inputs, code_version=ingest_rankings.version)
         ref = committed_ref(store, RANKINGS.name, version)
         if ref is None:
-            ref, counts = ingest_exports(store, cfg.store, new, version=version, inputs=inputs, candidates=candidates,
-                                         previous=previous, settings=settings, writer_options=writer_options(cfg))
+            ref, counts = ingest_exports(
+                store,
+                cfg.store,
+                new,
+                version=version,
+                inputs=inputs,
+                candidates=candidates,
+                previous=previous,
+                settings=settings,
+                writer_options=writer_options(cfg),
+            )
             mlflow.log_metrics({f"export_{k}": v for k, v in counts.items()})
         mlflow.log_metrics({"submissions": ref.num_rows})
         log_datasets(run_id, inputs=[candidates] + ([previous] if previous else []), outputs=[ref])
@@ -66,20 +88,33 @@ def ingest_rankings(cfg: FlywheelConfig, files: list[str], digests: list[str], c
 
 
 @flywheel_task(name="simulate-annotators", version="1")
-def simulate_annotators(cfg: FlywheelConfig, candidates: DatasetRef, pool: DatasetRef, annotators: list[dict],
-                        per_object: int, seed: int, parent_run_id: str | None = None) -> str:
+def simulate_annotators(
+    cfg: FlywheelConfig,
+    candidates: DatasetRef,
+    pool: DatasetRef,
+    annotators: list[dict],
+    per_object: int,
+    seed: int,
+    parent_run_id: str | None = None,
+) -> str:
     """Judgements of ``candidates`` by simulated annotators (config ``rounds.annotators``) who
     know the pool's ground truth, written as a native export next to the round's annotation
     tasks; returns its URI, which ingestion then reads like any people's export."""
     store = store_for(cfg)
     settings = {"annotators": annotators, "per_object": per_object, "seed": seed}
     key = f"annotation/{candidates.version}/exports/simulated-{digest_of(settings)[:12]}.jsonl"
-    with stage(cfg, parent_run_id, "simulate-annotators", params={"annotators": len(annotators),
-                                                                  "per_object": per_object}):
+    with stage(
+        cfg, parent_run_id, "simulate-annotators", params={"annotators": len(annotators), "per_object": per_object}
+    ):
         if not store.exists(key):
             team = [SimulatedAnnotator.from_settings(AnnotatorSettings.model_validate(a)) for a in annotators]
-            rows = simulate(team, candidate_records(store, candidates), truths_for_pool(store, pool),
-                            per_object=per_object, seed=seed)
+            rows = simulate(
+                team,
+                candidate_records(store, candidates),
+                truths_for_pool(store, pool),
+                per_object=per_object,
+                seed=seed,
+            )
             store.put_bytes(key, "".join(json.dumps(r) + "\n" for r in rows).encode())
             mlflow.log_metrics({"judgements": len(rows)})
     return store.uri(key)
@@ -87,8 +122,15 @@ def simulate_annotators(cfg: FlywheelConfig, candidates: DatasetRef, pool: Datas
 
 # v2: annotator weights count in the Bradley-Terry fit
 @flywheel_task(name="decide", version="2")
-def decide_round(cfg: FlywheelConfig, rankings: DatasetRef, candidates: DatasetRef, pool: DatasetRef,
-                 round_index: int, rules: dict, parent_run_id: str | None = None) -> RoundDecisions:
+def decide_round(
+    cfg: FlywheelConfig,
+    rankings: DatasetRef,
+    candidates: DatasetRef,
+    pool: DatasetRef,
+    round_index: int,
+    rules: dict,
+    parent_run_id: str | None = None,
+) -> RoundDecisions:
     """Aggregate the judgements and commit the round's SFT, preference (DPO) and hard-case
     datasets; log counts, accept rate, agreement and annotator statistics with a plot."""
     store = store_for(cfg)
@@ -98,10 +140,19 @@ def decide_round(cfg: FlywheelConfig, rankings: DatasetRef, candidates: DatasetR
     inputs = {"rankings": rankings, "candidates": candidates, "pool": pool, "round": round_index, "rules": rules}
     params = {"round": round_index, "alpha": judged.alpha, **{k: str(v) for k, v in rules.items() if k != "gold"}}
     with stage(cfg, parent_run_id, "decide", params=params) as run_id:
-        refs = write_decisions(store, accepted=decisions[decisions["decision"] == "accept"], preferences=prefs,
-                               hard=decisions[decisions["decision"] == "hard-case"], rankings=rankings,
-                               candidates=candidates, pool=pool, round_index=round_index, inputs=inputs,
-                               code_version=decide_round.version, writer_options=writer_options(cfg))
+        refs = write_decisions(
+            store,
+            accepted=decisions[decisions["decision"] == "accept"],
+            preferences=prefs,
+            hard=decisions[decisions["decision"] == "hard-case"],
+            rankings=rankings,
+            candidates=candidates,
+            pool=pool,
+            round_index=round_index,
+            inputs=inputs,
+            code_version=decide_round.version,
+            writer_options=writer_options(cfg),
+        )
         metrics = judged.metrics()
         mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
@@ -114,5 +165,6 @@ def decide_round(cfg: FlywheelConfig, rankings: DatasetRef, candidates: DatasetR
             mlflow.log_artifact(str(report), "rankings")
         log_datasets(run_id, inputs=[rankings, candidates, pool], outputs=list(refs.values()))
         log.info("round %d decisions: %s", round_index, metrics)
-    return RoundDecisions(metrics=metrics, sft=refs[SFT.name], preferences=refs[PREFERENCES.name],
-                          hard_cases=refs[HARD_CASES.name])
+    return RoundDecisions(
+        metrics=metrics, sft=refs[SFT.name], preferences=refs[PREFERENCES.name], hard_cases=refs[HARD_CASES.name]
+    )

@@ -37,10 +37,18 @@ _RENDER_POOL = ProcessResource()
 def render_pool(cfg: FlywheelConfig) -> RenderPool:
     """The process's Blender workers, started once and reused by every render task."""
     r = cfg.render
-    return _RENDER_POOL.get(r.model_dump(), lambda: RenderPool(
-        r.workers, str(cfg.state_dir / "logs" / "blender"), recycle_after=r.recycle_after,
-        timeout_s=r.timeout_s, num_cpus=r.actor_num_cpus,
-        num_gpus=r.actor_num_gpus if r.device == "GPU" else 0.0, pin_cores=r.pin_cores))
+    return _RENDER_POOL.get(
+        r.model_dump(),
+        lambda: RenderPool(
+            r.workers,
+            str(cfg.state_dir / "logs" / "blender"),
+            recycle_after=r.recycle_after,
+            timeout_s=r.timeout_s,
+            num_cpus=r.actor_num_cpus,
+            num_gpus=r.actor_num_gpus if r.device == "GPU" else 0.0,
+            pin_cores=r.pin_cores,
+        ),
+    )
 
 
 close_render_pool = _RENDER_POOL.close
@@ -60,41 +68,66 @@ def _write_part(cfg, spec: DatasetSpec, version: str, inputs: dict, produce) -> 
 
 # -- mesh library -----------------------------------------------------------------------------
 
+
 @flywheel_task(name="mesh-library", version="1")
-def build_mesh_library(cfg: FlywheelConfig, source: str | None, num_procedural: int, seed: int,
-                       resolution: int, limits: dict, parent_run_id: str | None = None) -> DatasetRef:
+def build_mesh_library(
+    cfg: FlywheelConfig,
+    source: str | None,
+    num_procedural: int,
+    seed: int,
+    resolution: int,
+    limits: dict,
+    parent_run_id: str | None = None,
+) -> DatasetRef:
     """Ingest, filter, de-duplicate and voxelise meshes into a ``meshes`` dataset version."""
     store = store_for(cfg)
-    inputs = {"source": source, "num_procedural": num_procedural if source is None else None,
-              "seed": seed, "resolution": resolution, "limits": limits}
+    inputs = {
+        "source": source,
+        "num_procedural": num_procedural if source is None else None,
+        "seed": seed,
+        "resolution": resolution,
+        "limits": limits,
+    }
     version = version_of(MESHES, inputs=inputs, code_version=build_mesh_library.version)
     filt = MeshFilter(**limits)
-    with stage(cfg, parent_run_id, "mesh-library", params={"source": source or "procedural",
-                                                           "resolution": resolution}) as run_id:
+    with stage(
+        cfg, parent_run_id, "mesh-library", params={"source": source or "procedural", "resolution": resolution}
+    ) as run_id:
         ref = committed_ref(store, MESHES.name, version)
         if ref is None:
             with tempfile.TemporaryDirectory(prefix="flywheel-meshes-") as tmp:
-                items = (procedural_items(seed, num_procedural) if source is None
-                         else source_items(source, cfg.store, filt, Path(tmp)))
+                items = (
+                    procedural_items(seed, num_procedural)
+                    if source is None
+                    else source_items(source, cfg.store, filt, Path(tmp))
+                )
                 with DatasetWriter(store, MESHES, version, inputs=inputs, **writer_options(cfg)) as w:
                     for n, item in enumerate(library_samples(items, resolution, filt), 1):
                         if isinstance(item, Rejected):
-                            log.warning("mesh quarantined: %s", item.detail if item.item_id in item.detail
-                                        else f"{item.item_id}: {item.detail}")
+                            log.warning(
+                                "mesh quarantined: %s",
+                                item.detail if item.item_id in item.detail else f"{item.item_id}: {item.detail}",
+                            )
                         w.put(item, "mesh")
                         if n % 20 == 0:
                             log.info("mesh library: %d items processed", n)
                 ref = w.ref
         dataset = Dataset(store, ref.name, ref.version)
         reasons = Counter(dataset.quarantine().column("reason").to_pylist())
-        mlflow.log_metrics({"meshes_accepted": ref.num_rows, "meshes_rejected": sum(reasons.values()),
-                            **{f"rejected_{r.replace(' ', '_')}": n for r, n in reasons.items()}})
+        mlflow.log_metrics(
+            {
+                "meshes_accepted": ref.num_rows,
+                "meshes_rejected": sum(reasons.values()),
+                **{f"rejected_{r.replace(' ', '_')}": n for r, n in reasons.items()},
+            }
+        )
         log_datasets(run_id, outputs=[ref])
         log_image_sheet(dataset, "meshes_sheet.png", kind="occupancy")
     return ref
 
 
 # -- Iso-3DO ----------------------------------------------------------------------------------
+
 
 def _mesh_files(library: Dataset, ids: list[str], folder: Path) -> dict[str, tuple[str, bytes]]:
     """Write the batch's meshes for the workers; returns id -> (npz path, occupancy bytes)."""
@@ -112,8 +145,7 @@ def _object_rng(seed: int, object_id: str) -> np.random.Generator:
 
 
 @flywheel_task(name="iso3do-part", version="1")
-def render_iso3do_part(cfg: FlywheelConfig, library: DatasetRef, object_ids: list[str],
-                       settings: dict) -> DatasetRef:
+def render_iso3do_part(cfg: FlywheelConfig, library: DatasetRef, object_ids: list[str], settings: dict) -> DatasetRef:
     """Render one batch of objects (every view) into a committed ``iso3do-part`` version."""
     inputs = {"library": library, "objects": object_ids, "settings": settings}
     version = version_of(ISO3DO, inputs=inputs, code_version=render_iso3do_part.version)
@@ -129,12 +161,19 @@ def render_iso3do_part(cfg: FlywheelConfig, library: DatasetRef, object_ids: lis
                     writer.quarantine(oid, "object", "missing mesh", f"{oid} not in {library}")
                     continue
                 scenes[oid] = iso3do_scene(
-                    meshes[oid][0], _object_rng(settings["seed"], oid), views=settings["views"],
-                    resolution=settings["resolution"], samples=settings["samples"],
-                    fov_deg=settings["fov_deg"], camera_distance=settings["camera_distance"],
-                    elevation_deg=settings["elevation_deg"], device=settings["device"])
-                jobs.append(Job(oid, "rendering.iso3do:render_job",
-                                {"scene": scenes[oid].to_dict(), "out_dir": f"{tmp}/{oid}"}))
+                    meshes[oid][0],
+                    _object_rng(settings["seed"], oid),
+                    views=settings["views"],
+                    resolution=settings["resolution"],
+                    samples=settings["samples"],
+                    fov_deg=settings["fov_deg"],
+                    camera_distance=settings["camera_distance"],
+                    elevation_deg=settings["elevation_deg"],
+                    device=settings["device"],
+                )
+                jobs.append(
+                    Job(oid, "rendering.iso3do:render_job", {"scene": scenes[oid].to_dict(), "out_dir": f"{tmp}/{oid}"})
+                )
             results = {r.id: r for r in render_pool(cfg).run(jobs)}
             for oid in object_ids:  # input order: the part's content is deterministic
                 result = results.get(oid)
@@ -158,14 +197,14 @@ def iso3do_settings(cfg: FlywheelConfig) -> dict:
 
 # -- Flying Occlusions ------------------------------------------------------------------------
 
+
 def occlusions_settings(cfg: FlywheelConfig) -> dict:
     s = cfg.occlusions.model_dump(exclude={"samples_per_shard", "num_samples"})
     return {**s, "visible_band": list(s["visible_band"]), "device": cfg.render.device}
 
 
 @flywheel_task(name="occlusions-part", version="1")
-def render_occlusions_part(cfg: FlywheelConfig, library: DatasetRef, indices: list[int],
-                           settings: dict) -> DatasetRef:
+def render_occlusions_part(cfg: FlywheelConfig, library: DatasetRef, indices: list[int], settings: dict) -> DatasetRef:
     """Sample, test and render one batch of occluder/occludee pairs on photos."""
     inputs = {"library": library, "indices": indices, "settings": settings}
     version = version_of(OCCLUSIONS, inputs=inputs, code_version=render_occlusions_part.version)
@@ -179,8 +218,12 @@ def render_occlusions_part(cfg: FlywheelConfig, library: DatasetRef, indices: li
             writer.quarantine(name, "background", "bad background", reason)
         if not backgrounds or len(mesh_ids) < 2:
             for i in indices:
-                writer.quarantine(f"fo-{i:06d}", "sample", "no inputs",
-                                  f"need 2+ meshes and 1+ background, have {len(mesh_ids)} / {len(backgrounds)}")
+                writer.quarantine(
+                    f"fo-{i:06d}",
+                    "sample",
+                    "no inputs",
+                    f"need 2+ meshes and 1+ background, have {len(mesh_ids)} / {len(backgrounds)}",
+                )
             return
         picks = {}
         for i in indices:
@@ -191,10 +234,20 @@ def render_occlusions_part(cfg: FlywheelConfig, library: DatasetRef, indices: li
             needed = sorted({m for p in picks.values() for m in p[:2]})
             meshes = _mesh_files(lib, needed, Path(tmp))
             keys = ("resolution", "samples", "fov_deg", "visible_band", "max_tries", "min_occludee_pixels", "device")
-            jobs = [Job(f"fo-{i:06d}", "rendering.occlusions:occlusion_job", {
-                "occludee_mesh": meshes[p[0]][0], "occluder_mesh": meshes[p[1]][0],
-                "seed": int(p[3].integers(2**31)), "out_dir": f"{tmp}/fo-{i:06d}",
-                **{k: settings[k] for k in keys}}) for i, p in picks.items()]
+            jobs = [
+                Job(
+                    f"fo-{i:06d}",
+                    "rendering.occlusions:occlusion_job",
+                    {
+                        "occludee_mesh": meshes[p[0]][0],
+                        "occluder_mesh": meshes[p[1]][0],
+                        "seed": int(p[3].integers(2**31)),
+                        "out_dir": f"{tmp}/fo-{i:06d}",
+                        **{k: settings[k] for k in keys},
+                    },
+                )
+                for i, p in picks.items()
+            ]
             results = {r.id: r for r in render_pool(cfg).run(jobs)}
             for i in indices:
                 sid = f"fo-{i:06d}"
@@ -203,35 +256,69 @@ def render_occlusions_part(cfg: FlywheelConfig, library: DatasetRef, indices: li
                 if not result.ok:
                     writer.quarantine(sid, "sample", "render failed", f"{sid}: {result.reason}")
                 elif not result.result["accepted"]:
-                    writer.quarantine(sid, "sample", "no layout in band",
-                                      f"{sid}: no layout inside the band after {result.result['tries']} "
-                                      f"tries ({result.result['rejected']})")
+                    writer.quarantine(
+                        sid,
+                        "sample",
+                        "no layout in band",
+                        f"{sid}: no layout inside the band after {result.result['tries']} "
+                        f"tries ({result.result['rejected']})",
+                    )
                 else:
                     photo = crop(backgrounds[bg], rng, settings["resolution"])
-                    writer.add(*occlusion_sample(sid, result.result, f"{tmp}/{sid}", photo, occludee,
-                                                 occluder, backgrounds[bg].background_id, meshes[occludee][1]))
+                    writer.add(
+                        *occlusion_sample(
+                            sid,
+                            result.result,
+                            f"{tmp}/{sid}",
+                            photo,
+                            occludee,
+                            occluder,
+                            backgrounds[bg].background_id,
+                            meshes[occludee][1],
+                        )
+                    )
 
     return _write_part(cfg, OCCLUSIONS, version, inputs, produce)
 
 
 # -- assembly ---------------------------------------------------------------------------------
 
+
 @flywheel_task(name="assemble", version="1")
-def assemble(cfg: FlywheelConfig, kind: str, library: DatasetRef, parts: list[DatasetRef],
-             settings: dict, parent_run_id: str | None = None) -> DatasetRef:
+def assemble(
+    cfg: FlywheelConfig,
+    kind: str,
+    library: DatasetRef,
+    parts: list[DatasetRef],
+    settings: dict,
+    parent_run_id: str | None = None,
+) -> DatasetRef:
     """Commit the final dataset from its parts and record the stage in MLflow."""
     spec = {"iso3do": ISO3DO, "occlusions": OCCLUSIONS}[kind]
     store = store_for(cfg)
-    version = version_of(spec, inputs={"library": library, "settings": settings,
-                                       "parts": [p.version for p in parts]}, code_version=assemble.version)
+    version = version_of(
+        spec,
+        inputs={"library": library, "settings": settings, "parts": [p.version for p in parts]},
+        code_version=assemble.version,
+    )
     with stage(cfg, parent_run_id, kind, params={k: str(v) for k, v in settings.items()}) as run_id:
-        ref = assemble_dataset(store, spec, version, parts, inputs={"library": library, "settings": settings},
-                               parents=[library], **writer_options(cfg))
+        ref = assemble_dataset(
+            store,
+            spec,
+            version,
+            parts,
+            inputs={"library": library, "settings": settings},
+            parents=[library],
+            **writer_options(cfg),
+        )
         dataset = Dataset(store, ref.name, ref.version)
         reasons = Counter(dataset.quarantine().column("reason").to_pylist())
         manifest = dataset.manifest()
-        metrics: dict[str, float] = {"rows": ref.num_rows, "quarantined": sum(reasons.values()),
-                   **{f"quarantined_{r.replace(' ', '_')}": n for r, n in reasons.items()}}
+        metrics: dict[str, float] = {
+            "rows": ref.num_rows,
+            "quarantined": sum(reasons.values()),
+            **{f"quarantined_{r.replace(' ', '_')}": n for r, n in reasons.items()},
+        }
         if kind == "iso3do" and ref.num_rows:
             metrics.update(objects=len(set(manifest.column("object_id").to_pylist())))
         if kind == "occlusions" and ref.num_rows:
@@ -246,4 +333,4 @@ def assemble(cfg: FlywheelConfig, kind: str, library: DatasetRef, parts: list[Da
 
 
 def batches(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -28,9 +28,15 @@ log = logging.getLogger(__name__)
 
 
 @flywheel_task(name="train", version="3")
-def train_stage(cfg: FlywheelConfig, stage_name: str, init: CheckpointRef | None,
-                datasets: dict[str, list[DatasetRef]], settings: dict[str, Any], architecture: dict[str, Any],
-                parent_run_id: str | None = None) -> CheckpointRef:
+def train_stage(
+    cfg: FlywheelConfig,
+    stage_name: str,
+    init: CheckpointRef | None,
+    datasets: dict[str, list[DatasetRef]],
+    settings: dict[str, Any],
+    architecture: dict[str, Any],
+    parent_run_id: str | None = None,
+) -> CheckpointRef:
     """Train one stage (``vae``, ``pretrain``, ``midtrain``, ``sft``, ``dpo``, ``distill``) from
     ``init`` (None: a new model of ``architecture``) on ``datasets`` (role -> versions);
     returns the checkpoint. ``settings``: see :func:`flywheel.learning.stages.stage_settings`."""
@@ -43,27 +49,43 @@ def train_stage(cfg: FlywheelConfig, stage_name: str, init: CheckpointRef | None
         if store.exists(key):
             log.info("%s: already trained (%s)", stage_name, store.uri(key))
             return checkpoint_ref(store, key)
-        model = (load_model(local_checkpoint(cfg, store, init)) if init is not None
-                 else build_model(ModelConfig.model_validate(architecture), settings["seed"]))
+        model = (
+            load_model(local_checkpoint(cfg, store, init))
+            if init is not None
+            else build_model(ModelConfig.model_validate(architecture), settings["seed"])
+        )
         workdir = cfg.state_dir / "training" / name
-        counts = run_stage(stage_name, model, {role: [Dataset(store, r.name, r.version) for r in refs]
-                                               for role, refs in datasets.items()},
-                           settings, workdir, MlflowTrainLog(run_id))
+        counts = run_stage(
+            stage_name,
+            model,
+            {role: [Dataset(store, r.name, r.version) for r in refs] for role, refs in datasets.items()},
+            settings,
+            workdir,
+            MlflowTrainLog(run_id),
+        )
         mlflow.log_metrics({k: float(v) for k, v in counts.items()})
-        final = save_checkpoint(workdir / "model.pt", model,
-                                extra={"stage": stage_name, "init_sha256": init.sha256 if init else None})
+        final = save_checkpoint(
+            workdir / "model.pt", model, extra={"stage": stage_name, "init_sha256": init.sha256 if init else None}
+        )
         store.put_file(key, final)
         return checkpoint_ref(store, key, final)
 
 
 @flywheel_task(name="evaluate", version="1")
-def evaluate_model(cfg: FlywheelConfig, model: ModelRef, heldout: DatasetRef, seeds: int, label: str = "",
-                   parent_run_id: str | None = None) -> dict[str, float]:
+def evaluate_model(
+    cfg: FlywheelConfig,
+    model: ModelRef,
+    heldout: DatasetRef,
+    seeds: int,
+    label: str = "",
+    parent_run_id: str | None = None,
+) -> dict[str, float]:
     """Held-out metrics of a registered model; the per-object scores are logged as a table."""
     store = store_for(cfg)
     net = load_model(local_checkpoint(cfg, store, model.checkpoint))
-    with stage(cfg, parent_run_id, f"evaluate-{label}" if label else "evaluate",
-               params={"model": model.uri, "seeds": seeds}) as run_id:
+    with stage(
+        cfg, parent_run_id, f"evaluate-{label}" if label else "evaluate", params={"model": model.uri, "seeds": seeds}
+    ) as run_id:
         log_datasets(run_id, inputs=[heldout])
         result = evaluate_checkpoint(net, Dataset(store, heldout.name, heldout.version), seeds)
         mlflow.log_metrics({k: v for k, v in result["summary"].items() if v == v})  # NaN is not logged
@@ -75,21 +97,29 @@ def evaluate_model(cfg: FlywheelConfig, model: ModelRef, heldout: DatasetRef, se
 
 
 @flywheel_task(name="register-model", version="2")
-def register_model(cfg: FlywheelConfig, checkpoint: CheckpointRef, name: str,
-                   datasets: dict[str, list[DatasetRef]], tags: dict[str, Any],
-                   parent_run_id: str | None = None) -> ModelRef:
+def register_model(
+    cfg: FlywheelConfig,
+    checkpoint: CheckpointRef,
+    name: str,
+    datasets: dict[str, list[DatasetRef]],
+    tags: dict[str, Any],
+    parent_run_id: str | None = None,
+) -> ModelRef:
     """A registry version for ``checkpoint`` (the existing one if this checkpoint is already
     registered under ``name``), tagged with the round and with the datasets that made it
     (``dataset.<role>`` = ``name@version[,...]``, what ``flywheel lineage`` follows); its run
     logs those datasets as inputs."""
     found = find_version(cfg, name, checkpoint.sha256)
     if found is None:
-        tags = {**{k: str(v) for k, v in tags.items()},
-                **{f"dataset.{role}": ",".join(str(r) for r in refs) for role, refs in datasets.items()}}
+        tags = {
+            **{k: str(v) for k, v in tags.items()},
+            **{f"dataset.{role}": ",".join(str(r) for r in refs) for role, refs in datasets.items()},
+        }
         with stage(cfg, parent_run_id, "register", params={"checkpoint": checkpoint.uri}) as run_id:
             log_datasets(run_id, inputs=[r for refs in datasets.values() for r in refs])
-            register_checkpoint(cfg, local_checkpoint(cfg, store_for(cfg), checkpoint), run_id=run_id, name=name,
-                                tags=tags)
+            register_checkpoint(
+                cfg, local_checkpoint(cfg, store_for(cfg), checkpoint), run_id=run_id, name=name, tags=tags
+            )
         found = find_version(cfg, name, checkpoint.sha256)
         assert found is not None, f"model {name}: the version just registered is not found"
     return found

@@ -25,8 +25,9 @@ class ValidationFailed(RuntimeError):
 
 
 @flywheel_task(name="validate", version="1", retries=0)  # a failed suite is not transient
-def gate(cfg: FlywheelConfig, dataset: DatasetRef, thresholds: dict, overrides: dict,
-         parent_run_id: str | None = None) -> dict:
+def gate(
+    cfg: FlywheelConfig, dataset: DatasetRef, thresholds: dict, overrides: dict, parent_run_id: str | None = None
+) -> dict:
     """Validate ``dataset``; raise :class:`ValidationFailed` unless it passes or is overridden.
 
     ``thresholds`` and ``overrides`` (config ``validation``) are parameters so that they are
@@ -35,8 +36,7 @@ def gate(cfg: FlywheelConfig, dataset: DatasetRef, thresholds: dict, overrides: 
     with stage(cfg, parent_run_id, f"validate-{dataset.name}") as run_id:
         log_datasets(run_id, inputs=[dataset])
         with tempfile.TemporaryDirectory(prefix="flywheel-validate-") as tmp:
-            report = validate(Dataset(store_for(cfg), dataset.name, dataset.version), cfg.validation,
-                              docs_dir=tmp)
+            report = validate(Dataset(store_for(cfg), dataset.name, dataset.version), cfg.validation, docs_dir=tmp)
             mlflow.log_artifact(str(write_json(report, Path(tmp) / "validation.json")))
             if report.docs is not None:
                 mlflow.log_artifacts(str(report.docs.parent), "data_docs")
@@ -44,16 +44,22 @@ def gate(cfg: FlywheelConfig, dataset: DatasetRef, thresholds: dict, overrides: 
         mlflow.set_tags({"validation.success": str(report.success).lower(), "validation.dataset": str(dataset)})
         if not report.success:
             if not reason:
-                raise ValidationFailed(f"validation gate failed; fix the data or record an override "
-                                       f"(validation.overrides):\n{report.summary()}")
+                raise ValidationFailed(
+                    f"validation gate failed; fix the data or record an override "
+                    f"(validation.overrides):\n{report.summary()}"
+                )
             mlflow.set_tags({"validation.override": "true", "validation.override_reason": reason})
             log.warning("validation of %s FAILED but was overridden (%s):\n%s", dataset, reason, report.summary())
-    return {"dataset": str(dataset), "success": report.success, "evaluated": report.evaluated,
-            "failed": len(report.failures), "overridden": bool(reason) and not report.success}
+    return {
+        "dataset": str(dataset),
+        "success": report.success,
+        "evaluated": report.evaluated,
+        "failed": len(report.failures),
+        "overridden": bool(reason) and not report.success,
+    }
 
 
 def gate_for(cfg: FlywheelConfig, dataset: DatasetRef, parent_run_id: str | None) -> dict:
     """Call the gate with the config's thresholds and overrides."""
     v = cfg.validation
-    return gate(cfg, dataset, v.model_dump(exclude={"overrides"}), dict(v.overrides),
-                parent_run_id=parent_run_id)
+    return gate(cfg, dataset, v.model_dump(exclude={"overrides"}), dict(v.overrides), parent_run_id=parent_run_id)

@@ -21,16 +21,18 @@ BUCKET = "flywheel-test"
 for var in list(os.environ):
     if var.startswith(("FLYWHEEL", "PREFECT_", "MLFLOW_", "AWS_")):
         del os.environ[var]
-os.environ.update({
-    "FLYWHEEL_CONFIG": str(REPO / "configs" / "test.yaml"),
-    "FLYWHEEL__PROJECT__STATE_DIR": str(SESSION_DIR / "state"),
-    "FLYWHEEL__STORE__ROOT": str(SESSION_DIR / "store"),
-    "AWS_ACCESS_KEY_ID": S3_KEY,
-    "AWS_SECRET_ACCESS_KEY": S3_SECRET,
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_CONFIG_FILE": str(SESSION_DIR / "no-aws-config"),
-    "AWS_SHARED_CREDENTIALS_FILE": str(SESSION_DIR / "no-aws-credentials"),
-})
+os.environ.update(
+    {
+        "FLYWHEEL_CONFIG": str(REPO / "configs" / "test.yaml"),
+        "FLYWHEEL__PROJECT__STATE_DIR": str(SESSION_DIR / "state"),
+        "FLYWHEEL__STORE__ROOT": str(SESSION_DIR / "store"),
+        "AWS_ACCESS_KEY_ID": S3_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(SESSION_DIR / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(SESSION_DIR / "no-aws-credentials"),
+    }
+)
 
 from flywheel.core.config import StoreConfig  # noqa: E402
 from flywheel.core.store import LocalStore, S3Store, Store  # noqa: E402
@@ -54,9 +56,12 @@ def moto() -> S3Server:
 
 
 def s3_store_config(server: S3Server, root: str, **overrides) -> StoreConfig:
-    return StoreConfig(root=root, endpoint_url=server.endpoint_url, region="us-east-1",
-                       **{"max_attempts": 3, "connect_timeout_s": 2, "read_timeout_s": 10,
-                          **overrides})
+    return StoreConfig(
+        root=root,
+        endpoint_url=server.endpoint_url,
+        region="us-east-1",
+        **{"max_attempts": 3, "connect_timeout_s": 2, "read_timeout_s": 10, **overrides},
+    )
 
 
 def make_store(kind: str, request, tmp_path: Path) -> Store:

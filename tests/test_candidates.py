@@ -48,8 +48,14 @@ def test_ensemble_gives_n_distinct_candidates_with_provenance(champion):
     ids, occ = library(examples)
     objects = [f"obj-{i}" for i in range(3)]
     batch = collate(examples[:3])
-    out = propose({"champion": (model, "sam3d/1")}, DEFAULT_MEMBERS, objects, batch, num_candidates=8,
-                  index={"champion": MeshIndex(model, ids, occ)})
+    out = propose(
+        {"champion": (model, "sam3d/1")},
+        DEFAULT_MEMBERS,
+        objects,
+        batch,
+        num_candidates=8,
+        index={"champion": MeshIndex(model, ids, occ)},
+    )
     for oid in objects:
         cands = out[oid]
         assert len(cands) == 8 and len({c.candidate_id for c in cands}) == 8
@@ -59,8 +65,14 @@ def test_ensemble_gives_n_distinct_candidates_with_provenance(champion):
         assert all(c.model_version == "sam3d/1" for c in cands)
         row = cands[0].row()
         assert np.allclose(np.array(row["R"]).reshape(3, 3) @ np.array(row["R"]).reshape(3, 3).T, np.eye(3), atol=1e-5)
-    again = propose({"champion": (model, "sam3d/1")}, DEFAULT_MEMBERS, objects, batch, num_candidates=8,
-                    index={"champion": MeshIndex(model, ids, occ)})
+    again = propose(
+        {"champion": (model, "sam3d/1")},
+        DEFAULT_MEMBERS,
+        objects,
+        batch,
+        num_candidates=8,
+        index={"champion": MeshIndex(model, ids, occ)},
+    )
     assert [c.candidate_id for c in again["obj-0"]] == [c.candidate_id for c in out["obj-0"]]
 
 
@@ -77,7 +89,7 @@ def test_duplicates_are_topped_up_from_further_seeds(champion):
     model, _, examples = champion
     from sam3d_model.ensemble import Member
 
-    same_seed = (Member(name="a", seeds=(0,)), Member(name="b", seeds=(0,)))    # b duplicates a exactly
+    same_seed = (Member(name="a", seeds=(0,)), Member(name="b", seeds=(0,)))  # b duplicates a exactly
     out = propose({"champion": (model, "v")}, same_seed, ["o"], collate(examples[:1]), num_candidates=3)
     assert len(out["o"]) == 3 and [c.member for c in out["o"]] == ["a", "a", "a"]
     assert [c.seed for c in out["o"]] == [0, 10_000, 10_001]
@@ -85,22 +97,24 @@ def test_duplicates_are_topped_up_from_further_seeds(champion):
 
 def test_ray_actors_survive_a_killed_actor_without_losing_or_duplicating(champion):
     model, path, examples = champion
-    jobs = [ProposalJob(f"batch-{i}", [f"obj-{2 * i}", f"obj-{2 * i + 1}"], collate(examples[2 * i:2 * i + 2]))
-            for i in range(4)]
+    jobs = [
+        ProposalJob(f"batch-{i}", [f"obj-{2 * i}", f"obj-{2 * i + 1}"], collate(examples[2 * i : 2 * i + 2]))
+        for i in range(4)
+    ]
     members = DEFAULT_MEMBERS[:2]
     with ProposalPool({"champion": (str(path), "sam3d/1")}, members, num_candidates=6, actors=2) as pool:
         clean = {r.id: r for r in pool.run(jobs)}
         victim = pool.actor_pids()[0]
         os.kill(victim, signal.SIGKILL)
         after = {r.id: r for r in pool.run(jobs)}
-        assert victim not in pool.actor_pids()            # replaced
+        assert victim not in pool.actor_pids()  # replaced
     assert set(clean) == set(after) == {j.id for j in jobs}
     for job in jobs:
         assert clean[job.id].ok and after[job.id].ok
         for oid in job.object_ids:
             ids = [c.candidate_id for c in after[job.id].candidates[oid]]
             assert len(ids) == len(set(ids)) == 6
-            assert ids == [c.candidate_id for c in clean[job.id].candidates[oid]]   # same ids on any actor
+            assert ids == [c.candidate_id for c in clean[job.id].candidates[oid]]  # same ids on any actor
 
 
 def test_model_references_resolve_through_the_registry(champion, tmp_path):
@@ -116,9 +130,13 @@ def test_model_references_resolve_through_the_registry(champion, tmp_path):
     assert resolved.sha256 == registered.sha256 and resolved.path.read_bytes() == path.read_bytes()
     assert resolve_model(cfg, "models:/sam3d-test/1").path == resolved.path
     assert resolve_model(cfg, str(path)).label.startswith("file:")
-    for ref, message in [("models:/sam3d-test@nobody", "not in the registry"), ("models:/sam3d-test/7", "not in the registry"),
-                         ("models:/other@champion", "not in the registry"), (str(tmp_path / "x.pt"), "no such checkpoint"),
-                         ("models:/bad", "use models:/NAME@ALIAS")]:
+    for ref, message in [
+        ("models:/sam3d-test@nobody", "not in the registry"),
+        ("models:/sam3d-test/7", "not in the registry"),
+        ("models:/other@champion", "not in the registry"),
+        (str(tmp_path / "x.pt"), "no such checkpoint"),
+        ("models:/bad", "use models:/NAME@ALIAS"),
+    ]:
         with pytest.raises(ModelNotFound, match=message):
             resolve_model(cfg, ref)
 
@@ -140,14 +158,16 @@ def test_image_pool_manifest_quarantines_each_bad_item_and_keeps_the_rest(tmp_pa
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     big = (np.random.default_rng(1).random((200, 200, 3)) * 255).astype(np.uint8)
     Image.fromarray(big).save(tmp_path / "big.png")
-    lines = ['{"image": "a.png", "mask": "a-mask.png", "object_id": "mine"}',
-             '{"image": "gone.png", "mask": "a-mask.png"}',
-             '{"image": "broken.png", "mask": "a-mask.png"}',
-             '{"image": "a.png", "mask": "small-mask.png"}',
-             '{"image": "a.png", "mask": "empty-mask.png"}',
-             '{"image": "a.png"}',
-             'not json',
-             '{"image": "big.png", "mask": "a-mask.png"}']
+    lines = [
+        '{"image": "a.png", "mask": "a-mask.png", "object_id": "mine"}',
+        '{"image": "gone.png", "mask": "a-mask.png"}',
+        '{"image": "broken.png", "mask": "a-mask.png"}',
+        '{"image": "a.png", "mask": "small-mask.png"}',
+        '{"image": "a.png", "mask": "empty-mask.png"}',
+        '{"image": "a.png"}',
+        "not json",
+        '{"image": "big.png", "mask": "a-mask.png"}',
+    ]
     manifest = tmp_path / "pool.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     items = list(from_manifest(manifest, StoreConfig(), max_bytes=50_000))
@@ -155,10 +175,16 @@ def test_image_pool_manifest_quarantines_each_bad_item_and_keeps_the_rest(tmp_pa
     sample = next(i for i in items if isinstance(i, Sample))
     assert sample.key == "mine" and sample.row["mask_pixels"] == 120
     reasons = {i.item_id: i.reason for i in items if isinstance(i, Rejected)}
-    assert reasons == {"pool.jsonl:2": "missing image", "pool.jsonl:3": "unreadable image",
-                       "pool.jsonl:4": "mask size", "pool.jsonl:5": "empty mask", "pool.jsonl:6": "malformed row",
-                       "pool.jsonl:7": "malformed row", "pool.jsonl:8": "file too large"}
-    assert all("pool.jsonl" in i.detail for i in items if isinstance(i, Rejected))   # each reason names the row
+    assert reasons == {
+        "pool.jsonl:2": "missing image",
+        "pool.jsonl:3": "unreadable image",
+        "pool.jsonl:4": "mask size",
+        "pool.jsonl:5": "empty mask",
+        "pool.jsonl:6": "malformed row",
+        "pool.jsonl:7": "malformed row",
+        "pool.jsonl:8": "file too large",
+    }
+    assert all("pool.jsonl" in i.detail for i in items if isinstance(i, Rejected))  # each reason names the row
 
 
 def test_annotation_files_validate_against_their_schemas():
@@ -166,10 +192,18 @@ def test_annotation_files_validate_against_their_schemas():
 
     from flywheel.feedback import annotation
 
-    task = {"task_id": "v/obj", "object_id": "obj", "candidates_dataset": "candidates@v", "image": "s3://b/i.png",
-            "mask": "s3://b/m.png", "sheet": "s3://b/s.png", "kinds": ["pairwise", "best-of-n", "reject-all"],
-            "candidates": [{"candidate_id": f"cand-{i:020x}", "preview": f"s3://b/{i}.png", "member": "champion"}
-                           for i in range(3)]}
+    task = {
+        "task_id": "v/obj",
+        "object_id": "obj",
+        "candidates_dataset": "candidates@v",
+        "image": "s3://b/i.png",
+        "mask": "s3://b/m.png",
+        "sheet": "s3://b/s.png",
+        "kinds": ["pairwise", "best-of-n", "reject-all"],
+        "candidates": [
+            {"candidate_id": f"cand-{i:020x}", "preview": f"s3://b/{i}.png", "member": "champion"} for i in range(3)
+        ],
+    }
     text = annotation.native_tasks([task])
     assert text.count("\n") == 1
     pairs = annotation.label_studio_pairwise([task])
@@ -177,7 +211,7 @@ def test_annotation_files_validate_against_their_schemas():
     ranking = annotation.label_studio_ranking([task])
     assert [i["id"] for i in ranking[0]["data"]["items"]] == [c["candidate_id"] for c in task["candidates"]]
     with pytest.raises(jsonschema.ValidationError):
-        annotation.native_tasks([dict(task, candidates=task["candidates"][:1])])       # fewer than 2
+        annotation.native_tasks([dict(task, candidates=task["candidates"][:1])])  # fewer than 2
     with pytest.raises(jsonschema.ValidationError):
         annotation.native_tasks([dict(task, extra="field")])
 
@@ -185,19 +219,28 @@ def test_annotation_files_validate_against_their_schemas():
 def test_an_unresolvable_model_costs_only_the_members_that_use_it(champion, tmp_path):
     import json
 
-    from sam3d_model.ensemble import Member
     from flywheel.learning.ensemble import resolve_ensemble
+    from sam3d_model.ensemble import Member
 
     _, path, _ = champion
-    cfg = load_config(environ={"FLYWHEEL__PROJECT__STATE_DIR": str(tmp_path / "state"),
-                               "FLYWHEEL__CANDIDATES__MODELS": json.dumps(
-                                   {"champion": str(path), "old": "models:/sam3d-none/3"})})
-    members = [Member(name="champion", seeds=(0, 1)), Member(name="old-seeds", model="old"),
-               Member(name="ghost", model="not-configured")]
+    cfg = load_config(
+        environ={
+            "FLYWHEEL__PROJECT__STATE_DIR": str(tmp_path / "state"),
+            "FLYWHEEL__CANDIDATES__MODELS": json.dumps({"champion": str(path), "old": "models:/sam3d-none/3"}),
+        }
+    )
+    members = [
+        Member(name="champion", seeds=(0, 1)),
+        Member(name="old-seeds", model="old"),
+        Member(name="ghost", model="not-configured"),
+    ]
     models, kept, dropped = resolve_ensemble(cfg, [m.model_dump(mode="json") for m in members])
     assert set(models) == {"champion"} and models["champion"].label.startswith("file:")
     assert [m["name"] for m in kept] == ["champion"]
-    assert {(d["item_id"], d["reason"]) for d in dropped} == {("old-seeds", "unknown model"), ("ghost", "unknown model")}
+    assert {(d["item_id"], d["reason"]) for d in dropped} == {
+        ("old-seeds", "unknown model"),
+        ("ghost", "unknown model"),
+    }
     assert all("sam3d-none" in d["detail"] or "not-configured" in d["detail"] for d in dropped)
     with pytest.raises(ModelNotFound, match="no ensemble member has a usable model"):
         resolve_ensemble(cfg, [members[1].model_dump(mode="json")])
@@ -220,8 +263,10 @@ def test_image_pool_manifest_reads_s3_uris(moto, tmp_path):
     store.put_bytes("pool/a.png", encode_png(rgb))
     store.put_bytes("pool/a-mask.png", encode_png(mask.astype(np.uint8) * 255))
     manifest = tmp_path / "pool.csv"
-    manifest.write_text(f"image,mask\ns3://{BUCKET}/pool/a.png,s3://{BUCKET}/pool/a-mask.png\n"
-                        f"s3://{BUCKET}/pool/missing.png,s3://{BUCKET}/pool/a-mask.png\n")
+    manifest.write_text(
+        f"image,mask\ns3://{BUCKET}/pool/a.png,s3://{BUCKET}/pool/a-mask.png\n"
+        f"s3://{BUCKET}/pool/missing.png,s3://{BUCKET}/pool/a-mask.png\n"
+    )
     items = list(from_manifest(manifest, config, max_bytes=10_000))
     assert isinstance(items[0], Sample) and items[0].row["mask_pixels"] == 36
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(items[0].files["rgb.png"]))), rgb)
@@ -232,11 +277,20 @@ def test_an_ensemble_of_two_model_versions_names_each_in_its_candidates(champion
     from sam3d_model.ensemble import Member
 
     model, _, examples = champion
-    earlier = SmallSam3D(CFG)                    # stands in for an older registered version
+    earlier = SmallSam3D(CFG)  # stands in for an older registered version
     earlier.load_state_dict(model.state_dict())
-    torch.nn.init.normal_(earlier.flow.shape_out.proj.weight, std=0.5)   # it proposes differently
+    torch.nn.init.normal_(earlier.flow.shape_out.proj.weight, std=0.5)  # it proposes differently
     members = (Member(name="champion", seeds=(0, 1)), Member(name="previous", model="previous", seeds=(0, 1)))
-    out = propose({"champion": (model, "sam3d/2"), "previous": (earlier, "sam3d/1")}, members, ["o"],
-                  collate(examples[:1]), num_candidates=4)
+    out = propose(
+        {"champion": (model, "sam3d/2"), "previous": (earlier, "sam3d/1")},
+        members,
+        ["o"],
+        collate(examples[:1]),
+        num_candidates=4,
+    )
     assert [(c.member, c.model_version) for c in out["o"]] == [
-        ("champion", "sam3d/2"), ("champion", "sam3d/2"), ("previous", "sam3d/1"), ("previous", "sam3d/1")]
+        ("champion", "sam3d/2"),
+        ("champion", "sam3d/2"),
+        ("previous", "sam3d/1"),
+        ("previous", "sam3d/1"),
+    ]

@@ -18,8 +18,9 @@ FLYWHEEL = str(Path(sys.executable).parent / "flywheel")
 
 
 def run(*args, env=None):
-    return subprocess.run([FLYWHEEL, *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [FLYWHEEL, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+    )
 
 
 def test_help_lists_commands_and_exit_codes():

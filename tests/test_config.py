@@ -12,7 +12,7 @@ from flywheel.core.config import DEFAULT_CONFIG_FILE, ConfigError, FlywheelConfi
 def test_embedded_defaults_load():
     assert DEFAULT_CONFIG_FILE == Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
     cfg = load_config(environ={})
-    assert cfg.meshes.num_procedural == 12 != FlywheelConfig().meshes.num_procedural   # the file, not the schema
+    assert cfg.meshes.num_procedural == 12 != FlywheelConfig().meshes.num_procedural  # the file, not the schema
     assert cfg.store.root == ".flywheel/store"
     assert cfg.meshes.occupancy_resolution == 16 and cfg.iso3do.views == 24
     assert cfg.mlflow_tracking_uri == f"sqlite:///{Path('.flywheel').resolve() / 'mlflow.db'}"
@@ -29,16 +29,24 @@ def test_file_then_environment_override(tmp_path):
     assert load_config(environ={"FLYWHEEL_CONFIG": str(f)}).store.root == "s3://my-bucket/data"
 
 
-@pytest.mark.parametrize("environ, field, value, why", [
-    ({"FLYWHEEL__STORE__MAX_ATTEMPTS": "0"}, "store.max_attempts", "0", "greater than or equal to 1"),
-    ({"FLYWHEEL__MESHES__OCCUPANCY_RESOLUTION": "20"}, "meshes.occupancy_resolution", "20", "16, 32 or 64"),
-    ({"FLYWHEEL__OCCLUSIONS__VISIBLE_BAND": "[0.9, 0.2]"}, "occlusions.visible_band", "[0.9, 0.2]", "0 < low < high < 1"),
-    ({"FLYWHEEL__RENDER__DEVICE": "TPU"}, "render.device", "'TPU'", "'CPU' or 'GPU'"),
-    ({"FLYWHEEL__STORE__ROOT": "s3://UPPER/x"}, "store.root", "'s3://UPPER/x'", "valid bucket name"),
-    ({"FLYWHEEL__STORE__ROOT": "gs://b/x"}, "store.root", "'gs://b/x'", "unsupported scheme 'gs'"),
-    ({"FLYWHEEL__ISO3DO__VIEWS": "many"}, "iso3do.views", "'many'", "valid integer"),
-    ({"FLYWHEEL__STORE__ROOTT": "x"}, "store.roott", "'x'", "Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    "environ, field, value, why",
+    [
+        ({"FLYWHEEL__STORE__MAX_ATTEMPTS": "0"}, "store.max_attempts", "0", "greater than or equal to 1"),
+        ({"FLYWHEEL__MESHES__OCCUPANCY_RESOLUTION": "20"}, "meshes.occupancy_resolution", "20", "16, 32 or 64"),
+        (
+            {"FLYWHEEL__OCCLUSIONS__VISIBLE_BAND": "[0.9, 0.2]"},
+            "occlusions.visible_band",
+            "[0.9, 0.2]",
+            "0 < low < high < 1",
+        ),
+        ({"FLYWHEEL__RENDER__DEVICE": "TPU"}, "render.device", "'TPU'", "'CPU' or 'GPU'"),
+        ({"FLYWHEEL__STORE__ROOT": "s3://UPPER/x"}, "store.root", "'s3://UPPER/x'", "valid bucket name"),
+        ({"FLYWHEEL__STORE__ROOT": "gs://b/x"}, "store.root", "'gs://b/x'", "unsupported scheme 'gs'"),
+        ({"FLYWHEEL__ISO3DO__VIEWS": "many"}, "iso3do.views", "'many'", "valid integer"),
+        ({"FLYWHEEL__STORE__ROOTT": "x"}, "store.roott", "'x'", "Extra inputs are not permitted"),
+    ],
+)
 def test_bad_value_names_field_value_source_and_reason(environ, field, value, why):
     with pytest.raises(ConfigError) as err:
         load_config(environ=environ)

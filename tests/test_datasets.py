@@ -38,8 +38,9 @@ HERE = Path(__file__).resolve().parent
 def write_shapes(store, count=9, seed=0, shard=4, **kw):
     inputs = {"count": count, "seed": seed}
     version = version_of(SHAPES, inputs=inputs)
-    return write_dataset(store, SHAPES, version, shape_samples(seed, count, 16),
-                         inputs=inputs, shard_max_samples=shard, **kw)
+    return write_dataset(
+        store, SHAPES, version, shape_samples(seed, count, 16), inputs=inputs, shard_max_samples=shard, **kw
+    )
 
 
 def test_write_then_read_manifest_and_samples(store):
@@ -103,8 +104,16 @@ def test_uncommitted_version_is_refused_and_failed_write_leaves_nothing(store):
 
 def _proc_args(store, count, shard, signal_dir, mode):
     endpoint = store.config.endpoint_url if isinstance(store, S3Store) else "-"
-    return [sys.executable, str(HERE / "dataset_writer_proc.py"), store.root_uri, endpoint,
-            str(count), str(shard), str(signal_dir), mode]
+    return [
+        sys.executable,
+        str(HERE / "dataset_writer_proc.py"),
+        store.root_uri,
+        endpoint,
+        str(count),
+        str(shard),
+        str(signal_dir),
+        mode,
+    ]
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout=60):
@@ -115,10 +124,10 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout=60):
         time.sleep(0.05)
 
 
-def test_writer_killed_mid_version_leaves_nothing_visible_and_rerun_commits_same_digest(
-        store, tmp_path):
-    proc = subprocess.Popen(_proc_args(store, 12, 3, tmp_path, "slow"), cwd=HERE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def test_writer_killed_mid_version_leaves_nothing_visible_and_rerun_commits_same_digest(store, tmp_path):
+    proc = subprocess.Popen(
+        _proc_args(store, 12, 3, tmp_path, "slow"), cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     _wait_for(tmp_path / "ready", proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -130,14 +139,16 @@ def test_writer_killed_mid_version_leaves_nothing_visible_and_rerun_commits_same
         Dataset(store, "shapes", version)
     assert list_versions(store, "shapes") == []
 
-    rerun = subprocess.run(_proc_args(store, 12, 3, tmp_path, "fast"), cwd=HERE,
-                           capture_output=True, text=True, check=True)
+    rerun = subprocess.run(
+        _proc_args(store, 12, 3, tmp_path, "fast"), cwd=HERE, capture_output=True, text=True, check=True
+    )
     ref = json.loads(rerun.stdout)
     assert ref["version"] == version and ref["num_rows"] == 12
     # Same digest as an uninterrupted write of the same inputs somewhere else.
     clean_dir = tmp_path / "clean"
-    clean = subprocess.run(_proc_args(_local(clean_dir), 12, 3, tmp_path, "fast"), cwd=HERE,
-                           capture_output=True, text=True, check=True)
+    clean = subprocess.run(
+        _proc_args(_local(clean_dir), 12, 3, tmp_path, "fast"), cwd=HERE, capture_output=True, text=True, check=True
+    )
     assert json.loads(clean.stdout)["digest"] == ref["digest"]
     assert Dataset(store, "shapes", version).verify() == []
     # The killed attempt is debris: young, so kept by default, removed by gc when stale.
@@ -153,9 +164,16 @@ def _local(path):
 
 
 def test_two_concurrent_writers_one_commit_identical_content(store, tmp_path):
-    procs = [subprocess.Popen(_proc_args(store, 7, 3, tmp_path, "race"), cwd=HERE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            _proc_args(store, 7, 3, tmp_path, "race"),
+            cwd=HERE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for p in procs:
         _wait_for(tmp_path / f"ready-{p.pid}", p)
     (tmp_path / "go").touch()  # both commit at once
@@ -172,15 +190,18 @@ def test_two_concurrent_writers_one_commit_identical_content(store, tmp_path):
     assert Dataset(store, "shapes", version).verify() == []
 
 
-@pytest.mark.parametrize("mutate, reason", [
-    (lambda k, r, f: ("bad.key", r, f), "key must match"),
-    (lambda k, r, f: (k, {x: v for x, v in r.items() if x != "family"}, f), r"missing \['family'\]"),
-    (lambda k, r, f: (k, {**r, "extra": 1}, f), r"unexpected \['extra'\]"),
-    (lambda k, r, f: (k, {**r, "resolution": "sixteen"}, f), "does not fit the schema"),
-    (lambda k, r, f: (k, {**r, "object_id": None}, f), "does not fit the schema"),
-    (lambda k, r, f: (k, r, {}), "differ from the contract"),
-    (lambda k, r, f: (k, r, {"occ.npy": "text"}), "must be bytes"),
-])
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda k, r, f: ("bad.key", r, f), "key must match"),
+        (lambda k, r, f: (k, {x: v for x, v in r.items() if x != "family"}, f), r"missing \['family'\]"),
+        (lambda k, r, f: (k, {**r, "extra": 1}, f), r"unexpected \['extra'\]"),
+        (lambda k, r, f: (k, {**r, "resolution": "sixteen"}, f), "does not fit the schema"),
+        (lambda k, r, f: (k, {**r, "object_id": None}, f), "does not fit the schema"),
+        (lambda k, r, f: (k, r, {}), "differ from the contract"),
+        (lambda k, r, f: (k, r, {"occ.npy": "text"}), "must be bytes"),
+    ],
+)
 def test_bad_sample_is_refused_with_reason_and_writer_goes_on(tmp_path, mutate, reason):
     from flywheel.core.store import LocalStore
 

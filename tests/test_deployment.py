@@ -24,15 +24,23 @@ BIN = Path(sys.executable).parent
 
 def test_deploy_all_then_run_one_through_a_worker(tmp_path):
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"),
-           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "250",  # untruncated tables
-           "FLYWHEEL__PROJECT__STATE_DIR": str(tmp_path / "state"),
-           "FLYWHEEL__STORE__ROOT": str(tmp_path / "store")}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "COLUMNS": "250",  # untruncated tables
+        "FLYWHEEL__PROJECT__STATE_DIR": str(tmp_path / "state"),
+        "FLYWHEEL__STORE__ROOT": str(tmp_path / "store"),
+    }
     log = open(tmp_path / "server.log", "wb")
-    server = subprocess.Popen([BIN / "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -40,13 +48,15 @@ def test_deploy_all_then_run_one_through_a_worker(tmp_path):
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
                 break
             except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, \
-                    (tmp_path / "server.log").read_text()[-2000:]
+                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()[
+                    -2000:
+                ]
                 time.sleep(0.5)
 
         def prefect(*args, timeout=300):
-            out = subprocess.run([BIN / "prefect", *args], env=env, cwd=REPO, capture_output=True,
-                                 text=True, timeout=timeout)
+            out = subprocess.run(
+                [BIN / "prefect", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+            )
             assert out.returncode == 0, f"prefect {' '.join(args)}:\n{out.stdout}\n{out.stderr}"
             return out.stdout
 

@@ -16,8 +16,13 @@ PACKAGES = ("flywheel", "flows", "tasks", "rendering", "sam3d_model")
 
 
 def test_import_contracts_are_kept():
-    run = subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--no-cache"], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "broken" not in run.stdout.split("Contracts:")[-1].replace("0 broken", "")
 
@@ -43,8 +48,9 @@ changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os
 print(json.dumps({{"modules": names, "changed": changed, "made": sorted(os.listdir("."))}}))
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLYWHEEL", "PREFECT_"))}
-    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert len(out["modules"]) > 60 and "flows.round" in out["modules"] and "tasks.training" in out["modules"]

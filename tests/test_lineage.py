@@ -12,8 +12,12 @@ from flywheel.tracking import lineage
 
 @pytest.fixture
 def cfg(tmp_path):
-    return load_config(environ={"FLYWHEEL__PROJECT__STATE_DIR": str(tmp_path / "state"),
-                                "FLYWHEEL__MLFLOW__EXPERIMENT": "lineage-test"})
+    return load_config(
+        environ={
+            "FLYWHEEL__PROJECT__STATE_DIR": str(tmp_path / "state"),
+            "FLYWHEEL__MLFLOW__EXPERIMENT": "lineage-test",
+        }
+    )
 
 
 def ref(name, version, rows=3):
@@ -41,8 +45,16 @@ def test_round_with_stages_and_datasets(cfg, tmp_path):
     assert stages[0].data.tags[lineage.FLOW_RUN_TAG] == "flow-abc"
     assert stages[0].data.tags[lineage.TASK_RUN_TAG] == "task-1"
     assert stages[0].data.metrics == {"objects": 9.0}
-    assert lineage.run_datasets(make) == [{"name": "shapes", "version": "v1111", "context": "output",
-                                           "num_rows": 9, "uri": shapes.uri, "flow_run_id": "flow-abc"}]
+    assert lineage.run_datasets(make) == [
+        {
+            "name": "shapes",
+            "version": "v1111",
+            "context": "output",
+            "num_rows": 9,
+            "uri": shapes.uri,
+            "flow_run_id": "flow-abc",
+        }
+    ]
     got = {(d["name"], d["context"]) for d in lineage.run_datasets(summ)}
     assert got == {("shapes", "input"), ("shape-stats", "output")}
     assert client.get_run(summ).data.tags["dataset.input.shapes"] == "v1111"

@@ -46,8 +46,13 @@ def test_kubernetes_manifests(tmp_path):
         assert d["apiVersion"] and d["kind"] and d["metadata"]["name"]
         assert d["kind"] != "Secret", "secrets come from the platform's secret store"
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    assert {("RayCluster", "flywheel-ray"), ("Deployment", "mlflow"), ("Deployment", "prefect-worker"),
-            ("ConfigMap", "flywheel-config"), ("Service", "mlflow")} <= kinds
+    assert {
+        ("RayCluster", "flywheel-ray"),
+        ("Deployment", "mlflow"),
+        ("Deployment", "prefect-worker"),
+        ("ConfigMap", "flywheel-config"),
+        ("Service", "mlflow"),
+    } <= kinds
     ray = next(d for d in docs if d["kind"] == "RayCluster")
     assert ray["apiVersion"] == "ray.io/v1" and ray["spec"]["rayVersion"] == "2.60.0"
     worker = ray["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
@@ -58,7 +63,8 @@ def test_kubernetes_manifests(tmp_path):
         pods = [d["spec"]["template"]["spec"]] if d["kind"] == "Deployment" else []
         if d["kind"] == "RayCluster":
             pods = [d["spec"]["headGroupSpec"]["template"]["spec"]] + [
-                g["template"]["spec"] for g in d["spec"]["workerGroupSpecs"]]
+                g["template"]["spec"] for g in d["spec"]["workerGroupSpecs"]
+            ]
         for pod in pods:
             for c in pod["containers"]:
                 for key, value in _env_items(c.get("env")):

@@ -53,9 +53,9 @@ def test_occupancy_of_a_sphere_is_filled_and_matches_the_analytic_one(res):
     assert occ.shape == (res, res, res)
     r = np.linalg.norm(_grid_centres(res), axis=-1)
     h = 1 / res
-    assert occ[r < 0.5 - h].all()              # every centre well inside is filled
-    assert not occ[r > 0.5 + h].any()          # nothing well outside
-    assert occ[res // 2, res // 2, res // 2]   # the very middle: filled, not just the surface
+    assert occ[r < 0.5 - h].all()  # every centre well inside is filled
+    assert not occ[r > 0.5 + h].any()  # nothing well outside
+    assert occ[res // 2, res // 2, res // 2]  # the very middle: filled, not just the surface
 
 
 def test_occupancy_of_an_open_surface_is_surface_only():
@@ -68,7 +68,7 @@ def test_occupancy_of_an_open_surface_is_surface_only():
 
 
 def _write_obj(path, vertices, faces, header=""):
-    lines = [header] + [f"v {x} {y} {z}" for x, y, z in vertices] + [f"f {a+1} {b+1} {c+1}" for a, b, c in faces]
+    lines = [header] + [f"v {x} {y} {z}" for x, y, z in vertices] + [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in faces]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -79,35 +79,47 @@ def bad_meshes(tmp_path):
     d.mkdir()
     good = trimesh.creation.icosphere(subdivisions=2)
     good.export(d / "good.ply")
-    good.export(d / "good_copy.stl")                          # same geometry: a duplicate
+    good.export(d / "good_copy.stl")  # same geometry: a duplicate
     (d / "corrupt.glb").write_bytes(b"glTF" + struct.pack("<II", 2, 9999) + b"\x00" * 20)
     (d / "truncated.ply").write_bytes((d / "good.ply").read_bytes()[:300])
     (d / "empty.obj").write_text("")
     (d / "points_only.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\n")
-    _write_obj(d / "nan_vertex.obj", [(0, 0, 0), (1, 0, float("nan")), (0, 1, 0), (0, 0, 1)],
-               [(0, 1, 2), (0, 2, 3)])
+    _write_obj(d / "nan_vertex.obj", [(0, 0, 0), (1, 0, float("nan")), (0, 1, 0), (0, 0, 1)], [(0, 1, 2), (0, 2, 3)])
     _write_obj(d / "flat.obj", [(0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0)], [(0, 1, 2), (1, 3, 2)])
     _write_obj(d / "degenerate.obj", [(0, 0, 0), (1, 1, 1), (2, 2, 2)], [(0, 1, 2)])
-    cubes = [trimesh.creation.box(extents=(0.05,) * 3).apply_translation(np.random.default_rng(i).uniform(-1, 1, 3))
-             for i in range(80)]
+    cubes = [
+        trimesh.creation.box(extents=(0.05,) * 3).apply_translation(np.random.default_rng(i).uniform(-1, 1, 3))
+        for i in range(80)
+    ]
     trimesh.util.concatenate(cubes).export(d / "fragmented.stl")
     trimesh.creation.icosphere(subdivisions=5).export(d / "too_many_faces.ply")  # 20480 faces > budget
     _write_obj(d / "escape.obj", good.vertices, good.faces, header="mtllib ../../secret.mtl")
     (d / "missing_texture.mtl").write_text("newmtl m\nmap_Kd nowhere.png\n")
     _write_obj(d / "missing_texture.obj", good.vertices, good.faces, header="mtllib missing_texture.mtl")
-    (d / "escape.gltf").write_text(json.dumps({"asset": {"version": "2.0"},
-                                               "buffers": [{"uri": "../outside.bin", "byteLength": 4}]}))
-    (d / "url.gltf").write_text(json.dumps({"asset": {"version": "2.0"},
-                                            "buffers": [{"uri": "http://example.com/x.bin", "byteLength": 4}]}))
+    (d / "escape.gltf").write_text(
+        json.dumps({"asset": {"version": "2.0"}, "buffers": [{"uri": "../outside.bin", "byteLength": 4}]})
+    )
+    (d / "url.gltf").write_text(
+        json.dumps({"asset": {"version": "2.0"}, "buffers": [{"uri": "http://example.com/x.bin", "byteLength": 4}]})
+    )
     return d
 
 
 EXPECTED = {
-    "corrupt.glb": "unreadable", "truncated.ply": "unreadable", "empty.obj": "empty",
-    "points_only.obj": "no faces", "nan_vertex.obj": "non-finite vertices", "flat.obj": "flat",
-    "degenerate.obj": "degenerate", "fragmented.stl": "fragmented", "too_many_faces.ply": "too many faces",
-    "escape.obj": "unsafe reference", "missing_texture.obj": "missing texture",
-    "escape.gltf": "unsafe reference", "url.gltf": "unsafe reference", "good_copy.stl": "duplicate",
+    "corrupt.glb": "unreadable",
+    "truncated.ply": "unreadable",
+    "empty.obj": "empty",
+    "points_only.obj": "no faces",
+    "nan_vertex.obj": "non-finite vertices",
+    "flat.obj": "flat",
+    "degenerate.obj": "degenerate",
+    "fragmented.stl": "fragmented",
+    "too_many_faces.ply": "too many faces",
+    "escape.obj": "unsafe reference",
+    "missing_texture.obj": "missing texture",
+    "escape.gltf": "unsafe reference",
+    "url.gltf": "unsafe reference",
+    "good_copy.stl": "duplicate",
 }
 
 
@@ -185,8 +197,12 @@ def test_meshes_from_an_s3_prefix_with_sidecar_files(seaweedfs, tmp_path):
     cfg = s3_store_config(seaweedfs, f"s3://{BUCKET}/mesh-src")
     limits = MeshFilter()
     out = list(library_samples(source_items(f"s3://{BUCKET}/mesh-src", cfg, limits, tmp_path / "work"), 16, limits))
-    got = {o.item_id.rsplit("/", 1)[-1] if isinstance(o, Rejected) else o.row["source"].rsplit("/", 1)[-1]:
-           "reject" if isinstance(o, Rejected) else "sample" for o in out}
+    got = {
+        o.item_id.rsplit("/", 1)[-1] if isinstance(o, Rejected) else o.row["source"].rsplit("/", 1)[-1]: "reject"
+        if isinstance(o, Rejected)
+        else "sample"
+        for o in out
+    }
     assert got == {"bad.obj": "reject", "box.obj": "sample", "sphere.glb": "sample"}
     box = next(o for o in out if isinstance(o, Sample) and o.row["source"].endswith("box.obj"))
     assert box.row["source"] == f"s3://{BUCKET}/mesh-src/textured/box.obj" and box.row["format"] == "obj"
@@ -200,9 +216,14 @@ def test_meshes_from_a_manifest(tmp_path):
     limits = MeshFilter()
     out = list(library_samples(source_items(str(tmp_path / "list.txt"), StoreConfig(), limits, tmp_path), 16, limits))
     assert [o.row["source"] if isinstance(o, Sample) else ("rejected", o.item_id) for o in out] == [
-        "a/box.obj", "cap.ply", ("rejected", "missing.stl")]
+        "a/box.obj",
+        "cap.ply",
+        ("rejected", "missing.stl"),
+    ]
     assert out[2].reason == "unreadable"
-    jsonl = list(library_samples(source_items(str(tmp_path / "list.jsonl"), StoreConfig(), limits, tmp_path), 16, limits))
+    jsonl = list(
+        library_samples(source_items(str(tmp_path / "list.jsonl"), StoreConfig(), limits, tmp_path), 16, limits)
+    )
     assert [type(o) for o in jsonl] == [Sample]
     with pytest.raises(FileNotFoundError, match="not a folder, manifest"):
         list(source_items(str(tmp_path / "nothing-here"), StoreConfig(), limits, tmp_path))

@@ -32,9 +32,9 @@ def ball(res=16, radius=0.35, centre=(0, 0, 0)):
 
 def test_voxel_iou_known_cases():
     a = np.zeros((4, 4, 4), bool)
-    a[:2] = True                      # 32 cells
+    a[:2] = True  # 32 cells
     b = np.zeros_like(a)
-    b[1:3] = True                     # 32 cells, 16 shared
+    b[1:3] = True  # 32 cells, 16 shared
     assert voxel_iou(a, a) == 1.0
     assert voxel_iou(a, b) == pytest.approx(16 / 48)
     assert voxel_iou(a, ~a) == 0.0
@@ -44,22 +44,22 @@ def test_voxel_iou_known_cases():
 
 
 def test_point_metrics_of_a_known_offset():
-    p = lattice()                     # spacing 0.1, shift 0.02 << spacing: nearest = shifted twin
+    p = lattice()  # spacing 0.1, shift 0.02 << spacing: nearest = shifted twin
     q = p + np.array([0.02, 0.0, 0.0])
     assert chamfer_distance(p, p) == 0.0
     assert chamfer_distance(p, q) == pytest.approx(0.02)
     assert chamfer_distance(p, q, squared=True) == pytest.approx(0.0004)
     assert f_score(p, q, threshold=0.01) == 0.0
     assert f_score(p, q, threshold=0.03) == 1.0
-    assert earth_movers_distance(p, q) == pytest.approx(0.02)            # 216 points: no subsampling
-    assert earth_movers_distance(p, q, count=100) >= 0.02 - 1e-9         # a subsample cannot match better
+    assert earth_movers_distance(p, q) == pytest.approx(0.02)  # 216 points: no subsampling
+    assert earth_movers_distance(p, q, count=100) >= 0.02 - 1e-9  # a subsample cannot match better
     assert earth_movers_distance(p, p[::-1].copy()) == pytest.approx(0.0)
     assert chamfer_distance(p, np.zeros((0, 3))) == float("inf")
 
 
 def test_f_score_counts_precision_and_recall():
-    truth = lattice(4)                # 64 points
-    pred = truth[:32]                 # half of them: precision 1, recall 0.5
+    truth = lattice(4)  # 64 points
+    pred = truth[:32]  # half of them: precision 1, recall 0.5
     assert f_score(pred, truth, 0.01) == pytest.approx(2 * 1 * 0.5 / 1.5)
 
 
@@ -67,7 +67,7 @@ def test_shape_metrics_of_identical_and_shifted_balls():
     a = ball()
     same = shape_metrics(a, a)
     assert same["viou"] == 1.0 and same["f1@0.01"] > 0.99 and same["chamfer"] < 0.005
-    shifted = shape_metrics(a, np.roll(a, 2, axis=0))             # 2 cells = 0.125
+    shifted = shape_metrics(a, np.roll(a, 2, axis=0))  # 2 cells = 0.125
     assert shifted["viou"] < 0.7 and shifted["f1@0.01"] < 0.5 and shifted["chamfer"] > 0.03
     empty = shape_metrics(np.zeros_like(a), a)
     assert empty["viou"] == 0.0 and empty["f1@0.01"] == 0.0 and empty["chamfer"] == float("inf")
@@ -77,8 +77,8 @@ def test_marching_cubes_mesh_is_closed_and_in_the_unit_cube():
     mesh = occupancy_to_mesh(ball(radius=0.4))
     assert mesh.is_watertight
     assert np.all(np.abs(mesh.vertices) <= 0.5)
-    assert mesh.volume == pytest.approx(4 / 3 * np.pi * 0.4 ** 3, rel=0.1)
-    touching = np.ones((8, 8, 8), bool)                           # fills the cube: padded, so closed
+    assert mesh.volume == pytest.approx(4 / 3 * np.pi * 0.4**3, rel=0.1)
+    touching = np.ones((8, 8, 8), bool)  # fills the cube: padded, so closed
     assert occupancy_to_mesh(touching).is_watertight
 
 
@@ -102,10 +102,10 @@ def test_rotation_error_and_add_s():
     turn = Rotation.from_rotvec([0, 0, np.radians(30)]).as_matrix()
     assert rotation_error_deg(R, R) == pytest.approx(0.0, abs=1e-5)
     assert rotation_error_deg(R, turn @ R) == pytest.approx(30.0)
-    points = lattice(5, 0.25) - 0.5                               # spacing 0.25, inside the unit cube
+    points = lattice(5, 0.25) - 0.5  # spacing 0.25, inside the unit cube
     pose = (R, np.array([0.0, 0.0, 2.5]), 1.0)
     assert add_s(points, pose, pose) == 0.0
-    off = (R, np.array([0.02, 0.0, 2.5]), 1.0)                   # offset << spacing
+    off = (R, np.array([0.02, 0.0, 2.5]), 1.0)  # offset << spacing
     assert add_s(points, off, pose) == pytest.approx(0.02)
     assert add_s_accuracy(points, off, pose)
     # half a lattice step off on every axis: every point is 0.2165 from the nearest, > 0.1 x diameter (0.173)

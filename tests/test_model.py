@@ -43,11 +43,18 @@ def trained(examples):
 
 
 def mean_viou(pred, examples) -> float:
-    return float(np.mean([shape_metrics(pred.item(i)["occupancy"], e["occupancy"].numpy() > 0.5)["viou"]
-                          for i, e in enumerate(examples)]))
+    return float(
+        np.mean(
+            [
+                shape_metrics(pred.item(i)["occupancy"], e["occupancy"].numpy() > 0.5)["viou"]
+                for i, e in enumerate(examples)
+            ]
+        )
+    )
 
 
 # -- geometry and structure -------------------------------------------------------------------
+
 
 def test_rot6d_round_trip_and_projection_to_rotations():
     R = torch.tensor(Rotation.random(64, random_state=0).as_matrix(), dtype=torch.float32)
@@ -69,7 +76,7 @@ def test_presets_and_config_errors():
     assert sum(p.numel() for p in SmallSam3D(preset("tiny")).parameters()) == pytest.approx(3e6, rel=0.2)
     assert preset("small").resolution == 32 and preset("base").resolution == 64
     with pytest.raises(ValidationError, match="latent_resolution"):
-        ModelConfig(resolution=32)                      # 32 != 4 x 2^2
+        ModelConfig(resolution=32)  # 32 != 4 x 2^2
     with pytest.raises(ValueError, match="unknown model preset 'huge'"):
         preset("huge")
     assert isinstance(SmallSam3D(CFG), GeometryModel)
@@ -78,12 +85,16 @@ def test_presets_and_config_errors():
 def test_shape_stream_ignores_layout_and_layout_loss_never_moves_it(examples):
     """MoT: shape tokens attend to shape only; layout sees shape tokens detached."""
     model = SmallSam3D(CFG)
-    for p in model.parameters():   # leave the zero-initialised gates and heads: make every path live
+    for p in model.parameters():  # leave the zero-initialised gates and heads: make every path live
         torch.nn.init.normal_(p, std=0.05) if p.dim() > 1 else None
     batch = collate(examples[:2])
     cond = model.condition(batch)
-    x = {"shape": torch.randn(2, CFG.shape_tokens, CFG.latent_channels, requires_grad=True),
-         "rotation": torch.randn(2, 6), "translation": torch.randn(2, 3), "scale": torch.randn(2, 1)}
+    x = {
+        "shape": torch.randn(2, CFG.shape_tokens, CFG.latent_channels, requires_grad=True),
+        "rotation": torch.randn(2, 6),
+        "translation": torch.randn(2, 3),
+        "scale": torch.randn(2, 1),
+    }
     t, d = torch.full((2,), 0.3), torch.zeros(2)
     out = model.flow(x, t, d, cond)
     other = dict(x, rotation=torch.randn(2, 6), translation=torch.randn(2, 3))
@@ -107,13 +118,14 @@ def test_encoders_and_point_map_variants_run(examples):
 
 # -- training -----------------------------------------------------------------------------------
 
+
 def test_micro_model_overfits_a_tiny_batch(trained, examples):
     model, vae, flow = trained
     dice, loss = vae.metric("dice"), flow.metric("loss")
     assert dice[-1] < dice[0] / 4, dice
     assert loss[-1] < loss[0] / 3, loss
     untrained = SmallSam3D(CFG)
-    untrained.vae.load_state_dict(model.vae.state_dict())       # same decoder: only the flow differs
+    untrained.vae.load_state_dict(model.vae.state_dict())  # same decoder: only the flow differs
     untrained.latent_mean.copy_(model.latent_mean)
     untrained.latent_std.copy_(model.latent_std)
     batch = collate(examples)
@@ -130,8 +142,10 @@ def test_sampling_is_seeded(trained, examples):
 
 def test_dpo_loss_is_log_2_at_the_reference_and_accuracy_rises(trained, examples):
     model = copy.deepcopy(trained[0])
-    pairs = [dict(e, winner=e["occupancy"], loser=examples[(i + 1) % len(examples)]["occupancy"])
-             for i, e in enumerate(examples)]
+    pairs = [
+        dict(e, winner=e["occupancy"], loser=examples[(i + 1) % len(examples)]["occupancy"])
+        for i, e in enumerate(examples)
+    ]
     batch = collate(pairs)
     reference = T.frozen_copy(model)
 
@@ -143,8 +157,13 @@ def test_dpo_loss_is_log_2_at_the_reference_and_accuracy_rises(trained, examples
 
     loss0, acc0 = evaluate()
     assert loss0 == pytest.approx(np.log(2), abs=1e-6) and acc0 == 0.5
-    result = T.dpo(model, batch_stream(lambda: pairs, 8, seed=1), T.TrainSettings(steps=40, lr=1e-3, log_every=10),
-                   beta=500.0, reference=reference)
+    result = T.dpo(
+        model,
+        batch_stream(lambda: pairs, 8, seed=1),
+        T.TrainSettings(steps=40, lr=1e-3, log_every=10),
+        beta=500.0,
+        reference=reference,
+    )
     loss1, acc1 = evaluate()
     assert acc1 > 0.8 and loss1 < loss0
     assert result.metric("implicit_accuracy")[-1] > 0.8
@@ -154,19 +173,26 @@ def test_shortcut_samples_approach_the_guided_teacher_after_distillation(trained
     teacher = trained[0]
     student = copy.deepcopy(teacher)
     batch = collate(examples)
-    target = teacher.sample_state(batch, seed=5)                 # 25 steps with guidance
+    target = teacher.sample_state(batch, seed=5)  # 25 steps with guidance
 
     def gap():
-        fast = student.sample_state(batch, shortcut=True, seed=5)   # 4 steps, no guidance
+        fast = student.sample_state(batch, shortcut=True, seed=5)  # 4 steps, no guidance
         return float((fast["shape"] - target["shape"]).pow(2).mean())
 
     before = gap()
-    T.distill(student, batch_stream(lambda: examples, 8, seed=0), T.TrainSettings(steps=300, lr=1e-3, log_every=50),
-              consistency_fraction=1.0, levels=1, teacher=T.frozen_copy(teacher))
+    T.distill(
+        student,
+        batch_stream(lambda: examples, 8, seed=0),
+        T.TrainSettings(steps=300, lr=1e-3, log_every=50),
+        consistency_fraction=1.0,
+        levels=1,
+        teacher=T.frozen_copy(teacher),
+    )
     assert gap() < 0.6 * before
 
 
 # -- checkpoints --------------------------------------------------------------------------------
+
 
 def test_checkpoint_round_trip_gives_identical_outputs(trained, examples, tmp_path):
     model = trained[0]
@@ -183,14 +209,17 @@ class _Payload:
         return (print, ("this must never run",))
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "no such file"),
-    ("garbage", "not a readable torch checkpoint"),
-    ("truncated", "not a readable torch checkpoint"),
-    ("code", "not a readable torch checkpoint"),
-    ("foreign", "not a sam3d-flywheel-checkpoint/1 checkpoint"),
-    ("other-config", "weights do not fit"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "no such file"),
+        ("garbage", "not a readable torch checkpoint"),
+        ("truncated", "not a readable torch checkpoint"),
+        ("code", "not a readable torch checkpoint"),
+        ("foreign", "not a sam3d-flywheel-checkpoint/1 checkpoint"),
+        ("other-config", "weights do not fit"),
+    ],
+)
 def test_bad_checkpoint_files_give_clear_errors(trained, tmp_path, capfd, case, message):
     path = tmp_path / "bad.pt"
     good = save_checkpoint(tmp_path / "good.pt", trained[0])
@@ -198,7 +227,7 @@ def test_bad_checkpoint_files_give_clear_errors(trained, tmp_path, capfd, case, 
         path.write_bytes(b"not a checkpoint at all")
     elif case == "truncated":
         path.write_bytes(good.read_bytes()[:2000])
-    elif case == "code":                                      # weights_only refuses to run code
+    elif case == "code":  # weights_only refuses to run code
         path.write_bytes(pickle.dumps({"format": "x", "obj": _Payload()}, protocol=2))
     elif case == "foreign":
         torch.save({"state_dict": {}}, path)
@@ -242,6 +271,7 @@ def test_killed_training_resumes_to_the_same_weights(examples, tmp_path):
 
 
 # -- the released checkpoint ----------------------------------------------------------------------
+
 
 def test_sam3d_adapter_says_what_is_missing(tmp_path):
     from sam3d_model.adapter import Sam3DObjectsAdapter, Sam3DUnavailable, quaternion_to_matrix, voxels_to_grid

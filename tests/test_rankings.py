@@ -4,27 +4,37 @@ file is kept; native and Label Studio exports of the same judgements read the sa
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
 
 from flywheel.feedback.exports import ExportError, check, from_label_studio, read_native, resubmissions
 
-NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
-REGISTRY = pd.DataFrame({"candidate_id": ["c1", "c2", "c3", "c4", "c5"],
-                         "object_id": ["o1", "o1", "o1", "o2", "o2"]})
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+REGISTRY = pd.DataFrame({"candidate_id": ["c1", "c2", "c3", "c4", "c5"], "object_id": ["o1", "o1", "o1", "o2", "o2"]})
 ANNOTATORS = {"ann-a", "ann-b"}
 
 
 def row(sid, **kw):
-    base = {"submission_id": sid, "annotator_id": "ann-a", "object_id": "o1", "kind": "pairwise",
-            "winner": "c1", "losers": ["c2"], "timestamp": "2026-11-21T10:00:00Z", "time_spent_s": 12.5}
+    base = {
+        "submission_id": sid,
+        "annotator_id": "ann-a",
+        "object_id": "o1",
+        "kind": "pairwise",
+        "winner": "c1",
+        "losers": ["c2"],
+        "timestamp": "2026-11-21T10:00:00Z",
+        "time_spent_s": 12.5,
+    }
     return {**base, **kw}
 
 
-GOOD = [row("s1"), row("s2", kind="best-of-n", winner="c2", losers=["c1", "c3"], geometry=7, texture=5.5),
-        row("s3", kind="reject-all", winner=None, losers=["c1", "c2", "c3"], annotator_id="ann-b")]
+GOOD = [
+    row("s1"),
+    row("s2", kind="best-of-n", winner="c2", losers=["c1", "c3"], geometry=7, texture=5.5),
+    row("s3", kind="reject-all", winner=None, losers=["c1", "c2", "c3"], annotator_id="ann-b"),
+]
 BAD = {
     "unknown object": row("b1", object_id="o9"),
     "unknown candidate": row("b2", losers=["c9"]),
@@ -46,26 +56,27 @@ def jsonl(rows, extra_lines=()):
 
 
 def test_every_bad_row_gets_its_reason_and_the_rest_is_kept():
-    data = jsonl(GOOD + list(BAD.values()), extra_lines=["{not json", "[1, 2]",
-                                                          json.dumps(row("b9", kind="ranked"))])
+    data = jsonl(GOOD + list(BAD.values()), extra_lines=["{not json", "[1, 2]", json.dumps(row("b9", kind="ranked"))])
     good, quarantine = check_rows(read_native(data, "export.jsonl"))
     assert good.column("submission_id").to_pylist() == ["s1", "s2", "s3"]
     reasons = dict(zip(quarantine["item_id"].str.split(":").str[-1], quarantine["reason"]))
     for sid, (reason, _) in zip([r["submission_id"] for r in BAD.values()], BAD.items()):
         assert reasons[sid] == reason, (sid, reasons)
-    assert list(quarantine["reason"]).count("malformed row") == 4     # b8, bad JSON, not an object, bad kind
+    assert list(quarantine["reason"]).count("malformed row") == 4  # b8, bad JSON, not an object, bad kind
     assert all(d and d != "None" for d in quarantine["detail"])
     s2 = good.slice(1, 1).to_pylist()[0]
     assert s2["losers"] == ["c1", "c3"] and s2["geometry"] == 7 and s2["completeness"] is None
 
 
 def test_every_form_of_self_comparison_is_quarantined():
-    rows = [row("p", winner="c1", losers=["c1"]),
-            row("w", kind="best-of-n", winner="c2", losers=["c1", "c2"]),
-            row("t", kind="best-of-n", winner="c2", losers=["c1", "c3", "c1"]),
-            row("r", kind="reject-all", winner=None, losers=["c3", "c3"]),
-            row("ok", kind="best-of-n", winner="c2", losers=["c1", "c3"]),
-            row("ok2", object_id="o2", winner="c4", losers=["c5"])]
+    rows = [
+        row("p", winner="c1", losers=["c1"]),
+        row("w", kind="best-of-n", winner="c2", losers=["c1", "c2"]),
+        row("t", kind="best-of-n", winner="c2", losers=["c1", "c3", "c1"]),
+        row("r", kind="reject-all", winner=None, losers=["c3", "c3"]),
+        row("ok", kind="best-of-n", winner="c2", losers=["c1", "c3"]),
+        row("ok2", object_id="o2", winner="c4", losers=["c5"]),
+    ]
     good, quarantine = check_rows(read_native(jsonl(rows), "export.jsonl"))
     assert good.column("submission_id").to_pylist() == ["ok", "ok2"]
     assert list(quarantine["reason"]) == ["self-comparison"] * 4
@@ -80,11 +91,11 @@ def test_resubmissions_count_once_and_conflicts_are_quarantined():
 
 
 def test_a_cumulative_export_against_what_was_ingested():
-    first, _ = check_rows(read_native(jsonl([row("s1"), row("s2", kind="reject-all", winner=None, losers=["c1"])]),
-                                      "day1.jsonl"))
+    first, _ = check_rows(
+        read_native(jsonl([row("s1"), row("s2", kind="reject-all", winner=None, losers=["c1"])]), "day1.jsonl")
+    )
     # the next export repeats both (s2 unchanged, s1 changed its mind) and adds s3
-    later = [row("s1", winner="c2", losers=["c1"]), row("s2", kind="reject-all", winner=None, losers=["c1"]),
-             row("s3")]
+    later = [row("s1", winner="c2", losers=["c1"]), row("s2", kind="reject-all", winner=None, losers=["c1"]), row("s3")]
     good, _ = check_rows(read_native(jsonl(later), "day2.jsonl"))
     duplicate, conflicting = resubmissions(good, first)
     assert duplicate.tolist() == [False, True, False] and conflicting.tolist() == [True, False, False]
@@ -103,17 +114,39 @@ def test_csv_and_parquet_read_like_jsonl(tmp_path):
 
 
 def test_label_studio_exports_read_like_native():
-    pairwise_task = {"id": 11, "data": {"object_id": "o1", "image": "i", "left": "l", "right": "r",
-                                        "left_id": "c2", "right_id": "c1"},
-                     "annotations": [{"id": 5, "completed_by": {"email": "ann-a"}, "created_at": "2026-11-21T10:00:00Z",
-                                      "lead_time": 12.5, "result": [{"type": "pairwise", "value": {"selected": "right"}}]}]}
-    ranking_task = {"id": 12, "data": {"object_id": "o1", "image": "i", "items": []},
-                    "annotations": [{"id": 6, "completed_by": {"email": "ann-a"}, "created_at": "2026-11-21T10:00:00Z",
-                                     "lead_time": 12.5, "result": [{"type": "ranker", "value": {"ranker": {
-                                         "best": ["c2", "c1"], "rejected": ["c3"]}}}]},
-                                    {"id": 7, "completed_by": {"email": "ann-b"}, "created_at": "2026-11-21T10:00:00Z",
-                                     "lead_time": 12.5, "result": [{"type": "ranker", "value": {"ranker": {
-                                         "best": [], "rejected": ["c1", "c2", "c3"]}}}]}]}
+    pairwise_task = {
+        "id": 11,
+        "data": {"object_id": "o1", "image": "i", "left": "l", "right": "r", "left_id": "c2", "right_id": "c1"},
+        "annotations": [
+            {
+                "id": 5,
+                "completed_by": {"email": "ann-a"},
+                "created_at": "2026-11-21T10:00:00Z",
+                "lead_time": 12.5,
+                "result": [{"type": "pairwise", "value": {"selected": "right"}}],
+            }
+        ],
+    }
+    ranking_task = {
+        "id": 12,
+        "data": {"object_id": "o1", "image": "i", "items": []},
+        "annotations": [
+            {
+                "id": 6,
+                "completed_by": {"email": "ann-a"},
+                "created_at": "2026-11-21T10:00:00Z",
+                "lead_time": 12.5,
+                "result": [{"type": "ranker", "value": {"ranker": {"best": ["c2", "c1"], "rejected": ["c3"]}}}],
+            },
+            {
+                "id": 7,
+                "completed_by": {"email": "ann-b"},
+                "created_at": "2026-11-21T10:00:00Z",
+                "lead_time": 12.5,
+                "result": [{"type": "ranker", "value": {"ranker": {"best": [], "rejected": ["c1", "c2", "c3"]}}}],
+            },
+        ],
+    }
     ls, q = check_rows(from_label_studio(json.dumps([pairwise_task, ranking_task]).encode(), "ls.json"))
     assert q.empty
     native, _ = check_rows(read_native(jsonl(GOOD), "x.jsonl"))
@@ -123,6 +156,7 @@ def test_label_studio_exports_read_like_native():
 
 
 # -- aggregation ---------------------------------------------------------------------------------
+
 
 def judgements(rows):
     good, q = check_rows(pd.DataFrame(rows))
@@ -138,8 +172,17 @@ def test_bradley_terry_orders_candidates_and_decides():
     from flywheel.feedback.aggregate import DecisionRules, decide, preference_pairs
 
     rows = [pairwise(f"p{i}", "o1", w, lo) for i, (w, lo) in enumerate([("c1", "c2"), ("c2", "c3"), ("c1", "c3")] * 4)]
-    rows += [row(f"r{i}", object_id="o2", kind="reject-all", winner=None, losers=["c4", "c5"],
-                 annotator_id="ann-a" if i % 2 else "ann-b") for i in range(3)]
+    rows += [
+        row(
+            f"r{i}",
+            object_id="o2",
+            kind="reject-all",
+            winner=None,
+            losers=["c4", "c5"],
+            annotator_id="ann-a" if i % 2 else "ann-b",
+        )
+        for i in range(3)
+    ]
     rows += [pairwise("q1", "o2", "c4", "c5")]
     rankings = judgements(rows)
     decisions, scores = decide(rankings, REGISTRY, DecisionRules(alpha=0.6))
@@ -149,8 +192,10 @@ def test_bradley_terry_orders_candidates_and_decides():
     assert d.loc["o1", "decision"] == "accept" and d.loc["o1", "winner"] == "c1" and d.loc["o1", "runner_up"] == "c2"
     assert 0.6 <= d.loc["o1", "score"] <= 1 and 0.5 < d.loc["o1", "confidence"] <= 1
     assert d.loc["o2", "decision"] == "hard-case" and d.loc["o2", "rejects"] == 3
-    assert decide(rankings, REGISTRY, DecisionRules(alpha=0.99))[0].set_index("object_id").loc["o1", "decision"] \
+    assert (
+        decide(rankings, REGISTRY, DecisionRules(alpha=0.99))[0].set_index("object_id").loc["o1", "decision"]
         == "below-threshold"
+    )
     pairs = preference_pairs(decisions, rankings)
     assert pairs[["winner", "loser", "times"]].values.tolist() == [["c1", "c2", 4], ["c1", "c3", 4]]
 
@@ -167,8 +212,9 @@ def test_annotator_weights_count_in_the_fit():
     assert winner(None) == "c2"
     assert winner({"ann-a": 0.9, "ann-b": 0.1}) == "c1"
     plain = decide(rankings, REGISTRY, rules)[1]["strength"]
-    assert decide(rankings, REGISTRY, rules, {"ann-a": 0.3, "ann-b": 0.3})[1]["strength"].tolist() \
-        == pytest.approx(plain.tolist())
+    assert decide(rankings, REGISTRY, rules, {"ann-a": 0.3, "ann-b": 0.3})[1]["strength"].tolist() == pytest.approx(
+        plain.tolist()
+    )
 
 
 def test_agreement_and_gold_accuracy():
@@ -184,12 +230,13 @@ def test_agreement_and_gold_accuracy():
     contrary = judgements(rows[:4] + flipped)
     assert agreement(comparisons(contrary), min_overlap=3)["cohen"]["ann-a~ann-b"] == pytest.approx(-1.0)
     stats = annotator_stats(contrary, comparisons(contrary), gold={"o1": "c1"}).set_index("annotator_id")
-    assert stats.loc["ann-a", "gold_accuracy"] == pytest.approx(2 / 3)   # c1, c3, c1 as winners on o1
-    assert stats.loc["ann-b", "gold_accuracy"] == pytest.approx(0.0)     # c2, c2, c3
+    assert stats.loc["ann-a", "gold_accuracy"] == pytest.approx(2 / 3)  # c1, c3, c1 as winners on o1
+    assert stats.loc["ann-b", "gold_accuracy"] == pytest.approx(0.0)  # c2, c2, c3
     assert stats.loc["ann-a", "weight"] > stats.loc["ann-b", "weight"]
 
 
 # -- simulated annotators ------------------------------------------------------------------------
+
 
 def simulated_round(seed=0, objects=6, per_object_candidates=5):
     """Candidates of known quality: object k's truth is a box; candidate i is the box shifted
@@ -202,13 +249,20 @@ def simulated_round(seed=0, objects=6, per_object_candidates=5):
     truths, candidates, registry = {}, {}, []
     for k in range(objects):
         occ = np.zeros((16,) * 3, bool)
-        occ[4:12, 4:12, 3 + k % 3:11 + k % 3] = True
+        occ[4:12, 4:12, 3 + k % 3 : 11 + k % 3] = True
         oid = f"obj-{k}"
         truths[oid] = Truth(occ, np.eye(3), np.array([0.0, 0.0, 2.5]))
         shifts = rng.permutation(per_object_candidates)
-        candidates[oid] = [{"candidate_id": f"cand-{k:02d}{int(s):018d}", "member": "champion" if s % 2 else "retrieval",
-                            "occupancy": np.roll(occ, int(s), axis=0), "R": np.eye(3), "t": np.array([0.0, 0.0, 2.5])}
-                           for s in shifts]
+        candidates[oid] = [
+            {
+                "candidate_id": f"cand-{k:02d}{int(s):018d}",
+                "member": "champion" if s % 2 else "retrieval",
+                "occupancy": np.roll(occ, int(s), axis=0),
+                "R": np.eye(3),
+                "t": np.array([0.0, 0.0, 2.5]),
+            }
+            for s in shifts
+        ]
         registry += [(c["candidate_id"], oid) for c in candidates[oid]]
     return truths, candidates, pd.DataFrame(registry, columns=["candidate_id", "object_id"])
 
@@ -220,8 +274,9 @@ def test_a_noiseless_simulated_annotator_picks_the_true_best():
     truths, candidates, registry = simulated_round()
     for annotator in (SimulatedAnnotator("exact"), SimulatedAnnotator("exact-pairs", pairs_per_object=10)):
         rows = simulate([annotator], candidates, truths, per_object=1)
-        good, q = check(pd.DataFrame(rows), "sim.jsonl", candidates=registry, annotators=None,
-                        max_time_spent_s=3600, now=NOW)
+        good, q = check(
+            pd.DataFrame(rows), "sim.jsonl", candidates=registry, annotators=None, max_time_spent_s=3600, now=NOW
+        )
         assert q.empty
         decisions = decide(good, registry, DecisionRules(alpha=0.5))[0].set_index("object_id")
         for oid, cands in candidates.items():
@@ -234,9 +289,11 @@ def test_label_studio_and_native_exports_of_the_same_judgements_aggregate_the_sa
     from flywheel.feedback.simulate import SimulatedAnnotator, simulate, to_label_studio
 
     truths, candidates, registry = simulated_round(seed=3)
-    team = [SimulatedAnnotator("a", noise=0.05, pairs_per_object=6, flip_probability=0.1),
-            SimulatedAnnotator("b", noise=0.1, bias={"retrieval": 0.05}),
-            SimulatedAnnotator("c", noise=0.05, reject_threshold=1.0)]
+    team = [
+        SimulatedAnnotator("a", noise=0.05, pairs_per_object=6, flip_probability=0.1),
+        SimulatedAnnotator("b", noise=0.1, bias={"retrieval": 0.05}),
+        SimulatedAnnotator("c", noise=0.05, reject_threshold=1.0),
+    ]
     rows = simulate(team, candidates, truths, per_object=2, seed=4)
     assert {r["kind"] for r in rows} == {"pairwise", "best-of-n", "reject-all"}
     kw = dict(candidates=registry, annotators={"a", "b", "c"}, max_time_spent_s=3600, now=NOW)

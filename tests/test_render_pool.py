@@ -18,8 +18,12 @@ pytestmark = pytest.mark.slow
 
 def _job(job_id, mesh, out, res=16, samples=1, views=1):
     cams = [Camera(intrinsics(40, res, res), look_at((0, -3, 0.5)), res, res)] * views
-    scene = Scene(cams, [SceneObject("s", mesh, [[1, 0, 0], [0, 1, 0], [0, 0, 1]], [0, 0, 0], 1.0, 1)], [],
-                  settings=RenderSettings(samples=samples))
+    scene = Scene(
+        cams,
+        [SceneObject("s", mesh, [[1, 0, 0], [0, 1, 0], [0, 0, 1]], [0, 0, 0], 1.0, 1)],
+        [],
+        settings=RenderSettings(samples=samples),
+    )
     return Job(job_id, "rendering.iso3do:render_job", {"scene": scene.to_dict(), "out_dir": str(out / job_id)})
 
 
@@ -27,7 +31,9 @@ def test_pool_renders_quarantines_failures_and_survives_a_dead_worker(tmp_path):
     mesh = tmp_path / "m.npz"
     mesh.write_bytes(clean(trimesh.creation.icosphere()).to_npz())
     with RenderPool(2, str(tmp_path / "logs"), timeout_s=120) as pool:
-        jobs = [_job(f"ok{i}", str(mesh), tmp_path) for i in range(4)] + [_job("bad", str(tmp_path / "nope.npz"), tmp_path)]
+        jobs = [_job(f"ok{i}", str(mesh), tmp_path) for i in range(4)] + [
+            _job("bad", str(tmp_path / "nope.npz"), tmp_path)
+        ]
         results = {r.id: r for r in pool.run(jobs)}
         assert set(results) == {"ok0", "ok1", "ok2", "ok3", "bad"}
         assert all(results[f"ok{i}"].ok for i in range(4))
@@ -78,18 +84,35 @@ def test_the_same_pool_runs_against_a_ray_cluster_address(tmp_path):
     port = free_port()
     # Short: Ray's Unix sockets live under RAY_TMPDIR and pytest's paths exceed the 107-byte limit.
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray", dir="/tmp")}
-    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-                             f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                             "--disable-usage-stats"], env=env, start_new_session=True,
-                            stdout=open(tmp_path / "head.log", "wb"), stderr=subprocess.STDOUT)
+    head = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=open(tmp_path / "head.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 60
         while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
             assert head.poll() is None and time.monotonic() < deadline, (tmp_path / "head.log").read_text()[-2000:]
             time.sleep(0.2)
-        driver = subprocess.run([sys.executable, "-c", DRIVER, str(tmp_path)], capture_output=True, text=True,
-                                timeout=180, cwd=Path(__file__).resolve().parent.parent,
-                                env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"})
+        driver = subprocess.run(
+            [sys.executable, "-c", DRIVER, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=Path(__file__).resolve().parent.parent,
+            env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
+        )
         assert driver.returncode == 0, driver.stderr[-3000:]
         assert driver.stdout.split()[0] == "OK" and driver.stdout.split()[1].endswith(f":{port}")
     finally:

@@ -45,15 +45,14 @@ def _subprocess_env(store_root: Path, **extra) -> dict:
     """The CLI in another process, on this session's Prefect server, MLflow store and results."""
     from prefect.settings import PREFECT_API_URL
 
-    return {**os.environ, "FLYWHEEL__STORE__ROOT": str(store_root), "PREFECT_API_URL": PREFECT_API_URL.value(),
-            **extra}
+    return {**os.environ, "FLYWHEEL__STORE__ROOT": str(store_root), "PREFECT_API_URL": PREFECT_API_URL.value(), **extra}
 
 
 @dataclass
 class CleanRounds:
     cfg: FlywheelConfig
     store: Store
-    records: list[dict]      # the round records' JSON form
+    records: list[dict]  # the round records' JSON form
 
 
 @pytest.fixture(scope="session")
@@ -95,17 +94,25 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
     assert r0["datasets"]["image-pool"]["version"] != r1["datasets"]["image-pool"]["version"]
     held_out = {r["datasets"]["held-out"]["version"] for r in records}
     assert len(held_out) == 1 and held_out.isdisjoint({r["datasets"]["replay"]["version"] for r in records})
-    assert [d["version"] for d in r1["sft_history"]] == [r0["datasets"]["sft"]["version"],
-                                                         r1["datasets"]["sft"]["version"]]
+    assert [d["version"] for d in r1["sft_history"]] == [
+        r0["datasets"]["sft"]["version"],
+        r1["datasets"]["sft"]["version"],
+    ]
     rankings1 = Dataset(store, "rankings", r1["datasets"]["rankings"]["version"])
-    assert rankings1.ref.num_rows > r0["datasets"]["rankings"]["num_rows"]   # round 0's judgements kept
+    assert rankings1.ref.num_rows > r0["datasets"]["rankings"]["num_rows"]  # round 0's judgements kept
     assert rankings1.verify() == []
 
     # MLflow: a parent run per round, a nested run per stage, datasets logged, a summary
     stages = _stage_names(r0["mlflow_run_id"])
     assert TRAINING_STAGES <= set(stages)
-    assert {"simulate-annotators", "ingest-rankings", "decide", "register", "evaluate-champion",
-            "evaluate-challenger"} <= set(stages)
+    assert {
+        "simulate-annotators",
+        "ingest-rankings",
+        "decide",
+        "register",
+        "evaluate-champion",
+        "evaluate-challenger",
+    } <= set(stages)
     sft_run = next(r for r in lineage.stage_runs(r0["mlflow_run_id"]) if r.data.tags[lineage.STAGE_TAG] == "sft")
     logged = {(d["name"], d["context"]) for d in lineage.run_datasets(sft_run.info.run_id)}
     assert {("sft", "input"), ("occlusions", "input")} <= logged
@@ -113,12 +120,24 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
     assert parent.data.metrics["accept_rate"] == r1["rankings"]["accept_rate"]
     assert parent.data.tags["flywheel.promoted"] == str(r1["promotion"]["promote"]).lower()
     assert {a.path for a in client.list_artifacts(r1["mlflow_run_id"], "summary")} == {
-        "summary/rounds.csv", "summary/rounds_summary.png"}
+        "summary/rounds.csv",
+        "summary/rounds_summary.png",
+    }
 
     # lineage: from the champion back to the meshes
     tree = "\n".join(lineage.model_tree(cfg, f"sam3d@{r1['challenger']['version']}"))
-    for needle in ("sft: sft@", "preferences: preferences@", "rankings@", "candidates@", "image-pool@",
-                   "occlusions@", "meshes@", "warm start:", "round bootstrap", "iso3do: iso3do@"):
+    for needle in (
+        "sft: sft@",
+        "preferences: preferences@",
+        "rankings@",
+        "candidates@",
+        "image-pool@",
+        "occlusions@",
+        "meshes@",
+        "warm start:",
+        "round bootstrap",
+        "iso3do: iso3do@",
+    ):
         assert needle in tree, needle
 
     # a re-run reads the committed rounds back: nothing runs again
@@ -141,14 +160,24 @@ def test_round_killed_in_its_last_stage_reruns_only_the_rest(clean: CleanRounds,
     known = {v.version for v in client.search_model_versions("name = 'sam3d'")}
     series = rounds.series_id(cfg)
     log = tmp_path / "killed.log"
-    proc = subprocess.Popen([BIN / "flywheel", "run"], env=_subprocess_env(root), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    proc = subprocess.Popen(
+        [BIN / "flywheel", "run"],
+        env=_subprocess_env(root),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "wb"),
+    )
     store = store_for(cfg)
     deadline = time.monotonic() + 400
 
     def registered_challenger() -> bool:  # the second registration: bootstrap, then challenger
-        return sum("Task run 'register-model" in line and "Completed" in line
-                   for line in log.read_text(errors="replace").splitlines()) >= 2
+        return (
+            sum(
+                "Task run 'register-model" in line and "Completed" in line
+                for line in log.read_text(errors="replace").splitlines()
+            )
+            >= 2
+        )
 
     while not registered_challenger():
         assert proc.poll() is None, log.read_text()[-3000:]
@@ -157,15 +186,21 @@ def test_round_killed_in_its_last_stage_reruns_only_the_rest(clean: CleanRounds,
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert rounds.read_round(store, series, 0) is None, "killed too late: the round committed"
-    parent = client.search_runs([lineage.configure(cfg)], filter_string=f"tags.`{lineage.ROUND_TAG}` LIKE 'round-0-%' "
-                                f"and tags.`{lineage.STAGE_TAG}` = 'round'", order_by=["attributes.start_time DESC"])
+    parent = client.search_runs(
+        [lineage.configure(cfg)],
+        filter_string=f"tags.`{lineage.ROUND_TAG}` LIKE 'round-0-%' and tags.`{lineage.STAGE_TAG}` = 'round'",
+        order_by=["attributes.start_time DESC"],
+    )
     before = {r.info.run_id for r in lineage.stage_runs(parent[0].info.run_id)}
 
     started = time.monotonic()
     record = flywheel_round(0).model_dump(mode="json")
     rerun_s = time.monotonic() - started
-    new = [r.data.tags[lineage.STAGE_TAG] for r in lineage.stage_runs(record["mlflow_run_id"])
-           if r.info.run_id not in before]
+    new = [
+        r.data.tags[lineage.STAGE_TAG]
+        for r in lineage.stage_runs(record["mlflow_run_id"])
+        if r.info.run_id not in before
+    ]
     assert not TRAINING_STAGES & set(new), f"finished training stages ran again: {new}"
     assert "evaluate-challenger" in new
     assert _comparable(record) == _comparable(clean.records[0])
@@ -183,15 +218,26 @@ def test_two_rounds_at_once_one_waits_and_one_is_refused(clean: CleanRounds, tmp
     series = rounds.series_id(cfg)
     env = _subprocess_env(root)
     logs = [tmp_path / f"run-{i}.log" for i in range(3)]
-    procs = [subprocess.Popen([BIN / "flywheel", "run", "--rounds", "3"], env=env, stdout=open(logs[i], "wb"),
-                              stderr=subprocess.STDOUT) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [BIN / "flywheel", "run", "--rounds", "3"], env=env, stdout=open(logs[i], "wb"), stderr=subprocess.STDOUT
+        )
+        for i in range(2)
+    ]
     deadline = time.monotonic() + 300
-    while not any("resuming MLflow run" in p.read_text(errors="replace") or "Task run" in p.read_text(errors="replace")
-                  for p in logs[:2]):
+    while not any(
+        "resuming MLflow run" in p.read_text(errors="replace") or "Task run" in p.read_text(errors="replace")
+        for p in logs[:2]
+    ):
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
         time.sleep(0.2)
-    refused = subprocess.run([BIN / "flywheel", "run", "--rounds", "3"], env={**env, "FLYWHEEL__ROUNDS__LOCK_WAIT_S": "0"},
-                             stdout=open(logs[2], "wb"), stderr=subprocess.STDOUT, timeout=300)
+    refused = subprocess.run(
+        [BIN / "flywheel", "run", "--rounds", "3"],
+        env={**env, "FLYWHEEL__ROUNDS__LOCK_WAIT_S": "0"},
+        stdout=open(logs[2], "wb"),
+        stderr=subprocess.STDOUT,
+        timeout=300,
+    )
     codes = [p.wait(timeout=400) for p in procs]
     texts = [p.read_text(errors="replace") for p in logs]
     assert codes == [0, 0], texts[0][-2000:] + texts[1][-2000:]
@@ -200,4 +246,4 @@ def test_two_rounds_at_once_one_waits_and_one_is_refused(clean: CleanRounds, tmp
     history = rounds.committed_rounds(store, series)
     assert [r.round for r in history] == [0, 1, 2]
     stages = _stage_names(history[2].mlflow_run_id)
-    assert stages.count("sft") == 1 and stages.count("evaluate-challenger") == 1   # ran once
+    assert stages.count("sft") == 1 and stages.count("evaluate-challenger") == 1  # ran once

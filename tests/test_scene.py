@@ -17,11 +17,11 @@ def test_look_at_is_an_opencv_camera():
     cam = Camera(intrinsics(40, 100, 80), look_at(eye), 100, 80)
     w2c = np.asarray(cam.world_to_cam)
     assert np.allclose(w2c[:3, :3] @ w2c[:3, :3].T, np.eye(3)) and np.isclose(np.linalg.det(w2c[:3, :3]), 1)
-    assert np.allclose(w2c[:3, :3] @ eye + w2c[:3, 3], 0)                  # camera centre
-    assert np.allclose(cam.project(np.zeros((1, 3))), [[50, 40]])          # target at the centre
+    assert np.allclose(w2c[:3, :3] @ eye + w2c[:3, 3], 0)  # camera centre
+    assert np.allclose(cam.project(np.zeros((1, 3))), [[50, 40]])  # target at the centre
     above, right = cam.project(np.array([[0, 0, 0.3], [0.3, 0, 0]]))
-    assert above[1] < 40 and np.isclose(above[0], 50)                      # world up = image up (y down)
-    assert right[0] > 50                                                  # world +x to the right here
+    assert above[1] < 40 and np.isclose(above[0], 50)  # world up = image up (y down)
+    assert right[0] > 50  # world +x to the right here
     # Blender's camera looks down its local -z with y up: the conversion flips y and z.
     m = cam.blender_matrix_world()
     assert np.allclose(m[:3, 3], eye)
@@ -57,8 +57,9 @@ def test_random_lights_are_varied_and_sane():
 
 
 def test_iso3do_pose_in_camera_frame_maps_points_like_the_camera():
-    scene = iso3do_scene("m.npz", np.random.default_rng(0), views=3, resolution=64, samples=4,
-                         fov_deg=40, camera_distance=2.7)
+    scene = iso3do_scene(
+        "m.npz", np.random.default_rng(0), views=3, resolution=64, samples=4, fov_deg=40, camera_distance=2.7
+    )
     p = np.random.default_rng(1).uniform(-0.5, 0.5, size=(10, 3))
     for cam in scene.cameras:
         R, t, s = scene.objects[0].pose_in_camera(cam)

@@ -23,8 +23,13 @@ from flywheel.tracking import lineage
 
 pytestmark = pytest.mark.slow
 FLYWHEEL = str(Path(sys.executable).parent / "flywheel")
-MICRO = {"FLYWHEEL__MESHES__NUM_PROCEDURAL": "3", "FLYWHEEL__ISO3DO__VIEWS": "2", "FLYWHEEL__ISO3DO__RESOLUTION": "32",
-         "FLYWHEEL__ISO3DO__SAMPLES": "4", "FLYWHEEL__RENDER__WORKERS": "2"}
+MICRO = {
+    "FLYWHEEL__MESHES__NUM_PROCEDURAL": "3",
+    "FLYWHEEL__ISO3DO__VIEWS": "2",
+    "FLYWHEEL__ISO3DO__RESOLUTION": "32",
+    "FLYWHEEL__ISO3DO__SAMPLES": "4",
+    "FLYWHEEL__RENDER__WORKERS": "2",
+}
 
 
 def test_stack_up_micro_round_down(tmp_path):
@@ -34,8 +39,9 @@ def test_stack_up_micro_round_down(tmp_path):
     env.update({"FLYWHEEL__PROJECT__STATE_DIR": str(state), "COLUMNS": "250"})
 
     def flywheel(*args, extra=None, timeout=400):
-        return subprocess.run([FLYWHEEL, *args], env={**env, **(extra or {})}, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            [FLYWHEEL, *args], env={**env, **(extra or {})}, capture_output=True, text=True, timeout=timeout
+        )
 
     up = flywheel("stack", "up")
     stack_dir = state / "stack"
@@ -51,8 +57,8 @@ def test_stack_up_micro_round_down(tmp_path):
         run = flywheel("--config", str(stack_dir / "flywheel.yaml"), "synth", "iso3do", extra=MICRO)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         output = run.stdout + run.stderr
-        assert "Starting temporary server" not in output             # the stack's Prefect server, not a temporary one
-        assert "connected to the Ray cluster at" in output            # Ray by address, with the token
+        assert "Starting temporary server" not in output  # the stack's Prefect server, not a temporary one
+        assert "connected to the Ray cluster at" in output  # Ray by address, with the token
 
         cfg = load_config(stack_dir / "flywheel.yaml", environ={"FLYWHEEL__PROJECT__STATE_DIR": str(state)})
         store = open_store(config=cfg.store)
@@ -60,10 +66,11 @@ def test_stack_up_micro_round_down(tmp_path):
         iso = Dataset.open(store, "iso3do")
         assert iso.ref.num_rows == 6 and iso.verify() == []
 
-        mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)                # the MLflow server
+        mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)  # the MLflow server
         rounds = mlflow.MlflowClient().search_runs(
             [mlflow.get_experiment_by_name(cfg.mlflow.experiment).experiment_id],
-            filter_string="tags.`flywheel.stage` = 'round'")
+            filter_string="tags.`flywheel.stage` = 'round'",
+        )
         assert len(rounds) == 1 and rounds[0].info.status == "FINISHED"
         stages = {r.data.tags[lineage.STAGE_TAG]: r for r in lineage.stage_runs(rounds[0].info.run_id)}
         assert {"mesh-library", "iso3do", "validate-iso3do"} <= set(stages)
@@ -72,12 +79,17 @@ def test_stack_up_micro_round_down(tmp_path):
         assert any(k.endswith("iso3do_sheet.png") for k in artifacts)  # artifacts live in S3
 
         body = json.dumps({"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}).encode()
-        req = urllib.request.Request(f"{cfg.prefect.api_url}/flow_runs/filter", data=body,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{cfg.prefect.api_url}/flow_runs/filter", data=body, headers={"Content-Type": "application/json"}
+        )
         runs = json.loads(urllib.request.urlopen(req, timeout=10).read())
-        assert any(r["name"] and r["flow_id"] for r in runs)          # the flow run is on the server
+        assert any(r["name"] and r["flow_id"] for r in runs)  # the flow run is on the server
     finally:
-        services = json.loads((stack_dir / "stack.json").read_text())["services"] if (stack_dir / "stack.json").exists() else {}
+        services = (
+            json.loads((stack_dir / "stack.json").read_text())["services"]
+            if (stack_dir / "stack.json").exists()
+            else {}
+        )
         down = flywheel("stack", "down")
     assert down.returncode == 0 and len(services) == 5
     assert not [name for name, svc in services.items() if _alive(svc["pid"])]
@@ -98,13 +110,29 @@ def _postgres(tmp_path):
     data = Path(tempfile.mkdtemp(prefix="flywheel-pg-"))
     shutil.chown(data, "postgres")
     as_pg = ["runuser", "-u", "postgres", "--"]
-    init = subprocess.run(as_pg + ["initdb", "-D", str(data), "-A", "trust", "-U", "postgres"],
-                          capture_output=True, text=True)
+    init = subprocess.run(
+        as_pg + ["initdb", "-D", str(data), "-A", "trust", "-U", "postgres"], capture_output=True, text=True
+    )
     assert init.returncode == 0, init.stderr
     port = free_port()
-    subprocess.run(as_pg + ["pg_ctl", "-D", str(data), "-o", f"-p {port} -k {data} -h 127.0.0.1", "-l",
-                            str(data / "log"), "-w", "start"], check=True, capture_output=True)
+    subprocess.run(
+        as_pg
+        + [
+            "pg_ctl",
+            "-D",
+            str(data),
+            "-o",
+            f"-p {port} -k {data} -h 127.0.0.1",
+            "-l",
+            str(data / "log"),
+            "-w",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     subprocess.run(as_pg + ["createdb", "-h", "127.0.0.1", "-p", str(port), "prefect"], check=True, capture_output=True)
+
     def stop():
         subprocess.run(as_pg + ["pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
         shutil.rmtree(data, ignore_errors=True)
@@ -119,16 +147,39 @@ def test_prefect_server_on_postgresql(tmp_path):
     env.update({"FLYWHEEL__PROJECT__STATE_DIR": str(state)})
     url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect"
     try:
-        up = subprocess.run([FLYWHEEL, "stack", "up", "--database-url", url], env=env, capture_output=True,
-                            text=True, timeout=400)
+        up = subprocess.run(
+            [FLYWHEEL, "stack", "up", "--database-url", url], env=env, capture_output=True, text=True, timeout=400
+        )
         assert up.returncode == 0, up.stdout + up.stderr
-        run = subprocess.run([FLYWHEEL, "--config", str(state / "stack" / "flywheel.yaml"), "synth", "meshes"],
-                             env={**env, **MICRO}, capture_output=True, text=True, timeout=400)
+        run = subprocess.run(
+            [FLYWHEEL, "--config", str(state / "stack" / "flywheel.yaml"), "synth", "meshes"],
+            env={**env, **MICRO},
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-        count = subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-h", "127.0.0.1", "-p", str(port), "-d",
-                                "prefect", "-tAc", "select count(*) from flow_run where state_type = 'COMPLETED'"],
-                               capture_output=True, text=True, check=True)
-        assert int(count.stdout.strip()) >= 1                         # the flow run is in PostgreSQL
+        count = subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-d",
+                "prefect",
+                "-tAc",
+                "select count(*) from flow_run where state_type = 'COMPLETED'",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert int(count.stdout.strip()) >= 1  # the flow run is in PostgreSQL
     finally:
         subprocess.run([FLYWHEEL, "stack", "down"], env=env, capture_output=True, timeout=120)
         stop()

@@ -85,7 +85,7 @@ def test_put_file_large_is_multipart_and_complete(any_store, tmp_path):
     path.write_bytes(payload)
     any_store.put_file("big/object.bin", path)
     assert any_store.stat("big/object.bin").size == len(payload)
-    assert any_store.get_bytes("big/object.bin", start=9 << 20, length=4096) == payload[9 << 20:(9 << 20) + 4096]
+    assert any_store.get_bytes("big/object.bin", start=9 << 20, length=4096) == payload[9 << 20 : (9 << 20) + 4096]
 
 
 @pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "./a", "a/", "a\\b"])
@@ -132,8 +132,9 @@ def test_missing_bucket_is_one_clear_error(request, server):
 
 
 def test_unreachable_endpoint_fails_after_bounded_attempts():
-    cfg = StoreConfig(root="s3://bucket/x", endpoint_url=f"http://127.0.0.1:{free_port()}",
-                      max_attempts=2, connect_timeout_s=1)
+    cfg = StoreConfig(
+        root="s3://bucket/x", endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=2, connect_timeout_s=1
+    )
     store = S3Store(cfg.root, cfg)
     with pytest.raises(StoreUnreachable, match="unreachable after 2 attempt"):
         store.put_bytes("k", b"1")

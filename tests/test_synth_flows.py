@@ -24,11 +24,14 @@ from flywheel.tracking import lineage
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 BIN = Path(sys.executable).parent
-MICRO_CANDIDATES = {"FLYWHEEL__CANDIDATES__NUM_CANDIDATES": "4", "FLYWHEEL__CANDIDATES__OBJECTS_PER_PART": "2",
-                    "FLYWHEEL__CANDIDATES__PREVIEW_RESOLUTION": "48",
-                    "FLYWHEEL__CANDIDATES__MEMBERS": json.dumps([{"name": "champion", "seeds": [0, 1]},
-                                                                 {"name": "retrieval", "kind": "retrieval",
-                                                                  "top_k": 2}])}
+MICRO_CANDIDATES = {
+    "FLYWHEEL__CANDIDATES__NUM_CANDIDATES": "4",
+    "FLYWHEEL__CANDIDATES__OBJECTS_PER_PART": "2",
+    "FLYWHEEL__CANDIDATES__PREVIEW_RESOLUTION": "48",
+    "FLYWHEEL__CANDIDATES__MEMBERS": json.dumps(
+        [{"name": "champion", "seeds": [0, 1]}, {"name": "retrieval", "kind": "retrieval", "top_k": 2}]
+    ),
+}
 
 
 def _config(root: Path, **env: str) -> FlywheelConfig:
@@ -76,8 +79,9 @@ def _micro_checkpoint(folder: Path) -> Path:
 
     torch.manual_seed(0)
     model = SmallSam3D(preset("micro"))
-    T.train_vae(model, batch_stream(lambda: toy_examples(model.cfg, 4), 4), T.TrainSettings(steps=3),
-                calibration_batches=1)
+    T.train_vae(
+        model, batch_stream(lambda: toy_examples(model.cfg, 4), 4), T.TrainSettings(steps=3), calibration_batches=1
+    )
     return save_checkpoint(folder / "champion.pt", model)
 
 
@@ -88,8 +92,11 @@ def proposed(synthetic: Made, tmp_path_factory) -> Made:
     from flows.propose import propose
 
     checkpoint = _micro_checkpoint(tmp_path_factory.mktemp("champion"))
-    cfg = _config(Path(synthetic.store.root), FLYWHEEL__CANDIDATES__MODELS=json.dumps({"champion": str(checkpoint)}),
-                  **MICRO_CANDIDATES)
+    cfg = _config(
+        Path(synthetic.store.root),
+        FLYWHEEL__CANDIDATES__MODELS=json.dumps({"champion": str(checkpoint)}),
+        **MICRO_CANDIDATES,
+    )
     return Made(cfg, synthetic.store, propose(config=cfg))
 
 
@@ -101,7 +108,7 @@ def test_demo_round_end_to_end_then_rerun_from_cache(synthetic: Made):
 
     assert meshes.ref.num_rows == 5 and meshes.quarantine().num_rows == 0
     m = iso.manifest()
-    assert iso.ref.num_rows == 5 * 2                       # 5 objects x 2 views
+    assert iso.ref.num_rows == 5 * 2  # 5 objects x 2 views
     assert sorted(set(m.column("object_id").to_pylist())) == sorted(meshes.manifest().column("mesh_id").to_pylist())
     assert iso.marker["parents"][0]["version"] == meshes.ref.version
     R = np.array(m.column("R").to_pylist()).reshape(-1, 3, 3)
@@ -112,15 +119,21 @@ def test_demo_round_end_to_end_then_rerun_from_cache(synthetic: Made):
     assert depth.shape == (32, 32) and depth.max() > 0
 
     quarantined = fo.quarantine().to_pylist()
-    assert fo.ref.num_rows + len(quarantined) == 3         # every FO sample accounted for
+    assert fo.ref.num_rows + len(quarantined) == 3  # every FO sample accounted for
     vf = fo.manifest().column("visible_fraction").to_pylist()
-    assert all(0.25 <= v <= 0.85 for v in vf)              # band (0.3, 0.8), measured on the final render
+    assert all(0.25 <= v <= 0.85 for v in vf)  # band (0.3, 0.8), measured on the final render
     assert iso.verify() == [] and fo.verify() == []
 
     client = mlflow.MlflowClient()
     stages = lineage.stage_runs(result.mlflow_run_id)
     assert [r.data.tags[lineage.STAGE_TAG] for r in stages] == [
-        "mesh-library", "validate-meshes", "iso3do", "validate-iso3do", "occlusions", "validate-occlusions"]
+        "mesh-library",
+        "validate-meshes",
+        "iso3do",
+        "validate-iso3do",
+        "occlusions",
+        "validate-occlusions",
+    ]
     for run, sheet in zip(stages[::2], ["meshes_sheet.png", "iso3do_sheet.png", "occlusions_sheet.png"]):
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == [sheet]
     for run in stages[1::2]:  # every dataset passed its gate, with JSON and Data Docs logged
@@ -128,7 +141,9 @@ def test_demo_round_end_to_end_then_rerun_from_cache(synthetic: Made):
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"validation.json", "data_docs"}
     iso_run = stages[2]
     assert {(d["name"], d["context"]) for d in lineage.run_datasets(iso_run.info.run_id)} == {
-        ("meshes", "input"), ("iso3do", "output")}
+        ("meshes", "input"),
+        ("iso3do", "output"),
+    }
     assert iso_run.data.metrics["rows"] == 10 and iso_run.data.params["views"] == "2"
     assert "tries_per_accepted" in stages[4].data.metrics or fo.ref.num_rows == 0
 
@@ -160,7 +175,7 @@ def test_model_trains_on_the_rounds_renders_and_logs_to_mlflow(synthetic: Made, 
     first = iso_examples[0]
     assert first["crop"].shape == (4, 32, 32) and not first["full_valid"]
     assert torch.allclose(first["rotation"].flatten(), torch.tensor(rows[first_key]["R"]), atol=1e-6)
-    assert first["crop"][3].mean() > 3 * first["full"][3].mean()   # the crop zooms in on the mask
+    assert first["crop"][3].mean() > 3 * first["full"][3].mean()  # the crop zooms in on the mask
     fo_examples = cached_examples(cfg, [fo])
     assert len(fo_examples) == fo.ref.num_rows and all(e["full_valid"] for e in fo_examples)
 
@@ -170,10 +185,16 @@ def test_model_trains_on_the_rounds_renders_and_logs_to_mlflow(synthetic: Made, 
     run_id = client.create_run(experiment, run_name="model-on-renders").info.run_id
     model = SmallSam3D(cfg)
     settings = T.TrainSettings(steps=6, log_every=2)
-    T.train_vae(model, batch_stream(lambda: iso_examples, 4), settings, calibration_batches=2,
-                checkpoint_dir=tmp_path / "vae")
-    T.pretrain(model, batch_stream(lambda: iso_examples, 4), settings, log_to=MlflowTrainLog(run_id),
-               params={"dataset": str(iso.ref)})
+    T.train_vae(
+        model, batch_stream(lambda: iso_examples, 4), settings, calibration_batches=2, checkpoint_dir=tmp_path / "vae"
+    )
+    T.pretrain(
+        model,
+        batch_stream(lambda: iso_examples, 4),
+        settings,
+        log_to=MlflowTrainLog(run_id),
+        params={"dataset": str(iso.ref)},
+    )
     if fo_examples:
         T.midtrain(model, batch_stream(lambda: fo_examples, 2), settings.model_copy(update={"steps": 2}))
     client.set_terminated(run_id)
@@ -217,10 +238,12 @@ def test_propose_flow_on_the_rounds_composites(synthetic: Made, proposed: Made):
         jsonschema.validate(t, annotation.TASK_SCHEMA)
         assert store.exists(f"{prefix}/sheets/{t['object_id']}.png")
         assert [c["candidate_id"] for c in t["candidates"]] == [r["candidate_id"] for r in by_object[t["object_id"]]]
-    jsonschema.validate(json.loads(store.get_bytes(f"{prefix}/label_studio_pairwise.json")),
-                        annotation.LABEL_STUDIO_PAIRWISE_SCHEMA)
-    jsonschema.validate(json.loads(store.get_bytes(f"{prefix}/label_studio_ranking.json")),
-                        annotation.LABEL_STUDIO_RANKING_SCHEMA)
+    jsonschema.validate(
+        json.loads(store.get_bytes(f"{prefix}/label_studio_pairwise.json")), annotation.LABEL_STUDIO_PAIRWISE_SCHEMA
+    )
+    jsonschema.validate(
+        json.loads(store.get_bytes(f"{prefix}/label_studio_ranking.json")), annotation.LABEL_STUDIO_RANKING_SCHEMA
+    )
 
     again = propose(config=proposed.cfg)
     assert again.datasets == result.datasets
@@ -248,18 +271,27 @@ def test_rankings_flow_from_simulated_annotators(proposed: Made, tmp_path):
     truths = truths_for_pool(store, pool)
     candidates = candidate_records(store, cands)
     assert set(truths) == set(candidates)
-    team = [SimulatedAnnotator("ann-1"), SimulatedAnnotator("ann-2", noise=0.05, pairs_per_object=4),
-            SimulatedAnnotator("ann-3", reject_threshold=2.0)]            # rejects everything it sees
+    team = [
+        SimulatedAnnotator("ann-1"),
+        SimulatedAnnotator("ann-2", noise=0.05, pairs_per_object=4),
+        SimulatedAnnotator("ann-3", reject_threshold=2.0),
+    ]  # rejects everything it sees
     rows = simulate(team, candidates, truths, per_object=2, seed=1)
     native = tmp_path / "batch-1.jsonl"
-    native.write_text("\n".join(json.dumps(r) for r in rows[:len(rows) // 2]) + "\n{broken\n"
-                      + json.dumps({**rows[0], "submission_id": "x", "annotator_id": "intruder"}) + "\n")
+    native.write_text(
+        "\n".join(json.dumps(r) for r in rows[: len(rows) // 2])
+        + "\n{broken\n"
+        + json.dumps({**rows[0], "submission_id": "x", "annotator_id": "intruder"})
+        + "\n"
+    )
     studio = tmp_path / "batch-2.json"
-    studio.write_text(to_label_studio(rows[len(rows) // 2:]))
+    studio.write_text(to_label_studio(rows[len(rows) // 2 :]))
     big = tmp_path / "too-big.jsonl"
-    big.write_text((json.dumps(rows[0]) + "\n") * 8000)                 # > 1 MB
-    env = {"FLYWHEEL__RANKINGS__ANNOTATORS": json.dumps(["ann-1", "ann-2", "ann-3"]),
-           "FLYWHEEL__RANKINGS__MAX_FILE_MB": "1"}
+    big.write_text((json.dumps(rows[0]) + "\n") * 8000)  # > 1 MB
+    env = {
+        "FLYWHEEL__RANKINGS__ANNOTATORS": json.dumps(["ann-1", "ann-2", "ann-3"]),
+        "FLYWHEEL__RANKINGS__MAX_FILE_MB": "1",
+    }
     cfg = _config(Path(store.root), **env)
 
     result = rankings([str(native), str(studio), str(big)], candidates=cands.version, config=cfg)
@@ -272,14 +304,16 @@ def test_rankings_flow_from_simulated_annotators(proposed: Made, tmp_path):
     assert set(outputs) == {"sft", "preferences", "hard-cases"}
     sft, prefs, hard = outputs["sft"], outputs["preferences"], outputs["hard-cases"]
     assert sft.ref.num_rows + hard.ref.num_rows <= len(candidates)
-    assert all(r["winner"] in {c["candidate_id"] for c in candidates[r["object_id"]]}
-               for r in prefs.manifest().to_pylist())
+    assert all(
+        r["winner"] in {c["candidate_id"] for c in candidates[r["object_id"]]} for r in prefs.manifest().to_pylist()
+    )
     stages = [r.data.tags[lineage.STAGE_TAG] for r in lineage.stage_runs(result.mlflow_run_id)]
     assert stages[:3] == ["ingest-rankings", "validate-rankings", "decide"]
     decide_run = lineage.stage_runs(result.mlflow_run_id)[2]
     assert "accept_rate" in decide_run.data.metrics
-    assert "rankings/rankings_report.png" in [a.path for a in mlflow.MlflowClient().list_artifacts(
-        decide_run.info.run_id, "rankings")]
+    assert "rankings/rankings_report.png" in [
+        a.path for a in mlflow.MlflowClient().list_artifacts(decide_run.info.run_id, "rankings")
+    ]
 
     again = rankings([str(native), str(studio), str(big)], candidates=cands.version, config=cfg)
     assert again.datasets == result.datasets
@@ -288,9 +322,18 @@ def test_rankings_flow_from_simulated_annotators(proposed: Made, tmp_path):
     # a later export that resubmits an ingested id with other contents: quarantined, not counted
     changed = tmp_path / "batch-3.jsonl"
     first = next(r for r in judged.manifest().to_pylist() if r["kind"] != "reject-all")
-    changed.write_text(json.dumps({**{k: first[k] for k in ("submission_id", "annotator_id", "object_id", "kind")},
-                                   "winner": first["losers"][0], "losers": [first["winner"]] + first["losers"][1:],
-                                   "timestamp": first["timestamp"].isoformat(), "time_spent_s": 9.0}) + "\n")
+    changed.write_text(
+        json.dumps(
+            {
+                **{k: first[k] for k in ("submission_id", "annotator_id", "object_id", "kind")},
+                "winner": first["losers"][0],
+                "losers": [first["winner"]] + first["losers"][1:],
+                "timestamp": first["timestamp"].isoformat(),
+                "time_spent_s": 9.0,
+            }
+        )
+        + "\n"
+    )
     later = rankings([str(changed)], candidates=cands.version, round_index=1, config=cfg)
     updated = Dataset(store, "rankings", later.datasets[0].version)
     assert updated.ref.num_rows == judged.ref.num_rows
@@ -298,8 +341,13 @@ def test_rankings_flow_from_simulated_annotators(proposed: Made, tmp_path):
 
     # the report people run: what came in, what was quarantined, and round 0's decisions again
     cli_env = {**os.environ, "FLYWHEEL__STORE__ROOT": str(store.root), **env}
-    report = subprocess.run([str(BIN / "flywheel"), "rankings", "report", judged.ref.version, "--plot",
-                             str(tmp_path / "report.png")], capture_output=True, text=True, timeout=300, env=cli_env)
+    report = subprocess.run(
+        [str(BIN / "flywheel"), "rankings", "report", judged.ref.version, "--plot", str(tmp_path / "report.png")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=cli_env,
+    )
     assert report.returncode == 0, report.stderr
     decided = decide_run.data.metrics
     assert f"{judged.ref.num_rows} submissions from 2 exports" in report.stdout
@@ -307,8 +355,13 @@ def test_rankings_flow_from_simulated_annotators(proposed: Made, tmp_path):
     assert f"{int(decided['objects_judged'])} objects judged" in report.stdout
     assert f"accept rate {decided['accept_rate']:.2f}" in report.stdout and "ann-1" in report.stdout, report.stdout
     assert (tmp_path / "report.png").stat().st_size > 10_000
-    unknown = subprocess.run([str(BIN / "flywheel"), "rankings", "report", "no-such-version"],
-                             capture_output=True, text=True, timeout=300, env=cli_env)
+    unknown = subprocess.run(
+        [str(BIN / "flywheel"), "rankings", "report", "no-such-version"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=cli_env,
+    )
     assert unknown.returncode == 4 and "no rankings to report" in unknown.stderr
 
 
@@ -327,13 +380,23 @@ def test_killed_flow_rerenders_only_missing_parts(monkeypatch, tmp_path):
     from flows.synth import synth_iso3do
 
     store = _store_env(monkeypatch, tmp_path / "store")
-    env = {**os.environ, "FLYWHEEL__PROJECT__STATE_DIR": str(tmp_path / "state"),
-           "FLYWHEEL__RENDER__WORKERS": "1", "FLYWHEEL__ISO3DO__SAMPLES": "48",
-           "FLYWHEEL__ISO3DO__RESOLUTION": "64", "FLYWHEEL__ISO3DO__VIEWS": "6"}
+    env = {
+        **os.environ,
+        "FLYWHEEL__PROJECT__STATE_DIR": str(tmp_path / "state"),
+        "FLYWHEEL__RENDER__WORKERS": "1",
+        "FLYWHEEL__ISO3DO__SAMPLES": "48",
+        "FLYWHEEL__ISO3DO__RESOLUTION": "64",
+        "FLYWHEEL__ISO3DO__VIEWS": "6",
+    }
     for var in [v for v in env if v.startswith("PREFECT_API")]:
         del env[var]  # the subprocess runs its own (ephemeral) Prefect server
-    proc = subprocess.Popen([BIN / "flywheel", "synth", "iso3do"], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "killed.log", "wb"))
+    proc = subprocess.Popen(
+        [BIN / "flywheel", "synth", "iso3do"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "killed.log", "wb"),
+    )
     deadline = time.monotonic() + 240
     while not list_versions(store, "iso3do-part"):
         assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
@@ -349,8 +412,8 @@ def test_killed_flow_rerenders_only_missing_parts(monkeypatch, tmp_path):
             monkeypatch.setenv(key, value)
     result = synth_iso3do()
     after = {m["version"]: m["committed_at"] for m in list_versions(store, "iso3do-part")}
-    assert len(after) == 3                                   # 5 objects, 2 per part
-    assert all(after[v] == t for v, t in before.items())     # finished parts were not redone
+    assert len(after) == 3  # 5 objects, 2 per part
+    assert all(after[v] == t for v, t in before.items())  # finished parts were not redone
     final = Dataset(store, "iso3do", result.datasets[1].version)
     assert final.ref.num_rows == 5 * 6 and final.verify() == []
 
@@ -371,8 +434,9 @@ def test_bad_backgrounds_are_quarantined_and_the_rest_goes_on(monkeypatch, tmp_p
     monkeypatch.setenv("FLYWHEEL__OCCLUSIONS__BACKGROUND_SOURCE", str(photos))
     result = synth_occlusions()
     fo = Dataset(store, "occlusions", result.datasets[1].version)
-    bad = {r["item_id"].rsplit("/", 1)[-1]: r["detail"] for r in fo.quarantine().to_pylist()
-           if r["kind"] == "background"}
+    bad = {
+        r["item_id"].rsplit("/", 1)[-1]: r["detail"] for r in fo.quarantine().to_pylist() if r["kind"] == "background"
+    }
     assert set(bad) == {"grey.png", "tiny.png", "broken.jpg"}
     assert "grey-scale" in bad["grey.png"] and "smaller than" in bad["tiny.png"] and "unreadable" in bad["broken.jpg"]
     samples = [r for r in fo.quarantine().to_pylist() if r["kind"] == "sample"]
@@ -391,24 +455,28 @@ def test_failed_gate_stops_the_flow_until_an_override_is_recorded(monkeypatch, t
     upload.mkdir()
     trimesh.creation.icosphere().export(upload / "good.ply")
     for name in ("a.obj", "b.obj", "c.obj"):
-        (upload / name).write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\n")       # no faces
+        (upload / name).write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\n")  # no faces
     monkeypatch.setenv("FLYWHEEL__MESHES__SOURCE", str(upload))
     with pytest.raises(ValidationFailed) as err:
         synth_iso3do()
     failed_round = mlflow.MlflowClient().search_runs(
         [mlflow.get_experiment_by_name(load_config().mlflow.experiment).experiment_id],
-        filter_string="tags.`flywheel.stage` = 'round'", order_by=["attributes.start_time DESC"], max_results=1)[0]
+        filter_string="tags.`flywheel.stage` = 'round'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )[0]
     assert failed_round.info.status == "FAILED"
     message = str(err.value)
     assert "stage[quarantined_fraction] expect_column_values_to_be_between" in message and "0.75" in message
-    assert not list_versions(store, "iso3do-part")                       # nothing downstream ran
+    assert not list_versions(store, "iso3do-part")  # nothing downstream ran
 
     monkeypatch.setenv("FLYWHEEL__VALIDATION__OVERRIDES", '{"meshes": "3 of 4 uploads broken, ticket OPS-42"}')
     result = synth_iso3do()
-    assert result.datasets[1].num_rows == 2                              # 1 mesh x 2 views
-    assert result.mlflow_run_id == failed_round.info.run_id              # the failed round, resumed
-    gate_runs = [r for r in lineage.stage_runs(result.mlflow_run_id)
-                 if r.data.tags[lineage.STAGE_TAG] == "validate-meshes"]
+    assert result.datasets[1].num_rows == 2  # 1 mesh x 2 views
+    assert result.mlflow_run_id == failed_round.info.run_id  # the failed round, resumed
+    gate_runs = [
+        r for r in lineage.stage_runs(result.mlflow_run_id) if r.data.tags[lineage.STAGE_TAG] == "validate-meshes"
+    ]
     assert [r.info.status for r in gate_runs] == ["FAILED", "FINISHED"]
     gate_run = gate_runs[-1]
     assert gate_run.data.tags["validation.success"] == "false"

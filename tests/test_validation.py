@@ -55,12 +55,27 @@ def iso_rows(mesh_ids, corrupt=None):
     for oid in mesh_ids:
         for view in range(VIEWS):
             w2c = np.asarray(look_at([3 * np.cos(view), 3 * np.sin(view), 1.0]))
-            row = {"object_id": oid, "view": view, "width": RES, "height": RES, "K": K,
-                   "world_to_cam": w2c.ravel().tolist(), "R": w2c[:3, :3].ravel().tolist(),
-                   "t": w2c[:3, 3].tolist(), "s": 1.0, "mask_pixels": int(mask.sum()), "num_lights": 2,
-                   "env_strength": 0.4, "samples": 4}
-            files = {"rgb.png": png(rgba), "mask.png": png(mask.astype(np.uint8) * 255),
-                     "depth.npy": encode_npy(depth), "occ.npy": encode_npy(np.ones((16,) * 3, bool))}
+            row = {
+                "object_id": oid,
+                "view": view,
+                "width": RES,
+                "height": RES,
+                "K": K,
+                "world_to_cam": w2c.ravel().tolist(),
+                "R": w2c[:3, :3].ravel().tolist(),
+                "t": w2c[:3, 3].tolist(),
+                "s": 1.0,
+                "mask_pixels": int(mask.sum()),
+                "num_lights": 2,
+                "env_strength": 0.4,
+                "samples": 4,
+            }
+            files = {
+                "rgb.png": png(rgba),
+                "mask.png": png(mask.astype(np.uint8) * 255),
+                "depth.npy": encode_npy(depth),
+                "occ.npy": encode_npy(np.ones((16,) * 3, bool)),
+            }
             key = f"{oid}-v{view:03d}"
             if corrupt:
                 out = corrupt(key, row, files)
@@ -72,8 +87,14 @@ def iso_rows(mesh_ids, corrupt=None):
 
 def write_iso(store, meshes, corrupt=None, version="iso-v1"):
     ids = Dataset(store, "meshes", meshes.version).manifest().column("mesh_id").to_pylist()
-    with DatasetWriter(store, ISO3DO, version, inputs={"settings": {"views": VIEWS, "resolution": RES}},
-                       parents=[meshes], shard_max_samples=4) as w:
+    with DatasetWriter(
+        store,
+        ISO3DO,
+        version,
+        inputs={"settings": {"views": VIEWS, "resolution": RES}},
+        parents=[meshes],
+        shard_max_samples=4,
+    ) as w:
         for sample in iso_rows(ids, corrupt):
             w.add(*sample)
     return Dataset(store, "iso3do", version)
@@ -96,22 +117,38 @@ def _first(key):
 
 
 CORRUPTIONS = {
-    "missing view": (lambda k, r, f: None if _first(k) and k.startswith(FIRST[0]) else (k, r, f),
-                     ("groups", "expect_column_values_to_be_between", "views")),
-    "nan pose": (lambda k, r, f: (k, {**r, "R": [float("nan")] * 9} if _first(k) else r, f),
-                 ("manifest", "expect_column_values_to_not_be_null", "rotation_error")),
-    "not a rotation": (lambda k, r, f: (k, {**r, "R": [2.0, 0, 0, 0, 1, 0, 0, 0, 1]} if _first(k) else r, f),
-                       ("manifest", "expect_column_values_to_be_between", "rotation_error")),
-    "dangling object id": (lambda k, r, f: (k, {**r, "object_id": "mesh-0000000000000000"} if _first(k) else r, f),
-                           ("manifest", "expect_column_values_to_be_in_set", "object_id")),
-    "duplicate id": (lambda k, r, f: (k + "-copy" if _first(k) else k, {**r, "view": 0} if _first(k) else r, f),
-                     ("manifest", "expect_compound_columns_to_be_unique", None)),
-    "behind the camera": (lambda k, r, f: (k, {**r, "t": [0, 0, -3.0]} if _first(k) else r, f),
-                          ("manifest", "expect_column_values_to_be_between", "depth")),
-    "zero depth in mask": (lambda k, r, f: (k, r, {**f, "depth.npy": encode_npy(disc_sample(0.0)[2])} if _first(k) else f),
-                           ("samples", "expect_column_values_to_be_between", "depth_positive_in_mask")),
-    "wrong image size": (lambda k, r, f: (k, r, {**f, "rgb.png": png(np.zeros((8, 8, 4), np.uint8))} if _first(k) else f),
-                         ("samples", "expect_column_values_to_be_between", "rgb_height")),
+    "missing view": (
+        lambda k, r, f: None if _first(k) and k.startswith(FIRST[0]) else (k, r, f),
+        ("groups", "expect_column_values_to_be_between", "views"),
+    ),
+    "nan pose": (
+        lambda k, r, f: (k, {**r, "R": [float("nan")] * 9} if _first(k) else r, f),
+        ("manifest", "expect_column_values_to_not_be_null", "rotation_error"),
+    ),
+    "not a rotation": (
+        lambda k, r, f: (k, {**r, "R": [2.0, 0, 0, 0, 1, 0, 0, 0, 1]} if _first(k) else r, f),
+        ("manifest", "expect_column_values_to_be_between", "rotation_error"),
+    ),
+    "dangling object id": (
+        lambda k, r, f: (k, {**r, "object_id": "mesh-0000000000000000"} if _first(k) else r, f),
+        ("manifest", "expect_column_values_to_be_in_set", "object_id"),
+    ),
+    "duplicate id": (
+        lambda k, r, f: (k + "-copy" if _first(k) else k, {**r, "view": 0} if _first(k) else r, f),
+        ("manifest", "expect_compound_columns_to_be_unique", None),
+    ),
+    "behind the camera": (
+        lambda k, r, f: (k, {**r, "t": [0, 0, -3.0]} if _first(k) else r, f),
+        ("manifest", "expect_column_values_to_be_between", "depth"),
+    ),
+    "zero depth in mask": (
+        lambda k, r, f: (k, r, {**f, "depth.npy": encode_npy(disc_sample(0.0)[2])} if _first(k) else f),
+        ("samples", "expect_column_values_to_be_between", "depth_positive_in_mask"),
+    ),
+    "wrong image size": (
+        lambda k, r, f: (k, r, {**f, "rgb.png": png(np.zeros((8, 8, 4), np.uint8))} if _first(k) else f),
+        ("samples", "expect_column_values_to_be_between", "rgb_height"),
+    ),
 }
 FIRST: list[str] = []
 
@@ -140,8 +177,10 @@ def test_truncated_shard_fails_integrity(store, meshes):
 def test_mesh_library_balance_and_duplicates(store):
     rows = [(o.key, o.row, o.files) for o in library_samples(procedural_items(0, 12), 16, MeshFilter())]
     same_family = [(k, {**r, "family": "torus"}, f) for k, r, f in rows]
-    report = validate(Dataset(store, "meshes", write_dataset(store, MESHES, "unbalanced", same_family).version),
-                      ValidationConfig(max_family_share=0.5))
+    report = validate(
+        Dataset(store, "meshes", write_dataset(store, MESHES, "unbalanced", same_family).version),
+        ValidationConfig(max_family_share=0.5),
+    )
     assert ("groups", "expect_column_values_to_be_between", "share") in failed(report)
     dup = rows[:3] + [(rows[3][0], {**rows[3][1], "mesh_id": rows[0][1]["mesh_id"]}, rows[3][2])]
     report = validate(Dataset(store, "meshes", write_dataset(store, MESHES, "dup", dup).version), ValidationConfig())
@@ -158,23 +197,45 @@ def occ_rows(mesh_ids, corrupt=None, n=4):
     modal[:, : RES // 2] = False
     eye = np.eye(3).ravel().tolist()
     for i in range(n):
-        row = {"sample_id": f"fo-{i:06d}", "occludee_id": mesh_ids[0], "occluder_id": mesh_ids[1],
-               "background_id": "skimage:coffee", "width": RES, "height": RES,
-               "K": np.ravel(intrinsics(50, RES, RES)).tolist(), "occludee_R": eye, "occludee_t": [0, 0, 3.0],
-               "occludee_s": 1.0, "occluder_R": eye, "occluder_t": [0, 0, 2.0], "occluder_s": 0.5,
-               "visible_fraction": float(modal.sum() / amodal.sum()), "amodal_pixels": int(amodal.sum()),
-               "modal_pixels": int(modal.sum()), "tries": 2}
-        files = {"rgb.png": png(rgba[..., :3].copy()), "modal.png": png(modal.astype(np.uint8) * 255),
-                 "amodal.png": png(amodal.astype(np.uint8) * 255), "depth.npy": encode_npy(depth),
-                 "occ.npy": encode_npy(np.ones((16,) * 3, bool))}
+        row = {
+            "sample_id": f"fo-{i:06d}",
+            "occludee_id": mesh_ids[0],
+            "occluder_id": mesh_ids[1],
+            "background_id": "skimage:coffee",
+            "width": RES,
+            "height": RES,
+            "K": np.ravel(intrinsics(50, RES, RES)).tolist(),
+            "occludee_R": eye,
+            "occludee_t": [0, 0, 3.0],
+            "occludee_s": 1.0,
+            "occluder_R": eye,
+            "occluder_t": [0, 0, 2.0],
+            "occluder_s": 0.5,
+            "visible_fraction": float(modal.sum() / amodal.sum()),
+            "amodal_pixels": int(amodal.sum()),
+            "modal_pixels": int(modal.sum()),
+            "tries": 2,
+        }
+        files = {
+            "rgb.png": png(rgba[..., :3].copy()),
+            "modal.png": png(modal.astype(np.uint8) * 255),
+            "amodal.png": png(amodal.astype(np.uint8) * 255),
+            "depth.npy": encode_npy(depth),
+            "occ.npy": encode_npy(np.ones((16,) * 3, bool)),
+        }
         out = (row["sample_id"], row, files)
         yield corrupt(*out) if corrupt and i == 1 else out
 
 
 def write_occ(store, meshes, corrupt=None, version="occ-v1", quarantined=0):
     ids = Dataset(store, "meshes", meshes.version).manifest().column("mesh_id").to_pylist()
-    with DatasetWriter(store, OCCLUSIONS, version, parents=[meshes],
-                       inputs={"settings": {"visible_band": [0.3, 0.8], "resolution": RES}}) as w:
+    with DatasetWriter(
+        store,
+        OCCLUSIONS,
+        version,
+        parents=[meshes],
+        inputs={"settings": {"visible_band": [0.3, 0.8], "resolution": RES}},
+    ) as w:
         for sample in occ_rows(ids, corrupt):
             w.add(*sample)
         for i in range(quarantined):
@@ -182,15 +243,36 @@ def write_occ(store, meshes, corrupt=None, version="occ-v1", quarantined=0):
     return Dataset(store, "occlusions", version)
 
 
-@pytest.mark.parametrize("corrupt, expected", [
-    (None, None),
-    (lambda k, r, f: (k, {**r, "visible_fraction": 0.97}, f), ("manifest", "expect_column_values_to_be_between", "visible_fraction")),
-    (lambda k, r, f: (k, {**r, "modal_pixels": r["amodal_pixels"] + 5}, f), ("manifest", "expect_column_values_to_be_in_set", "modal_le_amodal")),
-    (lambda k, r, f: (k, {**r, "occluder_id": r["occludee_id"]}, f), ("manifest", "expect_column_values_to_be_in_set", "distinct_objects")),
-    (lambda k, r, f: (k, {**r, "occluder_id": "mesh-ffffffffffffffff"}, f), ("manifest", "expect_column_values_to_be_in_set", "occluder_id")),
-    (lambda k, r, f: (k, {**r, "occludee_s": -1.0}, f), ("manifest", "expect_column_values_to_be_between", "occludee_s")),
-    (lambda k, r, f: (k, r, {**f, "modal.png": png(np.full((RES, RES), 255, np.uint8))}), ("samples", "expect_column_values_to_be_in_set", "modal_inside_amodal")),
-])
+@pytest.mark.parametrize(
+    "corrupt, expected",
+    [
+        (None, None),
+        (
+            lambda k, r, f: (k, {**r, "visible_fraction": 0.97}, f),
+            ("manifest", "expect_column_values_to_be_between", "visible_fraction"),
+        ),
+        (
+            lambda k, r, f: (k, {**r, "modal_pixels": r["amodal_pixels"] + 5}, f),
+            ("manifest", "expect_column_values_to_be_in_set", "modal_le_amodal"),
+        ),
+        (
+            lambda k, r, f: (k, {**r, "occluder_id": r["occludee_id"]}, f),
+            ("manifest", "expect_column_values_to_be_in_set", "distinct_objects"),
+        ),
+        (
+            lambda k, r, f: (k, {**r, "occluder_id": "mesh-ffffffffffffffff"}, f),
+            ("manifest", "expect_column_values_to_be_in_set", "occluder_id"),
+        ),
+        (
+            lambda k, r, f: (k, {**r, "occludee_s": -1.0}, f),
+            ("manifest", "expect_column_values_to_be_between", "occludee_s"),
+        ),
+        (
+            lambda k, r, f: (k, r, {**f, "modal.png": png(np.full((RES, RES), 255, np.uint8))}),
+            ("samples", "expect_column_values_to_be_in_set", "modal_inside_amodal"),
+        ),
+    ],
+)
 def test_occlusions_suite(store, meshes, corrupt, expected):
     report = validate(write_occ(store, meshes, corrupt), ValidationConfig())
     if expected is None:
@@ -212,14 +294,25 @@ def test_data_docs_are_built(store, meshes, tmp_path):
 
 # -- image pool and candidates ---------------------------------------------------------------------
 
+
 def write_pool(store, objects=3):
     from flywheel.core.contracts import IMAGE_POOL
 
     mask, rgba, _ = disc_sample()
-    samples = [(f"obj-{i}", {"object_id": f"obj-{i}", "source": f"test/{i}", "width": RES, "height": RES,
-                             "mask_pixels": int(mask.sum())},
-                {"rgb.png": png(rgba[..., :3].copy()), "mask.png": png(mask.astype(np.uint8) * 255)})
-               for i in range(objects)]
+    samples = [
+        (
+            f"obj-{i}",
+            {
+                "object_id": f"obj-{i}",
+                "source": f"test/{i}",
+                "width": RES,
+                "height": RES,
+                "mask_pixels": int(mask.sum()),
+            },
+            {"rgb.png": png(rgba[..., :3].copy()), "mask.png": png(mask.astype(np.uint8) * 255)},
+        )
+        for i in range(objects)
+    ]
     return write_dataset(store, IMAGE_POOL, "pool-v1", samples, inputs={"source": "test"})
 
 
@@ -229,16 +322,32 @@ def write_candidates(store, pool, meshes, corrupt=None, n=3, version="cand-v1"):
     mesh_ids = Dataset(store, "meshes", meshes.version).manifest().column("mesh_id").to_pylist()
     occ = np.zeros((16,) * 3, bool)
     occ[4:12, 4:12, 4:12] = True
-    with DatasetWriter(store, CANDIDATES, version, inputs={"settings": {"num_candidates": n}},
-                       parents=[pool, meshes], shard_max_samples=4) as w:
+    with DatasetWriter(
+        store,
+        CANDIDATES,
+        version,
+        inputs={"settings": {"num_candidates": n}},
+        parents=[pool, meshes],
+        shard_max_samples=4,
+    ) as w:
         for oid in Dataset(store, pool.name, pool.version).manifest().column("object_id").to_pylist():
             for j in range(n):
                 cid = f"cand-{oid[-1]}{j:019x}"
-                row = {"candidate_id": cid, "object_id": oid, "member": "retrieval" if j == 0 else "champion",
-                       "kind": "retrieval" if j == 0 else "model", "model_version": "sam3d/1",
-                       "seed": -1 if j == 0 else j, "guidance": 1.0, "steps": 25,
-                       "retrieved_mesh_id": mesh_ids[0] if j == 0 else "", "R": np.eye(3).ravel().tolist(),
-                       "t": [0.0, 0.0, 2.5], "s": 1.0, "occupied_fraction": float(occ.mean())}
+                row = {
+                    "candidate_id": cid,
+                    "object_id": oid,
+                    "member": "retrieval" if j == 0 else "champion",
+                    "kind": "retrieval" if j == 0 else "model",
+                    "model_version": "sam3d/1",
+                    "seed": -1 if j == 0 else j,
+                    "guidance": 1.0,
+                    "steps": 25,
+                    "retrieved_mesh_id": mesh_ids[0] if j == 0 else "",
+                    "R": np.eye(3).ravel().tolist(),
+                    "t": [0.0, 0.0, 2.5],
+                    "s": 1.0,
+                    "occupied_fraction": float(occ.mean()),
+                }
                 key, row, files = cid, row, {"occ.npy": encode_npy(occ)}
                 if corrupt:
                     out = corrupt(key, row, files)
@@ -254,18 +363,32 @@ def _c1(key):
 
 
 CANDIDATE_CORRUPTIONS = {
-    "dangling object id": (lambda k, r, f: (k, {**r, "object_id": "obj-unknown"} if _c1(k) else r, f),
-                           ("manifest", "expect_column_values_to_be_in_set", "object_id")),
-    "dangling mesh id": (lambda k, r, f: (k, {**r, "retrieved_mesh_id": "mesh-gone"} if r["kind"] == "retrieval" else r, f),
-                         ("references", "expect_column_values_to_be_in_set", "retrieved_mesh_id")),
-    "missing candidate": (lambda k, r, f: None if _c1(k) else (k, r, f),
-                          ("groups", "expect_column_values_to_be_between", "candidates")),
-    "duplicate id": (lambda k, r, f: (k + "x", {**r, "candidate_id": "cand-00000000000000000000"}, f) if k.startswith("cand-0") else (k, r, f),
-                     ("manifest", "expect_column_values_to_be_unique", "candidate_id")),
-    "nan pose": (lambda k, r, f: (k, {**r, "R": [float("nan")] * 9} if _c1(k) else r, f),
-                 ("manifest", "expect_column_values_to_not_be_null", "rotation_error")),
-    "occupancy file disagrees": (lambda k, r, f: (k, r, {**f, "occ.npy": encode_npy(np.ones((16,) * 3, bool))} if _c1(k) else f),
-                                 ("samples", "expect_column_values_to_be_between", "occupancy_mismatch")),
+    "dangling object id": (
+        lambda k, r, f: (k, {**r, "object_id": "obj-unknown"} if _c1(k) else r, f),
+        ("manifest", "expect_column_values_to_be_in_set", "object_id"),
+    ),
+    "dangling mesh id": (
+        lambda k, r, f: (k, {**r, "retrieved_mesh_id": "mesh-gone"} if r["kind"] == "retrieval" else r, f),
+        ("references", "expect_column_values_to_be_in_set", "retrieved_mesh_id"),
+    ),
+    "missing candidate": (
+        lambda k, r, f: None if _c1(k) else (k, r, f),
+        ("groups", "expect_column_values_to_be_between", "candidates"),
+    ),
+    "duplicate id": (
+        lambda k, r, f: (
+            (k + "x", {**r, "candidate_id": "cand-00000000000000000000"}, f) if k.startswith("cand-0") else (k, r, f)
+        ),
+        ("manifest", "expect_column_values_to_be_unique", "candidate_id"),
+    ),
+    "nan pose": (
+        lambda k, r, f: (k, {**r, "R": [float("nan")] * 9} if _c1(k) else r, f),
+        ("manifest", "expect_column_values_to_not_be_null", "rotation_error"),
+    ),
+    "occupancy file disagrees": (
+        lambda k, r, f: (k, r, {**f, "occ.npy": encode_npy(np.ones((16,) * 3, bool))} if _c1(k) else f),
+        ("samples", "expect_column_values_to_be_between", "occupancy_mismatch"),
+    ),
 }
 
 
@@ -295,11 +418,24 @@ def test_rankings_suite_checks_the_chain_to_candidates(store, meshes):
 
     def rankings(winner_of_obj0, version):
         a, b = ids[0]["candidate_id"], ids[1]["candidate_id"]
-        table = pa.table({"submission_id": ["s1"], "annotator_id": ["x"], "object_id": [ids[0]["object_id"]],
-                          "kind": ["pairwise"], "winner": [winner_of_obj0 or a], "losers": [[b]],
-                          "timestamp": pa.array([0], pa.timestamp("us", tz="UTC")), "time_spent_s": [3.0],
-                          "geometry": [None], "texture": [None], "completeness": [None],
-                          "multiview_consistency": [None], "source_file": ["f"]}, schema=RANKINGS.schema)
+        table = pa.table(
+            {
+                "submission_id": ["s1"],
+                "annotator_id": ["x"],
+                "object_id": [ids[0]["object_id"]],
+                "kind": ["pairwise"],
+                "winner": [winner_of_obj0 or a],
+                "losers": [[b]],
+                "timestamp": pa.array([0], pa.timestamp("us", tz="UTC")),
+                "time_spent_s": [3.0],
+                "geometry": [None],
+                "texture": [None],
+                "completeness": [None],
+                "multiview_consistency": [None],
+                "source_file": ["f"],
+            },
+            schema=RANKINGS.schema,
+        )
         with DatasetWriter(store, RANKINGS, version, parents=[cands.ref]) as w:
             w.add_table(table, "submission_id")
         return Dataset(store, "rankings", version)
@@ -311,11 +447,14 @@ def test_rankings_suite_checks_the_chain_to_candidates(store, meshes):
     assert ("references", "expect_column_values_to_be_in_set", "owner_matches") in failed(report)
 
 
-@pytest.mark.parametrize("corrupt, expected", [
-    (None, None),
-    ("self-pair", ("manifest", "expect_column_values_to_be_in_set", "distinct")),
-    ("dangling loser", ("manifest", "expect_column_values_to_be_in_set", "loser")),
-])
+@pytest.mark.parametrize(
+    "corrupt, expected",
+    [
+        (None, None),
+        ("self-pair", ("manifest", "expect_column_values_to_be_in_set", "distinct")),
+        ("dangling loser", ("manifest", "expect_column_values_to_be_in_set", "loser")),
+    ],
+)
 def test_preferences_suite(store, meshes, corrupt, expected):
     from flywheel.core.contracts import PREFERENCES
 
@@ -330,10 +469,16 @@ def test_preferences_suite(store, meshes, corrupt, expected):
     occ = encode_npy(np.zeros((16,) * 3, bool))
     mask, rgba, _ = disc_sample()
     with DatasetWriter(store, PREFERENCES, "p-v1", parents=[pool, cands.ref]) as w:
-        w.add("pair-1", {"object_id": rows[0]["object_id"], "round": 0, "score": 0.8, "winner": winner,
-                         "loser": loser, "times": 2},
-              {"rgb.png": png(rgba[..., :3].copy()), "mask.png": png(mask.astype(np.uint8) * 255),
-               "winner.npy": occ, "loser.npy": occ})
+        w.add(
+            "pair-1",
+            {"object_id": rows[0]["object_id"], "round": 0, "score": 0.8, "winner": winner, "loser": loser, "times": 2},
+            {
+                "rgb.png": png(rgba[..., :3].copy()),
+                "mask.png": png(mask.astype(np.uint8) * 255),
+                "winner.npy": occ,
+                "loser.npy": occ,
+            },
+        )
     report = validate(Dataset(store, "preferences", "p-v1"), ValidationConfig())
     if expected is None:
         assert report.success, report.summary()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 import yaml
@@ -24,25 +24,31 @@ EXIT_FAILED, EXIT_USAGE, EXIT_STORE, EXIT_NOT_FOUND = 1, 2, 3, 4
 
 app = typer.Typer(
     help="sam3d-flywheel: a data flywheel for single-image 3D reconstruction.",
-    epilog="Exit codes: 0 ok, 1 job failed, 2 bad usage/config, 3 store unusable, "
-           "4 dataset not found/not committed.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    epilog="Exit codes: 0 ok, 1 job failed, 2 bad usage/config, 3 store unusable, 4 dataset not found/not committed.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
-datasets_app = typer.Typer(help="List, inspect, verify and clean versioned datasets.",
-                           no_args_is_help=True)
+datasets_app = typer.Typer(help="List, inspect, verify and clean versioned datasets.", no_args_is_help=True)
 store_app = typer.Typer(help="Check the configured object store.", no_args_is_help=True)
-synth_app = typer.Typer(help="Synthetic data: mesh library, Iso-3DO renders, Flying Occlusions. "
-                        "Sizes and settings come from the config (see `flywheel config show`).",
-                        no_args_is_help=True)
+synth_app = typer.Typer(
+    help="Synthetic data: mesh library, Iso-3DO renders, Flying Occlusions. "
+    "Sizes and settings come from the config (see `flywheel config show`).",
+    no_args_is_help=True,
+)
 app.add_typer(config_app, name="config")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(store_app, name="store")
 app.add_typer(synth_app, name="synth")
-stack_app = typer.Typer(help="A local production-like stack on loopback: S3 (SeaweedFS), MLflow server, "
-                        "Prefect server, Ray head + worker.", no_args_is_help=True)
+stack_app = typer.Typer(
+    help="A local production-like stack on loopback: S3 (SeaweedFS), MLflow server, Prefect server, Ray head + worker.",
+    no_args_is_help=True,
+)
 app.add_typer(stack_app, name="stack")
-rankings_app = typer.Typer(help="Human (or simulated) rankings of candidates: ingest exports, report.",
-                           no_args_is_help=True)
+rankings_app = typer.Typer(
+    help="Human (or simulated) rankings of candidates: ingest exports, report.", no_args_is_help=True
+)
 app.add_typer(rankings_app, name="rankings")
 
 
@@ -52,10 +58,17 @@ def _fail(message: str, code: int) -> None:
 
 
 @app.callback()
-def main(ctx: typer.Context, config: Optional[str] = typer.Option(
-        None, "--config", "-c", metavar="FILE",
+def main(
+    ctx: typer.Context,
+    config: str | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        metavar="FILE",
         help=f"YAML config over configs/default.yaml (also: ${CONFIG_FILE_ENV}). "
-             "Env FLYWHEEL__SECTION__FIELD overrides any field.")) -> None:
+        "Env FLYWHEEL__SECTION__FIELD overrides any field.",
+    ),
+) -> None:
     """Load the config once; every command and the flows it runs get this one."""
     try:
         cfg = load_config(config)
@@ -104,7 +117,7 @@ def store_check(ctx: typer.Context) -> None:
 
 
 @datasets_app.command("ls")
-def datasets_ls(ctx: typer.Context, name: Optional[str] = typer.Argument(None, help="Only this dataset kind.")) -> None:
+def datasets_ls(ctx: typer.Context, name: str | None = typer.Argument(None, help="Only this dataset kind.")) -> None:
     """List committed datasets: name, versions, latest version, rows, commit time."""
     from flywheel.core.datasets import list_datasets, list_versions
 
@@ -120,16 +133,17 @@ def datasets_ls(ctx: typer.Context, name: Optional[str] = typer.Argument(None, h
             typer.echo(f"{ds:<22} {0:>8}  {'-':<16} {'-':>8}  (nothing committed)")
             continue
         last = versions[-1]
-        typer.echo(f"{ds:<22} {len(versions):>8}  {last['version']:<16} {last['num_rows']:>8}  "
-                   f"{last['committed_at']}")
+        typer.echo(f"{ds:<22} {len(versions):>8}  {last['version']:<16} {last['num_rows']:>8}  {last['committed_at']}")
 
 
 @datasets_app.command("show")
-def datasets_show(ctx: typer.Context, 
+def datasets_show(
+    ctx: typer.Context,
     spec: str = typer.Argument(..., metavar="NAME[@VERSION]", help="Latest version if omitted."),
     rows: int = typer.Option(5, "--rows", "-n", help="Manifest rows to print."),
-    verify: bool = typer.Option(False, "--verify", help="Check every shard's checksum and "
-                                "that shards and manifest agree (reads all shards)."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Check every shard's checksum and that shards and manifest agree (reads all shards)."
+    ),
 ) -> None:
     """Show one dataset version: lineage, shards, schema and the first manifest rows."""
     from flywheel.core.contracts import get_spec
@@ -149,8 +163,7 @@ def datasets_show(ctx: typer.Context,
     for parent in m["parents"]:
         typer.echo(f"  parent:  {parent['name']}@{parent['version']}")
     total = sum(s["bytes"] for s in m["shards"])
-    typer.echo(f"  shards:  {len(m['shards'])} ({total / 2**20:.2f} MiB); "
-               f"files per sample: {', '.join(ds.spec.files)}")
+    typer.echo(f"  shards:  {len(m['shards'])} ({total / 2**20:.2f} MiB); files per sample: {', '.join(ds.spec.files)}")
     quarantine = m.get("quarantine") or {"rows": 0, "by_reason": {}}
     reasons = ", ".join(f"{r}: {n}" for r, n in sorted(quarantine["by_reason"].items()))
     typer.echo(f"  quarantined: {quarantine['rows']}" + (f" ({reasons})" if reasons else ""))
@@ -172,9 +185,11 @@ def datasets_show(ctx: typer.Context,
 
 
 @datasets_app.command("gc")
-def datasets_gc(ctx: typer.Context, 
-    older_than_hours: Optional[float] = typer.Option(
-        None, help="Age of uncommitted attempts to remove (default: datasets.stale_attempt_hours)."),
+def datasets_gc(
+    ctx: typer.Context,
+    older_than_hours: float | None = typer.Option(
+        None, help="Age of uncommitted attempts to remove (default: datasets.stale_attempt_hours)."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
 ) -> None:
     """Remove debris of crashed or abandoned writes (never a committed version)."""
@@ -191,9 +206,11 @@ def datasets_gc(ctx: typer.Context,
 
 
 @stack_app.command("up")
-def stack_up(ctx: typer.Context, 
-    database_url: Optional[str] = typer.Option(None, help="PostgreSQL URL for the Prefect server "
-                                               "(postgresql+asyncpg://...); default SQLite."),
+def stack_up(
+    ctx: typer.Context,
+    database_url: str | None = typer.Option(
+        None, help="PostgreSQL URL for the Prefect server (postgresql+asyncpg://...); default SQLite."
+    ),
     ray_cpus: int = typer.Option(1, help="CPUs of each Ray node (head and worker)."),
 ) -> None:
     """Start the stack and write .flywheel/stack/flywheel.yaml, the config that uses it."""
@@ -243,20 +260,32 @@ def stack_env(ctx: typer.Context) -> None:
     if not state:
         _fail("the stack is not up (flywheel stack up)", EXIT_FAILED)
     svc = state["services"]
-    for key, value in {"FLYWHEEL_CONFIG": p.config, "PREFECT_API_URL": svc["prefect"]["url"],
-                       "MLFLOW_TRACKING_URI": svc["mlflow"]["url"], "RAY_ADDRESS": svc["ray-head"]["url"],
-                       "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": p.ray_token,
-                       "AWS_SHARED_CREDENTIALS_FILE": p.credentials, "AWS_PROFILE": stack.PROFILE,
-                       "AWS_ENDPOINT_URL_S3": svc["s3"]["url"]}.items():
+    for key, value in {
+        "FLYWHEEL_CONFIG": p.config,
+        "PREFECT_API_URL": svc["prefect"]["url"],
+        "MLFLOW_TRACKING_URI": svc["mlflow"]["url"],
+        "RAY_ADDRESS": svc["ray-head"]["url"],
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": p.ray_token,
+        "AWS_SHARED_CREDENTIALS_FILE": p.credentials,
+        "AWS_PROFILE": stack.PROFILE,
+        "AWS_ENDPOINT_URL_S3": svc["s3"]["url"],
+    }.items():
         typer.echo(f"export {key}={value}")
 
 
 @app.command("validate")
-def validate_cmd(ctx: typer.Context, 
+def validate_cmd(
+    ctx: typer.Context,
     spec: str = typer.Argument(..., metavar="NAME[@VERSION]", help="Latest version if omitted."),
-    docs: Optional[str] = typer.Option(None, "--docs", metavar="DIR", help="Build Great Expectations' "
-                                       "HTML Data Docs into DIR (open DIR/gx/uncommitted/data_docs/local_site/index.html)."),
-    json_out: Optional[str] = typer.Option(None, "--json", metavar="FILE", help="Write the full results as JSON."),
+    docs: str | None = typer.Option(
+        None,
+        "--docs",
+        metavar="DIR",
+        help="Build Great Expectations' "
+        "HTML Data Docs into DIR (open DIR/gx/uncommitted/data_docs/local_site/index.html).",
+    ),
+    json_out: str | None = typer.Option(None, "--json", metavar="FILE", help="Write the full results as JSON."),
 ) -> None:
     """Validate a dataset version with its Great Expectations suite (exit 1 if it fails)."""
     from flywheel.core.contracts import get_spec
@@ -311,8 +340,15 @@ def _run_flow(ctx: typer.Context, flow_name: str, cfg: FlywheelConfig | None = N
 
 
 @app.command("run")
-def run(ctx: typer.Context, rounds: int = typer.Option(1, "--rounds", min=1, help="Rounds to run: 0..N-1 (committed ones are "
-                                   "read back, not re-run). The demo is 1; the longer demo 3.")) -> None:
+def run(
+    ctx: typer.Context,
+    rounds: int = typer.Option(
+        1,
+        "--rounds",
+        min=1,
+        help="Rounds to run: 0..N-1 (committed ones are read back, not re-run). The demo is 1; the longer demo 3.",
+    ),
+) -> None:
     """Run flywheel rounds on the configured sizes: round 0 first bootstraps a champion from
     synthetic data; each round proposes candidates for new images, has simulated annotators
     rank them, retrains (SFT, DPO), evaluates on the held-out set and promotes or keeps the
@@ -321,19 +357,26 @@ def run(ctx: typer.Context, rounds: int = typer.Option(1, "--rounds", min=1, hel
     records = _run_flow(ctx, "flows.round:flywheel_rounds", rounds_to_run=rounds)
     last = records[-1]
     store = cfg.store_root
-    typer.echo(f"\nchampion: {last.champion_after.uri} (round {last.round} "
-               f"{'promoted its challenger' if last.promotion.promote else 'kept it'})")
+    typer.echo(
+        f"\nchampion: {last.champion_after.uri} (round {last.round} "
+        f"{'promoted its challenger' if last.promotion.promote else 'kept it'})"
+    )
     typer.echo(f"  round records:  {store}/rounds/{last.series}/")
     typer.echo("  datasets:       flywheel datasets ls")
     typer.echo(f"  lineage:        flywheel lineage models:/{cfg.candidates.registered_model}@champion")
     typer.echo(f"  annotation:     {store}/annotation/{last.datasets['candidates'].version}/sheets/")
-    typer.echo(f"  MLflow UI:      mlflow ui --backend-store-uri {cfg.mlflow_tracking_uri}  "
-               f"(experiment {cfg.mlflow.experiment}: runs round-*, summary/rounds_summary.png)")
+    typer.echo(
+        f"  MLflow UI:      mlflow ui --backend-store-uri {cfg.mlflow_tracking_uri}  "
+        f"(experiment {cfg.mlflow.experiment}: runs round-*, summary/rounds_summary.png)"
+    )
     typer.echo(f"  Prefect UI:     PREFECT_HOME={cfg.state_dir / 'prefect'} prefect server start")
 
 
 @app.command("lineage")
-def lineage_cmd(ctx: typer.Context, model: str = typer.Argument("sam3d@champion", help="NAME@ALIAS, NAME@VERSION or a models:/ URI.")) -> None:
+def lineage_cmd(
+    ctx: typer.Context,
+    model: str = typer.Argument("sam3d@champion", help="NAME@ALIAS, NAME@VERSION or a models:/ URI."),
+) -> None:
     """Print the tree from a model version back to the datasets that made it: the model it was
     warm-started from, SFT/preference data -> rankings -> candidates -> image pool -> renders -> meshes."""
     cfg = _cfg(ctx)
@@ -365,12 +408,19 @@ def rounds_cmd(ctx: typer.Context) -> None:
 
 
 @app.command("propose")
-def propose(ctx: typer.Context, 
-    pool: Optional[str] = typer.Option(None, help="Image pool: dataset NAME or NAME@VERSION (e.g. occlusions) or a "
-                                       ".jsonl/.csv manifest with image, mask[, object_id]. Default: candidates.pool."),
-    model: Optional[list[str]] = typer.Option(None, help="KEY=REF, e.g. champion=models:/sam3d@champion or "
-                                              "champion=path/to/model.pt (repeatable). Default: candidates.models."),
-    candidates: Optional[int] = typer.Option(None, "--candidates", "-n", help="Distinct candidates per object (N)."),
+def propose(
+    ctx: typer.Context,
+    pool: str | None = typer.Option(
+        None,
+        help="Image pool: dataset NAME or NAME@VERSION (e.g. occlusions) or a "
+        ".jsonl/.csv manifest with image, mask[, object_id]. Default: candidates.pool.",
+    ),
+    model: list[str] | None = typer.Option(
+        None,
+        help="KEY=REF, e.g. champion=models:/sam3d@champion or "
+        "champion=path/to/model.pt (repeatable). Default: candidates.models.",
+    ),
+    candidates: int | None = typer.Option(None, "--candidates", "-n", help="Distinct candidates per object (N)."),
 ) -> None:
     """Propose N candidates per image-pool object with the model ensemble on Ray, render previews
     and publish annotation tasks (native JSONL + Label Studio imports) in the store."""
@@ -393,11 +443,14 @@ def propose(ctx: typer.Context,
 
 
 @rankings_app.command("ingest")
-def rankings_ingest(ctx: typer.Context, 
-    files: list[str] = typer.Argument(..., help="Exports: native .jsonl/.csv/.parquet or Label Studio .json "
-                                      "(paths or s3:// URIs)."),
-    candidates: Optional[str] = typer.Option(None, help="Candidates version the judgements are about "
-                                             "(default: the newest)."),
+def rankings_ingest(
+    ctx: typer.Context,
+    files: list[str] = typer.Argument(
+        ..., help="Exports: native .jsonl/.csv/.parquet or Label Studio .json (paths or s3:// URIs)."
+    ),
+    candidates: str | None = typer.Option(
+        None, help="Candidates version the judgements are about (default: the newest)."
+    ),
     round_index: int = typer.Option(0, "--round", help="Round k: picks the acceptance threshold alpha_k."),
 ) -> None:
     """Archive the exports as received, check every row (bad rows are quarantined with their
@@ -407,12 +460,14 @@ def rankings_ingest(ctx: typer.Context,
 
 
 @rankings_app.command("report")
-def rankings_report(ctx: typer.Context, 
-    version: Optional[str] = typer.Argument(None, help="rankings version (default: newest)."),
+def rankings_report(
+    ctx: typer.Context,
+    version: str | None = typer.Argument(None, help="rankings version (default: newest)."),
     round_index: int = typer.Option(0, "--round", help="Round k: picks the acceptance threshold alpha_k."),
-    candidates: Optional[str] = typer.Option(None, help="Candidates version to decide on (default: the one the "
-                                             "rankings version was ingested for)."),
-    plot: Optional[Path] = typer.Option(None, help="Also save the report plot (PNG) here."),
+    candidates: str | None = typer.Option(
+        None, help="Candidates version to decide on (default: the one the rankings version was ingested for)."
+    ),
+    plot: Path | None = typer.Option(None, help="Also save the report plot (PNG) here."),
 ) -> None:
     """Submissions per kind and annotator, quarantine reasons, and what round k's rules
     (config `rankings`) decide on them now: decisions, accept rate, agreement, annotators."""
@@ -433,8 +488,10 @@ def rankings_report(ctx: typer.Context,
         _fail(f"no rankings to report: {e}", EXIT_NOT_FOUND)
     table = ds.manifest()
     typer.echo(f"{ds.ref}: {table.num_rows} submissions from {len(set(table['source_file'].to_pylist()))} exports")
-    for name, counts in (("kind", Counter(table["kind"].to_pylist())),
-                         ("annotator", Counter(table["annotator_id"].to_pylist()))):
+    for name, counts in (
+        ("kind", Counter(table["kind"].to_pylist())),
+        ("annotator", Counter(table["annotator_id"].to_pylist())),
+    ):
         typer.echo(f"  by {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     reasons = Counter(ds.quarantine()["reason"].to_pylist())
     typer.echo("  quarantined: " + (", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"))
@@ -442,15 +499,22 @@ def rankings_report(ctx: typer.Context,
     judged = judge_round(table, registry.to_pandas(), round_index, **cfg.rankings.rules())
     m = judged.metrics()
     counts = judged.decisions["decision"].value_counts()
-    typer.echo(f"round {round_index} on candidates@{candidates} (alpha {judged.alpha:g}): {m['objects_judged']} objects "
-               f"judged: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-               + f"; accept rate {m['accept_rate']:.2f}; {m['preference_pairs']} preference pairs")
+    typer.echo(
+        f"round {round_index} on candidates@{candidates} (alpha {judged.alpha:g}): {m['objects_judged']} objects "
+        f"judged: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        + f"; accept rate {m['accept_rate']:.2f}; {m['preference_pairs']} preference pairs"
+    )
     fleiss = judged.agreement["fleiss"]
-    typer.echo(f"  agreement: {m['overlapping_items']} items judged by 2+ annotators; Fleiss' kappa "
-               + (f"{fleiss:.2f}" if fleiss is not None else "n/a")
-               + "".join(f"; Cohen's kappa {pair} {k:.2f}" for pair, k in sorted(judged.agreement["cohen"].items())))
-    typer.echo("  annotators:\n" + "\n".join("    " + line for line in judged.annotators.round(3).to_string(
-        index=False).splitlines()))
+    typer.echo(
+        f"  agreement: {m['overlapping_items']} items judged by 2+ annotators; Fleiss' kappa "
+        + (f"{fleiss:.2f}" if fleiss is not None else "n/a")
+        + "".join(f"; Cohen's kappa {pair} {k:.2f}" for pair, k in sorted(judged.agreement["cohen"].items()))
+    )
+    typer.echo(
+        "  annotators:\n"
+        + "\n".join("    " + line for line in judged.annotators.round(3).to_string(index=False).splitlines())
+    )
     if plot:
         typer.echo(f"plot: {report_plot(judged.decisions, judged.annotators, plot)}")
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -46,14 +47,14 @@ class StoreConfig(_Section):
         ".flywheel/store",
         description="Root URI of all datasets: a local directory or s3://bucket/prefix.",
     )
-    endpoint_url: str | None = Field(
-        None, description="S3 endpoint (MinIO, SeaweedFS, Ceph); None means AWS."
-    )
+    endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, SeaweedFS, Ceph); None means AWS.")
     region: str | None = None
     profile: str | None = Field(None, description="AWS profile name for credentials.")
     credentials_file: Path | None = Field(
-        None, description="An AWS shared-credentials file to read the profile from (a path, "
-        "never the secret itself); e.g. the one `flywheel stack up` writes.")
+        None,
+        description="An AWS shared-credentials file to read the profile from (a path, "
+        "never the secret itself); e.g. the one `flywheel stack up` writes.",
+    )
     max_attempts: int = Field(5, ge=1, le=20, description="Attempts per S3 call (retries+1).")
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(60.0, gt=0)
@@ -72,25 +73,25 @@ class StoreConfig(_Section):
 class DatasetsConfig(_Section):
     shard_max_samples: int = Field(1000, ge=1)
     shard_max_bytes: int = Field(256 * 2**20, ge=1024)
-    stale_attempt_hours: float = Field(
-        6.0, gt=0, description="Uncommitted write attempts older than this are debris."
-    )
+    stale_attempt_hours: float = Field(6.0, gt=0, description="Uncommitted write attempts older than this are debris.")
 
 
 class MlflowConfig(_Section):
-    tracking_uri: str | None = Field(
-        None, description="None: sqlite:///<state_dir>/mlflow.db. Or http(s)://server."
-    )
+    tracking_uri: str | None = Field(None, description="None: sqlite:///<state_dir>/mlflow.db. Or http(s)://server.")
     experiment: str = Field("sam3d-flywheel", min_length=1)
     artifact_location: str | None = Field(
-        None, description="Artifact root of a new experiment. None: <state_dir>/mlflow-artifacts "
-        "with the local store, the server's default with a tracking server.")
+        None,
+        description="Artifact root of a new experiment. None: <state_dir>/mlflow-artifacts "
+        "with the local store, the server's default with a tracking server.",
+    )
 
 
 class PrefectConfig(_Section):
     api_url: str | None = Field(
-        None, description="A Prefect server's API (exported as PREFECT_API_URL); None: a temporary "
-        "server per process, or whatever PREFECT_API_URL says.")
+        None,
+        description="A Prefect server's API (exported as PREFECT_API_URL); None: a temporary "
+        "server per process, or whatever PREFECT_API_URL says.",
+    )
     task_retries: int = Field(2, ge=0, le=10)
     retry_backoff_base_s: float = Field(2.0, ge=0)
     retry_jitter_factor: float = Field(0.5, ge=0)
@@ -103,10 +104,14 @@ class PrefectConfig(_Section):
 
 
 class RayConfig(_Section):
-    address: str | None = Field(None, description="host:port of a Ray cluster (exported as RAY_ADDRESS); None: local Ray.")
+    address: str | None = Field(
+        None, description="host:port of a Ray cluster (exported as RAY_ADDRESS); None: local Ray."
+    )
     auth_token_path: Path | None = Field(
-        None, description="File holding the cluster's auth token; sets RAY_AUTH_MODE=token. Ray 2.60 "
-        "clusters require it unless started with RAY_AUTH_MODE=disabled.")
+        None,
+        description="File holding the cluster's auth token; sets RAY_AUTH_MODE=token. Ray 2.60 "
+        "clusters require it unless started with RAY_AUTH_MODE=disabled.",
+    )
 
 
 class RenderConfig(_Section):
@@ -115,8 +120,11 @@ class RenderConfig(_Section):
     workers: int = Field(2, ge=1, description="Persistent Blender workers (one per core/GPU).")
     device: Literal["CPU", "GPU"] = "CPU"
     actor_num_cpus: float = Field(
-        0.5, gt=0, description="Ray CPUs reserved per worker actor: fractional on small machines "
-        "(a whole CPU per actor can starve Ray on 2 cores).")
+        0.5,
+        gt=0,
+        description="Ray CPUs reserved per worker actor: fractional on small machines "
+        "(a whole CPU per actor can starve Ray on 2 cores).",
+    )
     actor_num_gpus: float = Field(0.0, ge=0, description="Ray GPUs per actor when device=GPU (0.5 shares one).")
     recycle_after: int = Field(50, ge=1, description="Restart a worker after this many jobs.")
     timeout_s: float = Field(300.0, gt=0, description="Per-object render timeout.")
@@ -125,8 +133,10 @@ class RenderConfig(_Section):
 
 class MeshLibraryConfig(_Section):
     source: str | None = Field(
-        None, description="Folder, s3:// prefix, or a .txt/.jsonl manifest of mesh URIs; "
-        "None: the seeded procedural generator.")
+        None,
+        description="Folder, s3:// prefix, or a .txt/.jsonl manifest of mesh URIs; "
+        "None: the seeded procedural generator.",
+    )
     num_procedural: int = Field(40, ge=1)
     seed: int = 0
     occupancy_resolution: Literal[16, 32, 64] = 16
@@ -177,21 +187,32 @@ class ValidationConfig(_Section):
     band_tolerance: float = Field(0.05, ge=0, description="Slack on the visible band (final vs cheap render).")
     sample_checks: int = Field(500, ge=0, description="Samples streamed for pixel-level checks; 0: none.")
     overrides: dict[str, str] = Field(
-        default_factory=dict, description="NAME or NAME@VERSION -> reason: let a failed gate pass, recorded in MLflow.")
+        default_factory=dict, description="NAME or NAME@VERSION -> reason: let a failed gate pass, recorded in MLflow."
+    )
 
 
 class CandidatesConfig(_Section):
     """Candidate generation (propose): the image pool, the ensemble, Ray actors, previews."""
 
-    pool: str = Field("occlusions", description=(
-        "Image pool: a dataset NAME[@VERSION] (Flying-Occlusions composites stand in for photos) or a "
-        "manifest file (.jsonl or .csv with columns image, mask[, object_id]; paths or s3:// URIs)."))
+    pool: str = Field(
+        "occlusions",
+        description=(
+            "Image pool: a dataset NAME[@VERSION] (Flying-Occlusions composites stand in for photos) or a "
+            "manifest file (.jsonl or .csv with columns image, mask[, object_id]; paths or s3:// URIs)."
+        ),
+    )
     num_candidates: int = Field(8, ge=2, description="Distinct candidates per object (N).")
-    models: dict[str, str] = Field(default_factory=lambda: {"champion": "models:/sam3d@champion"}, description=(
-        "Model key -> reference: models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint file."))
-    members: list[dict[str, Any]] = Field(default_factory=list, description=(
-        "Ensemble members (fields of sam3d_model.ensemble.Member); empty: the default ensemble "
-        "(champion at 4 seeds, at 2 seeds with strong guidance, 2 retrieved meshes)."))
+    models: dict[str, str] = Field(
+        default_factory=lambda: {"champion": "models:/sam3d@champion"},
+        description=("Model key -> reference: models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint file."),
+    )
+    members: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description=(
+            "Ensemble members (fields of sam3d_model.ensemble.Member); empty: the default ensemble "
+            "(champion at 4 seeds, at 2 seeds with strong guidance, 2 retrieved meshes)."
+        ),
+    )
     retrieval_library: str = Field("meshes", description="Mesh library NAME[@VERSION] for retrieval members.")
     objects_per_part: int = Field(8, ge=1, description="Objects per cached task (a re-run redoes only missing parts).")
     objects_per_job: int = Field(4, ge=1, description="Objects per Ray actor call.")
@@ -210,8 +231,10 @@ class RankingsConfig(_Section):
     annotators: list[str] | None = Field(None, description="Allow-list of annotator ids; None: anyone.")
     max_file_mb: float = Field(200.0, gt=0, description="Larger export files are quarantined whole.")
     max_time_spent_s: float = Field(3600.0, gt=0, description="Longer judgements are impossible durations.")
-    alpha_schedule: list[float] = Field([0.55, 0.6, 0.65], description=(
-        "Acceptance threshold alpha_k on the winner's score, per round (the last value from then on)."))
+    alpha_schedule: list[float] = Field(
+        [0.55, 0.6, 0.65],
+        description=("Acceptance threshold alpha_k on the winner's score, per round (the last value from then on)."),
+    )
     reject_share: float = Field(0.5, gt=0, le=1, description="Weighted reject-all share that makes a hard case.")
     min_judgements: int = Field(1, ge=1)
     bt_alpha: float = Field(0.1, gt=0, description="Bradley-Terry regularisation (choix).")
@@ -250,9 +273,13 @@ class ModelSection(_Section):
     sft: StageSettings = StageSettings(steps=150, lr=2e-4)
     dpo: StageSettings = StageSettings(steps=60, lr=5e-5, batch_size=8)
     distill: StageSettings = StageSettings(steps=0, lr=2e-4, batch_size=8)
-    curriculum: list[float] = Field([0.8, 0.5, 0.2, 0.0], description=(
-        "Synthetic share of each SFT batch, one value per equal phase of the SFT steps "
-        "(80/20 -> 50/50 -> 20/80 synthetic/real, ending on real data only)."))
+    curriculum: list[float] = Field(
+        [0.8, 0.5, 0.2, 0.0],
+        description=(
+            "Synthetic share of each SFT batch, one value per equal phase of the SFT steps "
+            "(80/20 -> 50/50 -> 20/80 synthetic/real, ending on real data only)."
+        ),
+    )
     dpo_beta: float = Field(500.0, gt=0)
 
     @field_validator("curriculum")
@@ -263,7 +290,6 @@ class ModelSection(_Section):
         return v
 
 
-
 class AnnotatorSettings(_Section):
     """A simulated annotator (flywheel.feedback.simulate.SimulatedAnnotator)."""
 
@@ -271,7 +297,9 @@ class AnnotatorSettings(_Section):
     noise: float = Field(0.0, ge=0)
     flip_probability: float = Field(0.0, ge=0, le=1)
     bias: dict[str, float] = Field(default_factory=dict)
-    reject_threshold: float | None = Field(None, description="Reject all when the best perceived quality is below; None: never.")
+    reject_threshold: float | None = Field(
+        None, description="Reject all when the best perceived quality is below; None: never."
+    )
     pairs_per_object: int = Field(0, ge=0, description="0: one best-of-N judgement per object; k: k pairwise ones.")
     rotation_weight: float = Field(1 / 180, ge=0, description="Quality lost per degree of rotation error.")
     translation_weight: float = Field(0.5, ge=0, description="Quality lost per unit of translation error.")
@@ -296,17 +324,22 @@ class RoundsConfig(_Section):
     # the winner becomes an SFT shape target, and a team that also weighed pose picked winners
     # for their pose, whose shapes made SFT worse (3 rounds: held-out vIoU 0.260/0.246/0.231
     # vs 0.266/0.262/0.337 judging shape alone; see the issue notes).
-    annotators: list[AnnotatorSettings] = Field(default_factory=lambda: [
-        AnnotatorSettings(name="sim-careful", noise=0.02, reject_threshold=0.15, **_SHAPE_ONLY),
-        AnnotatorSettings(name="sim-hasty", noise=0.1, flip_probability=0.1, pairs_per_object=6, **_SHAPE_ONLY),
-        AnnotatorSettings(name="sim-retrieval-fan", noise=0.05, bias={"retrieval": 0.05}, reject_threshold=0.1,
-                          **_SHAPE_ONLY),
-    ])
+    annotators: list[AnnotatorSettings] = Field(
+        default_factory=lambda: [
+            AnnotatorSettings(name="sim-careful", noise=0.02, reject_threshold=0.15, **_SHAPE_ONLY),
+            AnnotatorSettings(name="sim-hasty", noise=0.1, flip_probability=0.1, pairs_per_object=6, **_SHAPE_ONLY),
+            AnnotatorSettings(
+                name="sim-retrieval-fan", noise=0.05, bias={"retrieval": 0.05}, reject_threshold=0.1, **_SHAPE_ONLY
+            ),
+        ]
+    )
     judgements_per_object: int = Field(2, ge=1, description="Annotators per object (their overlap is measured).")
     promote_metric: Literal["viou", "f1"] = "viou"
     min_gain: float = Field(0.0, description="Promote when challenger - champion >= this on promote_metric ...")
-    max_regression: dict[str, float] = Field(default_factory=lambda: {"f1": 0.02, "add_s_accuracy": 0.1}, description=(
-        "... and no metric here falls by more than its value."))
+    max_regression: dict[str, float] = Field(
+        default_factory=lambda: {"f1": 0.02, "add_s_accuracy": 0.1},
+        description=("... and no metric here falls by more than its value."),
+    )
     eval_seeds: int = Field(2, ge=1, description="Samples per held-out object (metrics are averaged).")
     lock_wait_s: float = Field(3600.0, ge=0, description="How long a round waits for a running one; 0: refuse.")
 
@@ -348,7 +381,10 @@ class FlywheelConfig(_Section):
 #: Config sections that shape what the flywheel produces (the rest says where and how it runs) ...
 SHAPING_SECTIONS = ("meshes", "iso3do", "occlusions", "candidates", "rankings", "model", "rounds")
 #: ... and the fields of those sections that only say how it runs.
-NOT_SHAPING = {"rounds": {"lock_wait_s"}, "candidates": {"actors", "actor_num_cpus", "actor_num_gpus", "objects_per_job"}}
+NOT_SHAPING = {
+    "rounds": {"lock_wait_s"},
+    "candidates": {"actors", "actor_num_cpus", "actor_num_gpus", "objects_per_job"},
+}
 
 
 def shaping(cfg: FlywheelConfig, sections: Iterable[str] = SHAPING_SECTIONS) -> dict[str, Any]:
@@ -356,13 +392,15 @@ def shaping(cfg: FlywheelConfig, sections: Iterable[str] = SHAPING_SECTIONS) -> 
     it lives in and those sections less their how-it-runs fields. The one answer to "does this
     config change the result?": round series ids, round run ids and task cache keys digest it
     (task parameters carry the individual values that shape a dataset version)."""
-    return {"store": cfg.store_root,
-            **{name: getattr(cfg, name).model_dump(mode="json", exclude=NOT_SHAPING.get(name, set()))
-               for name in sections}}
+    return {
+        "store": cfg.store_root,
+        **{name: getattr(cfg, name).model_dump(mode="json", exclude=NOT_SHAPING.get(name, set())) for name in sections},
+    }
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any], sources: dict[str, str], source: str,
-                path: tuple[str, ...] = ()) -> None:
+def _deep_merge(
+    base: dict[str, Any], over: dict[str, Any], sources: dict[str, str], source: str, path: tuple[str, ...] = ()
+) -> None:
     for key, value in over.items():
         here = path + (key,)
         if isinstance(value, dict) and isinstance(base.setdefault(key, {}), dict):
@@ -389,7 +427,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
         if not parts:
             continue
         try:
@@ -405,9 +443,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     return tree
 
 
-def load_config(
-    path: str | Path | None = None, environ: dict[str, str] | None = None
-) -> FlywheelConfig:
+def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> FlywheelConfig:
     """Build the effective config; raise :class:`ConfigError` naming every bad field."""
     environ = dict(os.environ if environ is None else environ)
     merged: dict[str, Any] = {}

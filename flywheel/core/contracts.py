@@ -22,24 +22,26 @@ import pyarrow as pa
 
 #: Columns the dataset writer adds to every manifest.
 STORAGE_FIELDS: tuple[pa.Field, ...] = (
-    pa.field("sample_key", pa.string(), nullable=False),   # webdataset __key__, unique
-    pa.field("shard", pa.string(), nullable=False),        # shard file name
+    pa.field("sample_key", pa.string(), nullable=False),  # webdataset __key__, unique
+    pa.field("shard", pa.string(), nullable=False),  # shard file name
     pa.field("sample_bytes", pa.int64(), nullable=False),  # total bytes of the sample's files
     pa.field("sample_sha256", pa.string(), nullable=False),  # digest of its files (name+bytes)
 )
 _STORAGE_NAMES = {f.name for f in STORAGE_FIELDS}
 _FILE_EXT = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
 
-_REGISTRY: dict[str, "DatasetSpec"] = {}
+_REGISTRY: dict[str, DatasetSpec] = {}
 
 #: Items a stage refused (bad input, failed render, filter), one row each, kept with the
 #: dataset version they were refused from. Nothing is dropped silently.
-QUARANTINE_SCHEMA = pa.schema([
-    pa.field("item_id", pa.string(), nullable=False),   # what was refused (mesh path, object id, ...)
-    pa.field("kind", pa.string(), nullable=False),      # "mesh", "object", "sample", "background", ...
-    pa.field("reason", pa.string(), nullable=False),    # a short category, for counting
-    pa.field("detail", pa.string(), nullable=False),    # the full message
-])
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),  # what was refused (mesh path, object id, ...)
+        pa.field("kind", pa.string(), nullable=False),  # "mesh", "object", "sample", "background", ...
+        pa.field("reason", pa.string(), nullable=False),  # a short category, for counting
+        pa.field("detail", pa.string(), nullable=False),  # the full message
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,9 @@ class DatasetSpec:
 def part_spec(spec: DatasetSpec) -> DatasetSpec:
     """The kind of the per-batch parts a stage writes before assembling ``spec``."""
     name = f"{spec.name}-part"
-    return _REGISTRY.get(name) or register(DatasetSpec(name, spec.schema, spec.files,
-                                                       f"One cached batch of {spec.name}."))
+    return _REGISTRY.get(name) or register(
+        DatasetSpec(name, spec.schema, spec.files, f"One cached batch of {spec.name}.")
+    )
 
 
 def register(spec: DatasetSpec) -> DatasetSpec:
@@ -104,94 +107,110 @@ def registered() -> dict[str, DatasetSpec]:
 # to read every contract.
 
 #: Procedural occupancy shapes: small, fast test and benchmark data for the storage layer.
-SHAPES = register(DatasetSpec(
-    name="shapes",
-    schema=pa.schema([
-        pa.field("object_id", pa.string(), nullable=False),
-        pa.field("family", pa.string(), nullable=False),       # e.g. "superquadric"
-        pa.field("params", pa.list_(pa.float32()), nullable=False),  # family parameters
-        pa.field("resolution", pa.int32(), nullable=False),    # occupancy grid side
-        pa.field("occupied_fraction", pa.float32(), nullable=False),
-        pa.field("seed", pa.int64(), nullable=False),
-    ]),
-    files=("occ.npy",),  # bool[res, res, res], indexed (x, y, z) over the unit cube
-    description="Procedural closed shapes as filled occupancy grids.",
-))
+SHAPES = register(
+    DatasetSpec(
+        name="shapes",
+        schema=pa.schema(
+            [
+                pa.field("object_id", pa.string(), nullable=False),
+                pa.field("family", pa.string(), nullable=False),  # e.g. "superquadric"
+                pa.field("params", pa.list_(pa.float32()), nullable=False),  # family parameters
+                pa.field("resolution", pa.int32(), nullable=False),  # occupancy grid side
+                pa.field("occupied_fraction", pa.float32(), nullable=False),
+                pa.field("seed", pa.int64(), nullable=False),
+            ]
+        ),
+        files=("occ.npy",),  # bool[res, res, res], indexed (x, y, z) over the unit cube
+        description="Procedural closed shapes as filled occupancy grids.",
+    )
+)
 
 _F32 = pa.float32()
-_MAT3 = pa.list_(_F32, 9)    # row-major 3x3
+_MAT3 = pa.list_(_F32, 9)  # row-major 3x3
 _VEC3 = pa.list_(_F32, 3)
-_MAT4 = pa.list_(_F32, 16)   # row-major 4x4
+_MAT4 = pa.list_(_F32, 16)  # row-major 4x4
 
 #: Normalised meshes that passed the geometric filters, with their occupancy targets.
-MESHES = register(DatasetSpec(
-    name="meshes",
-    schema=pa.schema([
-        pa.field("mesh_id", pa.string(), nullable=False),     # content digest of the geometry
-        pa.field("source", pa.string(), nullable=False),      # file URI or procedural:<seed>/<i>
-        pa.field("format", pa.string(), nullable=False),      # glb, obj, ..., procedural
-        pa.field("family", pa.string(), nullable=False),      # procedural family or "user"
-        pa.field("num_vertices", pa.int32(), nullable=False),
-        pa.field("num_faces", pa.int32(), nullable=False),
-        pa.field("watertight", pa.bool_(), nullable=False),   # occupancy is filled only if true
-        pa.field("occupancy_resolution", pa.int32(), nullable=False),
-        pa.field("occupied_fraction", _F32, nullable=False),
-    ]),
-    files=("mesh.npz", "occ.npy"),  # npz: vertices f32[V,3] in the unit cube, faces i32[F,3], colors u8[V,4]
-    description="Mesh library: normalised, filtered, de-duplicated meshes + occupancy grids.",
-))
+MESHES = register(
+    DatasetSpec(
+        name="meshes",
+        schema=pa.schema(
+            [
+                pa.field("mesh_id", pa.string(), nullable=False),  # content digest of the geometry
+                pa.field("source", pa.string(), nullable=False),  # file URI or procedural:<seed>/<i>
+                pa.field("format", pa.string(), nullable=False),  # glb, obj, ..., procedural
+                pa.field("family", pa.string(), nullable=False),  # procedural family or "user"
+                pa.field("num_vertices", pa.int32(), nullable=False),
+                pa.field("num_faces", pa.int32(), nullable=False),
+                pa.field("watertight", pa.bool_(), nullable=False),  # occupancy is filled only if true
+                pa.field("occupancy_resolution", pa.int32(), nullable=False),
+                pa.field("occupied_fraction", _F32, nullable=False),
+            ]
+        ),
+        files=("mesh.npz", "occ.npy"),  # npz: vertices f32[V,3] in the unit cube, faces i32[F,3], colors u8[V,4]
+        description="Mesh library: normalised, filtered, de-duplicated meshes + occupancy grids.",
+    )
+)
 
 #: Iso-3DO: one row per (object, view).
-ISO3DO = register(DatasetSpec(
-    name="iso3do",
-    schema=pa.schema([
-        pa.field("object_id", pa.string(), nullable=False),   # mesh_id in the parent mesh library
-        pa.field("view", pa.int32(), nullable=False),
-        pa.field("width", pa.int32(), nullable=False),
-        pa.field("height", pa.int32(), nullable=False),
-        pa.field("K", _MAT3, nullable=False),                 # intrinsics, pixels
-        pa.field("world_to_cam", _MAT4, nullable=False),      # extrinsics, OpenCV
-        pa.field("R", _MAT3, nullable=False),                 # object pose in camera frame:
-        pa.field("t", _VEC3, nullable=False),                 #   p_cam = R @ (s * p) + t
-        pa.field("s", _F32, nullable=False),
-        pa.field("mask_pixels", pa.int32(), nullable=False),
-        pa.field("num_lights", pa.int32(), nullable=False),
-        pa.field("env_strength", _F32, nullable=False),
-        pa.field("samples", pa.int32(), nullable=False),
-    ]),
-    # rgb.png RGBA 8-bit sRGB; mask.png 0/255; depth.npy f32[H,W] planar z, 0 off-object;
-    # occ.npy bool[r,r,r] occupancy target of the mesh.
-    files=("rgb.png", "mask.png", "depth.npy", "occ.npy"),
-    description="Isolated meshes rendered from many views under random lighting.",
-))
+ISO3DO = register(
+    DatasetSpec(
+        name="iso3do",
+        schema=pa.schema(
+            [
+                pa.field("object_id", pa.string(), nullable=False),  # mesh_id in the parent mesh library
+                pa.field("view", pa.int32(), nullable=False),
+                pa.field("width", pa.int32(), nullable=False),
+                pa.field("height", pa.int32(), nullable=False),
+                pa.field("K", _MAT3, nullable=False),  # intrinsics, pixels
+                pa.field("world_to_cam", _MAT4, nullable=False),  # extrinsics, OpenCV
+                pa.field("R", _MAT3, nullable=False),  # object pose in camera frame:
+                pa.field("t", _VEC3, nullable=False),  #   p_cam = R @ (s * p) + t
+                pa.field("s", _F32, nullable=False),
+                pa.field("mask_pixels", pa.int32(), nullable=False),
+                pa.field("num_lights", pa.int32(), nullable=False),
+                pa.field("env_strength", _F32, nullable=False),
+                pa.field("samples", pa.int32(), nullable=False),
+            ]
+        ),
+        # rgb.png RGBA 8-bit sRGB; mask.png 0/255; depth.npy f32[H,W] planar z, 0 off-object;
+        # occ.npy bool[r,r,r] occupancy target of the mesh.
+        files=("rgb.png", "mask.png", "depth.npy", "occ.npy"),
+        description="Isolated meshes rendered from many views under random lighting.",
+    )
+)
 
 #: Flying Occlusions: an occludee behind an occluder, composited onto a photo.
-OCCLUSIONS = register(DatasetSpec(
-    name="occlusions",
-    schema=pa.schema([
-        pa.field("sample_id", pa.string(), nullable=False),
-        pa.field("occludee_id", pa.string(), nullable=False),
-        pa.field("occluder_id", pa.string(), nullable=False),
-        pa.field("background_id", pa.string(), nullable=False),
-        pa.field("width", pa.int32(), nullable=False),
-        pa.field("height", pa.int32(), nullable=False),
-        pa.field("K", _MAT3, nullable=False),                 # camera = world frame (identity extrinsics)
-        pa.field("occludee_R", _MAT3, nullable=False),
-        pa.field("occludee_t", _VEC3, nullable=False),
-        pa.field("occludee_s", _F32, nullable=False),
-        pa.field("occluder_R", _MAT3, nullable=False),
-        pa.field("occluder_t", _VEC3, nullable=False),
-        pa.field("occluder_s", _F32, nullable=False),
-        pa.field("visible_fraction", _F32, nullable=False),   # modal / amodal pixels of the occludee
-        pa.field("amodal_pixels", pa.int32(), nullable=False),
-        pa.field("modal_pixels", pa.int32(), nullable=False),
-        pa.field("tries", pa.int32(), nullable=False),        # layouts sampled to get this one
-    ]),
-    # rgb.png composite RGB; modal.png / amodal.png occludee masks 0/255; depth.npy f32[H,W]
-    # (0 = background); occ.npy occupancy target of the occludee.
-    files=("rgb.png", "modal.png", "amodal.png", "depth.npy", "occ.npy"),
-    description="Render-paste occluder/occludee pairs on natural photos.",
-))
+OCCLUSIONS = register(
+    DatasetSpec(
+        name="occlusions",
+        schema=pa.schema(
+            [
+                pa.field("sample_id", pa.string(), nullable=False),
+                pa.field("occludee_id", pa.string(), nullable=False),
+                pa.field("occluder_id", pa.string(), nullable=False),
+                pa.field("background_id", pa.string(), nullable=False),
+                pa.field("width", pa.int32(), nullable=False),
+                pa.field("height", pa.int32(), nullable=False),
+                pa.field("K", _MAT3, nullable=False),  # camera = world frame (identity extrinsics)
+                pa.field("occludee_R", _MAT3, nullable=False),
+                pa.field("occludee_t", _VEC3, nullable=False),
+                pa.field("occludee_s", _F32, nullable=False),
+                pa.field("occluder_R", _MAT3, nullable=False),
+                pa.field("occluder_t", _VEC3, nullable=False),
+                pa.field("occluder_s", _F32, nullable=False),
+                pa.field("visible_fraction", _F32, nullable=False),  # modal / amodal pixels of the occludee
+                pa.field("amodal_pixels", pa.int32(), nullable=False),
+                pa.field("modal_pixels", pa.int32(), nullable=False),
+                pa.field("tries", pa.int32(), nullable=False),  # layouts sampled to get this one
+            ]
+        ),
+        # rgb.png composite RGB; modal.png / amodal.png occludee masks 0/255; depth.npy f32[H,W]
+        # (0 = background); occ.npy occupancy target of the occludee.
+        files=("rgb.png", "modal.png", "amodal.png", "depth.npy", "occ.npy"),
+        description="Render-paste occluder/occludee pairs on natural photos.",
+    )
+)
 
 # The per-batch parts that Iso-3DO and Flying Occlusions are assembled from (same schemas).
 ISO3DO_PART, OCCLUSIONS_PART = part_spec(ISO3DO), part_spec(OCCLUSIONS)
@@ -199,107 +218,135 @@ ISO3DO_PART, OCCLUSIONS_PART = part_spec(ISO3DO), part_spec(OCCLUSIONS)
 #: The objects of a round that need 3D: one (image, object mask) per row. For the demo,
 #: Flying-Occlusions composites stand in for real photos; their ground truth stays in the
 #: source dataset (``source`` names the sample) and is never copied here.
-IMAGE_POOL = register(DatasetSpec(
-    name="image-pool",
-    schema=pa.schema([
-        pa.field("object_id", pa.string(), nullable=False),   # digest of image + mask bytes
-        pa.field("source", pa.string(), nullable=False),      # dataset@version/sample_key or the image URI
-        pa.field("width", pa.int32(), nullable=False),
-        pa.field("height", pa.int32(), nullable=False),
-        pa.field("mask_pixels", pa.int32(), nullable=False),
-    ]),
-    files=("rgb.png", "mask.png"),  # RGB 8-bit; object mask 0/255, same size
-    description="Images and object masks to propose 3D candidates for.",
-))
+IMAGE_POOL = register(
+    DatasetSpec(
+        name="image-pool",
+        schema=pa.schema(
+            [
+                pa.field("object_id", pa.string(), nullable=False),  # digest of image + mask bytes
+                pa.field("source", pa.string(), nullable=False),  # dataset@version/sample_key or the image URI
+                pa.field("width", pa.int32(), nullable=False),
+                pa.field("height", pa.int32(), nullable=False),
+                pa.field("mask_pixels", pa.int32(), nullable=False),
+            ]
+        ),
+        files=("rgb.png", "mask.png"),  # RGB 8-bit; object mask 0/255, same size
+        description="Images and object masks to propose 3D candidates for.",
+    )
+)
 
 #: Candidates: N proposals per image-pool object from an ensemble, with their provenance.
 #: The manifest is the candidate registry that rankings refer to (candidate_id, object_id).
-CANDIDATES = register(DatasetSpec(
-    name="candidates",
-    schema=pa.schema([
-        pa.field("candidate_id", pa.string(), nullable=False),  # digest of object + shape + layout
-        pa.field("object_id", pa.string(), nullable=False),     # image-pool object_id
-        pa.field("member", pa.string(), nullable=False),        # ensemble member name
-        pa.field("kind", pa.string(), nullable=False),          # "model" or "retrieval"
-        pa.field("model_version", pa.string(), nullable=False),  # registry name/version or checkpoint digest
-        pa.field("seed", pa.int64(), nullable=False),           # -1 for retrieval
-        pa.field("guidance", _F32, nullable=False),
-        pa.field("steps", pa.int32(), nullable=False),
-        pa.field("retrieved_mesh_id", pa.string(), nullable=False),  # "" unless kind = retrieval
-        pa.field("R", _MAT3, nullable=False),                   # pose in camera frame
-        pa.field("t", _VEC3, nullable=False),
-        pa.field("s", _F32, nullable=False),
-        pa.field("occupied_fraction", _F32, nullable=False),
-    ]),
-    files=("occ.npy",),  # bool[r,r,r] proposed occupancy over the unit cube
-    description="Ensemble proposals per object, for annotators to rank.",
-))
+CANDIDATES = register(
+    DatasetSpec(
+        name="candidates",
+        schema=pa.schema(
+            [
+                pa.field("candidate_id", pa.string(), nullable=False),  # digest of object + shape + layout
+                pa.field("object_id", pa.string(), nullable=False),  # image-pool object_id
+                pa.field("member", pa.string(), nullable=False),  # ensemble member name
+                pa.field("kind", pa.string(), nullable=False),  # "model" or "retrieval"
+                pa.field("model_version", pa.string(), nullable=False),  # registry name/version or checkpoint digest
+                pa.field("seed", pa.int64(), nullable=False),  # -1 for retrieval
+                pa.field("guidance", _F32, nullable=False),
+                pa.field("steps", pa.int32(), nullable=False),
+                pa.field("retrieved_mesh_id", pa.string(), nullable=False),  # "" unless kind = retrieval
+                pa.field("R", _MAT3, nullable=False),  # pose in camera frame
+                pa.field("t", _VEC3, nullable=False),
+                pa.field("s", _F32, nullable=False),
+                pa.field("occupied_fraction", _F32, nullable=False),
+            ]
+        ),
+        files=("occ.npy",),  # bool[r,r,r] proposed occupancy over the unit cube
+        description="Ensemble proposals per object, for annotators to rank.",
+    )
+)
 CANDIDATES_PART = part_spec(CANDIDATES)
 
 #: Ingested human (or simulated) judgements: every row of every accepted export, once per
 #: submission id. Table-only (the manifest is the data); the raw exports are archived as
 #: received under ``rankings/raw/<sha256>/``. Columns: flywheel.feedback.exports.NATIVE_SCHEMA.
-RANKINGS = register(DatasetSpec(
-    name="rankings",
-    schema=pa.schema([
-        pa.field("submission_id", pa.string(), nullable=False),
-        pa.field("annotator_id", pa.string(), nullable=False),
-        pa.field("object_id", pa.string(), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),         # pairwise | best-of-n | reject-all
-        pa.field("winner", pa.string()),                       # null for reject-all
-        pa.field("losers", pa.list_(pa.string()), nullable=False),
-        pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("time_spent_s", pa.float64(), nullable=False),
-        pa.field("geometry", pa.float64()),                    # optional rubric scores 0-10
-        pa.field("texture", pa.float64()),
-        pa.field("completeness", pa.float64()),
-        pa.field("multiview_consistency", pa.float64()),
-        pa.field("source_file", pa.string(), nullable=False),  # sha256 of the raw export
-    ]),
-    files=(),
-    description="Judgements of candidates, ingested from native and Label Studio exports.",
-))
+RANKINGS = register(
+    DatasetSpec(
+        name="rankings",
+        schema=pa.schema(
+            [
+                pa.field("submission_id", pa.string(), nullable=False),
+                pa.field("annotator_id", pa.string(), nullable=False),
+                pa.field("object_id", pa.string(), nullable=False),
+                pa.field("kind", pa.string(), nullable=False),  # pairwise | best-of-n | reject-all
+                pa.field("winner", pa.string()),  # null for reject-all
+                pa.field("losers", pa.list_(pa.string()), nullable=False),
+                pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
+                pa.field("time_spent_s", pa.float64(), nullable=False),
+                pa.field("geometry", pa.float64()),  # optional rubric scores 0-10
+                pa.field("texture", pa.float64()),
+                pa.field("completeness", pa.float64()),
+                pa.field("multiview_consistency", pa.float64()),
+                pa.field("source_file", pa.string(), nullable=False),  # sha256 of the raw export
+            ]
+        ),
+        files=(),
+        description="Judgements of candidates, ingested from native and Label Studio exports.",
+    )
+)
 
 _DECISION_FIELDS = [
     pa.field("object_id", pa.string(), nullable=False),
     pa.field("round", pa.int32(), nullable=False),
-    pa.field("score", _F32, nullable=False),        # mean BT probability of beating the others
+    pa.field("score", _F32, nullable=False),  # mean BT probability of beating the others
 ]
 
 #: Accepted objects: the annotators' winner as a training target (SFT).
-SFT = register(DatasetSpec(
-    name="sft",
-    schema=pa.schema(_DECISION_FIELDS + [
-        pa.field("candidate_id", pa.string(), nullable=False),
-        pa.field("confidence", _F32, nullable=False),  # BT probability of beating the runner-up
-        pa.field("R", _MAT3, nullable=False), pa.field("t", _VEC3, nullable=False), pa.field("s", _F32, nullable=False),
-    ]),
-    files=("rgb.png", "mask.png", "occ.npy"),
-    description="Accepted winners with their input image, for supervised fine-tuning.",
-))
+SFT = register(
+    DatasetSpec(
+        name="sft",
+        schema=pa.schema(
+            _DECISION_FIELDS
+            + [
+                pa.field("candidate_id", pa.string(), nullable=False),
+                pa.field("confidence", _F32, nullable=False),  # BT probability of beating the runner-up
+                pa.field("R", _MAT3, nullable=False),
+                pa.field("t", _VEC3, nullable=False),
+                pa.field("s", _F32, nullable=False),
+            ]
+        ),
+        files=("rgb.png", "mask.png", "occ.npy"),
+        description="Accepted winners with their input image, for supervised fine-tuning.",
+    )
+)
 
 #: Preference pairs for DPO: (winner, a candidate it beat) of an accepted object.
-PREFERENCES = register(DatasetSpec(
-    name="preferences",
-    schema=pa.schema(_DECISION_FIELDS + [
-        pa.field("winner", pa.string(), nullable=False),
-        pa.field("loser", pa.string(), nullable=False),
-        pa.field("times", pa.int32(), nullable=False),   # judgements where the winner beat it
-    ]),
-    files=("rgb.png", "mask.png", "winner.npy", "loser.npy"),
-    description="Winner/loser shape pairs with their input image, for flow-DPO.",
-))
+PREFERENCES = register(
+    DatasetSpec(
+        name="preferences",
+        schema=pa.schema(
+            _DECISION_FIELDS
+            + [
+                pa.field("winner", pa.string(), nullable=False),
+                pa.field("loser", pa.string(), nullable=False),
+                pa.field("times", pa.int32(), nullable=False),  # judgements where the winner beat it
+            ]
+        ),
+        files=("rgb.png", "mask.png", "winner.npy", "loser.npy"),
+        description="Winner/loser shape pairs with their input image, for flow-DPO.",
+    )
+)
 
 #: Objects every candidate of which was rejected: for 3D artists.
-HARD_CASES = register(DatasetSpec(
-    name="hard-cases",
-    schema=pa.schema([
-        pa.field("object_id", pa.string(), nullable=False),
-        pa.field("round", pa.int32(), nullable=False),
-        pa.field("judgements", pa.int32(), nullable=False),
-        pa.field("rejects", pa.int32(), nullable=False),
-        pa.field("reject_share", _F32, nullable=False),
-    ]),
-    files=("rgb.png", "mask.png"),
-    description="Objects no candidate was acceptable for (the paper routes these to 3D artists).",
-))
+HARD_CASES = register(
+    DatasetSpec(
+        name="hard-cases",
+        schema=pa.schema(
+            [
+                pa.field("object_id", pa.string(), nullable=False),
+                pa.field("round", pa.int32(), nullable=False),
+                pa.field("judgements", pa.int32(), nullable=False),
+                pa.field("rejects", pa.int32(), nullable=False),
+                pa.field("reject_share", _F32, nullable=False),
+            ]
+        ),
+        files=("rgb.png", "mask.png"),
+        description="Objects no candidate was acceptable for (the paper routes these to 3D artists).",
+    )
+)

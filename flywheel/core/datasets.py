@@ -30,9 +30,10 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Collection, Iterable, Iterator, Mapping
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -66,21 +67,15 @@ class SampleError(DatasetError, ValueError):
     """A sample does not fit the dataset's contract; names the sample and the reason."""
 
 
-def version_of(spec: DatasetSpec, *, inputs: Mapping[str, Any], config: Any = None,
-               code_version: str = "1") -> str:
+def version_of(spec: DatasetSpec, *, inputs: Mapping[str, Any], config: Any = None, code_version: str = "1") -> str:
     """The version of a dataset made from ``inputs`` with ``config`` by code ``code_version``."""
-    return digest_of({"spec": spec.name, "schema": spec.fingerprint, "inputs": inputs,
-                      "config": config, "code": code_version})[:16]
+    return digest_of(
+        {"spec": spec.name, "schema": spec.fingerprint, "inputs": inputs, "config": config, "code": code_version}
+    )[:16]
 
 
 def _prefix(name: str, version: str | None = None) -> str:
     return f"datasets/{name}" + (f"/{version}" if version else "")
-
-
-
-
-
-
 
 
 class DatasetWriter:
@@ -91,10 +86,19 @@ class DatasetWriter:
     >>> w.ref
     """
 
-    def __init__(self, store: Store, spec: DatasetSpec, version: str, *,
-                 inputs: Mapping[str, Any] | None = None, config: Any = None,
-                 parents: list[DatasetRef] | tuple[DatasetRef, ...] = (), shard_max_samples: int = 1000,
-                 shard_max_bytes: int = 256 * 2**20, stale_attempt_hours: float = 6.0):
+    def __init__(
+        self,
+        store: Store,
+        spec: DatasetSpec,
+        version: str,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        config: Any = None,
+        parents: list[DatasetRef] | tuple[DatasetRef, ...] = (),
+        shard_max_samples: int = 1000,
+        shard_max_bytes: int = 256 * 2**20,
+        stale_attempt_hours: float = 6.0,
+    ):
         self.store, self.spec, self.version = store, spec, version
         store.check()  # credentials, bucket, network: fail before any work is done
         self.inputs = canonical(inputs or {})
@@ -102,11 +106,11 @@ class DatasetWriter:
         self.parents = list(parents)
         self.shard_max_samples, self.shard_max_bytes = shard_max_samples, shard_max_bytes
         self.stale_attempt_hours = stale_attempt_hours
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         self.attempt = f"attempt-{stamp}-{uuid.uuid4().hex[:8]}"
         self._base = f"{_prefix(spec.name, version)}/{self.attempt}"
         self._rows: list[dict[str, Any]] = []
-        self._tables: list[pa.Table] = []   # table-only datasets: rows added in bulk
+        self._tables: list[pa.Table] = []  # table-only datasets: rows added in bulk
         self._quarantine: list[dict[str, Any]] = []
         self._keys: set[str] = set()
         self._shards: list[dict[str, Any]] = []
@@ -120,8 +124,11 @@ class DatasetWriter:
     def add(self, key: str, row: Mapping[str, Any], files: Mapping[str, bytes]) -> None:
         """Add one sample: its manifest ``row`` (spec columns) and its ``files`` (ext -> bytes)."""
         self._check_sample(key, row, files)
-        if self._tar is None or self._tar_count >= self.shard_max_samples or (
-                self._tar_count and self._tar_bytes >= self.shard_max_bytes):
+        if (
+            self._tar is None
+            or self._tar_count >= self.shard_max_samples
+            or (self._tar_count and self._tar_bytes >= self.shard_max_bytes)
+        ):
             self._roll_shard()
         assert self._tar is not None and self._tar_path is not None
         digest = hashlib.sha256()
@@ -137,8 +144,15 @@ class DatasetWriter:
         self._tar_count += 1
         self._tar_bytes += total
         self._keys.add(key)
-        self._rows.append({"sample_key": key, "shard": self._tar_path.name, "sample_bytes": total,
-                           "sample_sha256": digest.hexdigest(), **row})
+        self._rows.append(
+            {
+                "sample_key": key,
+                "shard": self._tar_path.name,
+                "sample_bytes": total,
+                "sample_sha256": digest.hexdigest(),
+                **row,
+            }
+        )
 
     def add_table(self, table: pa.Table, key_column: str) -> None:
         """Add many rows at once to a table-only dataset (a spec without files): the rows
@@ -154,15 +168,19 @@ class DatasetWriter:
             raise SampleError(f"dataset {self.spec.name}@{self.version}: duplicate {key_column} values")
         self._keys.update(keys)
         n = table.num_rows
-        storage = pa.table({"sample_key": table[key_column], "shard": pa.array([""] * n),
-                            "sample_bytes": pa.array([0] * n, pa.int64()), "sample_sha256": pa.array([""] * n)})
-        self._tables.append(pa.Table.from_arrays(storage.columns + table.columns,
-                                                 schema=self.spec.manifest_schema))
+        storage = pa.table(
+            {
+                "sample_key": table[key_column],
+                "shard": pa.array([""] * n),
+                "sample_bytes": pa.array([0] * n, pa.int64()),
+                "sample_sha256": pa.array([""] * n),
+            }
+        )
+        self._tables.append(pa.Table.from_arrays(storage.columns + table.columns, schema=self.spec.manifest_schema))
 
     def quarantine(self, item_id: str, kind: str, reason: str, detail: str = "") -> None:
         """Record an item this stage refused; kept with the version, never dropped."""
-        self._quarantine.append({"item_id": str(item_id), "kind": kind, "reason": reason,
-                                 "detail": detail or reason})
+        self._quarantine.append({"item_id": str(item_id), "kind": kind, "reason": reason, "detail": detail or reason})
 
     def put(self, item: Sample | Rejected, kind: str) -> bool:
         """Add a :class:`Sample`, or quarantine a :class:`Rejected` item of ``kind``; True if added."""
@@ -179,8 +197,10 @@ class DatasetWriter:
         rows = [r for r in part.manifest().to_pylist() if r["shard"] == shard["name"]]
         for row in rows:
             if row["sample_key"] in self._keys:
-                raise SampleError(f"dataset {self.spec.name}@{self.version}: duplicate sample key "
-                                  f"{row['sample_key']!r} in part {part.ref}")
+                raise SampleError(
+                    f"dataset {self.spec.name}@{self.version}: duplicate sample key "
+                    f"{row['sample_key']!r} in part {part.ref}"
+                )
             self._keys.add(row["sample_key"])
             self._rows.append({**row, "shard": name})
         self.store.copy(f"{part._base}/shards/{shard['name']}", f"{self._base}/shards/{name}")
@@ -194,11 +214,12 @@ class DatasetWriter:
             raise SampleError(f"{where}: duplicate sample key")
         want, got = set(self.spec.schema.names), set(row)
         if want != got:
-            raise SampleError(f"{where}: manifest row columns differ from the schema: "
-                              f"missing {sorted(want - got)}, unexpected {sorted(got - want)}")
+            raise SampleError(
+                f"{where}: manifest row columns differ from the schema: "
+                f"missing {sorted(want - got)}, unexpected {sorted(got - want)}"
+            )
         if set(files) != set(self.spec.files):
-            raise SampleError(f"{where}: files {sorted(files)} differ from the contract "
-                              f"{sorted(self.spec.files)}")
+            raise SampleError(f"{where}: files {sorted(files)} differ from the contract {sorted(self.spec.files)}")
         for ext, data in files.items():
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise SampleError(f"{where}: file {ext!r} must be bytes, got {type(data).__name__}")
@@ -230,11 +251,17 @@ class DatasetWriter:
                 sha.update(chunk)
         key = f"{self._base}/shards/{path.name}"
         self.store.put_file(key, path)
-        self._shards.append({"name": path.name, "sha256": sha.hexdigest(),
-                             "bytes": path.stat().st_size, "samples": self._tar_count})
+        self._shards.append(
+            {"name": path.name, "sha256": sha.hexdigest(), "bytes": path.stat().st_size, "samples": self._tar_count}
+        )
         path.unlink()
-        log.info("%s@%s: shard %d uploaded, %d samples so far", self.spec.name, self.version,
-                 len(self._shards), len(self._rows))
+        log.info(
+            "%s@%s: shard %d uploaded, %d samples so far",
+            self.spec.name,
+            self.version,
+            len(self._shards),
+            len(self._rows),
+        )
 
     # -- committing ------------------------------------------------------------------
     def commit(self) -> DatasetRef:
@@ -253,32 +280,56 @@ class DatasetWriter:
         by_reason: dict[str, int] = {}
         for row in self._quarantine:
             by_reason[row["reason"]] = by_reason.get(row["reason"], 0) + 1
-        content = digest_of({"manifest": manifest_sha, "shards": self._shards,
-                             "quarantine": hashlib.sha256(qbuf.getvalue()).hexdigest()})
+        content = digest_of(
+            {
+                "manifest": manifest_sha,
+                "shards": self._shards,
+                "quarantine": hashlib.sha256(qbuf.getvalue()).hexdigest(),
+            }
+        )
         marker = {
-            "name": self.spec.name, "version": self.version, "attempt": self.attempt,
-            "committed_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
-            "num_rows": table.num_rows, "digest": content,
+            "name": self.spec.name,
+            "version": self.version,
+            "attempt": self.attempt,
+            "committed_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+            "num_rows": table.num_rows,
+            "digest": content,
             "schema_fingerprint": self.spec.fingerprint,
             "manifest": {"name": MANIFEST, "sha256": manifest_sha, "bytes": len(manifest)},
-            "shards": self._shards, "inputs": self.inputs, "config": self.config,
-            "quarantine": {"name": QUARANTINE, "rows": len(self._quarantine),
-                           "sha256": hashlib.sha256(qbuf.getvalue()).hexdigest(), "by_reason": by_reason},
+            "shards": self._shards,
+            "inputs": self.inputs,
+            "config": self.config,
+            "quarantine": {
+                "name": QUARANTINE,
+                "rows": len(self._quarantine),
+                "sha256": hashlib.sha256(qbuf.getvalue()).hexdigest(),
+                "by_reason": by_reason,
+            },
             "parents": [p.to_dict() for p in self.parents],
         }
-        created = self.store.create_if_absent(f"{_prefix(self.spec.name, self.version)}/{MARKER}",
-                                              json.dumps(marker, indent=1).encode())
+        created = self.store.create_if_absent(
+            f"{_prefix(self.spec.name, self.version)}/{MARKER}", json.dumps(marker, indent=1).encode()
+        )
         if created:
             self._ref = _ref_from_marker(self.store, marker)
-            log.info("committed %s (%d rows, %d shards, %d quarantined)", self.ref, table.num_rows,
-                     len(self._shards), len(self._quarantine))
+            log.info(
+                "committed %s (%d rows, %d shards, %d quarantined)",
+                self.ref,
+                table.num_rows,
+                len(self._shards),
+                len(self._quarantine),
+            )
         else:
             winner = read_marker(self.store, self.spec.name, self.version)
             self._ref = _ref_from_marker(self.store, winner)
             if winner["digest"] != content:
-                log.warning("%s was committed by another writer with different content "
-                            "(%s vs ours %s): is the producer deterministic?",
-                            self.ref, winner["digest"][:12], content[:12])
+                log.warning(
+                    "%s was committed by another writer with different content "
+                    "(%s vs ours %s): is the producer deterministic?",
+                    self.ref,
+                    winner["digest"][:12],
+                    content[:12],
+                )
             self.store.delete_prefix(self._base)
         self._remove_stale_attempts()
         self._tmpdir.cleanup()
@@ -296,8 +347,7 @@ class DatasetWriter:
             log.warning("could not remove attempt %s: %s", self._base, e)
 
     def _remove_stale_attempts(self) -> None:
-        collect_garbage(self.store, self.spec.name, older_than_hours=self.stale_attempt_hours,
-                        version=self.version)
+        collect_garbage(self.store, self.spec.name, older_than_hours=self.stale_attempt_hours, version=self.version)
 
     @property
     def ref(self) -> DatasetRef:
@@ -317,9 +367,13 @@ class DatasetWriter:
 
 
 def _ref_from_marker(store: Store, marker: dict[str, Any]) -> DatasetRef:
-    return DatasetRef(name=marker["name"], version=marker["version"],
-                      uri=store.uri(_prefix(marker["name"], marker["version"])),
-                      digest=marker["digest"], num_rows=marker["num_rows"])
+    return DatasetRef(
+        name=marker["name"],
+        version=marker["version"],
+        uri=store.uri(_prefix(marker["name"], marker["version"])),
+        digest=marker["digest"],
+        num_rows=marker["num_rows"],
+    )
 
 
 def read_marker(store: Store, name: str, version: str) -> dict[str, Any]:
@@ -328,8 +382,7 @@ def read_marker(store: Store, name: str, version: str) -> dict[str, Any]:
     except ObjectNotFound:
         debris = bool(store.children(_prefix(name, version)))
         why = "an uncommitted (unfinished or crashed) write exists" if debris else "no such version"
-        raise DatasetNotCommitted(f"dataset {name}@{version} in {store.root_uri}: not committed "
-                                  f"({why})") from None
+        raise DatasetNotCommitted(f"dataset {name}@{version} in {store.root_uri}: not committed ({why})") from None
     marker: dict[str, Any] = json.loads(raw)
     return marker
 
@@ -358,7 +411,7 @@ def list_datasets(store: Store) -> list[str]:
 
 
 _OPENER_LOCK = threading.Lock()
-_S3_SCHEMES: dict[str, Any] = {}   # scheme -> StoreConfig
+_S3_SCHEMES: dict[str, Any] = {}  # scheme -> StoreConfig
 _CLIENTS: dict[tuple[int, str], Any] = {}
 
 
@@ -410,7 +463,7 @@ class Dataset:
         self._manifest: pa.Table | None = None
 
     @classmethod
-    def open(cls, store: Store, spec: str) -> "Dataset":
+    def open(cls, store: Store, spec: str) -> Dataset:
         """Open ``NAME`` (latest committed) or ``NAME@VERSION``."""
         name, _, version = spec.partition("@")
         return cls(store, name, version or None)
@@ -528,8 +581,14 @@ def _sample_digests(tar_bytes: bytes) -> Iterator[tuple[str, str]]:
         yield key, digest.hexdigest()
 
 
-def collect_garbage(store: Store, name: str | None = None, *, older_than_hours: float = 6.0,
-                    version: str | None = None, dry_run: bool = False) -> list[str]:
+def collect_garbage(
+    store: Store,
+    name: str | None = None,
+    *,
+    older_than_hours: float = 6.0,
+    version: str | None = None,
+    dry_run: bool = False,
+) -> list[str]:
     """Remove uncommitted attempt folders older than the threshold; returns their prefixes.
 
     Young attempts are kept: they may belong to a writer that is still running."""
@@ -554,8 +613,13 @@ def collect_garbage(store: Store, name: str | None = None, *, older_than_hours: 
     return removed
 
 
-def write_dataset(store: Store, spec: DatasetSpec, version: str,
-                  samples: Iterable[tuple[str, Mapping[str, Any], Mapping[str, bytes]]], **writer_kwargs: Any) -> DatasetRef:
+def write_dataset(
+    store: Store,
+    spec: DatasetSpec,
+    version: str,
+    samples: Iterable[tuple[str, Mapping[str, Any], Mapping[str, bytes]]],
+    **writer_kwargs: Any,
+) -> DatasetRef:
     """Commit ``samples`` (iterable of ``(key, row, files)``) unless the version exists."""
     existing = committed_ref(store, spec.name, version)
     if existing is not None:
@@ -566,8 +630,14 @@ def write_dataset(store: Store, spec: DatasetSpec, version: str,
     return writer.ref
 
 
-def assemble_dataset(store: Store, spec: DatasetSpec, version: str, parts: list[DatasetRef],
-                     quarantine: Iterable[dict[str, Any]] = (), **writer_kwargs: Any) -> DatasetRef:
+def assemble_dataset(
+    store: Store,
+    spec: DatasetSpec,
+    version: str,
+    parts: list[DatasetRef],
+    quarantine: Iterable[dict[str, Any]] = (),
+    **writer_kwargs: Any,
+) -> DatasetRef:
     """Commit ``spec@version`` from committed parts: their shards are copied (server-side on
     S3), manifests and quarantine tables concatenated (plus ``quarantine`` rows of the
     stage itself). Nothing is re-rendered."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from flywheel.core.config import REPO_ROOT
 
@@ -27,12 +28,22 @@ def ensure_ray(address: str | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
-                 runtime_env={"working_dir": str(REPO_ROOT),
-                              "excludes": [".venv/", ".flywheel/", ".git/", "bench/results/"]})
+        ray.init(
+            address=address,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            runtime_env={
+                "working_dir": str(REPO_ROOT),
+                "excludes": [".venv/", ".flywheel/", ".git/", "bench/results/"],
+            },
+        )
         resources = _resources()
-        log.info("connected to the Ray cluster at %s (%s CPUs, %s GPUs)", address, resources.get("CPU"),
-                 resources.get("GPU", 0))
+        log.info(
+            "connected to the Ray cluster at %s (%s CPUs, %s GPUs)",
+            address,
+            resources.get("CPU"),
+            resources.get("GPU", 0),
+        )
     else:
         ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         log.info("started a local Ray (%s CPUs)", _resources().get("CPU"))
@@ -49,10 +60,17 @@ def cluster_gpus() -> float:
     return float(_resources().get("GPU", 0))
 
 
-def run_on_actors(actors: list[Any], jobs: Sequence[J], call: Callable[[Any, J], Any], *, name: Callable[[J], str],
-                  failed: Callable[[J, str], R], what: str = "jobs",
-                  replace: Callable[[Any], Any] | None = None,
-                  on_result: Callable[[R], None] | None = None) -> list[R]:
+def run_on_actors(
+    actors: list[Any],
+    jobs: Sequence[J],
+    call: Callable[[Any, J], Any],
+    *,
+    name: Callable[[J], str],
+    failed: Callable[[J, str], R],
+    what: str = "jobs",
+    replace: Callable[[Any], Any] | None = None,
+    on_result: Callable[[R], None] | None = None,
+) -> list[R]:
     """Run ``call(actor, job)`` (returns an ObjectRef) for every job, as actors free up;
     results in completion order. A job whose actor dies is retried once (on the actor's
     replacement if ``replace`` is given, else on the actor Ray restarted); a second death

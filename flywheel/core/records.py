@@ -7,8 +7,9 @@ or a :class:`Rejected` per item, so nothing is dropped silently.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -17,8 +18,8 @@ class DatasetRef:
 
     name: str
     version: str
-    uri: str            # the version's folder
-    digest: str         # content digest: manifest + shard checksums
+    uri: str  # the version's folder
+    digest: str  # content digest: manifest + shard checksums
     num_rows: int
 
     def __str__(self) -> str:
@@ -46,8 +47,8 @@ class ModelRef:
     """A registered model version (MLflow registry) and the sha256 of its checkpoint."""
 
     name: str
-    version: int        # the registry's version number
-    uri: str            # models:/<name>/<version>
+    version: int  # the registry's version number
+    uri: str  # models:/<name>/<version>
     sha256: str
 
     def __str__(self) -> str:

@@ -19,9 +19,10 @@ import shutil
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator
+from typing import Any, BinaryIO
 
 from flywheel.core.config import StoreConfig
 
@@ -259,8 +260,14 @@ class LocalStore(Store):
 
 
 _AUTH_CODES = {
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken",
-    "ExpiredToken", "AuthorizationHeaderMalformed", "InvalidClientTokenId", "403",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "InvalidToken",
+    "ExpiredToken",
+    "AuthorizationHeaderMalformed",
+    "InvalidClientTokenId",
+    "403",
 }
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 
@@ -287,7 +294,7 @@ class S3Store(Store):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _rel(self, full: str) -> str:
-        return full[len(self.prefix) + 1:] if self.prefix else full
+        return full[len(self.prefix) + 1 :] if self.prefix else full
 
     def _translate(self, err: Exception, what: str) -> StoreError:
         """Turn a botocore failure into one clear StoreError naming store, object, reason."""
@@ -301,23 +308,25 @@ class S3Store(Store):
 
         where = f"{what} (endpoint {self.endpoint})"
         if isinstance(err, NoCredentialsError):
-            return StoreAuthError(f"{where}: no S3 credentials found; set AWS_ACCESS_KEY_ID/"
-                                  "AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
+            return StoreAuthError(
+                f"{where}: no S3 credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+            )
         if isinstance(err, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError)):
-            return StoreUnreachable(f"{where}: endpoint unreachable after "
-                                    f"{self.config.max_attempts} attempt(s): {type(err).__name__}")
+            return StoreUnreachable(
+                f"{where}: endpoint unreachable after {self.config.max_attempts} attempt(s): {type(err).__name__}"
+            )
         if isinstance(err, ClientError):
             code = str(err.response.get("Error", {}).get("Code", ""))
             status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if code == "NoSuchBucket":
                 return BucketNotFound(f"{where}: bucket {self.bucket!r} does not exist")
             if code in _AUTH_CODES or status == 403:
-                return StoreAuthError(f"{where}: access denied ({code or status}); check the "
-                                      "credentials and the bucket policy")
+                return StoreAuthError(
+                    f"{where}: access denied ({code or status}); check the credentials and the bucket policy"
+                )
             if code in _MISSING_CODES or status == 404:
                 return ObjectNotFound(f"{where}: no such object")
-            return StoreError(f"{where}: S3 error {code or status}: "
-                              f"{err.response.get('Error', {}).get('Message', '')}")
+            return StoreError(f"{where}: S3 error {code or status}: {err.response.get('Error', {}).get('Message', '')}")
         return StoreError(f"{where}: {type(err).__name__}: {err}")
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -329,16 +338,14 @@ class S3Store(Store):
             raise self._translate(e, what) from None
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self._call(f"put {self.uri(key)}", self.client.put_object,
-                   Bucket=self.bucket, Key=self._k(key), Body=data)
+        self._call(f"put {self.uri(key)}", self.client.put_object, Bucket=self.bucket, Key=self._k(key), Body=data)
 
     def put_file(self, key: str, path: str | Path) -> None:
         # upload_file does multipart above 8 MiB; S3 makes the object visible only when complete.
         from boto3.exceptions import S3UploadFailedError
 
         try:
-            self._call(f"upload {self.uri(key)}", self.client.upload_file,
-                       str(path), self.bucket, self._k(key))
+            self._call(f"upload {self.uri(key)}", self.client.upload_file, str(path), self.bucket, self._k(key))
         except S3UploadFailedError as e:
             raise StoreError(f"upload {self.uri(key)} (endpoint {self.endpoint}): {e}") from None
 
@@ -347,8 +354,7 @@ class S3Store(Store):
 
         for attempt in range(8):
             try:
-                self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data,
-                                       IfNoneMatch="*")
+                self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, IfNoneMatch="*")
                 return True
             except ClientError as e:
                 code = str(e.response.get("Error", {}).get("Code", ""))
@@ -374,23 +380,20 @@ class S3Store(Store):
         return data
 
     def open(self, key: str) -> BinaryIO:
-        resp = self._call(f"get {self.uri(key)}", self.client.get_object,
-                          Bucket=self.bucket, Key=self._k(key))
+        resp = self._call(f"get {self.uri(key)}", self.client.get_object, Bucket=self.bucket, Key=self._k(key))
         body: BinaryIO = resp["Body"]
         return body
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
-            resp = self._call(f"head {self.uri(key)}", self.client.head_object,
-                              Bucket=self.bucket, Key=self._k(key))
+            resp = self._call(f"head {self.uri(key)}", self.client.head_object, Bucket=self.bucket, Key=self._k(key))
         except ObjectNotFound:
             return None
         return ObjectInfo(key, resp["ContentLength"], resp["LastModified"].timestamp())
 
     def _paginate(self, prefix: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
         full = self._k(prefix.rstrip("/")) + "/" if prefix else (f"{self.prefix}/" if self.prefix else "")
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=full, **kwargs)
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full, **kwargs)
         try:
             yield from pages
         except Exception as e:
@@ -407,33 +410,44 @@ class S3Store(Store):
             for cp in page.get("CommonPrefixes", []):
                 # SeaweedFS keeps a prefix listed after its last object is deleted; S3 does
                 # not. Only prefixes that still hold an object count, on every server.
-                if self.client.list_objects_v2(Bucket=self.bucket, Prefix=cp["Prefix"],
-                                               MaxKeys=1).get("KeyCount", 0):
+                if self.client.list_objects_v2(Bucket=self.bucket, Prefix=cp["Prefix"], MaxKeys=1).get("KeyCount", 0):
                     names.append(cp["Prefix"].rstrip("/").rsplit("/", 1)[-1])
         return sorted(names)
 
     def delete(self, keys: Iterable[str]) -> None:
         keys = list(keys)
         for i in range(0, len(keys), 1000):  # S3's batch limit
-            batch = [{"Key": self._k(k)} for k in keys[i:i + 1000]]
-            resp = self._call(f"delete in {self.root_uri}", self.client.delete_objects,
-                              Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            batch = [{"Key": self._k(k)} for k in keys[i : i + 1000]]
+            resp = self._call(
+                f"delete in {self.root_uri}",
+                self.client.delete_objects,
+                Bucket=self.bucket,
+                Delete={"Objects": batch, "Quiet": True},
+            )
             if resp.get("Errors"):
                 first = resp["Errors"][0]
-                raise StoreError(f"delete in {self.root_uri}: {len(resp['Errors'])} failed, "
-                                 f"e.g. {first.get('Key')}: {first.get('Code')}")
+                raise StoreError(
+                    f"delete in {self.root_uri}: {len(resp['Errors'])} failed, "
+                    f"e.g. {first.get('Key')}: {first.get('Code')}"
+                )
 
     def copy(self, src: str, dst: str) -> None:
         # Managed copy: server-side, multipart above 5 GiB.
-        self._call(f"copy {self.uri(src)} -> {self.uri(dst)}", self.client.copy,
-                   {"Bucket": self.bucket, "Key": self._k(src)}, self.bucket, self._k(dst))
+        self._call(
+            f"copy {self.uri(src)} -> {self.uri(dst)}",
+            self.client.copy,
+            {"Bucket": self.bucket, "Key": self._k(src)},
+            self.bucket,
+            self._k(dst),
+        )
 
     def check(self) -> None:
         try:
             self._call(f"store {self.root_uri}", self.client.head_bucket, Bucket=self.bucket)
         except ObjectNotFound:  # HEAD has no body: a missing bucket is a bare 404
-            raise BucketNotFound(f"store {self.root_uri} (endpoint {self.endpoint}): bucket "
-                                 f"{self.bucket!r} does not exist") from None
+            raise BucketNotFound(
+                f"store {self.root_uri} (endpoint {self.endpoint}): bucket {self.bucket!r} does not exist"
+            ) from None
 
 
 def make_s3_client(config: StoreConfig) -> Any:

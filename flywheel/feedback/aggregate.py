@@ -34,15 +34,18 @@ def comparisons(rankings: pa.Table) -> pd.DataFrame:
     """One row per (object, annotator, winner, loser) from pairwise and best-of-N rows."""
     ranked = rankings.filter(pc.is_in(rankings["kind"], pa.array(["pairwise", "best-of-n"])))
     parents = pc.list_parent_indices(ranked["losers"])
-    arrow = {"object_id": pc.take(ranked["object_id"], parents),
-             "annotator_id": pc.take(ranked["annotator_id"], parents),
-             "winner": pc.take(ranked["winner"], parents),
-             "loser": pc.list_flatten(ranked["losers"])}
+    arrow = {
+        "object_id": pc.take(ranked["object_id"], parents),
+        "annotator_id": pc.take(ranked["annotator_id"], parents),
+        "winner": pc.take(ranked["winner"], parents),
+        "loser": pc.list_flatten(ranked["losers"]),
+    }
     return pd.DataFrame({k: pd.arrays.ArrowExtensionArray(v) for k, v in arrow.items()})  # stays columnar
 
 
-def bradley_terry(pairs: pd.DataFrame, registry: pd.DataFrame, alpha: float = 0.1,
-                  weights: dict[str, float] | None = None) -> pd.DataFrame:
+def bradley_terry(
+    pairs: pd.DataFrame, registry: pd.DataFrame, alpha: float = 0.1, weights: dict[str, float] | None = None
+) -> pd.DataFrame:
     """Per candidate of every judged object: BT log-strength (mean 0 within its object),
     wins and losses; rows sorted by object, then candidate. ``registry``: candidate_id,
     object_id. ``weights``: per annotator (absent: 1); a comparison counts its annotator's
@@ -57,13 +60,14 @@ def bradley_terry(pairs: pd.DataFrame, registry: pd.DataFrame, alpha: float = 0.
     order = pc.sort_indices(pa.table({"o": objects, "c": ids}), sort_keys=[("o", "ascending"), ("c", "ascending")])
     reg = registry.iloc[order.to_numpy()].reset_index(drop=True)
     if len(pairs) == 0:
-        return reg.iloc[:0].assign(strength=pd.Series(dtype=float), wins=pd.Series(dtype=int),
-                                   losses=pd.Series(dtype=int))
-    obj_code = pc.dictionary_encode(objects.take(order)).indices.to_numpy()   # increasing: sorted
+        return reg.iloc[:0].assign(
+            strength=pd.Series(dtype=float), wins=pd.Series(dtype=int), losses=pd.Series(dtype=int)
+        )
+    obj_code = pc.dictionary_encode(objects.take(order)).indices.to_numpy()  # increasing: sorted
     ids = ids.take(order)
     sizes = np.bincount(obj_code)
     starts = np.r_[0, np.cumsum(sizes)[:-1]]
-    item = np.arange(len(reg)) - starts[obj_code]                               # index within its object
+    item = np.arange(len(reg)) - starts[obj_code]  # index within its object
     position = pc.index_in(pa.concat_arrays([arrow_text(pairs["winner"]), arrow_text(pairs["loser"])]), value_set=ids)
     if position.null_count:
         raise ValueError("bradley_terry: comparisons name candidates that are not in the registry")
@@ -74,15 +78,16 @@ def bradley_terry(pairs: pd.DataFrame, registry: pd.DataFrame, alpha: float = 0.
     weight = weight / weight.mean() if weight.mean() > 0 else np.ones(len(weight))
     judged_objects, pair_judged = np.unique(obj_code[w_pos], return_inverse=True)
     n_items = sizes[judged_objects]
-    matrix_at = np.cumsum(n_items ** 2) - n_items ** 2                  # each judged object's n x n block
+    matrix_at = np.cumsum(n_items**2) - n_items**2  # each judged object's n x n block
     cell = matrix_at[pair_judged] + item[w_pos] * n_items[pair_judged] + item[l_pos]
-    counts = np.bincount(cell, weights=weight, minlength=int((n_items ** 2).sum()))
-    fitted = _fit_all(counts, n_items, alpha)                           # concatenated, per judged object
-    first_item = np.cumsum(n_items) - n_items                           # of each judged object in ``fitted``
+    counts = np.bincount(cell, weights=weight, minlength=int((n_items**2).sum()))
+    fitted = _fit_all(counts, n_items, alpha)  # concatenated, per judged object
+    first_item = np.cumsum(n_items) - n_items  # of each judged object in ``fitted``
     means = np.add.reduceat(fitted, first_item) / n_items
     strengths = np.zeros(len(reg))
-    strengths[np.arange(len(fitted)) + np.repeat(starts[judged_objects] - first_item, n_items)] = \
-        fitted - np.repeat(means, n_items)
+    strengths[np.arange(len(fitted)) + np.repeat(starts[judged_objects] - first_item, n_items)] = fitted - np.repeat(
+        means, n_items
+    )
     judged = np.zeros(len(sizes), bool)
     judged[judged_objects] = True
     judged = judged[obj_code]
@@ -105,7 +110,7 @@ def _fit(counts: np.ndarray, n_items: np.ndarray, alpha: float) -> np.ndarray:
     """choix.lsr_pairwise_dense per object; ``counts`` holds their n x n win matrices in turn."""
     out, at = [], 0
     for n in n_items.tolist():
-        out.append(choix.lsr_pairwise_dense(counts[at:at + n * n].reshape(n, n), alpha=alpha))
+        out.append(choix.lsr_pairwise_dense(counts[at : at + n * n].reshape(n, n), alpha=alpha))
         at += n * n
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -120,42 +125,62 @@ def _fit_all(counts: np.ndarray, n_items: np.ndarray, alpha: float, parallel_abo
     from concurrent.futures import ProcessPoolExecutor
 
     cuts = np.linspace(0, objects, workers + 1).astype(int)
-    at = np.r_[0, np.cumsum(n_items ** 2)]
-    jobs = [(counts[at[a]:at[b]], n_items[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    at = np.r_[0, np.cumsum(n_items**2)]
+    jobs = [(counts[at[a] : at[b]], n_items[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
     with ProcessPoolExecutor(workers) as pool:
         return np.concatenate(list(pool.map(_fit, *zip(*jobs), [alpha] * len(jobs))))
 
 
 @dataclass(frozen=True)
 class DecisionRules:
-    alpha: float                 # the round's acceptance threshold on the score
-    reject_share: float = 0.5    # weighted share of reject-all votes that makes a hard case
-    min_judgements: int = 1      # fewer judgements: undecided (wait for more)
+    alpha: float  # the round's acceptance threshold on the score
+    reject_share: float = 0.5  # weighted share of reject-all votes that makes a hard case
+    min_judgements: int = 1  # fewer judgements: undecided (wait for more)
 
 
-def decide(rankings: pa.Table, registry: pd.DataFrame, rules: DecisionRules,
-           weights: dict[str, float] | None = None, bt_alpha: float = 0.1) -> tuple[pd.DataFrame, pd.DataFrame]:
+def decide(
+    rankings: pa.Table,
+    registry: pd.DataFrame,
+    rules: DecisionRules,
+    weights: dict[str, float] | None = None,
+    bt_alpha: float = 0.1,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-object decisions, per-candidate scores). Decisions: ``accept``, ``hard-case``,
     ``below-threshold`` or ``undecided``, with winner, runner-up, score and confidence."""
     pairs = comparisons(rankings)
     scores = bradley_terry(pairs, registry, bt_alpha, weights)
     reject = pc.fill_null(pc.equal(rankings["kind"], "reject-all"), False).to_numpy()
     weight = _annotator_weights(rankings["annotator_id"], weights)
-    votes = pa.table({"object_id": rankings["object_id"], "reject": reject.astype(np.int64), "weight": weight,
-                      "reject_weight": weight * reject})
-    per_object = (votes.group_by("object_id").aggregate([("reject", "count"), ("reject", "sum"), ("weight", "sum"),
-                                                         ("reject_weight", "sum")])
-                  .sort_by("object_id").to_pandas()
-                  .rename(columns={"reject_count": "judgements", "reject_sum": "rejects", "weight_sum": "weight",
-                                   "reject_weight_sum": "reject_weight"})
-                  .set_index("object_id"))
+    votes = pa.table(
+        {
+            "object_id": rankings["object_id"],
+            "reject": reject.astype(np.int64),
+            "weight": weight,
+            "reject_weight": weight * reject,
+        }
+    )
+    per_object = (
+        votes.group_by("object_id")
+        .aggregate([("reject", "count"), ("reject", "sum"), ("weight", "sum"), ("reject_weight", "sum")])
+        .sort_by("object_id")
+        .to_pandas()
+        .rename(
+            columns={
+                "reject_count": "judgements",
+                "reject_sum": "rejects",
+                "weight_sum": "weight",
+                "reject_weight_sum": "reject_weight",
+            }
+        )
+        .set_index("object_id")
+    )
     per_object["reject_share"] = per_object["reject_weight"] / per_object["weight"].where(per_object["weight"] > 0, 1)
 
     # top and runner-up per object: scores are grouped by object; sort within by strength
     encoded = pc.dictionary_encode(arrow_text(scores["object_id"]))
     code, uniques = encoded.indices.to_numpy(), encoded.dictionary.to_numpy(zero_copy_only=False)
     strength = scores["strength"].to_numpy()
-    order = np.lexsort((-strength, code))        # stable: equal strengths keep registry order
+    order = np.lexsort((-strength, code))  # stable: equal strengths keep registry order
     code_s, strength_s = code[order], strength[order]
     first = np.flatnonzero(np.r_[True, code_s[1:] != code_s[:-1]]) if len(code_s) else np.zeros(0, int)
     size = np.diff(np.r_[first, len(code_s)])
@@ -167,17 +192,30 @@ def decide(rankings: pa.Table, registry: pd.DataFrame, rules: DecisionRules,
     candidates = scores["candidate_id"].to_numpy(dtype=object)[order]
     has_second = size > 1
     second_idx = np.where(has_second, first + 1, first)
-    summary = pd.DataFrame({
-        "winner": candidates[first], "runner_up": np.where(has_second, candidates[second_idx], np.array(None)),
-        "score": np.where(has_second, score, np.nan),
-        "confidence": np.where(has_second, 1 / (1 + np.exp(-(strength_s[first] - strength_s[second_idx]))), np.nan),
-    }, index=pd.Index(uniques[code_s[first]], name="object_id"))
+    summary = pd.DataFrame(
+        {
+            "winner": candidates[first],
+            "runner_up": np.where(has_second, candidates[second_idx], np.array(None)),
+            "score": np.where(has_second, score, np.nan),
+            "confidence": np.where(has_second, 1 / (1 + np.exp(-(strength_s[first] - strength_s[second_idx]))), np.nan),
+        },
+        index=pd.Index(uniques[code_s[first]], name="object_id"),
+    )
 
     out = per_object.join(summary, how="left")
-    decision = np.where(out["judgements"] < rules.min_judgements, "undecided",
-                        np.where(out["reject_share"] >= rules.reject_share, "hard-case",
-                                 np.where(out["score"].fillna(0) >= rules.alpha, "accept",
-                                          np.where(out["winner"].isna(), "undecided", "below-threshold"))))
+    decision = np.where(
+        out["judgements"] < rules.min_judgements,
+        "undecided",
+        np.where(
+            out["reject_share"] >= rules.reject_share,
+            "hard-case",
+            np.where(
+                out["score"].fillna(0) >= rules.alpha,
+                "accept",
+                np.where(out["winner"].isna(), "undecided", "below-threshold"),
+            ),
+        ),
+    )
     out["decision"] = decision
     out.loc[out["decision"] == "hard-case", ["winner", "runner_up"]] = None
     return out.reset_index(), scores
@@ -188,9 +226,12 @@ def preference_pairs(decisions: pd.DataFrame, rankings: pa.Table) -> pd.DataFram
     pairs = comparisons(rankings)
     accepted = decisions[decisions["decision"] == "accept"][["object_id", "winner", "score"]]
     beaten = pairs.merge(accepted, on=["object_id", "winner"])
-    return (beaten.groupby(["object_id", "winner", "loser"], as_index=False)
-            .agg(times=("annotator_id", "size"), score=("score", "first"))
-            .sort_values(["object_id", "loser"]).reset_index(drop=True))
+    return (
+        beaten.groupby(["object_id", "winner", "loser"], as_index=False)
+        .agg(times=("annotator_id", "size"), score=("score", "first"))
+        .sort_values(["object_id", "loser"])
+        .reset_index(drop=True)
+    )
 
 
 def acceptance_threshold(round_index: int, schedule: list[float]) -> float:
@@ -201,29 +242,44 @@ def acceptance_threshold(round_index: int, schedule: list[float]) -> float:
 @dataclass(frozen=True)
 class RoundJudgement:
     """What one round's decisions rest on, and the decisions."""
+
     round_index: int
     alpha: float
-    decisions: pd.DataFrame       # per object: decide()
-    preferences: pd.DataFrame     # DPO pairs: preference_pairs()
-    annotators: pd.DataFrame      # per annotator: annotator_stats()
-    agreement: dict               # agreement()
+    decisions: pd.DataFrame  # per object: decide()
+    preferences: pd.DataFrame  # DPO pairs: preference_pairs()
+    annotators: pd.DataFrame  # per annotator: annotator_stats()
+    agreement: dict  # agreement()
 
     def metrics(self) -> dict[str, float]:
         """Counts, accept rate, threshold and agreement, as logged to MLflow."""
         d = self.decisions
         judged = len(d)
         accepted = int((d["decision"] == "accept").sum())
-        return {"objects_judged": judged, "accepted": accepted, "hard_cases": int((d["decision"] == "hard-case").sum()),
-                "preference_pairs": len(self.preferences), "accept_rate": accepted / judged if judged else 0.0,
-                "alpha": self.alpha, "annotators": len(self.annotators),
-                "overlapping_items": self.agreement["overlapping_items"],
-                **({"fleiss_kappa": self.agreement["fleiss"]} if self.agreement["fleiss"] is not None else {}),
-                **{f"decision_{k.replace('-', '_')}": int(v) for k, v in d["decision"].value_counts().items()}}
+        return {
+            "objects_judged": judged,
+            "accepted": accepted,
+            "hard_cases": int((d["decision"] == "hard-case").sum()),
+            "preference_pairs": len(self.preferences),
+            "accept_rate": accepted / judged if judged else 0.0,
+            "alpha": self.alpha,
+            "annotators": len(self.annotators),
+            "overlapping_items": self.agreement["overlapping_items"],
+            **({"fleiss_kappa": self.agreement["fleiss"]} if self.agreement["fleiss"] is not None else {}),
+            **{f"decision_{k.replace('-', '_')}": int(v) for k, v in d["decision"].value_counts().items()},
+        }
 
 
-def judge_round(rankings: pa.Table, registry: pd.DataFrame, round_index: int, *, alpha_schedule: list[float],
-                reject_share: float, min_judgements: int, bt_alpha: float,
-                gold: dict[str, str] | None = None) -> RoundJudgement:
+def judge_round(
+    rankings: pa.Table,
+    registry: pd.DataFrame,
+    round_index: int,
+    *,
+    alpha_schedule: list[float],
+    reject_share: float,
+    min_judgements: int,
+    bt_alpha: float,
+    gold: dict[str, str] | None = None,
+) -> RoundJudgement:
     """Round k's decisions on the objects of ``registry`` (candidate_id, object_id): the
     rankings accumulate over rounds, so judgements of other objects are left out. Annotator
     weights (gold accuracy, else agreement with the majority) weigh the fit and the
@@ -232,20 +288,27 @@ def judge_round(rankings: pa.Table, registry: pd.DataFrame, round_index: int, *,
     alpha = acceptance_threshold(round_index, alpha_schedule)
     pairs = comparisons(rankings)
     stats = annotator_stats(rankings, pairs, gold or None)
-    decisions, _ = decide(rankings, registry[["candidate_id", "object_id"]],
-                          DecisionRules(alpha, reject_share, min_judgements),
-                          weights=dict(zip(stats["annotator_id"], stats["weight"])), bt_alpha=bt_alpha)
-    return RoundJudgement(round_index, alpha, decisions, preference_pairs(decisions, rankings), stats,
-                          agreement(pairs))
+    decisions, _ = decide(
+        rankings,
+        registry[["candidate_id", "object_id"]],
+        DecisionRules(alpha, reject_share, min_judgements),
+        weights=dict(zip(stats["annotator_id"], stats["weight"])),
+        bt_alpha=bt_alpha,
+    )
+    return RoundJudgement(round_index, alpha, decisions, preference_pairs(decisions, rankings), stats, agreement(pairs))
 
 
 def _labelled_items(pairs: pd.DataFrame) -> pd.DataFrame:
     """Each comparison as an item (object + unordered pair) with a binary label."""
     w, lo = pairs["winner"].astype(str), pairs["loser"].astype(str)
     first, second = w.where(w < lo, lo), w.where(w > lo, lo)
-    return pd.DataFrame({"item": pairs["object_id"].astype(str) + "|" + first + "|" + second,
-                         "annotator_id": pairs["annotator_id"].to_numpy(),
-                         "label": (w == first).astype(int).to_numpy()})
+    return pd.DataFrame(
+        {
+            "item": pairs["object_id"].astype(str) + "|" + first + "|" + second,
+            "annotator_id": pairs["annotator_id"].to_numpy(),
+            "label": (w == first).astype(int).to_numpy(),
+        }
+    )
 
 
 def agreement(pairs: pd.DataFrame, min_overlap: int = 5) -> dict:
@@ -260,7 +323,7 @@ def agreement(pairs: pd.DataFrame, min_overlap: int = 5) -> dict:
     cohen = {}
     names = list(wide.columns)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             both = wide[[a, b]].dropna()
             if len(both) >= min_overlap:
                 with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
@@ -277,7 +340,7 @@ def agreement(pairs: pd.DataFrame, min_overlap: int = 5) -> dict:
         counts, _ = aggregate_raters(table, n_cat=2)
         with np.errstate(invalid="ignore", divide="ignore"):
             value = float(fleiss_kappa(counts)) if len(counts) > 1 else float("nan")
-        fleiss = None if np.isnan(value) else value   # undefined when every rating is the same
+        fleiss = None if np.isnan(value) else value  # undefined when every rating is the same
     return {"cohen": cohen, "fleiss": fleiss, "overlapping_items": int((raters >= 2).sum())}
 
 
@@ -285,10 +348,14 @@ def annotator_stats(rankings: pa.Table, pairs: pd.DataFrame, gold: dict[str, str
     """Per annotator: judgements, median seconds, agreement with the majority on shared
     items, accuracy on gold items (objects with a known best candidate) and a weight
     (smoothed gold accuracy, else smoothed majority agreement)."""
-    table = pd.DataFrame({"annotator_id": rankings["annotator_id"].to_numpy(zero_copy_only=False),
-                          "object_id": rankings["object_id"].to_numpy(zero_copy_only=False),
-                          "winner": rankings["winner"].to_numpy(zero_copy_only=False),
-                          "seconds": rankings["time_spent_s"].to_numpy()})
+    table = pd.DataFrame(
+        {
+            "annotator_id": rankings["annotator_id"].to_numpy(zero_copy_only=False),
+            "object_id": rankings["object_id"].to_numpy(zero_copy_only=False),
+            "winner": rankings["winner"].to_numpy(zero_copy_only=False),
+            "seconds": rankings["time_spent_s"].to_numpy(),
+        }
+    )
     out = table.groupby("annotator_id").agg(judgements=("object_id", "size"), median_seconds=("seconds", "median"))
     items = _labelled_items(pairs)
     share = items.groupby("item")["label"].mean()

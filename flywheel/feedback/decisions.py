@@ -29,9 +29,20 @@ class RoundDecisions:
         return [self.sft, self.preferences, self.hard_cases]
 
 
-def write_decisions(store: Store, *, accepted: pd.DataFrame, preferences: pd.DataFrame, hard: pd.DataFrame,
-                    rankings: DatasetRef, candidates: DatasetRef, pool: DatasetRef, round_index: int,
-                    inputs: dict[str, Any], code_version: str, writer_options: dict[str, Any]) -> dict[str, DatasetRef]:
+def write_decisions(
+    store: Store,
+    *,
+    accepted: pd.DataFrame,
+    preferences: pd.DataFrame,
+    hard: pd.DataFrame,
+    rankings: DatasetRef,
+    candidates: DatasetRef,
+    pool: DatasetRef,
+    round_index: int,
+    inputs: dict[str, Any],
+    code_version: str,
+    writer_options: dict[str, Any],
+) -> dict[str, DatasetRef]:
     """Commit (or find committed) the three decision datasets; dataset name -> reference."""
     cands = Dataset(store, candidates.name, candidates.version)
     rows = cands.manifest().to_pandas().set_index("candidate_id")
@@ -40,31 +51,60 @@ def write_decisions(store: Store, *, accepted: pd.DataFrame, preferences: pd.Dat
     wanted = set(accepted["winner"]) | set(preferences["loser"])
     occ = {s["__key__"]: s["occ.npy"] for s in cands.samples(keys=sorted(wanted))}
     refs = {}
-    specs: tuple[tuple[DatasetSpec, pd.DataFrame], ...] = ((SFT, accepted), (PREFERENCES, preferences), (HARD_CASES, hard))
+    specs: tuple[tuple[DatasetSpec, pd.DataFrame], ...] = (
+        (SFT, accepted),
+        (PREFERENCES, preferences),
+        (HARD_CASES, hard),
+    )
     for spec, frame in specs:
         version = version_of(spec, inputs=inputs, code_version=code_version)
         ref = committed_ref(store, spec.name, version)
         if ref is None:
-            with DatasetWriter(store, spec, version, inputs=inputs, parents=[rankings, candidates, pool],
-                               **writer_options) as writer:
+            with DatasetWriter(
+                store, spec, version, inputs=inputs, parents=[rankings, candidates, pool], **writer_options
+            ) as writer:
                 for r in frame.to_dict("records"):
                     image = images[r["object_id"]]
                     files = {"rgb.png": image["rgb.png"], "mask.png": image["mask.png"]}
                     base = {"object_id": r["object_id"], "round": round_index}
                     if spec is SFT:
                         c = rows.loc[r["winner"]]
-                        writer.add(r["winner"], {**base, "score": r["score"], "candidate_id": r["winner"],
-                                                 "confidence": r["confidence"], "R": list(c["R"]),
-                                                 "t": list(c["t"]), "s": float(c["s"])},
-                                   {**files, "occ.npy": occ[r["winner"]]})
+                        writer.add(
+                            r["winner"],
+                            {
+                                **base,
+                                "score": r["score"],
+                                "candidate_id": r["winner"],
+                                "confidence": r["confidence"],
+                                "R": list(c["R"]),
+                                "t": list(c["t"]),
+                                "s": float(c["s"]),
+                            },
+                            {**files, "occ.npy": occ[r["winner"]]},
+                        )
                     elif spec is PREFERENCES:
-                        writer.add(f"{r['winner']}-{r['loser']}",
-                                   {**base, "score": r["score"], "winner": r["winner"], "loser": r["loser"],
-                                    "times": r["times"]},
-                                   {**files, "winner.npy": occ[r["winner"]], "loser.npy": occ[r["loser"]]})
+                        writer.add(
+                            f"{r['winner']}-{r['loser']}",
+                            {
+                                **base,
+                                "score": r["score"],
+                                "winner": r["winner"],
+                                "loser": r["loser"],
+                                "times": r["times"],
+                            },
+                            {**files, "winner.npy": occ[r["winner"]], "loser.npy": occ[r["loser"]]},
+                        )
                     else:
-                        writer.add(r["object_id"], {**base, "judgements": r["judgements"], "rejects": r["rejects"],
-                                                    "reject_share": r["reject_share"]}, files)
+                        writer.add(
+                            r["object_id"],
+                            {
+                                **base,
+                                "judgements": r["judgements"],
+                                "rejects": r["rejects"],
+                                "reject_share": r["reject_share"],
+                            },
+                            files,
+                        )
             ref = writer.ref
         refs[spec.name] = ref
     return refs

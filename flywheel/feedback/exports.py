@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +46,18 @@ RUBRIC = ("geometry", "texture", "completeness", "multiview_consistency")
 NATIVE_SCHEMA = pa.schema([f for f in RANKINGS.schema if f.name != "source_file"])
 
 #: Reasons a row is quarantined, for counting.
-REASONS = ("malformed row", "unknown object", "unknown candidate", "candidate of another object",
-           "self-comparison", "unknown annotator", "future timestamp", "impossible duration",
-           "conflicting resubmission", "file too large")
+REASONS = (
+    "malformed row",
+    "unknown object",
+    "unknown candidate",
+    "candidate of another object",
+    "self-comparison",
+    "unknown annotator",
+    "future timestamp",
+    "impossible duration",
+    "conflicting resubmission",
+    "file too large",
+)
 
 
 class ExportError(ValueError):
@@ -99,11 +108,13 @@ def read_native(data: bytes, name: str) -> pd.DataFrame:
             except json.JSONDecodeError as e:
                 rows.append({"_line": i, "_problem": f"not JSON ({e.msg})"})
                 continue
-            rows.append({**row, "_line": i, "_problem": None} if isinstance(row, dict)
-                        else {"_line": i, "_problem": "not a JSON object"})
+            rows.append(
+                {**row, "_line": i, "_problem": None}
+                if isinstance(row, dict)
+                else {"_line": i, "_problem": "not a JSON object"}
+            )
         return pd.DataFrame(rows) if rows else _frame([])
-    raise ExportError(f"{name}: unknown export format {suffix!r} (native: .jsonl, .csv, .parquet; "
-                      "Label Studio: .json)")
+    raise ExportError(f"{name}: unknown export format {suffix!r} (native: .jsonl, .csv, .parquet; Label Studio: .json)")
 
 
 def from_label_studio(data: bytes, name: str) -> pd.DataFrame:
@@ -120,9 +131,15 @@ def from_label_studio(data: bytes, name: str) -> pd.DataFrame:
         task = task if isinstance(task, dict) else {}
         d = task.get("data") or {}
         for ann in task.get("annotations") or []:
-            base = {"submission_id": f"ls-{task.get('id')}-{ann.get('id')}", "annotator_id": _ls_user(ann),
-                    "object_id": d.get("object_id"), "timestamp": ann.get("created_at"),
-                    "time_spent_s": ann.get("lead_time"), "_line": t_index, "_problem": None}
+            base = {
+                "submission_id": f"ls-{task.get('id')}-{ann.get('id')}",
+                "annotator_id": _ls_user(ann),
+                "object_id": d.get("object_id"),
+                "timestamp": ann.get("created_at"),
+                "time_spent_s": ann.get("lead_time"),
+                "_line": t_index,
+                "_problem": None,
+            }
             for result in ann.get("result") or []:
                 value = result.get("value") or {}
                 if result.get("type") == "pairwise" or "selected" in value:
@@ -156,10 +173,12 @@ def _loser_lists(column: pd.Series, flag) -> pa.ListArray:
         arr = (arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr).cast(list_type)
         return pc.if_else(pc.is_null(arr), pa.scalar([], list_type), arr)
     lists = [_losers(v) for v in column]
-    flag(np.fromiter((v is None for v in lists), bool, len(lists)), "malformed row",
-         "losers must be a list of candidate ids")
-    return pa.array([v if isinstance(v, list) and all(isinstance(x, str) for x in v) else [] for v in lists],
-                    list_type)
+    flag(
+        np.fromiter((v is None for v in lists), bool, len(lists)),
+        "malformed row",
+        "losers must be a list of candidate ids",
+    )
+    return pa.array([v if isinstance(v, list) and all(isinstance(x, str) for x in v) else [] for v in lists], list_type)
 
 
 def arrow_text(values: pd.Series) -> pa.StringArray:
@@ -182,9 +201,11 @@ def _mask(arr) -> np.ndarray:
 def submission_content(columns) -> pa.StringArray:
     """Per row, one text of what the submission says (annotator, object, kind, winner,
     losers). ``columns``: a table, or a dict of those columns as Arrow arrays."""
-    return pc.binary_join_element_wise(*(pc.fill_null(columns[c], "") for c in ("annotator_id", "object_id", "kind",
-                                                                             "winner")),
-                                       pc.binary_join(columns["losers"], ";"), "|")
+    return pc.binary_join_element_wise(
+        *(pc.fill_null(columns[c], "") for c in ("annotator_id", "object_id", "kind", "winner")),
+        pc.binary_join(columns["losers"], ";"),
+        "|",
+    )
 
 
 def resubmissions(good: pa.Table, ingested: pa.Table | None) -> tuple[np.ndarray, np.ndarray]:
@@ -198,21 +219,27 @@ def resubmissions(good: pa.Table, ingested: pa.Table | None) -> tuple[np.ndarray
     at = pc.index_in(good["submission_id"], value_set=ingested["submission_id"].combine_chunks())
     seen = _mask(pc.is_valid(at))
     rows = np.flatnonzero(seen)
-    same = _mask(pc.equal(submission_content(good.take(rows)),
-                          submission_content(ingested.take(pc.drop_null(at)))))
+    same = _mask(pc.equal(submission_content(good.take(rows)), submission_content(ingested.take(pc.drop_null(at)))))
     duplicate[rows], conflicting[rows] = same, ~same
     return duplicate, conflicting
 
 
-def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annotators: set[str] | None,
-          max_time_spent_s: float, now: datetime | None = None,
-          clock_skew_s: float = 300.0) -> tuple[pa.Table, pd.DataFrame]:
+def check(
+    raw: pd.DataFrame,
+    file_name: str,
+    *,
+    candidates: pd.DataFrame,
+    annotators: set[str] | None,
+    max_time_spent_s: float,
+    now: datetime | None = None,
+    clock_skew_s: float = 300.0,
+) -> tuple[pa.Table, pd.DataFrame]:
     """Type and check raw rows. ``candidates``: the registry (candidate_id, object_id).
 
     Returns (good rows as a NATIVE_SCHEMA table, quarantine rows: item_id, kind, reason,
     detail). Vectorised: candidate ids are flattened with pyarrow and joined against the
     registry in one hash join; detail texts are built only for the rows that fail."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     df = raw.reset_index(drop=True)
     for col in [f.name for f in NATIVE_SCHEMA] + ["_line", "_problem"]:
         if col not in df:
@@ -242,8 +269,11 @@ def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annota
     has_winner = _mask(pc.is_valid(cols["winner"]))
     count = pc.fill_null(pc.list_value_length(flat), 0).to_numpy()
     is_kind = {k: _mask(pc.equal(kind, k)) for k in KINDS}
-    flag((is_kind["pairwise"] | is_kind["best-of-n"]) & ~has_winner, "malformed row",
-         "pairwise and best-of-n need a winner")
+    flag(
+        (is_kind["pairwise"] | is_kind["best-of-n"]) & ~has_winner,
+        "malformed row",
+        "pairwise and best-of-n need a winner",
+    )
     flag(is_kind["reject-all"] & has_winner, "malformed row", "reject-all has no winner")
     flag(is_kind["pairwise"] & (count != 1), "malformed row", "pairwise needs exactly one loser")
     flag(is_kind["best-of-n"] & (count < 1), "malformed row", "best-of-n needs one loser or more")
@@ -254,13 +284,15 @@ def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annota
     rubric = {}
     for r in RUBRIC:
         given = df[r].notna().to_numpy().copy()
-        if not given.any():          # the usual case: no rubric
+        if not given.any():  # the usual case: no rubric
             rubric[r] = np.full(n, np.nan)
             continue
-        if not pd.api.types.is_numeric_dtype(df[r].dtype):   # CSV: empty text is "not given"
+        if not pd.api.types.is_numeric_dtype(df[r].dtype):  # CSV: empty text is "not given"
             given &= ~df[r].isin([""]).to_numpy()
         values = pd.to_numeric(df[r].where(given, None), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-        flag(given & (np.isnan(values) | (values < 0) | (values > 10)), "malformed row", f"{r} must be a number in 0..10")
+        flag(
+            given & (np.isnan(values) | (values < 0) | (values > 10)), "malformed row", f"{r} must be a number in 0..10"
+        )
         rubric[r] = values
 
     objects = cols["object_id"]
@@ -270,8 +302,11 @@ def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annota
     reg_objects = pc.dictionary_encode(arrow_text(candidates["object_id"]))
     reg_object_code = pc.fill_null(reg_objects.indices, -1).to_numpy()
     row_object = pc.index_in(objects, value_set=reg_objects.dictionary)
-    flag(~_mask(pc.is_valid(row_object)), "unknown object",
-         lambda i: [f"object {o} has no candidates in the registry" for o in objects.take(pa.array(i)).to_pylist()])
+    flag(
+        ~_mask(pc.is_valid(row_object)),
+        "unknown object",
+        lambda i: [f"object {o} has no candidates in the registry" for o in objects.take(pa.array(i)).to_pylist()],
+    )
     row_object = pc.fill_null(row_object, -1).to_numpy()
     # every candidate id a row names (winner + losers), flattened; one hash lookup in the registry
     parent = np.concatenate([np.flatnonzero(has_winner), pc.list_parent_indices(flat).to_numpy()])
@@ -285,11 +320,19 @@ def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annota
         names = pd.Series(cand.filter(pa.array(mask)).to_pylist()).groupby(parent[mask]).agg(", ".join)
         return lambda i: [f"{names.get(j, '')}" for j in i]
 
-    flag(np.bincount(parent[unknown], minlength=n) > 0, "unknown candidate",
-         lambda i: ["candidates not in the registry: " + t for t in listed(unknown)(i)])
-    flag(np.bincount(parent[foreign], minlength=n) > 0, "candidate of another object",
-         lambda i: [f"candidates of another object: {t} (row object {o})"
-                    for t, o in zip(listed(foreign)(i), objects.take(pa.array(i)).to_pylist())])
+    flag(
+        np.bincount(parent[unknown], minlength=n) > 0,
+        "unknown candidate",
+        lambda i: ["candidates not in the registry: " + t for t in listed(unknown)(i)],
+    )
+    flag(
+        np.bincount(parent[foreign], minlength=n) > 0,
+        "candidate of another object",
+        lambda i: [
+            f"candidates of another object: {t} (row object {o})"
+            for t, o in zip(listed(foreign)(i), objects.take(pa.array(i)).to_pylist())
+        ],
+    )
     # a loser that is the row's winner, or a loser listed twice (best-of-n); unknown ids share
     # position -1, but their rows are flagged already
     winners = int(has_winner.sum())
@@ -304,36 +347,63 @@ def check(raw: pd.DataFrame, file_name: str, *, candidates: pd.DataFrame, annota
     flag(np.bincount(self_compared, minlength=n) > 0, "self-comparison", "a candidate is compared with itself")
     if annotators is not None:
         allowed = pc.is_in(cols["annotator_id"], value_set=pa.array(sorted(annotators), pa.string()))
-        flag(~_mask(allowed), "unknown annotator", lambda i: [
-            f"annotator {a} is not on the allow-list" for a in cols["annotator_id"].take(pa.array(i)).to_pylist()])
+        flag(
+            ~_mask(allowed),
+            "unknown annotator",
+            lambda i: [
+                f"annotator {a} is not on the allow-list" for a in cols["annotator_id"].take(pa.array(i)).to_pylist()
+            ],
+        )
     future = (stamps > pd.Timestamp(now) + pd.Timedelta(seconds=clock_skew_s)).to_numpy()
     flag(future, "future timestamp", lambda i: [f"timestamp {df['timestamp'][j]} is in the future" for j in i])
-    flag((time_spent <= 0) | (time_spent > max_time_spent_s), "impossible duration",
-         lambda i: [f"time_spent_s {time_spent[j]} is not in (0, {max_time_spent_s}]" for j in i])
+    flag(
+        (time_spent <= 0) | (time_spent > max_time_spent_s),
+        "impossible duration",
+        lambda i: [f"time_spent_s {time_spent[j]} is not in (0, {max_time_spent_s}]" for j in i],
+    )
 
     # the same submission id twice in a file: identical -> once; different -> quarantined
     key_codes = pc.dictionary_encode(pc.fill_null(cols["submission_id"], "")).indices.to_numpy()
     repeats = ~flagged & pd.Series(key_codes).duplicated(keep=False).to_numpy()
     if repeats.any():
         rows = np.flatnonzero(repeats)
-        content = submission_content({**{c: cols[c].take(pa.array(rows)) for c in cols},
-                                      "losers": flat.take(pa.array(rows))})
-        conflicting = pd.Series(content.to_numpy(zero_copy_only=False), index=key_codes[rows]).groupby(level=0).nunique()
-        flag(repeats & np.isin(key_codes, conflicting[conflicting > 1].index), "conflicting resubmission",
-             lambda i: [f"submission {k} appears with different contents"
-                        for k in cols["submission_id"].take(pa.array(i)).to_pylist()])
+        content = submission_content(
+            {**{c: cols[c].take(pa.array(rows)) for c in cols}, "losers": flat.take(pa.array(rows))}
+        )
+        conflicting = (
+            pd.Series(content.to_numpy(zero_copy_only=False), index=key_codes[rows]).groupby(level=0).nunique()
+        )
+        flag(
+            repeats & np.isin(key_codes, conflicting[conflicting > 1].index),
+            "conflicting resubmission",
+            lambda i: [
+                f"submission {k} appears with different contents"
+                for k in cols["submission_id"].take(pa.array(i)).to_pylist()
+            ],
+        )
     keep = pa.array(np.flatnonzero(~flagged & ~pd.Series(key_codes).duplicated().to_numpy()))
 
-    good = pa.table({
-        **{c: cols[c].take(keep) for c in ("submission_id", "annotator_id", "object_id", "kind", "winner")},
-        "losers": flat.take(keep),
-        "timestamp": pa.array(stamps.iloc[keep.to_numpy()], pa.timestamp("us", tz="UTC")),
-        "time_spent_s": pa.array(time_spent[keep.to_numpy()], pa.float64()),
-        **{r: pa.array(rubric[r][keep.to_numpy()], pa.float64(), from_pandas=True) for r in RUBRIC},
-    }).select(NATIVE_SCHEMA.names).cast(NATIVE_SCHEMA)
+    good = (
+        pa.table(
+            {
+                **{c: cols[c].take(keep) for c in ("submission_id", "annotator_id", "object_id", "kind", "winner")},
+                "losers": flat.take(keep),
+                "timestamp": pa.array(stamps.iloc[keep.to_numpy()], pa.timestamp("us", tz="UTC")),
+                "time_spent_s": pa.array(time_spent[keep.to_numpy()], pa.float64()),
+                **{r: pa.array(rubric[r][keep.to_numpy()], pa.float64(), from_pandas=True) for r in RUBRIC},
+            }
+        )
+        .select(NATIVE_SCHEMA.names)
+        .cast(NATIVE_SCHEMA)
+    )
     bad = np.flatnonzero(flagged)
     keys = cols["submission_id"].take(pa.array(bad)).to_pylist()
-    quarantine = pd.DataFrame({
-        "item_id": [f"{file_name}:{df['_line'][j]}:{k}" for j, k in zip(bad, keys)], "kind": "ranking",
-        "reason": reason[bad], "detail": detail[bad].astype(str)})
+    quarantine = pd.DataFrame(
+        {
+            "item_id": [f"{file_name}:{df['_line'][j]}:{k}" for j, k in zip(bad, keys)],
+            "kind": "ranking",
+            "reason": reason[bad],
+            "detail": detail[bad].astype(str),
+        }
+    )
     return good, quarantine

@@ -14,8 +14,8 @@ import csv
 import hashlib
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -32,8 +32,13 @@ Item = Sample | Rejected
 def _sample(rgb: np.ndarray, mask: np.ndarray, source: str, object_id: str | None = None) -> Item:
     rgb_png, mask_png = encode_png(rgb), encode_png(mask.astype(np.uint8) * 255)
     oid = object_id or "obj-" + hashlib.sha256(rgb_png + mask_png).hexdigest()[:20]
-    row = {"object_id": oid, "source": source, "width": rgb.shape[1], "height": rgb.shape[0],
-           "mask_pixels": int(mask.sum())}
+    row = {
+        "object_id": oid,
+        "source": source,
+        "width": rgb.shape[1],
+        "height": rgb.shape[0],
+        "mask_pixels": int(mask.sum()),
+    }
     return Sample(oid, row, {"rgb.png": rgb_png, "mask.png": mask_png})
 
 
@@ -117,8 +122,9 @@ def unique(items: Iterator[Item]) -> Iterator[Item]:
     seen: set[str] = set()
     for item in items:
         if isinstance(item, Sample) and item.key in seen:
-            item = Rejected(item.key, "duplicate", f"{item.row['source']}: same image and mask as an earlier "
-                                                   f"item ({item.key})")
+            item = Rejected(
+                item.key, "duplicate", f"{item.row['source']}: same image and mask as an earlier item ({item.key})"
+            )
         elif isinstance(item, Sample):
             seen.add(item.key)
         yield item

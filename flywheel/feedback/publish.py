@@ -7,9 +7,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -47,8 +48,12 @@ def _mesh_npz(occupancy: npt.NDArray[Any]) -> bytes | None:
     mesh = occupancy_to_mesh(occupancy)
     if len(mesh.faces) == 0:
         return None
-    return CleanMesh(mesh.vertices.astype(np.float32), mesh.faces.astype(np.int32),
-                     np.full((len(mesh.vertices), 4), 200, np.uint8), watertight=mesh.is_watertight).to_npz()
+    return CleanMesh(
+        mesh.vertices.astype(np.float32),
+        mesh.faces.astype(np.int32),
+        np.full((len(mesh.vertices), 4), 200, np.uint8),
+        watertight=mesh.is_watertight,
+    ).to_npz()
 
 
 def _crop_view(rgb: npt.NDArray[Any], mask: npt.NDArray[Any], size: int) -> npt.NDArray[Any]:
@@ -61,8 +66,16 @@ def _crop_view(rgb: npt.NDArray[Any], mask: npt.NDArray[Any], size: int) -> npt.
     return np.asarray(Image.fromarray(shown).resize((size, size), Image.Resampling.BILINEAR))
 
 
-def publish_tasks(store: Store, candidates: DatasetRef, pool: DatasetRef, *, views: int, resolution: int,
-                  render: Callable[[list[Job]], list[JobResult]], workdir: Path) -> PublishedTasks:
+def publish_tasks(
+    store: Store,
+    candidates: DatasetRef,
+    pool: DatasetRef,
+    *,
+    views: int,
+    resolution: int,
+    render: Callable[[list[Job]], list[JobResult]],
+    workdir: Path,
+) -> PublishedTasks:
     """Render ``views`` previews of every candidate with ``render`` (Blender workers), and
     publish them, the contact sheets and the task files; local copies go to ``workdir``."""
     prefix = f"annotation/{candidates.version}"
@@ -102,29 +115,56 @@ def publish_tasks(store: Store, candidates: DatasetRef, pool: DatasetRef, *, vie
             entries.append({"candidate_id": c["candidate_id"], "preview": store.uri(key), "member": c["member"]})
         if not result.ok:
             log.warning("previews of %s failed: %s (blank previews published)", oid, result.reason)
-        sheet = image_sheet([_crop_view(rgb, mask, resolution), *strips],
-                            ["input"] + [f"{c['member']} seed {c['seed']}" if c["kind"] == "model"
-                                         else f"{c['member']} {c['retrieved_mesh_id'][:12]}" for c in cands],
-                            workdir / "sheets" / f"{oid}.png", columns=3)
+        sheet = image_sheet(
+            [_crop_view(rgb, mask, resolution), *strips],
+            ["input"]
+            + [
+                f"{c['member']} seed {c['seed']}"
+                if c["kind"] == "model"
+                else f"{c['member']} {c['retrieved_mesh_id'][:12]}"
+                for c in cands
+            ],
+            workdir / "sheets" / f"{oid}.png",
+            columns=3,
+        )
         sheets.append(sheet)
         store.put_file(f"{prefix}/sheets/{oid}.png", sheet)
-        tasks.append({"task_id": f"{candidates.version}/{oid}", "object_id": oid,
-                      "candidates_dataset": str(candidates), "image": store.uri(f"{prefix}/inputs/{oid}.png"),
-                      "mask": store.uri(f"{prefix}/inputs/{oid}-mask.png"),
-                      "sheet": store.uri(f"{prefix}/sheets/{oid}.png"), "candidates": entries,
-                      "kinds": ["pairwise", "best-of-n", "reject-all"]})
+        tasks.append(
+            {
+                "task_id": f"{candidates.version}/{oid}",
+                "object_id": oid,
+                "candidates_dataset": str(candidates),
+                "image": store.uri(f"{prefix}/inputs/{oid}.png"),
+                "mask": store.uri(f"{prefix}/inputs/{oid}-mask.png"),
+                "sheet": store.uri(f"{prefix}/sheets/{oid}.png"),
+                "candidates": entries,
+                "kinds": ["pairwise", "best-of-n", "reject-all"],
+            }
+        )
         store.put_bytes(f"{prefix}/inputs/{oid}.png", sample["rgb.png"])
         store.put_bytes(f"{prefix}/inputs/{oid}-mask.png", sample["mask.png"])
-    outputs = {"tasks": ("tasks.jsonl", annotation.native_tasks(tasks)),
-               "label_studio_pairwise": ("label_studio_pairwise.json",
-                                         json.dumps(annotation.label_studio_pairwise(tasks), indent=1)),
-               "label_studio_ranking": ("label_studio_ranking.json",
-                                        json.dumps(annotation.label_studio_ranking(tasks), indent=1))}
+    outputs = {
+        "tasks": ("tasks.jsonl", annotation.native_tasks(tasks)),
+        "label_studio_pairwise": (
+            "label_studio_pairwise.json",
+            json.dumps(annotation.label_studio_pairwise(tasks), indent=1),
+        ),
+        "label_studio_ranking": (
+            "label_studio_ranking.json",
+            json.dumps(annotation.label_studio_ranking(tasks), indent=1),
+        ),
+    }
     uris, local = {}, {}
     for name, (filename, text) in outputs.items():
         store.put_bytes(f"{prefix}/{filename}", text.encode())
         local[name] = workdir / filename
         local[name].write_text(text)
         uris[name] = store.uri(f"{prefix}/{filename}")
-    return PublishedTasks(uris=uris, files=local, sheets=sheets, objects=len(tasks), candidates=len(rows),
-                          preview_failures=sum(not r.ok for r in results.values()))
+    return PublishedTasks(
+        uris=uris,
+        files=local,
+        sheets=sheets,
+        objects=len(tasks),
+        candidates=len(rows),
+        preview_failures=sum(not r.ok for r in results.values()),
+    )

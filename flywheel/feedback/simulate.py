@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
@@ -27,13 +27,13 @@ from flywheel.core.datasets import Dataset
 @dataclass(frozen=True)
 class SimulatedAnnotator:
     name: str
-    noise: float = 0.0                 # std of the noise on each candidate's quality
-    flip_probability: float = 0.0      # chance a pairwise answer is flipped
-    bias: dict = field(default_factory=dict)   # member name -> quality bonus
-    reject_threshold: float = float("-inf")   # best perceived quality below this: reject all
-    pairs_per_object: int = 0          # 0: one best-of-N judgement; k: k pairwise judgements
-    rotation_weight: float = 1 / 180   # quality lost per degree of rotation error
-    translation_weight: float = 0.5    # quality lost per unit of translation error
+    noise: float = 0.0  # std of the noise on each candidate's quality
+    flip_probability: float = 0.0  # chance a pairwise answer is flipped
+    bias: dict = field(default_factory=dict)  # member name -> quality bonus
+    reject_threshold: float = float("-inf")  # best perceived quality below this: reject all
+    pairs_per_object: int = 0  # 0: one best-of-N judgement; k: k pairwise judgements
+    rotation_weight: float = 1 / 180  # quality lost per degree of rotation error
+    translation_weight: float = 0.5  # quality lost per unit of translation error
 
     @classmethod
     def from_settings(cls, settings: AnnotatorSettings) -> SimulatedAnnotator:
@@ -50,23 +50,39 @@ class Truth:
     t: np.ndarray
 
 
-def quality(candidate_occ: np.ndarray, R: np.ndarray, t: np.ndarray, truth: Truth,
-            rotation_weight: float = 1 / 180, translation_weight: float = 0.5) -> float:
+def quality(
+    candidate_occ: np.ndarray,
+    R: np.ndarray,
+    t: np.ndarray,
+    truth: Truth,
+    rotation_weight: float = 1 / 180,
+    translation_weight: float = 0.5,
+) -> float:
     """vIoU with the true shape minus layout penalties (1 for a perfect candidate)."""
     a, b = candidate_occ.astype(bool), truth.occupancy.astype(bool)
     union = np.logical_or(a, b).sum()
     viou = 1.0 if union == 0 else np.logical_and(a, b).sum() / union
     cos = np.clip((np.trace(np.asarray(R).T @ truth.R) - 1) / 2, -1, 1)
-    return float(viou - rotation_weight * np.degrees(np.arccos(cos))
-                 - translation_weight * np.linalg.norm(np.asarray(t) - truth.t))
+    return float(
+        viou
+        - rotation_weight * np.degrees(np.arccos(cos))
+        - translation_weight * np.linalg.norm(np.asarray(t) - truth.t)
+    )
 
 
-def simulate(annotators: list[SimulatedAnnotator], candidates: dict[str, list[dict]], truths: dict[str, Truth], *,
-             per_object: int = 2, seed: int = 0, start: datetime | None = None) -> list[dict]:
+def simulate(
+    annotators: list[SimulatedAnnotator],
+    candidates: dict[str, list[dict]],
+    truths: dict[str, Truth],
+    *,
+    per_object: int = 2,
+    seed: int = 0,
+    start: datetime | None = None,
+) -> list[dict]:
     """Native judgement rows. ``candidates``: object id -> [{candidate_id, member, occupancy,
     R, t}]; objects without a truth are skipped."""
     rng = np.random.default_rng(seed)
-    start = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
+    start = start or datetime(2026, 1, 1, tzinfo=UTC)
     rows = []
     objects = sorted(o for o in candidates if o in truths)
     for n, oid in enumerate(objects):
@@ -74,13 +90,20 @@ def simulate(annotators: list[SimulatedAnnotator], candidates: dict[str, list[di
         chosen = rng.choice(len(annotators), size=min(per_object, len(annotators)), replace=False)
         for a_index in sorted(chosen):
             ann = annotators[a_index]
-            true_q = np.array([quality(c["occupancy"], c["R"], c["t"], truths[oid], ann.rotation_weight,
-                                       ann.translation_weight) for c in cands])
+            true_q = np.array(
+                [
+                    quality(c["occupancy"], c["R"], c["t"], truths[oid], ann.rotation_weight, ann.translation_weight)
+                    for c in cands
+                ]
+            )
             seen = true_q + rng.normal(0, ann.noise, len(cands)) if ann.noise else true_q.copy()
             seen += np.array([ann.bias.get(c["member"], 0.0) for c in cands])
-            base = {"annotator_id": ann.name, "object_id": oid,
-                    "timestamp": (start + timedelta(minutes=n)).isoformat(),
-                    "time_spent_s": float(np.round(rng.uniform(5, 60), 1))}
+            base = {
+                "annotator_id": ann.name,
+                "object_id": oid,
+                "timestamp": (start + timedelta(minutes=n)).isoformat(),
+                "time_spent_s": float(np.round(rng.uniform(5, 60), 1)),
+            }
             sid = f"sim-{ann.name}-{oid}"
             ids = [c["candidate_id"] for c in cands]
             if seen.max() < ann.reject_threshold:
@@ -88,8 +111,15 @@ def simulate(annotators: list[SimulatedAnnotator], candidates: dict[str, list[di
                 continue
             if ann.pairs_per_object == 0:
                 order = np.argsort(-seen, kind="stable")
-                rows.append({**base, "submission_id": sid, "kind": "best-of-n", "winner": ids[order[0]],
-                             "losers": [ids[i] for i in order[1:]]})
+                rows.append(
+                    {
+                        **base,
+                        "submission_id": sid,
+                        "kind": "best-of-n",
+                        "winner": ids[order[0]],
+                        "losers": [ids[i] for i in order[1:]],
+                    }
+                )
                 continue
             pairs = list(itertools.combinations(range(len(cands)), 2))
             picked = rng.choice(len(pairs), size=min(ann.pairs_per_object, len(pairs)), replace=False)
@@ -98,8 +128,15 @@ def simulate(annotators: list[SimulatedAnnotator], candidates: dict[str, list[di
                 win, lose = (i, j) if seen[i] >= seen[j] else (j, i)
                 if rng.random() < ann.flip_probability:
                     win, lose = lose, win
-                rows.append({**base, "submission_id": f"{sid}-{k}", "kind": "pairwise", "winner": ids[win],
-                             "losers": [ids[lose]]})
+                rows.append(
+                    {
+                        **base,
+                        "submission_id": f"{sid}-{k}",
+                        "kind": "pairwise",
+                        "winner": ids[win],
+                        "losers": [ids[lose]],
+                    }
+                )
     return rows
 
 
@@ -110,7 +147,14 @@ def to_label_studio(rows: list[dict]) -> str:
         if r["kind"] == "pairwise":
             left, right = sorted([r["winner"], r["losers"][0]])
             key: tuple[str, ...] = ("pairwise", r["object_id"], left, right)
-            data = {"object_id": r["object_id"], "image": "", "left": "", "right": "", "left_id": left, "right_id": right}
+            data = {
+                "object_id": r["object_id"],
+                "image": "",
+                "left": "",
+                "right": "",
+                "left_id": left,
+                "right_id": right,
+            }
             result = {"type": "pairwise", "value": {"selected": "left" if r["winner"] == left else "right"}}
         else:
             key = ("ranking", r["object_id"])
@@ -118,8 +162,15 @@ def to_label_studio(rows: list[dict]) -> str:
             best = [r["winner"]] + r["losers"] if r["kind"] == "best-of-n" else []
             result = {"type": "ranker", "value": {"ranker": {"best": best, "rejected": [] if best else r["losers"]}}}
         task = tasks.setdefault(key, {"id": len(tasks) + 1, "data": data, "annotations": []})
-        task["annotations"].append({"id": n, "completed_by": {"email": r["annotator_id"]},
-                                    "created_at": r["timestamp"], "lead_time": r["time_spent_s"], "result": [result]})
+        task["annotations"].append(
+            {
+                "id": n,
+                "completed_by": {"email": r["annotator_id"]},
+                "created_at": r["timestamp"],
+                "lead_time": r["time_spent_s"],
+                "result": [result],
+            }
+        )
     return json.dumps(list(tasks.values()), indent=1)
 
 
@@ -137,9 +188,11 @@ def truths_for_pool(store, pool) -> dict[str, Truth]:
         rows = {r["sample_key"]: r for r in ds.manifest().to_pylist() if r["sample_key"] in keys}
         for sample in ds.samples(keys=list(keys)):
             r = rows[sample["__key__"]]
-            truths[keys[sample["__key__"]]] = Truth(decode_npy(sample["occ.npy"]),
-                                                    np.asarray(r["occludee_R"], float).reshape(3, 3),
-                                                    np.asarray(r["occludee_t"], float))
+            truths[keys[sample["__key__"]]] = Truth(
+                decode_npy(sample["occ.npy"]),
+                np.asarray(r["occludee_R"], float).reshape(3, 3),
+                np.asarray(r["occludee_t"], float),
+            )
     return truths
 
 
@@ -150,7 +203,13 @@ def candidate_records(store, candidates) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for sample in ds.samples():
         r = rows[sample["__key__"]]
-        out.setdefault(r["object_id"], []).append({
-            "candidate_id": r["candidate_id"], "member": r["member"], "occupancy": decode_npy(sample["occ.npy"]),
-            "R": np.asarray(r["R"], float).reshape(3, 3), "t": np.asarray(r["t"], float)})
+        out.setdefault(r["object_id"], []).append(
+            {
+                "candidate_id": r["candidate_id"],
+                "member": r["member"],
+                "occupancy": decode_npy(sample["occ.npy"]),
+                "R": np.asarray(r["R"], float).reshape(3, 3),
+                "t": np.asarray(r["t"], float),
+            }
+        )
     return out

@@ -32,8 +32,9 @@ def ensemble_members(cfg: FlywheelConfig) -> list[dict[str, Any]]:
     return [m.model_dump(mode="json") for m in members]
 
 
-def resolve_ensemble(cfg: FlywheelConfig, members: list[dict[str, Any]]
-                     ) -> tuple[dict[str, PinnedModel], list[dict[str, Any]], list[dict[str, Any]]]:
+def resolve_ensemble(
+    cfg: FlywheelConfig, members: list[dict[str, Any]]
+) -> tuple[dict[str, PinnedModel], list[dict[str, Any]], list[dict[str, Any]]]:
     """Pin every model the members use to an immutable version: {key: {ref, label, sha256}}.
     An alias such as ``@champion`` is resolved now, so the run's cache keys name versions.
 
@@ -45,8 +46,10 @@ def resolve_ensemble(cfg: FlywheelConfig, members: list[dict[str, Any]]
     for key in sorted({m["model"] for m in members}):
         ref = cfg.candidates.models.get(key)
         if ref is None:
-            problems[key] = ("unknown model", f"model key {key!r} is not in candidates.models "
-                                              f"({', '.join(cfg.candidates.models) or 'none'})")
+            problems[key] = (
+                "unknown model",
+                f"model key {key!r} is not in candidates.models ({', '.join(cfg.candidates.models) or 'none'})",
+            )
             continue
         try:
             resolved = resolve_model(cfg, ref)
@@ -59,9 +62,16 @@ def resolve_ensemble(cfg: FlywheelConfig, members: list[dict[str, Any]]
         pinned = f"models:/{resolved.label}" if not resolved.label.startswith("file:") else str(resolved.path)
         models[key] = PinnedModel(ref=pinned, label=resolved.label, sha256=resolved.sha256)
     kept = [m for m in members if m["model"] in models]
-    dropped = [{"item_id": m["name"], "kind": "member", "reason": problems[m["model"]][0],
-                "detail": f"ensemble member {m['name']}: {problems[m['model']][1]}"} for m in members
-               if m["model"] in problems]
+    dropped = [
+        {
+            "item_id": m["name"],
+            "kind": "member",
+            "reason": problems[m["model"]][0],
+            "detail": f"ensemble member {m['name']}: {problems[m['model']][1]}",
+        }
+        for m in members
+        if m["model"] in problems
+    ]
     for row in dropped:
         log.error("%s; proposing without it", row["detail"])
     if not any(m["kind"] == "model" for m in kept):
@@ -69,7 +79,9 @@ def resolve_ensemble(cfg: FlywheelConfig, members: list[dict[str, Any]]
     return models, kept, dropped
 
 
-def local_checkpoints(cfg: FlywheelConfig, models: dict[str, PinnedModel]) -> tuple[dict[str, tuple[str, str]], ModelConfig]:
+def local_checkpoints(
+    cfg: FlywheelConfig, models: dict[str, PinnedModel]
+) -> tuple[dict[str, tuple[str, str]], ModelConfig]:
     """Local checkpoint files of the pinned models, checked against their digests, and the
     (shared) input config of the ensemble."""
     out: dict[str, tuple[str, str]] = {}
@@ -83,6 +95,8 @@ def local_checkpoints(cfg: FlywheelConfig, models: dict[str, PinnedModel]) -> tu
     first = next(iter(configs.values()))
     for key, c in configs.items():
         if (c.image_size, c.use_pointmap, c.resolution) != (first.image_size, first.use_pointmap, first.resolution):
-            raise ValueError(f"ensemble models disagree on inputs/outputs: {key} has image_size {c.image_size}, "
-                             f"use_pointmap {c.use_pointmap}, resolution {c.resolution}")
+            raise ValueError(
+                f"ensemble models disagree on inputs/outputs: {key} has image_size {c.image_size}, "
+                f"use_pointmap {c.use_pointmap}, resolution {c.resolution}"
+            )
     return out, first

@@ -7,7 +7,7 @@ streamed from the committed shards (webdataset) and decoded here.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -25,9 +25,11 @@ def _mat(values, n: int) -> torch.Tensor:
 def _occupancy(cfg: ModelConfig, data: bytes, key: str) -> torch.Tensor:
     occ = decode_npy(data)
     if occ.shape != (cfg.resolution,) * 3:
-        raise ValueError(f"{key}: occupancy grid is {occ.shape} but the model expects "
-                         f"{(cfg.resolution,) * 3}; build the mesh library at occupancy_resolution "
-                         f"{cfg.resolution} or choose a model config with resolution {occ.shape[0]}")
+        raise ValueError(
+            f"{key}: occupancy grid is {occ.shape} but the model expects "
+            f"{(cfg.resolution,) * 3}; build the mesh library at occupancy_resolution "
+            f"{cfg.resolution} or choose a model config with resolution {occ.shape[0]}"
+        )
     return torch.from_numpy(occ.astype(np.float32))
 
 
@@ -37,14 +39,19 @@ def iso3do_example(cfg: ModelConfig, sample: dict, row: dict) -> Example:
     rgba = decode_png(sample["rgb.png"])
     mask = decode_png(sample["mask.png"]) > 127
     alpha = rgba[..., 3:4].astype(np.float32) / 255.0 if rgba.shape[-1] == 4 else 1.0
-    rgb = (rgba[..., :3] * alpha).astype(np.uint8)   # over black
+    rgb = (rgba[..., :3] * alpha).astype(np.uint8)  # over black
     K = np.asarray(row["K"], np.float32).reshape(3, 3)
     points = pointmap(decode_npy(sample["depth.npy"]), K) if cfg.use_pointmap else None
     crop, full = condition_inputs(cfg, rgb, mask, points, name=key)
-    return {"crop": crop, "full": full, "full_valid": torch.tensor(False),
-            "occupancy": _occupancy(cfg, sample["occ.npy"], key),
-            "rotation": _mat(row["R"], 3), "translation": torch.tensor(row["t"], dtype=torch.float32),
-            "scale": torch.tensor(float(row["s"]))}
+    return {
+        "crop": crop,
+        "full": full,
+        "full_valid": torch.tensor(False),
+        "occupancy": _occupancy(cfg, sample["occ.npy"], key),
+        "rotation": _mat(row["R"], 3),
+        "translation": torch.tensor(row["t"], dtype=torch.float32),
+        "scale": torch.tensor(float(row["s"])),
+    }
 
 
 def occlusions_example(cfg: ModelConfig, sample: dict, row: dict) -> Example:
@@ -55,37 +62,53 @@ def occlusions_example(cfg: ModelConfig, sample: dict, row: dict) -> Example:
     K = np.asarray(row["K"], np.float32).reshape(3, 3)
     points = pointmap(decode_npy(sample["depth.npy"]), K) if cfg.use_pointmap else None
     crop, full = condition_inputs(cfg, rgb, mask, points, name=key)
-    return {"crop": crop, "full": full, "full_valid": torch.tensor(True),
-            "occupancy": _occupancy(cfg, sample["occ.npy"], key),
-            "rotation": _mat(row["occludee_R"], 3),
-            "translation": torch.tensor(row["occludee_t"], dtype=torch.float32),
-            "scale": torch.tensor(float(row["occludee_s"]))}
+    return {
+        "crop": crop,
+        "full": full,
+        "full_valid": torch.tensor(True),
+        "occupancy": _occupancy(cfg, sample["occ.npy"], key),
+        "rotation": _mat(row["occludee_R"], 3),
+        "translation": torch.tensor(row["occludee_t"], dtype=torch.float32),
+        "scale": torch.tensor(float(row["occludee_s"])),
+    }
 
 
 def _photo_condition(cfg: ModelConfig, sample: dict) -> dict[str, torch.Tensor]:
     """An image-pool photo and its object mask (no depth: real images have none)."""
     key = sample["__key__"]
-    crop, full = condition_inputs(cfg, decode_png(sample["rgb.png"])[..., :3], decode_png(sample["mask.png"]) > 127, name=key)
+    crop, full = condition_inputs(
+        cfg, decode_png(sample["rgb.png"])[..., :3], decode_png(sample["mask.png"]) > 127, name=key
+    )
     return {"crop": crop, "full": full, "full_valid": torch.tensor(True)}
 
 
 def sft_example(cfg: ModelConfig, sample: dict, row: dict) -> Example:
     """An accepted object: the annotators' winning candidate is the target."""
-    return {**_photo_condition(cfg, sample), "occupancy": _occupancy(cfg, sample["occ.npy"], sample["__key__"]),
-            "rotation": _mat(row["R"], 3), "translation": torch.tensor(row["t"], dtype=torch.float32),
-            "scale": torch.tensor(float(row["s"]))}
+    return {
+        **_photo_condition(cfg, sample),
+        "occupancy": _occupancy(cfg, sample["occ.npy"], sample["__key__"]),
+        "rotation": _mat(row["R"], 3),
+        "translation": torch.tensor(row["t"], dtype=torch.float32),
+        "scale": torch.tensor(float(row["s"])),
+    }
 
 
 def preference_example(cfg: ModelConfig, sample: dict, row: dict) -> Example:
     """A (winner, loser) pair of one photo, for flow-DPO."""
     key = sample["__key__"]
-    return {**_photo_condition(cfg, sample), "winner": _occupancy(cfg, sample["winner.npy"], key),
-            "loser": _occupancy(cfg, sample["loser.npy"], key)}
+    return {
+        **_photo_condition(cfg, sample),
+        "winner": _occupancy(cfg, sample["winner.npy"], key),
+        "loser": _occupancy(cfg, sample["loser.npy"], key),
+    }
 
 
 DECODERS: dict[str, Callable[[ModelConfig, dict, dict], Example]] = {
-    "iso3do": iso3do_example, "occlusions": occlusions_example, "sft": sft_example,
-    "preferences": preference_example}
+    "iso3do": iso3do_example,
+    "occlusions": occlusions_example,
+    "sft": sft_example,
+    "preferences": preference_example,
+}
 
 
 def dataset_examples(cfg: ModelConfig, dataset: Dataset) -> Iterator[Example]:
@@ -93,7 +116,9 @@ def dataset_examples(cfg: ModelConfig, dataset: Dataset) -> Iterator[Example]:
     try:
         decode = DECODERS[dataset.spec.name]
     except KeyError:
-        raise ValueError(f"dataset {dataset.spec.name!r} has no training decoder (known: {', '.join(DECODERS)})") from None
+        raise ValueError(
+            f"dataset {dataset.spec.name!r} has no training decoder (known: {', '.join(DECODERS)})"
+        ) from None
     rows = {r["sample_key"]: r for r in dataset.manifest().to_pylist()}
     for sample in dataset.samples():
         yield decode(cfg, sample, rows[sample["__key__"]])

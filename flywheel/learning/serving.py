@@ -21,7 +21,7 @@ from sam3d_model.ensemble import Candidate, Member
 class ProposalJob:
     id: str
     object_ids: list[str]
-    batch: dict[str, torch.Tensor]       # condition batch, one row per object
+    batch: dict[str, torch.Tensor]  # condition batch, one row per object
 
 
 @dataclass
@@ -38,8 +38,14 @@ def _actor_class():
 
     @ray.remote(max_restarts=0)
     class ProposalActor:
-        def __init__(self, checkpoints: dict[str, tuple[str, str]], members: tuple[Member, ...],
-                     num_candidates: int, library: tuple[list[str], np.ndarray] | None, use_gpu: bool):
+        def __init__(
+            self,
+            checkpoints: dict[str, tuple[str, str]],
+            members: tuple[Member, ...],
+            num_candidates: int,
+            library: tuple[list[str], np.ndarray] | None,
+            use_gpu: bool,
+        ):
             import os
 
             from sam3d_model.checkpoint import load_model
@@ -60,8 +66,14 @@ def _actor_class():
             model = next(iter(self.models.values()))[0]
             batch = {k: v.to(model.device) for k, v in job.batch.items()}
             try:
-                out = propose(self.models, self.members, job.object_ids, batch,
-                              num_candidates=self.num_candidates, index=self.index)
+                out = propose(
+                    self.models,
+                    self.members,
+                    job.object_ids,
+                    batch,
+                    num_candidates=self.num_candidates,
+                    index=self.index,
+                )
             except (ValueError, RuntimeError) as e:
                 return ProposalResult(job.id, False, reason=f"{type(e).__name__}: {e}", actor_pid=self.pid)
             return ProposalResult(job.id, True, out, actor_pid=self.pid)
@@ -78,9 +90,18 @@ class ProposalPool:
     ``checkpoints`` maps each model key the members use to (local checkpoint path, version
     label); ``library`` is (mesh ids, occupancy (M, R, R, R)) for retrieval members."""
 
-    def __init__(self, checkpoints: dict[str, tuple[str, str]], members: tuple[Member, ...], *,
-                 num_candidates: int = 8, library: tuple[list[str], np.ndarray] | None = None, actors: int = 2,
-                 num_cpus: float = 0.5, num_gpus: float = 0.5, address: str | None = None):
+    def __init__(
+        self,
+        checkpoints: dict[str, tuple[str, str]],
+        members: tuple[Member, ...],
+        *,
+        num_candidates: int = 8,
+        library: tuple[list[str], np.ndarray] | None = None,
+        actors: int = 2,
+        num_cpus: float = 0.5,
+        num_gpus: float = 0.5,
+        address: str | None = None,
+    ):
         import ray
 
         ensure_ray(address)
@@ -99,10 +120,16 @@ class ProposalPool:
             ray.kill(dead)
             return self._new()
 
-        return run_on_actors(self.actors, jobs, lambda actor, job: actor.propose.remote(job),
-                             name=lambda job: job.id, what="proposed batches", replace=replace,
-                             failed=lambda job, reason: ProposalResult(job.id, False, reason=f"proposal {reason}"),
-                             on_result=on_result)
+        return run_on_actors(
+            self.actors,
+            jobs,
+            lambda actor, job: actor.propose.remote(job),
+            name=lambda job: job.id,
+            what="proposed batches",
+            replace=replace,
+            failed=lambda job, reason: ProposalResult(job.id, False, reason=f"proposal {reason}"),
+            on_result=on_result,
+        )
 
     def actor_pids(self) -> list[int]:
         import ray
@@ -116,7 +143,7 @@ class ProposalPool:
             ray.kill(actor)
         self.actors = []
 
-    def __enter__(self) -> "ProposalPool":
+    def __enter__(self) -> ProposalPool:
         return self
 
     def __exit__(self, *exc) -> None:

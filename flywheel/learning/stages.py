@@ -29,8 +29,14 @@ from sam3d_model.evaluation import evaluate
 from sam3d_model.model import SmallSam3D
 
 #: stage -> the dataset roles it reads (``replay``: synthetic data mixed into SFT / distillation)
-STAGE_INPUTS = {"vae": ("iso3do",), "pretrain": ("iso3do",), "midtrain": ("occlusions",),
-                "sft": ("sft", "replay"), "dpo": ("preferences",), "distill": ("sft", "replay")}
+STAGE_INPUTS = {
+    "vae": ("iso3do",),
+    "pretrain": ("iso3do",),
+    "midtrain": ("occlusions",),
+    "sft": ("sft", "replay"),
+    "dpo": ("preferences",),
+    "distill": ("sft", "replay"),
+}
 
 
 def model_architecture(section: ModelSection) -> ModelConfig:
@@ -39,16 +45,24 @@ def model_architecture(section: ModelSection) -> ModelConfig:
     try:
         return preset(section.preset, **section.overrides)
     except ValidationError as e:
-        problems = [f"  model.overrides.{'.'.join(str(p) for p in item['loc'])} = {item.get('input')!r} "
-                    f"(on preset {section.preset!r}): {item['msg']}" for item in e.errors()]
+        problems = [
+            f"  model.overrides.{'.'.join(str(p) for p in item['loc'])} = {item.get('input')!r} "
+            f"(on preset {section.preset!r}): {item['msg']}"
+            for item in e.errors()
+        ]
         raise ConfigError(f"invalid configuration ({len(problems)} problem(s)):\n" + "\n".join(problems)) from None
 
 
 def stage_settings(section: ModelSection, stage: str) -> dict[str, Any]:
     """The settings of ``stage`` that shape its checkpoint (so they are in its name)."""
     s = getattr(section, stage)
-    out: dict[str, Any] = {"steps": s.steps, "lr": s.lr, "batch_size": s.batch_size, "seed": section.seed,
-                           "device": section.device}
+    out: dict[str, Any] = {
+        "steps": s.steps,
+        "lr": s.lr,
+        "batch_size": s.batch_size,
+        "seed": section.seed,
+        "device": section.device,
+    }
     if stage in ("sft", "distill"):
         out["curriculum"] = list(section.curriculum)
     if stage == "dpo":
@@ -56,15 +70,29 @@ def stage_settings(section: ModelSection, stage: str) -> dict[str, Any]:
     return out
 
 
-def checkpoint_name(stage: str, init: CheckpointRef | None, datasets: dict[str, list[DatasetRef]],
-                    settings: dict[str, Any], architecture: dict[str, Any]) -> str:
+def checkpoint_name(
+    stage: str,
+    init: CheckpointRef | None,
+    datasets: dict[str, list[DatasetRef]],
+    settings: dict[str, Any],
+    architecture: dict[str, Any],
+) -> str:
     unknown = set(datasets) - set(STAGE_INPUTS[stage])
     if unknown:
         raise ValueError(f"stage {stage}: unexpected dataset roles {sorted(unknown)}")
     # "seeded": new models are initialised from settings.seed (before: from torch's global state)
-    return f"{stage}-" + digest_of({"stage": stage, "init": init.sha256 if init else "seeded",
-                                    "datasets": {k: [r.version for r in v] for k, v in datasets.items()},
-                                    "settings": settings, "architecture": architecture})[:24]
+    return (
+        f"{stage}-"
+        + digest_of(
+            {
+                "stage": stage,
+                "init": init.sha256 if init else "seeded",
+                "datasets": {k: [r.version for r in v] for k, v in datasets.items()},
+                "settings": settings,
+                "architecture": architecture,
+            }
+        )[:24]
+    )
 
 
 def checkpoint_ref(store: Store, key: str, local: Path | None = None) -> CheckpointRef:
@@ -93,20 +121,33 @@ def local_checkpoint(cfg: FlywheelConfig, store: Store, ref: CheckpointRef) -> P
     return local
 
 
-def run_stage(stage: str, model: SmallSam3D, datasets: dict[str, list[Dataset]], settings: dict[str, Any],
-              workdir: Path, log_to: T.TrainLog | None = None) -> dict[str, int]:
+def run_stage(
+    stage: str,
+    model: SmallSam3D,
+    datasets: dict[str, list[Dataset]],
+    settings: dict[str, Any],
+    workdir: Path,
+    log_to: T.TrainLog | None = None,
+) -> dict[str, int]:
     """Train ``model`` in place for one stage on ``datasets`` (role -> versions, roles per
     :data:`STAGE_INPUTS`); resumable state in ``workdir``. Returns example counts per role."""
     arch = model.cfg
-    train = T.TrainSettings(steps=settings["steps"], lr=settings["lr"], seed=settings["seed"],
-                            device=settings["device"], log_every=max(1, settings["steps"] // 20),
-                            checkpoint_every=max(10, settings["steps"] // 5), warmup_steps=10)
+    train = T.TrainSettings(
+        steps=settings["steps"],
+        lr=settings["lr"],
+        seed=settings["seed"],
+        device=settings["device"],
+        log_every=max(1, settings["steps"] // 20),
+        checkpoint_every=max(10, settings["steps"] // 5),
+        warmup_steps=10,
+    )
     batch, seed = settings["batch_size"], settings["seed"]
     fit: dict[str, Any] = {"checkpoint_dir": workdir, "log_to": log_to}
     if stage in ("vae", "pretrain", "midtrain"):
         examples = cached_examples(arch, next(iter(datasets.values())))
         {"vae": T.train_vae, "pretrain": T.pretrain, "midtrain": T.midtrain}[stage](
-            model, batch_stream(lambda: examples, batch, seed), train, **fit)
+            model, batch_stream(lambda: examples, batch, seed), train, **fit
+        )
         return {"examples": len(examples)}
     if stage in ("sft", "distill"):
         real = cached_examples(arch, datasets.get("sft", []))

@@ -21,7 +21,9 @@ def _rot_z(angle: float) -> np.ndarray:
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]], np.float32)
 
 
-def projection(points: np.ndarray, size: int, centre: tuple[float, float], extent: float) -> tuple[np.ndarray, np.ndarray]:
+def projection(
+    points: np.ndarray, size: int, centre: tuple[float, float], extent: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Orthographic view along +z of camera-frame points: (RGB uint8 (S, S, 3), mask (S, S))."""
     u = ((points[:, 0] - centre[0]) / extent + 0.5) * size
     v = ((points[:, 1] - centre[1]) / extent + 0.5) * size
@@ -50,9 +52,15 @@ def toy_example(cfg: ModelConfig, index: int, seed: int = 0) -> Example:
     cam = (s * p) @ R.T + t
     rgb, mask = projection(cam, 2 * cfg.image_size, (0.0, 0.0), 1.6)
     crop, full = condition_inputs(cfg, rgb, mask, name=f"toy-{index}")
-    return {"crop": crop, "full": full, "full_valid": torch.tensor(True),
-            "occupancy": torch.from_numpy(occ.astype(np.float32)), "rotation": torch.from_numpy(R),
-            "translation": torch.from_numpy(t), "scale": torch.tensor(s)}
+    return {
+        "crop": crop,
+        "full": full,
+        "full_valid": torch.tensor(True),
+        "occupancy": torch.from_numpy(occ.astype(np.float32)),
+        "rotation": torch.from_numpy(R),
+        "translation": torch.from_numpy(t),
+        "scale": torch.tensor(s),
+    }
 
 
 def toy_examples(cfg: ModelConfig, count: int, seed: int = 0, start: int = 0) -> list[Example]:

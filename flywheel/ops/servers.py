@@ -55,10 +55,13 @@ class S3Server:
         from botocore.config import Config
 
         return boto3.client(
-            "s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
             aws_access_key_id=access_key or self.access_key,
             aws_secret_access_key=secret_key or self.secret_key,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        )
 
     def create_bucket(self, name: str) -> None:
         self.client().create_bucket(Bucket=name)
@@ -77,7 +80,7 @@ class S3Server:
                 pass
             self.process.wait(5)
 
-    def __enter__(self) -> "S3Server":
+    def __enter__(self) -> S3Server:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -98,8 +101,10 @@ def _wait_ready(server: S3Server, timeout: float) -> None:
             time.sleep(0.2)
     server.stop()
     tail = server.log_path.read_text(errors="replace")[-2000:] if server.log_path.exists() else ""
-    raise RuntimeError(f"{server.kind} at {server.endpoint_url} did not become ready in "
-                       f"{timeout:.0f} s (last error: {last}); log {server.log_path}:\n{tail}")
+    raise RuntimeError(
+        f"{server.kind} at {server.endpoint_url} did not become ready in "
+        f"{timeout:.0f} s (last error: {last}); log {server.log_path}:\n{tail}"
+    )
 
 
 def _bin(name: str) -> str:
@@ -110,28 +115,47 @@ def _bin(name: str) -> str:
     return found
 
 
-def start_seaweedfs(data_dir: str | Path, access_key: str, secret_key: str, *,
-                    s3_port: int | None = None, timeout: float = 60.0) -> S3Server:
+def start_seaweedfs(
+    data_dir: str | Path, access_key: str, secret_key: str, *, s3_port: int | None = None, timeout: float = 60.0
+) -> S3Server:
     """``weed mini`` with every port chosen free on loopback (so servers can run side by side)."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     # Every listener weed mini opens; its defaults (8333, 9333, 8888, 8181, ...) would collide
     # with another server on the same machine.
-    flags = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-             "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc", "webdav.port",
-             "s3.port.grpc", "s3.port.iceberg", "s3.port.lance"]
+    flags = [
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "admin.port",
+        "admin.port.grpc",
+        "webdav.port",
+        "s3.port.grpc",
+        "s3.port.iceberg",
+        "s3.port.lance",
+    ]
     ports = _free_ports(len(flags) + 1)
     s3_port = s3_port or ports[-1]
-    args = [_bin("weed"), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-s3.port={s3_port}", "-admin.ui=false"]
+    args = [
+        _bin("weed"),
+        "mini",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.port={s3_port}",
+        "-admin.ui=false",
+    ]
     args += [f"-{flag}={port}" for flag, port in zip(flags, ports)]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     log_path = data_dir / "weed.log"
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=data_dir, start_new_session=True)
-    server = S3Server("seaweedfs", f"http://127.0.0.1:{s3_port}", access_key, secret_key, proc,
-                      log_path)
+        proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data_dir, start_new_session=True
+        )
+    server = S3Server("seaweedfs", f"http://127.0.0.1:{s3_port}", access_key, secret_key, proc, log_path)
     _wait_ready(server, timeout)
     return server
 
@@ -142,8 +166,12 @@ def start_moto(log_dir: str | Path, *, port: int | None = None, timeout: float =
     port = port or free_port()
     log_path = log_dir / "moto.log"
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     server = S3Server("moto", f"http://127.0.0.1:{port}", "moto-key", "moto-secret", proc, log_path)
     _wait_ready(server, timeout)
     return server

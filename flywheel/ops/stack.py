@@ -110,8 +110,9 @@ def _spawn(cmd: list, env: dict, log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(map(str, cmd))}\n".encode())
         out.flush()
-        return subprocess.Popen([str(c) for c in cmd], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [str(c) for c in cmd], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def _node_ip() -> str:
@@ -144,14 +145,22 @@ def status(cfg: FlywheelConfig) -> dict[str, dict]:
             healthy = alive
         else:
             healthy = alive and _port_open(svc["port"])
-        message = "ok" if healthy else (f"process {svc['pid']} is gone; see {svc['log']}" if not alive
-                                        else f"running but not answering at {svc.get('health') or svc['port']}; see {svc['log']}")
+        message = (
+            "ok"
+            if healthy
+            else (
+                f"process {svc['pid']} is gone; see {svc['log']}"
+                if not alive
+                else f"running but not answering at {svc.get('health') or svc['port']}; see {svc['log']}"
+            )
+        )
         out[name] = {**svc, "alive": alive, "healthy": healthy, "message": message}
     return out
 
 
-def up(cfg: FlywheelConfig, *, database_url: str | None = None, ray_cpus: int = 1,
-       timeout_s: float = 120.0, log=print) -> dict:
+def up(
+    cfg: FlywheelConfig, *, database_url: str | None = None, ray_cpus: int = 1, timeout_s: float = 120.0, log=print
+) -> dict:
     """Start the stack (whatever of it is not already healthy) and wait until it answers."""
     p = paths(cfg)
     current = status(cfg)
@@ -159,8 +168,10 @@ def up(cfg: FlywheelConfig, *, database_url: str | None = None, ray_cpus: int = 
         log(f"stack already up ({p.state})")
         return read_state(cfg)
     if any(s.get("alive") for s in current.values()):
-        raise StackError("part of a previous stack is still running but unhealthy; run `flywheel stack down` "
-                         "first:\n" + "\n".join(f"  {n}: {s['message']}" for n, s in current.items()))
+        raise StackError(
+            "part of a previous stack is still running but unhealthy; run `flywheel stack down` "
+            "first:\n" + "\n".join(f"  {n}: {s['message']}" for n, s in current.items())
+        )
     p.root.mkdir(parents=True, exist_ok=True)
     key, secret = "flywheel-" + secrets.token_hex(4), secrets.token_urlsafe(24)
     _secret_file(p.credentials, f"[{PROFILE}]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n")
@@ -171,48 +182,119 @@ def up(cfg: FlywheelConfig, *, database_url: str | None = None, ray_cpus: int = 
     try:
         s3 = start_seaweedfs(p.root / "seaweedfs", key, secret, timeout=timeout_s)
         s3.create_bucket(BUCKET)
-        services["s3"] = {"pid": s3.process.pid, "port": int(s3.endpoint_url.rsplit(":", 1)[1]),
-                          "url": s3.endpoint_url, "log": str(s3.log_path)}
+        services["s3"] = {
+            "pid": s3.process.pid,
+            "port": int(s3.endpoint_url.rsplit(":", 1)[1]),
+            "url": s3.endpoint_url,
+            "log": str(s3.log_path),
+        }
 
         ports = {"mlflow": free_port(), "prefect": free_port(), "ray": free_port()}
-        mlflow_env = {**base, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
-                      "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1"}
-        mlflow = _spawn([BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", ports["mlflow"],
-                         "--backend-store-uri", f"sqlite:///{p.root / 'mlflow.db'}",
-                         "--artifacts-destination", f"s3://{BUCKET}/mlflow-artifacts", "--workers", "1"],
-                        mlflow_env, p.log("mlflow"))
+        mlflow_env = {
+            **base,
+            "AWS_ACCESS_KEY_ID": key,
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        mlflow = _spawn(
+            [
+                BIN / "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                ports["mlflow"],
+                "--backend-store-uri",
+                f"sqlite:///{p.root / 'mlflow.db'}",
+                "--artifacts-destination",
+                f"s3://{BUCKET}/mlflow-artifacts",
+                "--workers",
+                "1",
+            ],
+            mlflow_env,
+            p.log("mlflow"),
+        )
         started.append(mlflow)
-        services["mlflow"] = {"pid": mlflow.pid, "port": ports["mlflow"], "url": f"http://127.0.0.1:{ports['mlflow']}",
-                              "health": f"http://127.0.0.1:{ports['mlflow']}/health", "log": str(p.log("mlflow"))}
+        services["mlflow"] = {
+            "pid": mlflow.pid,
+            "port": ports["mlflow"],
+            "url": f"http://127.0.0.1:{ports['mlflow']}",
+            "health": f"http://127.0.0.1:{ports['mlflow']}/health",
+            "log": str(p.log("mlflow")),
+        }
 
-        prefect_env = {**base, "PREFECT_HOME": str(p.root / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                       "DO_NOT_TRACK": "1"}
+        prefect_env = {
+            **base,
+            "PREFECT_HOME": str(p.root / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+        }
         if database_url:
             prefect_env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
         os.makedirs(prefect_env["PREFECT_HOME"], exist_ok=True)
-        prefect = _spawn([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", ports["prefect"]],
-                         prefect_env, p.log("prefect"))
+        prefect = _spawn(
+            [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", ports["prefect"]],
+            prefect_env,
+            p.log("prefect"),
+        )
         started.append(prefect)
         api = f"http://127.0.0.1:{ports['prefect']}/api"
-        services["prefect"] = {"pid": prefect.pid, "port": ports["prefect"], "url": api,
-                               "health": f"{api}/health", "log": str(p.log("prefect"))}
+        services["prefect"] = {
+            "pid": prefect.pid,
+            "port": ports["prefect"],
+            "url": api,
+            "health": f"{api}/health",
+            "log": str(p.log("prefect")),
+        }
 
         # Ray last: its nodes take random ports, which could grab a port chosen above but
         # not yet bound by the slower MLflow and Prefect servers.
         _wait(lambda: _http_ok(services["prefect"]["health"]), prefect, "prefect", p, timeout_s)
         _wait(lambda: _http_ok(services["mlflow"]["health"]), mlflow, "mlflow", p, timeout_s)
         # Short: Ray's Unix sockets live under RAY_TMPDIR (107-byte path limit).
-        ray_env = {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(p.ray_token),
-                   "RAY_TMPDIR": tempfile.mkdtemp(prefix="flywheel-ray-", dir="/tmp")}
-        head = _spawn([BIN / "ray", "start", "--head", "--block", f"--port={ports['ray']}", f"--num-cpus={ray_cpus}",
-                       "--include-dashboard=false", "--disable-usage-stats"], ray_env, p.log("ray-head"))
+        ray_env = {
+            **base,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(p.ray_token),
+            "RAY_TMPDIR": tempfile.mkdtemp(prefix="flywheel-ray-", dir="/tmp"),
+        }
+        head = _spawn(
+            [
+                BIN / "ray",
+                "start",
+                "--head",
+                "--block",
+                f"--port={ports['ray']}",
+                f"--num-cpus={ray_cpus}",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+            ],
+            ray_env,
+            p.log("ray-head"),
+        )
         started.append(head)
         address = f"{_node_ip()}:{ports['ray']}"
-        services["ray-head"] = {"pid": head.pid, "port": ports["ray"], "url": address, "log": str(p.log("ray-head")),
-                                "tmpdir": ray_env["RAY_TMPDIR"]}
+        services["ray-head"] = {
+            "pid": head.pid,
+            "port": ports["ray"],
+            "url": address,
+            "log": str(p.log("ray-head")),
+            "tmpdir": ray_env["RAY_TMPDIR"],
+        }
         _wait(lambda: _port_open(ports["ray"]), head, "ray-head", p, timeout_s)
-        worker = _spawn([BIN / "ray", "start", "--block", f"--address={address}", f"--num-cpus={ray_cpus}",
-                         "--disable-usage-stats"], ray_env, p.log("ray-worker"))
+        worker = _spawn(
+            [
+                BIN / "ray",
+                "start",
+                "--block",
+                f"--address={address}",
+                f"--num-cpus={ray_cpus}",
+                "--disable-usage-stats",
+            ],
+            ray_env,
+            p.log("ray-worker"),
+        )
         started.append(worker)
         services["ray-worker"] = {"pid": worker.pid, "url": address, "log": str(p.log("ray-worker"))}
 
@@ -227,14 +309,21 @@ def up(cfg: FlywheelConfig, *, database_url: str | None = None, ray_cpus: int = 
     p.state.write_text(json.dumps(state, indent=1))
     stack_config = {
         "project": {"state_dir": str(cfg.state_dir)},
-        "store": {"root": f"s3://{BUCKET}/store", "endpoint_url": services["s3"]["url"], "region": "us-east-1",
-                  "profile": PROFILE, "credentials_file": str(p.credentials)},
+        "store": {
+            "root": f"s3://{BUCKET}/store",
+            "endpoint_url": services["s3"]["url"],
+            "region": "us-east-1",
+            "profile": PROFILE,
+            "credentials_file": str(p.credentials),
+        },
         "mlflow": {"tracking_uri": services["mlflow"]["url"]},
         "prefect": {"api_url": services["prefect"]["url"]},
         "ray": {"address": address, "auth_token_path": str(p.ray_token)},
     }
-    p.config.write_text("# Written by `flywheel stack up`: the flows on the local stack.\n"
-                        + yaml.safe_dump(stack_config, sort_keys=False))
+    p.config.write_text(
+        "# Written by `flywheel stack up`: the flows on the local stack.\n"
+        + yaml.safe_dump(stack_config, sort_keys=False)
+    )
     log(f"stack up: config {p.config}")
     return state
 
@@ -243,11 +332,14 @@ def _wait(check, proc: subprocess.Popen, name: str, p: Paths, timeout_s: float) 
     deadline = time.monotonic() + timeout_s
     while not check():
         if proc.poll() is not None:
-            raise StackError(f"{name} exited with code {proc.returncode} while starting; last lines of "
-                             f"{p.log(name)}:\n{_tail(p.log(name))}")
+            raise StackError(
+                f"{name} exited with code {proc.returncode} while starting; last lines of "
+                f"{p.log(name)}:\n{_tail(p.log(name))}"
+            )
         if time.monotonic() > deadline:
-            raise StackError(f"{name} did not become healthy within {timeout_s:.0f} s; see {p.log(name)}:\n"
-                             f"{_tail(p.log(name))}")
+            raise StackError(
+                f"{name} did not become healthy within {timeout_s:.0f} s; see {p.log(name)}:\n{_tail(p.log(name))}"
+            )
         time.sleep(0.5)
 
 

@@ -17,7 +17,7 @@ import os
 import socket
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from flywheel.core.config import FlywheelConfig, shaping
@@ -70,14 +70,24 @@ def round_lock(path: Path, wait_s: float):
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     f.seek(0)
-                    raise RoundBusy(f"another flywheel round is running ({f.read().strip() or 'holder unknown'}; "
-                                    f"lock {path}); waited {wait_s:g} s (rounds.lock_wait_s)") from None
+                    raise RoundBusy(
+                        f"another flywheel round is running ({f.read().strip() or 'holder unknown'}; "
+                        f"lock {path}); waited {wait_s:g} s (rounds.lock_wait_s)"
+                    ) from None
                 time.sleep(0.5)
         try:
             f.seek(0)
             f.truncate()
-            f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "host": socket.gethostname(),
+                        "since": datetime.now(UTC).isoformat(timespec="seconds"),
+                    }
+                )
+                + "\n"
+            )
             f.flush()
             yield
         finally:
@@ -109,8 +119,9 @@ def summary_plot(records: list[RoundRecord], path: str | Path) -> Path:
     x = [r.round for r in records]
     series: dict = {}
     for metric in ("viou", "f1", "add_s_accuracy", "rotation_error_deg"):
-        series[f"held-out {metric}"] = {who: (x, [r.evaluation[who][metric] for r in records])
-                                        for who in ("champion", "challenger")}
+        series[f"held-out {metric}"] = {
+            who: (x, [r.evaluation[who][metric] for r in records]) for who in ("champion", "challenger")
+        }
     series["accept rate"] = (x, [r.rankings["accept_rate"] for r in records])
     series["rows per dataset"] = {k: (x, [r.volumes.get(k, 0) for r in records]) for k in records[-1].volumes}
     return curves(series, path, title="flywheel rounds", log_y=False)
@@ -121,7 +132,9 @@ def summary_text(records: list[RoundRecord]) -> str:
     lines = ["round  accept  champion vIoU / F1   challenger vIoU / F1   decision"]
     for r in records:
         ch, cl = r.evaluation["champion"], r.evaluation["challenger"]
-        lines.append(f"{r.round:>5}  {r.rankings['accept_rate']:6.2f}  {ch['viou']:.3f} / {ch['f1']:.3f}"
-                     f"          {cl['viou']:.3f} / {cl['f1']:.3f}            "
-                     f"{'promoted ' + r.challenger.uri if r.promotion.promote else 'kept'}")
+        lines.append(
+            f"{r.round:>5}  {r.rankings['accept_rate']:6.2f}  {ch['viou']:.3f} / {ch['f1']:.3f}"
+            f"          {cl['viou']:.3f} / {cl['f1']:.3f}            "
+            f"{'promoted ' + r.challenger.uri if r.promotion.promote else 'kept'}"
+        )
     return "\n".join(lines)

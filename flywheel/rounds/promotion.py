@@ -23,13 +23,22 @@ def better(metric: str, challenger: float, champion: float) -> float:
     return challenger - champion if metric in HIGHER_IS_BETTER else champion - challenger
 
 
-def promotion(champion: dict[str, float], challenger: dict[str, float], *, metric: str, min_gain: float,
-              max_regression: dict[str, float]) -> Promotion:
+def promotion(
+    champion: dict[str, float],
+    challenger: dict[str, float],
+    *,
+    metric: str,
+    min_gain: float,
+    max_regression: dict[str, float],
+) -> Promotion:
     """The promotion rule: promote when the challenger gains at least ``min_gain`` on ``metric``
     and loses no more than ``max_regression[m]`` on any other metric ``m``."""
     gain = better(metric, challenger[metric], champion[metric])
-    regressions = {m: -better(m, challenger[m], champion[m]) for m in max_regression
-                   if -better(m, challenger[m], champion[m]) > max_regression[m]}
+    regressions = {
+        m: -better(m, challenger[m], champion[m])
+        for m in max_regression
+        if -better(m, challenger[m], champion[m]) > max_regression[m]
+    }
     promote = gain >= min_gain and not regressions
     if promote:
         reason = f"{metric} {champion[metric]:.4f} -> {challenger[metric]:.4f} (gain {gain:+.4f} >= {min_gain})"

@@ -23,7 +23,7 @@ class RoundRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal[1] = 1   # SCHEMA_VERSION
+    schema_version: Literal[1] = 1  # SCHEMA_VERSION
     round: int = Field(..., ge=0)
     series: str = Field(..., description="flywheel.rounds.ledger.series_id of the config that ran it")
     champion_before: ModelRef = Field(..., description="The champion round k started from.")
@@ -31,10 +31,13 @@ class RoundRecord(BaseModel):
     champion_after: ModelRef = Field(..., description="The champion round k ended with.")
     promotion: Promotion
     evaluation: dict[Literal["champion", "challenger"], dict[str, float]] = Field(
-        ..., description="Held-out metrics of each model (flywheel.learning.stages.evaluate_checkpoint).")
+        ..., description="Held-out metrics of each model (flywheel.learning.stages.evaluate_checkpoint)."
+    )
     rankings: dict[str, int | float] = Field(
-        ..., description="Decision metrics: accept_rate, objects_judged, accepted, hard_cases, preference_pairs, "
-                         "annotators, alpha[, fleiss_kappa].")
+        ...,
+        description="Decision metrics: accept_rate, objects_judged, accepted, hard_cases, preference_pairs, "
+        "annotators, alpha[, fleiss_kappa].",
+    )
     volumes: dict[str, int] = Field(..., description="Rows per dataset the round made or read.")
     seconds: dict[str, float] = Field(..., description="Wall-clock seconds per phase.")
     stages: list[str] = Field(..., description="Training stages the challenger went through.")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from flywheel.core.config import FlywheelConfig
 from flywheel.core.records import DatasetRef
@@ -32,15 +32,18 @@ def _client():
     return MlflowClient()
 
 
-def start_round(cfg: FlywheelConfig, round_id: str, *, params: dict | None = None,
-                flow_run_id: str | None = None) -> str:
+def start_round(
+    cfg: FlywheelConfig, round_id: str, *, params: dict | None = None, flow_run_id: str | None = None
+) -> str:
     """The parent run of ``round_id``: the newest unfinished one is resumed, else a new one."""
     experiment_id = configure(cfg)
     client = _client()
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{ROUND_TAG}` = '{round_id}' and tags.`{STAGE_TAG}` = 'round'",
-        order_by=["attributes.start_time DESC"], max_results=1)
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if runs and runs[0].info.status in ("RUNNING", "FAILED", "KILLED", "SCHEDULED"):
         run_id = runs[0].info.run_id
         client.update_run(run_id, status="RUNNING")
@@ -61,9 +64,15 @@ def end_round(run_id: str, *, failed: bool = False) -> None:
 
 
 @contextmanager
-def stage_run(cfg: FlywheelConfig, parent_run_id: str | None, stage: str, *,
-              flow_run_id: str | None = None, task_run_id: str | None = None,
-              params: dict | None = None) -> Iterator[str]:
+def stage_run(
+    cfg: FlywheelConfig,
+    parent_run_id: str | None,
+    stage: str,
+    *,
+    flow_run_id: str | None = None,
+    task_run_id: str | None = None,
+    params: dict | None = None,
+) -> Iterator[str]:
     """A nested run for one stage, open for the block; FAILED if the block raises.
 
     Inside it, the fluent ``mlflow.log_*`` calls go to this stage's run."""
@@ -79,15 +88,13 @@ def stage_run(cfg: FlywheelConfig, parent_run_id: str | None, stage: str, *,
         round_tag = _client().get_run(parent_run_id).data.tags.get(ROUND_TAG)
         if round_tag:
             tags[ROUND_TAG] = round_tag
-    with mlflow.start_run(run_name=stage, parent_run_id=parent_run_id, nested=bool(parent_run_id),
-                          tags=tags) as run:
+    with mlflow.start_run(run_name=stage, parent_run_id=parent_run_id, nested=bool(parent_run_id), tags=tags) as run:
         if params:
             mlflow.log_params(params)
         yield run.info.run_id
 
 
-def log_dataset(run_id: str, ref: DatasetRef, context: str,
-                flow_run_id: str | None = None) -> None:
+def log_dataset(run_id: str, ref: DatasetRef, context: str, flow_run_id: str | None = None) -> None:
     """Record that run ``run_id`` consumed (``input``) or produced (``output``) ``ref``."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
@@ -99,8 +106,12 @@ def log_dataset(run_id: str, ref: DatasetRef, context: str,
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(ref.uri)
     dataset = MetaDataset(source=source, name=ref.name, digest=ref.version)  # type: ignore[abstract]  # concrete at run time
-    tags = [InputTag(CONTEXT_TAG, context), InputTag("flywheel.num_rows", str(ref.num_rows)),
-            InputTag("flywheel.content_digest", ref.digest), InputTag("flywheel.uri", ref.uri)]
+    tags = [
+        InputTag(CONTEXT_TAG, context),
+        InputTag("flywheel.num_rows", str(ref.num_rows)),
+        InputTag("flywheel.content_digest", ref.digest),
+        InputTag("flywheel.uri", ref.uri),
+    ]
     if flow_run_id:
         tags.append(InputTag(FLOW_RUN_TAG, flow_run_id))
     client = _client()
@@ -115,9 +126,16 @@ def run_datasets(run_id: str) -> list[dict]:
     out = []
     for di in run.inputs.dataset_inputs:
         tags = {t.key: t.value for t in di.tags}
-        out.append({"name": di.dataset.name, "version": di.dataset.digest,
-                    "context": tags.get(CONTEXT_TAG), "num_rows": int(tags.get("flywheel.num_rows", -1)),
-                    "uri": tags.get("flywheel.uri"), "flow_run_id": tags.get(FLOW_RUN_TAG)})
+        out.append(
+            {
+                "name": di.dataset.name,
+                "version": di.dataset.digest,
+                "context": tags.get(CONTEXT_TAG),
+                "num_rows": int(tags.get("flywheel.num_rows", -1)),
+                "uri": tags.get("flywheel.uri"),
+                "flow_run_id": tags.get(FLOW_RUN_TAG),
+            }
+        )
     return out
 
 
@@ -127,7 +145,8 @@ def stage_runs(parent_run_id: str) -> list:
     return _client().search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
-        order_by=["attributes.start_time ASC"])
+        order_by=["attributes.start_time ASC"],
+    )
 
 
 def model_tree(cfg: FlywheelConfig, ref: str) -> list[str]:
@@ -151,11 +170,15 @@ def model_tree(cfg: FlywheelConfig, ref: str) -> list[str]:
         name, sep, which = text.removeprefix("models:/").replace("/", "@", 1).partition("@")
         which = which if sep else "champion"
         try:
-            return (client.get_model_version(name, which) if which.isdigit()
-                    else client.get_model_version_by_alias(name, which))
+            return (
+                client.get_model_version(name, which)
+                if which.isdigit()
+                else client.get_model_version_by_alias(name, which)
+            )
         except Exception as e:  # MlflowException: unknown name, version or alias
-            raise ModelNotFound(f"model {text!r}: not in the registry at {cfg.mlflow_tracking_uri} "
-                                f"({str(e).splitlines()[0]})") from None
+            raise ModelNotFound(
+                f"model {text!r}: not in the registry at {cfg.mlflow_tracking_uri} ({str(e).splitlines()[0]})"
+            ) from None
 
     def dataset(spec: str, prefix: str, role: str = "") -> None:
         name, _, version = spec.partition("@")
@@ -176,9 +199,11 @@ def model_tree(cfg: FlywheelConfig, ref: str) -> list[str]:
 
     def model(version, prefix: str) -> None:
         tags = version.tags
-        lines.append(f"{prefix}model {version.name}/{version.version}  round {tags.get('flywheel.round', '?')}  "
-                     f"stages {tags.get('flywheel.stages', '?')}  sha256 {tags.get('checkpoint_sha256', '?')[:12]}  "
-                     f"run {version.run_id}")
+        lines.append(
+            f"{prefix}model {version.name}/{version.version}  round {tags.get('flywheel.round', '?')}  "
+            f"stages {tags.get('flywheel.stages', '?')}  sha256 {tags.get('checkpoint_sha256', '?')[:12]}  "
+            f"run {version.run_id}"
+        )
         inner = prefix + "    "
         for key in sorted(k for k in tags if k.startswith("dataset.")):
             for spec in filter(None, tags[key].split(",")):

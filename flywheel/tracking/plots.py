@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -40,8 +40,7 @@ def _sheet(items: Sequence, titles: Sequence[str], path: str | Path, columns: in
     return _save(fig, path)
 
 
-def occupancy_sheet(grids: Sequence[np.ndarray], titles: Sequence[str], path: str | Path,
-                    columns: int = 8) -> Path:
+def occupancy_sheet(grids: Sequence[np.ndarray], titles: Sequence[str], path: str | Path, columns: int = 8) -> Path:
     """Save a contact sheet of occupancy grids (depth-shaded projection along z) as PNG."""
 
     def draw(ax, grid):
@@ -55,8 +54,7 @@ def occupancy_sheet(grids: Sequence[np.ndarray], titles: Sequence[str], path: st
     return _sheet(grids, titles, path, columns, draw)
 
 
-def image_sheet(images: Sequence[np.ndarray], titles: Sequence[str], path: str | Path,
-                columns: int = 8) -> Path:
+def image_sheet(images: Sequence[np.ndarray], titles: Sequence[str], path: str | Path, columns: int = 8) -> Path:
     """Save a contact sheet of RGB(A) images (uint8[H, W, C]) as PNG; RGBA over a checkerboard."""
 
     def draw(ax, image):
@@ -71,8 +69,7 @@ def image_sheet(images: Sequence[np.ndarray], titles: Sequence[str], path: str |
     return _sheet(images, titles, path, columns, draw)
 
 
-def curves(series: dict[str, tuple | dict[str, tuple]], path: str | Path, title: str = "",
-           log_y: bool = True) -> Path:
+def curves(series: dict[str, tuple | dict[str, tuple]], path: str | Path, title: str = "", log_y: bool = True) -> Path:
     """Save line plots as PNG, one panel per ``name -> (x, y)`` (e.g. learning curves) or per
     ``name -> {label: (x, y)}`` (several lines with a legend)."""
     import matplotlib

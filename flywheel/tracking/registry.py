@@ -34,9 +34,9 @@ class RegistryUnreachable(ConnectionError):
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    ref: str        # as given
-    label: str      # NAME/VERSION, or file:<digest prefix>
-    path: Path      # local checkpoint file
+    ref: str  # as given
+    label: str  # NAME/VERSION, or file:<digest prefix>
+    path: Path  # local checkpoint file
     sha256: str
 
 
@@ -47,8 +47,15 @@ def _client(cfg: FlywheelConfig):
     return MlflowClient()
 
 
-def register_checkpoint(cfg: FlywheelConfig, path: str | Path, *, run_id: str, name: str,
-                        aliases: tuple[str, ...] = (), tags: dict | None = None) -> ResolvedModel:
+def register_checkpoint(
+    cfg: FlywheelConfig,
+    path: str | Path,
+    *,
+    run_id: str,
+    name: str,
+    aliases: tuple[str, ...] = (),
+    tags: dict | None = None,
+) -> ResolvedModel:
     """Log ``path`` as the run's checkpoint artifact and register it as a new version of
     ``name`` (created if needed), with optional aliases (e.g. ``champion``)."""
     from mlflow.exceptions import MlflowException
@@ -63,8 +70,12 @@ def register_checkpoint(cfg: FlywheelConfig, path: str | Path, *, run_id: str, n
         client.create_registered_model(name)
     except MlflowException:  # exists already
         pass
-    version = client.create_model_version(name, source=f"runs:/{run_id}/{CHECKPOINT_ARTIFACT}", run_id=run_id,
-                                          tags={"checkpoint_sha256": digest, **(tags or {})})
+    version = client.create_model_version(
+        name,
+        source=f"runs:/{run_id}/{CHECKPOINT_ARTIFACT}",
+        run_id=run_id,
+        tags={"checkpoint_sha256": digest, **(tags or {})},
+    )
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version.version)
     return ResolvedModel(f"models:/{name}/{version.version}", f"{name}/{version.version}", Path(path), digest)
@@ -90,14 +101,15 @@ def resolve_model(cfg: FlywheelConfig, ref: str) -> ResolvedModel:
     name, alias, number = match["name"], match["alias"], match["version"]
     try:
         client = _client(cfg)
-        version = (client.get_model_version_by_alias(name, alias) if alias
-                   else client.get_model_version(name, number))
+        version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
     except MlflowException as e:
         if "RESOURCE_DOES_NOT_EXIST" in str(e.error_code) or "INVALID_PARAMETER_VALUE" in str(e.error_code):
-            raise ModelNotFound(f"model {ref!r}: not in the registry at {cfg.mlflow_tracking_uri} "
-                                f"({e.message.splitlines()[0]})") from None
-        raise RegistryUnreachable(f"model {ref!r}: registry at {cfg.mlflow_tracking_uri} failed: "
-                                  f"{e.message.splitlines()[0]}") from None
+            raise ModelNotFound(
+                f"model {ref!r}: not in the registry at {cfg.mlflow_tracking_uri} ({e.message.splitlines()[0]})"
+            ) from None
+        raise RegistryUnreachable(
+            f"model {ref!r}: registry at {cfg.mlflow_tracking_uri} failed: {e.message.splitlines()[0]}"
+        ) from None
     except (ConnectionError, OSError) as e:
         raise RegistryUnreachable(f"model {ref!r}: registry at {cfg.mlflow_tracking_uri} unreachable: {e}") from None
     digest = version.tags.get("checkpoint_sha256", "")
@@ -107,7 +119,8 @@ def resolve_model(cfg: FlywheelConfig, ref: str) -> ResolvedModel:
 
         with tempfile.TemporaryDirectory() as tmp:
             folder = mlflow.artifacts.download_artifacts(
-                artifact_uri=client.get_model_version_download_uri(name, version.version), dst_path=tmp)
+                artifact_uri=client.get_model_version_download_uri(name, version.version), dst_path=tmp
+            )
             cache.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(folder) / CHECKPOINT_FILE, cache.with_suffix(".tmp"))
             cache.with_suffix(".tmp").replace(cache)
@@ -120,8 +133,9 @@ def resolve_model(cfg: FlywheelConfig, ref: str) -> ResolvedModel:
 def find_version(cfg: FlywheelConfig, name: str, sha256: str) -> ModelRef | None:
     """The first version of ``name`` registered for the checkpoint with this sha256, if any:
     a checkpoint is registered once, however often its registering task runs."""
-    found = [v for v in _client(cfg).search_model_versions(f"name = '{name}'")
-             if v.tags.get("checkpoint_sha256") == sha256]
+    found = [
+        v for v in _client(cfg).search_model_versions(f"name = '{name}'") if v.tags.get("checkpoint_sha256") == sha256
+    ]
     if not found:
         return None
     version = min(int(v.version) for v in found)

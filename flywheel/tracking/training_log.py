@@ -35,7 +35,8 @@ class MlflowTrainLog:
             return
         keys = [k for k in history[0] if k not in ("step", "steps_per_s")]
         series: dict[str, tuple[Any, ...] | dict[str, tuple[Any, ...]]] = {
-            k: ([h["step"] for h in history], [h[k] for h in history]) for k in keys}
+            k: ([h["step"] for h in history], [h[k] for h in history]) for k in keys
+        }
         with tempfile.TemporaryDirectory() as tmp:
             path = curves(series, Path(tmp) / f"{stage}_curves.png", title=f"{stage}: learning curves")
             self.client.log_artifact(self.run_id, str(path), "curves")

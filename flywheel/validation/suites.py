@@ -26,9 +26,10 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -59,8 +60,8 @@ class Report:
     success: bool
     evaluated: int
     failures: list[Failure] = field(default_factory=list)
-    results: dict = field(default_factory=dict)     # Great Expectations' JSON, per table
-    docs: Path | None = None                        # Data Docs index.html, when built
+    results: dict = field(default_factory=dict)  # Great Expectations' JSON, per table
+    docs: Path | None = None  # Data Docs index.html, when built
 
     def summary(self) -> str:
         head = f"{self.dataset}: {'PASSED' if self.success else 'FAILED'} ({self.evaluated} expectations"
@@ -68,11 +69,17 @@ class Report:
         return "\n".join([head] + [f"  - {f}" for f in self.failures])
 
     def to_json(self) -> dict:
-        return {"dataset": self.dataset, "success": self.success, "evaluated": self.evaluated,
-                "failures": [f.__dict__ for f in self.failures], "results": self.results}
+        return {
+            "dataset": self.dataset,
+            "success": self.success,
+            "evaluated": self.evaluated,
+            "failures": [f.__dict__ for f in self.failures],
+            "results": self.results,
+        }
 
 
 # -- tables -----------------------------------------------------------------------------------
+
 
 def _rotation_error(flat: pd.Series) -> np.ndarray:
     """max(|R R^T - I|, |det R - 1|) per row of row-major 3x3 lists (NaN stays NaN)."""
@@ -134,6 +141,7 @@ def _quarantined(ds: Dataset, kind: str | None = None) -> int:
 
 # -- suites -----------------------------------------------------------------------------------
 
+
 def _great_expectations() -> Any:
     """The library, imported with its analytics off (it reads the setting on import)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -149,11 +157,12 @@ def _gx() -> Any:
 def _common(ds: Dataset, m: pd.DataFrame, id_column: str) -> list:
     E = _gx()
     names = list(ds.spec.manifest_schema.names)
-    out = [E.ExpectTableColumnsToMatchSet(column_set=names, exact_match=False),
-           E.ExpectColumnValuesToBeUnique(column="sample_key"),
-           E.ExpectColumnValuesToBeUnique(column=id_column) if id_column != "sample_key" else None]
-    out += [E.ExpectColumnValuesToNotBeNull(column=f.name) for f in ds.spec.manifest_schema
-            if not f.nullable]
+    out = [
+        E.ExpectTableColumnsToMatchSet(column_set=names, exact_match=False),
+        E.ExpectColumnValuesToBeUnique(column="sample_key"),
+        E.ExpectColumnValuesToBeUnique(column=id_column) if id_column != "sample_key" else None,
+    ]
+    out += [E.ExpectColumnValuesToNotBeNull(column=f.name) for f in ds.spec.manifest_schema if not f.nullable]
     return [e for e in out if e is not None]
 
 
@@ -164,29 +173,42 @@ def _meshes(ds: Dataset, cfg: ValidationConfig) -> dict:
     groups = pd.DataFrame({"family": families.index, "share": families.values})
     seen = len(m) + _quarantined(ds)
     stage = pd.DataFrame([{"quarantined_fraction": _quarantined(ds) / seen if seen else 0.0}])
-    samples = _stream_stats(ds, cfg.sample_checks, lambda s: {
-        "occupied_fraction_file": float(_npy(s["occ.npy"]).mean()),
-        "faces": int(np.load(io.BytesIO(s["mesh.npz"]))["faces"].shape[0])})
+    samples = _stream_stats(
+        ds,
+        cfg.sample_checks,
+        lambda s: {
+            "occupied_fraction_file": float(_npy(s["occ.npy"]).mean()),
+            "faces": int(np.load(io.BytesIO(s["mesh.npz"]))["faces"].shape[0]),
+        },
+    )
     sample_suite = []
     if len(samples):
         samples = samples.merge(m[["sample_key", "occupied_fraction", "num_faces"]], on="sample_key")
         samples["occupancy_mismatch"] = (samples["occupied_fraction_file"] - samples["occupied_fraction"]).abs()
         samples["faces_mismatch"] = (samples["faces"] - samples["num_faces"]).abs()
-        sample_suite = [E.ExpectColumnValuesToBeBetween(column="occupancy_mismatch", max_value=1e-4),
-                        E.ExpectColumnValuesToBeBetween(column="faces_mismatch", max_value=0)]
+        sample_suite = [
+            E.ExpectColumnValuesToBeBetween(column="occupancy_mismatch", max_value=1e-4),
+            E.ExpectColumnValuesToBeBetween(column="faces_mismatch", max_value=0),
+        ]
     # A family share is only meaningful with enough meshes to balance.
     balance = [E.ExpectColumnValuesToBeBetween(column="share", max_value=cfg.max_family_share)] if len(m) >= 10 else []
     return {
-        "manifest": (m, _common(ds, m, "mesh_id") + [
-            E.ExpectColumnValuesToBeBetween(column="num_faces", min_value=1),
-            E.ExpectColumnValuesToBeBetween(column="num_vertices", min_value=3),
-            E.ExpectColumnValuesToBeBetween(column="occupied_fraction", min_value=0, max_value=1,
-                                            strict_min=True),
-            E.ExpectColumnValuesToBeInSet(column="occupancy_resolution", value_set=[16, 32, 64])]),
+        "manifest": (
+            m,
+            _common(ds, m, "mesh_id")
+            + [
+                E.ExpectColumnValuesToBeBetween(column="num_faces", min_value=1),
+                E.ExpectColumnValuesToBeBetween(column="num_vertices", min_value=3),
+                E.ExpectColumnValuesToBeBetween(column="occupied_fraction", min_value=0, max_value=1, strict_min=True),
+                E.ExpectColumnValuesToBeInSet(column="occupancy_resolution", value_set=[16, 32, 64]),
+            ],
+        ),
         "groups": (groups, balance),
         "samples": (samples, sample_suite),
-        "stage": (stage, [E.ExpectColumnValuesToBeBetween(column="quarantined_fraction",
-                                                          max_value=cfg.max_quarantine_fraction)]),
+        "stage": (
+            stage,
+            [E.ExpectColumnValuesToBeBetween(column="quarantined_fraction", max_value=cfg.max_quarantine_fraction)],
+        ),
     }
 
 
@@ -199,28 +221,47 @@ def _pose_columns(m: pd.DataFrame, prefix: str = "") -> None:
 
 def _pose_suite(cfg: ValidationConfig, prefix: str = "") -> list:
     E = _gx()
-    return [E.ExpectColumnValuesToNotBeNull(column=f"{prefix}rotation_error"),  # NaN poses are null
-            E.ExpectColumnValuesToBeBetween(column=f"{prefix}rotation_error", max_value=cfg.rotation_tolerance),
-            E.ExpectColumnValuesToBeInSet(column=f"{prefix}t_finite", value_set=[True]),
-            E.ExpectColumnValuesToBeBetween(column=f"{prefix}depth", min_value=0, strict_min=True),
-            E.ExpectColumnValuesToBeBetween(column=f"{prefix}s", min_value=0, strict_min=True)]
+    return [
+        E.ExpectColumnValuesToNotBeNull(column=f"{prefix}rotation_error"),  # NaN poses are null
+        E.ExpectColumnValuesToBeBetween(column=f"{prefix}rotation_error", max_value=cfg.rotation_tolerance),
+        E.ExpectColumnValuesToBeInSet(column=f"{prefix}t_finite", value_set=[True]),
+        E.ExpectColumnValuesToBeBetween(column=f"{prefix}depth", min_value=0, strict_min=True),
+        E.ExpectColumnValuesToBeBetween(column=f"{prefix}s", min_value=0, strict_min=True),
+    ]
 
 
 def _iso3do(ds: Dataset, cfg: ValidationConfig) -> dict:
     def stats(s):
         rgb, mask, depth = _png(s["rgb.png"]), _png(s["mask.png"]) > 127, _npy(s["depth.npy"])
         inside = depth[mask] if mask.shape == depth.shape else np.array([-1.0])
-        return {"rgb_height": rgb.shape[0], "rgb_width": rgb.shape[1], "mask_pixels_file": int(mask.sum()),
-                "depth_positive_in_mask": float((inside > 0).mean()) if inside.size else 0.0,
-                "depth_finite": bool(np.isfinite(depth).all())}
+        return {
+            "rgb_height": rgb.shape[0],
+            "rgb_width": rgb.shape[1],
+            "mask_pixels_file": int(mask.sum()),
+            "depth_positive_in_mask": float((inside > 0).mean()) if inside.size else 0.0,
+            "depth_finite": bool(np.isfinite(depth).all()),
+        }
 
-    return iso3do_tables(ds.manifest().to_pandas(), ds.marker["inputs"].get("settings", {}),
-                         _parent_ids(ds, "meshes", "mesh_id"), _stream_stats(ds, cfg.sample_checks, stats),
-                         _quarantined(ds, "object"), cfg, _common(ds, pd.DataFrame(), "sample_key"))
+    return iso3do_tables(
+        ds.manifest().to_pandas(),
+        ds.marker["inputs"].get("settings", {}),
+        _parent_ids(ds, "meshes", "mesh_id"),
+        _stream_stats(ds, cfg.sample_checks, stats),
+        _quarantined(ds, "object"),
+        cfg,
+        _common(ds, pd.DataFrame(), "sample_key"),
+    )
 
 
-def iso3do_tables(m: pd.DataFrame, settings: dict, mesh_ids: list[str], samples: pd.DataFrame,
-                  quarantined_objects: int, cfg: ValidationConfig, common: list) -> dict:
+def iso3do_tables(
+    m: pd.DataFrame,
+    settings: dict,
+    mesh_ids: list[str],
+    samples: pd.DataFrame,
+    quarantined_objects: int,
+    cfg: ValidationConfig,
+    common: list,
+) -> dict:
     """The Iso-3DO tables and suites from plain inputs (also used by the benchmark)."""
     E = _gx()
     views, res = settings.get("views"), settings.get("resolution")
@@ -229,29 +270,43 @@ def iso3do_tables(m: pd.DataFrame, settings: dict, mesh_ids: list[str], samples:
     groups = pd.DataFrame({"object_id": per_object.index, "views": per_object.values})
     sample_suite = []
     if len(samples):
-        sample_suite = [E.ExpectColumnValuesToBeBetween(column="depth_positive_in_mask", min_value=1.0),
-                        E.ExpectColumnValuesToBeInSet(column="depth_finite", value_set=[True]),
-                        E.ExpectColumnValuesToBeBetween(column="mask_pixels_file", min_value=1)]
+        sample_suite = [
+            E.ExpectColumnValuesToBeBetween(column="depth_positive_in_mask", min_value=1.0),
+            E.ExpectColumnValuesToBeInSet(column="depth_finite", value_set=[True]),
+            E.ExpectColumnValuesToBeBetween(column="mask_pixels_file", min_value=1),
+        ]
         if res:
-            sample_suite += [E.ExpectColumnValuesToBeBetween(column=c, min_value=res, max_value=res)
-                             for c in ("rgb_height", "rgb_width")]
-    manifest_suite = common + _pose_suite(cfg) + [
-        E.ExpectCompoundColumnsToBeUnique(column_list=["object_id", "view"]),
-        E.ExpectColumnValuesToBeBetween(column="mask_pixels", min_value=1)]
+            sample_suite += [
+                E.ExpectColumnValuesToBeBetween(column=c, min_value=res, max_value=res)
+                for c in ("rgb_height", "rgb_width")
+            ]
+    manifest_suite = (
+        common
+        + _pose_suite(cfg)
+        + [
+            E.ExpectCompoundColumnsToBeUnique(column_list=["object_id", "view"]),
+            E.ExpectColumnValuesToBeBetween(column="mask_pixels", min_value=1),
+        ]
+    )
     if res:
-        manifest_suite += [E.ExpectColumnValuesToBeBetween(column=c, min_value=res, max_value=res)
-                           for c in ("width", "height")]
+        manifest_suite += [
+            E.ExpectColumnValuesToBeBetween(column=c, min_value=res, max_value=res) for c in ("width", "height")
+        ]
     if mesh_ids:
         manifest_suite.append(E.ExpectColumnValuesToBeInSet(column="object_id", value_set=mesh_ids))
     seen = len(groups) + quarantined_objects
     stage = pd.DataFrame([{"quarantined_fraction": quarantined_objects / seen if seen else 0.0}])
     return {
         "manifest": (m, manifest_suite),
-        "groups": (groups, [E.ExpectColumnValuesToBeBetween(column="views", min_value=views, max_value=views)]
-                   if views else []),
+        "groups": (
+            groups,
+            [E.ExpectColumnValuesToBeBetween(column="views", min_value=views, max_value=views)] if views else [],
+        ),
         "samples": (samples, sample_suite),
-        "stage": (stage, [E.ExpectColumnValuesToBeBetween(column="quarantined_fraction",
-                                                          max_value=cfg.max_quarantine_fraction)]),
+        "stage": (
+            stage,
+            [E.ExpectColumnValuesToBeBetween(column="quarantined_fraction", max_value=cfg.max_quarantine_fraction)],
+        ),
     }
 
 
@@ -269,30 +324,50 @@ def _occlusions(ds: Dataset, cfg: ValidationConfig) -> dict:
     def stats(s):
         modal, amodal = _png(s["modal.png"]) > 127, _png(s["amodal.png"]) > 127
         rgb, depth = _png(s["rgb.png"]), _npy(s["depth.npy"])
-        return {"rgb_height": rgb.shape[0], "rgb_width": rgb.shape[1], "rgb_channels": rgb.shape[2] if rgb.ndim == 3 else 1,
-                "modal_inside_amodal": bool((modal <= amodal).all()),
-                "depth_positive_in_modal": float((depth[modal] > 0).mean()) if modal.any() else 0.0}
+        return {
+            "rgb_height": rgb.shape[0],
+            "rgb_width": rgb.shape[1],
+            "rgb_channels": rgb.shape[2] if rgb.ndim == 3 else 1,
+            "modal_inside_amodal": bool((modal <= amodal).all()),
+            "depth_positive_in_modal": float((depth[modal] > 0).mean()) if modal.any() else 0.0,
+        }
 
     samples = _stream_stats(ds, cfg.sample_checks, stats)
     sample_suite = []
     if len(samples):
-        sample_suite = [E.ExpectColumnValuesToBeInSet(column="modal_inside_amodal", value_set=[True]),
-                        E.ExpectColumnValuesToBeBetween(column="depth_positive_in_modal", min_value=1.0),
-                        E.ExpectColumnValuesToBeInSet(column="rgb_channels", value_set=[3])]
+        sample_suite = [
+            E.ExpectColumnValuesToBeInSet(column="modal_inside_amodal", value_set=[True]),
+            E.ExpectColumnValuesToBeBetween(column="depth_positive_in_modal", min_value=1.0),
+            E.ExpectColumnValuesToBeInSet(column="rgb_channels", value_set=[3]),
+        ]
         if res:
-            sample_suite += [E.ExpectColumnValuesToBeBetween(column=c, min_value=res, max_value=res)
-                             for c in ("rgb_height", "rgb_width")]
-    manifest_suite = (_common(ds, m, "sample_id") + _pose_suite(cfg, "occludee_") + _pose_suite(cfg, "occluder_") + [
-        E.ExpectColumnValuesToBeInSet(column="modal_le_amodal", value_set=[True]),
-        E.ExpectColumnValuesToBeInSet(column="distinct_objects", value_set=[True]),
-        E.ExpectColumnValuesToBeBetween(column="amodal_pixels", min_value=1),
-        E.ExpectColumnValuesToBeBetween(column="tries", min_value=1)])
+            sample_suite += [
+                E.ExpectColumnValuesToBeBetween(column=c, min_value=res, max_value=res)
+                for c in ("rgb_height", "rgb_width")
+            ]
+    manifest_suite = (
+        _common(ds, m, "sample_id")
+        + _pose_suite(cfg, "occludee_")
+        + _pose_suite(cfg, "occluder_")
+        + [
+            E.ExpectColumnValuesToBeInSet(column="modal_le_amodal", value_set=[True]),
+            E.ExpectColumnValuesToBeInSet(column="distinct_objects", value_set=[True]),
+            E.ExpectColumnValuesToBeBetween(column="amodal_pixels", min_value=1),
+            E.ExpectColumnValuesToBeBetween(column="tries", min_value=1),
+        ]
+    )
     if band:
-        manifest_suite.append(E.ExpectColumnValuesToBeBetween(
-            column="visible_fraction", min_value=band[0] - cfg.band_tolerance, max_value=band[1] + cfg.band_tolerance))
+        manifest_suite.append(
+            E.ExpectColumnValuesToBeBetween(
+                column="visible_fraction",
+                min_value=band[0] - cfg.band_tolerance,
+                max_value=band[1] + cfg.band_tolerance,
+            )
+        )
     if mesh_ids:
-        manifest_suite += [E.ExpectColumnValuesToBeInSet(column=c, value_set=mesh_ids)
-                           for c in ("occludee_id", "occluder_id")]
+        manifest_suite += [
+            E.ExpectColumnValuesToBeInSet(column=c, value_set=mesh_ids) for c in ("occludee_id", "occluder_id")
+        ]
     attempted = len(m) + _quarantined(ds, "sample")
     stage = pd.DataFrame([{"accept_rate": len(m) / attempted if attempted else 1.0}])
     return {
@@ -309,28 +384,40 @@ def _image_pool(ds: Dataset, cfg: ValidationConfig) -> dict:
 
     def stats(s):
         rgb, mask = _png(s["rgb.png"]), _png(s["mask.png"])
-        return {"rgb_channels": rgb.shape[2] if rgb.ndim == 3 else 1,
-                "mask_matches_image": mask.shape[:2] == rgb.shape[:2], "mask_pixels_file": int((mask > 127).sum())}
+        return {
+            "rgb_channels": rgb.shape[2] if rgb.ndim == 3 else 1,
+            "mask_matches_image": mask.shape[:2] == rgb.shape[:2],
+            "mask_pixels_file": int((mask > 127).sum()),
+        }
 
     samples = _stream_stats(ds, cfg.sample_checks, stats)
     sample_suite = []
     if len(samples):
         samples = samples.merge(m[["sample_key", "mask_pixels"]], on="sample_key")
         samples["mask_count_matches"] = samples["mask_pixels_file"] == samples["mask_pixels"]
-        sample_suite = [E.ExpectColumnValuesToBeInSet(column="rgb_channels", value_set=[3]),
-                        E.ExpectColumnValuesToBeInSet(column="mask_matches_image", value_set=[True]),
-                        E.ExpectColumnValuesToBeInSet(column="mask_count_matches", value_set=[True])]
+        sample_suite = [
+            E.ExpectColumnValuesToBeInSet(column="rgb_channels", value_set=[3]),
+            E.ExpectColumnValuesToBeInSet(column="mask_matches_image", value_set=[True]),
+            E.ExpectColumnValuesToBeInSet(column="mask_count_matches", value_set=[True]),
+        ]
     seen = len(m) + _quarantined(ds)
     stage = pd.DataFrame([{"quarantined_fraction": _quarantined(ds) / seen if seen else 0.0}])
     return {
-        "manifest": (m, _common(ds, m, "object_id") + [
-            E.ExpectColumnValuesToBeBetween(column="width", min_value=1),
-            E.ExpectColumnValuesToBeBetween(column="height", min_value=1),
-            E.ExpectColumnValuesToBeBetween(column="mask_pixels", min_value=1),
-            E.ExpectColumnValuesToBeInSet(column="mask_fits", value_set=[True])]),
+        "manifest": (
+            m,
+            _common(ds, m, "object_id")
+            + [
+                E.ExpectColumnValuesToBeBetween(column="width", min_value=1),
+                E.ExpectColumnValuesToBeBetween(column="height", min_value=1),
+                E.ExpectColumnValuesToBeBetween(column="mask_pixels", min_value=1),
+                E.ExpectColumnValuesToBeInSet(column="mask_fits", value_set=[True]),
+            ],
+        ),
         "samples": (samples, sample_suite),
-        "stage": (stage, [E.ExpectColumnValuesToBeBetween(column="quarantined_fraction",
-                                                          max_value=cfg.max_quarantine_fraction)]),
+        "stage": (
+            stage,
+            [E.ExpectColumnValuesToBeBetween(column="quarantined_fraction", max_value=cfg.max_quarantine_fraction)],
+        ),
     }
 
 
@@ -348,6 +435,7 @@ def _candidates(ds: Dataset, cfg: ValidationConfig) -> dict:
     object_ids = _parent_ids(ds, "image-pool", "object_id")
     mesh_ids = _parent_ids(ds, "meshes", "mesh_id")
     retrieved = m[m["kind"] == "retrieval"][["sample_key", "retrieved_mesh_id"]]
+
     def stats(s):
         occ = _npy(s["occ.npy"])
         return {"occ_cubic": occ.ndim == 3 and len(set(occ.shape)) == 1, "occ_fraction_file": float(occ.mean())}
@@ -357,29 +445,40 @@ def _candidates(ds: Dataset, cfg: ValidationConfig) -> dict:
     if len(samples):
         samples = samples.merge(m[["sample_key", "occupied_fraction"]], on="sample_key")
         samples["occupancy_mismatch"] = (samples["occ_fraction_file"] - samples["occupied_fraction"]).abs()
-        sample_suite = [E.ExpectColumnValuesToBeInSet(column="occ_cubic", value_set=[True]),
-                        E.ExpectColumnValuesToBeBetween(column="occupancy_mismatch", max_value=1e-4)]
+        sample_suite = [
+            E.ExpectColumnValuesToBeInSet(column="occ_cubic", value_set=[True]),
+            E.ExpectColumnValuesToBeBetween(column="occupancy_mismatch", max_value=1e-4),
+        ]
     manifest_suite = _common(ds, m, "candidate_id") + [
         E.ExpectColumnValuesToNotBeNull(column="rotation_error"),
         E.ExpectColumnValuesToBeBetween(column="rotation_error", max_value=cfg.rotation_tolerance),
         E.ExpectColumnValuesToBeInSet(column="t_finite", value_set=[True]),
         E.ExpectColumnValuesToBeBetween(column="s", min_value=0, strict_min=True),
         E.ExpectColumnValuesToBeBetween(column="occupied_fraction", min_value=0, max_value=1),
-        E.ExpectColumnValuesToBeInSet(column="kind", value_set=["model", "retrieval"])]
+        E.ExpectColumnValuesToBeInSet(column="kind", value_set=["model", "retrieval"]),
+    ]
     if object_ids:
         manifest_suite.append(E.ExpectColumnValuesToBeInSet(column="object_id", value_set=object_ids))
-    refs = (retrieved, [E.ExpectColumnValuesToBeInSet(column="retrieved_mesh_id", value_set=mesh_ids)]
-            if mesh_ids and len(retrieved) else [])
+    refs = (
+        retrieved,
+        [E.ExpectColumnValuesToBeInSet(column="retrieved_mesh_id", value_set=mesh_ids)]
+        if mesh_ids and len(retrieved)
+        else [],
+    )
     seen = len(groups) + _quarantined(ds, "object")
     stage = pd.DataFrame([{"quarantined_fraction": _quarantined(ds, "object") / seen if seen else 0.0}])
     return {
         "manifest": (m, manifest_suite),
-        "groups": (groups, [E.ExpectColumnValuesToBeBetween(column="candidates", min_value=n, max_value=n)]
-                   if n else []),
+        "groups": (
+            groups,
+            [E.ExpectColumnValuesToBeBetween(column="candidates", min_value=n, max_value=n)] if n else [],
+        ),
         "references": refs,
         "samples": (samples, sample_suite),
-        "stage": (stage, [E.ExpectColumnValuesToBeBetween(column="quarantined_fraction",
-                                                          max_value=cfg.max_quarantine_fraction)]),
+        "stage": (
+            stage,
+            [E.ExpectColumnValuesToBeBetween(column="quarantined_fraction", max_value=cfg.max_quarantine_fraction)],
+        ),
     }
 
 
@@ -395,19 +494,33 @@ def _rankings(ds: Dataset, cfg: ValidationConfig) -> dict:
     while chain:
         for parent in chain.pop().marker.get("parents", []):
             if parent["name"] == "candidates":
-                reg = Dataset(ds.store, "candidates", parent["version"]).manifest().select(["candidate_id", "object_id"])
+                reg = (
+                    Dataset(ds.store, "candidates", parent["version"]).manifest().select(["candidate_id", "object_id"])
+                )
                 registry.update(zip(reg["candidate_id"].to_pylist(), reg["object_id"].to_pylist()))
             elif parent["name"] == "rankings":
                 chain.append(Dataset(ds.store, "rankings", parent["version"]))
-    named = pd.DataFrame([(r.sample_key, c, r.object_id) for r in m.itertuples()
-                          for c in ([r.winner] if isinstance(r.winner, str) else []) + list(r.losers)],
-                         columns=["sample_key", "candidate_id", "object_id"])
+    named = pd.DataFrame(
+        [
+            (r.sample_key, c, r.object_id)
+            for r in m.itertuples()
+            for c in ([r.winner] if isinstance(r.winner, str) else []) + list(r.losers)
+        ],
+        columns=["sample_key", "candidate_id", "object_id"],
+    )
     named["owner_matches"] = named["candidate_id"].map(registry) == named["object_id"]
-    refs = (named, [E.ExpectColumnValuesToBeInSet(column="owner_matches", value_set=[True])]) if registry else (named, [])
+    refs = (
+        (named, [E.ExpectColumnValuesToBeInSet(column="owner_matches", value_set=[True])]) if registry else (named, [])
+    )
     return {
-        "manifest": (m, _common(ds, m, "submission_id") + [
-            E.ExpectColumnValuesToBeInSet(column="kind", value_set=["pairwise", "best-of-n", "reject-all"]),
-            E.ExpectColumnValuesToBeBetween(column="time_spent_s", min_value=0, strict_min=True)]),
+        "manifest": (
+            m,
+            _common(ds, m, "submission_id")
+            + [
+                E.ExpectColumnValuesToBeInSet(column="kind", value_set=["pairwise", "best-of-n", "reject-all"]),
+                E.ExpectColumnValuesToBeBetween(column="time_spent_s", min_value=0, strict_min=True),
+            ],
+        ),
         "references": refs,
     }
 
@@ -429,33 +542,57 @@ def _sft(ds: Dataset, cfg: ValidationConfig) -> dict:
     E = _gx()
     m = ds.manifest().to_pandas()
     m["rotation_error"] = _rotation_error(m["R"])
-    return {"manifest": (m, _common(ds, m, "candidate_id") + _decision_refs(ds, m, ("candidate_id",)) + [
-        E.ExpectColumnValuesToBeUnique(column="object_id"),
-        E.ExpectColumnValuesToNotBeNull(column="rotation_error"),
-        E.ExpectColumnValuesToBeBetween(column="rotation_error", max_value=cfg.rotation_tolerance),
-        E.ExpectColumnValuesToBeBetween(column="s", min_value=0, strict_min=True),
-        E.ExpectColumnValuesToBeBetween(column="score", min_value=0.5, max_value=1),
-        E.ExpectColumnValuesToBeBetween(column="confidence", min_value=0, max_value=1)])}
+    return {
+        "manifest": (
+            m,
+            _common(ds, m, "candidate_id")
+            + _decision_refs(ds, m, ("candidate_id",))
+            + [
+                E.ExpectColumnValuesToBeUnique(column="object_id"),
+                E.ExpectColumnValuesToNotBeNull(column="rotation_error"),
+                E.ExpectColumnValuesToBeBetween(column="rotation_error", max_value=cfg.rotation_tolerance),
+                E.ExpectColumnValuesToBeBetween(column="s", min_value=0, strict_min=True),
+                E.ExpectColumnValuesToBeBetween(column="score", min_value=0.5, max_value=1),
+                E.ExpectColumnValuesToBeBetween(column="confidence", min_value=0, max_value=1),
+            ],
+        )
+    }
 
 
 def _preferences(ds: Dataset, cfg: ValidationConfig) -> dict:
     E = _gx()
     m = ds.manifest().to_pandas()
     m["distinct"] = m["winner"] != m["loser"]
-    return {"manifest": (m, _common(ds, m, "sample_key") + _decision_refs(ds, m, ("winner", "loser")) + [
-        E.ExpectCompoundColumnsToBeUnique(column_list=["winner", "loser"]),
-        E.ExpectColumnValuesToBeInSet(column="distinct", value_set=[True]),
-        E.ExpectColumnValuesToBeBetween(column="times", min_value=1),
-        E.ExpectColumnValuesToBeBetween(column="score", min_value=0.5, max_value=1)])}
+    return {
+        "manifest": (
+            m,
+            _common(ds, m, "sample_key")
+            + _decision_refs(ds, m, ("winner", "loser"))
+            + [
+                E.ExpectCompoundColumnsToBeUnique(column_list=["winner", "loser"]),
+                E.ExpectColumnValuesToBeInSet(column="distinct", value_set=[True]),
+                E.ExpectColumnValuesToBeBetween(column="times", min_value=1),
+                E.ExpectColumnValuesToBeBetween(column="score", min_value=0.5, max_value=1),
+            ],
+        )
+    }
 
 
 def _hard_cases(ds: Dataset, cfg: ValidationConfig) -> dict:
     E = _gx()
     m = ds.manifest().to_pandas()
     m["rejects_le_judgements"] = m["rejects"] <= m["judgements"]
-    return {"manifest": (m, _common(ds, m, "object_id") + _decision_refs(ds, m, ()) + [
-        E.ExpectColumnValuesToBeBetween(column="reject_share", min_value=0, max_value=1),
-        E.ExpectColumnValuesToBeInSet(column="rejects_le_judgements", value_set=[True])])}
+    return {
+        "manifest": (
+            m,
+            _common(ds, m, "object_id")
+            + _decision_refs(ds, m, ())
+            + [
+                E.ExpectColumnValuesToBeBetween(column="reject_share", min_value=0, max_value=1),
+                E.ExpectColumnValuesToBeInSet(column="rejects_le_judgements", value_set=[True]),
+            ],
+        )
+    }
 
 
 def _generic(ds: Dataset, cfg: ValidationConfig) -> dict:
@@ -464,14 +601,22 @@ def _generic(ds: Dataset, cfg: ValidationConfig) -> dict:
 
 
 SUITES: dict[str, Callable[[Dataset, ValidationConfig], dict]] = {
-    "meshes": _meshes, "iso3do": _iso3do, "iso3do-part": _iso3do,
-    "occlusions": _occlusions, "occlusions-part": _occlusions,
-    "image-pool": _image_pool, "candidates": _candidates, "rankings": _rankings,
-    "sft": _sft, "preferences": _preferences, "hard-cases": _hard_cases,
+    "meshes": _meshes,
+    "iso3do": _iso3do,
+    "iso3do-part": _iso3do,
+    "occlusions": _occlusions,
+    "occlusions-part": _occlusions,
+    "image-pool": _image_pool,
+    "candidates": _candidates,
+    "rankings": _rankings,
+    "sft": _sft,
+    "preferences": _preferences,
+    "hard-cases": _hard_cases,
 }
 
 
 # -- running ----------------------------------------------------------------------------------
+
 
 def _examples(result: dict, df: pd.DataFrame, column: str | None) -> list:
     """Example offending rows: ids (and the value) rather than bare row numbers."""
@@ -483,7 +628,8 @@ def _examples(result: dict, df: pd.DataFrame, column: str | None) -> list:
         cols += ["problem"] if "problem" in df.columns and "problem" not in cols else []
         return rows[list(dict.fromkeys(cols))].to_dict("records") if cols else []
     return list(result.get("partial_unexpected_list") or [])[:5] or (
-        [result.get("observed_value")] if "observed_value" in result else [])
+        [result.get("observed_value")] if "observed_value" in result else []
+    )
 
 
 def validate(ds: Dataset, cfg: ValidationConfig, docs_dir: str | Path | None = None) -> Report:
@@ -507,18 +653,22 @@ def run_suites(dataset: str, kind: str, tables: dict, docs_dir: str | Path | Non
         if not expectations:
             continue
         asset = source.add_dataframe_asset(f"{name}.{table}")
-        suite = context.suites.add_or_update(gx.ExpectationSuite(name=f"{kind}.{table}",
-                                                                 expectations=expectations))
+        suite = context.suites.add_or_update(gx.ExpectationSuite(name=f"{kind}.{table}", expectations=expectations))
         batch = asset.add_batch_definition_whole_dataframe("whole")
-        definitions.append(context.validation_definitions.add_or_update(
-            gx.ValidationDefinition(name=f"{name}.{table}", data=batch, suite=suite)))
+        definitions.append(
+            context.validation_definitions.add_or_update(
+                gx.ValidationDefinition(name=f"{name}.{table}", data=batch, suite=suite)
+            )
+        )
         frames[f"{name}.{table}"] = frame.reset_index(drop=True)
 
     for definition in definitions:
         table = definition.name.rsplit(".", 1)[1]
         frame = frames[definition.name]
-        result = definition.run(batch_parameters={"dataframe": frame},
-                                result_format={"result_format": "COMPLETE", "partial_unexpected_count": 5})
+        result = definition.run(
+            batch_parameters={"dataframe": frame},
+            result_format={"result_format": "COMPLETE", "partial_unexpected_count": 5},
+        )
         report.results[table] = result.describe_dict()
         for r in result.results:
             report.evaluated += 1
@@ -527,8 +677,9 @@ def run_suites(dataset: str, kind: str, tables: dict, docs_dir: str | Path | Non
             cfg_ = r.expectation_config
             assert cfg_ is not None, "a result of a configured expectation"
             column = cfg_.kwargs.get("column")
-            report.failures.append(Failure(table, cfg_.type, column, r.result.get("unexpected_count"),
-                                           _examples(r.result, frame, column)))
+            report.failures.append(
+                Failure(table, cfg_.type, column, r.result.get("unexpected_count"), _examples(r.result, frame, column))
+            )
     report.success = not report.failures
     if docs_dir:
         context.build_data_docs()
