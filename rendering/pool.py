@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from flywheel.core.raypool import ensure_ray, run_on_actors
 
@@ -27,7 +28,7 @@ class Job:
 class JobResult:
     id: str
     ok: bool
-    result: dict | list | None = None
+    result: Any = None  # the job function's JSON reply (None when the job failed)
     reason: str | None = None
     worker: str | None = None
 

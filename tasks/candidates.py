@@ -7,7 +7,6 @@ proposes only the missing parts; the assemble task copies the parts' shards.
 
 from __future__ import annotations
 
-import io
 import logging
 import tempfile
 from collections import Counter
@@ -15,10 +14,8 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import torch
-from PIL import Image
 
-from flywheel.core.codecs import decode_npy, encode_npy
+from flywheel.core.codecs import decode_npy
 from flywheel.core.config import FlywheelConfig
 from flywheel.core.contracts import CANDIDATES, CANDIDATES_PART, IMAGE_POOL
 from flywheel.core.datasets import Dataset, DatasetWriter, assemble_dataset, committed_ref, version_of
@@ -26,11 +23,10 @@ from flywheel.core.records import DatasetRef, Rejected
 from flywheel.feedback.image_pool import from_dataset, from_manifest, unique
 from flywheel.feedback.publish import publish_tasks
 from flywheel.learning.ensemble import PinnedModel, local_checkpoints
-from flywheel.learning.serving import ProposalJob, ProposalPool
-from sam3d_model.data import collate, condition_inputs
+from flywheel.learning.serving import ProposalPool, proposal_items
 from sam3d_model.ensemble import Member
 from tasks.conventions import ProcessResource, flywheel_task, log_datasets, stage, store_for, writer_options
-from tasks.synth import batches, render_pool
+from tasks.synth import render_pool
 
 log = logging.getLogger(__name__)
 _PROPOSAL_POOL = ProcessResource()
@@ -148,38 +144,18 @@ def propose_part(
     if existing is not None:
         return existing
     checkpoints, model_cfg = local_checkpoints(cfg, models)
+    actors = proposal_pool(cfg, checkpoints, members, _library(cfg, library, model_cfg.resolution))
+    items = proposal_items(
+        Dataset(store, pool.name, pool.version),
+        object_ids,
+        model_cfg,
+        job_prefix=version[:12],
+        objects_per_job=settings["objects_per_job"],
+        run=actors.run,
+    )
     with DatasetWriter(store, CANDIDATES_PART, version, inputs=inputs, **writer_options(cfg)) as writer:
-        examples, seen = {}, set()
-        for s in Dataset(store, pool.name, pool.version).samples(keys=object_ids):
-            seen.add(s["__key__"])
-            rgb = np.asarray(Image.open(io.BytesIO(s["rgb.png"])).convert("RGB"))
-            mask = np.asarray(Image.open(io.BytesIO(s["mask.png"]))) > 127
-            try:
-                crop, full = condition_inputs(model_cfg, rgb, mask, name=s["__key__"])
-            except ValueError as e:
-                writer.quarantine(s["__key__"], "object", "bad condition", str(e))
-                continue
-            examples[s["__key__"]] = {"crop": crop, "full": full, "full_valid": torch.tensor(True)}
-        for o in object_ids:
-            if o not in seen:
-                writer.quarantine(o, "object", "missing object", f"{o} is not in {pool}")
-        ready = [o for o in object_ids if o in examples]
-        jobs = [
-            ProposalJob(f"{version[:12]}-{i}", ids, collate([examples[o] for o in ids]))
-            for i, ids in enumerate(batches(ready, settings["objects_per_job"]))
-        ]
-        results = {
-            r.id: r
-            for r in proposal_pool(cfg, checkpoints, members, _library(cfg, library, model_cfg.resolution)).run(jobs)
-        }
-        for job in jobs:  # job order: the part's content does not depend on which actor finished first
-            result = results[job.id]
-            for oid in job.object_ids:
-                if not result.ok:
-                    writer.quarantine(oid, "object", "proposal failed", f"{oid}: {result.reason}")
-                    continue
-                for cand in result.candidates[oid]:
-                    writer.add(cand.candidate_id, cand.row(), {"occ.npy": encode_npy(cand.occupancy)})
+        for item in items:
+            writer.put(item)
     return writer.ref
 
 

@@ -19,14 +19,11 @@ import numpy as np
 from flywheel.core.config import FlywheelConfig
 from flywheel.core.contracts import ISO3DO, MESHES, OCCLUSIONS, DatasetSpec, part_spec
 from flywheel.core.datasets import Dataset, DatasetWriter, assemble_dataset, committed_ref, version_of
-from flywheel.core.digests import digest_of
 from flywheel.core.records import DatasetRef, Rejected
-from rendering.backgrounds import crop, load_backgrounds
-from rendering.iso3do import iso3do_scene, view_samples
 from rendering.mesh_library import library_samples, procedural_items, source_items
 from rendering.meshes import MeshFilter
-from rendering.occlusions import occlusion_sample
-from rendering.pool import Job, RenderPool
+from rendering.parts import iso3do_part, occlusions_part
+from rendering.pool import RenderPool
 from tasks.conventions import ProcessResource, flywheel_task, log_datasets, stage, store_for, writer_options
 from tasks.sheets import log_image_sheet
 
@@ -129,62 +126,17 @@ def build_mesh_library(
 # -- Iso-3DO ----------------------------------------------------------------------------------
 
 
-def _mesh_files(library: Dataset, ids: list[str], folder: Path) -> dict[str, tuple[str, bytes]]:
-    """Write the batch's meshes for the workers; returns id -> (npz path, occupancy bytes)."""
-    out = {}
-    for sample in library.samples(keys=ids):
-        path = folder / f"{sample['__key__']}.npz"
-        path.write_bytes(sample["mesh.npz"])
-        out[sample["__key__"]] = (str(path), sample["occ.npy"])
-    return out
-
-
-def _object_rng(seed: int, object_id: str) -> np.random.Generator:
-    """Per-object randomness: independent of batch boundaries and of the other objects."""
-    return np.random.default_rng([seed, int(digest_of(object_id)[:12], 16)])
-
-
 @flywheel_task(name="iso3do-part", version="1")
 def render_iso3do_part(cfg: FlywheelConfig, library: DatasetRef, object_ids: list[str], settings: dict) -> DatasetRef:
     """Render one batch of objects (every view) into a committed ``iso3do-part`` version."""
     inputs = {"library": library, "objects": object_ids, "settings": settings}
     version = version_of(ISO3DO, inputs=inputs, code_version=render_iso3do_part.version)
 
-    def produce(writer):
-        store = store_for(cfg)
-        lib = Dataset(store, library.name, library.version)
+    def produce(writer: DatasetWriter) -> None:
+        lib = Dataset(store_for(cfg), library.name, library.version)
         with tempfile.TemporaryDirectory(prefix="flywheel-iso3do-") as tmp:
-            meshes = _mesh_files(lib, object_ids, Path(tmp))
-            scenes, jobs = {}, []
-            for oid in object_ids:
-                if oid not in meshes:
-                    writer.quarantine(oid, "object", "missing mesh", f"{oid} not in {library}")
-                    continue
-                scenes[oid] = iso3do_scene(
-                    meshes[oid][0],
-                    _object_rng(settings["seed"], oid),
-                    views=settings["views"],
-                    resolution=settings["resolution"],
-                    samples=settings["samples"],
-                    fov_deg=settings["fov_deg"],
-                    camera_distance=settings["camera_distance"],
-                    elevation_deg=settings["elevation_deg"],
-                    device=settings["device"],
-                )
-                jobs.append(
-                    Job(oid, "rendering.iso3do:render_job", {"scene": scenes[oid].to_dict(), "out_dir": f"{tmp}/{oid}"})
-                )
-            results = {r.id: r for r in render_pool(cfg).run(jobs)}
-            for oid in object_ids:  # input order: the part's content is deterministic
-                result = results.get(oid)
-                if result is None:
-                    continue
-                if not result.ok:
-                    writer.quarantine(oid, "object", "render failed", f"{oid}: {result.reason}")
-                    log.warning("object %s quarantined: %s", oid, result.reason)
-                    continue
-                for sample in view_samples(oid, scenes[oid], result.result, f"{tmp}/{oid}", meshes[oid][1]):
-                    writer.add(*sample)
+            for item in iso3do_part(lib, object_ids, settings, render_pool(cfg).run, Path(tmp)):
+                writer.put(item)
 
     return _write_part(cfg, ISO3DO, version, inputs, produce)
 
@@ -209,74 +161,11 @@ def render_occlusions_part(cfg: FlywheelConfig, library: DatasetRef, indices: li
     inputs = {"library": library, "indices": indices, "settings": settings}
     version = version_of(OCCLUSIONS, inputs=inputs, code_version=render_occlusions_part.version)
 
-    def produce(writer):
-        store = store_for(cfg)
-        lib = Dataset(store, library.name, library.version)
-        mesh_ids = sorted(lib.manifest().column("mesh_id").to_pylist())
-        backgrounds, bad = load_backgrounds(settings["background_source"], cfg.store)
-        for name, reason in bad:
-            writer.quarantine(name, "background", "bad background", reason)
-        if not backgrounds or len(mesh_ids) < 2:
-            for i in indices:
-                writer.quarantine(
-                    f"fo-{i:06d}",
-                    "sample",
-                    "no inputs",
-                    f"need 2+ meshes and 1+ background, have {len(mesh_ids)} / {len(backgrounds)}",
-                )
-            return
-        picks = {}
-        for i in indices:
-            rng = np.random.default_rng([settings["seed"], i])
-            a, b = rng.choice(len(mesh_ids), size=2, replace=False)
-            picks[i] = (mesh_ids[a], mesh_ids[b], int(rng.integers(len(backgrounds))), rng)
+    def produce(writer: DatasetWriter) -> None:
+        lib = Dataset(store_for(cfg), library.name, library.version)
         with tempfile.TemporaryDirectory(prefix="flywheel-fo-") as tmp:
-            needed = sorted({m for p in picks.values() for m in p[:2]})
-            meshes = _mesh_files(lib, needed, Path(tmp))
-            keys = ("resolution", "samples", "fov_deg", "visible_band", "max_tries", "min_occludee_pixels", "device")
-            jobs = [
-                Job(
-                    f"fo-{i:06d}",
-                    "rendering.occlusions:occlusion_job",
-                    {
-                        "occludee_mesh": meshes[p[0]][0],
-                        "occluder_mesh": meshes[p[1]][0],
-                        "seed": int(p[3].integers(2**31)),
-                        "out_dir": f"{tmp}/fo-{i:06d}",
-                        **{k: settings[k] for k in keys},
-                    },
-                )
-                for i, p in picks.items()
-            ]
-            results = {r.id: r for r in render_pool(cfg).run(jobs)}
-            for i in indices:
-                sid = f"fo-{i:06d}"
-                occludee, occluder, bg, rng = picks[i]
-                result = results[sid]
-                if not result.ok:
-                    writer.quarantine(sid, "sample", "render failed", f"{sid}: {result.reason}")
-                elif not result.result["accepted"]:
-                    writer.quarantine(
-                        sid,
-                        "sample",
-                        "no layout in band",
-                        f"{sid}: no layout inside the band after {result.result['tries']} "
-                        f"tries ({result.result['rejected']})",
-                    )
-                else:
-                    photo = crop(backgrounds[bg], rng, settings["resolution"])
-                    writer.add(
-                        *occlusion_sample(
-                            sid,
-                            result.result,
-                            f"{tmp}/{sid}",
-                            photo,
-                            occludee,
-                            occluder,
-                            backgrounds[bg].background_id,
-                            meshes[occludee][1],
-                        )
-                    )
+            for item in occlusions_part(lib, indices, settings, cfg.store, render_pool(cfg).run, Path(tmp)):
+                writer.put(item)
 
     return _write_part(cfg, OCCLUSIONS, version, inputs, produce)
 

@@ -12,8 +12,16 @@ from tasks.conventions import cache_key_for, ensure_result_storage, flywheel_tas
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 
+# What the tasks below did: they run in this process, in Prefect's worker threads. Cleared
+# before every test, so each test sees only its own runs, in any order.
 ATTEMPTS: dict[str, int] = {}
 FAIL_ONCE: set[str] = set()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_attempts():
+    ATTEMPTS.clear()
+    FAIL_ONCE.clear()
 
 
 @flywheel_task(name="test-double", version="1")

@@ -182,10 +182,11 @@ class DatasetWriter:
         """Record an item this stage refused; kept with the version, never dropped."""
         self._quarantine.append({"item_id": str(item_id), "kind": kind, "reason": reason, "detail": detail or reason})
 
-    def put(self, item: Sample | Rejected, kind: str) -> bool:
-        """Add a :class:`Sample`, or quarantine a :class:`Rejected` item of ``kind``; True if added."""
+    def put(self, item: Sample | Rejected, kind: str = "item") -> bool:
+        """Add a :class:`Sample`, or quarantine a :class:`Rejected` item (as ``kind`` unless it
+        says what it is); True if added."""
         if isinstance(item, Rejected):
-            self.quarantine(item.item_id, kind, item.reason, item.detail)
+            self.quarantine(item.item_id, item.kind or kind, item.reason, item.detail)
             return False
         self.add(item.key, item.row, item.files)
         return True

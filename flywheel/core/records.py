@@ -78,6 +78,7 @@ class Rejected:
     item_id: str
     reason: str
     detail: str
+    kind: str = ""  # what the item is (object, sample, background ...); "": the batch's kind
 
 
 @dataclass(frozen=True)

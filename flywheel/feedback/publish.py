@@ -100,7 +100,7 @@ def publish_tasks(
     tasks, sheets = [], []
     for oid, cands in by_object.items():
         result = results[oid]
-        files = iter(result.result if result.ok and isinstance(result.result, list) else [])
+        files = iter(result.result if result.ok else [])
         sample = pool_samples[oid]
         rgb = np.asarray(Image.open(io.BytesIO(sample["rgb.png"])).convert("RGB"))
         mask = np.asarray(Image.open(io.BytesIO(sample["mask.png"]))) > 127

@@ -8,12 +8,20 @@ that still fails comes back with its reason, for the caller to quarantine.
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 
+from flywheel.core.codecs import encode_npy
+from flywheel.core.datasets import Dataset
 from flywheel.core.raypool import cluster_gpus, ensure_ray, run_on_actors
+from flywheel.core.records import Rejected, Sample
+from sam3d_model.config import ModelConfig
+from sam3d_model.data import collate, condition_inputs
 from sam3d_model.ensemble import Candidate, Member
 
 
@@ -148,3 +156,44 @@ class ProposalPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def proposal_items(
+    pool: Dataset,
+    object_ids: list[str],
+    model_cfg: ModelConfig,
+    *,
+    job_prefix: str,
+    objects_per_job: int,
+    run: Callable[[list[ProposalJob]], list[ProposalResult]],
+) -> Iterator[Sample | Rejected]:
+    """The candidates of ``object_ids`` (image-pool objects) as samples of a candidates part:
+    each object's condition tensors, batched into jobs for ``run`` (the proposal actors).
+    An object that is missing, whose condition cannot be made, or whose job failed is a
+    rejection. Items come in job order, whichever actor finished first."""
+    examples, seen = {}, set()
+    for s in pool.samples(keys=object_ids):
+        seen.add(s["__key__"])
+        rgb = np.asarray(Image.open(io.BytesIO(s["rgb.png"])).convert("RGB"))
+        mask = np.asarray(Image.open(io.BytesIO(s["mask.png"]))) > 127
+        try:
+            crop, full = condition_inputs(model_cfg, rgb, mask, name=s["__key__"])
+        except ValueError as e:
+            yield Rejected(s["__key__"], "bad condition", str(e), kind="object")
+            continue
+        examples[s["__key__"]] = {"crop": crop, "full": full, "full_valid": torch.tensor(True)}
+    for o in object_ids:
+        if o not in seen:
+            yield Rejected(o, "missing object", f"{o} is not in {pool.ref}", kind="object")
+    ready = [o for o in object_ids if o in examples]
+    groups = [ready[i : i + objects_per_job] for i in range(0, len(ready), objects_per_job)]
+    jobs = [ProposalJob(f"{job_prefix}-{i}", ids, collate([examples[o] for o in ids])) for i, ids in enumerate(groups)]
+    results = {r.id: r for r in run(jobs)}
+    for job in jobs:
+        result = results[job.id]
+        for oid in job.object_ids:
+            if not result.ok:
+                yield Rejected(oid, "proposal failed", f"{oid}: {result.reason}", kind="object")
+                continue
+            for cand in result.candidates[oid]:
+                yield Sample(cand.candidate_id, cand.row(), {"occ.npy": encode_npy(cand.occupancy)})
