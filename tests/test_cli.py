@@ -96,3 +96,18 @@ def test_datasets_show_lists_what_was_quarantined(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "quarantined: 2 (non-finite vertices: 1, unsafe reference: 1)" in out.stdout
     assert "mesh meshes/bad.obj: texture '../x.png' points outside" in out.stdout
+
+
+def test_config_file_option_and_bad_options_fail_at_the_start(tmp_path):
+    """--config FILE is the config of the whole command (no environment variable carries it);
+    a bad model override or a bad command option fails before any work, exit 2, named."""
+    f = tmp_path / "mine.yaml"
+    f.write_text("datasets:\n  shard_max_samples: 7\n")
+    shown = run("--config", str(f), "config", "show")
+    assert shown.returncode == 0 and "shard_max_samples: 7" in shown.stdout, shown.stderr
+    override = run("config", "show", env={"FLYWHEEL__MODEL__OVERRIDES": "{no_such_field: 1}"})
+    assert override.returncode == 2 and "model.overrides.no_such_field = 1" in override.stderr
+    n = run("propose", "-n", "1")
+    assert n.returncode == 2 and "num_candidates" in n.stderr, n.stderr
+    model = run("propose", "--model", "champion")
+    assert model.returncode == 2 and "--model needs KEY=REF" in model.stderr
