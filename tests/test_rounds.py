@@ -53,6 +53,7 @@ class CleanRounds:
     cfg: FlywheelConfig
     store: Store
     records: list[dict]  # the round records' JSON form
+    aliases: dict[str, int]  # registry alias -> version right after the two rounds (other tests move them)
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +63,10 @@ def clean(prefect_server, tmp_path_factory) -> CleanRounds:
 
     root = tmp_path_factory.mktemp("rounds") / "store"
     cfg = load_config(environ={**os.environ, "FLYWHEEL__STORE__ROOT": str(root)})
-    return CleanRounds(cfg, store_for(cfg), [r.model_dump(mode="json") for r in flywheel_rounds(2, config=cfg)])
+    records = [r.model_dump(mode="json") for r in flywheel_rounds(2, config=cfg)]
+    client = mlflow.MlflowClient()
+    aliases = {a: int(client.get_model_version_by_alias("sam3d", a).version) for a in ("champion", "challenger")}
+    return CleanRounds(cfg, store_for(cfg), records, aliases)
 
 
 def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
@@ -87,8 +91,7 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
         assert r["stages"] == (["sft", "dpo"] if r["volumes"]["preferences"] else ["sft"])
         assert r["volumes"]["image-pool"] == 3 and r["volumes"]["candidates"] == 12
         assert r["rankings"]["objects_judged"] == 3
-    assert client.get_model_version_by_alias("sam3d", "champion").version == r1["champion_after"]["version"]
-    assert client.get_model_version_by_alias("sam3d", "challenger").version == r1["challenger"]["version"]
+    assert clean.aliases == {"champion": r1["champion_after"]["version"], "challenger": r1["challenger"]["version"]}
 
     # new images every round, one fixed held-out set, the accepted data accumulates
     assert r0["datasets"]["image-pool"]["version"] != r1["datasets"]["image-pool"]["version"]
