@@ -183,3 +183,23 @@ def test_model_and_rounds_config_errors_name_the_field():
         load_config(environ={"FLYWHEEL__ROUNDS__PROMOTE_METRIC": "accuracy"})
     team = load_config(environ={}).rounds.annotators
     assert [SimulatedAnnotator.from_settings(a).reject_threshold for a in team][:1] == [0.15]
+
+
+def test_a_stage_checkpoint_is_named_by_everything_that_shapes_it():
+    from flywheel.learning.stages import checkpoint_name, stage_settings
+
+    section = load_config(environ={}).model
+    data = {"sft": [DatasetRef("sft", "v1", "/s/sft/v1", "d" * 64, 3)]}
+    init = ModelRef("sam3d", 1, "models:/sam3d/1", "ab" * 32).checkpoint
+    base = checkpoint_name("sft", init, data, stage_settings(section, "sft"), {})
+    assert base.startswith("sft-") and base == checkpoint_name("sft", init, data, stage_settings(section, "sft"), {})
+    other_data = {"sft": [DatasetRef("sft", "v2", "/s/sft/v2", "e" * 64, 3)]}
+    changed = [
+        checkpoint_name("sft", None, data, stage_settings(section, "sft"), {}),
+        checkpoint_name("sft", init, other_data, stage_settings(section, "sft"), {}),
+        checkpoint_name("sft", init, data, {**stage_settings(section, "sft"), "lr": 1.0}, {}),
+    ]
+    assert len({base, *changed}) == 4
+    assert "curriculum" in stage_settings(section, "sft") and "beta" in stage_settings(section, "dpo")
+    with pytest.raises(ValueError, match="unexpected dataset roles"):
+        checkpoint_name("dpo", init, data, {}, {})

@@ -1,0 +1,197 @@
+"""The human-feedback domain without an orchestrator: exports ingested into a rankings
+version, then a round's decisions committed as SFT / preference / hard-case datasets, on
+small real datasets in a real store (no Prefect, no MLflow)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from flywheel.core.codecs import encode_npy, encode_png
+from flywheel.core.config import RankingsConfig, StoreConfig
+from flywheel.core.contracts import CANDIDATES, IMAGE_POOL, RANKINGS
+from flywheel.core.datasets import Dataset, version_of, write_dataset
+from flywheel.core.store import LocalStore
+from flywheel.feedback.aggregate import judge_round
+from flywheel.feedback.decisions import write_decisions
+from flywheel.feedback.ingest import ingest_exports
+
+OBJECTS = ("obj-a", "obj-b")
+SETTINGS = {"annotators": None, "max_file_bytes": 1_000_000, "max_time_spent_s": 3600.0}
+
+
+@pytest.fixture
+def round_data(tmp_path):
+    """An image pool of two objects and three candidates for each."""
+    store = LocalStore(tmp_path / "store")
+    rgb = np.full((16, 16, 3), 120, np.uint8)
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 255
+    pool = write_dataset(
+        store,
+        IMAGE_POOL,
+        "pool-v1",
+        [
+            (
+                o,
+                {"object_id": o, "source": f"test/{o}", "width": 16, "height": 16, "mask_pixels": 64},
+                {"rgb.png": encode_png(rgb), "mask.png": encode_png(mask)},
+            )
+            for o in OBJECTS
+        ],
+    )
+    rows = []
+    for o in OBJECTS:
+        for k in range(3):
+            occ = np.zeros((4, 4, 4), bool)
+            occ[: k + 1] = True
+            row = {
+                "candidate_id": f"{o}-c{k}",
+                "object_id": o,
+                "member": "champion",
+                "kind": "model",
+                "model_version": "sam3d/1",
+                "seed": k,
+                "guidance": 0.0,
+                "steps": 25,
+                "retrieved_mesh_id": "",
+                "R": np.eye(3).ravel().tolist(),
+                "t": [0.0, 0.0, 2.5],
+                "s": 1.0,
+                "occupied_fraction": float(occ.mean()),
+            }
+            rows.append((row["candidate_id"], row, {"occ.npy": encode_npy(occ)}))
+    candidates = write_dataset(store, CANDIDATES, "candidates-v1", rows, parents=[pool])
+    return store, pool, candidates
+
+
+def _export(path, rows):
+    base = {"timestamp": "2026-11-21T10:00:00Z", "time_spent_s": 10.0}
+    path.write_text("".join(json.dumps({**base, **r}) + "\n" for r in rows) + "{not json\n")
+    return str(path)
+
+
+def test_exports_become_rankings_then_round_datasets(round_data, tmp_path):
+    store, pool, candidates = round_data
+    first = _export(
+        tmp_path / "batch-1.jsonl",
+        [
+            {
+                "submission_id": f"s{i}",
+                "annotator_id": ann,
+                "object_id": "obj-a",
+                "kind": "best-of-n",
+                "winner": "obj-a-c2",
+                "losers": ["obj-a-c0", "obj-a-c1"],
+            }
+            for i, ann in enumerate(("ann-1", "ann-2"))
+        ]
+        + [
+            {
+                "submission_id": "s9",
+                "annotator_id": "ann-1",
+                "object_id": "obj-b",
+                "kind": "reject-all",
+                "winner": None,
+                "losers": ["obj-b-c0", "obj-b-c1", "obj-b-c2"],
+            }
+        ],
+    )
+    inputs = {"files": ["d1"], "candidates": candidates}
+    ref, counts = ingest_exports(
+        store,
+        StoreConfig(),
+        [(first, "d1")],
+        version=version_of(RANKINGS, inputs=inputs),
+        inputs=inputs,
+        candidates=candidates,
+        previous=None,
+        settings=SETTINGS,
+        writer_options={},
+    )
+    assert counts == {"rows": 4, "accepted": 3, "duplicates": 0, "quarantined": 1}
+    rankings = Dataset(store, ref.name, ref.version)
+    assert rankings.ref.num_rows == 3 and rankings.quarantine()["reason"].to_pylist() == ["malformed row"]
+    assert store.get_bytes("rankings/raw/d1/batch-1.jsonl") == (tmp_path / "batch-1.jsonl").read_bytes()
+
+    # the same file again plus a new one: only the new submissions count
+    second = _export(
+        tmp_path / "batch-2.jsonl",
+        [
+            {
+                "submission_id": "s1",
+                "annotator_id": "ann-2",
+                "object_id": "obj-a",
+                "kind": "best-of-n",
+                "winner": "obj-a-c2",
+                "losers": ["obj-a-c0", "obj-a-c1"],
+            },
+            {
+                "submission_id": "s7",
+                "annotator_id": "ann-2",
+                "object_id": "obj-b",
+                "kind": "reject-all",
+                "winner": None,
+                "losers": ["obj-b-c0", "obj-b-c1", "obj-b-c2"],
+            },
+        ],
+    )
+    inputs2 = {"files": ["d1", "d2"], "candidates": candidates}
+    ref2, counts2 = ingest_exports(
+        store,
+        StoreConfig(),
+        [(second, "d2")],
+        version=version_of(RANKINGS, inputs=inputs2),
+        inputs=inputs2,
+        candidates=candidates,
+        previous=ref,
+        settings=SETTINGS,
+        writer_options={},
+    )
+    assert counts2["accepted"] == 1 and counts2["duplicates"] == 1 and ref2.num_rows == 4
+
+    rules = RankingsConfig().rules()
+    judged = judge_round(
+        Dataset(store, ref2.name, ref2.version).manifest(),
+        Dataset(store, candidates.name, candidates.version).manifest().to_pandas(),
+        0,
+        **rules,
+    )
+    decisions = judged.decisions
+    refs = write_decisions(
+        store,
+        accepted=decisions[decisions["decision"] == "accept"],
+        preferences=judged.preferences,
+        hard=decisions[decisions["decision"] == "hard-case"],
+        rankings=ref2,
+        candidates=candidates,
+        pool=pool,
+        round_index=0,
+        inputs={"rankings": ref2, "round": 0},
+        code_version="test",
+        writer_options={},
+    )
+    sft, prefs, hard = (Dataset(store, refs[n].name, refs[n].version) for n in ("sft", "preferences", "hard-cases"))
+    assert sft.manifest().column("candidate_id").to_pylist() == ["obj-a-c2"]
+    assert hard.manifest().column("object_id").to_pylist() == ["obj-b"]
+    assert sorted(prefs.manifest().column("loser").to_pylist()) == ["obj-a-c0", "obj-a-c1"]
+    winner = next(sft.samples())
+    assert np.array_equal(np.load(__import__("io").BytesIO(winner["occ.npy"])).sum(), 48)  # c2: 3 of 4 slabs
+    assert winner["rgb.png"] and winner["mask.png"]
+    # committed once: deciding again finds the same versions and writes nothing
+    again = write_decisions(
+        store,
+        accepted=decisions[decisions["decision"] == "accept"],
+        preferences=judged.preferences,
+        hard=decisions[decisions["decision"] == "hard-case"],
+        rankings=ref2,
+        candidates=candidates,
+        pool=pool,
+        round_index=0,
+        inputs={"rankings": ref2, "round": 0},
+        code_version="test",
+        writer_options={},
+    )
+    assert again == refs
