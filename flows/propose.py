@@ -21,7 +21,7 @@ def propose_body(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
 
 
 @flow(name="propose", log_prints=True)
-def propose(config: FlywheelConfig | None = None) -> RunSummary:
+def propose(config: FlywheelConfig | str | None = None) -> RunSummary:
     """Image pool -> candidates (config ``candidates``) -> previews and annotation tasks.
-    ``config``: None loads the worker's."""
+    ``config``: a config or a config file; None loads the worker's."""
     return run_round(flow_config(config), "propose", propose_body, ("candidates",))

@@ -16,11 +16,11 @@ from flywheel.core.records import RunSummary
 
 @flow(name="rankings", log_prints=True)
 def rankings(
-    files: list[str], candidates: str | None = None, round_index: int = 0, config: FlywheelConfig | None = None
+    files: list[str], candidates: str | None = None, round_index: int = 0, config: FlywheelConfig | str | None = None
 ) -> RunSummary:
     """Ingest annotation exports (native .jsonl/.csv/.parquet, Label Studio .json) for a
     candidates version (default: the newest) and commit round ``round_index``'s SFT,
-    preference and hard-case datasets. ``config``: None loads the worker's."""
+    preference and hard-case datasets. ``config``: a config or a config file; None loads the worker's."""
     cfg = flow_config(config)
     ref = candidates_ref(cfg, candidates)
     previous = latest_ref(cfg, RANKINGS.name)

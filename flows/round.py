@@ -300,17 +300,19 @@ def next_round(cfg: FlywheelConfig) -> int:
 
 @flow(name="flywheel-round", log_prints=True)
 def flywheel_round(
-    round_index: int | None = None, files: list[str] | None = None, config: FlywheelConfig | None = None
+    round_index: int | None = None, files: list[str] | None = None, config: FlywheelConfig | str | None = None
 ) -> RoundRecord | RunSummary:
     """One whole round (default: the next uncommitted one): propose, then close with the given
     annotation exports (default: simulated annotators), retrain, evaluate and promote.
-    ``config``: None loads the worker's."""
+    ``config``: a config or a config file; None loads the worker's."""
     cfg = flow_config(config)
     return play_round(cfg, next_round(cfg) if round_index is None else round_index, files)
 
 
 @flow(name="round-propose", log_prints=True)
-def round_propose(round_index: int | None = None, config: FlywheelConfig | None = None) -> RoundRecord | RunSummary:
+def round_propose(
+    round_index: int | None = None, config: FlywheelConfig | str | None = None
+) -> RoundRecord | RunSummary:
     """The propose half of round k (default: the next uncommitted one): images, candidates
     from the champion, annotation tasks."""
     cfg = flow_config(config)
@@ -318,7 +320,7 @@ def round_propose(round_index: int | None = None, config: FlywheelConfig | None 
 
 
 @flow(name="flywheel", log_prints=True)
-def flywheel_rounds(rounds_to_run: int = 1, config: FlywheelConfig | None = None) -> list[RoundRecord]:
+def flywheel_rounds(rounds_to_run: int = 1, config: FlywheelConfig | str | None = None) -> list[RoundRecord]:
     """Rounds 0..N-1 in order; committed rounds are read back, not re-run."""
     cfg = flow_config(config)
     records = [record for k in range(rounds_to_run) if isinstance(record := play_round(cfg, k), RoundRecord)]

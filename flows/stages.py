@@ -45,10 +45,11 @@ from tasks.validation import gate_for
 SYNTHETIC_SECTIONS = ("meshes", "iso3do", "occlusions")
 
 
-def flow_config(config: FlywheelConfig | None) -> FlywheelConfig:
-    """The config a flow runs with: the one its caller passed (the CLI does), or — for a
-    deployment run without one — the worker's, loaded once here."""
-    cfg = config if config is not None else load_config()
+def flow_config(config: FlywheelConfig | str | None) -> FlywheelConfig:
+    """The config a flow runs with: the one its caller passed (the CLI passes the one it
+    loaded), a config file (a deployment run with ``-p config=path.yaml``: that file over the
+    defaults, then FLYWHEEL__* env), or — without one — the worker's, loaded once here."""
+    cfg = config if isinstance(config, FlywheelConfig) else load_config(config)
     apply_environment(cfg)
     return cfg
 

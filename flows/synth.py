@@ -14,13 +14,13 @@ from flywheel.core.records import DatasetRef, RunSummary
 
 
 @flow(name="synth-meshes", log_prints=True)
-def synth_meshes(config: FlywheelConfig | None = None) -> RunSummary:
-    """Build the mesh library (config ``meshes``). ``config``: None loads the worker's."""
+def synth_meshes(config: FlywheelConfig | str | None = None) -> RunSummary:
+    """Build the mesh library (config ``meshes``). ``config``: a config or a config file; None loads the worker's."""
     return run_round(flow_config(config), "synth-meshes", lambda cfg, parent: [mesh_library(cfg, parent)])
 
 
 @flow(name="synth-iso3do", log_prints=True)
-def synth_iso3do(config: FlywheelConfig | None = None) -> RunSummary:
+def synth_iso3do(config: FlywheelConfig | str | None = None) -> RunSummary:
     """Mesh library -> Iso-3DO renders (config ``iso3do``, ``render``)."""
 
     def body(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
@@ -31,7 +31,7 @@ def synth_iso3do(config: FlywheelConfig | None = None) -> RunSummary:
 
 
 @flow(name="synth-occlusions", log_prints=True)
-def synth_occlusions(config: FlywheelConfig | None = None) -> RunSummary:
+def synth_occlusions(config: FlywheelConfig | str | None = None) -> RunSummary:
     """Mesh library -> Flying Occlusions (config ``occlusions``, ``render``)."""
 
     def body(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
@@ -42,6 +42,6 @@ def synth_occlusions(config: FlywheelConfig | None = None) -> RunSummary:
 
 
 @flow(name="synth-all", log_prints=True)
-def synth_all(config: FlywheelConfig | None = None) -> RunSummary:
+def synth_all(config: FlywheelConfig | str | None = None) -> RunSummary:
     """The whole synthetic-data refresh: mesh library, Iso-3DO and Flying Occlusions."""
     return run_round(flow_config(config), "synth-all", all_synthetic)

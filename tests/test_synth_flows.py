@@ -15,6 +15,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import yaml
 
 from flywheel.core.config import FlywheelConfig, load_config
 from flywheel.core.datasets import Dataset, list_versions
@@ -431,8 +432,13 @@ def test_bad_backgrounds_are_quarantined_and_the_rest_goes_on(monkeypatch, tmp_p
     Image.fromarray(rng.integers(0, 255, (96, 96), dtype=np.uint8)).save(photos / "grey.png")
     Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(photos / "tiny.png")
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    monkeypatch.setenv("FLYWHEEL__OCCLUSIONS__BACKGROUND_SOURCE", str(photos))
-    result = synth_occlusions()
+    # as a deployment run given a config file (-p config=FILE): the file replaces FLYWHEEL_CONFIG's
+    micro = yaml.safe_load(Path(os.environ["FLYWHEEL_CONFIG"]).read_text())
+    config_file = tmp_path / "photos.yaml"
+    config_file.write_text(
+        yaml.safe_dump({**micro, "occlusions": {**micro["occlusions"], "background_source": str(photos)}})
+    )
+    result = synth_occlusions(config=str(config_file))
     fo = Dataset(store, "occlusions", result.datasets[1].version)
     bad = {
         r["item_id"].rsplit("/", 1)[-1]: r["detail"] for r in fo.quarantine().to_pylist() if r["kind"] == "background"
