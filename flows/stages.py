@@ -19,6 +19,7 @@ from flywheel.core.datasets import Dataset, list_versions
 from flywheel.core.digests import digest_of, file_digest
 from flywheel.core.records import DatasetRef, RunSummary
 from flywheel.core.runtime import apply_environment
+from flywheel.feedback.publish import TaskFiles
 from flywheel.learning.ensemble import ensemble_members, resolve_ensemble
 from flywheel.tracking import lineage
 from tasks.candidates import (
@@ -176,12 +177,12 @@ def candidates(cfg: FlywheelConfig, pool: DatasetRef, parent: str, library: Data
     return proposals
 
 
-def publish(cfg: FlywheelConfig, proposals: DatasetRef, pool: DatasetRef, parent: str) -> dict[str, str | int]:
+def publish(cfg: FlywheelConfig, proposals: DatasetRef, pool: DatasetRef, parent: str) -> TaskFiles:
     published = publish_annotation_tasks(
         cfg, proposals, pool, cfg.candidates.preview_views, cfg.candidates.preview_resolution, parent_run_id=parent
     )
-    print(f"annotation tasks: {published['tasks']}")
-    print(f"Label Studio imports: {published['label_studio_pairwise']}, {published['label_studio_ranking']}")
+    print(f"annotation tasks: {published.uris['tasks']}")
+    print(f"Label Studio imports: {published.uris['label_studio_pairwise']}, {published.uris['label_studio_ranking']}")
     return published
 
 

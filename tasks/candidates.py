@@ -21,7 +21,7 @@ from flywheel.core.contracts import CANDIDATES, CANDIDATES_PART, IMAGE_POOL
 from flywheel.core.datasets import Dataset, DatasetWriter, assemble_dataset, committed_ref, version_of
 from flywheel.core.records import DatasetRef, Rejected
 from flywheel.feedback.image_pool import from_dataset, from_manifest, unique
-from flywheel.feedback.publish import publish_tasks
+from flywheel.feedback.publish import TaskFiles, publish_tasks
 from flywheel.learning.ensemble import PinnedModel, local_checkpoints
 from flywheel.learning.serving import ProposalPool, proposal_items
 from sam3d_model.ensemble import Member
@@ -219,7 +219,7 @@ def publish_annotation_tasks(
     views: int,
     resolution: int,
     parent_run_id: str | None = None,
-) -> dict[str, int | str]:
+) -> TaskFiles:
     """Render every candidate from a few views (Blender Workbench), save one contact sheet
     per object, and publish the native task file and the Label Studio import files under
     ``annotation/<candidates version>/`` in the store (see :mod:`flywheel.feedback.publish`)."""
@@ -248,4 +248,4 @@ def publish_annotation_tasks(
             }
         )
         log_datasets(run_id, inputs=[candidates, pool])
-    return {"objects": published.objects, "candidates": published.candidates, **published.uris}
+    return published.ref(candidates)

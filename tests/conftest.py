@@ -91,3 +91,10 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """pytest-randomly shuffles the test order; -q hides its header, so say the seed here."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int):
+        terminalreporter.write_line(f"test order: pytest-randomly seed {seed} (replay it: --randomly-seed={seed})")

@@ -31,6 +31,17 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class TaskFiles:
+    """Where a candidates version's annotation tasks are: store URIs of the native task file
+    (``tasks``) and the Label Studio imports (``label_studio_pairwise``, ``label_studio_ranking``)."""
+
+    candidates: DatasetRef
+    uris: dict[str, str]
+    objects: int
+    num_candidates: int
+
+
+@dataclass(frozen=True)
 class PublishedTasks:
     """What was published: store URIs of the task files (by kind), their local copies, the
     contact sheets (local files), and counts."""
@@ -41,6 +52,9 @@ class PublishedTasks:
     objects: int
     candidates: int
     preview_failures: int
+
+    def ref(self, candidates: DatasetRef) -> TaskFiles:
+        return TaskFiles(candidates=candidates, uris=self.uris, objects=self.objects, num_candidates=self.candidates)
 
 
 def _mesh_npz(occupancy: npt.NDArray[Any]) -> bytes | None:
