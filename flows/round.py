@@ -37,7 +37,8 @@ from flows.stages import (
 )
 from flywheel.core.config import SHAPING_SECTIONS, FlywheelConfig
 from flywheel.core.records import DatasetRef, ModelRef, RunSummary
-from flywheel.learning.stages import model_architecture, stage_settings
+from flywheel.learning.architecture import model_architecture
+from flywheel.learning.stages import stage_settings
 from flywheel.rounds import ledger
 from flywheel.rounds.promotion import promotion
 from flywheel.rounds.record import RoundRecord

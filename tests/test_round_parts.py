@@ -18,7 +18,7 @@ from flywheel.core.config import ConfigError, load_config
 from flywheel.core.records import DatasetRef, ModelRef
 from flywheel.core.store import LocalStore
 from flywheel.feedback.simulate import SimulatedAnnotator
-from flywheel.learning.stages import model_architecture
+from flywheel.learning.architecture import model_architecture
 from flywheel.learning.toy import toy_examples
 from flywheel.rounds import ledger as rounds
 from flywheel.rounds.promotion import Promotion, promotion

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from flywheel.core.config import CONFIG_FILE_ENV, ConfigError, FlywheelConfig, load_config, redacted
 from flywheel.core.records import RunSummary
-from flywheel.learning.stages import model_architecture
+from flywheel.learning.architecture import model_architecture
 
 EXIT_FAILED, EXIT_USAGE, EXIT_STORE, EXIT_NOT_FOUND = 1, 2, 3, 4
 

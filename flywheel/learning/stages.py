@@ -13,9 +13,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from flywheel.core.config import ConfigError, FlywheelConfig, ModelSection
+from flywheel.core.config import FlywheelConfig, ModelSection
 from flywheel.core.datasets import Dataset
 from flywheel.core.digests import digest_of, file_digest
 from flywheel.core.records import CheckpointRef, DatasetRef
@@ -23,7 +21,6 @@ from flywheel.core.store import Store
 from flywheel.learning.examples import cached_examples
 from flywheel.tracking.registry import resolve_model
 from sam3d_model import train as T
-from sam3d_model.config import ModelConfig, preset
 from sam3d_model.data import batch_stream, curriculum_stream
 from sam3d_model.evaluation import evaluate
 from sam3d_model.model import SmallSam3D
@@ -37,20 +34,6 @@ STAGE_INPUTS = {
     "dpo": ("preferences",),
     "distill": ("sft", "replay"),
 }
-
-
-def model_architecture(section: ModelSection) -> ModelConfig:
-    """The model config ``section`` describes (its preset with its overrides); a bad override
-    is a :class:`ConfigError` naming the field."""
-    try:
-        return preset(section.preset, **section.overrides)
-    except ValidationError as e:
-        problems = [
-            f"  model.overrides.{'.'.join(str(p) for p in item['loc'])} = {item.get('input')!r} "
-            f"(on preset {section.preset!r}): {item['msg']}"
-            for item in e.errors()
-        ]
-        raise ConfigError(f"invalid configuration ({len(problems)} problem(s)):\n" + "\n".join(problems)) from None
 
 
 def stage_settings(section: ModelSection, stage: str) -> dict[str, Any]:
