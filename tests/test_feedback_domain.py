@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from flywheel.core.codecs import encode_npy, encode_png
+from flywheel.core.codecs import decode_npy, encode_npy, encode_png
 from flywheel.core.config import RankingsConfig, StoreConfig
 from flywheel.core.contracts import CANDIDATES, IMAGE_POOL, RANKINGS
 from flywheel.core.datasets import Dataset, version_of, write_dataset
@@ -160,38 +160,30 @@ def test_exports_become_rankings_then_round_datasets(round_data, tmp_path):
         **rules,
     )
     decisions = judged.decisions
-    refs = write_decisions(
-        store,
-        accepted=decisions[decisions["decision"] == "accept"],
-        preferences=judged.preferences,
-        hard=decisions[decisions["decision"] == "hard-case"],
-        rankings=ref2,
-        candidates=candidates,
-        pool=pool,
-        round_index=0,
-        inputs={"rankings": ref2, "round": 0},
-        code_version="test",
-        writer_options={},
-    )
+
+    def decide() -> dict:
+        return write_decisions(
+            store,
+            accepted=decisions[decisions["decision"] == "accept"],
+            preferences=judged.preferences,
+            hard=decisions[decisions["decision"] == "hard-case"],
+            rankings=ref2,
+            candidates=candidates,
+            pool=pool,
+            round_index=0,
+            inputs={"rankings": ref2, "round": 0},
+            code_version="test",
+            writer_options={},
+        )
+
+    refs = decide()
     sft, prefs, hard = (Dataset(store, refs[n].name, refs[n].version) for n in ("sft", "preferences", "hard-cases"))
     assert sft.manifest().column("candidate_id").to_pylist() == ["obj-a-c2"]
     assert hard.manifest().column("object_id").to_pylist() == ["obj-b"]
     assert sorted(prefs.manifest().column("loser").to_pylist()) == ["obj-a-c0", "obj-a-c1"]
     winner = next(sft.samples())
-    assert np.array_equal(np.load(__import__("io").BytesIO(winner["occ.npy"])).sum(), 48)  # c2: 3 of 4 slabs
+    assert decode_npy(winner["occ.npy"]).sum() == 48  # c2: 3 of its 4 slabs of 16 voxels
     assert winner["rgb.png"] and winner["mask.png"]
     # committed once: deciding again finds the same versions and writes nothing
-    again = write_decisions(
-        store,
-        accepted=decisions[decisions["decision"] == "accept"],
-        preferences=judged.preferences,
-        hard=decisions[decisions["decision"] == "hard-case"],
-        rankings=ref2,
-        candidates=candidates,
-        pool=pool,
-        round_index=0,
-        inputs={"rankings": ref2, "round": 0},
-        code_version="test",
-        writer_options={},
-    )
+    again = decide()
     assert again == refs
