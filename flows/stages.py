@@ -22,6 +22,7 @@ from flywheel.core.runtime import apply_environment
 from flywheel.feedback.publish import TaskFiles
 from flywheel.learning.ensemble import ensemble_members, resolve_ensemble
 from flywheel.tracking import lineage
+from rendering.mesh_library import source_contents
 from tasks.candidates import (
     assemble_candidates,
     build_image_pool,
@@ -106,8 +107,10 @@ def mesh_library(cfg: FlywheelConfig, parent: str) -> DatasetRef:
         "max_file_bytes": int(m.max_file_mb * 2**20),
         "max_components": m.max_components,
     }
+    # A user source is pinned by what it holds now: an added or changed file is a new library.
+    contents = source_contents(m.source, cfg.store) if m.source is not None else None
     library = build_mesh_library(
-        cfg, m.source, m.num_procedural, m.seed, m.occupancy_resolution, limits, parent_run_id=parent
+        cfg, m.source, contents, m.num_procedural, m.seed, m.occupancy_resolution, limits, parent_run_id=parent
     )
     gate_for(cfg, library, parent)
     return library

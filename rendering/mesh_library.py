@@ -4,10 +4,17 @@ Sources: ``None`` (the seeded procedural generator), a local folder, an ``s3://`
 or a manifest file (``.txt``: one URI per line; ``.jsonl``: ``{"uri": ...}`` per line) of
 local paths or ``s3://`` URIs. Each item becomes either a sample of the ``meshes`` dataset
 or a quarantine row with its reason.
+
+A local source has a root — the folder, or the manifest's folder — and every entry (a file
+found in the folder, a manifest line, the target of a symlink) must resolve inside it after
+``realpath``; so must the files a mesh refers to (MTL, textures, glTF buffers). What a source
+holds is digested by :func:`source_contents`, so that a changed, added or removed file makes
+a new library version while an unchanged source stays cached.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from collections.abc import Callable, Iterator
@@ -16,6 +23,7 @@ from pathlib import Path
 
 from flywheel.core.codecs import encode_npy
 from flywheel.core.config import StoreConfig
+from flywheel.core.digests import file_digest
 from flywheel.core.records import Rejected, Sample
 from flywheel.core.store import S3Store, StoreError
 from rendering.meshes import (
@@ -46,9 +54,14 @@ def procedural_items(seed: int, count: int) -> Iterator[MeshItem]:
         yield MeshItem(f"procedural:{seed}/{i}", load)
 
 
-def _file_item(path: Path, source: str, limits: MeshFilter) -> MeshItem:
+def _file_item(path: Path, source: str, limits: MeshFilter, root: Path) -> MeshItem:
+    """A local mesh file of a source whose root is ``root``: refused when it resolves outside."""
+
     def load():
-        mesh, fmt = load_mesh_file(path, limits)
+        real = path.resolve()
+        if not real.is_relative_to(root):
+            raise MeshRejected("outside the source", f"{source!r} resolves to {real}, outside {root}")
+        mesh, fmt = load_mesh_file(real, limits, root=root)
         return mesh, fmt, "user"
 
     return MeshItem(source, load)
@@ -90,9 +103,11 @@ def source_items(source: str, store_config: StoreConfig, limits: MeshFilter, wor
         return
     path = Path(source).expanduser()
     if path.is_dir():
+        root = path.resolve()
         for f in sorted(p for p in path.rglob("*") if p.suffix.lower() in MESH_FORMATS):
-            yield _file_item(f, str(f), limits)
+            yield _file_item(f, str(f), limits, root)
     elif path.suffix in (".txt", ".jsonl"):
+        root = path.parent.resolve()
         for line in path.read_text().splitlines():
             line = line.strip()
             if not line or line.startswith("#"):
@@ -102,9 +117,51 @@ def source_items(source: str, store_config: StoreConfig, limits: MeshFilter, wor
                 yield from _s3_items(uri, store_config, limits, workdir)
             else:
                 f = (path.parent / uri) if not Path(uri).is_absolute() else Path(uri)
-                yield _file_item(f, uri, limits)
+                yield _file_item(f, uri, limits, root)
     else:
         raise FileNotFoundError(f"mesh source {source!r}: not a folder, manifest (.txt/.jsonl) or s3:// prefix")
+
+
+def _tree_digest(root: Path) -> list[tuple[str, str]]:
+    """(path relative to ``root``, sha256) of every file under it; a symlink counts with the
+    content it points to (and is refused at load when that is outside)."""
+    out = []
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        out.append((f.relative_to(root).as_posix(), file_digest(f)))
+    return out
+
+
+def _s3_listing(uri: str, store_config: StoreConfig) -> list[tuple[str, int, float]]:
+    bucket_prefix = uri.rstrip("/")
+    parent = bucket_prefix if "/" in bucket_prefix[5:] else bucket_prefix
+    listing = [(o.key, o.size, o.mtime) for o in S3Store(parent, store_config).list("")]
+    if not listing:  # a single object
+        folder, _, name = bucket_prefix.rpartition("/")
+        listing = [(o.key, o.size, o.mtime) for o in S3Store(folder, store_config).list("") if o.key == name]
+    return listing
+
+
+def source_contents(source: str, store_config: StoreConfig) -> str:
+    """A digest of everything a mesh source holds now: every file under a folder (sidecars
+    included), a manifest and every file under its folder plus the S3 objects it names, the
+    objects under an ``s3://`` prefix (key, size, modification time: a re-upload of the same
+    bytes makes a new version, never a stale one)."""
+    if source.startswith("s3://"):
+        return hashlib.sha256(json.dumps(_s3_listing(source, store_config)).encode()).hexdigest()
+    path = Path(source).expanduser()
+    if path.is_dir():
+        parts: list[tuple[str, object]] = list(_tree_digest(path))
+    elif path.suffix in (".txt", ".jsonl") and path.is_file():
+        parts = list(_tree_digest(path.parent))
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                uri = json.loads(line)["uri"] if path.suffix == ".jsonl" else line
+                if uri.startswith("s3://"):
+                    parts.append((uri, _s3_listing(uri, store_config)))
+    else:
+        raise FileNotFoundError(f"mesh source {source!r}: not a folder, manifest (.txt/.jsonl) or s3:// prefix")
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def library_samples(items: Iterator[MeshItem], resolution: int, limits: MeshFilter) -> Iterator[Sample | Rejected]:

@@ -81,20 +81,23 @@ class CleanMesh:
 # -- safe loading ---------------------------------------------------------------------------
 
 
-def _inside(base: Path, ref: str, what: str) -> Path:
+def _inside(base: Path, ref: str, what: str, root: Path) -> Path:
+    """``ref`` (relative to ``base``) as a real path inside ``root``, or :class:`MeshRejected`."""
     ref = unquote(ref)
     if re.match(r"^[a-z][a-z0-9+.-]*:", ref, re.I):
-        raise MeshRejected("unsafe reference", f"{what} {ref!r} is a URL; only files next to the mesh are allowed")
+        raise MeshRejected("unsafe reference", f"{what} {ref!r} is a URL; only files of the source are allowed")
     target = (base / ref).resolve()
-    if not target.is_relative_to(base.resolve()):
-        raise MeshRejected("unsafe reference", f"{what} {ref!r} points outside the mesh's folder")
+    if not target.is_relative_to(root.resolve()):
+        raise MeshRejected("unsafe reference", f"{what} {ref!r} points outside {root}")
     return target
 
 
-def check_references(path: Path) -> None:
-    """Refuse glTF/OBJ files whose buffers, images, MTLs or textures leave their folder,
-    and report missing ones (trimesh would drop a missing texture silently)."""
+def check_references(path: Path, root: Path | None = None) -> None:
+    """Refuse glTF/OBJ files whose buffers, images, MTLs or textures leave ``root`` (default:
+    the mesh's folder; a library source passes its own root) after ``realpath``, and report
+    missing ones (trimesh would drop a missing texture silently)."""
     base = path.parent
+    root = base if root is None else root
     ext = path.suffix.lower()
     if ext == ".gltf":
         try:
@@ -105,17 +108,17 @@ def check_references(path: Path) -> None:
             for item in doc.get(kind, []):
                 uri = item.get("uri")
                 if uri and not uri.startswith("data:"):
-                    if not _inside(base, uri, kind[:-1]).exists():
+                    if not _inside(base, uri, kind[:-1], root).exists():
                         raise MeshRejected("missing file", f"{kind[:-1]} {uri!r} not found")
     elif ext == ".obj":
         for mtl_ref in re.findall(rb"^\s*mtllib\s+(.+?)\s*$", path.read_bytes(), re.M):
-            mtl = _inside(base, mtl_ref.decode(errors="replace"), "material library")
+            mtl = _inside(base, mtl_ref.decode(errors="replace"), "material library", root)
             if not mtl.exists():
                 raise MeshRejected("missing file", f"material library {mtl.name!r} not found")
             for tex in re.findall(
                 rb"^\s*(?:map_\w+|bump|disp|decal|norm)\s+(?:-\S+\s+\S+\s+)*(.+?)\s*$", mtl.read_bytes(), re.M
             ):
-                texture = _inside(mtl.parent, tex.decode(errors="replace"), "texture")
+                texture = _inside(mtl.parent, tex.decode(errors="replace"), "texture", root)
                 if not texture.exists():
                     raise MeshRejected("missing texture", f"texture {texture.name!r} not found")
 
@@ -135,8 +138,9 @@ def _raw_vertices_finite(path: Path) -> bool:
     return True  # binary formats: checked on the loaded arrays with process=False
 
 
-def load_mesh_file(path: str | Path, limits: MeshFilter = MeshFilter()):
-    """Load one user mesh with trimesh, safely; returns (trimesh.Trimesh, source format)."""
+def load_mesh_file(path: str | Path, limits: MeshFilter = MeshFilter(), root: Path | None = None):
+    """Load one user mesh with trimesh, safely; returns (trimesh.Trimesh, source format). The
+    files it refers to must lie inside ``root`` (default: the mesh's folder)."""
     import trimesh
 
     path = Path(path)
@@ -151,7 +155,7 @@ def load_mesh_file(path: str | Path, limits: MeshFilter = MeshFilter()):
         raise MeshRejected("file too large", f"{size} bytes > {limits.max_file_bytes}")
     if size == 0:
         raise MeshRejected("empty", "file has 0 bytes")
-    check_references(path)
+    check_references(path, root)
     if not _raw_vertices_finite(path):
         raise MeshRejected("non-finite vertices", "NaN or infinite coordinates")
     try:

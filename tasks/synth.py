@@ -70,13 +70,16 @@ def _write_part(cfg, spec: DatasetSpec, version: str, inputs: dict, produce) -> 
 def build_mesh_library(
     cfg: FlywheelConfig,
     source: str | None,
+    contents: str | None,
     num_procedural: int,
     seed: int,
     resolution: int,
     limits: dict,
     parent_run_id: str | None = None,
 ) -> DatasetRef:
-    """Ingest, filter, de-duplicate and voxelise meshes into a ``meshes`` dataset version."""
+    """Ingest, filter, de-duplicate and voxelise meshes into a ``meshes`` dataset version.
+    ``contents``: :func:`rendering.mesh_library.source_contents` of a user source (None for
+    the procedural one, which its seed and count describe)."""
     store = store_for(cfg)
     inputs = {
         "source": source,
@@ -85,6 +88,8 @@ def build_mesh_library(
         "resolution": resolution,
         "limits": limits,
     }
+    if source is not None:  # the version of a user library is its contents, not its path
+        inputs["contents"] = contents
     version = version_of(MESHES, inputs=inputs, code_version=build_mesh_library.version)
     filt = MeshFilter(**limits)
     with stage(

@@ -130,7 +130,7 @@ def test_bad_meshes_are_each_quarantined_with_their_reason_and_good_ones_kept(ba
     rejects = {o.item_id.rsplit("/", 1)[-1]: (o.reason, o.detail) for o in out if isinstance(o, Rejected)}
     assert [s.row["source"].rsplit("/", 1)[-1] for s in samples] == ["good.ply"]
     assert {k: v[0] for k, v in rejects.items()} == EXPECTED
-    assert "outside the mesh's folder" in rejects["escape.obj"][1]
+    assert "points outside" in rejects["escape.obj"][1]
     assert "nowhere.png" in rejects["missing_texture.obj"][1]
     assert "good.ply" in rejects["good_copy.stl"][1]
     assert len(out) == len(EXPECTED) + 1  # every input accounted for
@@ -227,3 +227,55 @@ def test_meshes_from_a_manifest(tmp_path):
     assert [type(o) for o in jsonl] == [Sample]
     with pytest.raises(FileNotFoundError, match="not a folder, manifest"):
         list(source_items(str(tmp_path / "nothing-here"), StoreConfig(), limits, tmp_path))
+
+
+def test_entries_must_resolve_inside_the_source_root(tmp_path):
+    """A manifest line that climbs out of the manifest's folder and a symlink in a folder that
+    points outside it are refused; a texture that climbs out of the mesh's own folder but stays
+    inside the source is fine."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    trimesh.creation.icosphere().export(outside / "secret.obj")
+    lib = tmp_path / "lib"
+    _textured_obj(lib / "box")
+    mtl = next((lib / "box").glob("*.mtl"))
+    texture = next(p for p in (lib / "box").iterdir() if p.suffix == ".png")
+    texture.rename(lib / "shared.png")  # ../shared.png from the MTL: inside the source root
+    mtl.write_text(mtl.read_text().replace(texture.name, "../shared.png"))
+    (lib / "link.obj").symlink_to(outside / "secret.obj")
+    (lib / "list.txt").write_text("box/box.obj\n../outside/secret.obj\n" + str(outside / "secret.obj") + "\n")
+    limits = MeshFilter()
+
+    from_folder = list(library_samples(source_items(str(lib), StoreConfig(), limits, tmp_path / "w1"), 16, limits))
+    assert [o.row["source"].rsplit("/", 1)[-1] for o in from_folder if isinstance(o, Sample)] == ["box.obj"]
+    refused = {o.item_id.rsplit("/", 1)[-1]: o for o in from_folder if isinstance(o, Rejected)}
+    assert set(refused) == {"link.obj"} and refused["link.obj"].reason == "outside the source"
+    assert str(outside) in refused["link.obj"].detail
+
+    listed = list(library_samples(source_items(str(lib / "list.txt"), StoreConfig(), limits, tmp_path), 16, limits))
+    assert [type(o).__name__ for o in listed] == ["Sample", "Rejected", "Rejected"]
+    assert {o.reason for o in listed[1:]} == {"outside the source"}
+
+
+def test_source_contents_change_with_any_file_and_only_then(tmp_path):
+    from rendering.mesh_library import source_contents
+
+    lib = tmp_path / "lib"
+    _textured_obj(lib / "box")
+    cfg = StoreConfig()
+    first = source_contents(str(lib), cfg)
+    assert source_contents(str(lib), cfg) == first  # unchanged: the same version (cached)
+    trimesh.creation.capsule().export(lib / "cap.ply")
+    added = source_contents(str(lib), cfg)
+    texture = next(p for p in (lib / "box").iterdir() if p.suffix == ".png")
+    texture.write_bytes(texture.read_bytes() + b"\0")  # a sidecar changed
+    changed = source_contents(str(lib), cfg)
+    (lib / "cap.ply").unlink()
+    removed = source_contents(str(lib), cfg)
+    assert len({first, added, changed, removed}) == 4
+    (lib / "list.txt").write_text("box/box.obj\n")
+    manifest = source_contents(str(lib / "list.txt"), cfg)
+    (lib / "box" / "box.obj").write_text((lib / "box" / "box.obj").read_text() + "\n")
+    assert source_contents(str(lib / "list.txt"), cfg) != manifest  # a listed mesh changed
+    with pytest.raises(FileNotFoundError, match="not a folder, manifest"):
+        source_contents(str(tmp_path / "nothing-here"), cfg)

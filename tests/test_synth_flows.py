@@ -487,3 +487,29 @@ def test_failed_gate_stops_the_flow_until_an_override_is_recorded(monkeypatch, t
     gate_run = gate_runs[-1]
     assert gate_run.data.tags["validation.success"] == "false"
     assert gate_run.data.tags["validation.override_reason"] == "3 of 4 uploads broken, ticket OPS-42"
+
+
+def test_a_mesh_added_to_the_source_folder_makes_a_new_library(tmp_path):
+    """The library of a user folder is versioned by what the folder holds: re-run unchanged,
+    it is cached; with a mesh added, it is rebuilt with that mesh (it used to be a cache hit
+    on the folder's path, with the old rows)."""
+    import trimesh
+
+    from flows.synth import synth_meshes
+
+    source = tmp_path / "assets"
+    source.mkdir()
+    trimesh.creation.icosphere().export(source / "ball.ply")
+    trimesh.creation.box().export(source / "box.stl")
+    cfg = _config(tmp_path / "store", FLYWHEEL__MESHES__SOURCE=str(source))
+    first = synth_meshes(config=cfg)
+    assert first.datasets[0].num_rows == 2
+    again = synth_meshes(config=cfg)
+    assert again.datasets == first.datasets and lineage.stage_runs(again.mlflow_run_id) == []  # cached
+
+    trimesh.creation.capsule().export(source / "capsule.ply")
+    grown = synth_meshes(config=cfg)
+    library = grown.datasets[0]
+    assert library.version != first.datasets[0].version and library.num_rows == 3
+    sources = Dataset(LocalStore(tmp_path / "store"), library.name, library.version).manifest()["source"]
+    assert any(s.endswith("capsule.ply") for s in sources.to_pylist())
