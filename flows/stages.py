@@ -100,17 +100,30 @@ def latest_ref(cfg: FlywheelConfig, name: str) -> DatasetRef | None:
 # -- synthetic data ---------------------------------------------------------------------------
 
 
+NEWER_LIMITS = ("min_main_component_share", "min_extent_ratio")
+
+
 def mesh_library(cfg: FlywheelConfig, parent: str) -> DatasetRef:
     m = cfg.meshes
     limits = {
         "max_faces": m.max_faces,
         "max_file_bytes": int(m.max_file_mb * 2**20),
         "max_components": m.max_components,
+        # the newer thresholds join the limits (and the version) only when set to other than their default
+        **{k: getattr(m, k) for k in NEWER_LIMITS if getattr(m, k) != type(m).model_fields[k].default},
     }
     # A user source is pinned by what it holds now: an added or changed file is a new library.
     contents = source_contents(m.source, cfg.store) if m.source is not None else None
     library = build_mesh_library(
-        cfg, m.source, contents, m.num_procedural, m.seed, m.occupancy_resolution, limits, parent_run_id=parent
+        cfg,
+        m.source,
+        contents,
+        m.num_procedural,
+        m.seed,
+        m.occupancy_resolution,
+        limits,
+        m.family_balance,
+        parent_run_id=parent,
     )
     gate_for(cfg, library, parent)
     return library

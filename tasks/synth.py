@@ -75,6 +75,7 @@ def build_mesh_library(
     seed: int,
     resolution: int,
     limits: dict,
+    family_balance: bool | None = None,
     parent_run_id: str | None = None,
 ) -> DatasetRef:
     """Ingest, filter, de-duplicate and voxelise meshes into a ``meshes`` dataset version.
@@ -90,6 +91,8 @@ def build_mesh_library(
     }
     if source is not None:  # the version of a user library is its contents, not its path
         inputs["contents"] = contents
+    if family_balance is not None and family_balance != (source is None):  # only when not the default
+        inputs["family_balance"] = family_balance
     version = version_of(MESHES, inputs=inputs, code_version=build_mesh_library.version)
     filt = MeshFilter(**limits)
     with stage(

@@ -279,3 +279,20 @@ def test_source_contents_change_with_any_file_and_only_then(tmp_path):
     assert source_contents(str(lib / "list.txt"), cfg) != manifest  # a listed mesh changed
     with pytest.raises(FileNotFoundError, match="not a folder, manifest"):
         source_contents(str(tmp_path / "nothing-here"), cfg)
+
+
+def test_fragment_and_flatness_thresholds_are_settings():
+    """A shape whose largest piece holds a small share of the surface (a teddy bear's body
+    with many small parts, say) or a thin plate: refused by default, accepted when the
+    library's settings allow it."""
+    body = trimesh.creation.box(extents=(0.3, 0.3, 0.3))
+    parts = [trimesh.creation.box(extents=(0.25,) * 3).apply_translation((0.6 * (i + 1), 0, 0)) for i in range(8)]
+    bear = trimesh.util.concatenate([body, *parts])  # the body holds 0.54 / 3.54 = 15% of the surface
+    with pytest.raises(MeshRejected, match="largest component"):
+        clean(bear)
+    assert clean(bear, MeshFilter(min_main_component_share=0.1)).faces.shape[0] == len(bear.faces)
+    plate = trimesh.creation.box(extents=(1.0, 1.0, 5e-4))
+    with pytest.raises(MeshRejected) as refused:
+        clean(plate)
+    assert refused.value.reason == "flat"
+    assert len(clean(plate, MeshFilter(min_extent_ratio=1e-4)).faces) == len(plate.faces)

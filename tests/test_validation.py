@@ -182,6 +182,17 @@ def test_mesh_library_balance_and_duplicates(store):
         ValidationConfig(max_family_share=0.5),
     )
     assert ("groups", "expect_column_values_to_be_between", "share") in failed(report)
+    # a user library is one family ("user"): balance is not asked of it, unless its config asks
+    user = [(k, {**r, "family": "user"}, f) for k, r, f in rows]
+    for balance, passes in ((None, True), (True, False)):
+        inputs = {"source": "/assets", "contents": "ab" * 32}
+        if balance is not None:
+            inputs["family_balance"] = balance
+        written = write_dataset(store, MESHES, f"user-{balance}", user, inputs=inputs)
+        share_failed = ("groups", "expect_column_values_to_be_between", "share") in failed(
+            validate(Dataset(store, "meshes", written.version), ValidationConfig(max_family_share=0.5))
+        )
+        assert share_failed is not passes
     dup = rows[:3] + [(rows[3][0], {**rows[3][1], "mesh_id": rows[0][1]["mesh_id"]}, rows[3][2])]
     report = validate(Dataset(store, "meshes", write_dataset(store, MESHES, "dup", dup).version), ValidationConfig())
     assert ("manifest", "expect_column_values_to_be_unique", "mesh_id") in failed(report)

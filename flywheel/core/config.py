@@ -142,7 +142,16 @@ class MeshLibraryConfig(_Section):
     occupancy_resolution: Literal[16, 32, 64] = 16
     max_faces: int = Field(200_000, ge=1)
     max_file_mb: float = Field(64.0, gt=0)
-    max_components: int = Field(50, ge=1)
+    max_components: int = Field(50, ge=1, description="Fragmented: more connected pieces than this ...")
+    min_main_component_share: float = Field(
+        0.2, ge=0, le=1, description="... or the largest piece holds less than this share of the surface."
+    )
+    min_extent_ratio: float = Field(1e-3, ge=0, lt=1, description="Flat: smallest / largest extent below this.")
+    family_balance: bool | None = Field(
+        None,
+        description="Gate the library on family balance (validation.max_family_share); None: for the "
+        "procedural generator, whose families are ours to balance, not for a user source (one family).",
+    )
 
 
 class Iso3doConfig(_Section):

@@ -190,8 +190,15 @@ def _meshes(ds: Dataset, cfg: ValidationConfig) -> dict:
             E.ExpectColumnValuesToBeBetween(column="occupancy_mismatch", max_value=1e-4),
             E.ExpectColumnValuesToBeBetween(column="faces_mismatch", max_value=0),
         ]
-    # A family share is only meaningful with enough meshes to balance.
-    balance = [E.ExpectColumnValuesToBeBetween(column="share", max_value=cfg.max_family_share)] if len(m) >= 10 else []
+    # A family share is only meaningful with enough meshes to balance, and for a library whose
+    # families are meant to be balanced: the procedural one, or a user source that asks for it.
+    inputs = ds.marker.get("inputs") or {}
+    balanced = inputs.get("family_balance", inputs.get("source") is None)
+    balance = (
+        [E.ExpectColumnValuesToBeBetween(column="share", max_value=cfg.max_family_share)]
+        if balanced and len(m) >= 10
+        else []
+    )
     return {
         "manifest": (
             m,
