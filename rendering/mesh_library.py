@@ -167,8 +167,10 @@ def source_contents(source: str, store_config: StoreConfig) -> str:
 def library_samples(items: Iterator[MeshItem], resolution: int, limits: MeshFilter) -> Iterator[Sample | Rejected]:
     """Yield a :class:`Sample` or a :class:`Rejected` (by source) per item.
 
-    Duplicates (same normalised geometry) keep the first source, in source order."""
+    Duplicates (the same normalised surface, up to float round-off and vertex order: the same
+    asset as .obj and .glb) keep the first source, in source order."""
     seen: dict[str, str] = {}
+    by_faces: dict[int, list[tuple[CleanMesh, str]]] = {}
     for item in items:
         try:
             mesh, fmt, family = item.load()
@@ -180,10 +182,14 @@ def library_samples(items: Iterator[MeshItem], resolution: int, limits: MeshFilt
             yield Rejected(item.source, "unreadable", f"{type(e).__name__}: {e}")
             continue
         mesh_id = cleaned.mesh_id
-        if mesh_id in seen:
-            yield Rejected(item.source, "duplicate", f"same geometry as {seen[mesh_id]}")
+        twin = seen.get(mesh_id) or next(
+            (source for other, source in by_faces.get(len(cleaned.faces), []) if cleaned.same_surface(other)), None
+        )
+        if twin is not None:
+            yield Rejected(item.source, "duplicate", f"same geometry as {twin}")
             continue
         seen[mesh_id] = item.source
+        by_faces.setdefault(len(cleaned.faces), []).append((cleaned, item.source))
         occ = occupancy(cleaned, resolution)
         row = {
             "mesh_id": mesh_id,

@@ -62,6 +62,23 @@ class CleanMesh:
         tri = tri[np.lexsort(tri.T[::-1])]
         return "mesh-" + hashlib.sha256(tri.tobytes()).hexdigest()[:16]
 
+    def same_surface(self, other: CleanMesh, tol: float = 1e-5) -> bool:
+        """The same surface up to float round-off and vertex/face order (what a format
+        conversion leaves): as many faces, and every vertex and every face centroid of each
+        mesh within ``tol`` of one of the other's."""
+        from scipy.spatial import cKDTree
+
+        if len(self.faces) != len(other.faces):
+            return False
+        for a, b in ((self.vertices, other.vertices), (self.centroids(), other.centroids())):
+            for x, y in ((a, b), (b, a)):
+                if np.max(cKDTree(y).query(x, distance_upper_bound=2 * tol)[0]) > tol:
+                    return False
+        return True
+
+    def centroids(self) -> np.ndarray:
+        return self.vertices[self.faces].astype(np.float64).mean(axis=1)
+
     def to_npz(self) -> bytes:
         buf = io.BytesIO()
         np.savez(buf, vertices=self.vertices, faces=self.faces, colors=self.colors)

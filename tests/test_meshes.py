@@ -296,3 +296,25 @@ def test_fragment_and_flatness_thresholds_are_settings():
         clean(plate)
     assert refused.value.reason == "flat"
     assert len(clean(plate, MeshFilter(min_extent_ratio=1e-4)).faces) == len(plate.faces)
+
+
+def test_the_same_asset_in_two_formats_is_one_mesh(tmp_path):
+    """An asset exported twice (vertex order and float32 round-off differ, so the exact content
+    ids differ) is kept once; the second copy is quarantined as a duplicate of the first."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    ball = trimesh.creation.icosphere(subdivisions=3)
+    ball.export(lib / "a_ball.ply")
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(ball.faces))
+    noisy = trimesh.Trimesh(ball.vertices + rng.normal(0, 6e-8, ball.vertices.shape), ball.faces[order], process=False)
+    noisy.export(lib / "b_ball.glb")
+    trimesh.creation.capsule(height=0.5, radius=0.4).export(lib / "c_other.ply")
+    limits = MeshFilter()
+    loaded = [clean(load_mesh_file(lib / n)[0]) for n in ("a_ball.ply", "b_ball.glb")]
+    assert loaded[0].mesh_id != loaded[1].mesh_id and loaded[0].same_surface(loaded[1])  # round-off moved ids
+    out = list(library_samples(source_items(str(lib), StoreConfig(), limits, tmp_path / "w"), 16, limits))
+    kept = [o.row["source"].rsplit("/", 1)[-1] for o in out if isinstance(o, Sample)]
+    assert kept == ["a_ball.ply", "c_other.ply"]
+    dup = next(o for o in out if isinstance(o, Rejected))
+    assert dup.item_id.endswith("b_ball.glb") and dup.reason == "duplicate" and "a_ball.ply" in dup.detail
