@@ -123,6 +123,7 @@ def mesh_library(cfg: FlywheelConfig, parent: str) -> DatasetRef:
         m.occupancy_resolution,
         limits,
         m.family_balance,
+        m.up_axis,
         parent_run_id=parent,
     )
     gate_for(cfg, library, parent)

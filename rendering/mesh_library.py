@@ -35,6 +35,7 @@ from rendering.meshes import (
     load_mesh_file,
     occupancy,
     procedural_mesh,
+    to_z_up,
 )
 
 
@@ -54,7 +55,7 @@ def procedural_items(seed: int, count: int) -> Iterator[MeshItem]:
         yield MeshItem(f"procedural:{seed}/{i}", load)
 
 
-def _file_item(path: Path, source: str, limits: MeshFilter, root: Path) -> MeshItem:
+def _file_item(path: Path, source: str, limits: MeshFilter, root: Path, up_axis: str) -> MeshItem:
     """A local mesh file of a source whose root is ``root``: refused when it resolves outside."""
 
     def load():
@@ -62,12 +63,14 @@ def _file_item(path: Path, source: str, limits: MeshFilter, root: Path) -> MeshI
         if not real.is_relative_to(root):
             raise MeshRejected("outside the source", f"{source!r} resolves to {real}, outside {root}")
         mesh, fmt = load_mesh_file(real, limits, root=root)
-        return mesh, fmt, "user"
+        return to_z_up(mesh, fmt, up_axis), fmt, "user"
 
     return MeshItem(source, load)
 
 
-def _s3_items(uri: str, store_config: StoreConfig, limits: MeshFilter, workdir: Path) -> Iterator[MeshItem]:
+def _s3_items(
+    uri: str, store_config: StoreConfig, limits: MeshFilter, workdir: Path, up_axis: str
+) -> Iterator[MeshItem]:
     """Objects under an s3:// prefix (or one object), each downloaded with the files that sit
     next to it, so that OBJ/MTL/texture and glTF/bin references resolve within its folder."""
     bucket_prefix = uri.rstrip("/")
@@ -90,22 +93,25 @@ def _s3_items(uri: str, store_config: StoreConfig, limits: MeshFilter, workdir: 
                     target = folder / sibling.rpartition("/")[2]
                     target.write_bytes(store.get_bytes(sibling))
             mesh, fmt = load_mesh_file(folder / key.rpartition("/")[2], limits)
-            return mesh, fmt, "user"
+            return to_z_up(mesh, fmt, up_axis), fmt, "user"
 
         yield MeshItem(store.uri(key), load)
 
 
-def source_items(source: str, store_config: StoreConfig, limits: MeshFilter, workdir: Path) -> Iterator[MeshItem]:
-    """The items of a folder, manifest or s3:// prefix; S3 objects are fetched into ``workdir``."""
+def source_items(
+    source: str, store_config: StoreConfig, limits: MeshFilter, workdir: Path, up_axis: str = "auto"
+) -> Iterator[MeshItem]:
+    """The items of a folder, manifest or s3:// prefix; S3 objects are fetched into ``workdir``.
+    Each mesh is turned to +z up from ``up_axis`` (see :func:`~rendering.meshes.to_z_up`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     if source.startswith("s3://"):
-        yield from _s3_items(source, store_config, limits, workdir)
+        yield from _s3_items(source, store_config, limits, workdir, up_axis)
         return
     path = Path(source).expanduser()
     if path.is_dir():
         root = path.resolve()
         for f in sorted(p for p in path.rglob("*") if p.suffix.lower() in MESH_FORMATS):
-            yield _file_item(f, str(f), limits, root)
+            yield _file_item(f, str(f), limits, root, up_axis)
     elif path.suffix in (".txt", ".jsonl"):
         root = path.parent.resolve()
         for line in path.read_text().splitlines():
@@ -114,10 +120,10 @@ def source_items(source: str, store_config: StoreConfig, limits: MeshFilter, wor
                 continue
             uri = json.loads(line)["uri"] if path.suffix == ".jsonl" else line
             if uri.startswith("s3://"):
-                yield from _s3_items(uri, store_config, limits, workdir)
+                yield from _s3_items(uri, store_config, limits, workdir, up_axis)
             else:
                 f = (path.parent / uri) if not Path(uri).is_absolute() else Path(uri)
-                yield _file_item(f, uri, limits, root)
+                yield _file_item(f, uri, limits, root, up_axis)
     else:
         raise FileNotFoundError(f"mesh source {source!r}: not a folder, manifest (.txt/.jsonl) or s3:// prefix")
 

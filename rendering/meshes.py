@@ -23,6 +23,10 @@ import numpy as np
 
 MESH_FORMATS = {".glb": "glb", ".gltf": "gltf", ".obj": "obj", ".ply": "ply", ".stl": "stl"}
 PROCEDURAL_FAMILIES = ("superquadric", "torus", "extrusion", "compound", "capsule")
+#: The up axis a format's assets usually have: glTF is +Y up by specification, and most OBJ
+#: exporters write +Y up; PLY and STL come from scanners and CAD, mostly +Z up.
+FORMAT_UP = {"glb": "y", "gltf": "y", "obj": "y", "ply": "z", "stl": "z"}
+_Y_UP_TO_Z_UP = np.array([[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
 
 
 class MeshRejected(ValueError):
@@ -200,6 +204,15 @@ def _vertex_colors(mesh) -> np.ndarray:
     except Exception:  # untextured or odd visuals: fall back to grey
         pass
     return np.tile(np.array([180, 180, 180, 255], np.uint8), (len(mesh.vertices), 1))
+
+
+def to_z_up(mesh, fmt: str, up_axis: str = "auto"):
+    """The mesh turned so that its up axis is +z, the object frame's up (image-up in the
+    renders): ``up_axis`` ``y`` or ``z``, or ``auto`` for the format's usual one (:data:`FORMAT_UP`)."""
+    if (FORMAT_UP.get(fmt, "z") if up_axis == "auto" else up_axis) == "y":
+        mesh = mesh.copy()
+        mesh.apply_transform(_Y_UP_TO_Z_UP)  # (x, y, z) -> (x, -z, y): +y becomes +z
+    return mesh
 
 
 def clean(mesh, limits: MeshFilter = MeshFilter()) -> CleanMesh:

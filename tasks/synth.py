@@ -76,6 +76,7 @@ def build_mesh_library(
     resolution: int,
     limits: dict,
     family_balance: bool | None = None,
+    up_axis: str = "auto",
     parent_run_id: str | None = None,
 ) -> DatasetRef:
     """Ingest, filter, de-duplicate and voxelise meshes into a ``meshes`` dataset version.
@@ -90,7 +91,7 @@ def build_mesh_library(
         "limits": limits,
     }
     if source is not None:  # the version of a user library is its contents, not its path
-        inputs["contents"] = contents
+        inputs.update(contents=contents, up_axis=up_axis)
     if family_balance is not None and family_balance != (source is None):  # only when not the default
         inputs["family_balance"] = family_balance
     version = version_of(MESHES, inputs=inputs, code_version=build_mesh_library.version)
@@ -104,7 +105,7 @@ def build_mesh_library(
                 items = (
                     procedural_items(seed, num_procedural)
                     if source is None
-                    else source_items(source, cfg.store, filt, Path(tmp))
+                    else source_items(source, cfg.store, filt, Path(tmp), up_axis)
                 )
                 with DatasetWriter(store, MESHES, version, inputs=inputs, **writer_options(cfg)) as w:
                     for n, item in enumerate(library_samples(items, resolution, filt), 1):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 
@@ -304,17 +305,45 @@ def test_the_same_asset_in_two_formats_is_one_mesh(tmp_path):
     lib = tmp_path / "lib"
     lib.mkdir()
     ball = trimesh.creation.icosphere(subdivisions=3)
-    ball.export(lib / "a_ball.ply")
+    ball.export(lib / "a_ball.obj")
     rng = np.random.default_rng(0)
     order = rng.permutation(len(ball.faces))
     noisy = trimesh.Trimesh(ball.vertices + rng.normal(0, 6e-8, ball.vertices.shape), ball.faces[order], process=False)
     noisy.export(lib / "b_ball.glb")
     trimesh.creation.capsule(height=0.5, radius=0.4).export(lib / "c_other.ply")
     limits = MeshFilter()
-    loaded = [clean(load_mesh_file(lib / n)[0]) for n in ("a_ball.ply", "b_ball.glb")]
+    loaded = [clean(load_mesh_file(lib / n)[0]) for n in ("a_ball.obj", "b_ball.glb")]
     assert loaded[0].mesh_id != loaded[1].mesh_id and loaded[0].same_surface(loaded[1])  # round-off moved ids
     out = list(library_samples(source_items(str(lib), StoreConfig(), limits, tmp_path / "w"), 16, limits))
     kept = [o.row["source"].rsplit("/", 1)[-1] for o in out if isinstance(o, Sample)]
-    assert kept == ["a_ball.ply", "c_other.ply"]
+    assert kept == ["a_ball.obj", "c_other.ply"]
     dup = next(o for o in out if isinstance(o, Rejected))
-    assert dup.item_id.endswith("b_ball.glb") and dup.reason == "duplicate" and "a_ball.ply" in dup.detail
+    assert dup.item_id.endswith("b_ball.glb") and dup.reason == "duplicate" and "a_ball.obj" in dup.detail
+
+
+def test_y_up_assets_stand_up(tmp_path):
+    """A tall cylinder standing on +y, as a glTF (Y-up by specification) and as an OBJ (most
+    exporters write Y-up), and standing on +z as an STL: each library mesh stands on +z, the
+    object frame's up (image-up in the renders). A source can say its axis."""
+    tall = trimesh.creation.cylinder(radius=0.2, height=2.0)  # along +z
+    y_up = tall.copy().apply_transform(trimesh.transformations.rotation_matrix(-np.pi / 2, (1, 0, 0)))
+    assert np.argmax(y_up.extents) == 1
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    y_up.export(lib / "a.glb")
+    y_up.copy().apply_translation((0, 0, 5)).export(lib / "b.obj")  # moved: not a duplicate of a.glb
+    trimesh.creation.box(extents=(0.3, 0.5, 2.0)).export(lib / "c.stl")  # a tall box, standing on +z
+
+    def long_axes(up_axis: str) -> dict[str, int]:
+        limits = MeshFilter()
+        out = library_samples(source_items(str(lib), StoreConfig(), limits, tmp_path / up_axis, up_axis), 16, limits)
+        return {
+            o.row["source"].rsplit("/", 1)[-1]: int(
+                np.argmax(np.ptp(np.load(io.BytesIO(o.files["mesh.npz"]))["vertices"], 0))
+            )
+            for o in out
+            if isinstance(o, Sample)
+        }
+
+    assert long_axes("auto") == {"a.glb": 2, "c.stl": 2}  # b.obj: the same surface as a.glb, once upright
+    assert long_axes("z") == {"a.glb": 1, "c.stl": 2}  # told "the files are z-up": left as they are

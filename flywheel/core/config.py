@@ -147,6 +147,11 @@ class MeshLibraryConfig(_Section):
         0.2, ge=0, le=1, description="... or the largest piece holds less than this share of the surface."
     )
     min_extent_ratio: float = Field(1e-3, ge=0, lt=1, description="Flat: smallest / largest extent below this.")
+    up_axis: Literal["auto", "y", "z"] = Field(
+        "auto",
+        description="The up axis of a user source's files, turned to +z (image-up); auto: by format "
+        "(glTF and OBJ +y, PLY and STL +z).",
+    )
     family_balance: bool | None = Field(
         None,
         description="Gate the library on family balance (validation.max_family_share); None: for the "
