@@ -24,7 +24,7 @@ from pathlib import Path
 from flywheel.core.codecs import encode_npy
 from flywheel.core.config import StoreConfig
 from flywheel.core.digests import file_digest
-from flywheel.core.records import Rejected, Sample
+from flywheel.core.records import ItemWarning, Rejected, Sample
 from flywheel.core.store import S3Store, StoreError
 from rendering.meshes import (
     MESH_FORMATS,
@@ -42,7 +42,7 @@ from rendering.meshes import (
 @dataclass(frozen=True)
 class MeshItem:
     source: str  # URI people recognise
-    load: Callable[[], tuple[object, str, str]]  # -> (trimesh, format, family)
+    load: Callable[[], tuple[object, str, str, list[ItemWarning]]]  # -> (trimesh, format, family, warnings)
 
 
 def procedural_items(seed: int, count: int) -> Iterator[MeshItem]:
@@ -50,7 +50,7 @@ def procedural_items(seed: int, count: int) -> Iterator[MeshItem]:
 
         def load(i=i):
             mesh, family = procedural_mesh(seed, i)
-            return mesh, "procedural", family
+            return mesh, "procedural", family, []
 
         yield MeshItem(f"procedural:{seed}/{i}", load)
 
@@ -62,8 +62,8 @@ def _file_item(path: Path, source: str, limits: MeshFilter, root: Path, up_axis:
         real = path.resolve()
         if not real.is_relative_to(root):
             raise MeshRejected("outside the source", f"{source!r} resolves to {real}, outside {root}")
-        mesh, fmt = load_mesh_file(real, limits, root=root)
-        return to_z_up(mesh, fmt, up_axis), fmt, "user"
+        mesh, fmt, warnings = load_mesh_file(real, limits, root=root)
+        return to_z_up(mesh, fmt, up_axis), fmt, "user", warnings
 
     return MeshItem(source, load)
 
@@ -92,8 +92,8 @@ def _s3_items(
                 if sibling.rpartition("/")[0] == base:
                     target = folder / sibling.rpartition("/")[2]
                     target.write_bytes(store.get_bytes(sibling))
-            mesh, fmt = load_mesh_file(folder / key.rpartition("/")[2], limits)
-            return to_z_up(mesh, fmt, up_axis), fmt, "user"
+            mesh, fmt, warnings = load_mesh_file(folder / key.rpartition("/")[2], limits)
+            return to_z_up(mesh, fmt, up_axis), fmt, "user", warnings
 
         yield MeshItem(store.uri(key), load)
 
@@ -179,7 +179,7 @@ def library_samples(items: Iterator[MeshItem], resolution: int, limits: MeshFilt
     by_faces: dict[int, list[tuple[CleanMesh, str]]] = {}
     for item in items:
         try:
-            mesh, fmt, family = item.load()
+            mesh, fmt, family, warnings = item.load()
             cleaned: CleanMesh = clean(mesh, limits)
         except MeshRejected as e:
             yield Rejected(item.source, e.reason, str(e))
@@ -208,4 +208,4 @@ def library_samples(items: Iterator[MeshItem], resolution: int, limits: MeshFilt
             "occupancy_resolution": resolution,
             "occupied_fraction": float(occ.mean()),
         }
-        yield Sample(mesh_id, row, {"mesh.npz": cleaned.to_npz(), "occ.npy": encode_npy(occ)})
+        yield Sample(mesh_id, row, {"mesh.npz": cleaned.to_npz(), "occ.npy": encode_npy(occ)}, tuple(warnings))

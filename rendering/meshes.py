@@ -21,6 +21,8 @@ from urllib.parse import unquote
 
 import numpy as np
 
+from flywheel.core.records import ItemWarning
+
 MESH_FORMATS = {".glb": "glb", ".gltf": "gltf", ".obj": "obj", ".ply": "ply", ".stl": "stl"}
 PROCEDURAL_FAMILIES = ("superquadric", "torus", "extrusion", "compound", "capsule")
 #: The up axis a format's assets usually have: glTF is +Y up by specification, and most OBJ
@@ -113,13 +115,16 @@ def _inside(base: Path, ref: str, what: str, root: Path) -> Path:
     return target
 
 
-def check_references(path: Path, root: Path | None = None) -> None:
+def check_references(path: Path, root: Path | None = None) -> list[ItemWarning]:
     """Refuse glTF/OBJ files whose buffers, images, MTLs or textures leave ``root`` (default:
-    the mesh's folder; a library source passes its own root) after ``realpath``, and report
-    missing ones (trimesh would drop a missing texture silently)."""
+    the mesh's folder; a library source passes its own root) after ``realpath``, and a glTF
+    whose buffers (its geometry) are missing. A missing material library, texture or image is
+    not fatal — the mesh renders in the default material — but is returned as a warning
+    (trimesh would drop it silently)."""
     base = path.parent
     root = base if root is None else root
     ext = path.suffix.lower()
+    warnings = []
     if ext == ".gltf":
         try:
             doc = json.loads(path.read_text())
@@ -128,20 +133,23 @@ def check_references(path: Path, root: Path | None = None) -> None:
         for kind in ("buffers", "images"):
             for item in doc.get(kind, []):
                 uri = item.get("uri")
-                if uri and not uri.startswith("data:"):
-                    if not _inside(base, uri, kind[:-1], root).exists():
-                        raise MeshRejected("missing file", f"{kind[:-1]} {uri!r} not found")
+                if uri and not uri.startswith("data:") and not _inside(base, uri, kind[:-1], root).exists():
+                    if kind == "buffers":
+                        raise MeshRejected("missing file", f"buffer {uri!r} not found")
+                    warnings.append(ItemWarning("default material", f"image {uri!r} not found"))
     elif ext == ".obj":
         for mtl_ref in re.findall(rb"^\s*mtllib\s+(.+?)\s*$", path.read_bytes(), re.M):
             mtl = _inside(base, mtl_ref.decode(errors="replace"), "material library", root)
             if not mtl.exists():
-                raise MeshRejected("missing file", f"material library {mtl.name!r} not found")
+                warnings.append(ItemWarning("default material", f"material library {mtl.name!r} not found"))
+                continue
             for tex in re.findall(
                 rb"^\s*(?:map_\w+|bump|disp|decal|norm)\s+(?:-\S+\s+\S+\s+)*(.+?)\s*$", mtl.read_bytes(), re.M
             ):
                 texture = _inside(mtl.parent, tex.decode(errors="replace"), "texture", root)
                 if not texture.exists():
-                    raise MeshRejected("missing texture", f"texture {texture.name!r} not found")
+                    warnings.append(ItemWarning("default material", f"texture {texture.name!r} not found"))
+    return warnings
 
 
 def _raw_vertices_finite(path: Path) -> bool:
@@ -160,8 +168,8 @@ def _raw_vertices_finite(path: Path) -> bool:
 
 
 def load_mesh_file(path: str | Path, limits: MeshFilter = MeshFilter(), root: Path | None = None):
-    """Load one user mesh with trimesh, safely; returns (trimesh.Trimesh, source format). The
-    files it refers to must lie inside ``root`` (default: the mesh's folder)."""
+    """Load one user mesh with trimesh, safely; returns (trimesh.Trimesh, source format,
+    warnings). The files it refers to must lie inside ``root`` (default: the mesh's folder)."""
     import trimesh
 
     path = Path(path)
@@ -176,7 +184,7 @@ def load_mesh_file(path: str | Path, limits: MeshFilter = MeshFilter(), root: Pa
         raise MeshRejected("file too large", f"{size} bytes > {limits.max_file_bytes}")
     if size == 0:
         raise MeshRejected("empty", "file has 0 bytes")
-    check_references(path, root)
+    warnings = check_references(path, root)
     if not _raw_vertices_finite(path):
         raise MeshRejected("non-finite vertices", "NaN or infinite coordinates")
     try:
@@ -190,7 +198,7 @@ def load_mesh_file(path: str | Path, limits: MeshFilter = MeshFilter(), root: Pa
         loaded = trimesh.util.concatenate(geoms)
     if not isinstance(loaded, trimesh.Trimesh):
         raise MeshRejected("no faces", f"loaded as {type(loaded).__name__}")
-    return loaded, fmt
+    return loaded, fmt, warnings
 
 
 def _vertex_colors(mesh) -> np.ndarray:

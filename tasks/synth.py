@@ -114,6 +114,10 @@ def build_mesh_library(
                                 "mesh quarantined: %s",
                                 item.detail if item.item_id in item.detail else f"{item.item_id}: {item.detail}",
                             )
+                        elif item.warnings:
+                            log.warning(
+                                "mesh %s accepted: %s", item.row["source"], "; ".join(x.detail for x in item.warnings)
+                            )
                         w.put(item, "mesh")
                         if n % 20 == 0:
                             log.info("mesh library: %d items processed", n)
@@ -124,6 +128,7 @@ def build_mesh_library(
             {
                 "meshes_accepted": ref.num_rows,
                 "meshes_rejected": sum(reasons.values()),
+                "meshes_with_warnings": (dataset.marker.get("warnings") or {}).get("rows", 0),
                 **{f"rejected_{r.replace(' ', '_')}": n for r, n in reasons.items()},
             }
         )

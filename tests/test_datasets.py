@@ -29,7 +29,7 @@ from flywheel.core.datasets import (
     version_of,
     write_dataset,
 )
-from flywheel.core.store import S3Store
+from flywheel.core.store import LocalStore, S3Store
 from rendering.procedural_shapes import shape_samples
 
 HERE = Path(__file__).resolve().parent
@@ -277,3 +277,31 @@ def test_wrong_credentials_write_nothing(seaweedfs):
     with pytest.raises(StoreAuthError, match="access denied"):
         write_shapes(bad, count=3)
     assert list(S3Store(root, cfg).list("")) == []
+
+
+def test_warnings_are_kept_in_the_marker_and_shown(tmp_path):
+    """A sample accepted with a warning (a mesh in the default material, say) is counted in
+    the commit marker with its reason, and `datasets show` prints it; a version without
+    warnings has no such entry (and the content digest it always had)."""
+    from flywheel.core.records import ItemWarning, Sample
+
+    store = LocalStore(tmp_path / "store")
+    samples = list(shape_samples(0, 2, 8))
+    with DatasetWriter(store, SHAPES, "warned") as w:
+        w.put(Sample(*samples[0]))
+        w.put(Sample(*samples[1], warnings=(ItemWarning("default material", "texture 'wood.png' not found"),)))
+    marker = Dataset(store, "shapes", "warned").marker
+    assert marker["warnings"]["rows"] == 1 and marker["warnings"]["by_reason"] == {"default material": 1}
+    assert marker["warnings"]["items"][0]["item_id"] == samples[1][0]
+    plain = write_dataset(store, SHAPES, "plain", samples)
+    assert "warnings" not in Dataset(store, "shapes", plain.version).marker
+    assert plain.digest != Dataset(store, "shapes", "warned").ref.digest
+    shown = subprocess.run(
+        [str(Path(sys.executable).parent / "flywheel"), "datasets", "show", "shapes@warned", "-n", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "FLYWHEEL__STORE__ROOT": str(tmp_path / "store")},
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "warnings: 1 (default material: 1)" in shown.stdout and "wood.png" in shown.stdout

@@ -117,7 +117,6 @@ EXPECTED = {
     "fragmented.stl": "fragmented",
     "too_many_faces.ply": "too many faces",
     "escape.obj": "unsafe reference",
-    "missing_texture.obj": "missing texture",
     "escape.gltf": "unsafe reference",
     "url.gltf": "unsafe reference",
     "good_copy.stl": "duplicate",
@@ -129,12 +128,14 @@ def test_bad_meshes_are_each_quarantined_with_their_reason_and_good_ones_kept(ba
     out = list(library_samples(source_items(str(bad_meshes), StoreConfig(), limits, tmp_path), 16, limits))
     samples = [o for o in out if isinstance(o, Sample)]
     rejects = {o.item_id.rsplit("/", 1)[-1]: (o.reason, o.detail) for o in out if isinstance(o, Rejected)}
-    assert [s.row["source"].rsplit("/", 1)[-1] for s in samples] == ["good.ply"]
+    assert [s.row["source"].rsplit("/", 1)[-1] for s in samples] == ["good.ply", "missing_texture.obj"]
     assert {k: v[0] for k, v in rejects.items()} == EXPECTED
     assert "points outside" in rejects["escape.obj"][1]
-    assert "nowhere.png" in rejects["missing_texture.obj"][1]
     assert "good.ply" in rejects["good_copy.stl"][1]
-    assert len(out) == len(EXPECTED) + 1  # every input accounted for
+    # a missing texture is not fatal: the mesh is kept, in the default material, with a warning
+    assert samples[0].warnings == ()
+    assert [(w.reason, "nowhere.png" in w.detail) for w in samples[1].warnings] == [("default material", True)]
+    assert len(out) == len(EXPECTED) + 2  # every input accounted for
 
 
 def test_file_size_limit_refuses_before_loading(tmp_path):
@@ -154,7 +155,8 @@ def test_textured_obj_takes_its_colours_from_the_texture(tmp_path):
     texture[:, 4:] = [0, 0, 255]
     box.visual = trimesh.visual.TextureVisuals(uv=uv, image=Image.fromarray(texture))
     box.export(tmp_path / "box.obj")
-    mesh, fmt = load_mesh_file(tmp_path / "box.obj")
+    mesh, fmt, warnings = load_mesh_file(tmp_path / "box.obj")
+    assert warnings == []
     c = clean(mesh)
     assert fmt == "obj"
     colors = {tuple(x) for x in c.colors[:, :3].tolist()}

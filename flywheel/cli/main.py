@@ -167,6 +167,12 @@ def datasets_show(
     quarantine = m.get("quarantine") or {"rows": 0, "by_reason": {}}
     reasons = ", ".join(f"{r}: {n}" for r, n in sorted(quarantine["by_reason"].items()))
     typer.echo(f"  quarantined: {quarantine['rows']}" + (f" ({reasons})" if reasons else ""))
+    warnings = m.get("warnings") or {"rows": 0, "by_reason": {}, "items": []}
+    if warnings["rows"]:
+        reasons = ", ".join(f"{r}: {n}" for r, n in sorted(warnings["by_reason"].items()))
+        typer.echo(f"  warnings: {warnings['rows']} ({reasons})")
+        for item in warnings["items"][: max(rows, 5)]:
+            typer.echo(f"    {item['item_id']}: {item['detail']}")
     if quarantine["rows"] and rows > 0:
         for item in ds.quarantine().slice(0, rows).to_pylist():
             typer.echo(f"    {item['kind']} {item['item_id']}: {item['detail']}")

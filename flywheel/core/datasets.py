@@ -112,6 +112,7 @@ class DatasetWriter:
         self._rows: list[dict[str, Any]] = []
         self._tables: list[pa.Table] = []  # table-only datasets: rows added in bulk
         self._quarantine: list[dict[str, Any]] = []
+        self._warnings: list[dict[str, Any]] = []
         self._keys: set[str] = set()
         self._shards: list[dict[str, Any]] = []
         self._tmpdir = tempfile.TemporaryDirectory(prefix="flywheel-shards-")
@@ -189,7 +190,13 @@ class DatasetWriter:
             self.quarantine(item.item_id, item.kind or kind, item.reason, item.detail)
             return False
         self.add(item.key, item.row, item.files)
+        for w in item.warnings:
+            self.warn(item.key, w.reason, w.detail)
         return True
+
+    def warn(self, key: str, reason: str, detail: str = "") -> None:
+        """Record that sample ``key`` was accepted with a warning; kept in the commit marker."""
+        self._warnings.append({"item_id": key, "reason": reason, "detail": detail or reason})
 
     def add_shard_from(self, part: Dataset, shard: dict[str, Any]) -> None:
         """Adopt a committed shard of another dataset version (a cached part) as is."""
@@ -278,16 +285,15 @@ class DatasetWriter:
         qbuf = io.BytesIO()
         pq.write_table(quarantine, qbuf, compression="zstd")
         self.store.put_bytes(f"{self._base}/{QUARANTINE}", qbuf.getvalue())
-        by_reason: dict[str, int] = {}
-        for row in self._quarantine:
-            by_reason[row["reason"]] = by_reason.get(row["reason"], 0) + 1
-        content = digest_of(
-            {
-                "manifest": manifest_sha,
-                "shards": self._shards,
-                "quarantine": hashlib.sha256(qbuf.getvalue()).hexdigest(),
-            }
-        )
+        by_reason = _count(self._quarantine)
+        contents: dict[str, Any] = {
+            "manifest": manifest_sha,
+            "shards": self._shards,
+            "quarantine": hashlib.sha256(qbuf.getvalue()).hexdigest(),
+        }
+        if self._warnings:  # (a version without warnings keeps the digest it always had)
+            contents["warnings"] = self._warnings
+        content = digest_of(contents)
         marker = {
             "name": self.spec.name,
             "version": self.version,
@@ -308,6 +314,12 @@ class DatasetWriter:
             },
             "parents": [p.to_dict() for p in self.parents],
         }
+        if self._warnings:
+            marker["warnings"] = {
+                "rows": len(self._warnings),
+                "by_reason": _count(self._warnings),
+                "items": self._warnings,
+            }
         created = self.store.create_if_absent(
             f"{_prefix(self.spec.name, self.version)}/{MARKER}", json.dumps(marker, indent=1).encode()
         )
@@ -365,6 +377,13 @@ class DatasetWriter:
             self.commit()
         else:
             self.abort()
+
+
+def _count(rows: list[dict[str, Any]]) -> dict[str, int]:
+    by_reason: dict[str, int] = {}
+    for row in rows:
+        by_reason[row["reason"]] = by_reason.get(row["reason"], 0) + 1
+    return by_reason
 
 
 def _ref_from_marker(store: Store, marker: dict[str, Any]) -> DatasetRef:
@@ -652,6 +671,8 @@ def assemble_dataset(
                 writer.add_shard_from(part, shard)
             for row in part.quarantine().to_pylist():
                 writer.quarantine(**row)
+            for w in (part.marker.get("warnings") or {}).get("items", []):
+                writer.warn(w["item_id"], w["reason"], w["detail"])
         for row in quarantine:
             writer.quarantine(**row)
     return writer.ref

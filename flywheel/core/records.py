@@ -63,12 +63,21 @@ class ModelRef:
 
 
 @dataclass(frozen=True)
+class ItemWarning:
+    """Why an accepted item is not quite what its source asked for."""
+
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class Sample:
     """One good item of a batch: its key, manifest row and files (name -> bytes)."""
 
     key: str
     row: Mapping[str, Any]
     files: Mapping[str, bytes] = field(repr=False)
+    warnings: tuple[ItemWarning, ...] = ()  # accepted, but people should know (a default material, say)
 
 
 @dataclass(frozen=True)
