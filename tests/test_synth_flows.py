@@ -513,3 +513,26 @@ def test_a_mesh_added_to_the_source_folder_makes_a_new_library(tmp_path):
     assert library.version != first.datasets[0].version and library.num_rows == 3
     sources = Dataset(LocalStore(tmp_path / "store"), library.name, library.version).manifest()["source"]
     assert any(s.endswith("capsule.ply") for s in sources.to_pylist())
+
+
+def test_mesh_thresholds_come_from_the_config(tmp_path):
+    """meshes.min_extent_ratio reaches the filter (a thin plate: refused as flat by default,
+    kept when the source allows it) and is part of the library's version."""
+    import trimesh
+
+    from flows.synth import synth_meshes
+
+    source = tmp_path / "assets"
+    source.mkdir()
+    trimesh.creation.box(extents=(1.0, 1.0, 5e-4)).export(source / "plate.stl")
+    trimesh.creation.icosphere().export(source / "ball.ply")
+    strict = synth_meshes(config=_config(tmp_path / "store", FLYWHEEL__MESHES__SOURCE=str(source))).datasets[0]
+    store = LocalStore(tmp_path / "store")
+    assert strict.num_rows == 1
+    assert Dataset(store, strict.name, strict.version).quarantine()["reason"].to_pylist() == ["flat"]
+    lenient = synth_meshes(
+        config=_config(
+            tmp_path / "store", FLYWHEEL__MESHES__SOURCE=str(source), FLYWHEEL__MESHES__MIN_EXTENT_RATIO="1e-4"
+        )
+    ).datasets[0]
+    assert lenient.num_rows == 2 and lenient.version != strict.version
