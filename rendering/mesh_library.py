@@ -25,7 +25,7 @@ from flywheel.core.codecs import encode_npy
 from flywheel.core.config import StoreConfig
 from flywheel.core.digests import file_digest
 from flywheel.core.records import ItemWarning, Rejected, Sample
-from flywheel.core.store import S3Store, StoreError
+from flywheel.core.store import ObjectInfo, S3Store, StoreError
 from rendering.meshes import (
     MESH_FORMATS,
     CleanMesh,
@@ -68,18 +68,33 @@ def _file_item(path: Path, source: str, limits: MeshFilter, root: Path, up_axis:
     return MeshItem(source, load)
 
 
+def _s3_objects(uri: str, store_config: StoreConfig) -> tuple[S3Store, list[ObjectInfo]]:
+    """The objects an ``s3://`` URI names: those under it as a prefix, else the one object it is;
+    with the store their keys are relative to."""
+    bucket_prefix = uri.rstrip("/")
+    store = S3Store(bucket_prefix, store_config)
+    objects = list(store.list(""))
+    if not objects:  # a single object URI rather than a prefix
+        parent, _, name = bucket_prefix.rpartition("/")
+        store = S3Store(parent, store_config)
+        objects = [o for o in store.list("") if o.key == name]
+    return store, objects
+
+
+def _manifest_uris(path: Path) -> Iterator[str]:
+    """The URIs a ``.txt`` (one per line, ``#`` comments) or ``.jsonl`` (``{"uri": ...}``) manifest lists."""
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            yield json.loads(line)["uri"] if path.suffix == ".jsonl" else line
+
+
 def _s3_items(
     uri: str, store_config: StoreConfig, limits: MeshFilter, workdir: Path, up_axis: str
 ) -> Iterator[MeshItem]:
     """Objects under an s3:// prefix (or one object), each downloaded with the files that sit
     next to it, so that OBJ/MTL/texture and glTF/bin references resolve within its folder."""
-    bucket_prefix = uri.rstrip("/")
-    store = S3Store(bucket_prefix if "/" in bucket_prefix[5:] else bucket_prefix, store_config)
-    objects = [o for o in store.list("")] or []
-    if not objects:  # a single object URI rather than a prefix
-        parent, _, name = bucket_prefix.rpartition("/")
-        store = S3Store(parent, store_config)
-        objects = [o for o in store.list("") if o.key == name]
+    store, objects = _s3_objects(uri, store_config)
     keys = [o.key for o in objects]
     for key in keys:
         if Path(key).suffix.lower() not in MESH_FORMATS:
@@ -114,11 +129,7 @@ def source_items(
             yield _file_item(f, str(f), limits, root, up_axis)
     elif path.suffix in (".txt", ".jsonl"):
         root = path.parent.resolve()
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            uri = json.loads(line)["uri"] if path.suffix == ".jsonl" else line
+        for uri in _manifest_uris(path):
             if uri.startswith("s3://"):
                 yield from _s3_items(uri, store_config, limits, workdir, up_axis)
             else:
@@ -138,13 +149,7 @@ def _tree_digest(root: Path) -> list[tuple[str, str]]:
 
 
 def _s3_listing(uri: str, store_config: StoreConfig) -> list[tuple[str, int, float]]:
-    bucket_prefix = uri.rstrip("/")
-    parent = bucket_prefix if "/" in bucket_prefix[5:] else bucket_prefix
-    listing = [(o.key, o.size, o.mtime) for o in S3Store(parent, store_config).list("")]
-    if not listing:  # a single object
-        folder, _, name = bucket_prefix.rpartition("/")
-        listing = [(o.key, o.size, o.mtime) for o in S3Store(folder, store_config).list("") if o.key == name]
-    return listing
+    return [(o.key, o.size, o.mtime) for o in _s3_objects(uri, store_config)[1]]
 
 
 def source_contents(source: str, store_config: StoreConfig) -> str:
@@ -159,12 +164,7 @@ def source_contents(source: str, store_config: StoreConfig) -> str:
         parts: list[tuple[str, object]] = list(_tree_digest(path))
     elif path.suffix in (".txt", ".jsonl") and path.is_file():
         parts = list(_tree_digest(path.parent))
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                uri = json.loads(line)["uri"] if path.suffix == ".jsonl" else line
-                if uri.startswith("s3://"):
-                    parts.append((uri, _s3_listing(uri, store_config)))
+        parts += [(uri, _s3_listing(uri, store_config)) for uri in _manifest_uris(path) if uri.startswith("s3://")]
     else:
         raise FileNotFoundError(f"mesh source {source!r}: not a folder, manifest (.txt/.jsonl) or s3:// prefix")
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()

@@ -99,18 +99,22 @@ def test_exports_become_rankings_then_round_datasets(round_data, tmp_path):
             }
         ],
     )
-    inputs = {"files": ["d1"], "candidates": candidates}
-    ref, counts = ingest_exports(
-        store,
-        StoreConfig(),
-        [(first, "d1")],
-        version=version_of(RANKINGS, inputs=inputs),
-        inputs=inputs,
-        candidates=candidates,
-        previous=None,
-        settings=SETTINGS,
-        writer_options={},
-    )
+
+    def ingest(export: str, digest: str, previous):
+        inputs = {"files": [*(["d1"] if previous else []), digest], "candidates": candidates}
+        return ingest_exports(
+            store,
+            StoreConfig(),
+            [(export, digest)],
+            version=version_of(RANKINGS, inputs=inputs),
+            inputs=inputs,
+            candidates=candidates,
+            previous=previous,
+            settings=SETTINGS,
+            writer_options={},
+        )
+
+    ref, counts = ingest(first, "d1", None)
     assert counts == {"rows": 4, "accepted": 3, "duplicates": 0, "quarantined": 1}
     rankings = Dataset(store, ref.name, ref.version)
     assert rankings.ref.num_rows == 3 and rankings.quarantine()["reason"].to_pylist() == ["malformed row"]
@@ -138,18 +142,7 @@ def test_exports_become_rankings_then_round_datasets(round_data, tmp_path):
             },
         ],
     )
-    inputs2 = {"files": ["d1", "d2"], "candidates": candidates}
-    ref2, counts2 = ingest_exports(
-        store,
-        StoreConfig(),
-        [(second, "d2")],
-        version=version_of(RANKINGS, inputs=inputs2),
-        inputs=inputs2,
-        candidates=candidates,
-        previous=ref,
-        settings=SETTINGS,
-        writer_options={},
-    )
+    ref2, counts2 = ingest(second, "d2", ref)
     assert counts2["accepted"] == 1 and counts2["duplicates"] == 1 and ref2.num_rows == 4
 
     rules = RankingsConfig().rules()
