@@ -16,17 +16,23 @@ from flywheel.core.records import RunSummary
 
 @flow(name="rankings", log_prints=True)
 def rankings(
-    files: list[str], candidates: str | None = None, round_index: int = 0, config: FlywheelConfig | str | None = None
+    files: list[str],
+    candidates: str | None = None,
+    round_index: int = 0,
+    config: FlywheelConfig | str | None = None,
+    label_configs: dict[str, str] | None = None,
 ) -> RunSummary:
-    """Ingest annotation exports (native .jsonl/.csv/.parquet, Label Studio .json) for a
-    candidates version (default: the newest) and commit round ``round_index``'s SFT,
-    preference and hard-case datasets. ``config``: a config or a config file; None loads the worker's."""
+    """Ingest annotation exports (native .jsonl/.csv/.parquet; Label Studio JSON, JSON_MIN
+    or CSV) for a candidates version (default: the newest) and commit round ``round_index``'s
+    SFT, preference and hard-case datasets. ``label_configs``: file -> the labeling config
+    (XML) of the Label Studio project it was exported from (default: the shipped templates).
+    ``config``: a config or a config file; None loads the worker's."""
     cfg = flow_config(config)
     ref = candidates_ref(cfg, candidates)
     previous = latest_ref(cfg, RANKINGS.name)
     return run_round(
         cfg,
         f"rankings-r{round_index}",
-        lambda c, parent: ingest_and_decide(c, parent, files, ref, round_index, previous)[0],
+        lambda c, parent: ingest_and_decide(c, parent, files, ref, round_index, previous, label_configs)[0],
         ("rankings",),
     )

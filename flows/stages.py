@@ -19,6 +19,7 @@ from flywheel.core.datasets import Dataset, list_versions
 from flywheel.core.digests import digest_of, file_digest
 from flywheel.core.records import DatasetRef, RunSummary
 from flywheel.core.runtime import apply_environment
+from flywheel.feedback.ingest import file_reports
 from flywheel.feedback.publish import TaskFiles
 from flywheel.learning.ensemble import ensemble_members, resolve_ensemble
 from flywheel.tracking import lineage
@@ -199,7 +200,8 @@ def publish(cfg: FlywheelConfig, proposals: DatasetRef, pool: DatasetRef, parent
         cfg, proposals, pool, cfg.candidates.preview_views, cfg.candidates.preview_resolution, parent_run_id=parent
     )
     print(f"annotation tasks: {published.uris['tasks']}")
-    print(f"Label Studio imports: {published.uris['label_studio_pairwise']}, {published.uris['label_studio_ranking']}")
+    print("Label Studio imports: " + ", ".join(u for k, u in published.uris.items() if k.startswith("label_studio")))
+    print("  (or `flywheel annotate publish` to a Label Studio server)")
     return published
 
 
@@ -221,8 +223,10 @@ def ingest_and_decide(
     candidates: DatasetRef,
     round_index: int,
     previous: DatasetRef | None,
+    label_configs: dict[str, str] | None = None,
 ) -> tuple[list[DatasetRef], dict[str, float]]:
-    """Add ``files`` to the ``previous`` rankings version and decide round ``round_index``.
+    """Add ``files`` to the ``previous`` rankings version and decide round ``round_index``;
+    prints one line per export (rows read, accepted, quarantined by reason).
     -> ([rankings, sft, preferences, hard-cases], the decision metrics)"""
     r = cfg.rankings
     settings = {
@@ -230,9 +234,11 @@ def ingest_and_decide(
         "max_file_bytes": int(r.max_file_mb * 2**20),
         "max_time_spent_s": r.max_time_spent_s,
     }
-    judged = ingest_rankings(
-        cfg, files, export_digests(cfg, files), candidates, previous, settings, parent_run_id=parent
-    )
+    digests = export_digests(cfg, files)
+    judged = ingest_rankings(cfg, files, digests, candidates, previous, settings, label_configs, parent_run_id=parent)
+    reports = {r.digest: r for r in file_reports(Dataset(store_for(cfg), judged.name, judged.version).marker)}
+    for f, d in zip(files, digests):
+        print(reports[d].line() if d in reports and judged != previous else f"{f}: ingested before (unchanged)")
     gate_for(cfg, judged, parent)
     pool = next(
         p

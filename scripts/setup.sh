@@ -31,5 +31,24 @@ fi
 
 echo "setup: installing sam3d-flywheel$extras (first time: ~3-5 min) ..."
 "${pip[@]}" install -q -e ".$extras"
+
+if [ -n "$extras" ]; then
+  # The tests start a real Label Studio; its Django pins clash with ours, so it gets its own venv.
+  LS_VENV=${LABEL_STUDIO_VENV:-.venv-labelstudio}
+  if [ ! -x "$LS_VENV/bin/label-studio" ]; then
+    echo "setup: installing label-studio 1.23.2 into $LS_VENV (first time: ~2 min) ..."
+    [ -x "$LS_VENV/bin/python" ] || "$PYTHON" -m venv "$LS_VENV"
+    "$LS_VENV/bin/python" -m pip --disable-pip-version-check install -q "label-studio==1.23.2"
+  fi
+  # ... and drive its web UI with Debian's headless Chromium (Playwright cannot download one here).
+  if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "setup: installing chromium (apt) ..."
+      apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+    else
+      echo "setup: no chromium: install Debian's chromium package for the Label Studio UI tests" >&2
+    fi
+  fi
+fi
 touch "$stamp"
 echo "setup: done ($VENV)"

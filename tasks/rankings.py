@@ -42,7 +42,8 @@ def export_digests(cfg: FlywheelConfig, files: list[str]) -> list[str]:
     ]
 
 
-@flywheel_task(name="ingest-rankings", version="2")
+# v3: Label Studio exports read through their labeling config (JSON, JSON_MIN, CSV); revisions
+@flywheel_task(name="ingest-rankings", version="3")
 def ingest_rankings(
     cfg: FlywheelConfig,
     files: list[str],
@@ -50,9 +51,11 @@ def ingest_rankings(
     candidates: DatasetRef,
     previous: DatasetRef | None,
     settings: dict,
+    label_configs: dict[str, str] | None = None,
     parent_run_id: str | None = None,
 ) -> DatasetRef:
-    """Archive and check ``files`` against the candidate registry; commit the next version."""
+    """Archive and check ``files`` against the candidate registry; commit the next version.
+    ``label_configs``: file -> labeling config of the Label Studio project it came from."""
     store = store_for(cfg)
     done = set(Dataset(store, previous.name, previous.version).marker["inputs"]["files"]) if previous else set()
     new = [(f, d) for f, d in zip(files, digests) if d not in done]
@@ -61,16 +64,18 @@ def ingest_rankings(
             log.info("rankings: every export was ingested before; %s is unchanged", previous)
             mlflow.log_metrics({"new_submissions": 0, "replayed_files": len(files)})
             return previous
+        configs = {d: digest_of((label_configs or {}).get(f)) for f, d in new if (label_configs or {}).get(f)}
         inputs = {
             "files": sorted(done | {d for _, d in new}),
             "previous": previous,
             "candidates": candidates,
             "settings": settings,
+            **({"label_configs": configs} if configs else {}),
         }
         version = version_of(RANKINGS, inputs=inputs, code_version=ingest_rankings.version)
         ref = committed_ref(store, RANKINGS.name, version)
         if ref is None:
-            ref, counts = ingest_exports(
+            ref, reports = ingest_exports(
                 store,
                 cfg.store,
                 new,
@@ -80,8 +85,15 @@ def ingest_rankings(
                 previous=previous,
                 settings=settings,
                 writer_options=writer_options(cfg),
+                label_configs=label_configs,
             )
-            mlflow.log_metrics({f"export_{k}": v for k, v in counts.items()})
+            mlflow.log_metrics(
+                {
+                    f"export_{k}": sum(getattr(r, k) for r in reports)
+                    for k in ("rows", "accepted", "duplicates", "revised", "skipped")
+                }
+                | {"export_quarantined": sum(sum(r.quarantined.values()) for r in reports)}
+            )
         mlflow.log_metrics({"submissions": ref.num_rows})
         log_datasets(run_id, inputs=[candidates] + ([previous] if previous else []), outputs=[ref])
     return ref

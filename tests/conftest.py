@@ -6,9 +6,11 @@ its settings when imported) or builds a config.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,7 +36,9 @@ os.environ.update(
     }
 )
 
-from flywheel.core.config import StoreConfig  # noqa: E402
+from flywheel.core.config import FlywheelConfig, StoreConfig, load_config  # noqa: E402
+from flywheel.core.datasets import Dataset  # noqa: E402
+from flywheel.core.records import RunSummary  # noqa: E402
 from flywheel.core.store import LocalStore, S3Store, Store  # noqa: E402
 from flywheel.ops.servers import S3Server, start_moto, start_seaweedfs  # noqa: E402
 
@@ -91,6 +95,143 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+# -- flow runs shared by several test modules (session: each runs once) ---------------------
+
+MICRO_CANDIDATES = {
+    "FLYWHEEL__CANDIDATES__NUM_CANDIDATES": "4",
+    "FLYWHEEL__CANDIDATES__OBJECTS_PER_PART": "2",
+    "FLYWHEEL__CANDIDATES__PREVIEW_RESOLUTION": "48",
+    "FLYWHEEL__CANDIDATES__MEMBERS": json.dumps(
+        [{"name": "champion", "seeds": [0, 1]}, {"name": "retrieval", "kind": "retrieval", "top_k": 2}]
+    ),
+}
+
+
+def _config(root: Path, **env: str) -> FlywheelConfig:
+    """The test config on the store at ``root``, with ``env`` overrides (FLYWHEEL__...)."""
+    return load_config(environ={**os.environ, "FLYWHEEL__STORE__ROOT": str(root), **env})
+
+
+@dataclass
+class Made:
+    """What a session fixture's flow run made: its config, store and result."""
+
+    cfg: FlywheelConfig
+    store: LocalStore
+    result: RunSummary
+
+    def dataset(self, name: str) -> Dataset:
+        ref = next(d for d in self.result.datasets if d.name == name)
+        return Dataset(self.store, ref.name, ref.version)
+
+
+@pytest.fixture(scope="session")
+def synthetic(prefect_server, tmp_path_factory) -> Made:
+    """The synthetic-data demo flow, run once for the tests that read its datasets."""
+    from flows.synth import synth_all
+
+    root = tmp_path_factory.mktemp("synthetic") / "store"
+    cfg = _config(root)
+    return Made(cfg, LocalStore(root), synth_all(config=cfg))
+
+
+def _micro_checkpoint(folder: Path) -> Path:
+    import torch
+
+    from flywheel.learning.toy import toy_examples
+    from sam3d_model import train as T
+    from sam3d_model.checkpoint import save_checkpoint
+    from sam3d_model.config import preset
+    from sam3d_model.data import batch_stream
+    from sam3d_model.model import SmallSam3D
+
+    torch.manual_seed(0)
+    model = SmallSam3D(preset("micro"))
+    T.train_vae(
+        model, batch_stream(lambda: toy_examples(model.cfg, 4), 4), T.TrainSettings(steps=3), calibration_batches=1
+    )
+    return save_checkpoint(folder / "champion.pt", model)
+
+
+@pytest.fixture(scope="session")
+def proposed(synthetic: Made, tmp_path_factory) -> Made:
+    """propose on the synthetic run's composites with a micro checkpoint (2 seeds + 2
+    retrieved meshes), run once for the tests that read its candidates."""
+    from flows.propose import propose
+
+    checkpoint = _micro_checkpoint(tmp_path_factory.mktemp("champion"))
+    cfg = _config(
+        Path(synthetic.store.root),
+        FLYWHEEL__CANDIDATES__MODELS=json.dumps({"champion": str(checkpoint)}),
+        **MICRO_CANDIDATES,
+    )
+    return Made(cfg, synthetic.store, propose(config=cfg))
+
+
+@dataclass
+class LabelStudioServer:
+    """A real Label Studio on loopback: its URL, the admin's login and API token, and the
+    folder it serves local files from (LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)."""
+
+    url: str
+    email: str
+    password: str
+    token: str
+    document_root: Path
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """Label Studio 1.23 from its own venv (scripts/setup.sh --test); serves local files from
+    pytest's temporary folder, so the stores of the flow fixtures can be shown."""
+    import socket
+    import subprocess
+    import time
+
+    import requests
+
+    exe = REPO / os.environ.get("LABEL_STUDIO_VENV", ".venv-labelstudio") / "bin" / "label-studio"
+    if not exe.exists():
+        pytest.fail(f"{exe} is missing: run `bash scripts/setup.sh --test` (the README's test command does)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = tmp_path_factory.getbasetemp()
+    data = tmp_path_factory.mktemp("label-studio")
+    server = LabelStudioServer(f"http://127.0.0.1:{port}", "admin@example.com", "flywheel-pw-1", uuid.uuid4().hex, root)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLYWHEEL", "PREFECT_", "MLFLOW_", "AWS_"))} | {
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(root),
+    }
+    log = open(data / "server.log", "wb")
+    proc = subprocess.Popen(
+        [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port)]
+        + ["--data-dir", str(data / "data"), "--username", server.email, "--password", server.password]
+        + ["--user-token", server.token, "--enable-legacy-api-token"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if requests.get(f"{server.url}/api/projects", headers={"Authorization": f"Token {server.token}"}).ok:
+                break
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("Label Studio did not start:\n" + (data / "server.log").read_text()[-3000:])
+        time.sleep(1)
+    yield server
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

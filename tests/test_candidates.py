@@ -206,10 +206,13 @@ def test_annotation_files_validate_against_their_schemas():
     }
     text = annotation.native_tasks([task])
     assert text.count("\n") == 1
-    pairs = annotation.label_studio_pairwise([task])
+    pairs = annotation.label_studio_tasks("pairwise", [task])
     assert len(pairs) == 3 and {p["data"]["left_id"] for p in pairs} <= {c["candidate_id"] for c in task["candidates"]}
-    ranking = annotation.label_studio_ranking([task])
+    ranking = annotation.label_studio_tasks("ranking", [task], url=lambda u: u.replace("s3://b/", "https://h/"))
     assert [i["id"] for i in ranking[0]["data"]["items"]] == [c["candidate_id"] for c in task["candidates"]]
+    assert ranking[0]["data"]["image"] == "https://h/i.png"
+    best = annotation.label_studio_tasks("best-of-n", [task])[0]["data"]["options"]
+    assert [o["value"] for o in best] == [c["candidate_id"] for c in task["candidates"]] + ["None acceptable"]
     with pytest.raises(jsonschema.ValidationError):
         annotation.native_tasks([dict(task, candidates=task["candidates"][:1])])  # fewer than 2
     with pytest.raises(jsonschema.ValidationError):

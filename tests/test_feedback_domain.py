@@ -73,6 +73,24 @@ def _export(path, rows):
     return str(path)
 
 
+FIRST_S1 = {
+    "submission_id": "s1",
+    "annotator_id": "ann-2",
+    "object_id": "obj-a",
+    "kind": "best-of-n",
+    "winner": "obj-a-c2",
+    "losers": ["obj-a-c0", "obj-a-c1"],
+}
+FIRST_S7 = {
+    "submission_id": "s7",
+    "annotator_id": "ann-2",
+    "object_id": "obj-b",
+    "kind": "reject-all",
+    "winner": None,
+    "losers": ["obj-b-c0", "obj-b-c1", "obj-b-c2"],
+}
+
+
 def test_exports_become_rankings_then_round_datasets(round_data, tmp_path):
     store, pool, candidates = round_data
     first = _export(
@@ -101,7 +119,7 @@ def test_exports_become_rankings_then_round_datasets(round_data, tmp_path):
     )
 
     def ingest(export: str, digest: str, previous):
-        inputs = {"files": [*(["d1"] if previous else []), digest], "candidates": candidates}
+        inputs = {"files": [digest], "previous": previous, "candidates": candidates}
         return ingest_exports(
             store,
             StoreConfig(),
@@ -114,8 +132,12 @@ def test_exports_become_rankings_then_round_datasets(round_data, tmp_path):
             writer_options={},
         )
 
-    ref, counts = ingest(first, "d1", None)
-    assert counts == {"rows": 4, "accepted": 3, "duplicates": 0, "quarantined": 1}
+    ref, [report] = ingest(first, "d1", None)
+    assert (report.rows, report.accepted, report.duplicates, report.quarantined) == (4, 3, 0, {"malformed row": 1})
+    assert report.line() == (
+        "batch-1.jsonl [native jsonl]: 4 rows read, 3 accepted, 0 already ingested, 0 revised, "
+        "1 quarantined (malformed row 1)"
+    )
     rankings = Dataset(store, ref.name, ref.version)
     assert rankings.ref.num_rows == 3 and rankings.quarantine()["reason"].to_pylist() == ["malformed row"]
     assert store.get_bytes("rankings/raw/d1/batch-1.jsonl") == (tmp_path / "batch-1.jsonl").read_bytes()
@@ -123,27 +145,21 @@ def test_exports_become_rankings_then_round_datasets(round_data, tmp_path):
     # the same file again plus a new one: only the new submissions count
     second = _export(
         tmp_path / "batch-2.jsonl",
-        [
-            {
-                "submission_id": "s1",
-                "annotator_id": "ann-2",
-                "object_id": "obj-a",
-                "kind": "best-of-n",
-                "winner": "obj-a-c2",
-                "losers": ["obj-a-c0", "obj-a-c1"],
-            },
-            {
-                "submission_id": "s7",
-                "annotator_id": "ann-2",
-                "object_id": "obj-b",
-                "kind": "reject-all",
-                "winner": None,
-                "losers": ["obj-b-c0", "obj-b-c1", "obj-b-c2"],
-            },
-        ],
+        [FIRST_S1, FIRST_S7],
     )
-    ref2, counts2 = ingest(second, "d2", ref)
-    assert counts2["accepted"] == 1 and counts2["duplicates"] == 1 and ref2.num_rows == 4
+    ref2, [report2] = ingest(second, "d2", ref)
+    assert report2.accepted == 1 and report2.duplicates == 1 and ref2.num_rows == 4
+
+    # s1 edited later (a revision supersedes it) and s7 changed at the same time (a conflict)
+    edits = [
+        {**FIRST_S1, "winner": "obj-a-c0", "losers": ["obj-a-c2", "obj-a-c1"], "timestamp": "2026-11-21T11:00:00Z"},
+        {**FIRST_S7, "losers": ["obj-b-c0"]},
+    ]
+    ref3, [report3] = ingest(_export(tmp_path / "batch-3.jsonl", edits), "d3", ref2)
+    assert (report3.revised, report3.quarantined.get("conflicting resubmission")) == (1, 1)
+    rows = {r["submission_id"]: r for r in Dataset(store, ref3.name, ref3.version).manifest().to_pylist()}
+    assert len(rows) == 4 and (rows["s1"]["winner"], rows["s1"]["revision"]) == ("obj-a-c0", 1)
+    assert rows["s7"]["losers"] == ["obj-b-c0", "obj-b-c1", "obj-b-c2"] and rows["s7"]["revision"] == 0
 
     rules = RankingsConfig().rules()
     judged = judge_round(

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from flywheel.feedback.exports import ExportError, check, from_label_studio, read_native, resubmissions
+from flywheel.feedback.exports import ExportError, check, read_native, resubmissions
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 REGISTRY = pd.DataFrame({"candidate_id": ["c1", "c2", "c3", "c4", "c5"], "object_id": ["o1", "o1", "o1", "o2", "o2"]})
@@ -111,48 +111,6 @@ def test_csv_and_parquet_read_like_jsonl(tmp_path):
     assert from_csv.equals(from_jsonl) and from_parquet.equals(from_jsonl)
     with pytest.raises(ExportError, match="x.xml: unknown export format"):
         read_native(b"<x/>", "x.xml")
-
-
-def test_label_studio_exports_read_like_native():
-    pairwise_task = {
-        "id": 11,
-        "data": {"object_id": "o1", "image": "i", "left": "l", "right": "r", "left_id": "c2", "right_id": "c1"},
-        "annotations": [
-            {
-                "id": 5,
-                "completed_by": {"email": "ann-a"},
-                "created_at": "2026-11-21T10:00:00Z",
-                "lead_time": 12.5,
-                "result": [{"type": "pairwise", "value": {"selected": "right"}}],
-            }
-        ],
-    }
-    ranking_task = {
-        "id": 12,
-        "data": {"object_id": "o1", "image": "i", "items": []},
-        "annotations": [
-            {
-                "id": 6,
-                "completed_by": {"email": "ann-a"},
-                "created_at": "2026-11-21T10:00:00Z",
-                "lead_time": 12.5,
-                "result": [{"type": "ranker", "value": {"ranker": {"best": ["c2", "c1"], "rejected": ["c3"]}}}],
-            },
-            {
-                "id": 7,
-                "completed_by": {"email": "ann-b"},
-                "created_at": "2026-11-21T10:00:00Z",
-                "lead_time": 12.5,
-                "result": [{"type": "ranker", "value": {"ranker": {"best": [], "rejected": ["c1", "c2", "c3"]}}}],
-            },
-        ],
-    }
-    ls, q = check_rows(from_label_studio(json.dumps([pairwise_task, ranking_task]).encode(), "ls.json"))
-    assert q.empty
-    native, _ = check_rows(read_native(jsonl(GOOD), "x.jsonl"))
-    columns = ["annotator_id", "object_id", "kind", "winner", "losers", "timestamp", "time_spent_s"]
-    assert ls.select(columns).to_pylist() == native.select(columns).to_pylist()
-    assert ls.column("submission_id").to_pylist() == ["ls-11-5", "ls-12-6", "ls-12-7"]
 
 
 # -- aggregation ---------------------------------------------------------------------------------
@@ -282,30 +240,6 @@ def test_a_noiseless_simulated_annotator_picks_the_true_best():
         for oid, cands in candidates.items():
             best = next(c["candidate_id"] for c in cands if c["candidate_id"].endswith("0" * 18))  # shift 0
             assert decisions.loc[oid, "winner"] == best, oid
-
-
-def test_label_studio_and_native_exports_of_the_same_judgements_aggregate_the_same():
-    from flywheel.feedback.aggregate import DecisionRules, agreement, comparisons, decide
-    from flywheel.feedback.simulate import SimulatedAnnotator, simulate, to_label_studio
-
-    truths, candidates, registry = simulated_round(seed=3)
-    team = [
-        SimulatedAnnotator("a", noise=0.05, pairs_per_object=6, flip_probability=0.1),
-        SimulatedAnnotator("b", noise=0.1, bias={"retrieval": 0.05}),
-        SimulatedAnnotator("c", noise=0.05, reject_threshold=1.0),
-    ]
-    rows = simulate(team, candidates, truths, per_object=2, seed=4)
-    assert {r["kind"] for r in rows} == {"pairwise", "best-of-n", "reject-all"}
-    kw = dict(candidates=registry, annotators={"a", "b", "c"}, max_time_spent_s=3600, now=NOW)
-    native, q1 = check(read_native(jsonl(rows), "sim.jsonl"), "sim.jsonl", **kw)
-    ls, q2 = check(from_label_studio(to_label_studio(rows).encode(), "sim.json"), "sim.json", **kw)
-    assert q1.empty and q2.empty and native.num_rows == ls.num_rows == len(rows)
-    rules = DecisionRules(alpha=0.6)
-    d_native, s_native = decide(native, registry, rules)
-    d_ls, s_ls = decide(ls, registry, rules)
-    pd.testing.assert_frame_equal(d_native, d_ls)
-    pd.testing.assert_frame_equal(s_native, s_ls)
-    assert agreement(comparisons(native), min_overlap=1) == agreement(comparisons(ls), min_overlap=1)
 
 
 def test_only_rejections_make_hard_cases_without_scores():

@@ -9,96 +9,27 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
+from conftest import MICRO_CANDIDATES, Made, _config  # noqa: F401  (shared with the fixtures)
 
-from flywheel.core.config import FlywheelConfig, load_config
+from flywheel.core.config import load_config
 from flywheel.core.datasets import Dataset, list_versions
-from flywheel.core.records import RunSummary
 from flywheel.core.store import LocalStore
 from flywheel.tracking import lineage
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 BIN = Path(sys.executable).parent
-MICRO_CANDIDATES = {
-    "FLYWHEEL__CANDIDATES__NUM_CANDIDATES": "4",
-    "FLYWHEEL__CANDIDATES__OBJECTS_PER_PART": "2",
-    "FLYWHEEL__CANDIDATES__PREVIEW_RESOLUTION": "48",
-    "FLYWHEEL__CANDIDATES__MEMBERS": json.dumps(
-        [{"name": "champion", "seeds": [0, 1]}, {"name": "retrieval", "kind": "retrieval", "top_k": 2}]
-    ),
-}
-
-
-def _config(root: Path, **env: str) -> FlywheelConfig:
-    """The test config on the store at ``root``, with ``env`` overrides (FLYWHEEL__...)."""
-    return load_config(environ={**os.environ, "FLYWHEEL__STORE__ROOT": str(root), **env})
 
 
 def _store_env(monkeypatch, root: Path) -> LocalStore:
     monkeypatch.setenv("FLYWHEEL__STORE__ROOT", str(root))
     return LocalStore(root)
-
-
-@dataclass
-class Made:
-    """What a session fixture's flow run made: its config, store and result."""
-
-    cfg: FlywheelConfig
-    store: LocalStore
-    result: RunSummary
-
-    def dataset(self, name: str) -> Dataset:
-        ref = next(d for d in self.result.datasets if d.name == name)
-        return Dataset(self.store, ref.name, ref.version)
-
-
-@pytest.fixture(scope="session")
-def synthetic(prefect_server, tmp_path_factory) -> Made:
-    """The synthetic-data demo flow, run once for the tests that read its datasets."""
-    from flows.synth import synth_all
-
-    root = tmp_path_factory.mktemp("synthetic") / "store"
-    cfg = _config(root)
-    return Made(cfg, LocalStore(root), synth_all(config=cfg))
-
-
-def _micro_checkpoint(folder: Path) -> Path:
-    import torch
-
-    from flywheel.learning.toy import toy_examples
-    from sam3d_model import train as T
-    from sam3d_model.checkpoint import save_checkpoint
-    from sam3d_model.config import preset
-    from sam3d_model.data import batch_stream
-    from sam3d_model.model import SmallSam3D
-
-    torch.manual_seed(0)
-    model = SmallSam3D(preset("micro"))
-    T.train_vae(
-        model, batch_stream(lambda: toy_examples(model.cfg, 4), 4), T.TrainSettings(steps=3), calibration_batches=1
-    )
-    return save_checkpoint(folder / "champion.pt", model)
-
-
-@pytest.fixture(scope="session")
-def proposed(synthetic: Made, tmp_path_factory) -> Made:
-    """propose on the synthetic run's composites with a micro checkpoint (2 seeds + 2
-    retrieved meshes), run once for the tests that read its candidates."""
-    from flows.propose import propose
-
-    checkpoint = _micro_checkpoint(tmp_path_factory.mktemp("champion"))
-    cfg = _config(
-        Path(synthetic.store.root),
-        FLYWHEEL__CANDIDATES__MODELS=json.dumps({"champion": str(checkpoint)}),
-        **MICRO_CANDIDATES,
-    )
-    return Made(cfg, synthetic.store, propose(config=cfg))
 
 
 def test_demo_round_end_to_end_then_rerun_from_cache(synthetic: Made):
@@ -239,12 +170,8 @@ def test_propose_flow_on_the_rounds_composites(synthetic: Made, proposed: Made):
         jsonschema.validate(t, annotation.TASK_SCHEMA)
         assert store.exists(f"{prefix}/sheets/{t['object_id']}.png")
         assert [c["candidate_id"] for c in t["candidates"]] == [r["candidate_id"] for r in by_object[t["object_id"]]]
-    jsonschema.validate(
-        json.loads(store.get_bytes(f"{prefix}/label_studio_pairwise.json")), annotation.LABEL_STUDIO_PAIRWISE_SCHEMA
-    )
-    jsonschema.validate(
-        json.loads(store.get_bytes(f"{prefix}/label_studio_ranking.json")), annotation.LABEL_STUDIO_RANKING_SCHEMA
-    )
+    for kind, schema in annotation.LABEL_STUDIO_SCHEMAS.items():
+        jsonschema.validate(json.loads(store.get_bytes(f"{prefix}/label_studio_{kind}.json")), schema)
 
     again = propose(config=proposed.cfg)
     assert again.datasets == result.datasets
@@ -253,8 +180,7 @@ def test_propose_flow_on_the_rounds_composites(synthetic: Made, proposed: Made):
 
 def test_rankings_flow_from_simulated_annotators(proposed: Made, tmp_path):
     """Simulated annotators judge the proposed candidates against the composites' ground
-    truth and write a native and a Label Studio export (one row malformed, one from an
-    intruder); ingestion quarantines those two, decisions give SFT / DPO / hard-case
+    truth and write a JSONL and a CSV export (one row malformed, one from an intruder); ingestion quarantines those two, decisions give SFT / DPO / hard-case
     datasets; ingesting the same files again changes nothing."""
     import json
 
@@ -263,7 +189,6 @@ def test_rankings_flow_from_simulated_annotators(proposed: Made, tmp_path):
         SimulatedAnnotator,
         candidate_records,
         simulate,
-        to_label_studio,
         truths_for_pool,
     )
 
@@ -285,8 +210,8 @@ def test_rankings_flow_from_simulated_annotators(proposed: Made, tmp_path):
         + json.dumps({**rows[0], "submission_id": "x", "annotator_id": "intruder"})
         + "\n"
     )
-    studio = tmp_path / "batch-2.json"
-    studio.write_text(to_label_studio(rows[len(rows) // 2 :]))
+    studio = tmp_path / "batch-2.csv"
+    pd.DataFrame(rows[len(rows) // 2 :]).assign(losers=lambda f: f["losers"].str.join(";")).to_csv(studio, index=False)
     big = tmp_path / "too-big.jsonl"
     big.write_text((json.dumps(rows[0]) + "\n") * 8000)  # > 1 MB
     env = {

@@ -50,6 +50,12 @@ rankings_app = typer.Typer(
     help="Human (or simulated) rankings of candidates: ingest exports, report.", no_args_is_help=True
 )
 app.add_typer(rankings_app, name="rankings")
+annotate_app = typer.Typer(
+    help="The live annotation tool (Label Studio): publish a candidates version, pull its annotations. "
+    "URL from the config (annotation.label_studio_url), API token from $LABEL_STUDIO_API_KEY.",
+    no_args_is_help=True,
+)
+app.add_typer(annotate_app, name="annotate")
 
 
 def _fail(message: str, code: int) -> None:
@@ -452,17 +458,107 @@ def propose(
 def rankings_ingest(
     ctx: typer.Context,
     files: list[str] = typer.Argument(
-        ..., help="Exports: native .jsonl/.csv/.parquet or Label Studio .json (paths or s3:// URIs)."
+        ...,
+        help="Exports: native .jsonl/.csv/.parquet, or Label Studio JSON / JSON_MIN (.json) or CSV (paths or s3:// URIs).",
     ),
     candidates: str | None = typer.Option(
         None, help="Candidates version the judgements are about (default: the newest)."
     ),
     round_index: int = typer.Option(0, "--round", help="Round k: picks the acceptance threshold alpha_k."),
+    label_config: Path | None = typer.Option(
+        None,
+        help="Labeling config (XML, from the project's Settings > Labeling Interface > Code) of the Label Studio "
+        "project the exports came from; default: the templates `flywheel annotate publish` creates.",
+        exists=True,
+        dir_okay=False,
+    ),
 ) -> None:
     """Archive the exports as received, check every row (bad rows are quarantined with their
-    reason), count each submission once, and commit the round's SFT, preference (DPO) and
-    hard-case datasets. Re-ingesting a file changes nothing."""
-    _run_flow(ctx, "flows.rankings:rankings", files=files, candidates=candidates, round_index=round_index)
+    reason), count each submission once (a later edit of it is a revision), print one line per
+    file, and commit the round's SFT, preference (DPO) and hard-case datasets. Re-ingesting a
+    file changes nothing. Exit 1 when a gate fails (e.g. an export with no usable judgement)."""
+    configs = {f: label_config.read_text() for f in files} if label_config else None
+    _run_flow(
+        ctx,
+        "flows.rankings:rankings",
+        files=files,
+        candidates=candidates,
+        round_index=round_index,
+        label_configs=configs,
+    )
+
+
+def _candidates_version(cfg: FlywheelConfig, store, version: str | None) -> str:
+    from flywheel.core.datasets import list_versions
+
+    found = version or next((v["version"] for v in list_versions(store, "candidates")[-1:]), None)
+    if found is None:
+        _fail(f"no candidates in {cfg.store_root}: run `flywheel propose` first", EXIT_NOT_FOUND)
+    return str(found)
+
+
+def _label_studio(cfg: FlywheelConfig):
+    import os
+
+    from flywheel.feedback.label_studio_api import TOKEN_ENV, LabelStudio, LabelStudioError
+
+    try:
+        return LabelStudio(cfg.annotation.label_studio_url, os.environ.get(TOKEN_ENV, ""))
+    except LabelStudioError as e:
+        _fail(str(e), EXIT_USAGE)
+
+
+@annotate_app.command("publish")
+def annotate_publish(
+    ctx: typer.Context,
+    candidates: str | None = typer.Option(None, help="Candidates version (default: the newest)."),
+) -> None:
+    """Create or update one Label Studio project per template (annotation.templates) for a
+    candidates version and import the tasks it does not have yet. Idempotent. Exit 1 when
+    Label Studio refuses or cannot be reached."""
+    from flywheel.feedback.label_studio_api import LabelStudioError, publish_to_label_studio
+
+    cfg = _cfg(ctx)
+    store = _store(cfg)
+    version = _candidates_version(cfg, store, candidates)
+    try:
+        projects = publish_to_label_studio(_label_studio(cfg), store, version, cfg.annotation)
+    except LabelStudioError as e:
+        _fail(str(e), EXIT_FAILED)
+    for p in projects:
+        typer.echo(f"{p.title}: {p.tasks} tasks ({p.imported} new)  {p.url}")
+
+
+@annotate_app.command("pull")
+def annotate_pull(
+    ctx: typer.Context,
+    candidates: str | None = typer.Option(None, help="Candidates version (default: the newest)."),
+    round_index: int = typer.Option(0, "--round", help="Round k: picks the acceptance threshold alpha_k."),
+) -> None:
+    """Export every annotation of the version's Label Studio projects (saved in the store),
+    then ingest them like `flywheel rankings ingest`, each read through its project's labeling
+    config. Pulling again re-ingests nothing; an edited annotation is a revision."""
+    from flywheel.feedback.label_studio_api import LabelStudioError, pull_from_label_studio
+
+    cfg = _cfg(ctx)
+    store = _store(cfg)
+    version = _candidates_version(cfg, store, candidates)
+    try:
+        pulled = pull_from_label_studio(_label_studio(cfg), store, version, cfg.annotation)
+    except LabelStudioError as e:
+        _fail(str(e), EXIT_FAILED)
+    if not pulled:
+        _fail(f"no Label Studio project of candidates {version}: run `flywheel annotate publish`", EXIT_NOT_FOUND)
+    for p in pulled:
+        typer.echo(f"pulled project {p.project_id} ({p.template}) -> {p.uri}")
+    _run_flow(
+        ctx,
+        "flows.rankings:rankings",
+        files=[p.uri for p in pulled],
+        candidates=version,
+        round_index=round_index,
+        label_configs={p.uri: p.label_config for p in pulled},
+    )
 
 
 @rankings_app.command("report")

@@ -266,6 +266,25 @@ class RankingsConfig(_Section):
         return self.model_dump(include={"alpha_schedule", "reject_share", "min_judgements", "bt_alpha", "gold"})
 
 
+class AnnotationConfig(_Section):
+    """The live annotation tool: a Label Studio server (``flywheel annotate publish`` / ``pull``).
+    Its API token comes from the environment (``LABEL_STUDIO_API_KEY``), never from a file."""
+
+    label_studio_url: str = Field("http://127.0.0.1:8080", description="Label Studio's base URL.")
+    templates: list[Literal["pairwise", "ranking", "best-of-n"]] = Field(
+        ["pairwise", "ranking", "best-of-n"], min_length=1, description="One project per template and version."
+    )
+    local_files_root: Path | None = Field(
+        None,
+        description=(
+            "Local store only: Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (a folder holding the "
+            "store root); images are then served by Label Studio as /data/local-files/?d=PATH. "
+            "An s3:// store uses presigned URLs instead."
+        ),
+    )
+    presign_expiry_s: int = Field(7 * 24 * 3600, ge=60, le=7 * 24 * 3600, description="Life of presigned URLs.")
+
+
 class StageSettings(_Section):
     """One training stage; ``steps: 0`` skips it."""
 
@@ -372,6 +391,7 @@ class FlywheelConfig(_Section):
     validation: ValidationConfig = ValidationConfig()
     candidates: CandidatesConfig = CandidatesConfig()
     rankings: RankingsConfig = RankingsConfig()
+    annotation: AnnotationConfig = AnnotationConfig()
     model: ModelSection = ModelSection()
     rounds: RoundsConfig = RoundsConfig()
 

@@ -284,6 +284,8 @@ RANKINGS = register(
                 pa.field("completeness", pa.float64()),
                 pa.field("multiview_consistency", pa.float64()),
                 pa.field("source_file", pa.string(), nullable=False),  # sha256 of the raw export
+                # 0: as first ingested; n: the submission's n-th edit (a later updated_at) superseded it
+                pa.field("revision", pa.int32(), nullable=False),
             ]
         ),
         files=(),

@@ -120,6 +120,9 @@ class DatasetWriter:
         self._tar_path: Path | None = None
         self._tar_count = self._tar_bytes = 0
         self._ref: DatasetRef | None = None
+        #: What the producer saw, for people and gates (e.g. per-file ingestion counts); kept in
+        #: the commit marker, not part of the content digest.
+        self.report: dict[str, Any] = {}
 
     # -- writing ---------------------------------------------------------------------
     def add(self, key: str, row: Mapping[str, Any], files: Mapping[str, bytes]) -> None:
@@ -314,6 +317,8 @@ class DatasetWriter:
             },
             "parents": [p.to_dict() for p in self.parents],
         }
+        if self.report:
+            marker["report"] = canonical(self.report)
         if self._warnings:
             marker["warnings"] = {
                 "rows": len(self._warnings),

@@ -289,6 +289,14 @@ class S3Store(Store):
     def __repr__(self) -> str:
         return f"S3Store({self.root_uri!r}, endpoint={self.endpoint!r})"
 
+    def presigned_url(self, key: str, expires_s: int) -> str:
+        """A URL that lets a browser GET ``key`` for ``expires_s`` seconds, without credentials."""
+        return str(
+            self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": self._k(key)}, ExpiresIn=expires_s
+            )
+        )
+
     def _k(self, key: str) -> str:
         _check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key

@@ -2,9 +2,9 @@
 
 - ``tasks.jsonl``: the native task file, one JSON object per image-pool object, checked
   against :data:`TASK_SCHEMA` (documented below);
-- ``label_studio_pairwise.json`` / ``label_studio_ranking.json``: Label Studio import
-  files for its pairwise-comparison and ranking templates (:data:`LABEL_STUDIO_CONFIGS`
-  holds the labeling configs to create the projects with), checked against their schemas.
+- ``label_studio_<kind>.json`` (pairwise, ranking, best-of-n): Label Studio import files
+  for the three templates in :data:`LABEL_STUDIO_CONFIGS` (the labeling configs
+  ``flywheel annotate publish`` creates its projects with), checked against their schemas.
 
 Every task carries the object id and the candidate ids, so rankings exported from either
 tool map back to the candidate registry.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import jsonschema
 
@@ -48,75 +48,70 @@ TASK_SCHEMA = {
     },
 }
 
-LABEL_STUDIO_PAIRWISE_SCHEMA = {
+_ITEMS = {
     "type": "array",
-    "items": {
+    "minItems": 2,
+    "items": {"type": "object", "required": ["html"], "properties": {"html": {"type": "string"}}},
+}
+_DATA = {"object_id": {"type": "string"}, "task_key": {"type": "string"}, "image": _URI, "mask": _URI}
+
+
+def _import_schema(required: list[str], properties: dict) -> dict:
+    data = {
         "type": "object",
-        "required": ["data"],
-        "properties": {
-            "data": {
-                "type": "object",
-                "required": ["object_id", "image", "left", "right", "left_id", "right_id"],
-                "properties": {
-                    "object_id": {"type": "string"},
-                    "image": _URI,
-                    "left": _URI,
-                    "right": _URI,
-                    "left_id": {"type": "string"},
-                    "right_id": {"type": "string"},
-                },
-            }
-        },
-    },
+        "required": ["object_id", "task_key", "image", *required],
+        "properties": {**_DATA, **properties},
+    }
+    return {"type": "array", "items": {"type": "object", "required": ["data"], "properties": {"data": data}}}
+
+
+#: The Label Studio import files' schemas, by template.
+LABEL_STUDIO_SCHEMAS = {
+    "pairwise": _import_schema(
+        ["left", "right", "left_id", "right_id"],
+        {"left": _URI, "right": _URI, "left_id": {"type": "string"}, "right_id": {"type": "string"}},
+    ),
+    "ranking": _import_schema(["items"], {"items": _ITEMS}),
+    "best-of-n": _import_schema(["options"], {"options": {"type": "array", "minItems": 3}}),
 }
 
-LABEL_STUDIO_RANKING_SCHEMA = {
-    "type": "array",
-    "items": {
-        "type": "object",
-        "required": ["data"],
-        "properties": {
-            "data": {
-                "type": "object",
-                "required": ["object_id", "image", "items"],
-                "properties": {
-                    "object_id": {"type": "string"},
-                    "image": _URI,
-                    "items": {
-                        "type": "array",
-                        "minItems": 2,
-                        "items": {
-                            "type": "object",
-                            "required": ["id", "title", "body"],
-                            "properties": {
-                                "id": {"type": "string"},
-                                "title": {"type": "string"},
-                                "body": {"type": "string"},
-                            },
-                        },
-                    },
-                },
-            }
-        },
-    },
-}
+_PHOTO = """  <Header value="$object_id: the object is the one the mask shows"/>
+  <View style="display: flex; gap: 8px">
+    <Image name="photo" value="$image" maxWidth="320px"/>
+    <Image name="mask" value="$mask" maxWidth="320px"/>
+  </View>"""
 
-#: Labeling configs for the two Label Studio templates these files are made for.
+#: Labeling configs of the three templates; their tag names and task-data keys are what
+#: :mod:`flywheel.feedback.label_studio` reads by default (any other config is read through
+#: its own XML).
 LABEL_STUDIO_CONFIGS = {
-    "pairwise": """<View>
-  <Image name="photo" value="$image"/>
-  <Image name="left" value="$left"/><Image name="right" value="$right"/>
+    "pairwise": f"""<View>
+{_PHOTO}
+  <Header value="Which 3D candidate matches the object better? Click it."/>
+  <View style="display: flex; gap: 16px">
+    <View style="flex: 1"><Image name="left" value="$left" maxWidth="480px"/></View>
+    <View style="flex: 1"><Image name="right" value="$right" maxWidth="480px"/></View>
+  </View>
   <Pairwise name="choice" toName="left,right"/>
 </View>""",
-    "ranking": """<View>
-  <Image name="photo" value="$image"/>
+    "ranking": f"""<View>
+{_PHOTO}
+  <Header value="Drag the acceptable candidates into 'Best first', best on top; unacceptable ones into 'None acceptable'."/>
   <List name="candidates" value="$items" title="Candidates"/>
   <Ranker name="rank" toName="candidates">
     <Bucket name="best" title="Best first"/>
     <Bucket name="rejected" title="None acceptable"/>
   </Ranker>
 </View>""",
+    "best-of-n": f"""<View>
+{_PHOTO}
+  <Header value="Pick the candidate that matches the object best, or 'None acceptable'."/>
+  <Choices name="best" toName="photo" value="$options" choice="single" required="true"/>
+</View>""",
 }
+
+#: The option of a best-of-n task that rejects every candidate.
+NONE_ACCEPTABLE = "None acceptable"
 
 
 def native_tasks(tasks: Iterable[dict]) -> str:
@@ -128,40 +123,43 @@ def native_tasks(tasks: Iterable[dict]) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def label_studio_pairwise(tasks: Iterable[dict]) -> list[dict]:
-    """One Label Studio task per candidate pair of each object."""
-    out = [
-        {
-            "data": {
-                "object_id": t["object_id"],
-                "image": t["image"],
-                "left": a["preview"],
-                "right": b["preview"],
-                "left_id": a["candidate_id"],
-                "right_id": b["candidate_id"],
-            }
-        }
-        for t in tasks
-        for a, b in itertools.combinations(t["candidates"], 2)
-    ]
-    jsonschema.validate(out, LABEL_STUDIO_PAIRWISE_SCHEMA)
-    return out
+def _preview(url: str, width: int = 240) -> str:
+    return f'<img src="{url}" width="{width}"/>'
 
 
-def label_studio_ranking(tasks: Iterable[dict]) -> list[dict]:
-    """One Label Studio ranking task per object; items are the candidates."""
-    out = [
-        {
-            "data": {
-                "object_id": t["object_id"],
-                "image": t["image"],
-                "items": [
-                    {"id": c["candidate_id"], "title": c["member"], "body": f'<img src="{c["preview"]}" width="100%"/>'}
-                    for c in t["candidates"]
-                ],
-            }
-        }
-        for t in tasks
-    ]
-    jsonschema.validate(out, LABEL_STUDIO_RANKING_SCHEMA)
+def label_studio_tasks(kind: str, tasks: Iterable[dict], url: Callable[[str], str] = str) -> list[dict]:
+    """Label Studio tasks of template ``kind`` for native ``tasks``; ``url`` turns a store URI
+    into one the annotator's browser can load (default: unchanged). Each task's ``task_key``
+    identifies it across publications. pairwise: one task per candidate pair of an object;
+    ranking and best-of-n: one task per object."""
+    out = []
+    for t in tasks:
+        base = {"object_id": t["object_id"], "image": url(t["image"]), "mask": url(t["mask"])}
+        cands = t["candidates"]
+        if kind == "pairwise":
+            out += [
+                {
+                    "data": {
+                        **base,
+                        "task_key": f"{t['task_id']}/{a['candidate_id']}/{b['candidate_id']}",
+                        "left": url(a["preview"]),
+                        "right": url(b["preview"]),
+                        "left_id": a["candidate_id"],
+                        "right_id": b["candidate_id"],
+                    }
+                }
+                for a, b in itertools.combinations(cands, 2)
+            ]
+        elif kind == "ranking":
+            items = [
+                {"id": c["candidate_id"], "title": f"{i}. {c['member']}", "html": _preview(url(c["preview"]))}
+                for i, c in enumerate(cands, 1)
+            ]
+            out.append({"data": {**base, "task_key": t["task_id"], "items": items}})
+        elif kind == "best-of-n":
+            options = [{"value": c["candidate_id"], "html": _preview(url(c["preview"]))} for c in cands]
+            out.append({"data": {**base, "task_key": t["task_id"], "options": options + [{"value": NONE_ACCEPTABLE}]}})
+        else:
+            raise ValueError(f"unknown Label Studio template {kind!r} (one of {', '.join(LABEL_STUDIO_CONFIGS)})")
+    jsonschema.validate(out, LABEL_STUDIO_SCHEMAS[kind])
     return out

@@ -17,8 +17,8 @@ time_spent_s          seconds spent, > 0 and <= the configured maximum
 geometry, texture, completeness, multiview_consistency   optional rubric scores 0-10
 ====================  =========================================================================
 
-Label Studio exports of the pairwise and ranking templates made by
-:mod:`flywheel.feedback.annotation` convert to the same rows (:func:`from_label_studio`).
+Label Studio exports (JSON, JSON_MIN, CSV) convert to the same rows
+(:func:`flywheel.feedback.label_studio.read_label_studio`).
 
 Checking is vectorised (pyarrow / pandas): every rejected row gets a reason (see
 :data:`REASONS`); the rest of the file is kept.
@@ -43,7 +43,7 @@ KINDS = ("pairwise", "best-of-n", "reject-all")
 RUBRIC = ("geometry", "texture", "completeness", "multiview_consistency")
 
 #: The native export's columns: the rankings dataset's, less its bookkeeping.
-NATIVE_SCHEMA = pa.schema([f for f in RANKINGS.schema if f.name != "source_file"])
+NATIVE_SCHEMA = pa.schema([f for f in RANKINGS.schema if f.name not in ("source_file", "revision")])
 
 #: Reasons a row is quarantined, for counting.
 REASONS = (
@@ -114,54 +114,9 @@ def read_native(data: bytes, name: str) -> pd.DataFrame:
                 else {"_line": i, "_problem": "not a JSON object"}
             )
         return pd.DataFrame(rows) if rows else _frame([])
-    raise ExportError(f"{name}: unknown export format {suffix!r} (native: .jsonl, .csv, .parquet; Label Studio: .json)")
-
-
-def from_label_studio(data: bytes, name: str) -> pd.DataFrame:
-    """Label Studio JSON export (pairwise or ranking template of flywheel.feedback.annotation) ->
-    native raw rows. Submission id: ``ls-<task id>-<annotation id>``."""
-    try:
-        tasks = json.loads(data)
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{name}: not JSON: {e.msg}") from None
-    if not isinstance(tasks, list):
-        raise ExportError(f"{name}: a Label Studio export is a JSON list of tasks")
-    rows = []
-    for t_index, task in enumerate(tasks, 1):
-        task = task if isinstance(task, dict) else {}
-        d = task.get("data") or {}
-        for ann in task.get("annotations") or []:
-            base = {
-                "submission_id": f"ls-{task.get('id')}-{ann.get('id')}",
-                "annotator_id": _ls_user(ann),
-                "object_id": d.get("object_id"),
-                "timestamp": ann.get("created_at"),
-                "time_spent_s": ann.get("lead_time"),
-                "_line": t_index,
-                "_problem": None,
-            }
-            for result in ann.get("result") or []:
-                value = result.get("value") or {}
-                if result.get("type") == "pairwise" or "selected" in value:
-                    side = value.get("selected")
-                    winner = d.get("left_id") if side == "left" else d.get("right_id") if side == "right" else None
-                    loser = d.get("right_id") if side == "left" else d.get("left_id") if side == "right" else None
-                    rows.append({**base, "kind": "pairwise", "winner": winner, "losers": [loser] if loser else None})
-                elif result.get("type") == "ranker" or "ranker" in value:
-                    buckets = value.get("ranker") or {}
-                    best, rejected = list(buckets.get("best") or []), list(buckets.get("rejected") or [])
-                    if best:
-                        rows.append({**base, "kind": "best-of-n", "winner": best[0], "losers": best[1:] + rejected})
-                    else:
-                        rows.append({**base, "kind": "reject-all", "winner": None, "losers": rejected})
-    return pd.DataFrame(rows) if rows else _frame([])
-
-
-def _ls_user(ann: dict):
-    user = ann.get("completed_by")
-    if isinstance(user, dict):
-        user = user.get("email") or user.get("id")
-    return None if user is None else str(user)
+    raise ExportError(
+        f"{name}: unknown export format {suffix!r} (native: .jsonl, .csv, .parquet; Label Studio: .json, .csv)"
+    )
 
 
 def _loser_lists(column: pd.Series, flag) -> pa.ListArray:

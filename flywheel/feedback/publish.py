@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TaskFiles:
     """Where a candidates version's annotation tasks are: store URIs of the native task file
-    (``tasks``) and the Label Studio imports (``label_studio_pairwise``, ``label_studio_ranking``)."""
+    (``tasks``) and the Label Studio imports (``label_studio_<template>``)."""
 
     candidates: DatasetRef
     uris: dict[str, str]
@@ -159,14 +159,13 @@ def publish_tasks(
         store.put_bytes(f"{prefix}/inputs/{oid}-mask.png", sample["mask.png"])
     outputs = {
         "tasks": ("tasks.jsonl", annotation.native_tasks(tasks)),
-        "label_studio_pairwise": (
-            "label_studio_pairwise.json",
-            json.dumps(annotation.label_studio_pairwise(tasks), indent=1),
-        ),
-        "label_studio_ranking": (
-            "label_studio_ranking.json",
-            json.dumps(annotation.label_studio_ranking(tasks), indent=1),
-        ),
+        **{
+            f"label_studio_{kind}": (
+                f"label_studio_{kind}.json",
+                json.dumps(annotation.label_studio_tasks(kind, tasks), indent=1),
+            )
+            for kind in annotation.LABEL_STUDIO_CONFIGS
+        },
     }
     uris, local = {}, {}
     for name, (filename, text) in outputs.items():

@@ -13,7 +13,6 @@ native and Label Studio exports that people do, which go through the same ingest
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -138,40 +137,6 @@ def simulate(
                     }
                 )
     return rows
-
-
-def to_label_studio(rows: list[dict]) -> str:
-    """The same judgements as a Label Studio export (pairwise and ranking templates)."""
-    tasks: dict[tuple, dict] = {}
-    for n, r in enumerate(rows, 1):
-        if r["kind"] == "pairwise":
-            left, right = sorted([r["winner"], r["losers"][0]])
-            key: tuple[str, ...] = ("pairwise", r["object_id"], left, right)
-            data = {
-                "object_id": r["object_id"],
-                "image": "",
-                "left": "",
-                "right": "",
-                "left_id": left,
-                "right_id": right,
-            }
-            result = {"type": "pairwise", "value": {"selected": "left" if r["winner"] == left else "right"}}
-        else:
-            key = ("ranking", r["object_id"])
-            data = {"object_id": r["object_id"], "image": "", "items": []}
-            best = [r["winner"]] + r["losers"] if r["kind"] == "best-of-n" else []
-            result = {"type": "ranker", "value": {"ranker": {"best": best, "rejected": [] if best else r["losers"]}}}
-        task = tasks.setdefault(key, {"id": len(tasks) + 1, "data": data, "annotations": []})
-        task["annotations"].append(
-            {
-                "id": n,
-                "completed_by": {"email": r["annotator_id"]},
-                "created_at": r["timestamp"],
-                "lead_time": r["time_spent_s"],
-                "result": [result],
-            }
-        )
-    return json.dumps(list(tasks.values()), indent=1)
 
 
 def truths_for_pool(store, pool) -> dict[str, Truth]:
