@@ -97,6 +97,55 @@ def prefect_server():
         yield
 
 
+def write_small_round(store: Store, objects, candidate_id=lambda o, k: f"{o}-c{k}"):
+    """An image pool of ``objects`` (16x16 photos) and three candidates for each (real
+    datasets, small): -> (pool ref, candidates ref)."""
+    import numpy as np
+
+    from flywheel.core.codecs import encode_npy, encode_png
+    from flywheel.core.contracts import CANDIDATES, IMAGE_POOL
+    from flywheel.core.datasets import write_dataset
+
+    rgb = np.full((16, 16, 3), 120, np.uint8)
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 255
+    pool = write_dataset(
+        store,
+        IMAGE_POOL,
+        "pool-v1",
+        [
+            (
+                o,
+                {"object_id": o, "source": f"test/{o}", "width": 16, "height": 16, "mask_pixels": 64},
+                {"rgb.png": encode_png(rgb), "mask.png": encode_png(mask)},
+            )
+            for o in objects
+        ],
+    )
+    rows = []
+    for o in objects:
+        for k in range(3):
+            occ = np.zeros((4, 4, 4), bool)
+            occ[: k + 1] = True
+            row = {
+                "candidate_id": candidate_id(o, k),
+                "object_id": o,
+                "member": "champion",
+                "kind": "model",
+                "model_version": "sam3d/1",
+                "seed": k,
+                "guidance": 0.0,
+                "steps": 25,
+                "retrieved_mesh_id": "",
+                "R": np.eye(3).ravel().tolist(),
+                "t": [0.0, 0.0, 2.5],
+                "s": 1.0,
+                "occupied_fraction": float(occ.mean()),
+            }
+            rows.append((row["candidate_id"], row, {"occ.npy": encode_npy(occ)}))
+    return pool, write_dataset(store, CANDIDATES, "candidates-v1", rows, parents=[pool])
+
+
 # -- flow runs shared by several test modules (session: each runs once) ---------------------
 
 MICRO_CANDIDATES = {

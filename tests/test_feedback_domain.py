@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
+from conftest import write_small_round
 
-from flywheel.core.codecs import decode_npy, encode_npy, encode_png
+from flywheel.core.codecs import decode_npy
 from flywheel.core.config import RankingsConfig, StoreConfig
-from flywheel.core.contracts import CANDIDATES, IMAGE_POOL, RANKINGS
-from flywheel.core.datasets import Dataset, version_of, write_dataset
+from flywheel.core.contracts import RANKINGS
+from flywheel.core.datasets import Dataset, version_of
 from flywheel.core.store import LocalStore
 from flywheel.feedback.aggregate import judge_round
 from flywheel.feedback.decisions import write_decisions
@@ -26,45 +26,7 @@ SETTINGS = {"annotators": None, "max_file_bytes": 1_000_000, "max_time_spent_s":
 def round_data(tmp_path):
     """An image pool of two objects and three candidates for each."""
     store = LocalStore(tmp_path / "store")
-    rgb = np.full((16, 16, 3), 120, np.uint8)
-    mask = np.zeros((16, 16), np.uint8)
-    mask[4:12, 4:12] = 255
-    pool = write_dataset(
-        store,
-        IMAGE_POOL,
-        "pool-v1",
-        [
-            (
-                o,
-                {"object_id": o, "source": f"test/{o}", "width": 16, "height": 16, "mask_pixels": 64},
-                {"rgb.png": encode_png(rgb), "mask.png": encode_png(mask)},
-            )
-            for o in OBJECTS
-        ],
-    )
-    rows = []
-    for o in OBJECTS:
-        for k in range(3):
-            occ = np.zeros((4, 4, 4), bool)
-            occ[: k + 1] = True
-            row = {
-                "candidate_id": f"{o}-c{k}",
-                "object_id": o,
-                "member": "champion",
-                "kind": "model",
-                "model_version": "sam3d/1",
-                "seed": k,
-                "guidance": 0.0,
-                "steps": 25,
-                "retrieved_mesh_id": "",
-                "R": np.eye(3).ravel().tolist(),
-                "t": [0.0, 0.0, 2.5],
-                "s": 1.0,
-                "occupied_fraction": float(occ.mean()),
-            }
-            rows.append((row["candidate_id"], row, {"occ.npy": encode_npy(occ)}))
-    candidates = write_dataset(store, CANDIDATES, "candidates-v1", rows, parents=[pool])
-    return store, pool, candidates
+    return (store, *write_small_round(store, OBJECTS))
 
 
 def _export(path, rows):
@@ -196,3 +158,40 @@ def test_exports_become_rankings_then_round_datasets(round_data, tmp_path):
     # committed once: deciding again finds the same versions and writes nothing
     again = decide()
     assert again == refs
+
+
+def test_gates_fail_on_an_export_without_usable_judgements_and_on_a_reject_all_jump(round_data, tmp_path):
+    """What a misreading parser produces: a file that yields nothing, or winners read as
+    reject-alls. Both fail the rankings gate; a normal follow-up export passes."""
+    from flywheel.core.config import ValidationConfig
+    from flywheel.validation.suites import validate
+
+    store, _, candidates = round_data
+
+    def ingest(rows, name, previous=None):
+        path = _export(tmp_path / name, rows)
+        inputs = {"files": [name], "previous": previous, "candidates": candidates}
+        ref, _ = ingest_exports(
+            store,
+            StoreConfig(),
+            [(path, name)],
+            version=version_of(RANKINGS, inputs=inputs),
+            inputs=inputs,
+            candidates=candidates,
+            previous=previous,
+            settings=SETTINGS,
+            writer_options={},
+        )
+        return ref, validate(Dataset(store, ref.name, ref.version), ValidationConfig())
+
+    good = [{**FIRST_S1, "submission_id": f"g{i}", "annotator_id": f"ann-{i}"} for i in range(4)]
+    base, report = ingest(good, "good.jsonl")
+    assert report.success, report.summary()
+    _, report = ingest([{**FIRST_S1, "kind": "pairwise"}], "misread.jsonl", base)  # one malformed row only
+    assert [(f.table, f.column) for f in report.failures] == [("files", "usable")]
+    rejects = [{**FIRST_S7, "submission_id": f"r{i}", "annotator_id": f"ann-{i}"} for i in range(4)]
+    _, report = ingest(rejects, "rejects.jsonl", base)
+    assert [(f.table, f.column) for f in report.failures] == [("reject_share", "reject_share_jump")]
+    more = [{**FIRST_S1, "submission_id": f"m{i}", "annotator_id": f"ann-{i}"} for i in range(3)] + rejects[:1]
+    _, report = ingest(more, "more.jsonl", base)
+    assert report.success, report.summary()

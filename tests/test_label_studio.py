@@ -6,9 +6,9 @@ export must give exactly the winners and losers the annotators chose."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -87,9 +87,9 @@ class Studio:
         out = {}
         for fmt, suffix in FORMATS:
             params = {"exportType": fmt} | ({"download_all_tasks": "true"} if all_tasks else {})
-            data = self.api.call("GET", f"/api/projects/{project}/export", params=params)
+            data = self.api.call("GET", f"/api/projects/{project}/export", params=params, raw=True)
             path = folder / f"project{project}-{fmt}-{'all' if all_tasks else 'annotated'}{suffix}"
-            path.write_bytes(data if isinstance(data, bytes) else json.dumps(data).encode())
+            path.write_bytes(data)  # as Label Studio sent it
             out[fmt] = path
         return out
 
@@ -222,3 +222,213 @@ def test_a_labeling_config_without_judgements_is_refused():
         LabelingConfig.parse('<View><Image name="i" value="$image"/><TextArea name="t" toName="i"/></View>')
     with pytest.raises(ExportError, match="not a labeling config"):
         LabelingConfig.parse("<View>")
+
+
+# -- publish, annotate in the browser, pull -----------------------------------------------------
+
+
+#: (loaded, failed) images served by Label Studio's local-files serving on the page.
+LOADED_PREVIEWS = """(() => { const a = [...document.images].filter(i => i.src.includes('local-files') && i.complete);
+  return [a.filter(i => i.naturalWidth > 0).length, a.filter(i => !i.naturalWidth).length]; })()"""
+
+
+def _browser_annotations(server, projects: dict[str, tuple[int, list[dict]]], shots: Path) -> dict[str, int]:
+    """Log in to the web UI in headless Chromium and annotate the first task of each project
+    the way a person does: click the better of a pair, pick an option, drag a ranking.
+    Returns, per page, (loaded, failed) images served as local files."""
+    from playwright.sync_api import sync_playwright
+
+    def drag(page, source, target, dy: float = 40) -> None:
+        """Drag by the mouse (Label Studio's ranker listens to pointer events), dropping ``dy``
+        below the target's header: near the top goes first, further down goes anywhere."""
+        a, b = source.bounding_box(), target.bounding_box()
+        page.mouse.move(a["x"] + a["width"] / 2, a["y"] + a["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(a["x"] + a["width"] / 2 + 5, a["y"] + a["height"] / 2 + 5, steps=5)
+        page.mouse.move(b["x"] + b["width"] / 2, b["y"] + dy, steps=20)
+        page.mouse.up()
+        page.wait_for_timeout(300)
+
+    def open_task(page, template: str) -> None:
+        pid, tasks = projects[template]
+        page.goto(f"{server.url}/projects/{pid}/data?task={tasks[0]['id']}")
+        page.get_by_role("button", name="Submit").wait_for()
+        page.wait_for_load_state("networkidle")
+
+    def submit(page, template: str) -> None:
+        page.screenshot(path=str(shots / f"{template}.png"))
+        page.get_by_role("button", name="Submit").click()
+        page.wait_for_load_state("networkidle")
+
+    loaded = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(f"{server.url}/user/login/")
+        page.fill("input[name=email]", server.email)
+        page.fill("input[name=password]", server.password)
+        page.click("button[type=submit]")
+        page.wait_for_load_state("networkidle")
+
+        open_task(page, "pairwise")  # photo, mask, left, right: click the right one
+        images = page.locator("img[src^=blob]")
+        box = images.nth(3).bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        submit(page, "pairwise")
+
+        open_task(page, "best-of-n")  # the second option
+        options = page.locator("label").filter(has=page.locator("img"))
+        loaded["best-of-n"] = page.evaluate(LOADED_PREVIEWS)
+        options.nth(1).click()
+        submit(page, "best-of-n")
+
+        open_task(page, "ranking")  # 3 best, then 1; 2 rejected
+        best = page.get_by_text("Best first", exact=True).first
+        rejected = page.get_by_text("None acceptable", exact=True).first
+        drag(page, page.get_by_text("1. champion", exact=True).first, best)
+        drag(page, page.get_by_text("3. champion", exact=True).first, best)
+        drag(page, page.get_by_text("2. champion", exact=True).first, rejected)
+        loaded["ranking"] = page.evaluate(LOADED_PREVIEWS)
+        submit(page, "ranking")
+        browser.close()
+    return loaded
+
+
+def test_publish_annotate_in_the_browser_then_pull(studio: Studio, prefect_server, tmp_path, monkeypatch, capsys):
+    """`flywheel annotate publish` makes the projects (again: nothing new), people annotate
+    in the web UI and through the API (with a skip), `flywheel annotate pull` ingests exactly
+    their judgements (again: nothing new), and an annotation edited in Label Studio becomes a
+    revision that supersedes the earlier judgement."""
+    from conftest import write_small_round
+
+    from flywheel.cli.main import app
+    from flywheel.core.codecs import encode_png
+    from flywheel.core.datasets import Dataset, list_versions
+    from flywheel.core.store import LocalStore
+
+    server = studio.server
+    store = LocalStore(tmp_path / "store")
+    objects = ["obj-a", "obj-b"]
+    _, candidates = write_small_round(store, objects, lambda o, k: f"cand-{objects.index(o) * 10 + k + 1:020x}")
+    prefix = f"annotation/{candidates.version}"
+    registry = Dataset(store, candidates.name, candidates.version).manifest().to_pylist()
+    colours = iter([(200, 60, 60), (60, 200, 60), (60, 60, 200)] * 2)
+    for c in registry:
+        store.put_bytes(f"{prefix}/previews/{c['candidate_id']}.png", encode_png(_swatch(next(colours))))
+    for o in objects:
+        store.put_bytes(f"{prefix}/inputs/{o}.png", encode_png(_swatch((120, 120, 120))))
+    native = [
+        {
+            "task_id": f"{candidates.version}/{o}",
+            "object_id": o,
+            "candidates_dataset": str(candidates),
+            "image": store.uri(f"{prefix}/inputs/{o}.png"),
+            "mask": store.uri(f"{prefix}/inputs/{o}.png"),
+            "sheet": store.uri(f"{prefix}/inputs/{o}.png"),
+            "candidates": [
+                {
+                    "candidate_id": c["candidate_id"],
+                    "preview": store.uri(f"{prefix}/previews/{c['candidate_id']}.png"),
+                    "member": "champion",
+                }
+                for c in registry
+                if c["object_id"] == o
+            ],
+            "kinds": ["pairwise", "best-of-n", "reject-all"],
+        }
+        for o in objects
+    ]
+    store.put_bytes(f"{prefix}/tasks.jsonl", annotation.native_tasks(native).encode())
+    env = {
+        "FLYWHEEL__STORE__ROOT": str(store.root),
+        "FLYWHEEL__ANNOTATION__LABEL_STUDIO_URL": server.url,
+        "FLYWHEEL__ANNOTATION__LOCAL_FILES_ROOT": str(server.document_root),
+        "LABEL_STUDIO_API_KEY": server.token,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+    def cli(*args: str) -> str:
+        """The command in this process (its flows use the session's Prefect server)."""
+        code = app(list(args), standalone_mode=False)
+        captured = capsys.readouterr()  # the flow's prints go to Prefect's log (stderr)
+        output = captured.out + captured.err
+        assert code in (0, None), output
+        return output
+
+    published = cli("annotate", "publish")
+    assert [line.split(":")[1].split("(")[0].strip() for line in published.splitlines()] == [
+        "6 tasks",
+        "2 tasks",
+        "2 tasks",
+    ]
+    assert "(0 new)" in cli("annotate", "publish") and server.token not in published
+    projects = {}
+    for p in studio.api.projects():
+        if p["title"].startswith("flywheel ") and p["title"].endswith(candidates.version):
+            template = p["title"].split()[1]
+            projects[template] = (
+                p["id"],
+                sorted(
+                    studio.api.call("GET", "/api/tasks", params={"project": p["id"]})["tasks"], key=lambda t: t["id"]
+                ),
+            )
+    assert sorted(projects) == ["best-of-n", "pairwise", "ranking"]
+
+    loaded = _browser_annotations(server, projects, tmp_path)
+    assert all(ok >= 3 and failed == 0 for ok, failed in loaded.values()), f"previews did not load: {loaded}"
+    other = studio.user("second@example.com")
+    pairs = projects["pairwise"][1]
+    edited = studio.annotate(pairs[1], [result("choice", "choice", "pairwise", {"selected": "left"})], user=other)
+    studio.skip(pairs[2])
+    studio.annotate(
+        projects["best-of-n"][1][1], [result("best", "photo", "choices", {"choices": ["None acceptable"]})], user=other
+    )
+
+    a, b = ([c["candidate_id"] for c in registry if c["object_id"] == o] for o in objects)
+    me, them = f"label-studio-user-{studio.me}", f"label-studio-user-{other}"
+    d0, d1 = pairs[0]["data"], pairs[1]["data"]
+    expected = {
+        (me, "pairwise", d0["right_id"], (d0["left_id"],)),
+        (them, "pairwise", d1["left_id"], (d1["right_id"],)),
+        (me, "best-of-n", a[1], (a[0], a[2])),
+        (them, "reject-all", None, tuple(b)),
+        (me, "best-of-n", a[2], (a[0], a[1])),
+    }
+
+    def pulled() -> tuple[str, set]:
+        output = cli("annotate", "pull")
+        ref = list_versions(store, "rankings")[-1]
+        rows = Dataset(store, "rankings", ref["version"]).manifest().to_pylist()
+        return (
+            output,
+            ref["version"],
+            {(r["annotator_id"], r["kind"], r["winner"], tuple(sorted(r["losers"]))): r for r in rows},
+        )
+
+    output, version, rows = pulled()
+    assert set(rows) == expected, output
+    assert (
+        "[Label Studio JSON]: 2 rows read, 2 accepted, 0 already ingested, 0 revised, 0 quarantined; 1 skipped"
+        in output
+    )
+
+    output, again, _ = pulled()
+    assert again == version and "ingested before" in output
+
+    studio.api.call(
+        "PATCH",
+        f"/api/annotations/{edited}",
+        json={"result": [result("choice", "choice", "pairwise", {"selected": "right"})]},
+    )
+    output, revised, rows = pulled()
+    assert revised != version and "1 revised" in output, output
+    flipped = (them, "pairwise", d1["right_id"], (d1["left_id"],))
+    assert set(rows) == expected - {(them, "pairwise", d1["left_id"], (d1["right_id"],))} | {flipped}
+    assert rows[flipped]["revision"] == 1
+
+
+def _swatch(colour) -> np.ndarray:
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[8:56, 8:56] = colour
+    return image

@@ -200,6 +200,15 @@ class ValidationConfig(_Section):
     min_accept_rate: float = Field(0.2, ge=0, le=1, description="Flying Occlusions: accepted / attempted samples.")
     band_tolerance: float = Field(0.05, ge=0, description="Slack on the visible band (final vs cheap render).")
     sample_checks: int = Field(500, ge=0, description="Samples streamed for pixel-level checks; 0: none.")
+    max_reject_share_jump: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description=(
+            "Rankings: how far the reject-all share of a version's new judgements may rise above that of the "
+            "judgements before it (a reader that misses winners makes every judgement look like a reject-all)."
+        ),
+    )
     overrides: dict[str, str] = Field(
         default_factory=dict, description="NAME or NAME@VERSION -> reason: let a failed gate pass, recorded in MLflow."
     )

@@ -56,14 +56,17 @@ class LabelStudio:
     def __repr__(self) -> str:
         return f"LabelStudio({self.url!r})"
 
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def call(self, method: str, path: str, *, raw: bool = False, **kwargs: Any) -> Any:
+        """One API call: the decoded JSON body (``raw``: the bytes as sent)."""
         try:
             r = self._session.request(method, f"{self.url}{path}", timeout=self.timeout_s, **kwargs)
         except requests.RequestException as e:
             raise LabelStudioError(f"Label Studio at {self.url} cannot be reached ({type(e).__name__})") from None
         if r.status_code >= 400:
             raise LabelStudioError(f"{method} {path}: HTTP {r.status_code}: {r.text[:300]}")
-        return r.json() if r.content and "json" in r.headers.get("content-type", "") else r.content
+        if raw or not r.content or "json" not in r.headers.get("content-type", ""):
+            return r.content
+        return r.json()
 
     def projects(self) -> list[dict[str, Any]]:
         out, page = [], 1
@@ -92,9 +95,7 @@ class LabelStudio:
 
     def export(self, project: int, export_type: str = "JSON") -> bytes:
         """An export of every annotated task, as Label Studio's Export dialog writes it."""
-        return bytes(
-            self.call("GET", f"/api/projects/{project}/export", params={"exportType": export_type}, stream=False)
-        )
+        return bytes(self.call("GET", f"/api/projects/{project}/export", params={"exportType": export_type}, raw=True))
 
 
 @dataclass(frozen=True)

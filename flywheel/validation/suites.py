@@ -519,7 +519,21 @@ def _rankings(ds: Dataset, cfg: ValidationConfig) -> dict:
     refs = (
         (named, [E.ExpectColumnValuesToBeInSet(column="owner_matches", value_set=[True])]) if registry else (named, [])
     )
+    # the exports this version added: each must hold a usable judgement, and their reject-all
+    # share must not jump above that of the judgements before them
+    reports = (ds.marker.get("report") or {}).get("files", [])
+    files = pd.DataFrame(
+        [(r["name"], r["accepted"] + r["duplicates"] + r["revised"]) for r in reports], columns=["file", "usable"]
+    )
+    new = m["source_file"].isin([r["digest"] for r in reports])
+    rejects = m["kind"] == "reject-all"
+    jump = float(rejects[new].mean() - rejects[~new].mean()) if new.any() and (~new).any() else 0.0
     return {
+        "files": (files, [E.ExpectColumnValuesToBeBetween(column="usable", min_value=1)]),
+        "reject_share": (
+            pd.DataFrame({"reject_share_jump": [jump]}),
+            [E.ExpectColumnValuesToBeBetween(column="reject_share_jump", max_value=cfg.max_reject_share_jump)],
+        ),
         "manifest": (
             m,
             _common(ds, m, "submission_id")
