@@ -40,6 +40,12 @@ if [ -n "$extras" ]; then
     [ -x "$LS_VENV/bin/python" ] || "$PYTHON" -m venv "$LS_VENV"
     "$LS_VENV/bin/python" -m pip --disable-pip-version-check install -q "label-studio==1.23.2"
   fi
+  # A real asset library no one here made, for the mesh tests: robosuite's wheel (its object
+  # meshes; not installed, only read; pip's cache keeps the download).
+  if [ ! -f .cache/assets/robosuite-1.5.2-py3-none-any.whl ]; then
+    echo "setup: fetching the robosuite 1.5.2 wheel (its mesh assets, for the tests) ..."
+    "${pip[@]}" download -q --no-deps "robosuite==1.5.2" -d .cache/assets
+  fi
   # ... and drive its web UI with Debian's headless Chromium (Playwright cannot download one here).
   if ! command -v chromium >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

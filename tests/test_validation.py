@@ -444,6 +444,7 @@ def test_rankings_suite_checks_the_chain_to_candidates(store, meshes):
                 "completeness": [None],
                 "multiview_consistency": [None],
                 "source_file": ["f"],
+                "revision": [0],
             },
             schema=RANKINGS.schema,
         )
