@@ -478,7 +478,8 @@ def rankings_ingest(
     file, and commit the round's SFT, preference (DPO) and hard-case datasets. Re-ingesting a
     file changes nothing. Exit 1 when a gate fails (e.g. an export with no usable judgement)."""
     configs = {f: label_config.read_text() for f in files} if label_config else None
-    _run_flow(
+    before = _latest_version(_cfg(ctx), "rankings")
+    result = _run_flow(
         ctx,
         "flows.rankings:rankings",
         files=files,
@@ -486,12 +487,32 @@ def rankings_ingest(
         round_index=round_index,
         label_configs=configs,
     )
+    _print_ingestion(_cfg(ctx), result, files, before)
 
 
-def _candidates_version(cfg: FlywheelConfig, store, version: str | None) -> str:
+def _latest_version(cfg: FlywheelConfig, name: str) -> str | None:
     from flywheel.core.datasets import list_versions
 
-    found = version or next((v["version"] for v in list_versions(store, "candidates")[-1:]), None)
+    return next((v["version"] for v in list_versions(_store(cfg), name)[-1:]), None)
+
+
+def _print_ingestion(cfg: FlywheelConfig, result: RunSummary, files: list[str], before: str | None) -> None:
+    """One line per export: what the new rankings version took from it, or that every export
+    was ingested before (the version ``before`` the run is still the newest)."""
+    from flywheel.core.datasets import Dataset
+    from flywheel.feedback.ingest import file_reports
+
+    ref = next(d for d in result.datasets if d.name == "rankings")
+    marker = Dataset(_store(cfg), ref.name, ref.version).marker
+    reports = {r.name: r for r in file_reports(marker)} if ref.version != before else {}
+    typer.echo("exports:")
+    for f in files:
+        name = Path(f).name
+        typer.echo(f"  {reports[name].line()}" if name in reports else f"  {name}: ingested before, nothing new")
+
+
+def _candidates_version(cfg: FlywheelConfig, version: str | None) -> str:
+    found = version or _latest_version(cfg, "candidates")
     if found is None:
         _fail(f"no candidates in {cfg.store_root}: run `flywheel propose` first", EXIT_NOT_FOUND)
     return str(found)
@@ -520,7 +541,7 @@ def annotate_publish(
 
     cfg = _cfg(ctx)
     store = _store(cfg)
-    version = _candidates_version(cfg, store, candidates)
+    version = _candidates_version(cfg, candidates)
     try:
         projects = publish_to_label_studio(_label_studio(cfg), store, version, cfg.annotation)
     except LabelStudioError as e:
@@ -542,7 +563,7 @@ def annotate_pull(
 
     cfg = _cfg(ctx)
     store = _store(cfg)
-    version = _candidates_version(cfg, store, candidates)
+    version = _candidates_version(cfg, candidates)
     try:
         pulled = pull_from_label_studio(_label_studio(cfg), store, version, cfg.annotation)
     except LabelStudioError as e:
@@ -551,14 +572,17 @@ def annotate_pull(
         _fail(f"no Label Studio project of candidates {version}: run `flywheel annotate publish`", EXIT_NOT_FOUND)
     for p in pulled:
         typer.echo(f"pulled project {p.project_id} ({p.template}) -> {p.uri}")
-    _run_flow(
+    files = [p.uri for p in pulled]
+    before = _latest_version(cfg, "rankings")
+    result = _run_flow(
         ctx,
         "flows.rankings:rankings",
-        files=[p.uri for p in pulled],
+        files=files,
         candidates=version,
         round_index=round_index,
         label_configs={p.uri: p.label_config for p in pulled},
     )
+    _print_ingestion(cfg, result, files, before)
 
 
 @rankings_app.command("report")
