@@ -97,7 +97,7 @@ def prefect_server():
         yield
 
 
-def write_small_round(store: Store, objects, candidate_id=lambda o, k: f"{o}-c{k}"):
+def write_small_round(store: Store, objects, candidate_id=lambda o, k: f"{o}-c{k}", version: str = "candidates-v1"):
     """An image pool of ``objects`` (16x16 photos) and three candidates for each (real
     datasets, small): -> (pool ref, candidates ref)."""
     import numpy as np
@@ -143,7 +143,7 @@ def write_small_round(store: Store, objects, candidate_id=lambda o, k: f"{o}-c{k
                 "occupied_fraction": float(occ.mean()),
             }
             rows.append((row["candidate_id"], row, {"occ.npy": encode_npy(occ)}))
-    return pool, write_dataset(store, CANDIDATES, "candidates-v1", rows, parents=[pool])
+    return pool, write_dataset(store, CANDIDATES, version, rows, parents=[pool])
 
 
 # -- flow runs shared by several test modules (session: each runs once) ---------------------

@@ -11,11 +11,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import BUCKET, s3_store_config, write_small_round
 
+from flywheel.core.codecs import encode_png
+from flywheel.core.config import AnnotationConfig
+from flywheel.core.datasets import Dataset
+from flywheel.core.records import DatasetRef
+from flywheel.core.store import LocalStore, S3Store
 from flywheel.feedback import annotation
 from flywheel.feedback.exports import check
 from flywheel.feedback.label_studio import LabelingConfig, read_label_studio
-from flywheel.feedback.label_studio_api import LabelStudio
+from flywheel.feedback.label_studio_api import LabelStudio, publish_to_label_studio
 
 pytestmark = pytest.mark.slow
 
@@ -294,22 +300,14 @@ def _browser_annotations(server, projects: dict[str, tuple[int, list[dict]]], sh
     return loaded
 
 
-def test_publish_annotate_in_the_browser_then_pull(studio: Studio, prefect_server, tmp_path, monkeypatch, capsys):
-    """`flywheel annotate publish` makes the projects (again: nothing new), people annotate
-    in the web UI and through the API (with a skip), `flywheel annotate pull` ingests exactly
-    their judgements (again: nothing new), and an annotation edited in Label Studio becomes a
-    revision that supersedes the earlier judgement."""
-    from conftest import write_small_round
-
-    from flywheel.cli.main import app
-    from flywheel.core.codecs import encode_png
-    from flywheel.core.datasets import Dataset, list_versions
-    from flywheel.core.store import LocalStore
-
-    server = studio.server
-    store = LocalStore(tmp_path / "store")
+def publishable_round(store, version: str) -> tuple[list[str], DatasetRef, list[dict]]:
+    """A small real round in ``store`` as `flywheel propose` leaves it for annotators: image
+    pool, candidates (ids cand-...), previews, and the native task file.
+    -> (object ids, candidates ref, candidate rows)"""
     objects = ["obj-a", "obj-b"]
-    _, candidates = write_small_round(store, objects, lambda o, k: f"cand-{objects.index(o) * 10 + k + 1:020x}")
+    _, candidates = write_small_round(
+        store, objects, lambda o, k: f"cand-{objects.index(o) * 10 + k + 1:020x}", version=version
+    )
     prefix = f"annotation/{candidates.version}"
     registry = Dataset(store, candidates.name, candidates.version).manifest().to_pylist()
     colours = iter([(200, 60, 60), (60, 200, 60), (60, 60, 200)] * 2)
@@ -339,6 +337,21 @@ def test_publish_annotate_in_the_browser_then_pull(studio: Studio, prefect_serve
         for o in objects
     ]
     store.put_bytes(f"{prefix}/tasks.jsonl", annotation.native_tasks(native).encode())
+    return objects, candidates, registry
+
+
+def test_publish_annotate_in_the_browser_then_pull(studio: Studio, prefect_server, tmp_path, monkeypatch, capsys):
+    """`flywheel annotate publish` makes the projects (again: nothing new), people annotate
+    in the web UI and through the API (with a skip), `flywheel annotate pull` ingests exactly
+    their judgements (again: nothing new), and an annotation edited in Label Studio becomes a
+    revision that supersedes the earlier judgement."""
+
+    from flywheel.cli.main import app
+    from flywheel.core.datasets import Dataset, list_versions
+
+    server = studio.server
+    store = LocalStore(tmp_path / "store")
+    objects, candidates, registry = publishable_round(store, "candidates-local")
     env = {
         "FLYWHEEL__STORE__ROOT": str(store.root),
         "FLYWHEEL__ANNOTATION__LABEL_STUDIO_URL": server.url,
@@ -431,3 +444,25 @@ def _swatch(colour) -> np.ndarray:
     image = np.zeros((64, 64, 3), np.uint8)
     image[8:56, 8:56] = colour
     return image
+
+
+def test_an_s3_store_publishes_presigned_urls_a_browser_can_load(studio: Studio, seaweedfs):
+    """With an s3:// store, Label Studio's tasks show presigned URLs: loadable without
+    credentials (as the annotator's browser loads them), and a second publish adds nothing."""
+    import requests
+
+    root = f"s3://{BUCKET}/label-studio-presigned"
+    store = S3Store(root, s3_store_config(seaweedfs, root))
+    _, candidates, registry = publishable_round(store, "candidates-s3")
+    settings = AnnotationConfig(templates=["best-of-n"], presign_expiry_s=600)
+    [project] = publish_to_label_studio(studio.api, store, candidates.version, settings)
+    assert (project.tasks, project.imported) == (2, 2)
+    tasks = studio.api.call("GET", "/api/tasks", params={"project": project.project_id})["tasks"]
+    urls = [t["data"]["image"] for t in tasks] + [
+        o["html"].split('"')[1] for t in tasks for o in t["data"]["options"] if "html" in o
+    ]
+    assert len(urls) == 2 + len(registry) and all("Signature=" in u for u in urls)  # SigV2 or SigV4
+    for url in urls:
+        response = requests.get(url, timeout=10)  # no credentials: only the signature
+        assert response.ok and response.content[:8] == b"\x89PNG\r\n\x1a\n", url
+    assert publish_to_label_studio(studio.api, store, candidates.version, settings)[0].imported == 0
