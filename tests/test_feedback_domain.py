@@ -35,6 +35,22 @@ def _export(path, rows):
     return str(path)
 
 
+def ingest_one(store, candidates, export: str, digest: str, previous):
+    """Commit the next rankings version with one export -> (ref, [its FileReport])."""
+    inputs = {"files": [digest], "previous": previous, "candidates": candidates}
+    return ingest_exports(
+        store,
+        StoreConfig(),
+        [(export, digest)],
+        version=version_of(RANKINGS, inputs=inputs),
+        inputs=inputs,
+        candidates=candidates,
+        previous=previous,
+        settings=SETTINGS,
+        writer_options={},
+    )
+
+
 FIRST_S1 = {
     "submission_id": "s1",
     "annotator_id": "ann-2",
@@ -81,18 +97,7 @@ def test_exports_become_rankings_then_round_datasets(round_data, tmp_path):
     )
 
     def ingest(export: str, digest: str, previous):
-        inputs = {"files": [digest], "previous": previous, "candidates": candidates}
-        return ingest_exports(
-            store,
-            StoreConfig(),
-            [(export, digest)],
-            version=version_of(RANKINGS, inputs=inputs),
-            inputs=inputs,
-            candidates=candidates,
-            previous=previous,
-            settings=SETTINGS,
-            writer_options={},
-        )
+        return ingest_one(store, candidates, export, digest, previous)
 
     ref, [report] = ingest(first, "d1", None)
     assert (report.rows, report.accepted, report.duplicates, report.quarantined) == (4, 3, 0, {"malformed row": 1})
@@ -169,19 +174,7 @@ def test_gates_fail_on_an_export_without_usable_judgements_and_on_a_reject_all_j
     store, _, candidates = round_data
 
     def ingest(rows, name, previous=None):
-        path = _export(tmp_path / name, rows)
-        inputs = {"files": [name], "previous": previous, "candidates": candidates}
-        ref, _ = ingest_exports(
-            store,
-            StoreConfig(),
-            [(path, name)],
-            version=version_of(RANKINGS, inputs=inputs),
-            inputs=inputs,
-            candidates=candidates,
-            previous=previous,
-            settings=SETTINGS,
-            writer_options={},
-        )
+        ref, _ = ingest_one(store, candidates, _export(tmp_path / name, rows), name, previous)
         return ref, validate(Dataset(store, ref.name, ref.version), ValidationConfig())
 
     good = [{**FIRST_S1, "submission_id": f"g{i}", "annotator_id": f"ann-{i}"} for i in range(4)]

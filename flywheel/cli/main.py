@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 import yaml
@@ -58,7 +58,7 @@ annotate_app = typer.Typer(
 app.add_typer(annotate_app, name="annotate")
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
@@ -518,15 +518,25 @@ def _candidates_version(cfg: FlywheelConfig, version: str | None) -> str:
     return str(found)
 
 
-def _label_studio(cfg: FlywheelConfig):
+def _on_label_studio(ctx: typer.Context, candidates: str | None, action) -> tuple[FlywheelConfig, str, Any]:
+    """Run ``action(client, store, candidates version, annotation settings)`` against the
+    configured Label Studio (token from the environment) -> (config, version, its result).
+    No token: exit 2; Label Studio refuses or cannot be reached: exit 1."""
     import os
 
     from flywheel.feedback.label_studio_api import TOKEN_ENV, LabelStudio, LabelStudioError
 
+    cfg = _cfg(ctx)
+    store = _store(cfg)
+    version = _candidates_version(cfg, candidates)
     try:
-        return LabelStudio(cfg.annotation.label_studio_url, os.environ.get(TOKEN_ENV, ""))
+        client = LabelStudio(cfg.annotation.label_studio_url, os.environ.get(TOKEN_ENV, ""))
     except LabelStudioError as e:
         _fail(str(e), EXIT_USAGE)
+    try:
+        return cfg, version, action(client, store, version, cfg.annotation)
+    except LabelStudioError as e:
+        _fail(str(e), EXIT_FAILED)
 
 
 @annotate_app.command("publish")
@@ -537,15 +547,9 @@ def annotate_publish(
     """Create or update one Label Studio project per template (annotation.templates) for a
     candidates version and import the tasks it does not have yet. Idempotent. Exit 1 when
     Label Studio refuses or cannot be reached."""
-    from flywheel.feedback.label_studio_api import LabelStudioError, publish_to_label_studio
+    from flywheel.feedback.label_studio_api import publish_to_label_studio
 
-    cfg = _cfg(ctx)
-    store = _store(cfg)
-    version = _candidates_version(cfg, candidates)
-    try:
-        projects = publish_to_label_studio(_label_studio(cfg), store, version, cfg.annotation)
-    except LabelStudioError as e:
-        _fail(str(e), EXIT_FAILED)
+    _, version, projects = _on_label_studio(ctx, candidates, publish_to_label_studio)
     for p in projects:
         typer.echo(f"{p.title}: {p.tasks} tasks ({p.imported} new)  {p.url}")
 
@@ -559,15 +563,9 @@ def annotate_pull(
     """Export every annotation of the version's Label Studio projects (saved in the store),
     then ingest them like `flywheel rankings ingest`, each read through its project's labeling
     config. Pulling again re-ingests nothing; an edited annotation is a revision."""
-    from flywheel.feedback.label_studio_api import LabelStudioError, pull_from_label_studio
+    from flywheel.feedback.label_studio_api import pull_from_label_studio
 
-    cfg = _cfg(ctx)
-    store = _store(cfg)
-    version = _candidates_version(cfg, candidates)
-    try:
-        pulled = pull_from_label_studio(_label_studio(cfg), store, version, cfg.annotation)
-    except LabelStudioError as e:
-        _fail(str(e), EXIT_FAILED)
+    cfg, version, pulled = _on_label_studio(ctx, candidates, pull_from_label_studio)
     if not pulled:
         _fail(f"no Label Studio project of candidates {version}: run `flywheel annotate publish`", EXIT_NOT_FOUND)
     for p in pulled:
