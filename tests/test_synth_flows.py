@@ -180,7 +180,9 @@ def test_propose_flow_on_the_rounds_composites(synthetic: Made, proposed: Made):
 
 def test_rankings_flow_from_simulated_annotators(proposed: Made, tmp_path):
     """Simulated annotators judge the proposed candidates against the composites' ground
-    truth and write a JSONL and a CSV export (one row malformed, one from an intruder); ingestion quarantines those two, decisions give SFT / DPO / hard-case
+    truth and write a JSONL and a CSV export (one row malformed, one from an intruder) and
+    an oversized file; ingestion quarantines those three (the gate stops on the file that
+    gave nothing until overridden), decisions give SFT / DPO / hard-case
     datasets; ingesting the same files again changes nothing."""
     import json
 
@@ -218,6 +220,12 @@ def test_rankings_flow_from_simulated_annotators(proposed: Made, tmp_path):
         "FLYWHEEL__RANKINGS__ANNOTATORS": json.dumps(["ann-1", "ann-2", "ann-3"]),
         "FLYWHEEL__RANKINGS__MAX_FILE_MB": "1",
     }
+    # the oversized file yields no judgement: the gate stops the round until someone looks
+    with pytest.raises(Exception, match=r"files\[usable\]"):
+        rankings(
+            [str(native), str(studio), str(big)], candidates=cands.version, config=_config(Path(store.root), **env)
+        )
+    env["FLYWHEEL__VALIDATION__OVERRIDES"] = json.dumps({"rankings": "too-big.jsonl is too big on purpose"})
     cfg = _config(Path(store.root), **env)
 
     result = rankings([str(native), str(studio), str(big)], candidates=cands.version, config=cfg)
@@ -234,8 +242,11 @@ def test_rankings_flow_from_simulated_annotators(proposed: Made, tmp_path):
         r["winner"] in {c["candidate_id"] for c in candidates[r["object_id"]]} for r in prefs.manifest().to_pylist()
     )
     stages = [r.data.tags[lineage.STAGE_TAG] for r in lineage.stage_runs(result.mlflow_run_id)]
-    assert stages[:3] == ["ingest-rankings", "validate-rankings", "decide"]
-    decide_run = lineage.stage_runs(result.mlflow_run_id)[2]
+    # the re-run after the gate failed continues the same round run: its stages follow the first ones
+    last = len(stages) - 1 - stages[::-1].index("ingest-rankings")
+    assert stages[:2] == ["ingest-rankings", "validate-rankings"]
+    assert stages[last : last + 3] == ["ingest-rankings", "validate-rankings", "decide"]
+    decide_run = lineage.stage_runs(result.mlflow_run_id)[last + 2]
     assert "accept_rate" in decide_run.data.metrics
     assert "rankings/rankings_report.png" in [
         a.path for a in mlflow.MlflowClient().list_artifacts(decide_run.info.run_id, "rankings")
