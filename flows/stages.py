@@ -238,7 +238,7 @@ def ingest_and_decide(
     judged = ingest_rankings(cfg, files, digests, candidates, previous, settings, label_configs, parent_run_id=parent)
     reports = {r.digest: r for r in file_reports(Dataset(store_for(cfg), judged.name, judged.version).marker)}
     for f, d in zip(files, digests):
-        print(reports[d].line() if d in reports and judged != previous else f"{f}: ingested before (unchanged)")
+        print(reports[d].line() if d in reports and judged != previous else f"{f}: ingested before, nothing new")
     gate_for(cfg, judged, parent)
     pool = next(
         p

@@ -71,6 +71,14 @@ class FileReport:
         )
 
 
+class _WholeFile(Exception):
+    """A file refused before it is read."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
 def file_reports(marker: Mapping[str, Any]) -> list[FileReport]:
     """The per-file reports a rankings version's commit marker holds."""
     return [FileReport(**r) for r in (marker.get("report") or {}).get("files", [])]
@@ -108,16 +116,14 @@ def ingest_exports(
         report = FileReport(name, digest)
         reports.append(report)
         store.create_if_absent(f"rankings/raw/{digest}/{name}", data)  # as received, once
-        if len(data) > settings["max_file_bytes"]:
-            bad = [("file too large", f"{name}: {len(data)} bytes, over {settings['max_file_bytes']}")]
-            quarantine += [{"item_id": name, "kind": "file", "reason": r, "detail": d} for r, d in bad]
-            report.quarantined = {"file too large": 1}
-            continue
         try:
+            if len(data) > settings["max_file_bytes"]:
+                raise _WholeFile("file too large", f"{name}: {len(data)} bytes, over {settings['max_file_bytes']}")
             raw, problems = _read(data, name, report, (label_configs or {}).get(uri), object_of)
-        except ExportError as e:
-            quarantine.append({"item_id": name, "kind": "file", "reason": "unreadable file", "detail": str(e)})
-            report.quarantined = {"unreadable file": 1}
+        except (_WholeFile, ExportError) as e:
+            reason = e.reason if isinstance(e, _WholeFile) else "unreadable file"
+            quarantine.append({"item_id": name, "kind": "file", "reason": reason, "detail": str(e)})
+            report.quarantined = {reason: 1}
             continue
         good, bad = check(
             raw,

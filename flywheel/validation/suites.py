@@ -36,6 +36,7 @@ import pandas as pd
 
 from flywheel.core.config import ValidationConfig
 from flywheel.core.datasets import Dataset, DatasetCorrupt
+from flywheel.feedback.ingest import file_reports
 
 log = logging.getLogger(__name__)
 
@@ -521,11 +522,9 @@ def _rankings(ds: Dataset, cfg: ValidationConfig) -> dict:
     )
     # the exports this version added: each must hold a usable judgement, and their reject-all
     # share must not jump above that of the judgements before them
-    reports = (ds.marker.get("report") or {}).get("files", [])
-    files = pd.DataFrame(
-        [(r["name"], r["accepted"] + r["duplicates"] + r["revised"]) for r in reports], columns=["file", "usable"]
-    )
-    new = m["source_file"].isin([r["digest"] for r in reports])
+    reports = file_reports(ds.marker)
+    files = pd.DataFrame([(r.name, r.usable) for r in reports], columns=["file", "usable"])
+    new = m["source_file"].isin([r.digest for r in reports])
     rejects = m["kind"] == "reject-all"
     jump = float(rejects[new].mean() - rejects[~new].mean()) if new.any() and (~new).any() else 0.0
     return {
