@@ -265,7 +265,7 @@ def _from_json(tasks: list[dict[str, Any]], out: LabelStudioExport) -> list[_Ann
 
 def _from_min(rows: list[dict[str, Any]], config: LabelingConfig, out: LabelStudioExport) -> list[_Annotation]:
     found, tasks = [], set()
-    tags = set(config.controls) | set(config.other_controls)
+    tags = [*config.controls, *config.other_controls]  # config order: the same rows in the same order
     for line, row in enumerate(rows, 1):
         tasks.add(row.get("id"))
         if row.get("annotation_id") in (None, ""):
