@@ -439,6 +439,18 @@ def test_publish_annotate_in_the_browser_then_pull(studio: Studio, prefect_serve
     assert set(rows) == expected - {(them, "pairwise", d1["left_id"], (d1["right_id"],))} | {flipped}
     assert rows[flipped]["revision"] == 1
 
+    # the same annotations exported by hand as JSON_MIN and ingested with the project's config:
+    # the same submission ids, so nothing new
+    project = projects["best-of-n"][0]
+    export = tmp_path / "best-of-n-min.json"
+    export.write_bytes(
+        studio.api.call("GET", f"/api/projects/{project}/export", params={"exportType": "JSON_MIN"}, raw=True)
+    )
+    config = tmp_path / "best-of-n.xml"
+    config.write_text(studio.api.call("GET", f"/api/projects/{project}")["label_config"])
+    output = cli("rankings", "ingest", str(export), "--label-config", str(config), "--candidates", candidates.version)
+    assert "[Label Studio JSON_MIN]: 2 rows read, 0 accepted, 2 already ingested" in output, output
+
 
 def _swatch(colour) -> np.ndarray:
     image = np.zeros((64, 64, 3), np.uint8)
