@@ -374,7 +374,7 @@ def test_publish_annotate_in_the_browser_then_pull(studio: Studio, prefect_serve
         "2 tasks",
         "2 tasks",
     ]
-    assert "(0 new)" in cli("annotate", "publish") and server.token not in published
+    assert cli("annotate", "publish").count("(0 new, 0 refreshed)") == 3 and server.token not in published
     projects = {}
     for p in studio.api.projects():
         if p["title"].startswith("flywheel ") and p["title"].endswith(candidates.version):
@@ -477,4 +477,13 @@ def test_an_s3_store_publishes_presigned_urls_a_browser_can_load(studio: Studio,
     for url in urls:
         response = requests.get(url, timeout=10)  # no credentials: only the signature
         assert response.ok and response.content[:8] == b"\x89PNG\r\n\x1a\n", url
-    assert publish_to_label_studio(studio.api, store, candidates.version, settings)[0].imported == 0
+    again = publish_to_label_studio(studio.api, store, candidates.version, settings)[0]
+    assert again.imported == 0
+    # presigned URLs expire: publishing with another lifetime gives new URLs, updated in place
+    later = AnnotationConfig(templates=["best-of-n"], presign_expiry_s=1200)
+    refreshed = publish_to_label_studio(studio.api, store, candidates.version, later)[0]
+    assert (refreshed.imported, refreshed.refreshed) == (0, 2)
+    now = studio.api.call("GET", "/api/tasks", params={"project": project.project_id})["tasks"]
+    assert [t["id"] for t in now] == [t["id"] for t in tasks] and all(
+        a["data"]["image"] != b["data"]["image"] for a, b in zip(now, tasks)
+    )

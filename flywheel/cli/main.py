@@ -551,7 +551,7 @@ def annotate_publish(
 
     _, version, projects = _on_label_studio(ctx, candidates, publish_to_label_studio)
     for p in projects:
-        typer.echo(f"{p.title}: {p.tasks} tasks ({p.imported} new)  {p.url}")
+        typer.echo(f"{p.title}: {p.tasks} tasks ({p.imported} new, {p.refreshed} refreshed)  {p.url}")
 
 
 @annotate_app.command("pull")

@@ -4,7 +4,9 @@ pulling its annotations back, through Label Studio's REST API (plain HTTP).
 One project per template (:data:`flywheel.feedback.annotation.LABEL_STUDIO_CONFIGS`) and
 candidates version, titled ``flywheel <template> <version>``. Both directions are
 idempotent: publishing again imports only the tasks the project does not have yet (by the
-task data's ``task_key``) and keeps the labeling config in step; pulling exports every
+task data's ``task_key``), updates the data of tasks whose image URLs changed (presigned
+URLs expire: publish again to refresh them; annotations are kept) and keeps the labeling
+config in step; pulling exports every
 annotation so far (Label Studio exports are cumulative; ingestion counts each submission
 once and takes an edited one as a revision).
 
@@ -77,20 +79,20 @@ class LabelStudio:
                 return out
             page += 1
 
-    def task_keys(self, project: int) -> set[str]:
-        """The ``task_key`` of every task of ``project``."""
-        keys: set[str] = set()
+    def tasks(self, project: int) -> dict[str, dict[str, Any]]:
+        """Every task of ``project`` (id, data) by its data's ``task_key``."""
+        tasks: dict[str, dict[str, Any]] = {}
         page = 1
         while True:
             try:
                 body = self.call("GET", "/api/tasks", params={"project": project, "page": page, "page_size": 500})
             except LabelStudioError as e:  # past the last page
                 if "404" in str(e):
-                    return keys
+                    return tasks
                 raise
-            keys |= {t["data"].get("task_key") for t in body.get("tasks", [])}
+            tasks |= {t["data"].get("task_key"): t for t in body.get("tasks", [])}
             if len(body.get("tasks", [])) < 500:
-                return keys
+                return tasks
             page += 1
 
     def export(self, project: int, export_type: str = "JSON") -> bytes:
@@ -108,6 +110,7 @@ class PublishedProject:
     url: str
     tasks: int
     imported: int
+    refreshed: int  # existing tasks whose data (image URLs) were updated
 
 
 def project_title(template: str, candidates_version: str) -> str:
@@ -157,10 +160,15 @@ def publish_to_label_studio(
         if isinstance(store, LocalStore):
             _local_storage(client, project["id"], store.root / "annotation" / candidates_version)
         tasks = annotation.label_studio_tasks(template, native, url)
-        have = client.task_keys(project["id"])
+        have = client.tasks(project["id"])
         missing = [t for t in tasks if t["data"]["task_key"] not in have]
         if missing:
             client.call("POST", f"/api/projects/{project['id']}/import", json=missing)
+        # tasks whose data changed since (new presigned URLs): updated in place, annotations kept
+        stale = [(have[t["data"]["task_key"]]["id"], t) for t in tasks if t not in missing]
+        stale = [(i, t) for i, t in stale if have[t["data"]["task_key"]]["data"] != t["data"]]
+        for task_id, task in stale:
+            client.call("PATCH", f"/api/tasks/{task_id}", json={"data": task["data"]})
         published.append(
             PublishedProject(
                 template,
@@ -169,6 +177,7 @@ def publish_to_label_studio(
                 f"{client.url}/projects/{project['id']}/data",
                 len(tasks),
                 len(missing),
+                len(stale),
             )
         )
     return published
