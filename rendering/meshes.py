@@ -112,6 +112,10 @@ class CleanMesh:
 # -- safe loading ---------------------------------------------------------------------------
 
 
+#: An absolute Windows path (``E:\\assets\\wood.png``), as exporters leave in MTL files.
+WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
+
+
 def _inside(base: Path, ref: str, what: str, root: Path) -> Path:
     """``ref`` (relative to ``base``) as a real path inside ``root``, or :class:`MeshRejected`."""
     ref = unquote(ref)
@@ -156,7 +160,11 @@ def check_references(path: Path, root: Path | None = None) -> tuple[list[ItemWar
             for tex in re.findall(
                 rb"^\s*(?:map_\w+|bump|disp|decal|norm)\s+(?:-\S+\s+\S+\s+)*(.+?)\s*$", mtl.read_bytes(), re.M
             ):
-                texture = _inside(mtl.parent, tex.decode(errors="replace"), "texture", root)
+                ref = tex.decode(errors="replace")
+                if WINDOWS_PATH.match(ref):  # written on another machine: nothing here to read
+                    warnings.append(ItemWarning("default material", f"texture {ref!r} is a path on another machine"))
+                    continue
+                texture = _inside(mtl.parent, ref, "texture", root)
                 if not texture.exists():
                     warnings.append(ItemWarning("default material", f"texture {texture.name!r} not found"))
                 else:
@@ -214,9 +222,15 @@ def load_mesh_file(path: str | Path, limits: MeshFilter = MeshFilter(), root: Pa
         loaded = trimesh.util.concatenate(geoms)
     if not isinstance(loaded, trimesh.Trimesh):
         raise MeshRejected("no faces", f"loaded as {type(loaded).__name__}")
-    if textures and getattr(loaded.visual, "kind", None) != "texture":  # found, yet not applied
+    if textures and not _texture_image(loaded.visual):  # found, yet not applied
         warnings.append(ItemWarning("default material", "its texture could not be read"))
     return loaded, fmt, warnings
+
+
+def _texture_image(visual) -> bool:
+    """Whether trimesh loaded a texture image (it keeps UVs with no image when it cannot)."""
+    material = getattr(visual, "material", None) if getattr(visual, "kind", None) == "texture" else None
+    return any(getattr(material, a, None) is not None for a in ("image", "baseColorTexture"))
 
 
 def _vertex_colors(mesh) -> np.ndarray:

@@ -97,6 +97,9 @@ def bad_meshes(tmp_path):
     _write_obj(d / "escape.obj", good.vertices, good.faces, header="mtllib ../../secret.mtl")
     (d / "missing_texture.mtl").write_text("newmtl m\nmap_Kd nowhere.png\n")
     _write_obj(d / "missing_texture.obj", good.vertices, good.faces, header="mtllib missing_texture.mtl")
+    (d / "windows_texture.mtl").write_text("newmtl m\nmap_Kd E:\\develop\\data\\table.png\n")  # pybullet's shape_sorter
+    brick = trimesh.creation.box(extents=(1.0, 0.6, 0.4))
+    _write_obj(d / "windows_texture.obj", brick.vertices, brick.faces, header="mtllib windows_texture.mtl")
     (d / "escape.gltf").write_text(
         json.dumps({"asset": {"version": "2.0"}, "buffers": [{"uri": "../outside.bin", "byteLength": 4}]})
     )
@@ -128,14 +131,17 @@ def test_bad_meshes_are_each_quarantined_with_their_reason_and_good_ones_kept(ba
     out = list(library_samples(source_items(str(bad_meshes), StoreConfig(), limits, tmp_path), 16, limits))
     samples = [o for o in out if isinstance(o, Sample)]
     rejects = {o.item_id.rsplit("/", 1)[-1]: (o.reason, o.detail) for o in out if isinstance(o, Rejected)}
-    assert [s.row["source"].rsplit("/", 1)[-1] for s in samples] == ["good.ply", "missing_texture.obj"]
+    kept = ["good.ply", "missing_texture.obj", "windows_texture.obj"]
+    assert [s.row["source"].rsplit("/", 1)[-1] for s in samples] == kept
     assert {k: v[0] for k, v in rejects.items()} == EXPECTED
     assert "points outside" in rejects["escape.obj"][1]
     assert "good.ply" in rejects["good_copy.stl"][1]
     # a missing texture is not fatal: the mesh is kept, in the default material, with a warning
     assert samples[0].warnings == ()
     assert [(w.reason, "nowhere.png" in w.detail) for w in samples[1].warnings] == [("default material", True)]
-    assert len(out) == len(EXPECTED) + 2  # every input accounted for
+    # a texture at an absolute Windows path (left by an exporter) is a missing texture, not a URL
+    assert [(w.reason, "another machine" in w.detail) for w in samples[2].warnings] == [("default material", True)]
+    assert len(out) == len(EXPECTED) + len(kept)  # every input accounted for
 
 
 def test_file_size_limit_refuses_before_loading(tmp_path):
@@ -250,7 +256,10 @@ def test_entries_must_resolve_inside_the_source_root(tmp_path):
     limits = MeshFilter()
 
     from_folder = list(library_samples(source_items(str(lib), StoreConfig(), limits, tmp_path / "w1"), 16, limits))
-    assert [o.row["source"].rsplit("/", 1)[-1] for o in from_folder if isinstance(o, Sample)] == ["box.obj"]
+    [box] = [o for o in from_folder if isinstance(o, Sample)]
+    assert box.row["source"].endswith("box.obj") and box.warnings == ()
+    colours = np.load(io.BytesIO(box.files["mesh.npz"]))["colors"][:, :3]
+    assert not (colours == 180).all()  # the texture was applied (trimesh's own resolver refused ../shared.png)
     refused = {o.item_id.rsplit("/", 1)[-1]: o for o in from_folder if isinstance(o, Rejected)}
     assert set(refused) == {"link.obj"} and refused["link.obj"].reason == "outside the source"
     assert str(outside) in refused["link.obj"].detail
