@@ -190,7 +190,9 @@ def read_label_studio(
                 {
                     **base,
                     "submission_id": f"ls-{ann.task_id}-{ann.annotation_id}",
-                    "_problem": "annotation has no result of a judging tag (" + ", ".join(config.controls) + ")",
+                    "_problem": "annotation has no result of a judging tag ("
+                    + ", ".join(config.controls)
+                    + "): was it exported from a project with another labeling config?",
                 }
             )
         for tag, value in judged:
@@ -206,7 +208,11 @@ def read_label_studio(
                 object_id = next((object_of[c] for c in named if object_of and c in object_of), None)
             rows.append({**row, "object_id": object_id, "kind": kind, "winner": winner, "losers": losers})
     for (tag, tag_type), n in sorted(unread.items()):
-        why = f"a {tag_type} tag is not a judgement" if tag_type else "the tag is not in the labeling config"
+        why = (
+            f"a {tag_type} tag is not a judgement"
+            if tag_type
+            else "the tag is not in the labeling config (give the project's own: rankings ingest --label-config)"
+        )
         out.problems.append(
             {"item_id": f"{name}:tag:{tag}", "kind": "tag", "reason": "unread tag", "detail": f"{n} results: {why}"}
         )
