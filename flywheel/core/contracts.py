@@ -278,7 +278,8 @@ RANKINGS = register(
                 pa.field("winner", pa.string()),  # null for reject-all
                 pa.field("losers", pa.list_(pa.string()), nullable=False),
                 pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
-                pa.field("time_spent_s", pa.float64(), nullable=False),
+                # null: not recorded (a Label Studio annotation made through its API has no lead time)
+                pa.field("time_spent_s", pa.float64()),
                 pa.field("geometry", pa.float64()),  # optional rubric scores 0-10
                 pa.field("texture", pa.float64()),
                 pa.field("completeness", pa.float64()),

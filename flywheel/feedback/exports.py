@@ -13,7 +13,8 @@ kind                  ``pairwise`` (winner vs one loser), ``best-of-n`` (winner 
 winner                candidate id (empty for reject-all)
 losers                candidate ids (CSV: separated by ``;``); for reject-all, those rejected
 timestamp             ISO 8601 with time zone (UTC if none)
-time_spent_s          seconds spent, > 0 and <= the configured maximum
+time_spent_s          seconds spent, > 0 and <= the configured maximum (Label Studio: null when
+                      the annotation has no lead time)
 geometry, texture, completeness, multiview_consistency   optional rubric scores 0-10
 ====================  =========================================================================
 
@@ -188,8 +189,12 @@ def check(
     max_time_spent_s: float,
     now: datetime | None = None,
     clock_skew_s: float = 300.0,
+    duration_required: bool = True,
 ) -> tuple[pa.Table, pd.DataFrame]:
     """Type and check raw rows. ``candidates``: the registry (candidate_id, object_id).
+    ``duration_required``: a missing time_spent_s is malformed (native exports) or unknown
+    (Label Studio: annotations made through its API have no lead time); a given one must
+    always be in range.
 
     Returns (good rows as a NATIVE_SCHEMA table, quarantine rows: item_id, kind, reason,
     detail). Vectorised: candidate ids are flattened with pyarrow and joined against the
@@ -233,7 +238,8 @@ def check(
     flag(is_kind["pairwise"] & (count != 1), "malformed row", "pairwise needs exactly one loser")
     flag(is_kind["best-of-n"] & (count < 1), "malformed row", "best-of-n needs one loser or more")
     time_spent = pd.to_numeric(df["time_spent_s"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    flag(np.isnan(time_spent), "malformed row", "time_spent_s is not a number")
+    missing = df["time_spent_s"].isna().to_numpy() if not duration_required else np.zeros(n, bool)
+    flag(np.isnan(time_spent) & ~missing, "malformed row", "time_spent_s is not a number")
     stamps = pd.to_datetime(df["timestamp"], errors="coerce", utc=True, format="mixed")
     flag(stamps.isna().to_numpy(), "malformed row", "timestamp is not an ISO 8601 time")
     rubric = {}
@@ -344,7 +350,7 @@ def check(
                 **{c: cols[c].take(keep) for c in ("submission_id", "annotator_id", "object_id", "kind", "winner")},
                 "losers": flat.take(keep),
                 "timestamp": pa.array(stamps.iloc[keep.to_numpy()], pa.timestamp("us", tz="UTC")),
-                "time_spent_s": pa.array(time_spent[keep.to_numpy()], pa.float64()),
+                "time_spent_s": pa.array(time_spent[keep.to_numpy()], pa.float64(), from_pandas=True),  # NaN: null
                 **{r: pa.array(rubric[r][keep.to_numpy()], pa.float64(), from_pandas=True) for r in RUBRIC},
             }
         )

@@ -119,7 +119,7 @@ def ingest_exports(
         try:
             if len(data) > settings["max_file_bytes"]:
                 raise _WholeFile("file too large", f"{name}: {len(data)} bytes, over {settings['max_file_bytes']}")
-            raw, problems = _read(data, name, report, (label_configs or {}).get(uri), object_of)
+            raw, problems, native = _read(data, name, report, (label_configs or {}).get(uri), object_of)
         except (_WholeFile, ExportError) as e:
             reason = e.reason if isinstance(e, _WholeFile) else "unreadable file"
             quarantine.append({"item_id": name, "kind": "file", "reason": reason, "detail": str(e)})
@@ -131,6 +131,7 @@ def ingest_exports(
             candidates=registry,
             annotators=settings["annotators"],
             max_time_spent_s=settings["max_time_spent_s"],
+            duration_required=native,
         )
         current, fresh, revised, conflicts = _merge(current, good, digest)
         quarantine += [
@@ -169,8 +170,9 @@ def ingest_exports(
 
 def _read(
     data: bytes, name: str, report: FileReport, label_config: str | None, object_of: Mapping[str, str]
-) -> tuple[Any, list[dict[str, str]]]:
-    """Raw rows of one export and the tag-level problems (quarantine rows)."""
+) -> tuple[Any, list[dict[str, str]], bool]:
+    """Raw rows of one export, the tag-level problems (quarantine rows), and whether it is a
+    native export (whose rows must say how long they took)."""
     suffix = Path(name).suffix.lower()
     if suffix == ".json" or (suffix == ".csv" and is_label_studio_csv(data)):
         config = (
@@ -181,9 +183,9 @@ def _read(
         export = read_label_studio(data, name, config, object_of)
         report.format = f"Label Studio {export.format}"
         report.skipped, report.unannotated = export.skipped, export.unannotated
-        return export.rows, export.problems
+        return export.rows, export.problems, False
     report.format = f"native {suffix[1:]}"
-    return read_native(data, name), []
+    return read_native(data, name), [], True
 
 
 def _merge(current: pa.Table, good: pa.Table, digest: str) -> tuple[pa.Table, int, int, list[str]]:
