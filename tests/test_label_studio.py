@@ -391,11 +391,17 @@ def test_publish_annotate_in_the_browser_then_pull(studio: Studio, prefect_serve
             )
     assert sorted(projects) == ["best-of-n", "pairwise", "ranking"]
 
-    loaded = _browser_annotations(server, projects, tmp_path)
-    assert all(ok >= 3 and failed == 0 for ok, failed in loaded.values()), f"previews did not load: {loaded}"
+    # before anyone annotated, and with one project annotated: only what there is is ingested
+    assert "no annotations yet: nothing to ingest" in cli("annotate", "pull")
     other = studio.user("second@example.com")
     pairs = projects["pairwise"][1]
     edited = studio.annotate(pairs[1], [result("choice", "choice", "pairwise", {"selected": "left"})], user=other)
+    first = cli("annotate", "pull")
+    assert first.count("0 annotations -> nothing to ingest") == 2, first
+    assert "[Label Studio JSON]: 1 rows read, 1 accepted, 0 already ingested" in first, first
+
+    loaded = _browser_annotations(server, projects, tmp_path)
+    assert all(ok >= 3 and failed == 0 for ok, failed in loaded.values()), f"previews did not load: {loaded}"
     studio.skip(pairs[2])
     studio.annotate(
         projects["best-of-n"][1][1], [result("best", "photo", "choices", {"choices": ["None acceptable"]})], user=other
@@ -429,7 +435,7 @@ def test_publish_annotate_in_the_browser_then_pull(studio: Studio, prefect_serve
     assert all((r["time_spent_s"] is None) == (r["annotator_id"] == them) for r in rows.values())
     assert all(r["time_spent_s"] > 0 for r in rows.values() if r["annotator_id"] == me)
     assert (
-        "[Label Studio JSON]: 2 rows read, 2 accepted, 0 already ingested, 0 revised, 0 quarantined; 1 skipped"
+        "[Label Studio JSON]: 2 rows read, 1 accepted, 1 already ingested, 0 revised, 0 quarantined; 1 skipped"
         in output
     )
 

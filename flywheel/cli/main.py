@@ -569,8 +569,13 @@ def annotate_pull(
     if not pulled:
         _fail(f"no Label Studio project of candidates {version}: run `flywheel annotate publish`", EXIT_NOT_FOUND)
     for p in pulled:
-        typer.echo(f"pulled project {p.project_id} ({p.template}) -> {p.uri}")
-    files = [p.uri for p in pulled]
+        typer.echo(
+            f"project {p.project_id} ({p.template}): {p.annotations} annotations -> {p.uri or 'nothing to ingest'}"
+        )
+    files = [p.uri for p in pulled if p.uri]
+    if not files:
+        typer.echo("no annotations yet: nothing to ingest")
+        return
     before = _latest_version(cfg, "rankings")
     result = _run_flow(
         ctx,
@@ -578,7 +583,7 @@ def annotate_pull(
         files=files,
         candidates=version,
         round_index=round_index,
-        label_configs={p.uri: p.label_config for p in pulled},
+        label_configs={p.uri: p.label_config for p in pulled if p.uri},
     )
     _print_ingestion(cfg, result, files, before)
 

@@ -197,12 +197,14 @@ def _local_storage(client: LabelStudio, project: int, folder: Path) -> None:
 
 @dataclass(frozen=True)
 class PulledExport:
-    """One project's export, saved in the store as received, with its labeling config."""
+    """One project's export, saved in the store (``uri``; None when it holds no submitted
+    annotation yet: nothing to ingest), with its labeling config."""
 
     template: str
     project_id: int
-    uri: str
+    uri: str | None
     label_config: str
+    annotations: int  # submitted (not skipped)
 
 
 def pull_from_label_studio(
@@ -218,21 +220,24 @@ def pull_from_label_studio(
         if project is None:
             log.warning("no Label Studio project %r: publish first", project_title(template, candidates_version))
             continue
-        data = client.export(project["id"], "JSON")
-        stable = _without_volatile(data)
-        key = (
-            f"annotation/{candidates_version}/exports/label-studio/"
-            f"{template}-{project['id']}-{hashlib.sha256(stable).hexdigest()[:12]}.json"
-        )
-        store.create_if_absent(key, stable)
-        pulled.append(PulledExport(template, project["id"], store.uri(key), project["label_config"]))
+        tasks = json.loads(client.export(project["id"], "JSON"))
+        submitted = sum(not a.get("was_cancelled") for t in tasks for a in t.get("annotations") or [])
+        uri = None
+        if submitted:  # (an export with nothing to ingest would fail the rankings gate)
+            stable = _without_volatile(tasks)
+            key = (
+                f"annotation/{candidates_version}/exports/label-studio/"
+                f"{template}-{project['id']}-{hashlib.sha256(stable).hexdigest()[:12]}.json"
+            )
+            store.create_if_absent(key, stable)
+            uri = store.uri(key)
+        pulled.append(PulledExport(template, project["id"], uri, project["label_config"], submitted))
     return pulled
 
 
-def _without_volatile(data: bytes) -> bytes:
+def _without_volatile(tasks: list[dict[str, Any]]) -> bytes:
     """The export less what changes without any annotation changing (task bookkeeping that
     Label Studio refreshes), so an unchanged project pulls to the same bytes."""
-    tasks = json.loads(data)
     for t in tasks:
         for k in ("updated_at", "updated_by", "comment_authors", "last_comment_updated_at"):
             t.pop(k, None)
