@@ -114,6 +114,11 @@ def test_exports_become_rankings_then_round_datasets(round_data, tmp_path):
         tmp_path / "batch-2.jsonl",
         [FIRST_S1, FIRST_S7],
     )
+    # a file that cannot be read: its line says why
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not parquet")
+    _, [unreadable] = ingest(str(tmp_path / "bad.parquet"), "d0", ref)
+    assert unreadable.line().startswith("bad.parquet [native parquet]: 0 rows read, 0 accepted")
+    assert "1 quarantined (unreadable file 1): bad.parquet: not a readable Parquet file" in unreadable.line()
     ref2, [report2] = ingest(second, "d2", ref)
     assert report2.accepted == 1 and report2.duplicates == 1 and ref2.num_rows == 4
 

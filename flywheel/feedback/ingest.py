@@ -49,6 +49,7 @@ class FileReport:
     skipped: int = 0
     unannotated: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)
+    error: str = ""  # why the whole file was refused
 
     @property
     def usable(self) -> int:
@@ -68,6 +69,7 @@ class FileReport:
             f"{self.duplicates} already ingested, {self.revised} revised, {bad} quarantined"
             + (f" ({reasons})" if bad else "")
             + extra
+            + (f": {self.error}" if self.error else "")
         )
 
 
@@ -123,7 +125,7 @@ def ingest_exports(
         except (_WholeFile, ExportError) as e:
             reason = e.reason if isinstance(e, _WholeFile) else "unreadable file"
             quarantine.append({"item_id": name, "kind": "file", "reason": reason, "detail": str(e)})
-            report.quarantined = {reason: 1}
+            report.quarantined, report.error = {reason: 1}, str(e)
             continue
         good, bad = check(
             raw,
