@@ -19,7 +19,7 @@ from flywheel.core.datasets import Dataset, list_versions
 from flywheel.core.digests import digest_of, file_digest
 from flywheel.core.records import DatasetRef, RunSummary
 from flywheel.core.runtime import apply_environment
-from flywheel.feedback.ingest import file_reports
+from flywheel.feedback.ingest import file_lines
 from flywheel.feedback.publish import TaskFiles
 from flywheel.learning.ensemble import ensemble_members, resolve_ensemble
 from flywheel.tracking import lineage
@@ -236,9 +236,8 @@ def ingest_and_decide(
     }
     digests = export_digests(cfg, files)
     judged = ingest_rankings(cfg, files, digests, candidates, previous, settings, label_configs, parent_run_id=parent)
-    reports = {r.digest: r for r in file_reports(Dataset(store_for(cfg), judged.name, judged.version).marker)}
-    for f, d in zip(files, digests):
-        print(reports[d].line() if d in reports and judged != previous else f"{f}: ingested before, nothing new")
+    for line in file_lines(Dataset(store_for(cfg), judged.name, judged.version).marker, files, judged != previous):
+        print(line)
     gate_for(cfg, judged, parent)
     pool = next(
         p

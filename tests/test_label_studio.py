@@ -6,6 +6,8 @@ export must give exactly the winners and losers the annotators chose."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -344,7 +346,7 @@ def publishable_round(store, version: str) -> tuple[list[str], DatasetRef, list[
     return objects, candidates, registry
 
 
-def test_publish_annotate_in_the_browser_then_pull(studio: Studio, prefect_server, tmp_path, monkeypatch, capsys):
+def test_publish_annotate_in_the_browser_then_pull(studio: Studio, prefect_server, tmp_path, monkeypatch):
     """`flywheel annotate publish` makes the projects (again: nothing new), people annotate
     in the web UI and through the API (with a skip), `flywheel annotate pull` ingests exactly
     their judgements (again: nothing new), and an annotation edited in Label Studio becomes a
@@ -366,11 +368,14 @@ def test_publish_annotate_in_the_browser_then_pull(studio: Studio, prefect_serve
         monkeypatch.setenv(key, value)
 
     def cli(*args: str) -> str:
-        """The command in this process (its flows use the session's Prefect server)."""
-        code = app(list(args), standalone_mode=False)
-        output = capsys.readouterr().out
-        assert code in (0, None), output
-        return output
+        """The command in this process (its flows use the session's Prefect server). Its output
+        is caught in a buffer that stays open: Prefect's log handlers keep the streams they were
+        set up with, and a closed one (capsys's, after this test) breaks every later flow."""
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            code = app(list(args), standalone_mode=False)
+        assert code in (0, None), buffer.getvalue()
+        return buffer.getvalue()
 
     published = cli("annotate", "publish")
     assert [line.split(":")[1].split("(")[0].strip() for line in published.splitlines()] == [

@@ -500,15 +500,12 @@ def _print_ingestion(cfg: FlywheelConfig, result: RunSummary, files: list[str], 
     """One line per export: what the new rankings version took from it, or that every export
     was ingested before (the version ``before`` the run is still the newest)."""
     from flywheel.core.datasets import Dataset
-    from flywheel.feedback.ingest import file_reports
+    from flywheel.feedback.ingest import file_lines
 
     ref = next(d for d in result.datasets if d.name == "rankings")
-    marker = Dataset(_store(cfg), ref.name, ref.version).marker
-    reports = {r.name: r for r in file_reports(marker)} if ref.version != before else {}
     typer.echo("exports:")
-    for f in files:
-        name = Path(f).name
-        typer.echo(f"  {reports[name].line()}" if name in reports else f"  {name}: ingested before, nothing new")
+    for line in file_lines(Dataset(_store(cfg), ref.name, ref.version).marker, files, ref.version != before):
+        typer.echo(f"  {line}")
 
 
 def _candidates_version(cfg: FlywheelConfig, version: str | None) -> str:

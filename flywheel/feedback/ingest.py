@@ -73,17 +73,17 @@ class FileReport:
         )
 
 
-class _WholeFile(Exception):
-    """A file refused before it is read."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
-
-
 def file_reports(marker: Mapping[str, Any]) -> list[FileReport]:
     """The per-file reports a rankings version's commit marker holds."""
     return [FileReport(**r) for r in (marker.get("report") or {}).get("files", [])]
+
+
+def file_lines(marker: Mapping[str, Any], files: list[str], new_version: bool) -> list[str]:
+    """One line per export of an ingestion that gave the version of ``marker``: what it took
+    from the file, or that the file was ingested before (``new_version`` False: nothing was)."""
+    reports = {r.name: r for r in file_reports(marker)} if new_version else {}
+    names = [Path(f).name for f in files]
+    return [reports[n].line() if n in reports else f"{n}: ingested before, nothing new" for n in names]
 
 
 def ingest_exports(
@@ -118,14 +118,18 @@ def ingest_exports(
         report = FileReport(name, digest)
         reports.append(report)
         store.create_if_absent(f"rankings/raw/{digest}/{name}", data)  # as received, once
-        try:
-            if len(data) > settings["max_file_bytes"]:
-                raise _WholeFile("file too large", f"{name}: {len(data)} bytes, over {settings['max_file_bytes']}")
-            raw, problems, native = _read(data, name, report, (label_configs or {}).get(uri), object_of)
-        except (_WholeFile, ExportError) as e:
-            reason = e.reason if isinstance(e, _WholeFile) else "unreadable file"
-            quarantine.append({"item_id": name, "kind": "file", "reason": reason, "detail": str(e)})
-            report.quarantined, report.error = {reason: 1}, str(e)
+        refusal = None
+        if len(data) > settings["max_file_bytes"]:
+            refusal = ("file too large", f"{name}: {len(data)} bytes, over {settings['max_file_bytes']}")
+        else:
+            try:
+                raw, problems, native = _read(data, name, report, (label_configs or {}).get(uri), object_of)
+            except ExportError as e:
+                refusal = ("unreadable file", str(e))
+        if refusal is not None:
+            reason, detail = refusal
+            quarantine.append({"item_id": name, "kind": "file", "reason": reason, "detail": detail})
+            report.quarantined, report.error = {reason: 1}, detail
             continue
         good, bad = check(
             raw,

@@ -165,8 +165,11 @@ def publish_to_label_studio(
         if missing:
             client.call("POST", f"/api/projects/{project['id']}/import", json=missing)
         # tasks whose data changed since (new presigned URLs): updated in place, annotations kept
-        stale = [(have[t["data"]["task_key"]]["id"], t) for t in tasks if t not in missing]
-        stale = [(i, t) for i, t in stale if have[t["data"]["task_key"]]["data"] != t["data"]]
+        stale = [
+            (have[key]["id"], t)
+            for t in tasks
+            if (key := t["data"]["task_key"]) in have and have[key]["data"] != t["data"]
+        ]
         for task_id, task in stale:
             client.call("PATCH", f"/api/tasks/{task_id}", json={"data": task["data"]})
         published.append(
