@@ -38,14 +38,15 @@ from flows.stages import (
 from flywheel.core.config import SHAPING_SECTIONS, FlywheelConfig
 from flywheel.core.records import DatasetRef, ModelRef, RunSummary
 from flywheel.learning.architecture import model_architecture
+from flywheel.learning.heldout import baseline_warnings, heldout_reports
 from flywheel.learning.stages import stage_settings
 from flywheel.rounds import ledger
 from flywheel.rounds.promotion import promotion
 from flywheel.rounds.record import RoundRecord
 from flywheel.tracking.registry import set_alias
 from tasks.conventions import store_for
-from tasks.rankings import simulate_annotators
-from tasks.training import evaluate_model, register_model, train_stage
+from tasks.rankings import oracle_best_of_n, simulate_annotators
+from tasks.training import evaluate_baselines, evaluate_model, register_model, train_stage
 
 
 def _with(cfg: FlywheelConfig, section: str, **fields: Any) -> FlywheelConfig:
@@ -70,10 +71,10 @@ class Round:
         self._clock = now
 
 
-def composites(cfg: FlywheelConfig, parent: str, seed: int, count: int) -> DatasetRef:
-    """Flying-Occlusions composites of a procedural mesh library of their own (``seed``):
-    objects that the synthetic training data never showed."""
-    held = _with(cfg, "meshes", source=None, seed=seed, num_procedural=cfg.rounds.library_meshes)
+def composites(cfg: FlywheelConfig, parent: str, seed: int, count: int, meshes: int) -> DatasetRef:
+    """Flying-Occlusions composites of a procedural mesh library of their own (``seed``,
+    ``meshes`` meshes): objects that the synthetic training data never showed."""
+    held = _with(cfg, "meshes", source=None, seed=seed, num_procedural=meshes)
     held = _with(held, "occlusions", seed=seed, num_samples=count)
     return occlusions(held, mesh_library(held, parent), parent)
 
@@ -108,7 +109,7 @@ def bootstrap(cfg: FlywheelConfig, parent: str, synthetic: list[DatasetRef], ser
 def propose_round(r: Round, champion: ModelRef, library: DatasetRef) -> tuple[DatasetRef, DatasetRef]:
     """Round k's images (a fresh library seed per round) -> candidates from the champion."""
     cfg = r.cfg
-    fo = composites(cfg, r.parent, cfg.rounds.pool_seed + r.k, cfg.rounds.pool_objects)
+    fo = composites(cfg, r.parent, cfg.rounds.pool_seed + r.k, cfg.rounds.pool_objects, cfg.rounds.library_meshes)
     pool = image_pool(cfg, r.parent, source=f"occlusions@{fo.version}")
     pinned = _with(cfg, "candidates", models={**cfg.candidates.models, "champion": champion.uri})
     proposals = candidates(pinned, pool, r.parent, library=library)
@@ -172,14 +173,15 @@ def close_round(
     set_alias(cfg, challenger, "challenger")
 
     rules = cfg.rounds
-    heldout = composites(cfg, parent, rules.eval_seed, rules.eval_objects)
+    heldout = composites(cfg, parent, rules.eval_seed, rules.eval_objects, meshes=rules.eval_meshes)
     scores = {
         "champion": evaluate_model(cfg, champion, heldout, rules.eval_seeds, "champion", parent_run_id=parent),
         "challenger": evaluate_model(cfg, challenger, heldout, rules.eval_seeds, "challenger", parent_run_id=parent),
+        **evaluate_baselines(cfg, champion, [replay], heldout, parent_run_id=parent),
     }
+    reports = heldout_reports(scores)
     decision = promotion(
-        scores["champion"],
-        scores["challenger"],
+        reports["selection"].gains("challenger-vs-champion"),
         metric=rules.promote_metric,
         min_gain=rules.min_gain,
         max_regression=rules.max_regression,
@@ -207,7 +209,10 @@ def close_round(
         challenger=challenger,
         champion_after=after,
         promotion=decision,
-        evaluation=scores,
+        evaluation=reports["reporting"].summary,
+        heldout=reports,
+        best_of_n=oracle_best_of_n(cfg, proposals, pool, parent_run_id=parent),
+        warnings=baseline_warnings(reports["reporting"]),
         rankings={key: decided[key] for key in keep if key in decided},
         volumes=volumes,
         seconds=r.seconds,
@@ -280,13 +285,7 @@ def play_round(
             _log_summary(cfg, parent, record, [*ledger.committed_rounds(store, series), record])
             record = ledger.write_round(store, record)  # last: the round is committed
             committed.append(record)
-            print(
-                f"round {k}: accept rate {record.rankings['accept_rate']:.2f}, held-out vIoU champion "
-                f"{record.evaluation['champion']['viou']:.3f} / challenger "
-                f"{record.evaluation['challenger']['viou']:.3f} -> "
-                f"{'PROMOTED' if record.promotion.promote else 'kept the champion'} "
-                f"({record.promotion.reason}); champion now {record.champion_after.uri}"
-            )
+            print(ledger.round_text(record))
             print(f"round record: {store.uri(ledger.record_key(series, k))}")
             return [pool, proposals]
 

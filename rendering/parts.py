@@ -112,10 +112,14 @@ def occlusions_part(
                 kind="sample",
             )
         return
+    # occludees go through the library in a seeded order (every mesh once before any twice:
+    # a held-out set of n samples from n meshes shows n distinct objects); occluders at random
+    order = np.random.default_rng(settings["seed"]).permutation(len(mesh_ids))
     picks = {}
     for i in indices:
         rng = np.random.default_rng([settings["seed"], i])
-        a, b = rng.choice(len(mesh_ids), size=2, replace=False)
+        a = int(order[i % len(mesh_ids)])
+        b = int((a + 1 + rng.integers(len(mesh_ids) - 1)) % len(mesh_ids))
         picks[i] = (mesh_ids[a], mesh_ids[b], int(rng.integers(len(backgrounds))), rng)
     meshes = mesh_files(library, sorted({m for p in picks.values() for m in p[:2]}), workdir)
     jobs = [

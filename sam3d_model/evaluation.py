@@ -1,65 +1,169 @@
-"""Held-out evaluation of a model: shape and layout metrics on examples with ground truth.
+"""Held-out evaluation of a model: shape and layout metrics on examples with ground truth,
+and paired bootstrap intervals for the difference between two models on the same objects.
 
 Each object is sampled at fixed seeds (``seeds``), so the same model on the same examples
-always scores the same; per-object scores are averaged over seeds, then over objects.
-Shape: vIoU, F1@0.01, Chamfer (surface to surface, not squared; empty predictions are
-counted apart instead of averaging in an infinity). Layout: rotation error (degrees),
-translation error, ADD-S@0.1 accuracy.
+always scores the same; per-object scores are averaged over seeds, then over objects. The
+metrics and their conventions are those of :mod:`sam3d_model.metrics`: vIoU, F1@0.01,
+Chamfer and EMD (shapes normalised to [-1, 1] each; distances of an empty prediction are
+counted apart instead of averaging in an infinity), ``f1_unit_cube`` / ``chamfer_unit_cube``,
+symmetry-aware rotation error, translation error, ADD-S / diameter, ADD-S@0.1 and oriented
+3D IoU.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from sam3d_model.data import collate
-from sam3d_model.interface import GeometryModel
-from sam3d_model.metrics import add_s_accuracy, rotation_error_deg, shape_metrics, surface_points
+from sam3d_model.interface import Sampler
+from sam3d_model.metrics import (
+    add_s,
+    diameter,
+    occupancy_to_mesh,
+    oriented_box_iou,
+    rotation_error_deg,
+    shape_metrics,
+    surface_points,
+    symmetric_rotation_error_deg,
+    symmetries,
+)
 
-#: Larger is better for these; smaller for the rest (see :func:`better`).
 CONDITION_KEYS = ("crop", "full", "full_valid")
+
+#: Larger is better for these; smaller for every other metric.
+HIGHER_IS_BETTER = frozenset({"viou", "f1", "f1_unit_cube", "add_s_accuracy", "box_iou"})
+
+#: Distances that are infinite for an empty prediction: averaged over the finite ones.
+DISTANCES = ("chamfer", "emd", "chamfer_unit_cube", "add_s")
+
+
+@dataclass(frozen=True)
+class Truth:
+    """One held-out object's ground truth, with what its scores need computed once."""
+
+    occupancy: np.ndarray  # (R, R, R) bool
+    pose: tuple[np.ndarray, np.ndarray, float]  # (R (3, 3), t (3,), s)
+    points: np.ndarray  # (n, 3) surface points of the true shape, normalised frame
+    diameter: float  # of the true shape in the normalised frame (x s in the camera frame)
+    symmetries: np.ndarray  # (k, 3, 3) rotations that map the shape onto itself
+
+    @classmethod
+    def of(cls, example: dict[str, torch.Tensor]) -> Truth:
+        occupancy = example["occupancy"].numpy() > 0.5
+        if not occupancy.any():
+            raise ValueError("held-out example: the true shape is empty")
+        mesh = occupancy_to_mesh(occupancy)
+        pose = (example["rotation"].numpy(), example["translation"].numpy(), float(example["scale"]))
+        points = surface_points(mesh, 512)
+        return cls(occupancy, pose, points, diameter(mesh.vertices), symmetries(surface_points(mesh, 20_000, seed=1)))
+
+
+def score(pred: dict[str, Any], truth: Truth) -> dict[str, float]:
+    """Every metric of one prediction (:meth:`Prediction.item`) against one truth."""
+    pose = (pred["rotation"], pred["translation"], pred["scale"])
+    relative = add_s(truth.points, pose, truth.pose) / (truth.diameter * truth.pose[2])
+    return {
+        **shape_metrics(pred["occupancy"], truth.occupancy, count=1024),
+        "rotation_error_deg": symmetric_rotation_error_deg(pose[0], truth.pose[0], truth.symmetries),
+        "rotation_error_deg_plain": rotation_error_deg(pose[0], truth.pose[0]),
+        "translation_error": float(np.linalg.norm(pose[1] - truth.pose[1])),
+        "add_s": relative,
+        "add_s_accuracy": float(relative < 0.1),
+        "box_iou": oriented_box_iou(pred["occupancy"], pose, truth.occupancy, truth.pose),
+    }
 
 
 def evaluate(
-    model: GeometryModel,
+    model: Sampler,
     examples: list[dict[str, torch.Tensor]],
     *,
     seeds: int = 2,
     batch_size: int = 16,
     shortcut: bool = False,
-) -> dict:
+    truths: list[Truth] | None = None,
+) -> dict[str, Any]:
     """``examples``: training-style examples (condition + ``occupancy``, ``rotation``,
-    ``translation``, ``scale`` targets). Returns {"summary": {metric: mean}, "objects": [...]}."""
+    ``translation``, ``scale`` targets); ``truths``: their :class:`Truth` if already computed
+    (several models on one set). Returns {"summary": {metric: mean}, "objects": [per object]}."""
     if not examples:
         raise ValueError("evaluate: the held-out set is empty")
+    truths = truths or [Truth.of(e) for e in examples]
     per_object: list[list[dict]] = [[] for _ in examples]
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         batch = collate([{k: e[k] for k in CONDITION_KEYS} for e in chunk])
         for seed in range(seeds):
             pred = model.sample(batch, shortcut=shortcut, seed=seed)
-            for i, example in enumerate(chunk):
-                per_object[start + i].append(_score(pred.item(i), example))
+            for i in range(len(chunk)):
+                per_object[start + i].append(score(pred.item(i), truths[start + i]))
     objects = [{k: float(np.mean([s[k] for s in scores])) for k in scores[0]} for scores in per_object]
-    summary = {k: float(np.mean([o[k] for o in objects])) for k in objects[0] if k != "chamfer"}
-    finite = [o["chamfer"] for o in objects if np.isfinite(o["chamfer"])]
-    summary["chamfer"] = float(np.mean(finite)) if finite else float("nan")
+    return {"summary": summarise(objects), "objects": objects}
+
+
+def summarise(objects: list[dict[str, float]]) -> dict[str, float]:
+    """Means over objects (distances over the finite ones), empty predictions and the count."""
+    summary = {k: float(np.mean([o[k] for o in objects])) for k in objects[0] if k not in DISTANCES}
+    for k in DISTANCES:
+        finite = [o[k] for o in objects if k in o and np.isfinite(o[k])]
+        summary[k] = float(np.mean(finite)) if finite else float("nan")
     summary["empty_predictions"] = float(sum(not np.isfinite(o["chamfer"]) for o in objects))
     summary["objects"] = float(len(objects))
-    return {"summary": summary, "objects": objects}
+    return summary
 
 
-def _score(pred: dict[str, np.ndarray], example: dict[str, torch.Tensor]) -> dict[str, float]:
-    true_occ = example["occupancy"].numpy() > 0.5
-    shape = shape_metrics(pred["occupancy"], true_occ, count=1024)
-    true_pose = (example["rotation"].numpy(), example["translation"].numpy(), float(example["scale"]))
-    pred_pose = (pred["rotation"], pred["translation"], pred["scale"])
-    points = surface_points(true_occ, 512) if true_occ.any() else np.zeros((1, 3))
-    return {
-        "viou": shape["viou"],
-        "f1": shape["f1@0.01"],
-        "chamfer": shape["chamfer"],
-        "rotation_error_deg": rotation_error_deg(pred_pose[0], true_pose[0]),
-        "translation_error": float(np.linalg.norm(pred_pose[1] - true_pose[1])),
-        "add_s_accuracy": float(add_s_accuracy(points, pred_pose, true_pose)),
-    }
+def gain(metric: str, new: float, old: float) -> float:
+    """How much better ``new`` is than ``old`` on ``metric`` (positive: better), whichever way it points."""
+    return new - old if metric in HIGHER_IS_BETTER else old - new
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A paired difference (gain of b over a, positive: better) and its bootstrap 95% interval."""
+
+    gain: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.gain:+.4f} [{self.low:+.4f}, {self.high:+.4f}]"
+
+
+def paired_gains(
+    a: list[dict[str, float]],
+    b: list[dict[str, float]],
+    *,
+    groups: list[str] | None = None,
+    resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Interval]:
+    """Per metric, the mean gain of ``b`` over ``a`` on the same objects (per-object paired
+    differences) with a percentile bootstrap interval. ``groups`` (one label per object, e.g.
+    its mesh) makes it a cluster bootstrap: objects of one mesh are drawn together, since they
+    are not independent. Objects where either side is infinite are left out of that metric."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_gains: need the same, non-empty objects on both sides ({len(a)} vs {len(b)})")
+    labels = np.asarray(groups if groups is not None else range(len(a)))
+    clusters = [np.flatnonzero(labels == g) for g in dict.fromkeys(labels.tolist())]
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(len(clusters), size=(resamples, len(clusters)))
+    out = {}
+    for metric in a[0]:
+        if metric not in b[0]:
+            continue
+        diff = np.array([gain(metric, y[metric], x[metric]) for x, y in zip(a, b)])
+        ok = np.isfinite(diff)
+        if not ok.any():
+            continue
+        sums = np.array([diff[c][ok[c]].sum() for c in clusters])
+        counts = np.array([ok[c].sum() for c in clusters])
+        boot = sums[draws].sum(1) / np.maximum(counts[draws].sum(1), 1)
+        tail = (1 - level) / 2 * 100
+        out[metric] = Interval(
+            float(diff[ok].mean()), float(np.percentile(boot, tail)), float(np.percentile(boot, 100 - tail))
+        )
+    return out

@@ -38,7 +38,23 @@ class Prediction:
 
 
 @runtime_checkable
-class GeometryModel(Protocol):
+class Sampler(Protocol):
+    """What evaluation needs of a model or a baseline: proposals for a condition batch."""
+
+    def sample(
+        self,
+        batch: dict[str, torch.Tensor],
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+        shortcut: bool = False,
+        seed: int = 0,
+    ) -> Prediction:
+        """Propose a shape and layout per object; the same seed gives the same proposal."""
+
+
+@runtime_checkable
+class GeometryModel(Sampler, Protocol):
     """sample / losses / encode_shape / decode_shape."""
 
     def sample(

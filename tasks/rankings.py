@@ -27,7 +27,13 @@ from flywheel.core.store import read_uri
 from flywheel.feedback.aggregate import judge_round
 from flywheel.feedback.decisions import RoundDecisions, write_decisions
 from flywheel.feedback.ingest import ingest_exports
-from flywheel.feedback.simulate import SimulatedAnnotator, candidate_records, simulate, truths_for_pool
+from flywheel.feedback.simulate import (
+    SimulatedAnnotator,
+    best_of_n,
+    candidate_records,
+    simulate,
+    truths_for_pool,
+)
 from flywheel.tracking.plots import rankings_report
 from tasks.conventions import flywheel_task, log_datasets, stage, store_for, writer_options
 
@@ -130,6 +136,19 @@ def simulate_annotators(
             store.put_bytes(key, "".join(json.dumps(r) + "\n" for r in rows).encode())
             mlflow.log_metrics({"judgements": len(rows)})
     return store.uri(key)
+
+
+@flywheel_task(name="best-of-n", version="1")
+def oracle_best_of_n(
+    cfg: FlywheelConfig, candidates: DatasetRef, pool: DatasetRef, parent_run_id: str | None = None
+) -> dict[str, float]:
+    """The round's candidates against the pool's ground truth (where it is known): the oracle
+    best-of-N vIoU and the mean candidate of each kind (:func:`flywheel.feedback.simulate.best_of_n`)."""
+    store = store_for(cfg)
+    with stage(cfg, parent_run_id, "best-of-n"):
+        found = best_of_n(candidate_records(store, candidates), truths_for_pool(store, pool))
+        mlflow.log_metrics({k: v for k, v in found.items() if v == v})
+    return found
 
 
 # v2: annotator weights count in the Bradley-Terry fit

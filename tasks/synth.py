@@ -169,7 +169,7 @@ def occlusions_settings(cfg: FlywheelConfig) -> dict:
     return {**s, "visible_band": list(s["visible_band"]), "device": cfg.render.device}
 
 
-@flywheel_task(name="occlusions-part", version="1")
+@flywheel_task(name="occlusions-part", version="2")
 def render_occlusions_part(cfg: FlywheelConfig, library: DatasetRef, indices: list[int], settings: dict) -> DatasetRef:
     """Sample, test and render one batch of occluder/occludee pairs on photos."""
     inputs = {"library": library, "indices": indices, "settings": settings}

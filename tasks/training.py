@@ -16,7 +16,9 @@ import mlflow
 from flywheel.core.config import FlywheelConfig
 from flywheel.core.datasets import Dataset
 from flywheel.core.records import CheckpointRef, DatasetRef, ModelRef
-from flywheel.learning.stages import checkpoint_name, checkpoint_ref, evaluate_checkpoint, local_checkpoint, run_stage
+from flywheel.learning.examples import cached_examples
+from flywheel.learning.heldout import Scores, baseline_scores, load_heldout, score_objects
+from flywheel.learning.stages import checkpoint_name, checkpoint_ref, local_checkpoint, run_stage
 from flywheel.tracking.registry import find_version, register_checkpoint
 from flywheel.tracking.training_log import MlflowTrainLog
 from sam3d_model.checkpoint import load_model, save_checkpoint
@@ -71,7 +73,7 @@ def train_stage(
         return checkpoint_ref(store, key, final)
 
 
-@flywheel_task(name="evaluate", version="1")
+@flywheel_task(name="evaluate", version="2")
 def evaluate_model(
     cfg: FlywheelConfig,
     model: ModelRef,
@@ -79,21 +81,48 @@ def evaluate_model(
     seeds: int,
     label: str = "",
     parent_run_id: str | None = None,
-) -> dict[str, float]:
-    """Held-out metrics of a registered model; the per-object scores are logged as a table."""
+) -> Scores:
+    """A registered model's metrics on every held-out object (logged to MLflow: the means, and
+    the per-object scores as a table)."""
     store = store_for(cfg)
     net = load_model(local_checkpoint(cfg, store, model.checkpoint))
     with stage(
         cfg, parent_run_id, f"evaluate-{label}" if label else "evaluate", params={"model": model.uri, "seeds": seeds}
     ) as run_id:
         log_datasets(run_id, inputs=[heldout])
-        result = evaluate_checkpoint(net, Dataset(store, heldout.name, heldout.version), seeds)
-        mlflow.log_metrics({k: v for k, v in result["summary"].items() if v == v})  # NaN is not logged
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "heldout_objects.json"
-            path.write_text(json.dumps(result["objects"], indent=1))
-            mlflow.log_artifact(str(path), "evaluation")
-    return result["summary"]
+        scores = score_objects(net, load_heldout(net.cfg, Dataset(store, heldout.name, heldout.version)), seeds)
+        _log_scores(scores)
+    return scores
+
+
+@flywheel_task(name="evaluate-baselines", version="1")
+def evaluate_baselines(
+    cfg: FlywheelConfig,
+    model: ModelRef,
+    training: list[DatasetRef],
+    heldout: DatasetRef,
+    parent_run_id: str | None = None,
+) -> dict[str, Scores]:
+    """The constant-shape and retrieval baselines, fitted on ``training`` (decoded for
+    ``model``'s architecture), on every held-out object."""
+    store = store_for(cfg)
+    arch = load_model(local_checkpoint(cfg, store, model.checkpoint)).cfg
+    with stage(cfg, parent_run_id, "evaluate-baselines", params={"model": model.uri}) as run_id:
+        log_datasets(run_id, inputs=[*training, heldout])
+        examples = cached_examples(arch, [Dataset(store, r.name, r.version) for r in training])
+        scores = baseline_scores(examples, load_heldout(arch, Dataset(store, heldout.name, heldout.version)))
+        for who, s in scores.items():
+            mlflow.log_metrics({f"{who}_{k}": v for k, v in s.summary().items() if v == v})
+    return scores
+
+
+def _log_scores(scores: Scores) -> None:
+    mlflow.log_metrics({k: v for k, v in scores.summary().items() if v == v})  # NaN is not logged
+    rows = [{"mesh_id": m, **o} for m, o in zip(scores.mesh_ids, scores.objects)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "heldout_objects.json"
+        path.write_text(json.dumps(rows, indent=1))
+        mlflow.log_artifact(str(path), "evaluation")
 
 
 @flywheel_task(name="register-model", version="2")

@@ -12,11 +12,16 @@ from sam3d_model.metrics import (
     add_s_accuracy,
     box_iou_3d,
     chamfer_distance,
+    diameter,
     earth_movers_distance,
     f_score,
     occupancy_to_mesh,
+    oriented_box_iou,
     rotation_error_deg,
     shape_metrics,
+    surface_points,
+    symmetric_rotation_error_deg,
+    symmetries,
     voxel_iou,
 )
 
@@ -66,11 +71,70 @@ def test_f_score_counts_precision_and_recall():
 def test_shape_metrics_of_identical_and_shifted_balls():
     a = ball()
     same = shape_metrics(a, a)
-    assert same["viou"] == 1.0 and same["f1@0.01"] > 0.99 and same["chamfer"] < 0.005
-    shifted = shape_metrics(a, np.roll(a, 2, axis=0))  # 2 cells = 0.125
-    assert shifted["viou"] < 0.7 and shifted["f1@0.01"] < 0.5 and shifted["chamfer"] > 0.03
+    assert same["viou"] == 1.0 and same["f1"] == 1.0 and same["chamfer"] < 1e-9 and same["emd"] < 1e-9
+    assert same["f1_unit_cube"] == 1.0 and same["chamfer_unit_cube"] < 1e-9
+    shifted = shape_metrics(a, np.roll(a, 2, axis=0))  # 2 cells = 0.125 of the unit cube
+    assert shifted["viou"] < 0.7 and shifted["f1_unit_cube"] < 0.5 and shifted["chamfer_unit_cube"] > 0.03
+    # normalised to [-1, 1] each, a shifted copy is the same shape
+    assert shifted["f1"] == 1.0 and shifted["chamfer"] < 1e-9
     empty = shape_metrics(np.zeros_like(a), a)
-    assert empty["viou"] == 0.0 and empty["f1@0.01"] == 0.0 and empty["chamfer"] == float("inf")
+    assert empty["viou"] == 0.0 and empty["f1"] == 0.0 and empty["chamfer"] == float("inf")
+
+
+def test_f1_is_measured_on_shapes_normalised_to_minus_one_one():
+    # cubes of side 0.5 and 0.75 in the unit cube: the same shape once each spans [-1, 1]
+    # (up to marching cubes' half-cell bevels), far apart without normalising
+    grid = grid_points(16)
+    small, large = (np.abs(grid) < 0.25).all(-1), (np.abs(grid) < 0.375).all(-1)
+    m = shape_metrics(small, large)
+    assert m["viou"] == pytest.approx(8**3 / 12**3)
+    assert m["f1"] > 0.8 and m["chamfer"] < 0.02  # what is left: the bevels, 1/16 vs 1/24 of the side
+    assert m["f1_unit_cube"] < 0.05 and m["chamfer_unit_cube"] > 0.1
+    # the threshold is a fraction of half the longest side: points 0.008 apart on a shape of
+    # side 2 count as matched, on the unit-cube reading of the same points (side 1) too
+    p = lattice(6, 0.4) - 1.0  # spans [-1, 1]
+    x = np.array([1.0, 0.0, 0.0])
+    assert f_score(p + 0.008 * x, p, 0.01) == 1.0 and f_score(p + 0.012 * x, p, 0.01) == 0.0
+
+
+def test_diameter_is_the_largest_distance_not_the_box_diagonal():
+    angles = np.linspace(0, 2 * np.pi, 360, endpoint=False)
+    ring = np.stack([np.cos(angles), np.sin(angles), np.zeros_like(angles)], 1)  # radius 1
+    assert diameter(ring) == pytest.approx(2.0)  # the bounding-box diagonal would be 2√2
+    upright = (np.eye(3), np.zeros(3), 1.0)
+    off = (np.eye(3), np.array([0.0, 0.0, 0.25]), 1.0)  # ADD-S exactly 0.25 (lifted out of its plane)
+    assert add_s(ring, off, upright) == pytest.approx(0.25)
+    assert not add_s_accuracy(ring, off, upright)  # 0.25 >= 0.1 x 2 (it was < 0.1 x 2√2 with the diagonal)
+    assert add_s_accuracy(ring, (np.eye(3), np.array([0.0, 0.0, 0.15]), 1.0), upright)
+    assert add_s_accuracy(ring, off, upright, size=4.0)
+
+
+def test_rotation_error_knows_the_shapes_symmetries():
+    grid = grid_points(16)
+    brick = (np.abs(grid) <= np.array([0.4, 0.2, 0.1])).all(-1)  # three different sides
+    cylinder = (np.linalg.norm(grid[..., :2], axis=-1) <= 0.3) & (np.abs(grid[..., 2]) <= 0.2)  # axis z
+    turn = lambda axis, deg: Rotation.from_euler(axis, deg, degrees=True).as_matrix()  # noqa: E731
+    brick_s = symmetries(surface_points(occupancy_to_mesh(brick), 20_000, seed=1))
+    assert len(brick_s) == 4  # identity and the half turns about x, y, z
+    assert symmetric_rotation_error_deg(turn("z", 180), np.eye(3), brick_s) == pytest.approx(0.0, abs=1e-6)
+    assert symmetric_rotation_error_deg(turn("z", 90), np.eye(3), brick_s) == pytest.approx(90.0)
+    assert rotation_error_deg(turn("z", 180), np.eye(3)) == pytest.approx(180.0)
+    R = turn("xyz", [10, 20, 30])
+    assert symmetric_rotation_error_deg(R @ turn("x", 180), R, brick_s) == pytest.approx(0.0, abs=1e-4)
+    cyl_s = symmetries(surface_points(occupancy_to_mesh(cylinder), 20_000, seed=1))
+    assert symmetric_rotation_error_deg(turn("z", 40), np.eye(3), cyl_s) == pytest.approx(5.0)  # nearest: 45
+    assert symmetric_rotation_error_deg(turn("x", 40), np.eye(3), cyl_s) == pytest.approx(40.0)  # not about x
+
+
+def test_oriented_box_iou_of_placed_shapes():
+    grid = grid_points(16)
+    cube = (np.abs(grid) < 0.25).all(-1)  # side 0.5 in the unit cube
+    pose = (np.eye(3), np.array([0.0, 0.0, 2.5]), 2.0)  # side 1 in the camera frame
+    assert oriented_box_iou(cube, pose, cube, pose) == pytest.approx(1.0)
+    half_side = (np.eye(3), np.array([0.5, 0.0, 2.5]), 2.0)
+    assert oriented_box_iou(cube, half_side, cube, pose) == pytest.approx(1 / 3)
+    assert oriented_box_iou(cube, (np.eye(3), pose[1], 1.0), cube, pose) == pytest.approx(1 / 8)
+    assert oriented_box_iou(np.zeros_like(cube), pose, cube, pose) == 0.0
 
 
 def test_marching_cubes_mesh_is_closed_and_in_the_unit_cube():

@@ -19,13 +19,15 @@ from flywheel.core.records import DatasetRef, ModelRef
 from flywheel.core.store import LocalStore
 from flywheel.feedback.simulate import SimulatedAnnotator
 from flywheel.learning.architecture import model_architecture
+from flywheel.learning.heldout import Scores, baseline_warnings, halves, heldout_reports
 from flywheel.learning.toy import toy_examples
 from flywheel.rounds import ledger as rounds
 from flywheel.rounds.promotion import Promotion, promotion
 from flywheel.rounds.record import SCHEMA_VERSION, RoundRecord
+from sam3d_model.baselines import ConstantShape, Retrieval
 from sam3d_model.config import preset
 from sam3d_model.data import curriculum_stream
-from sam3d_model.evaluation import evaluate
+from sam3d_model.evaluation import Interval, evaluate, paired_gains
 from sam3d_model.model import SmallSam3D
 
 
@@ -55,7 +57,20 @@ def test_evaluation_is_deterministic_and_scores_the_truth_perfectly():
     assert first == second
     summary = first["summary"]
     assert summary["objects"] == 3 and len(first["objects"]) == 3
-    assert {"viou", "f1", "chamfer", "rotation_error_deg", "translation_error", "add_s_accuracy"} <= set(summary)
+    assert {
+        "viou",
+        "f1",
+        "chamfer",
+        "emd",
+        "f1_unit_cube",
+        "chamfer_unit_cube",
+        "rotation_error_deg",
+        "rotation_error_deg_plain",
+        "translation_error",
+        "add_s",
+        "add_s_accuracy",
+        "box_iou",
+    } <= set(summary)
 
     class Oracle:  # predicts each example's own target: the metrics' best values
         def sample(self, batch, *, steps=None, guidance=None, shortcut=False, seed=0):
@@ -71,23 +86,88 @@ def test_evaluation_is_deterministic_and_scores_the_truth_perfectly():
 
     perfect = evaluate(Oracle(), examples, seeds=1)["summary"]
     assert perfect["viou"] == 1.0 and perfect["f1"] == 1.0 and perfect["add_s_accuracy"] == 1.0
+    assert perfect["box_iou"] == pytest.approx(1.0) and perfect["add_s"] == 0.0 and perfect["emd"] == 0.0
     assert perfect["rotation_error_deg"] < 0.1 and perfect["translation_error"] == 0.0
     with pytest.raises(ValueError, match="empty"):
         evaluate(model, [])
 
 
-def test_promotion_rule():
-    champion = {"viou": 0.30, "f1": 0.10, "rotation_error_deg": 40.0}
-    rule = {"metric": "viou", "min_gain": 0.01, "max_regression": {"f1": 0.02, "rotation_error_deg": 5.0}}
-    assert promotion(champion, {**champion, "viou": 0.32}, **rule).promote
-    small = promotion(champion, {**champion, "viou": 0.305}, **rule)
-    assert not small.promote and "gain +0.0050 < 0.01" in small.reason
-    worse_f1 = promotion(champion, {**champion, "viou": 0.35, "f1": 0.07}, **rule)
-    assert not worse_f1.promote and "f1" in worse_f1.regressions
-    worse_rotation = promotion(
-        champion, {**champion, "viou": 0.35, "rotation_error_deg": 50.0}, **rule
-    )  # lower is better
-    assert not worse_rotation.promote and "rotation_error_deg" in worse_rotation.regressions
+def test_promotion_decides_on_intervals_not_means():
+    rule = {"metric": "viou", "min_gain": 0.0, "max_regression": {"f1": 0.02, "rotation_error_deg": 5.0}}
+    flat = {"f1": Interval(0.0, -0.01, 0.01), "rotation_error_deg": Interval(0.0, -1.0, 1.0)}
+    clear = promotion({**flat, "viou": Interval(0.05, 0.01, 0.09)}, **rule)
+    assert clear.promote and clear.interval == (0.01, 0.09) and "95% confidence" in clear.reason
+    noisy = promotion({**flat, "viou": Interval(0.05, -0.01, 0.11)}, **rule)  # same mean gain, wider interval
+    assert not noisy.promote and "not above 0.0" in noisy.reason
+    # a loss whose interval reaches the allowance is not credible; one entirely beyond it is
+    assert promotion({**flat, "viou": Interval(0.05, 0.01, 0.09), "f1": Interval(-0.03, -0.06, -0.01)}, **rule).promote
+    worse = promotion({**flat, "viou": Interval(0.05, 0.01, 0.09), "f1": Interval(-0.05, -0.07, -0.03)}, **rule)
+    assert not worse.promote and worse.regressions == {"f1": 0.05} and "regressed: f1" in worse.reason
+    with pytest.raises(ValueError, match="promote metric 'viou'"):
+        promotion(flat, **rule)
+
+
+def test_paired_gains_are_paired_and_know_which_way_a_metric_points():
+    a = [{"viou": 0.2 + 0.1 * (i % 5), "chamfer": 0.1} for i in range(20)]
+    b = [{"viou": o["viou"] + 0.05, "chamfer": 0.08} for o in a]  # better by exactly 0.05 / 0.02 everywhere
+    gains = paired_gains(a, b, seed=1)
+    assert gains["viou"].gain == pytest.approx(0.05) and gains["viou"].low == pytest.approx(0.05)
+    assert gains["viou"].high == pytest.approx(0.05)  # paired: the objects' spread does not widen it
+    assert gains["chamfer"].gain == pytest.approx(0.02)  # lower is better: a positive gain
+    mixed = [{"viou": o["viou"] + (0.1 if i % 2 else -0.1), "chamfer": 0.1} for i, o in enumerate(a)]
+    noisy = paired_gains(a, mixed, seed=1)["viou"]
+    assert noisy.low < 0 < noisy.high and noisy.gain == pytest.approx(0.0)
+    # whole meshes are drawn together: 2 meshes, one all +0.1, one all -0.1 -> the interval spans both
+    clustered = paired_gains(a, mixed, groups=["m1" if i % 2 else "m2" for i in range(20)], seed=1)["viou"]
+    assert clustered.low == pytest.approx(-0.1) and clustered.high == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="same, non-empty objects"):
+        paired_gains(a, b[:3])
+
+
+def test_baselines_are_fitted_on_training_examples_and_score_like_models():
+    cfg = preset("micro")
+    train = toy_examples(cfg, 6)
+    constant = ConstantShape.fit(train)
+    batch = {k: torch.stack([e[k] for e in train]) for k in ("crop", "full", "full_valid")}
+    pred = constant.sample(batch, seed=3)
+    assert torch.equal(pred.occupancy[0], pred.occupancy[5]) and pred.occupancy.shape == (
+        6,
+        *train[0]["occupancy"].shape,
+    )
+    assert torch.allclose(pred.rotation[0] @ pred.rotation[0].T, torch.eye(3), atol=1e-5)  # a rotation
+    assert torch.allclose(pred.translation[0], torch.stack([e["translation"] for e in train]).mean(0))
+    # the threshold is the best of those tried on the training shapes: no other cut does better there
+    mean = torch.stack([e["occupancy"] for e in train]).mean(0)
+    chosen = evaluate(constant, train, seeds=1)["summary"]["viou"]
+    for level in (0.2, 0.5, 0.8):
+        other = ConstantShape((mean > level).float(), constant.rotation, constant.translation, constant.scale)
+        assert evaluate(other, train, seeds=1)["summary"]["viou"] <= chosen + 1e-9
+    # retrieval shown a training image returns that example's own shape and pose
+    found = Retrieval(train).sample(batch)
+    assert torch.equal(found.occupancy, torch.stack([e["occupancy"] for e in train]))
+    assert torch.equal(found.rotation, torch.stack([e["rotation"] for e in train]))
+
+
+def test_heldout_halves_split_by_mesh_and_carry_intervals():
+    objects = [{"viou": 0.1 * (i % 4), "chamfer": 0.1, "f1": 0.5} for i in range(12)]
+    mesh_ids = [f"mesh-{i // 2}" for i in range(12)]  # 6 meshes, 2 objects each
+    better = [{**o, "viou": o["viou"] + 0.1} for o in objects]
+    scores = {
+        "champion": Scores(mesh_ids=mesh_ids, objects=objects),
+        "challenger": Scores(mesh_ids=mesh_ids, objects=better),
+        "constant": Scores(mesh_ids=mesh_ids, objects=objects),  # the champion only ties it
+    }
+    reports = heldout_reports(scores)
+    assert reports["selection"].meshes == reports["reporting"].meshes == 3
+    assert reports["selection"].objects + reports["reporting"].objects == 12
+    half = halves(mesh_ids)
+    assert all(half[m] == half[mesh_ids[2 * (i // 2)]] for i, m in enumerate(mesh_ids))  # a mesh stays in one half
+    gain = reports["selection"].gains("challenger-vs-champion")["viou"]
+    assert gain.gain == pytest.approx(0.1) and gain.low == pytest.approx(0.1)
+    warnings = baseline_warnings(reports["reporting"])
+    assert len(warnings) == 1 and "champion does not beat the constant-shape baseline" in warnings[0]
+    with pytest.raises(ValueError, match="same objects"):
+        heldout_reports({**scores, "retrieval": Scores(mesh_ids=mesh_ids[::-1], objects=objects)})
 
 
 def test_round_lock_refuses_while_held_and_is_free_once_the_holder_is_killed(tmp_path):
@@ -156,9 +236,9 @@ def test_round_record_json_is_versioned_and_checked():
     assert data["rankings"]["accepted"] == 2 and isinstance(data["rankings"]["accepted"], int)
     assert RoundRecord.from_json(record.to_json()) == record
     del data["schema_version"]  # written before the schema had a version: read as version 1
-    assert RoundRecord.from_json(json.dumps(data)) == record
+    assert RoundRecord.from_json(json.dumps(data)) == record.model_copy(update={"schema_version": 1})
     with pytest.raises(ValidationError, match="schema_version"):
-        RoundRecord.from_json(json.dumps({**data, "schema_version": 2}))
+        RoundRecord.from_json(json.dumps({**data, "schema_version": 3}))
     with pytest.raises(ValidationError, match="champion_after"):
         RoundRecord.from_json(json.dumps({k: v for k, v in data.items() if k != "champion_after"}))
 

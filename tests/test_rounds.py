@@ -85,9 +85,18 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
     assert r1["champion_before"] == r0["champion_after"]
     for r in records:
         assert r["champion_after"] == (r["challenger"] if r["promotion"]["promote"] else r["champion_before"])
-        for who in ("champion", "challenger"):
-            scores = r["evaluation"][who]
-            assert 0 <= scores["viou"] <= 1 and 0 <= scores["f1"] <= 1 and scores["objects"] == 3
+        halves = r["heldout"]
+        assert halves["selection"]["objects"] + halves["reporting"]["objects"] == 4  # eval_objects, one per mesh
+        assert halves["selection"]["meshes"] == halves["reporting"]["meshes"] == 2
+        for who in ("champion", "challenger", "constant", "retrieval"):
+            scores = r["evaluation"][who]  # the reporting half's means
+            assert 0 <= scores["viou"] <= 1 and 0 <= scores["f1"] <= 1 and scores["objects"] == 2
+            assert halves["reporting"]["summary"][who] == scores
+        gain, low, high = halves["selection"]["intervals"]["challenger-vs-champion"]["viou"]
+        assert low <= gain <= high and r["promotion"]["interval"] == [low, high]
+        assert r["promotion"]["promote"] == (low > 0)  # the gate decides on the selection half's interval
+        assert {"champion-vs-constant", "champion-vs-retrieval"} <= set(halves["reporting"]["intervals"])
+        assert r["best_of_n"]["objects"] == 3 and r["best_of_n"]["oracle_viou"] >= r["best_of_n"]["model_viou"]
         assert r["stages"] == (["sft", "dpo"] if r["volumes"]["preferences"] else ["sft"])
         assert r["volumes"]["image-pool"] == 3 and r["volumes"]["candidates"] == 12
         assert r["rankings"]["objects_judged"] == 3
@@ -115,6 +124,8 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
         "register",
         "evaluate-champion",
         "evaluate-challenger",
+        "evaluate-baselines",
+        "best-of-n",
     } <= set(stages)
     sft_run = next(r for r in lineage.stage_runs(r0["mlflow_run_id"]) if r.data.tags[lineage.STAGE_TAG] == "sft")
     logged = {(d["name"], d["context"]) for d in lineage.run_datasets(sft_run.info.run_id)}

@@ -404,8 +404,14 @@ def lineage_cmd(
 
 
 @app.command("rounds")
-def rounds_cmd(ctx: typer.Context) -> None:
-    """The committed rounds of the configured series: held-out metrics, accept rate, decision."""
+def rounds_cmd(
+    ctx: typer.Context,
+    round_index: int | None = typer.Option(
+        None, "--round", help="Detail this round (default: the latest): every model and baseline, all intervals."
+    ),
+) -> None:
+    """The committed rounds of the configured series: held-out vIoU of the models and baselines,
+    the challenger's gain with its 95% interval, accept rate, decision; then one round in detail."""
     cfg = _cfg(ctx)
     store = _store(cfg)
     from flywheel.rounds import ledger as rounds
@@ -417,6 +423,11 @@ def rounds_cmd(ctx: typer.Context) -> None:
         return
     typer.echo(f"series {series}: {len(history)} round(s)")
     typer.echo(rounds.summary_text(history))
+    chosen = history[-1] if round_index is None else next((r for r in history if r.round == round_index), None)
+    if chosen is None:
+        _fail(f"round {round_index} is not committed in series {series}", EXIT_NOT_FOUND)
+    typer.echo("")
+    typer.echo(rounds.round_text(chosen))
 
 
 @app.command("propose")

@@ -359,9 +359,12 @@ class RoundsConfig(_Section):
 
     pool_objects: int = Field(16, ge=1, description="Images per round (round k: library seed pool_seed + k).")
     pool_seed: int = 1000
-    eval_objects: int = Field(16, ge=1, description="Held-out composites, never trained on.")
+    eval_objects: int = Field(
+        64, ge=2, description="Held-out composites, never trained on; split by mesh into selection / reporting."
+    )
+    eval_meshes: int = Field(64, ge=2, description="Meshes in the held-out library (each shown once per round of it).")
     eval_seed: int = 999
-    library_meshes: int = Field(8, ge=1, description="Meshes in each held-out / round library.")
+    library_meshes: int = Field(8, ge=1, description="Meshes in each round's image-pool library.")
     # They judge shape (no layout penalty), as SAM 3D's annotators pick the best shape first:
     # the winner becomes an SFT shape target, and a team that also weighed pose picked winners
     # for their pose, whose shapes made SFT worse (3 rounds: held-out vIoU 0.260/0.246/0.231
@@ -377,10 +380,14 @@ class RoundsConfig(_Section):
     )
     judgements_per_object: int = Field(2, ge=1, description="Annotators per object (their overlap is measured).")
     promote_metric: Literal["viou", "f1"] = "viou"
-    min_gain: float = Field(0.0, description="Promote when challenger - champion >= this on promote_metric ...")
+    min_gain: float = Field(
+        0.0,
+        description="Promote when the 95% interval of challenger - champion on promote_metric (held-out selection "
+        "half, paired bootstrap) lies above this ...",
+    )
     max_regression: dict[str, float] = Field(
         default_factory=lambda: {"f1": 0.02, "add_s_accuracy": 0.1},
-        description=("... and no metric here falls by more than its value."),
+        description="... and no metric here credibly falls by more than its value (its interval lies below -value).",
     )
     eval_seeds: int = Field(2, ge=1, description="Samples per held-out object (metrics are averaged).")
     lock_wait_s: float = Field(3600.0, ge=0, description="How long a round waits for a running one; 0: refuse.")

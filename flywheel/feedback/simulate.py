@@ -69,6 +69,23 @@ def quality(
     )
 
 
+def best_of_n(candidates: dict[str, list[dict]], truths: dict[str, Truth]) -> dict[str, float]:
+    """How good a round's candidates are, by vIoU with the true shape, over the objects whose
+    truth is known: ``oracle_viou`` — the mean of each object's best candidate (the most that
+    annotators picking the best can reach); ``model_viou`` / ``retrieval_viou`` — the mean
+    candidate of each kind (a model's typical sample, a retrieved mesh); ``objects``."""
+    best: list[float] = []
+    by_kind: dict[str, list[float]] = {"model": [], "retrieval": []}
+    for oid in sorted(set(candidates) & set(truths)):
+        scores = [quality(c["occupancy"], c["R"], c["t"], truths[oid], 0.0, 0.0) for c in candidates[oid]]
+        best.append(max(scores))
+        for c, q in zip(candidates[oid], scores):
+            by_kind.setdefault(c["kind"], []).append(q)
+    out = {"objects": float(len(best)), "oracle_viou": float(np.mean(best)) if best else float("nan")}
+    out.update({f"{kind}_viou": float(np.mean(q)) if q else float("nan") for kind, q in by_kind.items()})
+    return out
+
+
 def simulate(
     annotators: list[SimulatedAnnotator],
     candidates: dict[str, list[dict]],
@@ -172,6 +189,7 @@ def candidate_records(store, candidates) -> dict[str, list[dict]]:
             {
                 "candidate_id": r["candidate_id"],
                 "member": r["member"],
+                "kind": r["kind"],
                 "occupancy": decode_npy(sample["occ.npy"]),
                 "R": np.asarray(r["R"], float).reshape(3, 3),
                 "t": np.asarray(r["t"], float),

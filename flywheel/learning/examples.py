@@ -113,6 +113,11 @@ DECODERS: dict[str, Callable[[ModelConfig, dict, dict], Example]] = {
 
 def dataset_examples(cfg: ModelConfig, dataset: Dataset) -> Iterator[Example]:
     """Stream a committed dataset's samples as examples, in shard order."""
+    return (example for example, _ in examples_with_rows(cfg, dataset))
+
+
+def examples_with_rows(cfg: ModelConfig, dataset: Dataset) -> Iterator[tuple[Example, dict]]:
+    """Each example with its manifest row, in shard order."""
     try:
         decode = DECODERS[dataset.spec.name]
     except KeyError:
@@ -121,7 +126,8 @@ def dataset_examples(cfg: ModelConfig, dataset: Dataset) -> Iterator[Example]:
         ) from None
     rows = {r["sample_key"]: r for r in dataset.manifest().to_pylist()}
     for sample in dataset.samples():
-        yield decode(cfg, sample, rows[sample["__key__"]])
+        row = rows[sample["__key__"]]
+        yield decode(cfg, sample, row), row
 
 
 def cached_examples(cfg: ModelConfig, datasets: Iterable[Dataset]) -> list[Example]:

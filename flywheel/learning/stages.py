@@ -1,4 +1,4 @@
-"""Training stages and held-out evaluation on the flywheel's stored data.
+"""Training stages on the flywheel's stored data.
 
 A stage's output is a checkpoint in the dataset store under ``models/``, named by the
 digest of everything that shapes it (:func:`checkpoint_name`: stage, starting checkpoint,
@@ -22,7 +22,6 @@ from flywheel.learning.examples import cached_examples
 from flywheel.tracking.registry import resolve_model
 from sam3d_model import train as T
 from sam3d_model.data import batch_stream, curriculum_stream
-from sam3d_model.evaluation import evaluate
 from sam3d_model.model import SmallSam3D
 
 #: stage -> the dataset roles it reads (``replay``: synthetic data mixed into SFT / distillation)
@@ -141,8 +140,3 @@ def run_stage(
     pairs = cached_examples(arch, datasets["preferences"])
     T.dpo(model, batch_stream(lambda: pairs, batch, seed), train, beta=settings["beta"], **fit)
     return {"pairs": len(pairs)}
-
-
-def evaluate_checkpoint(model: SmallSam3D, heldout: Dataset, seeds: int) -> dict[str, Any]:
-    """Held-out metrics of ``model`` (see :func:`sam3d_model.evaluation.evaluate`)."""
-    return evaluate(model, cached_examples(model.cfg, [heldout]), seeds=seeds)

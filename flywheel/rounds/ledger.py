@@ -100,41 +100,119 @@ def committed_rounds(store: Store, series: str) -> list[RoundRecord]:
     return [RoundRecord.from_json(store.get_bytes(k)) for k in keys]
 
 
+WHO = ("champion", "challenger", "constant", "retrieval")
+#: The metrics the table, the plot and the MLflow summary show first.
+HEADLINE = ("viou", "f1", "chamfer", "rotation_error_deg", "add_s_accuracy", "box_iou")
+
+
 def summary_rows(records: list[RoundRecord]) -> list[dict]:
-    """One flat row per round: held-out metrics, decisions, data volumes, stage seconds."""
+    """One flat row per round: held-out means (reporting half) of the models and baselines,
+    the gains' intervals, best-of-N, decisions, data volumes, stage seconds."""
     rows = []
     for r in records:
         row: dict = {"round": r.round, "promoted": r.promotion.promote, "champion_after": r.champion_after.uri}
-        for who in ("champion", "challenger"):
-            row.update({f"{who}_{k}": v for k, v in r.evaluation[who].items()})
+        for who, metrics in r.evaluation.items():
+            row.update({f"{who}_{k}": v for k, v in metrics.items()})
+        for split, report in r.heldout.items():
+            for name, by_metric in report.intervals.items():
+                for metric in HEADLINE:
+                    if metric in by_metric:
+                        gain, low, high = by_metric[metric]
+                        row.update(
+                            {
+                                f"{split}_{name}_{metric}{end}": v
+                                for end, v in (("", gain), ("_low", low), ("_high", high))
+                            }
+                        )
+        row.update({f"best_of_n_{k}": v for k, v in r.best_of_n.items()})
         row.update(r.rankings)
         row.update({f"rows_{k}": v for k, v in r.volumes.items()})
         row.update({f"seconds_{k}": v for k, v in r.seconds.items()})
+        row["warnings"] = len(r.warnings)
         rows.append(row)
     return rows
 
 
 def summary_plot(records: list[RoundRecord], path: str | Path) -> Path:
-    """Held-out metrics (champion vs challenger), accept rate and data volumes per round."""
+    """Held-out metrics of the models and baselines (reporting half), the challenger's gain
+    over the champion with its 95% interval, best-of-N, accept rate and data volumes per round."""
     x = [r.round for r in records]
     series: dict = {}
     for metric in ("viou", "f1", "add_s_accuracy", "rotation_error_deg"):
         series[f"held-out {metric}"] = {
-            who: (x, [r.evaluation[who][metric] for r in records]) for who in ("champion", "challenger")
+            who: (
+                [r.round for r in records if who in r.evaluation],
+                [r.evaluation[who][metric] for r in records if who in r.evaluation],
+            )
+            for who in WHO
+            if any(who in r.evaluation for r in records)
+        }
+    with_intervals = [r for r in records if "selection" in r.heldout]
+    if with_intervals:
+        bounds = [r.heldout["selection"].intervals["challenger-vs-champion"]["viou"] for r in with_intervals]
+        xs = [r.round for r in with_intervals]
+        series["challenger - champion vIoU, 95% CI (selection)"] = {
+            "gain": (xs, [b[0] for b in bounds]),
+            "low": (xs, [b[1] for b in bounds]),
+            "high": (xs, [b[2] for b in bounds]),
+        }
+    if any(r.best_of_n for r in records):
+        series["round candidates vIoU"] = {
+            k: ([r.round for r in records if k in r.best_of_n], [r.best_of_n[k] for r in records if k in r.best_of_n])
+            for k in ("oracle_viou", "model_viou", "retrieval_viou")
         }
     series["accept rate"] = (x, [r.rankings["accept_rate"] for r in records])
     series["rows per dataset"] = {k: (x, [r.volumes.get(k, 0) for r in records]) for k in records[-1].volumes}
     return curves(series, path, title="flywheel rounds", log_y=False)
 
 
-def summary_text(records: list[RoundRecord]) -> str:
-    """A table for people: per round, held-out metrics of both models, accept rate, decision."""
-    lines = ["round  accept  champion vIoU / F1   challenger vIoU / F1   decision"]
-    for r in records:
-        ch, cl = r.evaluation["champion"], r.evaluation["challenger"]
+def round_text(r: RoundRecord) -> str:
+    """One round for people: held-out means of models and baselines, the gains with their
+    intervals, best-of-N, the decision, and warnings in capitals."""
+    lines = [f"round {r.round} (series {r.series}): accept rate {r.rankings['accept_rate']:.2f}"]
+    if r.heldout:
+        rep = r.heldout["reporting"]
+        lines.append(f"held-out, reporting half ({rep.objects} objects, {rep.meshes} meshes):")
+    else:
+        lines.append("held-out:")
+    lines.append(f"  {'':<11}" + "".join(f"{m:>20}" for m in HEADLINE))
+    for who, metrics in r.evaluation.items():
+        lines.append(f"  {who:<11}" + "".join(f"{metrics.get(m, float('nan')):>20.3f}" for m in HEADLINE))
+    for split, report in r.heldout.items():
+        for name in report.intervals:
+            gains = report.gains(name)
+            lines.append(f"  {name} ({split}): " + ", ".join(f"{m} {gains[m]}" for m in HEADLINE[:2] if m in gains))
+    if r.best_of_n:
+        b = r.best_of_n
         lines.append(
-            f"{r.round:>5}  {r.rankings['accept_rate']:6.2f}  {ch['viou']:.3f} / {ch['f1']:.3f}"
-            f"          {cl['viou']:.3f} / {cl['f1']:.3f}            "
-            f"{'promoted ' + r.challenger.uri if r.promotion.promote else 'kept'}"
+            f"round candidates vs truth (vIoU): oracle best-of-N {b.get('oracle_viou', float('nan')):.3f}, "
+            f"model sample {b.get('model_viou', float('nan')):.3f}, retrieval {b.get('retrieval_viou', float('nan')):.3f}"
         )
+    lines.append(
+        f"decision: {'PROMOTED ' + r.challenger.uri if r.promotion.promote else 'kept the champion'} ({r.promotion.reason}); champion now {r.champion_after.uri}"
+    )
+    lines += [f"WARNING: {w}" for w in r.warnings]
+    return "\n".join(lines)
+
+
+def summary_text(records: list[RoundRecord]) -> str:
+    """A table for people: per round, held-out vIoU of the models and baselines (reporting
+    half), the challenger's gain with its interval (selection half), accept rate, decision."""
+    lines = [
+        "round  accept  vIoU: champion  challenger  constant  retrieval   gain [95% CI] (selection)       decision"
+    ]
+    for r in records:
+        v = {who: r.evaluation.get(who, {}).get("viou", float("nan")) for who in WHO}
+        gain = (
+            str(r.heldout["selection"].gains("challenger-vs-champion")["viou"])
+            if "selection" in r.heldout
+            else f"{r.promotion.gain:+.4f}"
+        )
+        lines.append(
+            f"{r.round:>5}  {r.rankings['accept_rate']:6.2f}  {v['champion']:14.3f}  {v['challenger']:10.3f}"
+            f"  {v['constant']:8.3f}  {v['retrieval']:9.3f}   {gain:<31} "
+            f"{'promoted ' + r.challenger.uri if r.promotion.promote else 'kept'}{' (!)' if r.warnings else ''}"
+        )
+    if records and records[-1].warnings:
+        lines += [f"WARNING (round {records[-1].round}): {w}" for w in records[-1].warnings]
     return "\n".join(lines)

@@ -1,10 +1,17 @@
-"""The promotion rule: does the challenger replace the champion?"""
+"""The promotion rule: does the challenger replace the champion?
+
+It decides on the paired bootstrap intervals of the challenger's gains over the champion on
+the held-out set's *selection* half (:mod:`flywheel.learning.heldout`), not on two means: a
+gain counts when its interval's lower bound clears ``min_gain``, and a guarded metric blocks
+promotion only when its loss is credibly beyond its allowance (the interval's upper bound is
+a loss larger than the allowance).
+"""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-HIGHER_IS_BETTER = frozenset({"viou", "f1", "add_s_accuracy"})
+from sam3d_model.evaluation import Interval
 
 
 class Promotion(BaseModel):
@@ -16,34 +23,33 @@ class Promotion(BaseModel):
     gain: float
     regressions: dict[str, float]
     reason: str
-
-
-def better(metric: str, challenger: float, champion: float) -> float:
-    """How much better the challenger is on ``metric`` (positive: better), whichever way it points."""
-    return challenger - champion if metric in HIGHER_IS_BETTER else champion - challenger
+    interval: tuple[float, float] | None = None  # 95% interval of the gain (records before v2: none)
 
 
 def promotion(
-    champion: dict[str, float],
-    challenger: dict[str, float],
+    gains: dict[str, Interval],
     *,
     metric: str,
     min_gain: float,
     max_regression: dict[str, float],
 ) -> Promotion:
-    """The promotion rule: promote when the challenger gains at least ``min_gain`` on ``metric``
-    and loses no more than ``max_regression[m]`` on any other metric ``m``."""
-    gain = better(metric, challenger[metric], champion[metric])
+    """Promote when the lower bound of the gain on ``metric`` is above ``min_gain`` and no
+    metric ``m`` of ``max_regression`` credibly loses more than ``max_regression[m]`` (the
+    upper bound of its gain is below ``-max_regression[m]``). ``gains``: metric -> interval of
+    challenger - champion, positive = better."""
+    if metric not in gains:
+        raise ValueError(f"promotion: no interval for the promote metric {metric!r}")
+    g = gains[metric]
     regressions = {
-        m: -better(m, challenger[m], champion[m])
-        for m in max_regression
-        if -better(m, challenger[m], champion[m]) > max_regression[m]
+        m: -gains[m].gain for m, allowed in max_regression.items() if m in gains and gains[m].high < -allowed
     }
-    promote = gain >= min_gain and not regressions
+    promote = g.low > min_gain and not regressions
     if promote:
-        reason = f"{metric} {champion[metric]:.4f} -> {challenger[metric]:.4f} (gain {gain:+.4f} >= {min_gain})"
-    elif gain < min_gain:
-        reason = f"{metric} gain {gain:+.4f} < {min_gain}"
+        reason = f"{metric} gain {g} > {min_gain} with 95% confidence"
+    elif g.low <= min_gain:
+        reason = f"{metric} gain {g}: not above {min_gain} with 95% confidence"
     else:
-        reason = "regressed: " + ", ".join(f"{m} by {d:.4f} (> {max_regression[m]})" for m, d in regressions.items())
-    return Promotion(promote=promote, metric=metric, gain=gain, regressions=regressions, reason=reason)
+        reason = "regressed: " + ", ".join(f"{m} {gains[m]} (allowed -{max_regression[m]})" for m in regressions)
+    return Promotion(
+        promote=promote, metric=metric, gain=g.gain, regressions=regressions, reason=reason, interval=(g.low, g.high)
+    )

@@ -3,19 +3,23 @@
 Its JSON form (``rounds/<series>/round-<k>.json`` in the store) is :class:`RoundRecord`'s
 schema at :data:`SCHEMA_VERSION`; ``flywheel rounds``, the summary plots and the next round
 read it through this class only. Records written before the schema had a version read as
-version 1 (the same fields).
+version 1 (the same fields). Version 2 adds the baselines, the held-out halves with their
+intervals (``heldout``), the round's best-of-N figures and the warnings; ``evaluation`` is
+then the *reporting* half's means (version 1: the whole held-out set, two models).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from flywheel.core.records import DatasetRef, ModelRef
+from flywheel.learning.heldout import Split, SplitReport
 from flywheel.rounds.promotion import Promotion
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class RoundRecord(BaseModel):
@@ -23,16 +27,26 @@ class RoundRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal[1] = 1  # SCHEMA_VERSION
+    schema_version: Literal[1, 2] = 2  # SCHEMA_VERSION
     round: int = Field(..., ge=0)
     series: str = Field(..., description="flywheel.rounds.ledger.series_id of the config that ran it")
     champion_before: ModelRef = Field(..., description="The champion round k started from.")
     challenger: ModelRef = Field(..., description="The model round k trained and registered.")
     champion_after: ModelRef = Field(..., description="The champion round k ended with.")
     promotion: Promotion
-    evaluation: dict[Literal["champion", "challenger"], dict[str, float]] = Field(
-        ..., description="Held-out metrics of each model (flywheel.learning.stages.evaluate_checkpoint)."
+    evaluation: dict[str, dict[str, float]] = Field(
+        ...,
+        description="Mean held-out metrics on the reporting half: champion, challenger and the baselines "
+        "constant / retrieval (flywheel.learning.heldout).",
     )
+    heldout: dict[Split, SplitReport] = Field(
+        default_factory=dict, description="Both held-out halves: means and paired 95% intervals (v2)."
+    )
+    best_of_n: dict[str, float] = Field(
+        default_factory=dict,
+        description="The round's candidates vs the pool's truth: oracle_viou, model_viou, retrieval_viou (v2).",
+    )
+    warnings: list[str] = Field(default_factory=list, description="What people must know about this round (v2).")
     rankings: dict[str, int | float] = Field(
         ...,
         description="Decision metrics: accept_rate, objects_judged, accepted, hard_cases, preference_pairs, "
@@ -50,4 +64,7 @@ class RoundRecord(BaseModel):
 
     @classmethod
     def from_json(cls, data: bytes | str) -> RoundRecord:
-        return cls.model_validate_json(data)
+        parsed = json.loads(data)
+        if isinstance(parsed, dict) and "schema_version" not in parsed:
+            parsed["schema_version"] = 1  # written before the schema had a version
+        return cls.model_validate(parsed)

@@ -1,0 +1,145 @@
+"""The held-out set and what is reported on it.
+
+A series' held-out set is fixed (its own mesh library and composites, never trained on) and
+split **by mesh** into two halves: *selection*, which the promotion gate decides on, and
+*reporting*, which only reports and benchmarks read — a gain selected and reported on the
+same objects is partly selection on noise. Models and baselines are scored on the same
+objects; every comparison is a paired difference per object with a cluster bootstrap 95%
+interval (objects of one mesh are drawn together).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from flywheel.core.datasets import Dataset
+from flywheel.learning.examples import Example, examples_with_rows
+from sam3d_model.baselines import ConstantShape, Retrieval
+from sam3d_model.config import ModelConfig
+from sam3d_model.evaluation import Interval, Truth, evaluate, paired_gains, summarise
+from sam3d_model.interface import Sampler
+
+Split = Literal["selection", "reporting"]
+SPLITS: tuple[Split, ...] = ("selection", "reporting")
+
+#: The comparisons a report carries: (name, better side, baseline side).
+COMPARISONS = (
+    ("challenger-vs-champion", "challenger", "champion"),
+    ("champion-vs-constant", "champion", "constant"),
+    ("champion-vs-retrieval", "champion", "retrieval"),
+    ("challenger-vs-constant", "challenger", "constant"),
+)
+
+
+def halves(mesh_ids: list[str]) -> dict[str, Split]:
+    """Each distinct mesh's half: the meshes in the order of their ids' digests, alternately
+    selection and reporting (fixed for a fixed set; both halves non-empty from two meshes)."""
+    ordered = sorted(set(mesh_ids), key=lambda m: hashlib.sha256(m.encode()).hexdigest())
+    return {m: SPLITS[i % 2] for i, m in enumerate(ordered)}
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Held-out examples, the mesh each shows and their ground truth."""
+
+    examples: list[Example]
+    mesh_ids: list[str]
+    truths: list[Truth]
+
+
+def load_heldout(cfg: ModelConfig, dataset: Dataset) -> HeldOut:
+    """A Flying-Occlusions dataset as a held-out set (the occludee is the object to reconstruct)."""
+    pairs = list(examples_with_rows(cfg, dataset))
+    if not pairs:
+        raise ValueError(f"held-out set {dataset.ref} has no samples")
+    examples = [e for e, _ in pairs]
+    return HeldOut(examples, [row["occludee_id"] for _, row in pairs], [Truth.of(e) for e in examples])
+
+
+class Scores(BaseModel):
+    """Per held-out object (in the set's order): the mesh it shows and its metrics."""
+
+    model_config = ConfigDict(frozen=True)
+    mesh_ids: list[str]
+    objects: list[dict[str, float]]
+
+    def summary(self) -> dict[str, float]:
+        return summarise(self.objects)
+
+
+def score_objects(model: Sampler, heldout: HeldOut, seeds: int) -> Scores:
+    """Per held-out object, the model's metrics averaged over ``seeds`` samples."""
+    objects = evaluate(model, heldout.examples, seeds=seeds, truths=heldout.truths)["objects"]
+    return Scores(mesh_ids=heldout.mesh_ids, objects=objects)
+
+
+def baseline_scores(training: list[Example], heldout: HeldOut) -> dict[str, Scores]:
+    """The constant-shape and retrieval baselines, fitted on ``training`` (the examples the
+    model learnt from), scored on the held-out objects."""
+    if not training:
+        raise ValueError("baselines: no training examples to fit them on")
+    return {
+        "constant": score_objects(ConstantShape.fit(training), heldout, 1),
+        "retrieval": score_objects(Retrieval(training), heldout, 1),
+    }
+
+
+class SplitReport(BaseModel):
+    """One half of the held-out set: mean metrics per model / baseline, and intervals."""
+
+    model_config = ConfigDict(frozen=True)
+    objects: int
+    meshes: int
+    summary: dict[str, dict[str, float]]  # who -> metric -> mean
+    intervals: dict[str, dict[str, tuple[float, float, float]]]  # comparison -> metric -> (gain, low, high)
+
+    def gains(self, comparison: str) -> dict[str, Interval]:
+        """Metric -> interval of ``comparison`` (see :data:`COMPARISONS`)."""
+        return {m: Interval(*v) for m, v in self.intervals.get(comparison, {}).items()}
+
+
+def split_report(scores: dict[str, Scores], split: Split) -> SplitReport:
+    """The ``split`` half of the held-out scores of each model / baseline (who -> scores)."""
+    mesh_ids = next(iter(scores.values())).mesh_ids
+    if any(s.mesh_ids != mesh_ids for s in scores.values()):
+        raise ValueError("held-out scores: not all were computed on the same objects")
+    half = halves(mesh_ids)
+    keep = [i for i, m in enumerate(mesh_ids) if half[m] == split]
+    if not keep:
+        raise ValueError(f"held-out set: no object falls in the {split} half; it needs 2 or more meshes")
+    part = {who: [s.objects[i] for i in keep] for who, s in scores.items()}
+    groups = [mesh_ids[i] for i in keep]
+    intervals = {
+        name: {m: (i.gain, i.low, i.high) for m, i in paired_gains(part[base], part[new], groups=groups).items()}
+        for name, new, base in COMPARISONS
+        if new in part and base in part
+    }
+    return SplitReport(
+        objects=len(keep),
+        meshes=len(set(groups)),
+        summary={who: summarise(scores) for who, scores in part.items()},
+        intervals=intervals,
+    )
+
+
+def heldout_reports(scores: dict[str, Scores]) -> dict[Split, SplitReport]:
+    """Both halves' reports."""
+    return {split: split_report(scores, split) for split in SPLITS}
+
+
+def baseline_warnings(report: SplitReport, metric: str = "viou") -> list[str]:
+    """One line per model that does not beat the constant-shape baseline on ``metric`` with 95%
+    confidence: it has not learnt shape from the image (the round's loudest news)."""
+    out = []
+    for who in ("champion", "challenger"):
+        found = report.gains(f"{who}-vs-constant").get(metric)
+        if found is not None and found.low <= 0:
+            out.append(
+                f"the {who} does not beat the constant-shape baseline on held-out {metric}: gain {found} "
+                f"({report.objects} objects of {report.meshes} meshes, reporting half)"
+            )
+    return out
