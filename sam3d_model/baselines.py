@@ -31,7 +31,26 @@ def _stack(examples: list[dict[str, torch.Tensor]], key: str) -> torch.Tensor:
     return torch.stack([e[key] for e in examples]).float()
 
 
-class ConstantShape:
+class _Deterministic:
+    """A baseline answers :meth:`Sampler.sample` with one answer per image, whatever the seed."""
+
+    def sample(
+        self,
+        batch: dict[str, torch.Tensor],
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+        shortcut: bool = False,
+        seed: int = 0,
+    ) -> Prediction:
+        """Deterministic: the sampling options change nothing."""
+        return self.predict(batch)
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> Prediction:
+        raise NotImplementedError
+
+
+class ConstantShape(_Deterministic):
     """The same shape and pose for every object."""
 
     def __init__(self, occupancy: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor, scale: float):
@@ -61,16 +80,7 @@ class ConstantShape:
             float(torch.exp(log_scale)),
         )
 
-    def sample(
-        self,
-        batch: dict[str, torch.Tensor],
-        *,
-        steps: int | None = None,
-        guidance: float | None = None,
-        shortcut: bool = False,
-        seed: int = 0,
-    ) -> Prediction:
-        """Deterministic: the sampling options change nothing."""
+    def predict(self, batch: dict[str, torch.Tensor]) -> Prediction:
         n = batch["crop"].shape[0]
         return Prediction(
             self.occupancy.expand(n, *self.occupancy.shape).clone(),
@@ -88,7 +98,7 @@ def image_embedding(crop: torch.Tensor, side: int = 8) -> torch.Tensor:
     return F.normalize(pooled, dim=1)
 
 
-class Retrieval:
+class Retrieval(_Deterministic):
     """The nearest training example's shape and pose, by :func:`image_embedding` of the crop."""
 
     def __init__(self, examples: list[dict[str, torch.Tensor]]):
@@ -100,16 +110,7 @@ class Retrieval:
         self.translation = _stack(examples, "translation")
         self.scale = _stack(examples, "scale")
 
-    def sample(
-        self,
-        batch: dict[str, torch.Tensor],
-        *,
-        steps: int | None = None,
-        guidance: float | None = None,
-        shortcut: bool = False,
-        seed: int = 0,
-    ) -> Prediction:
-        """Deterministic: the sampling options change nothing."""
+    def predict(self, batch: dict[str, torch.Tensor]) -> Prediction:
         nearest = (image_embedding(batch["crop"]) @ self.keys.T).argmax(1)
         return Prediction(
             self.occupancy[nearest], self.rotation[nearest], self.translation[nearest], self.scale[nearest]

@@ -55,18 +55,7 @@ class Sampler(Protocol):
 
 @runtime_checkable
 class GeometryModel(Sampler, Protocol):
-    """sample / losses / encode_shape / decode_shape."""
-
-    def sample(
-        self,
-        batch: dict[str, torch.Tensor],
-        *,
-        steps: int | None = None,
-        guidance: float | None = None,
-        shortcut: bool = False,
-        seed: int = 0,
-    ) -> Prediction:
-        """Propose a shape and layout per object; the same seed gives the same proposal."""
+    """sample (:class:`Sampler`) / losses / encode_shape / decode_shape."""
 
     def losses(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Training losses on a batch with targets: {"loss": scalar, ...}."""

@@ -1,0 +1,112 @@
+"""Evaluation benchmark: what one held-out object costs, full vs shortcut sampler, and how
+wide the promotion gate's interval is at the default held-out size.
+
+Measured in the same run, on toy held-out objects (flywheel.learning.toy) and the ``tiny``
+preset briefly trained on the toy task (two training seeds = two "models" that differ only
+by seed, as a champion and a challenger trained on the same data would):
+
+* seconds per object of :func:`sam3d_model.evaluation.evaluate` with the guided 25-step
+  sampler (the baseline) and with the 4-step shortcut sampler, split into sampling and
+  scoring (the metrics), and their ratio;
+* the 95% interval width of the paired vIoU difference between the two seeds on half the
+  held-out size (the selection half the gate reads), next to the difference itself: a gain
+  smaller than this width cannot promote.
+
+Usage: python bench/evaluation.py [--objects 64] [--steps 150]
+Writes bench/results/evaluation.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from flywheel.learning.toy import toy_examples  # noqa: E402
+from sam3d_model import train as T  # noqa: E402
+from sam3d_model.config import preset  # noqa: E402
+from sam3d_model.data import batch_stream  # noqa: E402
+from sam3d_model.evaluation import Truth, evaluate, paired_gains  # noqa: E402
+from sam3d_model.model import SmallSam3D  # noqa: E402
+
+
+def trained(cfg, examples, steps: int, seed: int) -> SmallSam3D:
+    torch.manual_seed(seed)
+    model = SmallSam3D(cfg)
+    settings = T.TrainSettings(steps=steps, lr=1e-3, seed=seed, device="cpu", log_every=10**9)
+    T.train_vae(model, batch_stream(lambda: examples, 16, seed), settings)
+    T.pretrain(model, batch_stream(lambda: examples, 16, seed), settings)
+    return model.eval()
+
+
+def timed(model, examples, truths, **kw) -> tuple[dict, float]:
+    start = time.perf_counter()
+    result = evaluate(model, examples, seeds=1, truths=truths, **kw)
+    return result, (time.perf_counter() - start) / len(examples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--objects", type=int, default=64, help="held-out objects (default: the demo's 64)")
+    parser.add_argument("--steps", type=int, default=150, help="training steps per stage of each toy model")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(2)
+    cfg = preset("tiny")
+    train, held = toy_examples(cfg, 256), toy_examples(cfg, args.objects, start=10_000)
+
+    start = time.perf_counter()
+    truths = [Truth.of(e) for e in held]
+    truth_s = (time.perf_counter() - start) / len(held)
+    a, b = trained(cfg, train, args.steps, 0), trained(cfg, train, args.steps, 1)
+    full, full_s = timed(a, held, truths)
+    fast, fast_s = timed(a, held, truths, shortcut=True)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for s in range(0, len(held), 16):
+            a.sample({k: torch.stack([e[k] for e in held[s : s + 16]]) for k in ("crop", "full", "full_valid")})
+    sample_s = (time.perf_counter() - start) / len(held)
+    other = evaluate(b, held, seeds=1, truths=truths)
+    half = len(held) // 2
+    interval = paired_gains(full["objects"][:half], other["objects"][:half])["viou"]
+    result = {
+        "objects": len(held),
+        "truth_s_per_object": truth_s,
+        "full_s_per_object": full_s,
+        "shortcut_s_per_object": fast_s,
+        "full_sampling_s_per_object": sample_s,
+        "full_over_shortcut": full_s / fast_s,
+        "viou_full": full["summary"]["viou"],
+        "viou_shortcut": fast["summary"]["viou"],
+        "selection_objects": half,
+        "seed_difference_viou": interval.gain,
+        "ci95_width_viou": interval.high - interval.low,
+    }
+    out = Path(__file__).parent / "results" / "evaluation.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"held-out evaluation, tiny preset, {len(held)} toy objects, 1 sample each (CPU, 2 threads)")
+    print(f"  ground truth (symmetries, diameter), once per set   {truth_s * 1000:7.1f} ms/object")
+    print(f"  full sampler (25 steps, guided): sample + score     {full_s * 1000:7.1f} ms/object")
+    print(f"    of which sampling                                 {sample_s * 1000:7.1f} ms/object")
+    print(
+        f"  shortcut sampler (4 steps): sample + score          {fast_s * 1000:7.1f} ms/object"
+        f"   -> full / shortcut = {result['full_over_shortcut']:.2f}x"
+    )
+    print(f"  vIoU full {result['viou_full']:.3f} vs shortcut {result['viou_shortcut']:.3f} (shortcut not distilled here)")
+    print(
+        f"  two training seeds, same data, {half} objects (selection half): vIoU difference {interval}"
+        f" -> 95% CI width {result['ci95_width_viou']:.3f}"
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
