@@ -100,7 +100,9 @@ def main() -> None:
         f"  shortcut sampler (4 steps): sample + score          {fast_s * 1000:7.1f} ms/object"
         f"   -> full / shortcut = {result['full_over_shortcut']:.2f}x"
     )
-    print(f"  vIoU full {result['viou_full']:.3f} vs shortcut {result['viou_shortcut']:.3f} (shortcut not distilled here)")
+    print(
+        f"  vIoU full {result['viou_full']:.3f} vs shortcut {result['viou_shortcut']:.3f} (shortcut not distilled here)"
+    )
     print(
         f"  two training seeds, same data, {half} objects (selection half): vIoU difference {interval}"
         f" -> 95% CI width {result['ci95_width_viou']:.3f}"
