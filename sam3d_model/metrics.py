@@ -28,6 +28,7 @@ Conventions — the one place they are written down:
 
 from __future__ import annotations
 
+from functools import lru_cache
 from math import inf
 
 import numpy as np
@@ -126,6 +127,7 @@ def _axis_rotation(axis: int, angle: float) -> np.ndarray:
     return r
 
 
+@lru_cache(maxsize=4)
 def candidate_symmetries(steps: int = 24) -> np.ndarray:
     """Rotations tried as symmetries: the cube's 24 and turns by 360°/``steps`` about each axis
     of the normalised frame (a body of revolution about another axis is not recognised)."""
@@ -289,10 +291,7 @@ def shape_metrics(
     da, db = surface_distances(pred_mesh, true_mesh, count, seed=seed)
     out["f1_unit_cube"] = _f1(da, db, 0.01)
     out["chamfer_unit_cube"] = float(0.5 * (da.mean() + db.mean()))
-    unit_pred = pred_mesh.copy().apply_translation(-pred_mesh.bounds.mean(0))
-    unit_pred.apply_scale(2 / float(np.ptp(pred_mesh.bounds, axis=0).max()))
-    unit_true = true_mesh.copy().apply_translation(-true_mesh.bounds.mean(0))
-    unit_true.apply_scale(2 / float(np.ptp(true_mesh.bounds, axis=0).max()))
+    unit_pred, unit_true = _to_unit(pred_mesh), _to_unit(true_mesh)
     da, db = surface_distances(unit_pred, unit_true, count, seed=seed)
     out["f1"] = _f1(da, db, 0.01)
     out["chamfer"] = float(0.5 * (da.mean() + db.mean()))
@@ -302,6 +301,12 @@ def shape_metrics(
         surface_points(unit_pred, emd_count, seed + 4), surface_points(unit_true, emd_count, seed + 4), emd_count
     )
     return out
+
+
+def _to_unit(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """A copy with its bounding box centred at the origin and its longest side spanning [-1, 1]."""
+    unit = mesh.copy().apply_translation(-mesh.bounds.mean(0))
+    return unit.apply_scale(2 / float(np.ptp(mesh.bounds, axis=0).max()))
 
 
 def _f1(da: np.ndarray, db: np.ndarray, threshold: float) -> float:
