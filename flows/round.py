@@ -38,7 +38,7 @@ from flows.stages import (
 from flywheel.core.config import SHAPING_SECTIONS, FlywheelConfig
 from flywheel.core.records import DatasetRef, ModelRef, RunSummary
 from flywheel.learning.architecture import model_architecture
-from flywheel.learning.heldout import baseline_warnings, heldout_reports
+from flywheel.learning.heldout import baseline_warnings, heldout_reports, split_report
 from flywheel.learning.stages import stage_settings
 from flywheel.rounds import ledger
 from flywheel.rounds.promotion import promotion
@@ -50,7 +50,8 @@ from tasks.training import evaluate_baselines, evaluate_model, register_model, t
 
 
 def _with(cfg: FlywheelConfig, section: str, **fields: Any) -> FlywheelConfig:
-    return cfg.model_copy(update={section: getattr(cfg, section).model_copy(update=fields)})
+    current = getattr(cfg, section)
+    return cfg.model_copy(update={section: type(current).model_validate({**current.model_dump(), **fields})})
 
 
 @dataclass
@@ -71,17 +72,22 @@ class Round:
         self._clock = now
 
 
-def composites(cfg: FlywheelConfig, parent: str, seed: int, count: int, meshes: int) -> DatasetRef:
-    """Flying-Occlusions composites of a procedural mesh library of their own (``seed``,
-    ``meshes`` meshes): objects that the synthetic training data never showed."""
-    held = _with(cfg, "meshes", source=None, seed=seed, num_procedural=meshes)
-    held = _with(held, "occlusions", seed=seed, num_samples=count)
+def composites(cfg: FlywheelConfig, parent: str, seed: int, count: int, meshes: int, real: bool = True) -> DatasetRef:
+    """Composites of a mesh library of their own (``seed``, ``meshes`` meshes): objects that
+    the synthetic training data never showed, in the "real" world (``rounds.world``) or, with
+    ``real=False``, generated as the synthetic training data is."""
+    world = cfg.rounds.world
+    mesh_fields = {"source": None, **(world.meshes if real else {})}
+    held = _with(cfg, "meshes", **{**mesh_fields, "seed": seed, "num_procedural": meshes})
+    held = _with(held, "occlusions", **{**(world.occlusions if real else {}), "seed": seed, "num_samples": count})
     return occlusions(held, mesh_library(held, parent), parent)
 
 
-def bootstrap(cfg: FlywheelConfig, parent: str, synthetic: list[DatasetRef], series: str) -> ModelRef:
+def bootstrap(
+    cfg: FlywheelConfig, parent: str, synthetic: list[DatasetRef], series: str, heldout: DatasetRef
+) -> ModelRef:
     """A first champion from synthetic data alone: VAE, pre-training on Iso-3DO, mid-training
-    on Flying Occlusions."""
+    on Flying Occlusions (learning curves on ``heldout``)."""
     _, iso, fo = synthetic
     architecture = model_architecture(cfg.model).model_dump(mode="json")
     checkpoint = None
@@ -92,7 +98,15 @@ def bootstrap(cfg: FlywheelConfig, parent: str, synthetic: list[DatasetRef], ser
     ):
         if getattr(cfg.model, stage).steps:
             checkpoint = train_stage(
-                cfg, stage, checkpoint, data, stage_settings(cfg.model, stage), architecture, parent_run_id=parent
+                cfg,
+                stage,
+                checkpoint,
+                data,
+                stage_settings(cfg.model, stage),
+                architecture,
+                heldout,
+                cfg.rounds.world.mask_error,
+                parent_run_id=parent,
             )
     if checkpoint is None:
         raise ValueError("model: vae, pretrain and midtrain all have steps 0; nothing to bootstrap")
@@ -110,7 +124,7 @@ def propose_round(r: Round, champion: ModelRef, library: DatasetRef) -> tuple[Da
     """Round k's images (a fresh library seed per round) -> candidates from the champion."""
     cfg = r.cfg
     fo = composites(cfg, r.parent, cfg.rounds.pool_seed + r.k, cfg.rounds.pool_objects, cfg.rounds.library_meshes)
-    pool = image_pool(cfg, r.parent, source=f"occlusions@{fo.version}")
+    pool = image_pool(cfg, r.parent, source=f"occlusions@{fo.version}", mask_error=cfg.rounds.world.mask_error)
     pinned = _with(cfg, "candidates", models={**cfg.candidates.models, "champion": champion.uri})
     proposals = candidates(pinned, pool, r.parent, library=library)
     publish(cfg, proposals, pool, r.parent)
@@ -123,6 +137,7 @@ def close_round(
     pool: DatasetRef,
     proposals: DatasetRef,
     replay: DatasetRef,
+    heldout: DatasetRef,
     files: list[str] | None = None,
 ) -> RoundRecord:
     """Judgements -> datasets -> retrain from the champion -> evaluate -> promote; the round record."""
@@ -153,7 +168,15 @@ def close_round(
     ):
         if getattr(cfg.model, stage).steps and wanted:
             checkpoint = train_stage(
-                cfg, stage, checkpoint, data, stage_settings(cfg.model, stage), {}, parent_run_id=parent
+                cfg,
+                stage,
+                checkpoint,
+                data,
+                stage_settings(cfg.model, stage),
+                {},
+                heldout,
+                cfg.rounds.world.mask_error,
+                parent_run_id=parent,
             )
             stages.append(stage)
     r.lap("retrain")
@@ -173,13 +196,29 @@ def close_round(
     set_alias(cfg, challenger, "challenger")
 
     rules = cfg.rounds
-    heldout = composites(cfg, parent, rules.eval_seed, rules.eval_objects, meshes=rules.eval_meshes)
+    error = rules.world.mask_error
     scores = {
-        "champion": evaluate_model(cfg, champion, heldout, rules.eval_seeds, "champion", parent_run_id=parent),
-        "challenger": evaluate_model(cfg, challenger, heldout, rules.eval_seeds, "challenger", parent_run_id=parent),
-        **evaluate_baselines(cfg, champion, [replay], heldout, parent_run_id=parent),
+        "champion": evaluate_model(cfg, champion, heldout, rules.eval_seeds, "champion", error, parent_run_id=parent),
+        "challenger": evaluate_model(
+            cfg, challenger, heldout, rules.eval_seeds, "challenger", error, parent_run_id=parent
+        ),
+        **evaluate_baselines(cfg, champion, [replay], heldout, error, parent_run_id=parent),
     }
     reports = heldout_reports(scores)
+    synthetic = None
+    if r.previous is None and rules.synthetic_eval_objects:  # the bootstrap champion's world gap
+        made_alike = composites(
+            cfg, parent, rules.eval_seed, rules.synthetic_eval_objects, rules.synthetic_eval_objects, real=False
+        )
+        synthetic = split_report(
+            {
+                "champion": evaluate_model(
+                    cfg, champion, made_alike, rules.eval_seeds, "champion-synthetic", parent_run_id=parent
+                ),
+                **evaluate_baselines(cfg, champion, [replay], made_alike, parent_run_id=parent),
+            },
+            None,
+        )
     decision = promotion(
         reports["selection"].gains("challenger-vs-champion"),
         metric=rules.promote_metric,
@@ -213,6 +252,7 @@ def close_round(
         heldout=reports,
         best_of_n=oracle_best_of_n(cfg, proposals, pool, parent_run_id=parent),
         warnings=baseline_warnings(reports["reporting"]),
+        synthetic_heldout=synthetic,
         rankings={key: decided[key] for key in keep if key in decided},
         volumes=volumes,
         seconds=r.seconds,
@@ -273,7 +313,9 @@ def play_round(
         def body(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
             r = Round(cfg, parent, k, series, previous)
             synthetic = all_synthetic(cfg, parent)
-            champion = previous.champion_after if previous else bootstrap(cfg, parent, synthetic, series)
+            rules = cfg.rounds
+            heldout = composites(cfg, parent, rules.eval_seed, rules.eval_objects, meshes=rules.eval_meshes)
+            champion = previous.champion_after if previous else bootstrap(cfg, parent, synthetic, series, heldout)
             if not previous:
                 set_alias(cfg, champion, "champion")
             r.lap("synthetic_and_bootstrap")
@@ -281,7 +323,7 @@ def play_round(
             r.lap("propose")
             if propose_only:
                 return [pool, proposals]
-            record = close_round(r, champion, pool, proposals, synthetic[2], files)
+            record = close_round(r, champion, pool, proposals, synthetic[2], heldout, files)
             _log_summary(cfg, parent, record, [*ledger.committed_rounds(store, series), record])
             record = ledger.write_round(store, record)  # last: the round is committed
             committed.append(record)

@@ -125,6 +125,7 @@ def mesh_library(cfg: FlywheelConfig, parent: str) -> DatasetRef:
         limits,
         m.family_balance,
         m.up_axis,
+        tuple(m.families),
         parent_run_id=parent,
     )
     gate_for(cfg, library, parent)
@@ -161,12 +162,12 @@ def all_synthetic(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
 # -- propose ----------------------------------------------------------------------------------
 
 
-def image_pool(cfg: FlywheelConfig, parent: str, source: str | None = None) -> DatasetRef:
+def image_pool(cfg: FlywheelConfig, parent: str, source: str | None = None, mask_error: float = 0.0) -> DatasetRef:
     """The pool from ``source`` (default: config ``candidates.pool``), gated."""
     source = source or cfg.candidates.pool
     is_manifest = Path(source).suffix in (".jsonl", ".csv")
     pinned = file_digest(source) if is_manifest else latest_version(cfg, source)
-    pool = build_image_pool(cfg, source, pinned, cfg.candidates.max_image_bytes, parent_run_id=parent)
+    pool = build_image_pool(cfg, source, pinned, cfg.candidates.max_image_bytes, mask_error, parent_run_id=parent)
     gate_for(cfg, pool, parent)
     return pool
 

@@ -28,6 +28,7 @@ from flywheel.core.records import ItemWarning, Rejected, Sample
 from flywheel.core.store import ObjectInfo, S3Store, StoreError
 from rendering.meshes import (
     MESH_FORMATS,
+    PROCEDURAL_FAMILIES,
     CleanMesh,
     MeshFilter,
     MeshRejected,
@@ -45,11 +46,11 @@ class MeshItem:
     load: Callable[[], tuple[object, str, str, list[ItemWarning]]]  # -> (trimesh, format, family, warnings)
 
 
-def procedural_items(seed: int, count: int) -> Iterator[MeshItem]:
+def procedural_items(seed: int, count: int, families: tuple[str, ...] = PROCEDURAL_FAMILIES) -> Iterator[MeshItem]:
     for i in range(count):
 
         def load(i=i):
-            mesh, family = procedural_mesh(seed, i)
+            mesh, family = procedural_mesh(seed, i, families)
             return mesh, "procedural", family, []
 
         yield MeshItem(f"procedural:{seed}/{i}", load)

@@ -17,6 +17,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import numpy as np
@@ -24,7 +25,10 @@ import numpy as np
 from flywheel.core.records import ItemWarning
 
 MESH_FORMATS = {".glb": "glb", ".gltf": "gltf", ".obj": "obj", ".ply": "ply", ".stl": "stl"}
+#: The synthetic world's families, then the ones only the demo's "real" world uses (a lamp or
+#: bottle stacked along its axis, a mug with a handle): part compositions training never showed.
 PROCEDURAL_FAMILIES = ("superquadric", "torus", "extrusion", "compound", "capsule")
+REAL_WORLD_FAMILIES = ("stack", "handled")
 #: The up axis a format's assets usually have: glTF is +Y up by specification, and most OBJ
 #: exporters write +Y up; PLY and STL come from scanners and CAD, mostly +Z up.
 FORMAT_UP = {"glb": "y", "gltf": "y", "obj": "y", "ply": "z", "stl": "z"}
@@ -401,7 +405,7 @@ def _part(rng, kind: str):
         return _superquadric(rng)
     if kind == "torus":
         major = rng.uniform(0.6, 1.0)
-        return trimesh.creation.torus(major, rng.uniform(0.15, 0.45) * major, major_sections=48, minor_sections=16)
+        return trimesh_torus(major, rng.uniform(0.15, 0.45) * major)
     if kind == "extrusion":
         return _star_prism(rng)
     if kind == "capsule":
@@ -434,26 +438,67 @@ def _colorize(mesh, rng) -> np.ndarray:
     return np.c_[np.clip(rgb * 255, 0, 255), np.full(len(v), 255)].astype(np.uint8)
 
 
-def procedural_mesh(seed: int, index: int):
-    """The ``index``-th mesh of a seeded procedural collection, as (trimesh, family)."""
+#: A quarter turn about x, y, z: parts of a composition stand along one of the body's axes.
+_QUARTER_TURNS = (
+    np.eye(3),
+    np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]]),
+    np.array([[0.0, 0, 1], [0, 1, 0], [-1, 0, 0]]),
+    np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]]),
+)
+
+
+def _composition(rng, family: str):
+    """The parts of a composed family, each in place: (kind, rotation, scale, offset) built."""
+    if family == "compound":  # a body with one or two parts along its axes, e.g. a lamp or a robot
+        parts = [_part(rng, str(rng.choice(["superquadric", "capsule", "extrusion", "torus"])))]
+        for _ in range(int(rng.integers(1, 3))):
+            part = _part(rng, str(rng.choice(["superquadric", "capsule", "extrusion", "torus"])))
+            part.vertices = part.vertices @ _QUARTER_TURNS[int(rng.integers(4))].T * rng.uniform(0.3, 0.7)
+            part.vertices += rng.uniform(-0.6, 0.6, size=3)
+            parts.append(part)
+        return parts
+    if family == "stack":  # parts of shrinking width stacked along +z: a vase, bottle or lamp
+        parts, z = [], 0.0
+        for n in range(int(rng.integers(2, 4))):
+            part = _part(rng, str(rng.choice(["superquadric", "capsule", "extrusion"])))
+            part.vertices *= 1.0 if n == 0 else rng.uniform(0.35, 0.8)
+            lo, hi = part.vertices[:, 2].min(), part.vertices[:, 2].max()
+            part.vertices[:, 2] += z - lo - 0.05 * (hi - lo) * (n > 0)
+            z = part.vertices[:, 2].max()
+            parts.append(part)
+        return parts
+    if family == "handled":  # an upright body with a standing ring on its +x side: a mug, a kettle
+        body = _part(rng, str(rng.choice(["capsule", "extrusion", "superquadric"])))
+        handle = trimesh_torus(rng.uniform(0.3, 0.5), rng.uniform(0.06, 0.12))
+        handle.vertices = handle.vertices @ _QUARTER_TURNS[1].T  # the ring stands in the xz plane
+        centre = body.vertices.mean(0)
+        handle.vertices += [body.vertices[:, 0].max(), centre[1], centre[2]]
+        return [body, handle]
+    raise ValueError(family)
+
+
+def trimesh_torus(major: float, minor: float):
     import trimesh
 
-    from rendering.procedural_shapes import random_rotation
+    return trimesh.creation.torus(major, minor, major_sections=48, minor_sections=16)
+
+
+def procedural_mesh(seed: int, index: int, families: tuple[str, ...] = PROCEDURAL_FAMILIES):
+    """The ``index``-th mesh of a seeded procedural collection of ``families``, as (trimesh, family).
+
+    Meshes come in a canonical frame, as a curated asset library's do: upright (+z up), parts
+    along the body's axes, the longer horizontal extent along x. A randomly turned canonical
+    frame would make the canonical shape unobservable: an image shows pose x frame, and no
+    model can tell the two apart."""
+    import trimesh
 
     rng = np.random.default_rng([seed, index, 3])
-    family = PROCEDURAL_FAMILIES[index % len(PROCEDURAL_FAMILIES)]
-    if family == "compound":  # a body with one or two attached parts, e.g. a mug or a lamp
-        parts = []
-        for n in range(int(rng.integers(2, 4))):
-            part = _part(rng, str(rng.choice(["superquadric", "capsule", "extrusion", "torus"])))
-            part.vertices = (part.vertices @ random_rotation(rng).T) * (1.0 if n == 0 else rng.uniform(0.3, 0.7))
-            if n:
-                part.vertices += rng.uniform(-0.6, 0.6, size=3)
-            part.visual.vertex_colors = _colorize(part, rng)
-            parts.append(part)
-        mesh = trimesh.util.concatenate(parts)
-    else:
-        mesh = _part(rng, family)
-        mesh.vertices = mesh.vertices @ random_rotation(rng).T
-        mesh.visual.vertex_colors = _colorize(mesh, rng)
+    family = families[index % len(families)]
+    parts = _composition(rng, family) if family in ("compound", *REAL_WORLD_FAMILIES) else [_part(rng, family)]
+    for part in parts:
+        part.visual.vertex_colors = _colorize(part, rng)
+    mesh: Any = parts[0] if len(parts) == 1 else trimesh.util.concatenate(parts)
+    extent = np.ptp(mesh.vertices, axis=0)
+    if extent[1] > extent[0]:
+        mesh.vertices = mesh.vertices @ _QUARTER_TURNS[3].T
     return mesh, family

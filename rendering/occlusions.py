@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rendering.procedural_shapes import random_rotation
-from rendering.scene import Camera, RenderSettings, Scene, SceneObject, intrinsics, random_lights
+from rendering.scene import Camera, RenderSettings, Scene, SceneObject, intrinsics, look_at, random_lights
 
 OCCLUDER, OCCLUDEE = 1, 2
 IDENTITY = np.eye(4).tolist()
@@ -29,9 +29,41 @@ class Layout:
     occluder: SceneObject
 
 
-def sample_layout(rng: np.random.Generator, occludee_mesh: str, occluder_mesh: str, fov_deg: float) -> Layout:
-    """Occludee 2.5-4.0 in front of the camera, somewhere in the central frustum; occluder
-    nearer, placed on the line of sight to a random point near the occludee's centre."""
+@dataclass(frozen=True)
+class PoseRange:
+    """How the occludee stands before the camera: upright (its +z towards image-up) seen from
+    an elevation in ``elevation_deg`` at any azimuth, tipped by up to ``max_tilt_deg`` about a
+    horizontal axis; a ``tumble_share`` of objects take any rotation at all."""
+
+    elevation_deg: tuple[float, float] = (-10.0, 60.0)
+    max_tilt_deg: float = 15.0
+    tumble_share: float = 0.1
+
+
+def _axis_angle(axis: np.ndarray, angle: float) -> np.ndarray:
+    x, y, z = axis / np.linalg.norm(axis)
+    k = np.array([[0, -z, y], [z, 0, -x], [-y, x, 0]])
+    return np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
+
+
+def object_rotation(rng: np.random.Generator, pose: PoseRange) -> np.ndarray:
+    """An object-to-camera rotation drawn from ``pose``."""
+    if rng.uniform() < pose.tumble_share:
+        return random_rotation(rng)
+    elevation = math.radians(rng.uniform(*pose.elevation_deg))
+    azimuth = rng.uniform(0, 2 * math.pi)
+    eye = [math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth), math.sin(elevation)]
+    view = np.asarray(look_at(eye))[:3, :3]  # the world (object) frame seen from that camera
+    tilt = _axis_angle(np.array([*rng.normal(size=2), 0.0]), math.radians(rng.uniform(0, pose.max_tilt_deg)))
+    return view @ tilt
+
+
+def sample_layout(
+    rng: np.random.Generator, occludee_mesh: str, occluder_mesh: str, fov_deg: float, pose: PoseRange = PoseRange()
+) -> Layout:
+    """Occludee 2.5-4.0 in front of the camera, somewhere in the central frustum, posed by
+    ``pose``; occluder nearer, at any rotation, placed on the line of sight to a random point
+    near the occludee's centre."""
     half = math.tan(math.radians(fov_deg) / 2)
     z_far = rng.uniform(2.5, 4.0)
     far_xy = rng.uniform(-0.4, 0.4, size=2) * half * z_far
@@ -42,7 +74,7 @@ def sample_layout(rng: np.random.Generator, occludee_mesh: str, occluder_mesh: s
     occludee = SceneObject(
         "occludee",
         occludee_mesh,
-        random_rotation(rng).tolist(),
+        object_rotation(rng, pose).tolist(),
         occludee_t.tolist(),
         float(rng.uniform(0.8, 1.3)),
         OCCLUDEE,
@@ -111,6 +143,9 @@ def occlusion_job(
     visible_band,
     max_tries: int,
     min_occludee_pixels: int,
+    elevation_deg=(-10.0, 60.0),
+    max_tilt_deg: float = 15.0,
+    tumble_share: float = 0.1,
     device: str = "CPU",
     render=None,
 ) -> dict:
@@ -123,9 +158,10 @@ def occlusion_job(
     rng = np.random.default_rng(seed)
     camera = Camera(intrinsics(fov_deg, resolution, resolution), IDENTITY, resolution, resolution)
     low, high = visible_band
+    pose = PoseRange(tuple(elevation_deg), max_tilt_deg, tumble_share)
     rejected = {"out_of_frame": 0, "no_overlap": 0, "outside_band": 0}
     for tries in range(1, max_tries + 1):
-        layout = sample_layout(rng, occludee_mesh, occluder_mesh, fov_deg)
+        layout = sample_layout(rng, occludee_mesh, occluder_mesh, fov_deg, pose)
         vis = visible_fraction(layout, camera, out_dir, device, render)
         if vis["amodal_px"] < min_occludee_pixels:
             rejected["out_of_frame"] += 1

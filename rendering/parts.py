@@ -31,6 +31,9 @@ OCCLUSION_JOB_SETTINGS = (
     "visible_band",
     "max_tries",
     "min_occludee_pixels",
+    "elevation_deg",
+    "max_tilt_deg",
+    "tumble_share",
     "device",
 )
 

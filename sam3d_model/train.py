@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[Batch, torch.Generator], dict[str, torch.Tensor]]
+#: model -> metrics, called in eval mode at probe points (a learning curve: held-out vIoU vs steps)
+Probe = Callable[[SmallSam3D], dict[str, float]]
 
 
 class TrainSettings(BaseModel):
@@ -41,6 +44,9 @@ class TrainSettings(BaseModel):
     weight_decay: float = Field(0.01, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     warmup_steps: int = Field(20, ge=1)
+    final_lr_fraction: float = Field(
+        0.1, ge=0, le=1, description="Cosine decay after warm-up to this share of lr at the last step (1: constant)."
+    )
     seed: int = 0
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(100, ge=1)
@@ -60,6 +66,17 @@ class TrainResult:
 
     def metric(self, name: str) -> list[float]:
         return [h[name] for h in self.history if name in h]
+
+
+def lr_factor(step: int, settings: TrainSettings) -> float:
+    """Linear warm-up, then cosine decay to ``final_lr_fraction`` at the last step: a short
+    run ends on small steps, which is worth more than any constant rate on a small budget."""
+    if step < settings.warmup_steps:
+        return (step + 1) / settings.warmup_steps
+    span = max(1, settings.steps - settings.warmup_steps)
+    progress = min(1.0, (step - settings.warmup_steps) / span)
+    low = settings.final_lr_fraction
+    return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,16 +111,20 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     log_to: TrainLog | None = None,
     params: dict | None = None,
+    probe: Probe | None = None,
+    probes: int = 5,
 ) -> TrainResult:
     """Optimise ``parameters`` of ``model`` for ``settings.steps`` steps of ``loss_fn``.
 
     ``batches`` must be deterministic for exact resumption: on resume the batches of the
-    finished steps are drawn and skipped."""
+    finished steps are drawn and skipped. ``probe``: called before the first step and at
+    ``probes`` evenly spaced steps; its metrics join the history (it draws no training
+    randomness, so a probed run trains the same weights as an unprobed one)."""
     device = resolve_device(settings.device)
     model.to(device)
     trainable = [p for p in parameters if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.99))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / settings.warmup_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, settings))
     gen = torch.Generator(device=device).manual_seed(settings.seed)
     history: list[dict] = []
     start = 0
@@ -141,10 +162,25 @@ def fit(
                 extra={"stage": stage, "history": history, "scheduler": sched.state_dict()},
             )
 
+    probe_at = {round(settings.steps * (i + 1) / probes) for i in range(probes)} if probe else set()
+
+    def run_probe(step: int) -> dict[str, float]:
+        assert probe is not None
+        model.eval()
+        with torch.no_grad():
+            values = probe(model)
+        model.train()
+        log.info("%s: step %d/%d %s", stage, step, settings.steps, " ".join(f"{k} {v:.3f}" for k, v in values.items()))
+        return values
+
     stream: Iterator[Batch] = iter(batches)
     for _ in range(start):
         next(stream)
     model.train()
+    if probe is not None and start == 0:
+        history.append({"step": 0, **run_probe(0)})
+        if log_to is not None:
+            log_to.metrics({k: v for k, v in history[-1].items() if k != "step"}, 0)
     window: dict[str, float] = {}
     count, t0, began = 0, time.perf_counter(), time.perf_counter()
     for step in range(start, settings.steps):
@@ -170,7 +206,7 @@ def fit(
         window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
         count += 1
         done = step + 1
-        if done % settings.log_every == 0 or done == settings.steps:
+        if done % settings.log_every == 0 or done == settings.steps or done in probe_at:
             elapsed = time.perf_counter() - t0
             entry = {
                 "step": done,
@@ -178,6 +214,8 @@ def fit(
                 "lr": sched.get_last_lr()[0],
                 "steps_per_s": count / max(elapsed, 1e-9),
             }
+            if done in probe_at:
+                entry.update(run_probe(done))
             history.append(entry)
             if log_to is not None:
                 log_to.metrics({k: v for k, v in entry.items() if k != "step"}, done)

@@ -66,12 +66,20 @@ close_proposal_pool = _PROPOSAL_POOL.close
 
 @flywheel_task(name="image-pool", version="1")
 def build_image_pool(
-    cfg: FlywheelConfig, source: str, source_version: str, max_image_bytes: int, parent_run_id: str | None = None
+    cfg: FlywheelConfig,
+    source: str,
+    source_version: str,
+    max_image_bytes: int,
+    mask_error: float = 0.0,
+    parent_run_id: str | None = None,
 ) -> DatasetRef:
     """Commit the round's (image, mask) pairs; bad items are quarantined with their reason.
-    ``source_version``: the dataset version or the manifest file's digest (in the cache key)."""
+    ``source_version``: the dataset version or the manifest file's digest (in the cache key);
+    ``mask_error``: a dataset's masks as a segmenter would give them (the "real" world)."""
     store = store_for(cfg)
     inputs = {"source": source, "source_version": source_version, "max_image_bytes": max_image_bytes}
+    if mask_error:
+        inputs["mask_error"] = mask_error
     version = version_of(IMAGE_POOL, inputs=inputs, code_version=build_image_pool.version)
     with stage(cfg, parent_run_id, "image-pool", params={"source": source}) as run_id:
         ref = committed_ref(store, IMAGE_POOL.name, version)
@@ -82,7 +90,7 @@ def build_image_pool(
             else:
                 dataset = Dataset(store, source.partition("@")[0], source_version)
                 parents = [dataset.ref]
-                items = from_dataset(dataset)
+                items = from_dataset(dataset, mask_error)
             with DatasetWriter(
                 store, IMAGE_POOL, version, inputs=inputs, parents=parents, **writer_options(cfg)
             ) as writer:

@@ -21,7 +21,7 @@ from flywheel.core.contracts import ISO3DO, MESHES, OCCLUSIONS, DatasetSpec, par
 from flywheel.core.datasets import Dataset, DatasetWriter, assemble_dataset, committed_ref, version_of
 from flywheel.core.records import DatasetRef, Rejected
 from rendering.mesh_library import library_samples, procedural_items, source_items
-from rendering.meshes import MeshFilter
+from rendering.meshes import PROCEDURAL_FAMILIES, MeshFilter
 from rendering.parts import iso3do_part, occlusions_part
 from rendering.pool import RenderPool
 from tasks.conventions import ProcessResource, flywheel_task, log_datasets, stage, store_for, writer_options
@@ -66,7 +66,7 @@ def _write_part(cfg, spec: DatasetSpec, version: str, inputs: dict, produce) -> 
 # -- mesh library -----------------------------------------------------------------------------
 
 
-@flywheel_task(name="mesh-library", version="1")
+@flywheel_task(name="mesh-library", version="2")
 def build_mesh_library(
     cfg: FlywheelConfig,
     source: str | None,
@@ -77,6 +77,7 @@ def build_mesh_library(
     limits: dict,
     family_balance: bool | None = None,
     up_axis: str = "auto",
+    families: tuple[str, ...] = PROCEDURAL_FAMILIES,
     parent_run_id: str | None = None,
 ) -> DatasetRef:
     """Ingest, filter, de-duplicate and voxelise meshes into a ``meshes`` dataset version.
@@ -86,6 +87,7 @@ def build_mesh_library(
     inputs = {
         "source": source,
         "num_procedural": num_procedural if source is None else None,
+        "families": list(families) if source is None else None,
         "seed": seed,
         "resolution": resolution,
         "limits": limits,
@@ -103,7 +105,7 @@ def build_mesh_library(
         if ref is None:
             with tempfile.TemporaryDirectory(prefix="flywheel-meshes-") as tmp:
                 items = (
-                    procedural_items(seed, num_procedural)
+                    procedural_items(seed, num_procedural, tuple(families))
                     if source is None
                     else source_items(source, cfg.store, filt, Path(tmp), up_axis)
                 )
@@ -166,10 +168,15 @@ def iso3do_settings(cfg: FlywheelConfig) -> dict:
 
 def occlusions_settings(cfg: FlywheelConfig) -> dict:
     s = cfg.occlusions.model_dump(exclude={"samples_per_shard", "num_samples"})
-    return {**s, "visible_band": list(s["visible_band"]), "device": cfg.render.device}
+    return {
+        **s,
+        "visible_band": list(s["visible_band"]),
+        "elevation_deg": list(s["elevation_deg"]),
+        "device": cfg.render.device,
+    }
 
 
-@flywheel_task(name="occlusions-part", version="2")
+@flywheel_task(name="occlusions-part", version="3")
 def render_occlusions_part(cfg: FlywheelConfig, library: DatasetRef, indices: list[int], settings: dict) -> DatasetRef:
     """Sample, test and render one batch of occluder/occludee pairs on photos."""
     inputs = {"library": library, "indices": indices, "settings": settings}

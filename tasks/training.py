@@ -23,6 +23,7 @@ from flywheel.tracking.registry import find_version, register_checkpoint
 from flywheel.tracking.training_log import MlflowTrainLog
 from sam3d_model.checkpoint import load_model, save_checkpoint
 from sam3d_model.config import ModelConfig
+from sam3d_model.evaluation import viou_probe
 from sam3d_model.model import build_model
 from tasks.conventions import flywheel_task, log_datasets, stage, store_for
 
@@ -37,11 +38,15 @@ def train_stage(
     datasets: dict[str, list[DatasetRef]],
     settings: dict[str, Any],
     architecture: dict[str, Any],
+    probe: DatasetRef | None = None,
+    probe_mask_error: float = 0.0,
     parent_run_id: str | None = None,
 ) -> CheckpointRef:
     """Train one stage (``vae``, ``pretrain``, ``midtrain``, ``sft``, ``dpo``, ``distill``) from
     ``init`` (None: a new model of ``architecture``) on ``datasets`` (role -> versions);
-    returns the checkpoint. ``settings``: see :func:`flywheel.learning.stages.stage_settings`."""
+    returns the checkpoint. ``settings``: see :func:`flywheel.learning.stages.stage_settings`.
+    ``probe``: a held-out set whose first :data:`PROBE_OBJECTS` objects draw the stage's
+    learning curve (held-out vIoU vs steps, in MLflow); it does not change the checkpoint."""
     store = store_for(cfg)
     name = checkpoint_name(stage_name, init, datasets, settings, architecture)
     key = f"models/{name}.pt"
@@ -64,6 +69,7 @@ def train_stage(
             settings,
             workdir,
             MlflowTrainLog(run_id),
+            probe=_probe(store, model.cfg, probe, probe_mask_error) if probe is not None else None,
         )
         mlflow.log_metrics({k: float(v) for k, v in counts.items()})
         final = save_checkpoint(
@@ -73,6 +79,15 @@ def train_stage(
         return checkpoint_ref(store, key, final)
 
 
+#: Held-out objects of a stage's learning curve (a cheap vIoU-only probe, ~1 s on 2 cores).
+PROBE_OBJECTS = 16
+
+
+def _probe(store, arch: ModelConfig, heldout: DatasetRef, mask_error: float):
+    examples = load_heldout(arch, Dataset(store, heldout.name, heldout.version), mask_error).examples
+    return viou_probe(examples[:PROBE_OBJECTS])
+
+
 @flywheel_task(name="evaluate", version="2")
 def evaluate_model(
     cfg: FlywheelConfig,
@@ -80,17 +95,19 @@ def evaluate_model(
     heldout: DatasetRef,
     seeds: int,
     label: str = "",
+    mask_error: float = 0.0,
     parent_run_id: str | None = None,
 ) -> Scores:
     """A registered model's metrics on every held-out object (logged to MLflow: the means, and
-    the per-object scores as a table)."""
+    the per-object scores as a table); ``mask_error``: the held-out masks' segmenter errors."""
     store = store_for(cfg)
     net = load_model(local_checkpoint(cfg, store, model.checkpoint))
     with stage(
         cfg, parent_run_id, f"evaluate-{label}" if label else "evaluate", params={"model": model.uri, "seeds": seeds}
     ) as run_id:
         log_datasets(run_id, inputs=[heldout])
-        scores = score_objects(net, load_heldout(net.cfg, Dataset(store, heldout.name, heldout.version)), seeds)
+        held = load_heldout(net.cfg, Dataset(store, heldout.name, heldout.version), mask_error)
+        scores = score_objects(net, held, seeds)
         _log_scores(scores)
     return scores
 
@@ -101,6 +118,7 @@ def evaluate_baselines(
     model: ModelRef,
     training: list[DatasetRef],
     heldout: DatasetRef,
+    mask_error: float = 0.0,
     parent_run_id: str | None = None,
 ) -> dict[str, Scores]:
     """The constant-shape and retrieval baselines, fitted on ``training`` (decoded for
@@ -110,7 +128,8 @@ def evaluate_baselines(
     with stage(cfg, parent_run_id, "evaluate-baselines", params={"model": model.uri}) as run_id:
         log_datasets(run_id, inputs=[*training, heldout])
         examples = cached_examples(arch, [Dataset(store, r.name, r.version) for r in training])
-        scores = baseline_scores(examples, load_heldout(arch, Dataset(store, heldout.name, heldout.version)))
+        held = load_heldout(arch, Dataset(store, heldout.name, heldout.version), mask_error)
+        scores = baseline_scores(examples, held)
         for who, s in scores.items():
             mlflow.log_metrics({f"{who}_{k}": v for k, v in s.summary().items() if v == v})
     return scores

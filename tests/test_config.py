@@ -12,9 +12,9 @@ from flywheel.core.config import DEFAULT_CONFIG_FILE, ConfigError, FlywheelConfi
 def test_embedded_defaults_load():
     assert DEFAULT_CONFIG_FILE == Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
     cfg = load_config(environ={})
-    assert cfg.meshes.num_procedural == 12 != FlywheelConfig().meshes.num_procedural  # the file, not the schema
+    assert cfg.meshes.num_procedural == 150 != FlywheelConfig().meshes.num_procedural  # the file, not the schema
     assert cfg.store.root == ".flywheel/store"
-    assert cfg.meshes.occupancy_resolution == 16 and cfg.iso3do.views == 24
+    assert cfg.meshes.occupancy_resolution == 16 and cfg.iso3do.views == 8
     assert cfg.mlflow_tracking_uri == f"sqlite:///{Path('.flywheel').resolve() / 'mlflow.db'}"
 
 
@@ -45,6 +45,7 @@ def test_file_then_environment_override(tmp_path):
         ({"FLYWHEEL__STORE__ROOT": "gs://b/x"}, "store.root", "'gs://b/x'", "unsupported scheme 'gs'"),
         ({"FLYWHEEL__ISO3DO__VIEWS": "many"}, "iso3do.views", "'many'", "valid integer"),
         ({"FLYWHEEL__STORE__ROOTT": "x"}, "store.roott", "'x'", "Extra inputs are not permitted"),
+        ({"FLYWHEEL__ROUNDS__WORLD__MASK_ERROR": "0.9"}, "rounds.world.mask_error", "0.9", "less than or equal to 0.5"),
     ],
 )
 def test_bad_value_names_field_value_source_and_reason(environ, field, value, why):
@@ -60,6 +61,11 @@ def test_bad_file_is_named(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("prefect:\n  task_retries: -1\n")
     with pytest.raises(ConfigError, match=rf"prefect.task_retries = -1 \(from file {f}\)"):
+        load_config(f, environ={})
+    f.write_text("rounds:\n  world:\n    occlusions: {fov_deg: 500}\n")  # the "real" world's fields are checked too
+    with pytest.raises(
+        ConfigError, match=rf"rounds.world.occlusions.fov_deg = 500 \(from file {f}\): .* less than 120"
+    ):
         load_config(f, environ={})
     f.write_text("[not, a, mapping]")
     with pytest.raises(ConfigError, match="top level must be a mapping"):

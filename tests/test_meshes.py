@@ -5,16 +5,18 @@ from __future__ import annotations
 import io
 import json
 import struct
+import typing
 
 import numpy as np
 import pytest
 import trimesh
 
-from flywheel.core.config import StoreConfig
+from flywheel.core.config import ProceduralFamily, StoreConfig
 from flywheel.core.records import Rejected, Sample
 from rendering.mesh_library import library_samples, procedural_items, source_items
 from rendering.meshes import (
     PROCEDURAL_FAMILIES,
+    REAL_WORLD_FAMILIES,
     CleanMesh,
     MeshFilter,
     MeshRejected,
@@ -39,6 +41,27 @@ def test_procedural_meshes_are_varied_closed_and_normalised():
     assert families == set(PROCEDURAL_FAMILIES)
     assert clean(procedural_mesh(0, 3)[0]).mesh_id == clean(procedural_mesh(0, 3)[0]).mesh_id
     assert clean(procedural_mesh(0, 3)[0]).mesh_id != clean(procedural_mesh(1, 3)[0]).mesh_id
+
+
+def test_procedural_meshes_come_in_a_canonical_frame():
+    """Upright, the longer horizontal extent along x: shape and pose are separable."""
+    every = PROCEDURAL_FAMILIES + REAL_WORLD_FAMILIES
+    assert set(every) == set(typing.get_args(ProceduralFamily))
+    seen = set()
+    for i in range(3 * len(every)):
+        mesh, family = procedural_mesh(4, i, every)
+        seen.add(family)
+        extent = np.ptp(mesh.vertices, axis=0)
+        assert extent[0] >= extent[1], family
+        c = clean(mesh)
+        assert c.watertight, family
+        if family in ("capsule", "stack"):  # standing along +z
+            assert extent[2] > 0.9 * max(extent[0], extent[1]) or family == "stack", (family, extent)
+        if family == "torus":  # lying flat
+            assert extent[2] < extent[0]
+    assert seen == set(every)
+    stack, _ = procedural_mesh(4, every.index("stack"), every)
+    assert np.ptp(stack.vertices[:, 2]) > np.ptp(stack.vertices[:, 0])  # parts stacked along +z are tall
 
 
 def _grid_centres(res):

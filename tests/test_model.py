@@ -307,3 +307,29 @@ def test_a_new_model_depends_on_its_seed_only():
     assert all(torch.equal(first[k], again[k]) for k in first)
     other = build_model(CFG, seed=4).state_dict()
     assert not torch.equal(first["flow.shape_in.weight"], other["flow.shape_in.weight"])
+
+
+def test_learning_curve_probe_watches_without_changing_the_weights(examples):
+    """A probed stage logs held-out vIoU at step 0 and at evenly spaced steps, and trains the
+    very weights an unprobed one does (the probe draws no training randomness)."""
+    from sam3d_model.evaluation import viou_probe
+
+    settings = T.TrainSettings(steps=10, lr=3e-3, log_every=4)
+    plain, probed = build_model(CFG, 3), build_model(CFG, 3)
+    T.sft(plain, batch_stream(lambda: examples, 4, seed=0), settings)
+    result = T.sft(probed, batch_stream(lambda: examples, 4, seed=0), settings, probe=viou_probe(examples[:3]))
+    for (name, a), b in zip(plain.state_dict().items(), probed.state_dict().values()):
+        assert torch.equal(a, b), name
+    curve = [(h["step"], h["heldout_viou"]) for h in result.history if "heldout_viou" in h]
+    assert [s for s, _ in curve] == [0, 2, 4, 6, 8, 10] and all(0 <= v <= 1 for _, v in curve)
+    assert [h["step"] for h in result.history if "loss" in h] == [2, 4, 6, 8, 10]  # log points join the probes'
+
+
+def test_learning_rate_warms_up_then_decays_to_its_floor():
+    s = T.TrainSettings(steps=100, lr=1.0, warmup_steps=10, final_lr_fraction=0.1)
+    factors = [T.lr_factor(step, s) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))  # never rises after warm-up
+    assert T.lr_factor(100, s) == pytest.approx(0.1) and factors[55] == pytest.approx(0.55, abs=0.02)
+    flat = T.TrainSettings(steps=100, warmup_steps=10, final_lr_fraction=1.0)
+    assert {T.lr_factor(step, flat) for step in range(10, 100)} == {1.0}

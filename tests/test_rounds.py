@@ -21,6 +21,7 @@ from flywheel.core.config import FlywheelConfig, load_config
 from flywheel.core.datasets import Dataset
 from flywheel.core.store import Store
 from flywheel.rounds import ledger as rounds
+from flywheel.rounds.record import RoundRecord
 from flywheel.tracking import lineage
 from tasks.conventions import store_for
 
@@ -102,6 +103,12 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
         assert r["rankings"]["objects_judged"] == 3
     assert clean.aliases == {"champion": r1["champion_after"]["version"], "challenger": r1["challenger"]["version"]}
 
+    # round 0 also scores the bootstrap champion on a held-out set of the synthetic world: the gap
+    gap = r0["synthetic_heldout"]
+    assert gap["objects"] == 2 and set(gap["summary"]) == {"champion", "constant", "retrieval"}
+    assert "champion-vs-constant" in gap["intervals"] and r1["synthetic_heldout"] is None
+    assert "world gap, champion held-out viou: synthetic" in rounds.round_text(RoundRecord.model_validate(r0))
+
     # new images every round, one fixed held-out set, the accepted data accumulates
     assert r0["datasets"]["image-pool"]["version"] != r1["datasets"]["image-pool"]["version"]
     held_out = {r["datasets"]["held-out"]["version"] for r in records}
@@ -117,6 +124,10 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
     # MLflow: a parent run per round, a nested run per stage, datasets logged, a summary
     stages = _stage_names(r0["mlflow_run_id"])
     assert TRAINING_STAGES <= set(stages)
+    # every stage after the VAE draws a learning curve on held-out objects (step 0 and 5 points)
+    midtrain = next(r for r in lineage.stage_runs(r0["mlflow_run_id"]) if r.data.tags[lineage.STAGE_TAG] == "midtrain")
+    curve = client.get_metric_history(midtrain.info.run_id, "heldout_viou")
+    assert sorted(m.step for m in curve)[0] == 0 and len(curve) >= 5 and all(0 <= m.value <= 1 for m in curve)
     assert {
         "simulate-annotators",
         "ingest-rankings",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rendering.iso3do import iso3do_scene
-from rendering.occlusions import OCCLUDEE, OCCLUDER, composite, sample_layout
+from rendering.occlusions import OCCLUDEE, OCCLUDER, PoseRange, composite, object_rotation, sample_layout
 from rendering.scene import Camera, Scene, intrinsics, look_at, random_lights, viewpoints
 
 
@@ -77,6 +77,20 @@ def test_occlusion_layout_puts_the_occluder_in_front():
         half = math.tan(math.radians(25))
         assert abs(far[0] / far[2]) < half and abs(far[1] / far[2]) < half  # inside the frustum
         assert layout.occludee.pass_index == OCCLUDEE and layout.occluder.pass_index == OCCLUDER
+
+
+def test_occludees_stand_upright_within_the_pose_range_and_tumble_at_its_share():
+    rng = np.random.default_rng(1)
+    pose = PoseRange(elevation_deg=(0.0, 40.0), max_tilt_deg=10.0, tumble_share=0.0)
+    for _ in range(200):
+        R = object_rotation(rng, pose)
+        assert np.allclose(R @ R.T, np.eye(3), atol=1e-9) and np.isclose(np.linalg.det(R), 1.0)
+        up = R @ [0.0, 0.0, 1.0]  # the object's up axis in the camera frame (OpenCV: image-up is -y)
+        # it leans back (seen from above) by at most the elevation, sideways by at most the tilt
+        assert math.degrees(math.acos(-up[1])) <= 40.0 + 10.0 + 1e-6
+        assert math.degrees(math.asin(abs(up[0]))) <= 10.0 + 1e-6
+    ups = [object_rotation(rng, PoseRange(tumble_share=1.0)) @ [0, 0, 1.0] for _ in range(400)]
+    assert np.mean([u[1] > 0 for u in ups]) == pytest.approx(0.5, abs=0.1)  # any way up, as often down
 
 
 def test_composite_is_alpha_over():

@@ -24,6 +24,8 @@ ENV_PREFIX = "FLYWHEEL__"
 CONFIG_FILE_ENV = "FLYWHEEL_CONFIG"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_FILE = REPO_ROOT / "configs" / "default.yaml"
+#: rendering.meshes.procedural_mesh's families: the synthetic world's five, then the "real" world's own.
+ProceduralFamily = Literal["superquadric", "torus", "extrusion", "compound", "capsule", "stack", "handled"]
 
 
 class ConfigError(ValueError):
@@ -138,6 +140,11 @@ class MeshLibraryConfig(_Section):
         "None: the seeded procedural generator.",
     )
     num_procedural: int = Field(40, ge=1)
+    families: list[ProceduralFamily] = Field(
+        ["superquadric", "torus", "extrusion", "compound", "capsule"],
+        min_length=1,
+        description="Procedural families, taken in turn (mesh i: i mod n).",
+    )
     seed: int = 0
     occupancy_resolution: Literal[16, 32, 64] = 16
     max_faces: int = Field(200_000, ge=1)
@@ -176,6 +183,11 @@ class OcclusionsConfig(_Section):
     samples: int = Field(16, ge=1)
     fov_deg: float = Field(50.0, gt=5, lt=120)
     visible_band: tuple[float, float] = Field((0.3, 0.8), description="Accepted visible fraction of the occludee.")
+    elevation_deg: tuple[float, float] = Field(
+        (-10.0, 60.0), description="The occludee stands upright, seen from an elevation in this range ..."
+    )
+    max_tilt_deg: float = Field(15.0, ge=0, le=90, description="... tipped by up to this much ...")
+    tumble_share: float = Field(0.1, ge=0, le=1, description="... or, for this share of samples, at any rotation.")
     max_tries: int = Field(30, ge=1, description="Layouts tried per sample before giving up.")
     min_occludee_pixels: int = Field(50, ge=1)
     background_source: str | None = Field(None, description="Folder or s3:// prefix of photos; None: scikit-image's.")
@@ -310,8 +322,8 @@ class ModelSection(_Section):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     seed: int = 0
     vae: StageSettings = StageSettings(steps=400, lr=1e-3)
-    pretrain: StageSettings = StageSettings(steps=300, lr=5e-4)
-    midtrain: StageSettings = StageSettings(steps=200)
+    pretrain: StageSettings = StageSettings(steps=700, lr=1e-3)
+    midtrain: StageSettings = StageSettings(steps=500, lr=1e-3)
     sft: StageSettings = StageSettings(steps=150, lr=2e-4)
     dpo: StageSettings = StageSettings(steps=60, lr=5e-5, batch_size=8)
     distill: StageSettings = StageSettings(steps=0, lr=2e-4, batch_size=8)
@@ -350,12 +362,54 @@ class AnnotatorSettings(_Section):
 _SHAPE_ONLY = {"rotation_weight": 0.0, "translation_weight": 0.0}
 
 
+class WorldConfig(_Section):
+    """The demo's "real" world: where each round's images and the held-out set come from.
+
+    Real photos differ from the synthetic training renders, and the flywheel exists to close
+    that gap; so this world is generated differently (fields over the ``meshes`` and
+    ``occlusions`` sections): part compositions training never showed, a longer lens, heavier
+    occlusion, photos taken from standing height of objects that mostly stand upright, and
+    masks with a segmenter's errors. ``meshes: {source: FOLDER}`` puts a user's own meshes in it."""
+
+    meshes: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "families": ["superquadric", "torus", "extrusion", "compound", "capsule", "stack", "handled"]
+        },
+        description="MeshLibraryConfig fields for the world's objects (seed and count are the round's).",
+    )
+    occlusions: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "fov_deg": 35.0,
+            "visible_band": [0.25, 0.7],
+            "elevation_deg": [0.0, 45.0],
+            "max_tilt_deg": 20.0,
+            "tumble_share": 0.05,
+        },
+        description="OcclusionsConfig fields for the world's images (seed and count are the round's).",
+    )
+    mask_error: float = Field(
+        0.1, ge=0, le=0.5, description="A segmenter's mask errors, ~share of the mask's area (0: exact masks)."
+    )
+
+    @field_validator("meshes")
+    @classmethod
+    def _meshes(cls, v: dict[str, Any]) -> dict[str, Any]:
+        MeshLibraryConfig.model_validate(v)
+        return v
+
+    @field_validator("occlusions")
+    @classmethod
+    def _occlusions(cls, v: dict[str, Any]) -> dict[str, Any]:
+        OcclusionsConfig.model_validate(v)
+        return v
+
+
 class RoundsConfig(_Section):
     """Flywheel rounds: fresh "real" images per round, the fixed held-out set, simulated
     annotators, the promotion rule and the one-round-at-a-time lock.
 
-    Round images and the held-out set are Flying-Occlusions composites of procedural meshes
-    from their own seeds: objects the synthetic training data never showed."""
+    Round images and the held-out set are composites of the "real" ``world``, each from a
+    mesh library of its own seed: objects the synthetic training data never showed."""
 
     pool_objects: int = Field(16, ge=1, description="Images per round (round k: library seed pool_seed + k).")
     pool_seed: int = 1000
@@ -365,6 +419,10 @@ class RoundsConfig(_Section):
     eval_meshes: int = Field(64, ge=2, description="Meshes in the held-out library (each shown once per round of it).")
     eval_seed: int = 999
     library_meshes: int = Field(8, ge=1, description="Meshes in each round's image-pool library.")
+    world: WorldConfig = WorldConfig()
+    synthetic_eval_objects: int = Field(
+        32, ge=0, description="Held-out composites of the synthetic world too (bootstrap only): the gap; 0: none."
+    )
     # They judge shape (no layout penalty), as SAM 3D's annotators pick the best shape first:
     # the winner becomes an SFT shape target, and a team that also weighed pose picked winners
     # for their pose, whose shapes made SFT worse (3 rounds: held-out vIoU 0.260/0.246/0.231

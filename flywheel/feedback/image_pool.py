@@ -25,6 +25,7 @@ from flywheel.core.config import StoreConfig
 from flywheel.core.datasets import Dataset
 from flywheel.core.records import Rejected, Sample
 from flywheel.core.store import ObjectNotFound, StoreError, read_uri
+from rendering.segmenter import seed_of, segmenter_mask
 
 Item = Sample | Rejected
 
@@ -51,13 +52,15 @@ def check_pair(rgb: np.ndarray, mask: np.ndarray, name: str) -> tuple[str, str] 
     return None
 
 
-def from_dataset(dataset: Dataset) -> Iterator[Item]:
-    """Flying-Occlusions composites: the RGB composite and the occludee's visible mask."""
+def from_dataset(dataset: Dataset, mask_error: float = 0.0) -> Iterator[Item]:
+    """Flying-Occlusions composites: the RGB composite and the occludee's visible mask, with
+    a segmenter's errors when ``mask_error`` > 0 (the demo's "real" world)."""
     if dataset.spec.name != "occlusions":
         raise ValueError(f"image pool from dataset {dataset.spec.name!r}: only 'occlusions' can stand in for photos")
     for s in dataset.samples():
         rgb = np.asarray(Image.open(io.BytesIO(s["rgb.png"])).convert("RGB"))
         mask = np.asarray(Image.open(io.BytesIO(s["modal.png"]))) > 127
+        mask = segmenter_mask(mask, mask_error, seed_of(s["__key__"]))
         name = f"{dataset.ref}/{s['__key__']}"
         problem = check_pair(rgb, mask, name)
         yield Rejected(name, *problem) if problem else _sample(rgb, mask, name)

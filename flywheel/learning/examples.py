@@ -8,12 +8,14 @@ streamed from the committed shards (webdataset) and decoded here.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from flywheel.core.codecs import decode_npy, decode_png
 from flywheel.core.datasets import Dataset
+from rendering.segmenter import seed_of, segmenter_mask
 from sam3d_model.config import ModelConfig
 from sam3d_model.data import Example, condition_inputs, pointmap
 
@@ -54,11 +56,12 @@ def iso3do_example(cfg: ModelConfig, sample: dict, row: dict) -> Example:
     }
 
 
-def occlusions_example(cfg: ModelConfig, sample: dict, row: dict) -> Example:
-    """A Flying-Occlusions composite: the occludee's visible (modal) mask on the full photo."""
+def occlusions_example(cfg: ModelConfig, sample: dict, row: dict, mask_error: float = 0.0) -> Example:
+    """A Flying-Occlusions composite: the occludee's visible (modal) mask on the full photo,
+    with a segmenter's errors when ``mask_error`` > 0 (the demo's "real" world)."""
     key = sample["__key__"]
     rgb = decode_png(sample["rgb.png"])[..., :3]
-    mask = decode_png(sample["modal.png"]) > 127
+    mask = segmenter_mask(decode_png(sample["modal.png"]) > 127, mask_error, seed_of(key))
     K = np.asarray(row["K"], np.float32).reshape(3, 3)
     points = pointmap(decode_npy(sample["depth.npy"]), K) if cfg.use_pointmap else None
     crop, full = condition_inputs(cfg, rgb, mask, points, name=key)
@@ -103,7 +106,7 @@ def preference_example(cfg: ModelConfig, sample: dict, row: dict) -> Example:
     }
 
 
-DECODERS: dict[str, Callable[[ModelConfig, dict, dict], Example]] = {
+DECODERS: dict[str, Callable[..., Example]] = {
     "iso3do": iso3do_example,
     "occlusions": occlusions_example,
     "sft": sft_example,
@@ -116,8 +119,8 @@ def dataset_examples(cfg: ModelConfig, dataset: Dataset) -> Iterator[Example]:
     return (example for example, _ in examples_with_rows(cfg, dataset))
 
 
-def examples_with_rows(cfg: ModelConfig, dataset: Dataset) -> Iterator[tuple[Example, dict]]:
-    """Each example with its manifest row, in shard order."""
+def examples_with_rows(cfg: ModelConfig, dataset: Dataset, **options: Any) -> Iterator[tuple[Example, dict]]:
+    """Each example with its manifest row, in shard order (``options``: the decoder's own)."""
     try:
         decode = DECODERS[dataset.spec.name]
     except KeyError:
@@ -127,7 +130,7 @@ def examples_with_rows(cfg: ModelConfig, dataset: Dataset) -> Iterator[tuple[Exa
     rows = {r["sample_key"]: r for r in dataset.manifest().to_pylist()}
     for sample in dataset.samples():
         row = rows[sample["__key__"]]
-        yield decode(cfg, sample, row), row
+        yield decode(cfg, sample, row, **options), row
 
 
 def cached_examples(cfg: ModelConfig, datasets: Iterable[Dataset]) -> list[Example]:

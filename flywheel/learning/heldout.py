@@ -51,9 +51,10 @@ class HeldOut:
     truths: list[Truth]
 
 
-def load_heldout(cfg: ModelConfig, dataset: Dataset) -> HeldOut:
-    """A Flying-Occlusions dataset as a held-out set (the occludee is the object to reconstruct)."""
-    pairs = list(examples_with_rows(cfg, dataset))
+def load_heldout(cfg: ModelConfig, dataset: Dataset, mask_error: float = 0.0) -> HeldOut:
+    """A Flying-Occlusions dataset as a held-out set (the occludee is the object to reconstruct;
+    ``mask_error``: its mask as a segmenter gives it, see :mod:`rendering.segmenter`)."""
+    pairs = list(examples_with_rows(cfg, dataset, mask_error=mask_error))
     if not pairs:
         raise ValueError(f"held-out set {dataset.ref} has no samples")
     examples = [e for e, _ in pairs]
@@ -102,13 +103,13 @@ class SplitReport(BaseModel):
         return {m: Interval(*v) for m, v in self.intervals.get(comparison, {}).items()}
 
 
-def split_report(scores: dict[str, Scores], split: Split) -> SplitReport:
-    """The ``split`` half of the held-out scores of each model / baseline (who -> scores)."""
+def split_report(scores: dict[str, Scores], split: Split | None) -> SplitReport:
+    """The ``split`` half (None: all) of the held-out scores of each model / baseline (who -> scores)."""
     mesh_ids = next(iter(scores.values())).mesh_ids
     if any(s.mesh_ids != mesh_ids for s in scores.values()):
         raise ValueError("held-out scores: not all were computed on the same objects")
     half = halves(mesh_ids)
-    keep = [i for i, m in enumerate(mesh_ids) if half[m] == split]
+    keep = [i for i, m in enumerate(mesh_ids) if split is None or half[m] == split]
     if not keep:
         raise ValueError(f"held-out set: no object falls in the {split} half; it needs 2 or more meshes")
     part = {who: [s.objects[i] for i in keep] for who, s in scores.items()}

@@ -110,9 +110,11 @@ def run_stage(
     settings: dict[str, Any],
     workdir: Path,
     log_to: T.TrainLog | None = None,
+    probe: T.Probe | None = None,
 ) -> dict[str, int]:
     """Train ``model`` in place for one stage on ``datasets`` (role -> versions, roles per
-    :data:`STAGE_INPUTS`); resumable state in ``workdir``. Returns example counts per role."""
+    :data:`STAGE_INPUTS`); resumable state in ``workdir``; ``probe``: a learning curve for
+    every stage after the VAE. Returns example counts per role."""
     arch = model.cfg
     train = T.TrainSettings(
         steps=settings["steps"],
@@ -125,6 +127,8 @@ def run_stage(
     )
     batch, seed = settings["batch_size"], settings["seed"]
     fit: dict[str, Any] = {"checkpoint_dir": workdir, "log_to": log_to}
+    if stage != "vae":
+        fit["probe"] = probe
     if stage in ("vae", "pretrain", "midtrain"):
         examples = cached_examples(arch, next(iter(datasets.values())))
         {"vae": T.train_vae, "pretrain": T.pretrain, "midtrain": T.midtrain}[stage](

@@ -124,6 +124,10 @@ def summary_rows(records: list[RoundRecord]) -> list[dict]:
                                 for end, v in (("", gain), ("_low", low), ("_high", high))
                             }
                         )
+        if r.synthetic_heldout is not None:
+            row.update(
+                {f"synthetic_{who}_{m}": v for who, ms in r.synthetic_heldout.summary.items() for m, v in ms.items()}
+            )
         row.update({f"best_of_n_{k}": v for k, v in r.best_of_n.items()})
         row.update(r.rankings)
         row.update({f"rows_{k}": v for k, v in r.volumes.items()})
@@ -182,6 +186,8 @@ def round_text(r: RoundRecord) -> str:
         for name in report.intervals:
             gains = report.gains(name)
             lines.append(f"  {name} ({split}): " + ", ".join(f"{m} {gains[m]}" for m in HEADLINE[:2] if m in gains))
+    if r.synthetic_heldout is not None:
+        lines.append(world_gap_text(r))
     if r.best_of_n:
         b = r.best_of_n
         lines.append(
@@ -193,6 +199,21 @@ def round_text(r: RoundRecord) -> str:
     )
     lines += [f"WARNING: {w}" for w in r.warnings]
     return "\n".join(lines)
+
+
+def world_gap_text(r: RoundRecord, metric: str = "viou") -> str:
+    """The bootstrap champion on the synthetic world's held-out set and on the real world's."""
+    assert r.synthetic_heldout is not None
+    synthetic, real = r.synthetic_heldout, r.heldout["reporting"]
+    parts = []
+    for name, report in (("synthetic", synthetic), ("real", real)):
+        gain = report.gains("champion-vs-constant").get(metric)
+        parts.append(
+            f"{name} {report.summary['champion'][metric]:.3f} (constant {report.summary['constant'][metric]:.3f}"
+            + (f", gain {gain}" if gain else "")
+            + f"; {report.objects} objects)"
+        )
+    return f"world gap, champion held-out {metric}: " + " vs ".join(parts)
 
 
 def summary_text(records: list[RoundRecord]) -> str:

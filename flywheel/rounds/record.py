@@ -47,6 +47,11 @@ class RoundRecord(BaseModel):
         description="The round's candidates vs the pool's truth: oracle_viou, model_viou, retrieval_viou (v2).",
     )
     warnings: list[str] = Field(default_factory=list, description="What people must know about this round (v2).")
+    synthetic_heldout: SplitReport | None = Field(
+        None,
+        description="Round 0: the bootstrap champion and the baselines on a held-out set of the synthetic "
+        "world, beside ``heldout`` (the real world's): the gap the flywheel must close (v2).",
+    )
     rankings: dict[str, int | float] = Field(
         ...,
         description="Decision metrics: accept_rate, objects_judged, accepted, hard_cases, preference_pairs, "

@@ -33,9 +33,9 @@ class MlflowTrainLog:
     def finished(self, stage: str, history: list[dict]) -> None:
         if not history:
             return
-        keys = [k for k in history[0] if k not in ("step", "steps_per_s")]
+        keys = dict.fromkeys(k for h in history for k in h if k not in ("step", "steps_per_s"))
         series: dict[str, tuple[Any, ...] | dict[str, tuple[Any, ...]]] = {
-            k: ([h["step"] for h in history], [h[k] for h in history]) for k in keys
+            k: ([h["step"] for h in history if k in h], [h[k] for h in history if k in h]) for k in keys
         }
         with tempfile.TemporaryDirectory() as tmp:
             path = curves(series, Path(tmp) / f"{stage}_curves.png", title=f"{stage}: learning curves")
