@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import trimesh
 from scipy.spatial.transform import Rotation
 
 from rendering.procedural_shapes import grid_points
@@ -13,6 +14,7 @@ from sam3d_model.metrics import (
     box_iou_3d,
     chamfer_distance,
     diameter,
+    distances_to_surface,
     earth_movers_distance,
     f_score,
     occupancy_to_mesh,
@@ -33,6 +35,41 @@ def lattice(n=6, spacing=0.1):
 
 def ball(res=16, radius=0.35, centre=(0, 0, 0)):
     return np.linalg.norm(grid_points(res) - np.asarray(centre), axis=-1) <= radius
+
+
+def test_distances_to_a_box_surface_are_exact():
+    box = trimesh.creation.box(extents=(1.0, 1.0, 1.0))  # 12 triangles: every k covers them all
+    inside_face = [0.5 + 0.2, 0.1, -0.2]  # 0.2 out in front of the +x face
+    beyond_corner = [0.8, 0.9, 1.1]  # nearest to the corner (0.5, 0.5, 0.5)
+    on_face = [0.5, 0.3, 0.0]
+    inside = [0.0, 0.0, 0.4]  # 0.1 below the +z face
+    d = distances_to_surface(box, np.array([inside_face, beyond_corner, on_face, inside]))
+    np.testing.assert_allclose(d, [0.2, np.linalg.norm([0.3, 0.4, 0.6]), 0.0, 0.1], atol=1e-12)
+
+
+def test_distances_to_a_fine_mesh_match_an_exhaustive_search():
+    # a marching-cubes mesh of thousands of triangles: the nearest-centroid candidates must be
+    # proven (or the exhaustive fall-back taken) for near, far and inside points alike
+    mesh = occupancy_to_mesh(ball(radius=0.4) & ~ball(radius=0.2, centre=(0.2, 0, 0)))
+    rng = np.random.default_rng(0)
+    points = np.concatenate([surface_points(ball(radius=0.3), 300, seed=1), rng.uniform(-1, 1, (100, 3))])
+    triangles = mesh.triangles
+    exhaustive = [
+        np.linalg.norm(
+            trimesh.triangles.closest_point(triangles, np.repeat(p[None], len(triangles), 0)) - p, axis=1
+        ).min()
+        for p in points
+    ]
+    np.testing.assert_allclose(distances_to_surface(mesh, points), exhaustive, atol=1e-9)
+
+
+def test_a_large_triangle_beyond_the_nearest_centroids_is_still_found():
+    # thousands of small triangles (a ball) sit between the point and the centroid of one
+    # large floor triangle, which is nonetheless the nearest surface
+    ball_mesh = occupancy_to_mesh(ball(radius=0.4)).apply_translation([8.0, -9.0, 0.6])
+    floor = trimesh.Trimesh([[-10.0, -10.0, 0.0], [10.0, -10.0, 0.0], [0.0, 10.0, 0.0]], [[0, 1, 2]])
+    mesh = trimesh.util.concatenate([ball_mesh, floor])
+    np.testing.assert_allclose(distances_to_surface(mesh, np.array([[8.0, -9.0, 0.05]])), [0.05], atol=1e-12)
 
 
 def test_voxel_iou_known_cases():
