@@ -165,7 +165,9 @@ def symmetries(surface: np.ndarray, tolerance: float = 0.03, candidates: np.ndar
         kept += [
             r
             for r in candidates
-            if not np.allclose(r, np.eye(3)) and np.quantile(tree.query(probes @ r.T)[0], 0.95) <= tolerance
+            if not np.allclose(r, np.eye(3))
+            # bounded: points farther than the tolerance count as inf, and far ones are the costly queries
+            and (tree.query(probes @ r.T, distance_upper_bound=2 * tolerance)[0] <= tolerance).mean() >= 0.95
         ]
     return np.stack(kept)
 
