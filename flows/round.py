@@ -4,7 +4,8 @@
     propose(k):     round-k images (new objects) ─> gate ─> candidates from the champion ─> gate ─> tasks
     close(k):       judgements (simulated, or given exports) ─> ingest ─> gate ─> decide ─> gates
                     ─> SFT (accepted data + synthetic replay, curriculum) ─> DPO ─> [distill]
-                    ─> register challenger ─> evaluate both on the held-out set ─> promote or keep
+                    ─> register challenger ─> evaluate both on the held-out set
+                    ─> [first round of a series: SFT's training-seed noise] ─> promote or keep
                     ─> round record + summary
     round(k) = propose(k) + close(k); ``flywheel run --rounds N`` runs rounds 0..N-1, skipping
     committed ones.
@@ -36,9 +37,9 @@ from flows.stages import (
     run_round,
 )
 from flywheel.core.config import SHAPING_SECTIONS, FlywheelConfig
-from flywheel.core.records import DatasetRef, ModelRef, RunSummary
+from flywheel.core.records import CheckpointRef, DatasetRef, ModelRef, RunSummary
 from flywheel.learning.architecture import model_architecture
-from flywheel.learning.heldout import baseline_warnings, heldout_reports, split_report
+from flywheel.learning.heldout import SeedNoise, baseline_warnings, heldout_reports, seed_noise, split_report
 from flywheel.learning.stages import stage_settings
 from flywheel.rounds import ledger
 from flywheel.rounds.promotion import promotion
@@ -219,11 +220,15 @@ def close_round(
             },
             None,
         )
+    noise = r.previous.seed_noise if r.previous else None
+    if noise is None and rules.seed_noise_seeds > 1 and "sft" in stages:
+        noise = measure_seed_noise(r, champion.checkpoint, {"sft": accepted, "replay": [replay]}, heldout)
     decision = promotion(
         reports["selection"].gains("challenger-vs-champion"),
         metric=rules.promote_metric,
         min_gain=rules.min_gain,
         max_regression=rules.max_regression,
+        seed_noise=noise.spread if noise else 0.0,
     )
     after = challenger if decision.promote else champion
     set_alias(cfg, after, "champion")
@@ -253,6 +258,7 @@ def close_round(
         best_of_n=oracle_best_of_n(cfg, proposals, pool, parent_run_id=parent),
         warnings=baseline_warnings(reports["reporting"]),
         synthetic_heldout=synthetic,
+        seed_noise=noise,
         rankings={key: decided[key] for key in keep if key in decided},
         volumes=volumes,
         seconds=r.seconds,
@@ -261,6 +267,30 @@ def close_round(
         sft_history=accepted,
         mlflow_run_id=parent,
     )
+
+
+def measure_seed_noise(
+    r: Round, start: CheckpointRef, data: dict[str, list[DatasetRef]], heldout: DatasetRef
+) -> SeedNoise:
+    """What reseeding alone does to the gate's metric, once per series: the SFT stage from
+    ``start`` on ``data`` with each of ``rounds.seed_noise_seeds`` training seeds (the first is
+    the challenger's own, already trained), each scored on the selection half."""
+    cfg, rules = r.cfg, r.cfg.rounds
+    settings = stage_settings(cfg.model, "sft")
+    scores = {}
+    for seed in range(settings["seed"], settings["seed"] + rules.seed_noise_seeds):
+        checkpoint = train_stage(cfg, "sft", start, data, {**settings, "seed": seed}, {}, parent_run_id=r.parent)
+        scores[seed] = evaluate_model(
+            cfg,
+            checkpoint,
+            heldout,
+            rules.eval_seeds,
+            f"sft-seed-{seed}",
+            rules.world.mask_error,
+            "selection",
+            parent_run_id=r.parent,
+        )
+    return seed_noise("sft", rules.promote_metric, "selection", scores, r.k)
 
 
 def _log_summary(cfg: FlywheelConfig, parent: str, record: RoundRecord, history: list[RoundRecord]) -> None:

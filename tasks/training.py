@@ -17,7 +17,7 @@ from flywheel.core.config import FlywheelConfig
 from flywheel.core.datasets import Dataset
 from flywheel.core.records import CheckpointRef, DatasetRef, ModelRef
 from flywheel.learning.examples import cached_examples
-from flywheel.learning.heldout import Scores, baseline_scores, load_heldout, score_objects
+from flywheel.learning.heldout import Scores, Split, baseline_scores, load_heldout, score_objects
 from flywheel.learning.stages import checkpoint_name, checkpoint_ref, local_checkpoint, run_stage
 from flywheel.tracking.registry import find_version, register_checkpoint
 from flywheel.tracking.training_log import MlflowTrainLog
@@ -88,26 +88,31 @@ def _probe(store, arch: ModelConfig, heldout: DatasetRef, mask_error: float):
     return viou_probe(examples[:PROBE_OBJECTS])
 
 
-@flywheel_task(name="evaluate", version="2")
+@flywheel_task(name="evaluate", version="3")
 def evaluate_model(
     cfg: FlywheelConfig,
-    model: ModelRef,
+    model: ModelRef | CheckpointRef,
     heldout: DatasetRef,
     seeds: int,
     label: str = "",
     mask_error: float = 0.0,
+    split: Split | None = None,
     parent_run_id: str | None = None,
 ) -> Scores:
-    """A registered model's metrics on every held-out object (logged to MLflow: the means, and
-    the per-object scores as a table); ``mask_error``: the held-out masks' segmenter errors."""
+    """A model's metrics (a registered version, or a checkpoint) on every held-out object, or on
+    the ``split`` half's (logged to MLflow: the means, and the per-object scores as a table);
+    ``mask_error``: the held-out masks' segmenter errors."""
     store = store_for(cfg)
-    net = load_model(local_checkpoint(cfg, store, model.checkpoint))
+    net = load_model(local_checkpoint(cfg, store, model.checkpoint if isinstance(model, ModelRef) else model))
     with stage(
-        cfg, parent_run_id, f"evaluate-{label}" if label else "evaluate", params={"model": model.uri, "seeds": seeds}
+        cfg,
+        parent_run_id,
+        f"evaluate-{label}" if label else "evaluate",
+        params={"model": model.uri, "seeds": seeds, "split": split or "all"},
     ) as run_id:
         log_datasets(run_id, inputs=[heldout])
         held = load_heldout(net.cfg, Dataset(store, heldout.name, heldout.version), mask_error)
-        scores = score_objects(net, held, seeds)
+        scores = score_objects(net, held.half(split) if split else held, seeds)
         _log_scores(scores)
     return scores
 

@@ -19,7 +19,7 @@ from flywheel.core.records import DatasetRef, ModelRef
 from flywheel.core.store import LocalStore
 from flywheel.feedback.simulate import SimulatedAnnotator
 from flywheel.learning.architecture import model_architecture
-from flywheel.learning.heldout import Scores, baseline_warnings, halves, heldout_reports
+from flywheel.learning.heldout import Scores, baseline_warnings, halves, heldout_reports, seed_noise
 from flywheel.learning.toy import toy_examples
 from flywheel.rounds import ledger as rounds
 from flywheel.rounds.promotion import Promotion, promotion
@@ -105,6 +105,23 @@ def test_promotion_decides_on_intervals_not_means():
     assert not worse.promote and worse.regressions == {"f1": 0.05} and "regressed: f1" in worse.reason
     with pytest.raises(ValueError, match="promote metric 'viou'"):
         promotion(flat, **rule)
+    # a credible gain no larger than what reseeding the stage alone moves the metric is not enough
+    within = promotion({**flat, "viou": Interval(0.05, 0.01, 0.09)}, **rule, seed_noise=0.06)
+    assert not within.promote and within.seed_noise == 0.06 and "within the training-seed noise" in within.reason
+    beyond = promotion({**flat, "viou": Interval(0.05, 0.01, 0.09)}, **rule, seed_noise=0.04)
+    assert beyond.promote and "beyond the training-seed noise 0.0400" in beyond.reason
+
+
+def test_seed_noise_is_the_spread_of_the_metric_over_training_seeds():
+    def scores(*viou: float) -> Scores:
+        return Scores(mesh_ids=[f"m{i}" for i in range(len(viou))], objects=[{"viou": v, "chamfer": 0.1} for v in viou])
+
+    noise = seed_noise("sft", "viou", "selection", {2: scores(0.5, 0.7), 0: scores(0.4, 0.6), 1: scores(0.55, 0.6)}, 3)
+    assert noise.seeds == [0, 1, 2] and noise.values == pytest.approx([0.5, 0.575, 0.6])
+    assert noise.spread == pytest.approx(0.1) and noise.round == 3
+    assert str(noise).startswith("viou spread 0.1000 over 3 training seeds of sft (0.500, 0.575, 0.600")
+    with pytest.raises(ValueError, match="2 or more seeds"):
+        seed_noise("sft", "viou", "selection", {0: scores(0.5)}, 0)
 
 
 def test_paired_gains_are_paired_and_know_which_way_a_metric_points():

@@ -95,13 +95,22 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
             assert halves["reporting"]["summary"][who] == scores
         gain, low, high = halves["selection"]["intervals"]["challenger-vs-champion"]["viou"]
         assert low <= gain <= high and r["promotion"]["interval"] == [low, high]
-        assert r["promotion"]["promote"] == (low > 0)  # the gate decides on the selection half's interval
+        # the gate decides on the selection half's interval, and on the gain beyond the seed noise
+        noise = max(r0["seed_noise"]["values"]) - min(r0["seed_noise"]["values"])
+        assert r["promotion"]["seed_noise"] == pytest.approx(noise)
+        assert r["promotion"]["promote"] == (low > 0 and gain > noise)
         assert {"champion-vs-constant", "champion-vs-retrieval"} <= set(halves["reporting"]["intervals"])
         assert r["best_of_n"]["objects"] == 3 and r["best_of_n"]["oracle_viou"] >= r["best_of_n"]["model_viou"]
         assert r["stages"] == (["sft", "dpo"] if r["volumes"]["preferences"] else ["sft"])
         assert r["volumes"]["image-pool"] == 3 and r["volumes"]["candidates"] == 12
         assert r["rankings"]["objects_judged"] == 3
     assert clean.aliases == {"champion": r1["champion_after"]["version"], "challenger": r1["challenger"]["version"]}
+
+    # SFT's training-seed noise: measured once, in round 0 (three seeds, the selection half), carried on
+    assert r0["seed_noise"]["seeds"] == [0, 1, 2] and r0["seed_noise"]["round"] == 0
+    assert r0["seed_noise"]["split"] == "selection" and all(0 <= v <= 1 for v in r0["seed_noise"]["values"])
+    assert r1["seed_noise"] == r0["seed_noise"]
+    assert "training-seed noise: viou spread" in rounds.round_text(RoundRecord.model_validate(r0))
 
     # round 0 also scores the bootstrap champion on a held-out set of the synthetic world: the gap
     gap = r0["synthetic_heldout"]
@@ -136,8 +145,11 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
         "evaluate-champion",
         "evaluate-challenger",
         "evaluate-baselines",
+        "evaluate-sft-seed-1",
+        "evaluate-sft-seed-2",
         "best-of-n",
     } <= set(stages)
+    assert "evaluate-sft-seed-1" not in _stage_names(r1["mlflow_run_id"])  # measured once per series
     sft_run = next(r for r in lineage.stage_runs(r0["mlflow_run_id"]) if r.data.tags[lineage.STAGE_TAG] == "sft")
     logged = {(d["name"], d["context"]) for d in lineage.run_datasets(sft_run.info.run_id)}
     assert {("sft", "input"), ("occlusions", "input")} <= logged

@@ -448,6 +448,13 @@ class RoundsConfig(_Section):
         description="... and no metric here credibly falls by more than its value (its interval lies below -value).",
     )
     eval_seeds: int = Field(2, ge=1, description="Samples per held-out object (metrics are averaged).")
+    seed_noise_seeds: int = Field(
+        3,
+        ge=0,
+        description="... and the gain exceeds the training-seed noise: the spread of promote_metric over the SFT "
+        "stage trained with this many seeds (same start, same data; measured once per series, in its first "
+        "round); 0 or 1: not measured.",
+    )
     lock_wait_s: float = Field(3600.0, ge=0, description="How long a round waits for a running one; 0: refuse.")
 
 

@@ -50,6 +50,14 @@ class HeldOut:
     mesh_ids: list[str]
     truths: list[Truth]
 
+    def half(self, split: Split) -> HeldOut:
+        """The objects of one half (:func:`halves`), in the set's order."""
+        which = halves(self.mesh_ids)
+        keep = [i for i, m in enumerate(self.mesh_ids) if which[m] == split]
+        return HeldOut(
+            [self.examples[i] for i in keep], [self.mesh_ids[i] for i in keep], [self.truths[i] for i in keep]
+        )
+
 
 def load_heldout(cfg: ModelConfig, dataset: Dataset, mask_error: float = 0.0) -> HeldOut:
     """A Flying-Occlusions dataset as a held-out set (the occludee is the object to reconstruct;
@@ -144,3 +152,37 @@ def baseline_warnings(report: SplitReport, metric: str = "viou") -> list[str]:
                 f"({report.objects} objects of {report.meshes} meshes, reporting half)"
             )
     return out
+
+
+class SeedNoise(BaseModel):
+    """What reseeding alone does to a metric: one training stage run from the same start on
+    the same data with each of ``seeds``, each scored on one held-out half. A challenger's gain
+    no larger than the ``spread`` could be the luck of its seed."""
+
+    model_config = ConfigDict(frozen=True)
+    stage: str
+    metric: str
+    split: Split
+    seeds: list[int]
+    values: list[float]  # the metric's mean over the half, one per seed
+    round: int  # the round it was measured in
+
+    @property
+    def spread(self) -> float:
+        return max(self.values) - min(self.values)
+
+    def __str__(self) -> str:
+        runs = ", ".join(f"{v:.3f}" for v in self.values)
+        return (
+            f"{self.metric} spread {self.spread:.4f} over {len(self.seeds)} training seeds of {self.stage} "
+            f"({runs}; {self.split} half, measured in round {self.round})"
+        )
+
+
+def seed_noise(stage: str, metric: str, split: Split, scores: dict[int, Scores], round_index: int) -> SeedNoise:
+    """The :class:`SeedNoise` of ``stage`` from its scores per training seed (seed -> scores)."""
+    if len(scores) < 2:
+        raise ValueError(f"seed noise of {stage}: needs 2 or more seeds, got {len(scores)}")
+    seeds = sorted(scores)
+    values = [scores[s].summary()[metric] for s in seeds]
+    return SeedNoise(stage=stage, metric=metric, split=split, seeds=seeds, values=values, round=round_index)

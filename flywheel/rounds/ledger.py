@@ -129,6 +129,8 @@ def summary_rows(records: list[RoundRecord]) -> list[dict]:
                 {f"synthetic_{who}_{m}": v for who, ms in r.synthetic_heldout.summary.items() for m, v in ms.items()}
             )
         row.update({f"best_of_n_{k}": v for k, v in r.best_of_n.items()})
+        if r.seed_noise is not None:
+            row["seed_noise_spread"] = r.seed_noise.spread
         row.update(r.rankings)
         row.update({f"rows_{k}": v for k, v in r.volumes.items()})
         row.update({f"seconds_{k}": v for k, v in r.seconds.items()})
@@ -194,6 +196,8 @@ def round_text(r: RoundRecord) -> str:
             f"round candidates vs truth (vIoU): oracle best-of-N {b.get('oracle_viou', float('nan')):.3f}, "
             f"model sample {b.get('model_viou', float('nan')):.3f}, retrieval {b.get('retrieval_viou', float('nan')):.3f}"
         )
+    if r.seed_noise is not None:
+        lines.append(f"training-seed noise: {r.seed_noise}")
     lines.append(
         f"decision: {'PROMOTED ' + r.challenger.uri if r.promotion.promote else 'kept the champion'} ({r.promotion.reason}); champion now {r.champion_after.uri}"
     )

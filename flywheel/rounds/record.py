@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from flywheel.core.records import DatasetRef, ModelRef
-from flywheel.learning.heldout import Split, SplitReport
+from flywheel.learning.heldout import SeedNoise, Split, SplitReport
 from flywheel.rounds.promotion import Promotion
 
 SCHEMA_VERSION = 2
@@ -51,6 +51,11 @@ class RoundRecord(BaseModel):
         None,
         description="Round 0: the bootstrap champion and the baselines on a held-out set of the synthetic "
         "world, beside ``heldout`` (the real world's): the gap the flywheel must close (v2).",
+    )
+    seed_noise: SeedNoise | None = Field(
+        None,
+        description="The spread of the promote metric over training seeds of SFT (same start, same data), "
+        "measured in the series' first round and carried forward; the gain had to exceed it (v2).",
     )
     rankings: dict[str, int | float] = Field(
         ...,
