@@ -51,6 +51,12 @@ class ModelConfig(BaseModel):
     loss_weights: LossWeights = LossWeights()
     condition_drop: float = Field(0.1, ge=0, le=1, description="training drop rate for CFG")
     guidance: float = Field(1.0, ge=0, description="CFG strength s: v = (1+s) v_c - s v_u")
+    sample_temperature: float = Field(
+        0.5,
+        ge=0,
+        description="scale of the initial noise when sampling: < 1 trades diversity for a sample nearer the "
+        "condition's typical shape (0.5: +0.03 vIoU at equal F1 on a synthetic held-out set; issue 17's notes)",
+    )
     sample_steps: int = Field(25, ge=1)
     shortcut_steps: int = Field(4, ge=1)
 

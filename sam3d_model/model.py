@@ -109,7 +109,8 @@ class SmallSam3D(nn.Module):
         return flow_loss(self.velocity_fn(cond), self.targets(batch), weights or self.cfg.loss_weights, generator)
 
     # -- sampling ----------------------------------------------------------------------------
-    def initial_noise(self, batch_size: int, seed: int) -> State:
+    def initial_noise(self, batch_size: int, seed: int, temperature: float = 1.0) -> State:
+        """The t = 0 end of the flow: N(0, temperature²) per modality, seeded."""
         g = torch.Generator(device=self.device).manual_seed(seed)
         like = {
             "shape": torch.empty(batch_size, self.cfg.shape_tokens, self.cfg.latent_channels, device=self.device),
@@ -117,7 +118,7 @@ class SmallSam3D(nn.Module):
             "translation": torch.empty(batch_size, 3, device=self.device),
             "scale": torch.empty(batch_size, 1, device=self.device),
         }
-        return noise_like(like, g)
+        return {k: v * temperature for k, v in noise_like(like, g).items()}
 
     @torch.no_grad()
     def sample_state(
@@ -129,12 +130,13 @@ class SmallSam3D(nn.Module):
         shortcut: bool = False,
         seed: int = 0,
     ) -> State:
-        """Integrate the flow for a condition batch. Default: ``sample_steps`` Euler steps
-        with guidance; ``shortcut``: ``shortcut_steps`` steps of the distilled model, no guidance."""
+        """Integrate the flow for a condition batch from noise at ``sample_temperature``. Default:
+        ``sample_steps`` Euler steps with guidance; ``shortcut``: ``shortcut_steps`` steps of the
+        distilled model, no guidance."""
         cond = self.condition(batch)
         guidance = 0.0 if shortcut else (self.cfg.guidance if guidance is None else guidance)
         steps = steps or (self.cfg.shortcut_steps if shortcut else self.cfg.sample_steps)
-        x0 = self.initial_noise(cond.shape[0], seed)
+        x0 = self.initial_noise(cond.shape[0], seed, self.cfg.sample_temperature)
         return euler_sample(self.velocity_fn(cond, guidance), x0, steps, guided=guidance > 0, shortcut=shortcut)
 
     @torch.no_grad()

@@ -140,6 +140,17 @@ def test_sampling_is_seeded(trained, examples):
     assert not torch.equal(a.translation, c.translation)
 
 
+def test_sample_temperature_scales_the_initial_noise(trained, examples):
+    model = copy.deepcopy(trained[0])
+    batch = collate(examples[:3])
+    unit = model.initial_noise(3, seed=4)
+    half = model.initial_noise(3, seed=4, temperature=0.5)
+    assert all(torch.allclose(half[k], 0.5 * unit[k]) for k in unit)
+    model.cfg = model.cfg.model_copy(update={"sample_temperature": 0.0})  # every seed starts from zero noise
+    a, b = model.sample_state(batch, seed=1), model.sample_state(batch, seed=2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_dpo_loss_is_log_2_at_the_reference_and_accuracy_rises(trained, examples):
     model = copy.deepcopy(trained[0])
     pairs = [
