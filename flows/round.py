@@ -162,6 +162,7 @@ def close_round(
     accepted = [*(r.previous.sft_history if r.previous else []), sft]
     checkpoint = champion.checkpoint
     stages = []
+    trained = {}
     for stage, data, wanted in (
         ("sft", {"sft": accepted, "replay": [replay]}, True),
         ("dpo", {"preferences": [prefs]}, prefs.num_rows > 0),
@@ -180,6 +181,7 @@ def close_round(
                 parent_run_id=parent,
             )
             stages.append(stage)
+            trained[stage] = checkpoint
     r.lap("retrain")
     challenger = register_model(
         cfg,
@@ -222,7 +224,9 @@ def close_round(
         )
     noise = r.previous.seed_noise if r.previous else None
     if noise is None and rules.seed_noise_seeds > 1 and "sft" in stages:
-        noise = measure_seed_noise(r, champion.checkpoint, {"sft": accepted, "replay": [replay]}, heldout)
+        noise = measure_seed_noise(
+            r, champion.checkpoint, trained["sft"], {"sft": accepted, "replay": [replay]}, heldout
+        )
     decision = promotion(
         reports["selection"].gains("challenger-vs-champion"),
         metric=rules.promote_metric,
@@ -270,16 +274,31 @@ def close_round(
 
 
 def measure_seed_noise(
-    r: Round, start: CheckpointRef, data: dict[str, list[DatasetRef]], heldout: DatasetRef
+    r: Round, start: CheckpointRef, own: CheckpointRef, data: dict[str, list[DatasetRef]], heldout: DatasetRef
 ) -> SeedNoise:
     """What reseeding alone does to the gate's metric, once per series: the SFT stage from
     ``start`` on ``data`` with each of ``rounds.seed_noise_seeds`` training seeds (the first is
-    the challenger's own, already trained), each scored on the selection half."""
+    the challenger's own SFT, ``own``; the others are side runs ``sft-seed-N``), each scored on
+    the selection half."""
     cfg, rules = r.cfg, r.cfg.rounds
     settings = stage_settings(cfg.model, "sft")
+    first = settings["seed"]
     scores = {}
-    for seed in range(settings["seed"], settings["seed"] + rules.seed_noise_seeds):
-        checkpoint = train_stage(cfg, "sft", start, data, {**settings, "seed": seed}, {}, parent_run_id=r.parent)
+    for seed in range(first, first + rules.seed_noise_seeds):
+        checkpoint = (
+            own
+            if seed == first
+            else train_stage(
+                cfg,
+                "sft",
+                start,
+                data,
+                {**settings, "seed": seed},
+                {},
+                label=f"sft-seed-{seed}",
+                parent_run_id=r.parent,
+            )
+        )
         scores[seed] = evaluate_model(
             cfg,
             checkpoint,

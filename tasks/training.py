@@ -40,17 +40,19 @@ def train_stage(
     architecture: dict[str, Any],
     probe: DatasetRef | None = None,
     probe_mask_error: float = 0.0,
+    label: str = "",
     parent_run_id: str | None = None,
 ) -> CheckpointRef:
     """Train one stage (``vae``, ``pretrain``, ``midtrain``, ``sft``, ``dpo``, ``distill``) from
     ``init`` (None: a new model of ``architecture``) on ``datasets`` (role -> versions);
     returns the checkpoint. ``settings``: see :func:`flywheel.learning.stages.stage_settings`.
     ``probe``: a held-out set whose first :data:`PROBE_OBJECTS` objects draw the stage's
-    learning curve (held-out vIoU vs steps, in MLflow); it does not change the checkpoint."""
+    learning curve (held-out vIoU vs steps, in MLflow); it does not change the checkpoint.
+    ``label``: the MLflow run's name when it is not the stage's (a side run, not the model's lineage)."""
     store = store_for(cfg)
     name = checkpoint_name(stage_name, init, datasets, settings, architecture)
     key = f"models/{name}.pt"
-    with stage(cfg, parent_run_id, stage_name, params={"init": init.uri if init else "new"}) as run_id:
+    with stage(cfg, parent_run_id, label or stage_name, params={"init": init.uri if init else "new"}) as run_id:
         log_datasets(run_id, inputs=[r for refs in datasets.values() for r in refs])
         mlflow.set_tag("checkpoint", store.uri(key))
         if store.exists(key):

@@ -149,6 +149,7 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
         "evaluate-sft-seed-2",
         "best-of-n",
     } <= set(stages)
+    assert {"sft-seed-1", "sft-seed-2"} <= set(stages) and stages.count("sft") == 1  # side runs, own SFT reused
     assert "evaluate-sft-seed-1" not in _stage_names(r1["mlflow_run_id"])  # measured once per series
     sft_run = next(r for r in lineage.stage_runs(r0["mlflow_run_id"]) if r.data.tags[lineage.STAGE_TAG] == "sft")
     logged = {(d["name"], d["context"]) for d in lineage.run_datasets(sft_run.info.run_id)}
