@@ -39,7 +39,14 @@ from flows.stages import (
 from flywheel.core.config import SHAPING_SECTIONS, FlywheelConfig
 from flywheel.core.records import CheckpointRef, DatasetRef, ModelRef, RunSummary
 from flywheel.learning.architecture import model_architecture
-from flywheel.learning.heldout import SeedNoise, baseline_warnings, heldout_reports, seed_noise, split_report
+from flywheel.learning.heldout import (
+    SeedNoise,
+    baseline_warnings,
+    family_report,
+    heldout_reports,
+    seed_noise,
+    split_report,
+)
 from flywheel.learning.stages import stage_settings
 from flywheel.rounds import ledger
 from flywheel.rounds.promotion import promotion
@@ -262,6 +269,7 @@ def close_round(
         best_of_n=oracle_best_of_n(cfg, proposals, pool, parent_run_id=parent),
         warnings=baseline_warnings(reports["reporting"]),
         synthetic_heldout=synthetic,
+        heldout_families=family_report(scores),
         seed_noise=noise,
         rankings={key: decided[key] for key in keep if key in decided},
         volumes=volumes,

@@ -19,7 +19,7 @@ from flywheel.core.records import DatasetRef, ModelRef
 from flywheel.core.store import LocalStore
 from flywheel.feedback.simulate import SimulatedAnnotator
 from flywheel.learning.architecture import model_architecture
-from flywheel.learning.heldout import Scores, baseline_warnings, halves, heldout_reports, seed_noise
+from flywheel.learning.heldout import Scores, baseline_warnings, family_report, halves, heldout_reports, seed_noise
 from flywheel.learning.toy import toy_examples
 from flywheel.rounds import ledger as rounds
 from flywheel.rounds.promotion import Promotion, promotion
@@ -110,6 +110,19 @@ def test_promotion_decides_on_intervals_not_means():
     assert not within.promote and within.seed_noise == 0.06 and "within the training-seed noise" in within.reason
     beyond = promotion({**flat, "viou": Interval(0.05, 0.01, 0.09)}, **rule, seed_noise=0.04)
     assert beyond.promote and "beyond the training-seed noise 0.0400" in beyond.reason
+
+
+def test_family_report_groups_every_object_by_its_mesh_family():
+    families = ["torus", "stack", "torus", "capsule"]
+    model = Scores(mesh_ids=list("abcd"), objects=[{"viou": v} for v in (0.9, 0.2, 0.7, 0.5)], families=families)
+    constant = Scores(mesh_ids=list("abcd"), objects=[{"viou": v} for v in (0.4, 0.3, 0.4, 0.6)], families=families)
+    report = family_report({"champion": model, "constant": constant})
+    assert report == {
+        "capsule": {"objects": 1.0, "champion": 0.5, "constant": 0.6},
+        "stack": {"objects": 1.0, "champion": 0.2, "constant": 0.3},
+        "torus": {"objects": 2.0, "champion": pytest.approx(0.8), "constant": pytest.approx(0.4)},
+    }
+    assert family_report({"champion": Scores(mesh_ids=["a"], objects=[{"viou": 1.0}])}) == {}  # families unknown
 
 
 def test_seed_noise_is_the_spread_of_the_metric_over_training_seeds():

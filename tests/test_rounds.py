@@ -112,6 +112,13 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
     assert r1["seed_noise"] == r0["seed_noise"]
     assert "training-seed noise: viou spread" in rounds.round_text(RoundRecord.model_validate(r0))
 
+    # held-out vIoU per mesh family, over both halves, for every model and baseline
+    families = r0["heldout_families"]
+    assert sum(f["objects"] for f in families.values()) == 4
+    assert set(families) <= {"superquadric", "torus", "extrusion", "compound", "capsule", "stack", "handled"}
+    assert all(set(f) == {"objects", "champion", "challenger", "constant", "retrieval"} for f in families.values())
+    assert "held-out vIoU by mesh family (both halves):" in rounds.round_text(RoundRecord.model_validate(r0))
+
     # round 0 also scores the bootstrap champion on a held-out set of the synthetic world: the gap
     gap = r0["synthetic_heldout"]
     assert gap["objects"] == 2 and set(gap["summary"]) == {"champion", "constant", "retrieval"}

@@ -14,6 +14,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from flywheel.core.datasets import Dataset
@@ -49,13 +50,17 @@ class HeldOut:
     examples: list[Example]
     mesh_ids: list[str]
     truths: list[Truth]
+    families: list[str]  # each mesh's family in its library ("unknown" where it has none)
 
     def half(self, split: Split) -> HeldOut:
         """The objects of one half (:func:`halves`), in the set's order."""
         which = halves(self.mesh_ids)
         keep = [i for i, m in enumerate(self.mesh_ids) if which[m] == split]
         return HeldOut(
-            [self.examples[i] for i in keep], [self.mesh_ids[i] for i in keep], [self.truths[i] for i in keep]
+            [self.examples[i] for i in keep],
+            [self.mesh_ids[i] for i in keep],
+            [self.truths[i] for i in keep],
+            [self.families[i] for i in keep],
         )
 
 
@@ -66,7 +71,19 @@ def load_heldout(cfg: ModelConfig, dataset: Dataset, mask_error: float = 0.0) ->
     if not pairs:
         raise ValueError(f"held-out set {dataset.ref} has no samples")
     examples = [e for e, _ in pairs]
-    return HeldOut(examples, [row["occludee_id"] for _, row in pairs], [Truth.of(e) for e in examples])
+    mesh_ids = [row["occludee_id"] for _, row in pairs]
+    family = mesh_families(dataset)
+    return HeldOut(examples, mesh_ids, [Truth.of(e) for e in examples], [family.get(m, "unknown") for m in mesh_ids])
+
+
+def mesh_families(dataset: Dataset) -> dict[str, str]:
+    """mesh id -> family, from the mesh libraries a dataset was made from (its parents)."""
+    out: dict[str, str] = {}
+    for parent in dataset.marker.get("parents", []):
+        if parent["name"] == "meshes":
+            library = Dataset(dataset.store, "meshes", parent["version"]).manifest()
+            out.update(zip(library.column("mesh_id").to_pylist(), library.column("family").to_pylist()))
+    return out
 
 
 class Scores(BaseModel):
@@ -75,6 +92,7 @@ class Scores(BaseModel):
     model_config = ConfigDict(frozen=True)
     mesh_ids: list[str]
     objects: list[dict[str, float]]
+    families: list[str] = []  # each object's mesh family (empty: not known)
 
     def summary(self) -> dict[str, float]:
         return summarise(self.objects)
@@ -83,7 +101,7 @@ class Scores(BaseModel):
 def score_objects(model: Sampler, heldout: HeldOut, seeds: int) -> Scores:
     """Per held-out object, the model's metrics averaged over ``seeds`` samples."""
     objects = evaluate(model, heldout.examples, seeds=seeds, truths=heldout.truths)["objects"]
-    return Scores(mesh_ids=heldout.mesh_ids, objects=objects)
+    return Scores(mesh_ids=heldout.mesh_ids, objects=objects, families=heldout.families)
 
 
 def baseline_scores(training: list[Example], heldout: HeldOut) -> dict[str, Scores]:
@@ -138,6 +156,21 @@ def split_report(scores: dict[str, Scores], split: Split | None) -> SplitReport:
 def heldout_reports(scores: dict[str, Scores]) -> dict[Split, SplitReport]:
     """Both halves' reports."""
     return {split: split_report(scores, split) for split in SPLITS}
+
+
+def family_report(scores: dict[str, Scores], metric: str = "viou") -> dict[str, dict[str, float]]:
+    """Per mesh family: the mean ``metric`` of each model / baseline over every held-out object
+    of that family (both halves: it shows where a model fails, nothing decides on it) and the
+    number of objects. Empty when the families are not known."""
+    first = next(iter(scores.values()))
+    if not first.families:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for family in sorted(set(first.families)):
+        rows = [i for i, f in enumerate(first.families) if f == family]
+        out[family] = {"objects": float(len(rows))}
+        out[family].update({who: float(np.mean([s.objects[i][metric] for i in rows])) for who, s in scores.items()})
+    return out
 
 
 def baseline_warnings(report: SplitReport, metric: str = "viou") -> list[str]:

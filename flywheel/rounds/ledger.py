@@ -131,6 +131,8 @@ def summary_rows(records: list[RoundRecord]) -> list[dict]:
         row.update({f"best_of_n_{k}": v for k, v in r.best_of_n.items()})
         if r.seed_noise is not None:
             row["seed_noise_spread"] = r.seed_noise.spread
+        for family, by_who in r.heldout_families.items():
+            row.update({f"family_{family}_{who}_viou": v for who, v in by_who.items() if who != "objects"})
         row.update(r.rankings)
         row.update({f"rows_{k}": v for k, v in r.volumes.items()})
         row.update({f"seconds_{k}": v for k, v in r.seconds.items()})
@@ -188,6 +190,11 @@ def round_text(r: RoundRecord) -> str:
         for name in report.intervals:
             gains = report.gains(name)
             lines.append(f"  {name} ({split}): " + ", ".join(f"{m} {gains[m]}" for m in HEADLINE[:2] if m in gains))
+    if r.heldout_families:
+        lines.append("held-out vIoU by mesh family (both halves):")
+        for family, by_who in r.heldout_families.items():
+            cells = "  ".join(f"{who} {v:.3f}" for who, v in by_who.items() if who != "objects")
+            lines.append(f"  {family:<14} ({int(by_who['objects'])} objects)  {cells}")
     if r.synthetic_heldout is not None:
         lines.append(world_gap_text(r))
     if r.best_of_n:

@@ -52,6 +52,11 @@ class RoundRecord(BaseModel):
         description="Round 0: the bootstrap champion and the baselines on a held-out set of the synthetic "
         "world, beside ``heldout`` (the real world's): the gap the flywheel must close (v2).",
     )
+    heldout_families: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Per mesh family of the held-out set: objects, and held-out vIoU of each model / baseline "
+        "over both halves — where the models fail (v2).",
+    )
     seed_noise: SeedNoise | None = Field(
         None,
         description="The spread of the promote metric over training seeds of SFT (same start, same data), "
