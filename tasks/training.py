@@ -90,7 +90,7 @@ def _probe(store, arch: ModelConfig, heldout: DatasetRef, mask_error: float):
     return viou_probe(examples[:PROBE_OBJECTS])
 
 
-@flywheel_task(name="evaluate", version="3")
+@flywheel_task(name="evaluate", version="4")
 def evaluate_model(
     cfg: FlywheelConfig,
     model: ModelRef | CheckpointRef,
@@ -119,7 +119,7 @@ def evaluate_model(
     return scores
 
 
-@flywheel_task(name="evaluate-baselines", version="1")
+@flywheel_task(name="evaluate-baselines", version="2")
 def evaluate_baselines(
     cfg: FlywheelConfig,
     model: ModelRef,
