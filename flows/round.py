@@ -291,23 +291,13 @@ def measure_seed_noise(
     cfg, rules = r.cfg, r.cfg.rounds
     settings = stage_settings(cfg.model, "sft")
     first = settings["seed"]
-    scores = {}
-    for seed in range(first, first + rules.seed_noise_seeds):
-        checkpoint = (
-            own
-            if seed == first
-            else train_stage(
-                cfg,
-                "sft",
-                start,
-                data,
-                {**settings, "seed": seed},
-                {},
-                label=f"sft-seed-{seed}",
-                parent_run_id=r.parent,
-            )
+    checkpoints = {first: own}
+    for seed in range(first + 1, first + rules.seed_noise_seeds):
+        checkpoints[seed] = train_stage(
+            cfg, "sft", start, data, {**settings, "seed": seed}, {}, label=f"sft-seed-{seed}", parent_run_id=r.parent
         )
-        scores[seed] = evaluate_model(
+    scores = {
+        seed: evaluate_model(
             cfg,
             checkpoint,
             heldout,
@@ -317,6 +307,8 @@ def measure_seed_noise(
             "selection",
             parent_run_id=r.parent,
         )
+        for seed, checkpoint in checkpoints.items()
+    }
     return seed_noise("sft", rules.promote_metric, "selection", scores, r.k)
 
 

@@ -113,8 +113,8 @@ def evaluate_model(
         params={"model": model.uri, "seeds": seeds, "split": split or "all"},
     ) as run_id:
         log_datasets(run_id, inputs=[heldout])
-        held = load_heldout(net.cfg, Dataset(store, heldout.name, heldout.version), mask_error)
-        scores = score_objects(net, held.half(split) if split else held, seeds)
+        held = load_heldout(net.cfg, Dataset(store, heldout.name, heldout.version), mask_error, split)
+        scores = score_objects(net, held, seeds)
         _log_scores(scores)
     return scores
 

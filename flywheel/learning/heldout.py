@@ -52,24 +52,21 @@ class HeldOut:
     truths: list[Truth]
     families: list[str]  # each mesh's family in its library ("unknown" where it has none)
 
-    def half(self, split: Split) -> HeldOut:
-        """The objects of one half (:func:`halves`), in the set's order."""
-        which = halves(self.mesh_ids)
-        keep = [i for i, m in enumerate(self.mesh_ids) if which[m] == split]
-        return HeldOut(
-            [self.examples[i] for i in keep],
-            [self.mesh_ids[i] for i in keep],
-            [self.truths[i] for i in keep],
-            [self.families[i] for i in keep],
-        )
+
+def in_half(mesh_ids: list[str], split: Split | None) -> list[int]:
+    """The positions of the objects in the ``split`` half (None: all), in the set's order."""
+    half = halves(mesh_ids)
+    return [i for i, m in enumerate(mesh_ids) if split is None or half[m] == split]
 
 
-def load_heldout(cfg: ModelConfig, dataset: Dataset, mask_error: float = 0.0) -> HeldOut:
+def load_heldout(cfg: ModelConfig, dataset: Dataset, mask_error: float = 0.0, split: Split | None = None) -> HeldOut:
     """A Flying-Occlusions dataset as a held-out set (the occludee is the object to reconstruct;
-    ``mask_error``: its mask as a segmenter gives it, see :mod:`rendering.segmenter`)."""
+    ``mask_error``: its mask as a segmenter gives it, see :mod:`rendering.segmenter`), or only
+    its ``split`` half (the halves are those of the whole set)."""
     pairs = list(examples_with_rows(cfg, dataset, mask_error=mask_error))
     if not pairs:
         raise ValueError(f"held-out set {dataset.ref} has no samples")
+    pairs = [pairs[i] for i in in_half([row["occludee_id"] for _, row in pairs], split)]
     examples = [e for e, _ in pairs]
     mesh_ids = [row["occludee_id"] for _, row in pairs]
     family = mesh_families(dataset)
@@ -134,8 +131,7 @@ def split_report(scores: dict[str, Scores], split: Split | None) -> SplitReport:
     mesh_ids = next(iter(scores.values())).mesh_ids
     if any(s.mesh_ids != mesh_ids for s in scores.values()):
         raise ValueError("held-out scores: not all were computed on the same objects")
-    half = halves(mesh_ids)
-    keep = [i for i, m in enumerate(mesh_ids) if split is None or half[m] == split]
+    keep = in_half(mesh_ids, split)
     if not keep:
         raise ValueError(f"held-out set: no object falls in the {split} half; it needs 2 or more meshes")
     part = {who: [s.objects[i] for i in keep] for who, s in scores.items()}
