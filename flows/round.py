@@ -3,7 +3,8 @@
     round 0 first:  synthetic data ─> VAE ─> pre-train (Iso-3DO) ─> mid-train (FO) ─> register = champion
     propose(k):     round-k images (new objects) ─> gate ─> candidates from the champion ─> gate ─> tasks
     close(k):       judgements (simulated, or given exports) ─> ingest ─> gate ─> decide ─> gates
-                    ─> SFT (accepted data + synthetic replay, curriculum) ─> DPO ─> [distill]
+                    ─> hard cases to the artist queue ─> deliveries due ─> Art-3DO ─> gate
+                    ─> SFT (accepted data + Art-3DO + synthetic replay, curriculum) ─> DPO ─> [distill]
                     ─> register challenger ─> evaluate both on the held-out set
                     ─> [first round of a series: SFT's training-seed noise] ─> promote or keep
                     ─> round record + summary
@@ -27,6 +28,7 @@ from prefect import flow
 
 from flows.stages import (
     all_synthetic,
+    artist_path,
     candidates,
     flow_config,
     image_pool,
@@ -165,15 +167,18 @@ def close_round(
     prior = r.previous.datasets["rankings"] if r.previous else None
     (judged, sft, prefs, hard), decided = ingest_and_decide(cfg, parent, files, proposals, k, prior)
     r.lap("rankings")
+    art3do, artists = artist_path(cfg, parent, r.series, k, hard)
+    r.lap("artists")
 
     accepted = [*(r.previous.sft_history if r.previous else []), sft]
+    supervised = {"sft": accepted, "replay": [replay], **({"art3do": [art3do]} if art3do.num_rows else {})}
     checkpoint = champion.checkpoint
     stages = []
     trained = {}
     for stage, data, wanted in (
-        ("sft", {"sft": accepted, "replay": [replay]}, True),
+        ("sft", supervised, True),
         ("dpo", {"preferences": [prefs]}, prefs.num_rows > 0),
-        ("distill", {"sft": accepted, "replay": [replay]}, True),
+        ("distill", supervised, True),
     ):
         if getattr(cfg.model, stage).steps and wanted:
             checkpoint = train_stage(
@@ -194,7 +199,7 @@ def close_round(
         cfg,
         checkpoint,
         cfg.candidates.registered_model,
-        {"sft": accepted, "replay": [replay], "preferences": [prefs], "rankings": [judged], "hard-cases": [hard]},
+        {**supervised, "preferences": [prefs], "rankings": [judged], "hard-cases": [hard]},
         {
             "flywheel.series": r.series,
             "flywheel.round": k,
@@ -231,9 +236,7 @@ def close_round(
         )
     noise = r.previous.seed_noise if r.previous else None
     if noise is None and rules.seed_noise_seeds > 1 and "sft" in stages:
-        noise = measure_seed_noise(
-            r, champion.checkpoint, trained["sft"], {"sft": accepted, "replay": [replay]}, heldout
-        )
+        noise = measure_seed_noise(r, champion.checkpoint, trained["sft"], supervised, heldout)
     decision = promotion(
         reports["selection"].gains("challenger-vs-champion"),
         metric=rules.promote_metric,
@@ -244,7 +247,7 @@ def close_round(
     after = challenger if decision.promote else champion
     set_alias(cfg, after, "champion")
     r.lap("evaluate")
-    made = (pool, proposals, judged, sft, prefs, hard)
+    made = (pool, proposals, judged, sft, prefs, hard, art3do)
     volumes = {d.name: d.num_rows for d in made}
     volumes["sft-total"] = sum(d.num_rows for d in accepted)
     keep = (
@@ -272,6 +275,7 @@ def close_round(
         heldout_families=family_report(scores),
         seed_noise=noise,
         rankings={key: decided[key] for key in keep if key in decided},
+        artists=artists,
         volumes=volumes,
         seconds=r.seconds,
         stages=stages,

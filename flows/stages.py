@@ -14,16 +14,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from flywheel.core.config import FlywheelConfig, load_config, shaping
+from flywheel.core.config import FlywheelConfig, MeshLibraryConfig, load_config, shaping
 from flywheel.core.datasets import Dataset, list_versions
 from flywheel.core.digests import digest_of, file_digest
 from flywheel.core.records import DatasetRef, RunSummary
 from flywheel.core.runtime import apply_environment
+from flywheel.core.store import open_store
+from flywheel.feedback.artists import artist_summary, deliveries_digest, read_queue
 from flywheel.feedback.ingest import file_lines
 from flywheel.feedback.publish import TaskFiles
 from flywheel.learning.ensemble import ensemble_members, resolve_ensemble
 from flywheel.tracking import lineage
 from rendering.mesh_library import source_contents
+from tasks.artists import artists_base, deliveries_uri, import_art3do, queue_hard_cases, simulate_artists
 from tasks.candidates import (
     assemble_candidates,
     build_image_pool,
@@ -104,15 +107,20 @@ def latest_ref(cfg: FlywheelConfig, name: str) -> DatasetRef | None:
 NEWER_LIMITS = ("min_main_component_share", "min_extent_ratio")
 
 
-def mesh_library(cfg: FlywheelConfig, parent: str) -> DatasetRef:
-    m = cfg.meshes
-    limits = {
+def mesh_limits(m: MeshLibraryConfig) -> dict:
+    """The mesh filters' limits (rendering.meshes.MeshFilter fields) of a mesh config."""
+    return {
         "max_faces": m.max_faces,
         "max_file_bytes": int(m.max_file_mb * 2**20),
         "max_components": m.max_components,
         # the newer thresholds join the limits (and the version) only when set to other than their default
         **{k: getattr(m, k) for k in NEWER_LIMITS if getattr(m, k) != type(m).model_fields[k].default},
     }
+
+
+def mesh_library(cfg: FlywheelConfig, parent: str) -> DatasetRef:
+    m = cfg.meshes
+    limits = mesh_limits(m)
     # A user source is pinned by what it holds now: an added or changed file is a new library.
     contents = source_contents(m.source, cfg.store) if m.source is not None else None
     library = build_mesh_library(
@@ -250,3 +258,33 @@ def ingest_and_decide(
     for ref in decided.datasets:
         gate_for(cfg, ref, parent)
     return [judged, *decided.datasets], decided.metrics
+
+
+def artist_path(
+    cfg: FlywheelConfig, parent: str, series: str, round_index: int, hard: DatasetRef
+) -> tuple[DatasetRef, dict[str, float]]:
+    """Hard cases -> the artist queue (within the round's budget) -> deliveries (simulated
+    artists deliver what is due; people drop files in the deliveries folder) -> Art-3DO, gated.
+    -> (the Art-3DO version as of this round, the artist path's counts and spend)"""
+    a, store = cfg.artists, store_for(cfg)
+    base = artists_base(series)
+    queue_hard_cases(cfg, hard, base, round_index, a.budget, a.cost_per_mesh, a.latency_rounds, parent_run_id=parent)
+    where = deliveries_uri(cfg, series)
+    if a.simulate:
+        simulate_artists(
+            cfg, base, round_index, where, deliveries_digest(open_store(where, cfg.store)), parent_run_id=parent
+        )
+    art3do = import_art3do(
+        cfg,
+        base,
+        round_index,
+        where,
+        deliveries_digest(open_store(where, cfg.store)),
+        cfg.meshes.occupancy_resolution,
+        mesh_limits(cfg.meshes),
+        parent_run_id=parent,
+    )
+    gate_for(cfg, art3do, parent)
+    return art3do, artist_summary(
+        read_queue(store, base, round_index), round_index, Dataset(store, art3do.name, art3do.version)
+    )

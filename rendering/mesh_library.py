@@ -69,6 +69,12 @@ def _file_item(path: Path, source: str, limits: MeshFilter, root: Path, up_axis:
     return MeshItem(source, load)
 
 
+def file_sample(path: Path, source: str, resolution: int, limits: MeshFilter, root: Path) -> Sample | Rejected:
+    """One mesh file through the library's ingestion (safe loading, up axis by format, filters,
+    normalisation, occupancy), on its own: no de-duplication against other files."""
+    return next(library_samples(iter([_file_item(path, source, limits, root.resolve(), "auto")]), resolution, limits))
+
+
 def _s3_objects(uri: str, store_config: StoreConfig) -> tuple[S3Store, list[ObjectInfo]]:
     """The objects an ``s3://`` URI names: those under it as a prefix, else the one object it is;
     with the store their keys are relative to."""

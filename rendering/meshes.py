@@ -107,6 +107,10 @@ class CleanMesh:
         z = np.load(io.BytesIO(data))
         return cls(z["vertices"], z["faces"], z["colors"], watertight=False)
 
+    def to_ply(self) -> bytes:
+        """The mesh as a binary PLY file (+z up, as the format has it), colours kept."""
+        return bytes(self.trimesh().export(file_type="ply"))
+
     def trimesh(self):
         import trimesh
 

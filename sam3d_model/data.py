@@ -112,18 +112,30 @@ def batch_stream(
 
 
 def curriculum_stream(
-    real: list[Example], synthetic: list[Example], shares: list[float], steps: int, batch_size: int, seed: int = 0
+    real: list[Example],
+    synthetic: list[Example],
+    shares: list[float],
+    steps: int,
+    batch_size: int,
+    seed: int = 0,
+    artist: list[Example] | None = None,
+    artist_share: float = 0.0,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """SFT batches that mix synthetic replay into real (accepted) data: the steps are cut into
     ``len(shares)`` equal phases, and in phase i a batch holds ``round(shares[i] * B)``
     synthetic examples. Without real data every batch is synthetic, without synthetic data
-    every batch is real. Seeded: the same arguments give the same batches."""
-    if not real and not synthetic:
+    every batch is real. ``artist`` examples (artists' meshes) take ``round(artist_share * R)``
+    of a batch's R real places (all of them when there is no other real data). Seeded: the
+    same arguments give the same batches."""
+    artist = artist or []
+    if not real and not synthetic and not artist:
         raise ValueError("curriculum_stream: no examples at all")
     rng = random.Random(seed)
     for step in range(steps):
         share = shares[min(step * len(shares) // max(steps, 1), len(shares) - 1)]
-        n_syn = batch_size if not real else 0 if not synthetic else round(share * batch_size)
+        n_syn = batch_size if not (real or artist) else 0 if not synthetic else round(share * batch_size)
+        n_art = 0 if not artist else batch_size - n_syn if not real else round(artist_share * (batch_size - n_syn))
         picked = [synthetic[rng.randrange(len(synthetic))] for _ in range(n_syn)]
-        picked += [real[rng.randrange(len(real))] for _ in range(batch_size - n_syn)]
+        picked += [real[rng.randrange(len(real))] for _ in range(batch_size - n_syn - n_art)]
+        picked += [artist[rng.randrange(len(artist))] for _ in range(n_art)]
         yield collate(picked)

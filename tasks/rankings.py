@@ -138,21 +138,25 @@ def simulate_annotators(
     return store.uri(key)
 
 
-@flywheel_task(name="best-of-n", version="1")
+# v2: yield (share of objects with an acceptable candidate)
+@flywheel_task(name="best-of-n", version="2")
 def oracle_best_of_n(
     cfg: FlywheelConfig, candidates: DatasetRef, pool: DatasetRef, parent_run_id: str | None = None
 ) -> dict[str, float]:
     """The round's candidates against the pool's ground truth (where it is known): the oracle
-    best-of-N vIoU and the mean candidate of each kind (:func:`flywheel.feedback.simulate.best_of_n`)."""
+    best-of-N vIoU, the yield at ``rounds.acceptable_viou`` and the mean candidate of each kind
+    (:func:`flywheel.feedback.simulate.best_of_n`)."""
     store = store_for(cfg)
     with stage(cfg, parent_run_id, "best-of-n"):
-        found = best_of_n(candidate_records(store, candidates), truths_for_pool(store, pool))
+        found = best_of_n(
+            candidate_records(store, candidates), truths_for_pool(store, pool), cfg.rounds.acceptable_viou
+        )
         mlflow.log_metrics({k: v for k, v in found.items() if v == v})
     return found
 
 
-# v2: annotator weights count in the Bradley-Terry fit
-@flywheel_task(name="decide", version="2")
+# v2: annotator weights count in the Bradley-Terry fit; v3: reject-all share per judgement
+@flywheel_task(name="decide", version="3")
 def decide_round(
     cfg: FlywheelConfig,
     rankings: DatasetRef,

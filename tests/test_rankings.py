@@ -149,7 +149,8 @@ def test_bradley_terry_orders_candidates_and_decides():
     assert s["c1"] > s["c2"] > s["c3"]
     assert d.loc["o1", "decision"] == "accept" and d.loc["o1", "winner"] == "c1" and d.loc["o1", "runner_up"] == "c2"
     assert 0.6 <= d.loc["o1", "score"] <= 1 and 0.5 < d.loc["o1", "confidence"] <= 1
-    assert d.loc["o2", "decision"] == "hard-case" and d.loc["o2", "rejects"] == 3
+    # ann-b rejected twice (one vote), ann-a once and ranked once (half a vote)
+    assert d.loc["o2", "decision"] == "hard-case" and (d.loc["o2", "judgements"], d.loc["o2", "rejects"]) == (2, 1.5)
     assert (
         decide(rankings, REGISTRY, DecisionRules(alpha=0.99))[0].set_index("object_id").loc["o1", "decision"]
         == "below-threshold"
@@ -196,9 +197,10 @@ def test_agreement_and_gold_accuracy():
 # -- simulated annotators ------------------------------------------------------------------------
 
 
-def simulated_round(seed=0, objects=6, per_object_candidates=5):
-    """Candidates of known quality: object k's truth is a box; candidate i is the box shifted
-    by i cells, so quality falls with i (candidate order is shuffled)."""
+def simulated_round(seed=0, objects=6, per_object_candidates=5, best_shift=0):
+    """Candidates of known quality: object k's truth is an 8-cell box; candidate i is the box
+    shifted by ``best_shift`` + i cells (vIoU (8 - s) / (8 + s): 1, 0.78, 0.6, 0.45, 0.33 ...),
+    so quality falls with i (candidate order is shuffled)."""
     import numpy as np
 
     from flywheel.feedback.simulate import Truth
@@ -210,11 +212,12 @@ def simulated_round(seed=0, objects=6, per_object_candidates=5):
         occ[4:12, 4:12, 3 + k % 3 : 11 + k % 3] = True
         oid = f"obj-{k}"
         truths[oid] = Truth(occ, np.eye(3), np.array([0.0, 0.0, 2.5]))
-        shifts = rng.permutation(per_object_candidates)
+        shifts = best_shift + rng.permutation(per_object_candidates)
         candidates[oid] = [
             {
                 "candidate_id": f"cand-{k:02d}{int(s):018d}",
                 "member": "champion" if s % 2 else "retrieval",
+                "kind": "model" if s % 2 else "retrieval",
                 "occupancy": np.roll(occ, int(s), axis=0),
                 "R": np.eye(3),
                 "t": np.array([0.0, 0.0, 2.5]),
@@ -240,6 +243,47 @@ def test_a_noiseless_simulated_annotator_picks_the_true_best():
         for oid, cands in candidates.items():
             best = next(c["candidate_id"] for c in cands if c["candidate_id"].endswith("0" * 18))  # shift 0
             assert decisions.loc[oid, "winner"] == best, oid
+
+
+def test_the_default_annotators_accept_good_candidates_and_reject_an_unlearned_models():
+    """Accept rate tracks absolute quality: with the default team (config ``rounds.annotators``),
+    objects whose best candidate has vIoU 1 or 0.78 are accepted, objects whose best has 0.45 (what
+    a constant shape scores) go to the hard-case queue; the yield says the same from the truth."""
+    from flywheel.core.config import load_config
+    from flywheel.feedback.aggregate import judge_round
+    from flywheel.feedback.simulate import SimulatedAnnotator, best_of_n, simulate
+
+    rounds = load_config(environ={}).rounds
+    team = [SimulatedAnnotator.from_settings(a) for a in rounds.annotators]
+    rules = load_config(environ={}).rankings.rules()
+    rates = {}
+    for best_shift in (0, 1, 3):
+        truths, candidates, registry = simulated_round(objects=40, best_shift=best_shift, seed=best_shift)
+        rows = simulate(team, candidates, truths, per_object=rounds.judgements_per_object, seed=best_shift)
+        good, q = check(
+            pd.DataFrame(rows), "sim.jsonl", candidates=registry, annotators=None, max_time_spent_s=3600, now=NOW
+        )
+        assert q.empty
+        judged = judge_round(good, registry, 0, **rules).metrics()
+        rates[best_shift] = (judged["accept_rate"], judged["hard_cases"], best_of_n(candidates, truths)["yield"])
+    assert rates[0][0] >= 0.9 and rates[1][0] >= 0.8, rates
+    assert rates[3][0] <= 0.1 and rates[3][1] >= 36, rates
+    assert [y for _, _, y in rates.values()] == [1.0, 1.0, 0.0]
+
+
+def test_a_judgement_is_one_reject_vote_however_many_rows_it_took():
+    """Six pairwise rows of one annotator and one reject-all of another: half the judgements
+    reject, so the object is a hard case at reject_share 0.5 (row counting made it 1 / 7)."""
+    from flywheel.feedback.aggregate import DecisionRules, decide
+
+    pairs = [("c1", "c2"), ("c1", "c3"), ("c2", "c3")] * 2
+    rows = [pairwise(f"p{i}", "o1", w, lo, annotator="ann-a") for i, (w, lo) in enumerate(pairs)]
+    rows.append(row("r", kind="reject-all", winner=None, losers=["c1", "c2", "c3"], annotator_id="ann-b"))
+    d = decide(judgements(rows), REGISTRY, DecisionRules(alpha=0.6, reject_share=0.5))[0].set_index("object_id")
+    assert (d.loc["o1", "judgements"], d.loc["o1", "rejects"], d.loc["o1", "reject_share"]) == (2, 1.0, 0.5)
+    assert d.loc["o1", "decision"] == "hard-case"
+    one_row_each = decide(judgements(rows[-2:]), REGISTRY, DecisionRules(alpha=0.6, reject_share=0.6))[0]
+    assert one_row_each.set_index("object_id").loc["o1", "decision"] == "accept"
 
 
 def test_only_rejections_make_hard_cases_without_scores():

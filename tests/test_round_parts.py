@@ -48,6 +48,18 @@ def test_curriculum_moves_from_synthetic_to_real_and_ends_on_real_only():
         next(curriculum_stream([], [], [0.5], steps=1, batch_size=2))
 
 
+def test_artist_meshes_take_their_share_of_the_real_part_of_each_batch():
+    real, synthetic, artist = _tagged(1.0, 5), _tagged(0.0, 7), _tagged(2.0, 3)
+    batches = list(curriculum_stream(real, synthetic, [0.5, 0.0], 4, 8, seed=1, artist=artist, artist_share=0.25))
+    counts = [[int((b["source"] == v).sum()) for v in (0.0, 1.0, 2.0)] for b in batches]
+    assert counts == [[4, 3, 1], [4, 3, 1], [0, 6, 2], [0, 6, 2]]  # synthetic, accepted, artist
+    no_accepted = list(curriculum_stream([], synthetic, [0.5], 2, 8, artist=artist, artist_share=0.25))
+    assert all(int((b["source"] == 2.0).sum()) == 4 for b in no_accepted)  # artists fill the real part
+    plain = list(curriculum_stream(real, synthetic, [0.5], 3, 8, seed=2))
+    same = list(curriculum_stream(real, synthetic, [0.5], 3, 8, seed=2, artist=[], artist_share=0.25))
+    assert all(torch.equal(a["index"], b["index"]) for a, b in zip(plain, same))  # no artist data: as before
+
+
 def test_evaluation_is_deterministic_and_scores_the_truth_perfectly():
     torch.manual_seed(0)
     cfg = preset("micro")
@@ -268,7 +280,7 @@ def test_round_record_json_is_versioned_and_checked():
     del data["schema_version"]  # written before the schema had a version: read as version 1
     assert RoundRecord.from_json(json.dumps(data)) == record.model_copy(update={"schema_version": 1})
     with pytest.raises(ValidationError, match="schema_version"):
-        RoundRecord.from_json(json.dumps({**data, "schema_version": 3}))
+        RoundRecord.from_json(json.dumps({**data, "schema_version": 4}))
     with pytest.raises(ValidationError, match="champion_after"):
         RoundRecord.from_json(json.dumps({k: v for k, v in data.items() if k != "champion_after"}))
 
@@ -292,7 +304,7 @@ def test_model_and_rounds_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="rounds.promote_metric"):
         load_config(environ={"FLYWHEEL__ROUNDS__PROMOTE_METRIC": "accuracy"})
     team = load_config(environ={}).rounds.annotators
-    assert [SimulatedAnnotator.from_settings(a).reject_threshold for a in team][:1] == [0.15]
+    assert [SimulatedAnnotator.from_settings(a).reject_threshold for a in team] == [0.6, 0.55, 0.6]
 
 
 def test_a_stage_checkpoint_is_named_by_everything_that_shapes_it():

@@ -161,6 +161,17 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
     sft_run = next(r for r in lineage.stage_runs(r0["mlflow_run_id"]) if r.data.tags[lineage.STAGE_TAG] == "sft")
     logged = {(d["name"], d["context"]) for d in lineage.run_datasets(sft_run.info.run_id)}
     assert {("sft", "input"), ("occlusions", "input")} <= logged
+    # the artist path: round 0's hard cases (within the budget) are queued, the simulated artists deliver
+    # them at round 1 (latency 1), and round 1's SFT trains on them as Art-3DO
+    a0, a1 = r0["artists"], r1["artists"]
+    assert 1 <= a0["queued"] == min(cfg.artists.budget, r0["rankings"]["hard_cases"]) and a0["delivered"] == 0
+    assert (a1["delivered"], a1["refused_deliveries"]) == (a0["queued"], 0)
+    assert a1["spend"] == a0["queued"] * cfg.artists.cost_per_mesh and a1["pending"] == a1["queued"]
+    assert r1["datasets"]["art3do"]["num_rows"] == a1["delivered"] and r0["datasets"]["art3do"]["num_rows"] == 0
+    sft1 = next(r for r in lineage.stage_runs(r1["mlflow_run_id"]) if r.data.tags[lineage.STAGE_TAG] == "sft")
+    assert sft1.data.metrics["art3do_examples"] == a1["delivered"]
+    assert ("art3do", "input") in {(d["name"], d["context"]) for d in lineage.run_datasets(sft1.info.run_id)}
+    assert "artists: " in rounds.round_text(RoundRecord.model_validate(r1))
     parent = client.get_run(r1["mlflow_run_id"])
     assert parent.data.metrics["accept_rate"] == r1["rankings"]["accept_rate"]
     assert parent.data.tags["flywheel.promoted"] == str(r1["promotion"]["promote"]).lower()

@@ -345,11 +345,34 @@ HARD_CASES = register(
                 pa.field("object_id", pa.string(), nullable=False),
                 pa.field("round", pa.int32(), nullable=False),
                 pa.field("judgements", pa.int32(), nullable=False),
-                pa.field("rejects", pa.int32(), nullable=False),
+                pa.field(
+                    "rejects", _F32, nullable=False
+                ),  # reject votes, one per annotator (a mixed judgement: its share)
                 pa.field("reject_share", _F32, nullable=False),
             ]
         ),
         files=("rgb.png", "mask.png"),
         description="Objects no candidate was acceptable for (the paper routes these to 3D artists).",
+    )
+)
+
+#: Art-3DO: meshes 3D artists made for hard cases, with the photo and the pose they align to.
+ART3DO = register(
+    DatasetSpec(
+        name="art3do",
+        schema=pa.schema(
+            [
+                pa.field("object_id", pa.string(), nullable=False),
+                pa.field("round", pa.int32(), nullable=False),  # the round that queued the case
+                pa.field("source", pa.string(), nullable=False),  # the delivered mesh file
+                pa.field("mesh_id", pa.string(), nullable=False),  # content digest of the normalised geometry
+                pa.field("R", _MAT3, nullable=False),
+                pa.field("t", _VEC3, nullable=False),
+                pa.field("s", _F32, nullable=False),
+                pa.field("cost", _F32, nullable=False),
+            ]
+        ),
+        files=("rgb.png", "mask.png", "occ.npy", "mesh.npz"),
+        description="Artist meshes of hard cases (normalised as every mesh, occupancy, pose), for SFT.",
     )
 )

@@ -9,8 +9,9 @@ quality, and the round's accept / DPO / hard-case decisions.
 - An object's **score** is the mean BT probability that its top candidate beats each of
   the others (0.5 = no preference, 1 = beats all); its **confidence** is the probability
   that it beats the runner-up.
-- Reject-all votes count per object; when their (annotator-weighted) share reaches
-  ``reject_share``, the object goes to the **hard-case queue** (3D artists, in the paper).
+- Reject-all votes count per judgement — one vote per annotator and object, however many
+  rows it took; when their (annotator-weighted) share reaches ``reject_share``, the object
+  goes to the **hard-case queue** (3D artists, in the paper).
 - Round k accepts the top candidate when its score passes ``alpha_k`` (thresholds rise over
   rounds): it becomes an SFT example, and (winner, each candidate it beat) a DPO pair.
 """
@@ -149,31 +150,7 @@ def decide(
     ``below-threshold`` or ``undecided``, with winner, runner-up, score and confidence."""
     pairs = comparisons(rankings)
     scores = bradley_terry(pairs, registry, bt_alpha, weights)
-    reject = pc.fill_null(pc.equal(rankings["kind"], "reject-all"), False).to_numpy()
-    weight = _annotator_weights(rankings["annotator_id"], weights)
-    votes = pa.table(
-        {
-            "object_id": rankings["object_id"],
-            "reject": reject.astype(np.int64),
-            "weight": weight,
-            "reject_weight": weight * reject,
-        }
-    )
-    per_object = (
-        votes.group_by("object_id")
-        .aggregate([("reject", "count"), ("reject", "sum"), ("weight", "sum"), ("reject_weight", "sum")])
-        .sort_by("object_id")
-        .to_pandas()
-        .rename(
-            columns={
-                "reject_count": "judgements",
-                "reject_sum": "rejects",
-                "weight_sum": "weight",
-                "reject_weight_sum": "reject_weight",
-            }
-        )
-        .set_index("object_id")
-    )
+    per_object = _reject_votes(rankings, weights)
     per_object["reject_share"] = per_object["reject_weight"] / per_object["weight"].where(per_object["weight"] > 0, 1)
 
     # top and runner-up per object: scores are grouped by object; sort within by strength
@@ -219,6 +196,42 @@ def decide(
     out["decision"] = decision
     out.loc[out["decision"] == "hard-case", ["winner", "runner_up"]] = None
     return out.reset_index(), scores
+
+
+def _reject_votes(rankings: pa.Table, weights: dict[str, float] | None) -> pd.DataFrame:
+    """Per object: ``judgements`` (annotators who judged it), ``rejects`` (their reject-all
+    votes) and the annotator-weighted ``weight`` / ``reject_weight``. Each annotator's
+    judgement of an object is one vote, however many rows it took: six pairwise rows weigh
+    no more than one reject-all. An annotator whose rows on an object mix reject-alls and
+    rankings votes the reject-all share of those rows."""
+    table = pa.table(
+        {
+            "object_id": rankings["object_id"],
+            "annotator_id": rankings["annotator_id"],
+            "reject": pc.fill_null(pc.equal(rankings["kind"], "reject-all"), False).to_numpy().astype(np.float64),
+        }
+    )
+    votes = table.group_by(["object_id", "annotator_id"]).aggregate([("reject", "mean")])
+    weight = _annotator_weights(votes["annotator_id"], weights)
+    reject = votes["reject_mean"].to_numpy()
+    per_judgement = pa.table(
+        {"object_id": votes["object_id"], "reject": reject, "weight": weight, "reject_weight": weight * reject}
+    )
+    return (
+        per_judgement.group_by("object_id")
+        .aggregate([("reject", "count"), ("reject", "sum"), ("weight", "sum"), ("reject_weight", "sum")])
+        .sort_by("object_id")
+        .to_pandas()
+        .rename(
+            columns={
+                "reject_count": "judgements",
+                "reject_sum": "rejects",
+                "weight_sum": "weight",
+                "reject_weight_sum": "reject_weight",
+            }
+        )
+        .set_index("object_id")
+    )
 
 
 def preference_pairs(decisions: pd.DataFrame, rankings: pa.Table) -> pd.DataFrame:

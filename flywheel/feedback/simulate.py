@@ -69,11 +69,13 @@ def quality(
     )
 
 
-def best_of_n(candidates: dict[str, list[dict]], truths: dict[str, Truth]) -> dict[str, float]:
+def best_of_n(candidates: dict[str, list[dict]], truths: dict[str, Truth], acceptable: float = 0.6) -> dict[str, float]:
     """How good a round's candidates are, by vIoU with the true shape, over the objects whose
     truth is known: ``oracle_viou`` — the mean of each object's best candidate (the most that
-    annotators picking the best can reach); ``model_viou`` / ``retrieval_viou`` — the mean
-    candidate of each kind (a model's typical sample, a retrieved mesh); ``objects``."""
+    annotators picking the best can reach); ``yield`` — the share of objects with a candidate
+    of vIoU >= ``acceptable`` (one annotators could accept); ``model_viou`` /
+    ``retrieval_viou`` — the mean candidate of each kind (a model's typical sample, a
+    retrieved mesh); ``objects``."""
     best: list[float] = []
     by_kind: dict[str, list[float]] = {"model": [], "retrieval": []}
     for oid in sorted(set(candidates) & set(truths)):
@@ -81,7 +83,11 @@ def best_of_n(candidates: dict[str, list[dict]], truths: dict[str, Truth]) -> di
         best.append(max(scores))
         for c, q in zip(candidates[oid], scores):
             by_kind.setdefault(c["kind"], []).append(q)
-    out = {"objects": float(len(best)), "oracle_viou": float(np.mean(best)) if best else float("nan")}
+    out = {
+        "objects": float(len(best)),
+        "oracle_viou": float(np.mean(best)) if best else float("nan"),
+        "yield": float(np.mean(np.array(best) >= acceptable)) if best else float("nan"),
+    }
     out.update({f"{kind}_viou": float(np.mean(q)) if q else float("nan") for kind, q in by_kind.items()})
     return out
 

@@ -86,7 +86,8 @@ def _photo_condition(cfg: ModelConfig, sample: dict) -> dict[str, torch.Tensor]:
 
 
 def sft_example(cfg: ModelConfig, sample: dict, row: dict) -> Example:
-    """An accepted object: the annotators' winning candidate is the target."""
+    """An accepted object: the annotators' winning candidate is the target (an Art-3DO row:
+    the artist's mesh and pose)."""
     return {
         **_photo_condition(cfg, sample),
         "occupancy": _occupancy(cfg, sample["occ.npy"], sample["__key__"]),
@@ -110,6 +111,7 @@ DECODERS: dict[str, Callable[..., Example]] = {
     "iso3do": iso3do_example,
     "occlusions": occlusions_example,
     "sft": sft_example,
+    "art3do": sft_example,
     "preferences": preference_example,
 }
 

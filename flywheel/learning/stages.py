@@ -24,14 +24,15 @@ from sam3d_model import train as T
 from sam3d_model.data import batch_stream, curriculum_stream
 from sam3d_model.model import SmallSam3D
 
-#: stage -> the dataset roles it reads (``replay``: synthetic data mixed into SFT / distillation)
+#: stage -> the dataset roles it reads (``replay``: synthetic data mixed into SFT / distillation;
+#: ``art3do``: artists' meshes of hard cases)
 STAGE_INPUTS = {
     "vae": ("iso3do",),
     "pretrain": ("iso3do",),
     "midtrain": ("occlusions",),
-    "sft": ("sft", "replay"),
+    "sft": ("sft", "replay", "art3do"),
     "dpo": ("preferences",),
-    "distill": ("sft", "replay"),
+    "distill": ("sft", "replay", "art3do"),
 }
 
 
@@ -47,6 +48,7 @@ def stage_settings(section: ModelSection, stage: str) -> dict[str, Any]:
     }
     if stage in ("sft", "distill"):
         out["curriculum"] = list(section.curriculum)
+        out["art3do_share"] = section.art3do_share
     if stage == "dpo":
         out["beta"] = section.dpo_beta
     return out
@@ -138,9 +140,12 @@ def run_stage(
     if stage in ("sft", "distill"):
         real = cached_examples(arch, datasets.get("sft", []))
         replay = cached_examples(arch, datasets.get("replay", []))
-        stream = curriculum_stream(real, replay, settings["curriculum"], train.steps, batch, seed)
+        artist = cached_examples(arch, datasets.get("art3do", []))
+        stream = curriculum_stream(
+            real, replay, settings["curriculum"], train.steps, batch, seed, artist, settings.get("art3do_share", 0.0)
+        )
         (T.sft if stage == "sft" else T.distill)(model, stream, train, **fit)
-        return {"real_examples": len(real), "replay_examples": len(replay)}
+        return {"real_examples": len(real), "replay_examples": len(replay), "art3do_examples": len(artist)}
     pairs = cached_examples(arch, datasets["preferences"])
     T.dpo(model, batch_stream(lambda: pairs, batch, seed), train, beta=settings["beta"], **fit)
     return {"pairs": len(pairs)}

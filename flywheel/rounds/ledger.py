@@ -134,6 +134,7 @@ def summary_rows(records: list[RoundRecord]) -> list[dict]:
         for family, by_who in r.heldout_families.items():
             row.update({f"family_{family}_{who}_viou": v for who, v in by_who.items() if who != "objects"})
         row.update(r.rankings)
+        row.update({f"artists_{k}": v for k, v in r.artists.items()})
         row.update({f"rows_{k}": v for k, v in r.volumes.items()})
         row.update({f"seconds_{k}": v for k, v in r.seconds.items()})
         row["warnings"] = len(r.warnings)
@@ -169,7 +170,10 @@ def summary_plot(records: list[RoundRecord], path: str | Path) -> Path:
             k: ([r.round for r in records if k in r.best_of_n], [r.best_of_n[k] for r in records if k in r.best_of_n])
             for k in ("oracle_viou", "model_viou", "retrieval_viou")
         }
-    series["accept rate"] = (x, [r.rankings["accept_rate"] for r in records])
+    series["accept rate and yield"] = {
+        "accept rate": (x, [r.rankings["accept_rate"] for r in records]),
+        "yield": (x, [r.best_of_n.get("yield", float("nan")) for r in records]),
+    }
     series["rows per dataset"] = {k: (x, [r.volumes.get(k, 0) for r in records]) for k in records[-1].volumes}
     return curves(series, path, title="flywheel rounds", log_y=False)
 
@@ -177,7 +181,7 @@ def summary_plot(records: list[RoundRecord], path: str | Path) -> Path:
 def round_text(r: RoundRecord) -> str:
     """One round for people: held-out means of models and baselines, the gains with their
     intervals, best-of-N, the decision, and warnings in capitals."""
-    lines = [f"round {r.round} (series {r.series}): accept rate {r.rankings['accept_rate']:.2f}"]
+    lines = [f"round {r.round} (series {r.series}): {judgement_text(r)}"]
     if r.heldout:
         rep = r.heldout["reporting"]
         lines.append(f"held-out, reporting half ({rep.objects} objects, {rep.meshes} meshes):")
@@ -201,8 +205,11 @@ def round_text(r: RoundRecord) -> str:
         b = r.best_of_n
         lines.append(
             f"round candidates vs truth (vIoU): oracle best-of-N {b.get('oracle_viou', float('nan')):.3f}, "
-            f"model sample {b.get('model_viou', float('nan')):.3f}, retrieval {b.get('retrieval_viou', float('nan')):.3f}"
+            f"model sample {b.get('model_viou', float('nan')):.3f}, retrieval {b.get('retrieval_viou', float('nan')):.3f}; "
+            f"yield {b.get('yield', float('nan')):.2f} (objects with an acceptable candidate)"
         )
+    if r.artists:
+        lines.append(artists_text(r.artists))
     if r.seed_noise is not None:
         lines.append(f"training-seed noise: {r.seed_noise}")
     lines.append(
@@ -210,6 +217,27 @@ def round_text(r: RoundRecord) -> str:
     )
     lines += [f"WARNING: {w}" for w in r.warnings]
     return "\n".join(lines)
+
+
+def judgement_text(r: RoundRecord) -> str:
+    """What the annotators made of the round's candidates: accept rate, hard cases, yield."""
+    m = r.rankings
+    text = (
+        f"accept rate {m['accept_rate']:.2f} ({int(m.get('accepted', 0))} of {int(m.get('objects_judged', 0))} objects)"
+    )
+    text += f", {int(m.get('hard_cases', 0))} hard cases"
+    if "yield" in r.best_of_n:
+        text += f", yield {r.best_of_n['yield']:.2f}"
+    return text
+
+
+def artists_text(a: dict[str, float]) -> str:
+    """The artist path of a round, one line."""
+    return (
+        f"artists: {int(a['queued'])} hard cases queued this round ({int(a['queued_total'])} so far), "
+        f"{int(a['delivered'])} meshes delivered (Art-3DO), {int(a['pending'])} pending, "
+        f"{int(a['refused_deliveries'])} deliveries refused; spend {a['spend']:.0f}"
+    )
 
 
 def world_gap_text(r: RoundRecord, metric: str = "viou") -> str:
@@ -231,7 +259,7 @@ def summary_text(records: list[RoundRecord]) -> str:
     """A table for people: per round, held-out vIoU of the models and baselines (reporting
     half), the challenger's gain with its interval (selection half), accept rate, decision."""
     lines = [
-        "round  accept  vIoU: champion  challenger  constant  retrieval   gain [95% CI] (selection)       decision"
+        "round  accept  yield  vIoU: champion  challenger  constant  retrieval   gain [95% CI] (selection)       decision"
     ]
     for r in records:
         v = {who: r.evaluation.get(who, {}).get("viou", float("nan")) for who in WHO}
@@ -241,7 +269,7 @@ def summary_text(records: list[RoundRecord]) -> str:
             else f"{r.promotion.gain:+.4f}"
         )
         lines.append(
-            f"{r.round:>5}  {r.rankings['accept_rate']:6.2f}  {v['champion']:14.3f}  {v['challenger']:10.3f}"
+            f"{r.round:>5}  {r.rankings['accept_rate']:6.2f}  {r.best_of_n.get('yield', float('nan')):5.2f}  {v['champion']:14.3f}  {v['challenger']:10.3f}"
             f"  {v['constant']:8.3f}  {v['retrieval']:9.3f}   {gain:<31} "
             f"{'promoted ' + r.challenger.uri if r.promotion.promote else 'kept'}{' (!)' if r.warnings else ''}"
         )

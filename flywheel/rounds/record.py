@@ -5,7 +5,8 @@ schema at :data:`SCHEMA_VERSION`; ``flywheel rounds``, the summary plots and the
 read it through this class only. Records written before the schema had a version read as
 version 1 (the same fields). Version 2 adds the baselines, the held-out halves with their
 intervals (``heldout``), the round's best-of-N figures and the warnings; ``evaluation`` is
-then the *reporting* half's means (version 1: the whole held-out set, two models).
+then the *reporting* half's means (version 1: the whole held-out set, two models). Version
+3 adds the artist path (``artists``) and the yield among the best-of-N figures.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from flywheel.core.records import DatasetRef, ModelRef
 from flywheel.learning.heldout import SeedNoise, Split, SplitReport
 from flywheel.rounds.promotion import Promotion
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class RoundRecord(BaseModel):
@@ -27,7 +28,7 @@ class RoundRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal[1, 2] = 2  # SCHEMA_VERSION
+    schema_version: Literal[1, 2, 3] = 3  # SCHEMA_VERSION
     round: int = Field(..., ge=0)
     series: str = Field(..., description="flywheel.rounds.ledger.series_id of the config that ran it")
     champion_before: ModelRef = Field(..., description="The champion round k started from.")
@@ -44,7 +45,8 @@ class RoundRecord(BaseModel):
     )
     best_of_n: dict[str, float] = Field(
         default_factory=dict,
-        description="The round's candidates vs the pool's truth: oracle_viou, model_viou, retrieval_viou (v2).",
+        description="The round's candidates vs the pool's truth: oracle_viou, model_viou, retrieval_viou (v2), "
+        "yield (v3).",
     )
     warnings: list[str] = Field(default_factory=list, description="What people must know about this round (v2).")
     synthetic_heldout: SplitReport | None = Field(
@@ -66,6 +68,11 @@ class RoundRecord(BaseModel):
         ...,
         description="Decision metrics: accept_rate, objects_judged, accepted, hard_cases, preference_pairs, "
         "annotators, alpha[, fleiss_kappa].",
+    )
+    artists: dict[str, float] = Field(
+        default_factory=dict,
+        description="The artist path: queued (this round), queued_total, delivered (usable Art-3DO meshes so far), "
+        "refused_deliveries, pending, spend (v3).",
     )
     volumes: dict[str, int] = Field(..., description="Rows per dataset the round made or read.")
     seconds: dict[str, float] = Field(..., description="Wall-clock seconds per phase.")

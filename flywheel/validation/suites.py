@@ -615,6 +615,35 @@ def _hard_cases(ds: Dataset, cfg: ValidationConfig) -> dict:
     }
 
 
+def _art3do(ds: Dataset, cfg: ValidationConfig) -> dict:
+    """Artist meshes: one per object, a valid pose, occupancy that matches its file; refused
+    deliveries within the quarantine allowance (all refused is a failure, not an empty pass)."""
+    E = _gx()
+    m = ds.manifest().to_pandas()
+    _pose_columns(m)
+    seen = len(m) + _quarantined(ds)
+    stage = pd.DataFrame([{"quarantined_fraction": _quarantined(ds) / seen if seen else 0.0}])
+    samples = _stream_stats(ds, cfg.sample_checks, lambda s: {"occupied": float(_npy(s["occ.npy"]).mean())})
+    return {
+        "manifest": (
+            m,
+            _common(ds, m, "object_id")
+            + _pose_suite(cfg)
+            + [E.ExpectColumnValuesToBeBetween(column="cost", min_value=0)],
+        ),
+        "samples": (
+            samples,
+            [E.ExpectColumnValuesToBeBetween(column="occupied", min_value=0, max_value=1, strict_min=True)]
+            if len(samples)
+            else [],
+        ),
+        "stage": (
+            stage,
+            [E.ExpectColumnValuesToBeBetween(column="quarantined_fraction", max_value=cfg.max_quarantine_fraction)],
+        ),
+    }
+
+
 def _generic(ds: Dataset, cfg: ValidationConfig) -> dict:
     m = ds.manifest().to_pandas()
     return {"manifest": (m, _common(ds, m, "sample_key"))}
@@ -632,6 +661,7 @@ SUITES: dict[str, Callable[[Dataset, ValidationConfig], dict]] = {
     "sft": _sft,
     "preferences": _preferences,
     "hard-cases": _hard_cases,
+    "art3do": _art3do,
 }
 
 
