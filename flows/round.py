@@ -254,6 +254,7 @@ def close_round(
         "accept_rate",
         "objects_judged",
         "accepted",
+        "aligned",
         "hard_cases",
         "preference_pairs",
         "annotators",

@@ -193,3 +193,69 @@ def test_gates_fail_on_an_export_without_usable_judgements_and_on_a_reject_all_j
     more = [{**FIRST_S1, "submission_id": f"m{i}", "annotator_id": f"ann-{i}"} for i in range(3)] + rejects[:1]
     _, report = ingest(more, "more.jsonl", base)
     assert report.success, report.summary()
+
+
+def test_an_aligned_pose_becomes_the_winners_layout_target(round_data, tmp_path):
+    """The layout alignment step: a judgement may carry the winner's pose as the annotator
+    aligned it; the latest such pose is the SFT row's layout target (pose_source "aligned"),
+    a bad one quarantines its row, and winners nobody aligned keep the candidate's pose."""
+    import numpy as np
+
+    store, pool, candidates = round_data
+    turn = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]], float)  # 90 degrees about z
+    early = {"R": np.eye(3).tolist(), "t": [0.0, 0.1, 3.0], "s": 0.9}
+    late = {"R": turn.tolist(), "t": [0.2, 0.0, 2.8], "s": 1.1}
+    row = {"kind": "best-of-n", "winner": "obj-a-c2", "losers": ["obj-a-c0", "obj-a-c1"], "object_id": "obj-a"}
+    other = {"kind": "best-of-n", "winner": "obj-b-c1", "losers": ["obj-b-c0", "obj-b-c2"], "object_id": "obj-b"}
+    export = _export(
+        tmp_path / "aligned.jsonl",
+        [
+            {**row, "submission_id": "a1", "annotator_id": "ann-1", "aligned_pose": early},
+            {
+                **row,
+                "submission_id": "a2",
+                "annotator_id": "ann-2",
+                "aligned_pose": late,
+                "timestamp": "2026-11-21T12:00:00Z",
+            },
+            {
+                **row,
+                "submission_id": "a3",
+                "annotator_id": "ann-3",
+                "aligned_pose": {**late, "R": [[2, 0, 0], [0, 1, 0], [0, 0, 1]]},
+            },
+            {**other, "submission_id": "b1", "annotator_id": "ann-1"},
+            {**other, "submission_id": "b2", "annotator_id": "ann-2"},
+        ],
+    )
+    ref, [report] = ingest_one(store, candidates, export, "da", None)
+    quarantined = Dataset(store, ref.name, ref.version).quarantine().to_pylist()
+    assert [q["detail"] for q in quarantined if "aligned_pose" in q["detail"]] == [
+        "aligned_pose: R is not a rotation (R^T R != I or det < 0)"
+    ]
+    judged = judge_round(
+        Dataset(store, ref.name, ref.version).manifest(),
+        Dataset(store, candidates.name, candidates.version).manifest().to_pandas(),
+        0,
+        **RankingsConfig().rules(),
+    )
+    assert judged.metrics()["aligned"] == 1
+    d = judged.decisions
+    refs = write_decisions(
+        store,
+        accepted=d[d["decision"] == "accept"],
+        preferences=judged.preferences,
+        hard=d[d["decision"] == "hard-case"],
+        rankings=ref,
+        candidates=candidates,
+        pool=pool,
+        round_index=0,
+        inputs={"rankings": ref, "round": 0},
+        code_version="test",
+        writer_options={},
+    )
+    sft = {r["object_id"]: r for r in Dataset(store, "sft", refs["sft"].version).manifest().to_pylist()}
+    assert sft["obj-a"]["pose_source"] == "aligned"
+    assert np.allclose(sft["obj-a"]["R"], turn.ravel()) and np.allclose(sft["obj-a"]["t"], late["t"])
+    assert sft["obj-a"]["s"] == pytest.approx(1.1)
+    assert sft["obj-b"]["pose_source"] == "candidate" and np.allclose(sft["obj-b"]["t"], [0, 0, 2.5])

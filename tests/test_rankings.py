@@ -292,3 +292,24 @@ def test_only_rejections_make_hard_cases_without_scores():
     only = judgements([row("r1", kind="reject-all", winner=None, losers=["c1", "c2", "c3"])])
     decisions, scores = decide(only, REGISTRY, DecisionRules(alpha=0.6))
     assert decisions[["object_id", "decision"]].values.tolist() == [["o1", "hard-case"]] and scores.empty
+
+
+def test_a_simulated_aligner_moves_the_winners_pose_to_the_truth_within_its_noise():
+    import numpy as np
+
+    from flywheel.feedback.simulate import SimulatedAnnotator, simulate
+
+    truths, candidates, registry = simulated_round(objects=30)
+    rows = simulate([SimulatedAnnotator("aligner", align_noise_deg=5.0)], candidates, truths, per_object=1)
+    good, q = check(
+        pd.DataFrame(rows), "sim.jsonl", candidates=registry, annotators=None, max_time_spent_s=3600, now=NOW
+    )
+    assert q.empty and good["aligned_pose"].null_count == 0
+    angles = []
+    for pose, oid in zip(good["aligned_pose"].to_pylist(), good["object_id"].to_pylist()):
+        R = np.asarray(pose["R"]).reshape(3, 3)
+        angles.append(np.degrees(np.arccos(np.clip((np.trace(truths[oid].R.T @ R) - 1) / 2, -1, 1))))
+        assert np.linalg.norm(np.asarray(pose["t"]) - truths[oid].t) < 0.6 and 0.7 < pose["s"] < 1.4
+    assert 2 < np.mean(angles) < 8  # |N(0, 5 deg)| has mean 4 deg
+    plain = simulate([SimulatedAnnotator("plain")], candidates, truths, per_object=1)
+    assert all("aligned_pose" not in r for r in plain)

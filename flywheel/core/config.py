@@ -387,6 +387,12 @@ class AnnotatorSettings(_Section):
     pairs_per_object: int = Field(0, ge=0, description="0: one best-of-N judgement per object; k: k pairwise ones.")
     rotation_weight: float = Field(1 / 180, ge=0, description="Quality lost per degree of rotation error.")
     translation_weight: float = Field(0.5, ge=0, description="Quality lost per unit of translation error.")
+    align_noise_deg: float | None = Field(
+        None,
+        ge=0,
+        description="Aligns its best-of-N winner's pose to the photo, off the truth by ~this many degrees (and "
+        "proportionally in translation and scale); the aligned pose is the winner's SFT layout target. None: never.",
+    )
 
 
 _SHAPE_ONLY = {"rotation_weight": 0.0, "translation_weight": 0.0}
@@ -469,7 +475,7 @@ class RoundsConfig(_Section):
     # follows the candidates' absolute quality, not only their order.
     annotators: list[AnnotatorSettings] = Field(
         default_factory=lambda: [
-            AnnotatorSettings(name="sim-careful", noise=0.02, reject_threshold=0.6, **_SHAPE_ONLY),
+            AnnotatorSettings(name="sim-careful", noise=0.02, reject_threshold=0.6, align_noise_deg=5.0, **_SHAPE_ONLY),
             AnnotatorSettings(
                 name="sim-hasty",
                 noise=0.1,

@@ -266,6 +266,11 @@ CANDIDATES_PART = part_spec(CANDIDATES)
 #: Ingested human (or simulated) judgements: every row of every accepted export, once per
 #: submission id. Table-only (the manifest is the data); the raw exports are archived as
 #: received under ``rankings/raw/<sha256>/``. Columns: flywheel.feedback.exports.NATIVE_SCHEMA.
+#: R row-major (9 values), t (3), s. Variable-size lists: Parquet cannot read back fixed-size
+#: lists under a null struct.
+ALIGNED_POSE = pa.struct(
+    [pa.field("R", pa.list_(pa.float64())), pa.field("t", pa.list_(pa.float64())), pa.field("s", pa.float64())]
+)
 RANKINGS = register(
     DatasetSpec(
         name="rankings",
@@ -284,6 +289,8 @@ RANKINGS = register(
                 pa.field("texture", pa.float64()),
                 pa.field("completeness", pa.float64()),
                 pa.field("multiview_consistency", pa.float64()),
+                # optional: the winner's pose as the annotator aligned it to the photo (layout target)
+                pa.field("aligned_pose", ALIGNED_POSE),
                 pa.field("source_file", pa.string(), nullable=False),  # sha256 of the raw export
                 # 0: as first ingested; n: the submission's n-th edit (a later updated_at) superseded it
                 pa.field("revision", pa.int32(), nullable=False),
@@ -312,6 +319,7 @@ SFT = register(
                 pa.field("R", _MAT3, nullable=False),
                 pa.field("t", _VEC3, nullable=False),
                 pa.field("s", _F32, nullable=False),
+                pa.field("pose_source", pa.string(), nullable=False),  # aligned (by an annotator) | candidate
             ]
         ),
         files=("rgb.png", "mask.png", "occ.npy"),

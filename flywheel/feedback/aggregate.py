@@ -234,6 +234,29 @@ def _reject_votes(rankings: pa.Table, weights: dict[str, float] | None) -> pd.Da
     )
 
 
+def aligned_poses(decisions: pd.DataFrame, rankings: pa.Table) -> pd.Series:
+    """Per decision row, the pose an annotator aligned its winner to (the latest judgement
+    that chose that winner and aligned it), else None: the layout target SFT then uses."""
+    out = pd.Series([None] * len(decisions), index=decisions.index, dtype=object)
+    if "aligned_pose" not in rankings.column_names:
+        return out
+    given = rankings.filter(pc.is_valid(rankings["aligned_pose"]))
+    if given.num_rows == 0:
+        return out
+    rows = pd.DataFrame(
+        {
+            "object_id": given["object_id"].to_pylist(),
+            "winner": given["winner"].to_pylist(),
+            "timestamp": given["timestamp"].to_pylist(),
+            "submission_id": given["submission_id"].to_pylist(),
+            "aligned_pose": given["aligned_pose"].to_pylist(),
+        }
+    ).sort_values(["timestamp", "submission_id"])
+    latest = rows.groupby(["object_id", "winner"])["aligned_pose"].last()
+    keys = list(zip(decisions["object_id"], decisions["winner"]))
+    return pd.Series([latest.get(k) for k in keys], index=decisions.index, dtype=object)
+
+
 def preference_pairs(decisions: pd.DataFrame, rankings: pa.Table) -> pd.DataFrame:
     """DPO pairs of accepted objects: (winner, each candidate it beat in some judgement)."""
     pairs = comparisons(rankings)
@@ -271,6 +294,9 @@ class RoundJudgement:
         return {
             "objects_judged": judged,
             "accepted": accepted,
+            "aligned": int(d.loc[d["decision"] == "accept", "aligned_pose"].notna().sum())
+            if "aligned_pose" in d
+            else 0,
             "hard_cases": int((d["decision"] == "hard-case").sum()),
             "preference_pairs": len(self.preferences),
             "accept_rate": accepted / judged if judged else 0.0,
@@ -308,6 +334,7 @@ def judge_round(
         weights=dict(zip(stats["annotator_id"], stats["weight"])),
         bt_alpha=bt_alpha,
     )
+    decisions["aligned_pose"] = aligned_poses(decisions, rankings)
     return RoundJudgement(round_index, alpha, decisions, preference_pairs(decisions, rankings), stats, agreement(pairs))
 
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from flywheel.core.datasets import Dataset
 from flywheel.core.store import Store
+from flywheel.feedback.poses import Pose, PoseError, parse_pose
 
 ARTIST_README = """\
 # 3D artist queue
@@ -67,13 +67,6 @@ class DeliveryError(ValueError):
         self.reason, self.detail = reason, detail
 
 
-@dataclass(frozen=True)
-class Pose:
-    R: np.ndarray  # (3, 3) proper rotation
-    t: np.ndarray  # (3,) in front of the camera
-    s: float
-
-
 def queue_key(base: str, round_index: int, name: str = QUEUE_FILE) -> str:
     return f"{base}/queue/round-{round_index:04d}/{name}"
 
@@ -117,32 +110,11 @@ def read_queue(store: Store, base: str, upto_round: int) -> list[ArtistTask]:
 
 
 def read_pose(data: bytes, name: str) -> Pose:
-    """A delivered pose file, checked: R a proper rotation (to 1e-3), t finite and in front of
-    the camera, s positive."""
-
-    class _PoseFile(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        R: list[list[float]]
-        t: list[float]
-        s: float
-
+    """A delivered pose file, checked (:func:`flywheel.feedback.poses.parse_pose`)."""
     try:
-        raw = _PoseFile.model_validate_json(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise DeliveryError(
-            "bad pose", f"{name}: {'.'.join(map(str, first['loc'])) or 'file'}: {first['msg']}"
-        ) from None
-    R, t = np.asarray(raw.R, float), np.asarray(raw.t, float)
-    if R.shape != (3, 3) or t.shape != (3,):
-        raise DeliveryError("bad pose", f"{name}: R must be 3x3 and t 3 numbers, got {R.shape} and {t.shape}")
-    if not (np.isfinite(R).all() and np.isfinite(t).all() and np.isfinite(raw.s)):
-        raise DeliveryError("bad pose", f"{name}: non-finite values")
-    if np.abs(R.T @ R - np.eye(3)).max() > 1e-3 or np.linalg.det(R) < 0:
-        raise DeliveryError("bad pose", f"{name}: R is not a rotation (R^T R != I or det < 0)")
-    if t[2] <= 0 or raw.s <= 0:
-        raise DeliveryError("bad pose", f"{name}: t must be in front of the camera (z > 0) and s > 0")
-    return Pose(R, t, float(raw.s))
+        return parse_pose(data)
+    except PoseError as e:
+        raise DeliveryError("bad pose", f"{name}: {e}") from None
 
 
 def deliveries_by_object(names: list[str], mesh_suffixes: set[str]) -> dict[str, dict[str, str]]:

@@ -1,4 +1,5 @@
-"""Round k's decisions as datasets: accepted winners -> ``sft``, (winner, loser) pairs ->
+"""Round k's decisions as datasets: accepted winners -> ``sft`` (their layout target: the pose an
+annotator aligned the winner to, else the candidate's own), (winner, loser) pairs ->
 ``preferences`` (DPO), all-rejected objects -> ``hard-cases``. Each is a versioned dataset
 that carries the photo and mask of its object and the occupancy of its candidates."""
 
@@ -69,6 +70,12 @@ def write_decisions(
                     base = {"object_id": r["object_id"], "round": round_index}
                     if spec is SFT:
                         c = rows.loc[r["winner"]]
+                        aligned = r.get("aligned_pose")
+                        pose: dict[str, Any] = (
+                            aligned
+                            if isinstance(aligned, dict)
+                            else {"R": list(c["R"]), "t": list(c["t"]), "s": float(c["s"])}
+                        )
                         writer.add(
                             r["winner"],
                             {
@@ -76,9 +83,10 @@ def write_decisions(
                                 "score": r["score"],
                                 "candidate_id": r["winner"],
                                 "confidence": r["confidence"],
-                                "R": list(c["R"]),
-                                "t": list(c["t"]),
-                                "s": float(c["s"]),
+                                "R": list(pose["R"]),
+                                "t": list(pose["t"]),
+                                "s": float(pose["s"]),
+                                "pose_source": "aligned" if isinstance(aligned, dict) else "candidate",
                             },
                             {**files, "occ.npy": occ[r["winner"]]},
                         )

@@ -16,6 +16,9 @@ timestamp             ISO 8601 with time zone (UTC if none)
 time_spent_s          seconds spent, > 0 and <= the configured maximum (Label Studio: null when
                       the annotation has no lead time)
 geometry, texture, completeness, multiview_consistency   optional rubric scores 0-10
+aligned_pose          optional, on best-of-n and pairwise rows: the winner's pose as the
+                      annotator aligned it to the photo, ``{"R": 3x3, "t": [x, y, z], "s": s}``
+                      (CSV: that JSON text); it becomes the winner's layout target in SFT
 ====================  =========================================================================
 
 Label Studio exports (JSON, JSON_MIN, CSV) convert to the same rows
@@ -38,7 +41,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flywheel.core.contracts import RANKINGS
+from flywheel.core.contracts import ALIGNED_POSE, RANKINGS
+from flywheel.feedback.poses import PoseError, parse_pose
 
 KINDS = ("pairwise", "best-of-n", "reject-all")
 RUBRIC = ("geometry", "texture", "completeness", "multiview_consistency")
@@ -135,6 +139,25 @@ def _loser_lists(column: pd.Series, flag) -> pa.ListArray:
         "losers must be a list of candidate ids",
     )
     return pa.array([v if isinstance(v, list) and all(isinstance(x, str) for x in v) else [] for v in lists], list_type)
+
+
+def _aligned_poses(column: pd.Series, reject_all: np.ndarray, flag) -> pa.StructArray:
+    """The optional aligned poses, checked (:func:`flywheel.feedback.poses.parse_pose`); a
+    row with an unusable one, or with one on a reject-all, is flagged malformed."""
+    values = column.to_numpy(dtype=object)
+    given = np.array([v is not None and not (isinstance(v, (float, str)) and (v != v or v == "")) for v in values])
+    poses: list[dict | None] = [None] * len(values)
+    problems: dict[int, str] = {}
+    for i in np.flatnonzero(given):
+        try:
+            poses[i] = parse_pose(values[i]).as_dict()
+        except PoseError as e:
+            problems[i] = f"aligned_pose: {e}"
+    bad = np.zeros(len(values), bool)
+    bad[list(problems)] = True
+    flag(bad, "malformed row", lambda i: [problems[j] for j in i])
+    flag(given & reject_all, "malformed row", "a reject-all has no winner to align")
+    return pa.array([p if not bad[i] else None for i, p in enumerate(poses)], ALIGNED_POSE)
 
 
 def arrow_text(values: pd.Series) -> pa.StringArray:
@@ -256,6 +279,8 @@ def check(
         )
         rubric[r] = values
 
+    aligned = _aligned_poses(df["aligned_pose"], is_kind["reject-all"], flag)
+
     objects = cols["object_id"]
     # ids become integer codes once (registry position, registry object number); the checks
     # then compare integers
@@ -352,6 +377,7 @@ def check(
                 "timestamp": pa.array(stamps.iloc[keep.to_numpy()], pa.timestamp("us", tz="UTC")),
                 "time_spent_s": pa.array(time_spent[keep.to_numpy()], pa.float64(), from_pandas=True),  # NaN: null
                 **{r: pa.array(rubric[r][keep.to_numpy()], pa.float64(), from_pandas=True) for r in RUBRIC},
+                "aligned_pose": aligned.take(keep),
             }
         )
         .select(NATIVE_SCHEMA.names)

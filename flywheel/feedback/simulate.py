@@ -4,8 +4,9 @@ On objects whose ground truth is known (Flying-Occlusions composites in the imag
 an annotator judges candidates by their true quality — voxel IoU with the true shape,
 minus a penalty per degree of rotation error and per unit of translation error — seen
 through its own imperfections: Gaussian noise on the quality, a bias for or against some
-ensemble members, a probability of flipping a pairwise answer, and a threshold under
-which it rejects all candidates. Objects are shared out so that each is judged by
+ensemble members, a probability of flipping a pairwise answer, and an absolute quality
+bar under which it rejects all candidates; some align their best-of-N winner's pose to the
+photo (the paper's stage 3), within a noise of their own. Objects are shared out so that each is judged by
 ``per_object`` annotators (the overlap agreement is measured on). They write the same
 native and Label Studio exports that people do, which go through the same ingestion.
 """
@@ -33,6 +34,7 @@ class SimulatedAnnotator:
     pairs_per_object: int = 0  # 0: one best-of-N judgement; k: k pairwise judgements
     rotation_weight: float = 1 / 180  # quality lost per degree of rotation error
     translation_weight: float = 0.5  # quality lost per unit of translation error
+    align_noise_deg: float | None = None  # aligns its best-of-N winner to the truth within this (None: never)
 
     @classmethod
     def from_settings(cls, settings: AnnotatorSettings) -> SimulatedAnnotator:
@@ -47,6 +49,22 @@ class Truth:
     occupancy: np.ndarray
     R: np.ndarray
     t: np.ndarray
+    s: float = 1.0
+
+
+def aligned_pose(truth: Truth, noise_deg: float, rng: np.random.Generator) -> dict:
+    """What an annotator's layout alignment gives: the true pose, off by a rotation about a
+    random axis of ~N(0, ``noise_deg``) degrees, the translation by ~N(0, 0.02 noise_deg / 1°)
+    per axis (cm-level at a few metres) and the scale by ~N(0, 0.01 noise_deg) relative."""
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    angle = np.radians(rng.normal(0, noise_deg))
+    K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    turn = np.eye(3) + np.sin(angle) * K + (1 - np.cos(angle)) * K @ K
+    t = np.asarray(truth.t, float) + rng.normal(0, 0.02 * noise_deg, 3)
+    t[2] = max(t[2], 1e-3)
+    s = truth.s * float(np.exp(rng.normal(0, 0.01 * noise_deg)))
+    return {"R": (turn @ truth.R).reshape(-1).tolist(), "t": t.tolist(), "s": s}
 
 
 def quality(
@@ -133,15 +151,16 @@ def simulate(
                 continue
             if ann.pairs_per_object == 0:
                 order = np.argsort(-seen, kind="stable")
-                rows.append(
-                    {
-                        **base,
-                        "submission_id": sid,
-                        "kind": "best-of-n",
-                        "winner": ids[order[0]],
-                        "losers": [ids[i] for i in order[1:]],
-                    }
-                )
+                row = {
+                    **base,
+                    "submission_id": sid,
+                    "kind": "best-of-n",
+                    "winner": ids[order[0]],
+                    "losers": [ids[i] for i in order[1:]],
+                }
+                if ann.align_noise_deg is not None:
+                    row["aligned_pose"] = aligned_pose(truths[oid], ann.align_noise_deg, rng)
+                rows.append(row)
                 continue
             pairs = list(itertools.combinations(range(len(cands)), 2))
             picked = rng.choice(len(pairs), size=min(ann.pairs_per_object, len(pairs)), replace=False)
@@ -180,6 +199,7 @@ def truths_for_pool(store, pool) -> dict[str, Truth]:
                 decode_npy(sample["occ.npy"]),
                 np.asarray(r["occludee_R"], float).reshape(3, 3),
                 np.asarray(r["occludee_t"], float),
+                float(r["occludee_s"]),
             )
     return truths
 

@@ -225,6 +225,8 @@ def judgement_text(r: RoundRecord) -> str:
     text = (
         f"accept rate {m['accept_rate']:.2f} ({int(m.get('accepted', 0))} of {int(m.get('objects_judged', 0))} objects)"
     )
+    if m.get("aligned"):
+        text += f", {int(m['aligned'])} of them aligned to the photo"
     text += f", {int(m.get('hard_cases', 0))} hard cases"
     if "yield" in r.best_of_n:
         text += f", yield {r.best_of_n['yield']:.2f}"
