@@ -275,7 +275,7 @@ def close_round(
         synthetic_heldout=synthetic,
         heldout_families=family_report(scores),
         seed_noise=noise,
-        rankings={key: decided[key] for key in keep if key in decided},
+        rankings={key: v for key, v in decided.items() if key in keep or key.startswith("winners_")},
         artists=artists,
         volumes=volumes,
         seconds=r.seconds,

@@ -288,19 +288,20 @@ def dpo(
     settings: TrainSettings,
     *,
     beta: float = 500.0,
+    sft_weight: float = 0.0,
     reference: SmallSam3D | None = None,
     **kw,
 ) -> TrainResult:
     """Flow-DPO on (winner, loser) batches against a frozen reference (default: a copy of
-    ``model`` as it is now, i.e. the SFT model)."""
+    ``model`` as it is now, i.e. the SFT model), with an SFT term on the winners."""
     reference = frozen_copy(model) if reference is None else reference.eval().requires_grad_(False)
     reference.to(resolve_device(settings.device))
-    params = {"beta": beta, **kw.pop("params", {})}
+    params = {"beta": beta, "sft_weight": sft_weight, **kw.pop("params", {})}
     return fit(
         "dpo",
         model,
         _flow_parameters(model),
-        lambda b, g: flow_dpo_loss(model, reference, b, beta, g),
+        lambda b, g: flow_dpo_loss(model, reference, b, beta, g, sft_weight),
         pair_batches,
         settings,
         params=params,

@@ -17,7 +17,7 @@ from sam3d_model import train as T
 from sam3d_model.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from sam3d_model.config import ModelConfig, preset
 from sam3d_model.data import batch_stream, collate
-from sam3d_model.dpo import flow_dpo_loss
+from sam3d_model.dpo import flow_dpo_loss, preference_accuracy
 from sam3d_model.geometry import layout_tokens, matrix_from_rot6d, pose_from_tokens, rot6d_from_matrix
 from sam3d_model.interface import GeometryModel
 from sam3d_model.metrics import shape_metrics
@@ -178,6 +178,14 @@ def test_dpo_loss_is_log_2_at_the_reference_and_accuracy_rises(trained, examples
     loss1, acc1 = evaluate()
     assert acc1 > 0.8 and loss1 < loss0
     assert result.metric("implicit_accuracy")[-1] > 0.8
+    # the same accuracy measured on batches as held-out pairs are (fixed noise, no training)
+    assert (
+        preference_accuracy(reference, reference, [batch]) == 0.5 < 0.8 < preference_accuracy(model, reference, [batch])
+    )
+    # the SFT regulariser adds its weight times the winners' flow error to the DPO loss
+    plain = flow_dpo_loss(model, reference, batch, 500.0, torch.Generator().manual_seed(7))
+    anchored = flow_dpo_loss(model, reference, batch, 500.0, torch.Generator().manual_seed(7), sft_weight=2.0)
+    assert float(anchored["loss"] - plain["loss"]) == pytest.approx(2 * float(plain["winner_error"]), rel=1e-4)
 
 
 def test_shortcut_samples_approach_the_guided_teacher_after_distillation(trained, examples):

@@ -104,6 +104,11 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
         assert r["stages"] == (["sft", "dpo"] if r["volumes"]["preferences"] else ["sft"])
         assert r["volumes"]["image-pool"] == 3 and r["volumes"]["candidates"] == 12
         assert r["rankings"]["objects_judged"] == 3
+        wins = {k: v for k, v in r["rankings"].items() if k.startswith("winners_")}
+        assert sum(wins.values()) == r["rankings"]["accepted"] and set(wins) <= {
+            "winners_champion",
+            "winners_retrieval",
+        }
     assert clean.aliases == {"champion": r1["champion_after"]["version"], "challenger": r1["challenger"]["version"]}
 
     # SFT's training-seed noise: measured once, in round 0 (three seeds, the selection half), carried on
@@ -172,6 +177,11 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
     assert sft1.data.metrics["art3do_examples"] == a1["delivered"]
     assert ("art3do", "input") in {(d["name"], d["context"]) for d in lineage.run_datasets(sft1.info.run_id)}
     assert "artists: " in rounds.round_text(RoundRecord.model_validate(r1))
+    # DPO holds the pairs of some objects out and reports its implicit accuracy on them
+    dpo = next(r for r in lineage.stage_runs(r0["mlflow_run_id"]) if r.data.tags[lineage.STAGE_TAG] == "dpo")
+    held = dpo.data.metrics["heldout_pairs"]
+    assert dpo.data.metrics["pairs"] + held == r0["volumes"]["preferences"]
+    assert held == 0 or 0 <= dpo.data.metrics["heldout_preference_accuracy"] <= 1
     parent = client.get_run(r1["mlflow_run_id"])
     assert parent.data.metrics["accept_rate"] == r1["rankings"]["accept_rate"]
     assert parent.data.tags["flywheel.promoted"] == str(r1["promotion"]["promote"]).lower()

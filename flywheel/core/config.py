@@ -358,6 +358,16 @@ class ModelSection(_Section):
         ),
     )
     dpo_beta: float = Field(500.0, gt=0)
+    dpo_sft_weight: float = Field(
+        1.0, ge=0, description="DPO's SFT term on the winners (keeps DPO from memorising its pairs); 0: plain DPO."
+    )
+    dpo_heldout_share: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of the preference pairs' objects DPO does not train on; its implicit accuracy on their "
+        "pairs (heldout_preference_accuracy, MLflow) says whether the preference generalises.",
+    )
     art3do_share: float = Field(
         0.25,
         ge=0,

@@ -305,6 +305,14 @@ class RoundJudgement:
             "overlapping_items": self.agreement["overlapping_items"],
             **({"fleiss_kappa": self.agreement["fleiss"]} if self.agreement["fleiss"] is not None else {}),
             **{f"decision_{k.replace('-', '_')}": int(v) for k, v in d["decision"].value_counts().items()},
+            **(
+                {
+                    f"winners_{m}": int(n)
+                    for m, n in d.loc[d["decision"] == "accept", "winner_member"].value_counts().items()
+                }
+                if "winner_member" in d
+                else {}
+            ),
         }
 
 
@@ -335,6 +343,8 @@ def judge_round(
         bt_alpha=bt_alpha,
     )
     decisions["aligned_pose"] = aligned_poses(decisions, rankings)
+    if "member" in registry:  # which ensemble member made each winner (the report says whose win)
+        decisions["winner_member"] = decisions["winner"].map(registry.set_index("candidate_id")["member"])
     return RoundJudgement(round_index, alpha, decisions, preference_pairs(decisions, rankings), stats, agreement(pairs))
 
 

@@ -30,7 +30,7 @@ class SimulatedAnnotator:
     noise: float = 0.0  # std of the noise on each candidate's quality
     flip_probability: float = 0.0  # chance a pairwise answer is flipped
     bias: dict = field(default_factory=dict)  # member name -> quality bonus
-    reject_threshold: float = float("-inf")  # best perceived quality below this: reject all
+    reject_threshold: float = float("-inf")  # its pick, looked at again, perceived below this: reject all
     pairs_per_object: int = 0  # 0: one best-of-N judgement; k: k pairwise judgements
     rotation_weight: float = 1 / 180  # quality lost per degree of rotation error
     translation_weight: float = 0.5  # quality lost per unit of translation error
@@ -136,8 +136,8 @@ def simulate(
                     for c in cands
                 ]
             )
-            seen = true_q + rng.normal(0, ann.noise, len(cands)) if ann.noise else true_q.copy()
-            seen += np.array([ann.bias.get(c["member"], 0.0) for c in cands])
+            bias = np.array([ann.bias.get(c["member"], 0.0) for c in cands])
+            seen = true_q + bias + (rng.normal(0, ann.noise, len(cands)) if ann.noise else 0.0)
             base = {
                 "annotator_id": ann.name,
                 "object_id": oid,
@@ -146,7 +146,11 @@ def simulate(
             }
             sid = f"sim-{ann.name}-{oid}"
             ids = [c["candidate_id"] for c in cands]
-            if seen.max() < ann.reject_threshold:
+            # whether to accept, a second look at the one it would pick: judging acceptability by
+            # the best of N noisy looks would overrate every object (the winner's curse)
+            pick = int(np.argmax(seen))
+            second_look = true_q[pick] + bias[pick] + (rng.normal(0, ann.noise) if ann.noise else 0.0)
+            if second_look < ann.reject_threshold:
                 rows.append({**base, "submission_id": sid, "kind": "reject-all", "winner": None, "losers": ids})
                 continue
             if ann.pairs_per_object == 0:

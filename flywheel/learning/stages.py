@@ -18,10 +18,12 @@ from flywheel.core.datasets import Dataset
 from flywheel.core.digests import digest_of, file_digest
 from flywheel.core.records import CheckpointRef, DatasetRef
 from flywheel.core.store import Store
-from flywheel.learning.examples import cached_examples
+from flywheel.learning.examples import cached_examples, examples_with_rows
 from flywheel.tracking.registry import resolve_model
 from sam3d_model import train as T
-from sam3d_model.data import batch_stream, curriculum_stream
+from sam3d_model.config import ModelConfig
+from sam3d_model.data import Example, batch_stream, collate, curriculum_stream
+from sam3d_model.dpo import preference_accuracy
 from sam3d_model.model import SmallSam3D
 
 #: stage -> the dataset roles it reads (``replay``: synthetic data mixed into SFT / distillation;
@@ -51,6 +53,8 @@ def stage_settings(section: ModelSection, stage: str) -> dict[str, Any]:
         out["art3do_share"] = section.art3do_share
     if stage == "dpo":
         out["beta"] = section.dpo_beta
+        out["sft_weight"] = section.dpo_sft_weight
+        out["heldout_share"] = section.dpo_heldout_share
     return out
 
 
@@ -113,10 +117,11 @@ def run_stage(
     workdir: Path,
     log_to: T.TrainLog | None = None,
     probe: T.Probe | None = None,
-) -> dict[str, int]:
+) -> dict[str, float]:
     """Train ``model`` in place for one stage on ``datasets`` (role -> versions, roles per
     :data:`STAGE_INPUTS`); resumable state in ``workdir``; ``probe``: a learning curve for
-    every stage after the VAE. Returns example counts per role."""
+    every stage after the VAE. Returns example counts per role (DPO: and the held-out
+    preference accuracy)."""
     arch = model.cfg
     train = T.TrainSettings(
         steps=settings["steps"],
@@ -146,6 +151,33 @@ def run_stage(
         )
         (T.sft if stage == "sft" else T.distill)(model, stream, train, **fit)
         return {"real_examples": len(real), "replay_examples": len(replay), "art3do_examples": len(artist)}
-    pairs = cached_examples(arch, datasets["preferences"])
-    T.dpo(model, batch_stream(lambda: pairs, batch, seed), train, beta=settings["beta"], **fit)
-    return {"pairs": len(pairs)}
+    pairs, held = preference_split(arch, datasets["preferences"], settings.get("heldout_share", 0.0))
+    if not pairs:  # too few objects to hold any out
+        pairs, held = held, []
+    reference = T.frozen_copy(model)
+    T.dpo(
+        model,
+        batch_stream(lambda: pairs, batch, seed),
+        train,
+        beta=settings["beta"],
+        sft_weight=settings.get("sft_weight", 0.0),
+        reference=reference,
+        **fit,
+    )
+    counts: dict[str, float] = {"pairs": len(pairs), "heldout_pairs": len(held)}
+    if held:
+        batches = [collate(held[i : i + batch]) for i in range(0, len(held), batch)]
+        counts["heldout_preference_accuracy"] = preference_accuracy(model, reference, batches, seed)
+    return counts
+
+
+def preference_split(arch: ModelConfig, datasets: list[Dataset], share: float) -> tuple[list[Example], list[Example]]:
+    """(training pairs, held-out pairs): the pairs of ``share`` of the objects, picked by a
+    digest of the object id (stable as pairs accumulate), are held out."""
+    train: list[Example] = []
+    held: list[Example] = []
+    for dataset in datasets:
+        for example, row in examples_with_rows(arch, dataset):
+            picked = int(hashlib.sha256(row["object_id"].encode()).hexdigest()[:8], 16) / 16**8 < share
+            (held if picked else train).append(example)
+    return train, held

@@ -230,6 +230,9 @@ def judgement_text(r: RoundRecord) -> str:
     text += f", {int(m.get('hard_cases', 0))} hard cases"
     if "yield" in r.best_of_n:
         text += f", yield {r.best_of_n['yield']:.2f}"
+    wins = {k.removeprefix("winners_"): int(v) for k, v in m.items() if k.startswith("winners_")}
+    if wins:
+        text += "; accepted winners by member: " + ", ".join(f"{k} {v}" for k, v in sorted(wins.items()))
     return text
 
 

@@ -67,7 +67,8 @@ class RoundRecord(BaseModel):
     rankings: dict[str, int | float] = Field(
         ...,
         description="Decision metrics: accept_rate, objects_judged, accepted, hard_cases, preference_pairs, "
-        "annotators, alpha[, fleiss_kappa].",
+        "annotators, alpha[, fleiss_kappa]; v3: aligned (winners with an aligned pose), winners_<member> (accepted "
+        "winners per ensemble member).",
     )
     artists: dict[str, float] = Field(
         default_factory=dict,
