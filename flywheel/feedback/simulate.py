@@ -6,7 +6,7 @@ minus a penalty per degree of rotation error and per unit of translation error â
 through its own imperfections: Gaussian noise on the quality, a bias for or against some
 ensemble members, a probability of flipping a pairwise answer, and an absolute quality
 bar under which it rejects all candidates; some align their best-of-N winner's pose to the
-photo (the paper's stage 3), within a noise of their own. Objects are shared out so that each is judged by
+photo (the paper's stage 3), within a noise of their own. Objects are dealt out in turn so that each is judged by
 ``per_object`` annotators (the overlap agreement is measured on). They write the same
 native and Label Studio exports that people do, which go through the same ingestion.
 """
@@ -125,9 +125,13 @@ def simulate(
     start = start or datetime(2026, 1, 1, tzinfo=UTC)
     rows = []
     objects = sorted(o for o in candidates if o in truths)
+    # objects are dealt out in turn (from a seeded start), as a team lead would: every annotator
+    # gets an equal share, and every pair of annotators shares objects to agree on
+    first = int(rng.integers(len(annotators)))
+    per_object = min(per_object, len(annotators))
     for n, oid in enumerate(objects):
         cands = candidates[oid]
-        chosen = rng.choice(len(annotators), size=min(per_object, len(annotators)), replace=False)
+        chosen = [(first + n + j) % len(annotators) for j in range(per_object)]
         for a_index in sorted(chosen):
             ann = annotators[a_index]
             true_q = np.array(
