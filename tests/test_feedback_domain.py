@@ -51,6 +51,24 @@ def ingest_one(store, candidates, export: str, digest: str, previous):
     )
 
 
+def commit_decisions(store, judged, rankings, candidates, pool) -> dict:
+    """Round 0's decision datasets from a judged round."""
+    d = judged.decisions
+    return write_decisions(
+        store,
+        accepted=d[d["decision"] == "accept"],
+        preferences=judged.preferences,
+        hard=d[d["decision"] == "hard-case"],
+        rankings=rankings,
+        candidates=candidates,
+        pool=pool,
+        round_index=0,
+        inputs={"rankings": rankings, "round": 0},
+        code_version="test",
+        writer_options={},
+    )
+
+
 FIRST_S1 = {
     "submission_id": "s1",
     "annotator_id": "ann-2",
@@ -140,22 +158,9 @@ def test_exports_become_rankings_then_round_datasets(round_data, tmp_path):
         0,
         **rules,
     )
-    decisions = judged.decisions
 
     def decide() -> dict:
-        return write_decisions(
-            store,
-            accepted=decisions[decisions["decision"] == "accept"],
-            preferences=judged.preferences,
-            hard=decisions[decisions["decision"] == "hard-case"],
-            rankings=ref2,
-            candidates=candidates,
-            pool=pool,
-            round_index=0,
-            inputs={"rankings": ref2, "round": 0},
-            code_version="test",
-            writer_options={},
-        )
+        return commit_decisions(store, judged, ref2, candidates, pool)
 
     refs = decide()
     sft, prefs, hard = (Dataset(store, refs[n].name, refs[n].version) for n in ("sft", "preferences", "hard-cases"))
@@ -240,20 +245,7 @@ def test_an_aligned_pose_becomes_the_winners_layout_target(round_data, tmp_path)
         **RankingsConfig().rules(),
     )
     assert judged.metrics()["aligned"] == 1
-    d = judged.decisions
-    refs = write_decisions(
-        store,
-        accepted=d[d["decision"] == "accept"],
-        preferences=judged.preferences,
-        hard=d[d["decision"] == "hard-case"],
-        rankings=ref,
-        candidates=candidates,
-        pool=pool,
-        round_index=0,
-        inputs={"rankings": ref, "round": 0},
-        code_version="test",
-        writer_options={},
-    )
+    refs = commit_decisions(store, judged, ref, candidates, pool)
     sft = {r["object_id"]: r for r in Dataset(store, "sft", refs["sft"].version).manifest().to_pylist()}
     assert sft["obj-a"]["pose_source"] == "aligned"
     assert np.allclose(sft["obj-a"]["R"], turn.ravel()) and np.allclose(sft["obj-a"]["t"], late["t"])
