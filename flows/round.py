@@ -131,12 +131,17 @@ def bootstrap(
 
 
 def propose_round(r: Round, champion: ModelRef, library: DatasetRef) -> tuple[DatasetRef, DatasetRef]:
-    """Round k's images (a fresh library seed per round) -> candidates from the champion."""
+    """Round k's images (a fresh library seed per round) -> candidates from the champion;
+    retrieval searches ``library`` and the shapes earlier rounds accepted or artists made."""
     cfg = r.cfg
+    libraries = [library]
+    if r.previous:
+        art3do = r.previous.datasets.get("art3do")
+        libraries += [d for d in (*r.previous.sft_history, *([art3do] if art3do else [])) if d.num_rows]
     fo = composites(cfg, r.parent, cfg.rounds.pool_seed + r.k, cfg.rounds.pool_objects, cfg.rounds.library_meshes)
     pool = image_pool(cfg, r.parent, source=f"occlusions@{fo.version}", mask_error=cfg.rounds.world.mask_error)
     pinned = _with(cfg, "candidates", models={**cfg.candidates.models, "champion": champion.uri})
-    proposals = candidates(pinned, pool, r.parent, library=library)
+    proposals = candidates(pinned, pool, r.parent, libraries=libraries)
     publish(cfg, proposals, pool, r.parent)
     return pool, proposals
 

@@ -180,26 +180,31 @@ def image_pool(cfg: FlywheelConfig, parent: str, source: str | None = None, mask
     return pool
 
 
-def candidates(cfg: FlywheelConfig, pool: DatasetRef, parent: str, library: DatasetRef | None = None) -> DatasetRef:
+def candidates(
+    cfg: FlywheelConfig, pool: DatasetRef, parent: str, libraries: list[DatasetRef] | None = None
+) -> DatasetRef:
     """Candidates for the pool from the configured ensemble, gated. Retrieval members search
-    ``library`` (default: config ``candidates.retrieval_library``)."""
+    ``libraries`` (default: config ``candidates.retrieval_library``; a round adds the accepted
+    winners and artist meshes of the rounds before it)."""
     c = cfg.candidates
     models, members, dropped = resolve_ensemble(cfg, ensemble_members(cfg))
     if not any(m["kind"] == "retrieval" for m in members):
-        library = None
-    elif library is None:
+        libraries = []
+    elif libraries is None:
         name = c.retrieval_library.partition("@")[0]
-        library = Dataset(store_for(cfg), name, latest_version(cfg, c.retrieval_library)).ref
+        libraries = [Dataset(store_for(cfg), name, latest_version(cfg, c.retrieval_library)).ref]
     settings = {"num_candidates": c.num_candidates, "objects_per_job": c.objects_per_job}
     ids = Dataset(store_for(cfg), pool.name, pool.version).manifest().column("object_id").to_pylist()
     try:
         parts = [
-            propose_part(cfg, pool, part, models, members, library, settings)
+            propose_part(cfg, pool, part, models, members, libraries, settings)
             for part in batches(ids, c.objects_per_part)
         ]
     finally:
         close_proposal_pool()
-    proposals = assemble_candidates(cfg, pool, parts, models, members, library, settings, dropped, parent_run_id=parent)
+    proposals = assemble_candidates(
+        cfg, pool, parts, models, members, libraries, settings, dropped, parent_run_id=parent
+    )
     gate_for(cfg, proposals, parent)
     return proposals
 

@@ -42,7 +42,7 @@ def proposal_pool(cfg: FlywheelConfig, checkpoints: dict, members: list[dict], l
         c.actors,
         c.actor_num_cpus,
         c.actor_num_gpus,
-        library is not None and tuple(library[0]),
+        library is not None and tuple(library[0]),  # the library's sample keys
     )
     return _PROPOSAL_POOL.get(
         key,
@@ -115,26 +115,28 @@ def build_image_pool(
 # -- candidates -------------------------------------------------------------------------------
 
 
-def _library(cfg: FlywheelConfig, library: DatasetRef | None, resolution: int):
-    if library is None:
-        return None
+def _library(cfg: FlywheelConfig, libraries: list[DatasetRef], resolution: int):
+    """(sample keys, occupancy grids) of every shape the retrieval members may return: a mesh
+    library, and the accepted winners and artist meshes of earlier rounds (their ``occ.npy``)."""
     ids, grids = [], []
-    for s in Dataset(store_for(cfg), library.name, library.version).samples():
-        occ = decode_npy(s["occ.npy"])
-        if occ.shape == (resolution,) * 3:
-            ids.append(s["__key__"])
-            grids.append(occ)
+    for library in libraries:
+        for s in Dataset(store_for(cfg), library.name, library.version).samples():
+            occ = decode_npy(s["occ.npy"])
+            if occ.shape == (resolution,) * 3 and s["__key__"] not in ids:
+                ids.append(s["__key__"])
+                grids.append(occ)
     return (ids, np.stack(grids)) if ids else None
 
 
-@flywheel_task(name="candidates-part", version="1")
+# v2: the retrieval library is a list of datasets (meshes, accepted winners, artist meshes)
+@flywheel_task(name="candidates-part", version="2")
 def propose_part(
     cfg: FlywheelConfig,
     pool: DatasetRef,
     object_ids: list[str],
     models: dict[str, PinnedModel],
     members: list[dict],
-    library: DatasetRef | None,
+    libraries: list[DatasetRef],
     settings: dict,
 ) -> DatasetRef:
     """Propose candidates for one part of the pool, on the Ray actors; commit a part."""
@@ -143,7 +145,7 @@ def propose_part(
         "objects": object_ids,
         "models": models,
         "members": members,
-        "library": library,
+        "libraries": libraries,
         "settings": settings,
     }
     version = version_of(CANDIDATES, inputs=inputs, code_version=propose_part.version)
@@ -152,7 +154,7 @@ def propose_part(
     if existing is not None:
         return existing
     checkpoints, model_cfg = local_checkpoints(cfg, models)
-    actors = proposal_pool(cfg, checkpoints, members, _library(cfg, library, model_cfg.resolution))
+    actors = proposal_pool(cfg, checkpoints, members, _library(cfg, libraries, model_cfg.resolution))
     items = proposal_items(
         Dataset(store, pool.name, pool.version),
         object_ids,
@@ -167,14 +169,14 @@ def propose_part(
     return writer.ref
 
 
-@flywheel_task(name="candidates", version="1")
+@flywheel_task(name="candidates", version="2")
 def assemble_candidates(
     cfg: FlywheelConfig,
     pool: DatasetRef,
     parts: list[DatasetRef],
     models: dict[str, PinnedModel],
     members: list[dict],
-    library: DatasetRef | None,
+    libraries: list[DatasetRef],
     settings: dict,
     dropped: list[dict],
     parent_run_id: str | None = None,
@@ -182,13 +184,13 @@ def assemble_candidates(
     """Commit the round's candidate dataset (the candidate registry) from its parts, with the
     dropped ensemble members in its quarantine table."""
     store = store_for(cfg)
-    inputs = {"pool": pool, "models": models, "members": members, "library": library, "settings": settings}
+    inputs = {"pool": pool, "models": models, "members": members, "libraries": libraries, "settings": settings}
     version = version_of(
         CANDIDATES,
         inputs={**inputs, "parts": [p.version for p in parts], "dropped": dropped},
         code_version=assemble_candidates.version,
     )
-    parents = [pool] + ([library] if library else [])
+    parents = [pool, *libraries]
     params = {
         "num_candidates": settings["num_candidates"],
         "members": ", ".join(m["name"] for m in members),

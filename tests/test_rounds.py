@@ -177,6 +177,16 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
     assert sft1.data.metrics["art3do_examples"] == a1["delivered"]
     assert ("art3do", "input") in {(d["name"], d["context"]) for d in lineage.run_datasets(sft1.info.run_id)}
     assert "artists: " in rounds.round_text(RoundRecord.model_validate(r1))
+    # retrieval searches the synthetic mesh library and, from round 1, the winners accepted before
+    parents = {
+        (p["name"], p["version"])
+        for p in Dataset(store, "candidates", r1["datasets"]["candidates"]["version"]).marker["parents"]
+    }
+    assert r0["datasets"]["sft"]["num_rows"] and ("sft", r0["datasets"]["sft"]["version"]) in parents
+    assert not any(
+        p["name"] == "sft"
+        for p in Dataset(store, "candidates", r0["datasets"]["candidates"]["version"]).marker["parents"]
+    )
     # DPO holds the pairs of some objects out and reports its implicit accuracy on them
     dpo = next(r for r in lineage.stage_runs(r0["mlflow_run_id"]) if r.data.tags[lineage.STAGE_TAG] == "dpo")
     held = dpo.data.metrics["heldout_pairs"]

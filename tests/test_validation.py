@@ -443,6 +443,7 @@ def test_rankings_suite_checks_the_chain_to_candidates(store, meshes):
                 "texture": [None],
                 "completeness": [None],
                 "multiview_consistency": [None],
+                "aligned_pose": [None],
                 "source_file": ["f"],
                 "revision": [0],
             },

@@ -106,10 +106,13 @@ def _integrity(ds: Dataset) -> pd.DataFrame:
 
 
 def _parent_ids(ds: Dataset, parent_name: str, column: str) -> list[str]:
-    for parent in ds.marker.get("parents", []):
-        if parent["name"] == parent_name:
-            return Dataset(ds.store, parent["name"], parent["version"]).manifest().column(column).to_pylist()
-    return []
+    """``column`` of every parent named ``parent_name``."""
+    return [
+        value
+        for parent in ds.marker.get("parents", [])
+        if parent["name"] == parent_name
+        for value in Dataset(ds.store, parent["name"], parent["version"]).manifest().column(column).to_pylist()
+    ]
 
 
 def _stream_stats(ds: Dataset, limit: int, fn: Callable[[dict], dict]) -> pd.DataFrame:
@@ -441,7 +444,9 @@ def _candidates(ds: Dataset, cfg: ValidationConfig) -> dict:
     per_object = m.groupby("object_id").size() if len(m) else pd.Series(dtype=int)
     groups = pd.DataFrame({"object_id": per_object.index, "candidates": per_object.values})
     object_ids = _parent_ids(ds, "image-pool", "object_id")
-    mesh_ids = _parent_ids(ds, "meshes", "mesh_id")
+    mesh_ids = _parent_ids(ds, "meshes", "mesh_id") + [
+        key for name in ("sft", "art3do") for key in _parent_ids(ds, name, "sample_key")
+    ]  # a retrieval library also holds accepted winners and artist meshes
     retrieved = m[m["kind"] == "retrieval"][["sample_key", "retrieved_mesh_id"]]
 
     def stats(s):
