@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
-from conftest import REPO, _config, write_small_round
+from conftest import BUCKET, REPO, _config, write_small_round
 
 from flywheel.core.codecs import decode_npy, encode_png
 from flywheel.core.contracts import HARD_CASES
@@ -60,13 +60,19 @@ def deliver(folder: Path) -> None:
     (folder / "o-c.pose.json").write_text(json.dumps({**POSE, "R": [[1, 0, 0], [0, 2, 0], [0, 0, 1]]}))
 
 
-def test_hard_cases_go_to_artists_and_real_deliveries_come_back_as_art3do(tmp_path):
+@pytest.mark.parametrize("where", ["folder", "seaweedfs"])
+def test_hard_cases_go_to_artists_and_real_deliveries_come_back_as_art3do(where, request, tmp_path):
+    """Deliveries in a local folder, or under an s3:// prefix (fetched whole, sidecars too)."""
     from tasks.artists import import_art3do, queue_hard_cases
     from tasks.conventions import ensure_result_storage, store_for
 
     if not WHEEL.exists():
         pytest.fail(f"{WHEEL} is missing: run `bash scripts/setup.sh --test` (the README's test command does)")
-    cfg = _config(tmp_path / "store")
+    env = {}
+    if where == "seaweedfs":
+        env["FLYWHEEL__STORE__ENDPOINT_URL"] = request.getfixturevalue("seaweedfs").endpoint_url
+        env["FLYWHEEL__STORE__REGION"] = "us-east-1"
+    cfg = _config(tmp_path / "store", **env)
     ensure_result_storage(cfg)
     store = store_for(cfg)
     shares = {"o-a": 1.0, "o-b": 0.9, "o-c": 0.8, "o-d": 0.75, "o-e": 0.7, "o-f": 0.6}
@@ -87,9 +93,14 @@ def test_hard_cases_go_to_artists_and_real_deliveries_come_back_as_art3do(tmp_pa
     # deliveries: two usable meshes, and one delivery per way of being unusable
     folder = tmp_path / "deliveries"
     deliver(folder)
-    digest = deliveries_digest(open_store(str(folder)))
+    uri = str(folder) if where == "folder" else f"s3://{BUCKET}/deliveries-{tmp_path.name}"
+    deliveries = open_store(uri, cfg.store)
+    for f in folder.iterdir():
+        if where != "folder":
+            deliveries.put_bytes(f.name, f.read_bytes())
+    digest = deliveries_digest(deliveries)
     limits = {"max_faces": 200_000, "max_file_bytes": 64 * 2**20, "max_components": 50}
-    ref = import_art3do(cfg, "artists/s1", 1, str(folder), digest, 16, limits)
+    ref = import_art3do(cfg, "artists/s1", 1, uri, digest, 16, limits)
     art = Dataset(store, ref.name, ref.version)
     rows = {r["object_id"]: r for r in art.manifest().to_pylist()}
     assert sorted(rows) == ["o-a", "o-b"]
@@ -121,7 +132,7 @@ def test_hard_cases_go_to_artists_and_real_deliveries_come_back_as_art3do(tmp_pa
     assert not report.success and ("stage", "quarantined_fraction") in {(f.table, f.column) for f in report.failures}
 
     # unchanged deliveries: the same version; a fixed delivery: a new one
-    assert import_art3do(cfg, "artists/s1", 1, str(folder), digest, 16, limits) == ref
-    (folder / "o-c.pose.json").write_text(json.dumps(POSE))
-    fixed = import_art3do(cfg, "artists/s1", 1, str(folder), deliveries_digest(open_store(str(folder))), 16, limits)
+    assert import_art3do(cfg, "artists/s1", 1, uri, digest, 16, limits) == ref
+    deliveries.put_bytes("o-c.pose.json", json.dumps(POSE).encode())
+    fixed = import_art3do(cfg, "artists/s1", 1, uri, deliveries_digest(deliveries), 16, limits)
     assert fixed.version != ref.version and fixed.num_rows == 3
