@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from flywheel.core.config import FlywheelConfig, MeshLibraryConfig, load_config, shaping
+from flywheel.core.config import FlywheelConfig, load_config, shaping
 from flywheel.core.datasets import Dataset, list_versions
 from flywheel.core.digests import digest_of, file_digest
 from flywheel.core.records import DatasetRef, RunSummary
@@ -42,6 +42,7 @@ from tasks.synth import (
     build_mesh_library,
     close_render_pool,
     iso3do_settings,
+    mesh_limits,
     occlusions_settings,
     render_iso3do_part,
     render_occlusions_part,
@@ -102,20 +103,6 @@ def latest_ref(cfg: FlywheelConfig, name: str) -> DatasetRef | None:
 
 
 # -- synthetic data ---------------------------------------------------------------------------
-
-
-NEWER_LIMITS = ("min_main_component_share", "min_extent_ratio")
-
-
-def mesh_limits(m: MeshLibraryConfig) -> dict:
-    """The mesh filters' limits (rendering.meshes.MeshFilter fields) of a mesh config."""
-    return {
-        "max_faces": m.max_faces,
-        "max_file_bytes": int(m.max_file_mb * 2**20),
-        "max_components": m.max_components,
-        # the newer thresholds join the limits (and the version) only when set to other than their default
-        **{k: getattr(m, k) for k in NEWER_LIMITS if getattr(m, k) != type(m).model_fields[k].default},
-    }
 
 
 def mesh_library(cfg: FlywheelConfig, parent: str) -> DatasetRef:

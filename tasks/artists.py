@@ -15,7 +15,7 @@ from flywheel.core.config import FlywheelConfig
 from flywheel.core.contracts import ART3DO
 from flywheel.core.datasets import Dataset, DatasetWriter, committed_ref, version_of
 from flywheel.core.digests import digest_of
-from flywheel.core.records import DatasetRef, Rejected
+from flywheel.core.records import DatasetRef, Rejected, Sample
 from flywheel.core.store import LocalStore, Store, open_store
 from flywheel.feedback.artists import (
     ArtistTask,
@@ -32,6 +32,7 @@ from flywheel.feedback.artists import (
 from rendering.mesh_library import file_sample
 from rendering.meshes import MESH_FORMATS, CleanMesh, MeshFilter
 from tasks.conventions import flywheel_task, log_datasets, stage, store_for, writer_options
+from tasks.synth import mesh_limits
 
 log = logging.getLogger(__name__)
 
@@ -159,17 +160,19 @@ def import_art3do(
                 DatasetWriter(store, ART3DO, version, inputs=inputs, **writer_options(cfg)) as writer,
             ):
                 for object_id, files in found.items():
-                    _add_delivery(
-                        writer,
-                        store,
-                        base,
-                        queued.get(object_id),
-                        object_id,
-                        files,
-                        folder,
-                        deliveries,
-                        resolution,
-                        MeshFilter(**limits),
+                    writer.put(
+                        delivery_sample(
+                            store,
+                            base,
+                            queued.get(object_id),
+                            object_id,
+                            files,
+                            folder,
+                            deliveries,
+                            resolution,
+                            MeshFilter(**limits),
+                        ),
+                        "delivery",
                     )
             ref = writer.ref
         dataset = Dataset(store, ref.name, ref.version)
@@ -181,8 +184,7 @@ def import_art3do(
     return ref
 
 
-def _add_delivery(
-    writer: DatasetWriter,
+def delivery_sample(
     store: Store,
     base: str,
     task: ArtistTask | None,
@@ -192,39 +194,57 @@ def _add_delivery(
     deliveries: Store,
     resolution: int,
     limits: MeshFilter,
-) -> None:
-    """One object's delivery as an Art-3DO row, or a quarantine row naming the file and why."""
+) -> Sample | Rejected:
+    """One object's delivery as an Art-3DO sample, or why it cannot be used (its item: the
+    file at fault)."""
     name = files.get("mesh") or files["pose"]
     source = deliveries.uri(name)
     if task is None:
-        writer.quarantine(source, "delivery", "not in the artist queue", f"{name}: no queued case has id {object_id!r}")
-        return
+        return Rejected(source, "not in the artist queue", f"{name}: no queued case has id {object_id!r}", "delivery")
     if "mesh" not in files or "pose" not in files:
         missing = "mesh" if "mesh" not in files else "pose"
-        writer.quarantine(source, "delivery", f"no {missing}", f"{object_id}: the {missing} file was not delivered")
-        return
+        return Rejected(source, f"no {missing}", f"{object_id}: the {missing} file was not delivered", "delivery")
     try:
         pose = read_pose(deliveries.get_bytes(files["pose"]), files["pose"])
     except DeliveryError as e:
-        writer.quarantine(deliveries.uri(files["pose"]), "delivery", e.reason, e.detail)
-        return
+        return Rejected(deliveries.uri(files["pose"]), e.reason, e.detail, "delivery")
     sample = file_sample(folder / files["mesh"], source, resolution, limits, folder)
     if isinstance(sample, Rejected):
-        writer.put(sample, "delivery")
-        return
+        return Rejected(sample.item_id, sample.reason, sample.detail, "delivery")
     photo = store.get_bytes(queue_key(base, task.round, f"{object_id}/photo.png"))
     mask = store.get_bytes(queue_key(base, task.round, f"{object_id}/mask.png"))
-    writer.add(
-        object_id,
-        {
-            "object_id": object_id,
-            "round": task.round,
-            "source": source,
-            "mesh_id": sample.row["mesh_id"],
-            "R": pose.R.reshape(-1).tolist(),
-            "t": pose.t.tolist(),
-            "s": pose.s,
-            "cost": task.cost,
-        },
-        {"rgb.png": photo, "mask.png": mask, "occ.npy": sample.files["occ.npy"], "mesh.npz": sample.files["mesh.npz"]},
-    )
+    row = {
+        "object_id": object_id,
+        "round": task.round,
+        "source": source,
+        "mesh_id": sample.row["mesh_id"],
+        "R": pose.R.reshape(-1).tolist(),
+        "t": pose.t.tolist(),
+        "s": pose.s,
+        "cost": task.cost,
+    }
+    files_out = {
+        "rgb.png": photo,
+        "mask.png": mask,
+        "occ.npy": sample.files["occ.npy"],
+        "mesh.npz": sample.files["mesh.npz"],
+    }
+    return Sample(object_id, row, files_out, sample.warnings)
+
+
+def check_deliveries(cfg: FlywheelConfig, base: str, upto_round: int, deliveries_uri: str) -> list[Sample | Rejected]:
+    """What importing the deliveries now would make of each (no commit): the same checks as
+    :func:`import_art3do`."""
+    store = store_for(cfg)
+    queued = {t.object_id: t for t in read_queue(store, base, upto_round)}
+    deliveries = open_store(deliveries_uri, cfg.store)
+    found = deliveries_by_object([i.key for i in deliveries.list("")], set(MESH_FORMATS))
+    m = cfg.meshes
+    limits = MeshFilter(**mesh_limits(m))
+    with _local_folder(deliveries) as folder:
+        return [
+            delivery_sample(
+                store, base, queued.get(oid), oid, files, folder, deliveries, m.occupancy_resolution, limits
+            )
+            for oid, files in found.items()
+        ]

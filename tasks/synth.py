@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from flywheel.core.config import FlywheelConfig
+from flywheel.core.config import FlywheelConfig, MeshLibraryConfig
 from flywheel.core.contracts import ISO3DO, MESHES, OCCLUSIONS, DatasetSpec, part_spec
 from flywheel.core.datasets import Dataset, DatasetWriter, assemble_dataset, committed_ref, version_of
 from flywheel.core.records import DatasetRef, Rejected
@@ -64,6 +64,19 @@ def _write_part(cfg, spec: DatasetSpec, version: str, inputs: dict, produce) -> 
 
 
 # -- mesh library -----------------------------------------------------------------------------
+
+NEWER_LIMITS = ("min_main_component_share", "min_extent_ratio")
+
+
+def mesh_limits(m: MeshLibraryConfig) -> dict:
+    """The mesh filters' limits (rendering.meshes.MeshFilter fields) of a mesh config."""
+    return {
+        "max_faces": m.max_faces,
+        "max_file_bytes": int(m.max_file_mb * 2**20),
+        "max_components": m.max_components,
+        # the newer thresholds join the limits (and the version) only when set to other than their default
+        **{k: getattr(m, k) for k in NEWER_LIMITS if getattr(m, k) != type(m).model_fields[k].default},
+    }
 
 
 @flywheel_task(name="mesh-library", version="2")

@@ -136,3 +136,38 @@ def test_hard_cases_go_to_artists_and_real_deliveries_come_back_as_art3do(where,
     deliveries.put_bytes("o-c.pose.json", json.dumps(POSE).encode())
     fixed = import_art3do(cfg, "artists/s1", 1, uri, deliveries_digest(deliveries), 16, limits)
     assert fixed.version != ref.version and fixed.num_rows == 3
+
+
+def test_flywheel_artists_check_says_what_the_next_import_would_make_of_each_delivery(tmp_path):
+    """The liaison's view before a round: each delivery usable or refused with its reason, the
+    cases still pending; exit 1 while any delivery would be refused, 0 once they are fixed."""
+    import os
+    import subprocess
+    import sys
+
+    from flywheel.rounds.ledger import series_id
+    from tasks.artists import artists_base, queue_hard_cases
+    from tasks.conventions import ensure_result_storage, store_for
+
+    cfg = _config(tmp_path / "store")
+    ensure_result_storage(cfg)
+    hard = hard_cases(store_for(cfg), {"o-a": 1.0, "o-b": 0.9, "o-c": 0.8, "o-d": 0.75, "o-e": 0.7, "o-g": 0.5})
+    queue_hard_cases(cfg, hard, artists_base(series_id(cfg)), 0, 6, 120.0, 1)
+    folder = tmp_path / "deliveries"
+    deliver(folder)
+    env = {**os.environ, "FLYWHEEL__STORE__ROOT": str(tmp_path / "store")}
+
+    def check():
+        flywheel = str(Path(sys.executable).parent / "flywheel")
+        cmd = [flywheel, "artists", "check", "--deliveries", str(folder)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+
+    out = check()
+    assert out.returncode == 1, out.stderr
+    assert "o-c.pose.json: bad pose" in out.stdout and "o-f.stl: not in the artist queue" in out.stdout
+    assert "pending  o-g (queued in round 0, due 1)" in out.stdout
+    assert out.stdout.rstrip().endswith("2 usable, 4 refused, 4 pending")  # o-c, o-d, o-e, o-g
+    for name in ("o-c.pose.json", "o-c.glb", "o-d.ply", "o-d.pose.json", "o-e.pose.json", "o-f.stl", "o-f.pose.json"):
+        (folder / name).unlink()
+    fixed = check()
+    assert fixed.returncode == 0 and fixed.stdout.rstrip().endswith("2 usable, 0 refused, 4 pending"), fixed.stdout

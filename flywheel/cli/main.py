@@ -56,6 +56,12 @@ annotate_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(annotate_app, name="annotate")
+artists_app = typer.Typer(
+    help="Hard cases queued for 3D artists and what they delivered (config `artists`; layout: "
+    "artists/<series>/README.md in the store).",
+    no_args_is_help=True,
+)
+app.add_typer(artists_app, name="artists")
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -682,3 +688,50 @@ def synth_all(ctx: typer.Context) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+@artists_app.command("check")
+def artists_check(
+    ctx: typer.Context,
+    deliveries: str | None = typer.Option(
+        None,
+        "--deliveries",
+        metavar="FOLDER",
+        help="Folder or s3:// prefix to check (default: config artists.deliveries, else the series' folder).",
+    ),
+) -> None:
+    """The configured series' artist queue and what importing the deliveries now would make of
+    each: usable (Art-3DO at the next round) or refused, with the reason; cases still pending.
+    Commits nothing. Exit 1 when a delivery would be refused."""
+    cfg = _cfg(ctx)
+    store = _store(cfg)
+    from flywheel.core.records import Rejected
+    from flywheel.feedback.artists import read_queue
+    from flywheel.rounds import ledger
+    from tasks.artists import artists_base, check_deliveries, deliveries_uri
+
+    series = ledger.series_id(cfg)
+    base = artists_base(series)
+    upto = len(ledger.committed_rounds(store, series))  # the round in progress may have queued too
+    queued = read_queue(store, base, upto)
+    where = deliveries or deliveries_uri(cfg, series)
+    typer.echo(f"series {series}: {len(queued)} case(s) queued; brief: {store.uri(base + '/README.md')}")
+    typer.echo(f"deliveries: {where}")
+    try:
+        results = check_deliveries(cfg, base, upto, where)
+    except (OSError, ValueError) as e:
+        _fail(f"deliveries {where}: {e}", EXIT_FAILED)
+    delivered = set()
+    for r in results:
+        if isinstance(r, Rejected):
+            typer.echo(f"  REFUSED  {r.item_id}: {r.reason} ({r.detail})")
+        else:
+            delivered.add(r.key)
+            typer.echo(f"  ok       {r.key}: {r.row['source']} (mesh {r.row['mesh_id']})")
+    pending = [t for t in queued if t.object_id not in delivered]
+    for t in pending:
+        typer.echo(f"  pending  {t.object_id} (queued in round {t.round}, due {t.due_round})")
+    refused = sum(isinstance(r, Rejected) for r in results)
+    typer.echo(f"{len(delivered)} usable, {refused} refused, {len(pending)} pending")
+    if refused:
+        raise typer.Exit(EXIT_FAILED)
