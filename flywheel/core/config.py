@@ -392,7 +392,8 @@ class AnnotatorSettings(_Section):
     flip_probability: float = Field(0.0, ge=0, le=1)
     bias: dict[str, float] = Field(default_factory=dict)
     reject_threshold: float | None = Field(
-        None, description="Reject all when the best perceived quality is below; None: never."
+        None,
+        description="Its bar: reject all when its pick, looked at again (quality + its noise), is below; None: never.",
     )
     pairs_per_object: int = Field(0, ge=0, description="0: one best-of-N judgement per object; k: k pairwise ones.")
     rotation_weight: float = Field(1 / 180, ge=0, description="Quality lost per degree of rotation error.")
@@ -480,8 +481,8 @@ class RoundsConfig(_Section):
     # They judge shape (no layout penalty), as SAM 3D's annotators pick the best shape first:
     # the winner becomes an SFT shape target, and a team that also weighed pose picked winners
     # for their pose, whose shapes made SFT worse (3 rounds: held-out vIoU 0.260/0.246/0.231
-    # vs 0.266/0.262/0.337 judging shape alone; see the issue notes). Each rejects all when the
-    # best candidate it perceives (true vIoU + its noise) is under its bar, so the accept rate
+    # vs 0.266/0.262/0.337 judging shape alone; see the issue notes). Each rejects all when its
+    # pick, looked at again (true vIoU + its noise), is under its bar, so the accept rate
     # follows the candidates' absolute quality, not only their order.
     annotators: list[AnnotatorSettings] = Field(
         default_factory=lambda: [

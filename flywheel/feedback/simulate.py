@@ -6,9 +6,10 @@ minus a penalty per degree of rotation error and per unit of translation error �
 through its own imperfections: Gaussian noise on the quality, a bias for or against some
 ensemble members, a probability of flipping a pairwise answer, and an absolute quality
 bar under which it rejects all candidates; some align their best-of-N winner's pose to the
-photo (the paper's stage 3), within a noise of their own. Objects are dealt out in turn so that each is judged by
-``per_object`` annotators (the overlap agreement is measured on). They write the same
-native and Label Studio exports that people do, which go through the same ingestion.
+photo (the paper's stage 3), within a noise of their own. Objects are dealt out in turn so
+that each is judged by ``per_object`` annotators (the overlap agreement is measured on).
+They write the same native and Label Studio exports that people do, which go through the
+same ingestion.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ class Truth:
 
 def aligned_pose(truth: Truth, noise_deg: float, rng: np.random.Generator) -> dict:
     """What an annotator's layout alignment gives: the true pose, off by a rotation about a
-    random axis of ~N(0, ``noise_deg``) degrees, the translation by ~N(0, 0.02 noise_deg / 1°)
-    per axis (cm-level at a few metres) and the scale by ~N(0, 0.01 noise_deg) relative."""
+    random axis of ~N(0, ``noise_deg``) degrees, the translation by ~N(0, 0.02 · noise_deg)
+    per axis (5°: 0.1, objects stand 2.5–4 away) and the scale by ~N(0, 0.01 · noise_deg)
+    relative."""
     axis = rng.normal(size=3)
     axis /= np.linalg.norm(axis)
     angle = np.radians(rng.normal(0, noise_deg))
