@@ -188,4 +188,4 @@ def true_meshes(store: Store, pool: str, object_ids: list[str]) -> dict[str, tup
 
 
 def pose_json(pose: Pose) -> bytes:
-    return json.dumps({"R": pose.R.tolist(), "t": pose.t.tolist(), "s": pose.s}, indent=1).encode()
+    return json.dumps(pose.as_dict(), indent=1).encode()
