@@ -1,7 +1,9 @@
 """Flywheel rounds.
 
     round 0 first:  synthetic data ─> VAE ─> pre-train (Iso-3DO) ─> mid-train (FO) ─> register = champion
-    propose(k):     round-k images (new objects) ─> gate ─> candidates from the champion ─> gate ─> tasks
+    propose(k):     round-k images (new objects) ─> gate ─> reward model (preferences so far, artists' meshes)
+                    ─> proposals from the champion's ensemble (oversampled with a reward model) ─> gate
+                    ─> candidates (the reward model's top N, some at random) ─> gate ─> tasks
     close(k):       judgements (simulated, or given exports) ─> ingest ─> gate ─> decide ─> gates
                     ─> hard cases to the artist queue ─> deliveries due ─> Art-3DO ─> gate
                     ─> SFT (accepted data + Art-3DO + synthetic replay, curriculum) ─> DPO ─> [distill]
@@ -36,11 +38,13 @@ from flows.stages import (
     mesh_library,
     occlusions,
     publish,
+    reward_model,
     run_round,
 )
 from flywheel.core.config import SHAPING_SECTIONS, FlywheelConfig
-from flywheel.core.records import CheckpointRef, DatasetRef, ModelRef, RunSummary
+from flywheel.core.records import CheckpointRef, DatasetRef, ModelRef, RewardRef, RunSummary
 from flywheel.learning.architecture import model_architecture
+from flywheel.learning.ensemble import EARLIER_CHAMPION
 from flywheel.learning.heldout import (
     SeedNoise,
     baseline_warnings,
@@ -73,6 +77,7 @@ class Round:
     k: int
     series: str
     previous: RoundRecord | None
+    reward: RewardRef | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     _clock: float = field(default_factory=time.perf_counter)
 
@@ -131,17 +136,25 @@ def bootstrap(
 
 
 def propose_round(r: Round, champion: ModelRef, library: DatasetRef) -> tuple[DatasetRef, DatasetRef]:
-    """Round k's images (a fresh library seed per round) -> candidates from the champion;
-    retrieval searches ``library`` and the shapes earlier rounds accepted or artists made."""
+    """Round k's images (a fresh library seed per round) -> candidates from the champion's
+    ensemble (and the champion it replaced), picked by the reward model of the preferences so
+    far (from round 1); retrieval searches ``library`` and the shapes earlier rounds accepted
+    or artists made."""
     cfg = r.cfg
+    history = ledger.committed_rounds(store_for(cfg), r.series)
+    r.reward = reward_model(cfg, r.parent, champion, history)
     libraries = [library]
     if r.previous:
         art3do = r.previous.datasets.get("art3do")
         libraries += [d for d in (*r.previous.sft_history, *([art3do] if art3do else [])) if d.num_rows]
     fo = composites(cfg, r.parent, cfg.rounds.pool_seed + r.k, cfg.rounds.pool_objects, cfg.rounds.library_meshes)
     pool = image_pool(cfg, r.parent, source=f"occlusions@{fo.version}", mask_error=cfg.rounds.world.mask_error)
-    pinned = _with(cfg, "candidates", models={**cfg.candidates.models, "champion": champion.uri})
-    proposals = candidates(pinned, pool, r.parent, libraries=libraries)
+    models = {**cfg.candidates.models, "champion": champion.uri}
+    earlier = next((h.champion_before for h in reversed(history) if h.champion_before.uri != champion.uri), None)
+    if earlier is not None:  # the champion this one replaced proposes too (members of EARLIER_CHAMPION)
+        models[EARLIER_CHAMPION] = earlier.uri
+    pinned = _with(cfg, "candidates", models=models)
+    proposals = candidates(pinned, pool, r.parent, libraries=libraries, reward=r.reward)
     publish(cfg, proposals, pool, r.parent)
     return pool, proposals
 
@@ -275,7 +288,14 @@ def close_round(
         promotion=decision,
         evaluation=reports["reporting"].summary,
         heldout=reports,
-        best_of_n=oracle_best_of_n(cfg, proposals, pool, parent_run_id=parent),
+        best_of_n={  # a number that could not be measured (nan) is left out: records are JSON
+            k: v
+            for k, v in {
+                **oracle_best_of_n(cfg, proposals, pool, parent_run_id=parent),
+                **(reward_summary(r.reward) if r.reward else {}),
+            }.items()
+            if v == v
+        },
         warnings=baseline_warnings(reports["reporting"]),
         synthetic_heldout=synthetic,
         heldout_families=family_report(scores),
@@ -289,6 +309,16 @@ def close_round(
         sft_history=accepted,
         mlflow_run_id=parent,
     )
+
+
+def reward_summary(reward: RewardRef) -> dict[str, float]:
+    """The reward model's numbers, as the round record's best-of-N section keeps them."""
+    return {
+        "reward_pairs": float(reward.pairs),
+        "reward_artist_pairs": float(reward.artist_pairs),
+        "reward_heldout_pairs": float(reward.heldout_pairs),
+        "reward_heldout_accuracy": reward.heldout_accuracy,
+    }
 
 
 def measure_seed_noise(

@@ -3,7 +3,8 @@ validation gates, and :func:`run_round` runs a body of them as one MLflow round.
 
     mesh library ─> gate ─┬─> iso3do parts (cached per batch) ─> assemble ─> gate
                           └─> occlusion parts (cached per batch) ─> assemble ─> gate
-    image pool ─> gate ─> candidate parts (cached per part) ─> assemble ─> gate ─> previews + tasks
+    image pool ─> gate ─> proposal parts (cached per part) ─> assemble ─> gate
+               ─> [reward model] select ─> candidates ─> gate ─> previews + tasks
     exports ─> ingest (archive raw, check, count once) ─> gate ─> decide ─> SFT / preference / hard-case ─> gates
 
 Every dataset passes its validation gate before anything consumes it.
@@ -17,18 +18,19 @@ from pathlib import Path
 from flywheel.core.config import FlywheelConfig, load_config, shaping
 from flywheel.core.datasets import Dataset, list_versions
 from flywheel.core.digests import digest_of, file_digest
-from flywheel.core.records import DatasetRef, RunSummary
+from flywheel.core.records import DatasetRef, ModelRef, RewardRef, RunSummary
 from flywheel.core.runtime import apply_environment
 from flywheel.core.store import open_store
 from flywheel.feedback.artists import artist_summary, deliveries_digest, read_queue
 from flywheel.feedback.ingest import file_lines
 from flywheel.feedback.publish import TaskFiles
 from flywheel.learning.ensemble import ensemble_members, resolve_ensemble
+from flywheel.rounds.record import RoundRecord
 from flywheel.tracking import lineage
 from rendering.mesh_library import source_contents
 from tasks.artists import artists_base, deliveries_uri, import_art3do, queue_hard_cases, simulate_artists
 from tasks.candidates import (
-    assemble_candidates,
+    assemble_proposals,
     build_image_pool,
     close_proposal_pool,
     propose_part,
@@ -36,6 +38,7 @@ from tasks.candidates import (
 )
 from tasks.conventions import ensure_result_storage, prefect_run_ids, store_for
 from tasks.rankings import decide_round, export_digests, ingest_rankings
+from tasks.reward import select_candidates, train_reward_model
 from tasks.synth import (
     assemble,
     batches,
@@ -167,20 +170,45 @@ def image_pool(cfg: FlywheelConfig, parent: str, source: str | None = None, mask
     return pool
 
 
+def reward_model(cfg: FlywheelConfig, parent: str, champion: ModelRef, history: list[RoundRecord]) -> RewardRef | None:
+    """The reward model of the round after ``history``: over ``champion``'s features, trained
+    on every preference pair so far and on the artists' meshes delivered (None before any)."""
+    preferences = [r.datasets["preferences"] for r in history if r.datasets["preferences"].num_rows]
+    if not preferences:
+        return None
+    art3do = history[-1].datasets.get("art3do")
+    settings = cfg.reward.model_dump(include={"heldout_share", "l2", "min_pairs"})
+    return train_reward_model(
+        cfg,
+        champion,
+        preferences,
+        art3do if art3do and art3do.num_rows else None,
+        [r.datasets["candidates"] for r in history],
+        settings,
+        parent_run_id=parent,
+    )
+
+
 def candidates(
-    cfg: FlywheelConfig, pool: DatasetRef, parent: str, libraries: list[DatasetRef] | None = None
+    cfg: FlywheelConfig,
+    pool: DatasetRef,
+    parent: str,
+    libraries: list[DatasetRef] | None = None,
+    reward: RewardRef | None = None,
 ) -> DatasetRef:
     """Candidates for the pool from the configured ensemble, gated. Retrieval members search
     ``libraries`` (default: config ``candidates.retrieval_library``; a round adds the accepted
-    winners and artist meshes of the rounds before it)."""
+    winners and artist meshes of the rounds before it). With a ``reward`` model the ensemble
+    proposes ``reward.oversample`` x N per object and the reward model picks the N shown."""
     c = cfg.candidates
-    models, members, dropped = resolve_ensemble(cfg, ensemble_members(cfg))
+    factor = cfg.reward.oversample if reward else 1
+    models, members, dropped = resolve_ensemble(cfg, ensemble_members(cfg, factor))
     if not any(m["kind"] == "retrieval" for m in members):
         libraries = []
     elif libraries is None:
         name = c.retrieval_library.partition("@")[0]
         libraries = [Dataset(store_for(cfg), name, latest_version(cfg, c.retrieval_library)).ref]
-    settings = {"num_candidates": c.num_candidates, "objects_per_job": c.objects_per_job}
+    settings = {"num_candidates": c.num_candidates * factor, "objects_per_job": c.objects_per_job}
     ids = Dataset(store_for(cfg), pool.name, pool.version).manifest().column("object_id").to_pylist()
     try:
         parts = [
@@ -189,11 +217,15 @@ def candidates(
         ]
     finally:
         close_proposal_pool()
-    proposals = assemble_candidates(
+    proposals = assemble_proposals(
         cfg, pool, parts, models, members, libraries, settings, dropped, parent_run_id=parent
     )
     gate_for(cfg, proposals, parent)
-    return proposals
+    shown = select_candidates(
+        cfg, proposals, pool, reward, c.num_candidates, cfg.reward.explore if reward else 0, parent_run_id=parent
+    )
+    gate_for(cfg, shown, parent)
+    return shown
 
 
 def publish(cfg: FlywheelConfig, proposals: DatasetRef, pool: DatasetRef, parent: str) -> TaskFiles:

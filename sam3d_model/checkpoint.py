@@ -35,8 +35,6 @@ def save_checkpoint(
     generator: torch.Generator | None = None,
     extra: dict | None = None,
 ) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {
         "format": FORMAT,
         "model_config": model.cfg.model_dump(mode="json"),
@@ -48,6 +46,13 @@ def save_checkpoint(
         payload["optimizer"] = optimizer.state_dict()
     if generator is not None:
         payload["generator"] = generator.get_state()
+    return atomic_save(payload, path)
+
+
+def atomic_save(payload: dict[str, Any], path: str | Path) -> Path:
+    """torch.save ``payload`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -63,6 +68,16 @@ def save_checkpoint(
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The checkpoint's contents, checked; CheckpointError says what is wrong with the file."""
+    payload = read_payload(path, FORMAT, map_location)
+    for key in ("model_config", "model", "step"):
+        if key not in payload:
+            raise CheckpointError(f"checkpoint {path}: missing {key!r}")
+    return payload
+
+
+def read_payload(path: str | Path, expected: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A file written by :func:`atomic_save` whose ``format`` is ``expected``, loaded with
+    ``weights_only`` (it can never run code); CheckpointError says what is wrong with it."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
@@ -74,12 +89,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path}: not a readable torch checkpoint "
             f"(truncated, corrupt or not written by torch.save): {first}"
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") != expected:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"checkpoint {path}: not a {FORMAT} checkpoint (found {found!r})")
-    for key in ("model_config", "model", "step"):
-        if key not in payload:
-            raise CheckpointError(f"checkpoint {path}: missing {key!r}")
+        raise CheckpointError(f"checkpoint {path}: not a {expected} checkpoint (found {found!r})")
     return payload
 
 

@@ -40,10 +40,27 @@ class Member(BaseModel):
 
 
 DEFAULT_MEMBERS: tuple[Member, ...] = (
-    Member(name="champion", seeds=(0, 1, 2, 3)),
+    Member(name="champion", seeds=(0, 1, 2)),
     Member(name="champion-strong-cfg", seeds=(4, 5), guidance=3.0),
+    Member(name="earlier-champion", model="earlier-champion", seeds=(0,)),  # the champion it replaced, if any
     Member(name="retrieval", kind="retrieval", top_k=2),
 )
+
+
+def oversampled(members: tuple[Member, ...], factor: int) -> tuple[Member, ...]:
+    """The members proposing ``factor`` times as many candidates: a model member at its seeds
+    and ``factor - 1`` further seeds per seed (s + 1000 j), a retrieval member returning
+    ``factor`` times as many meshes. The first N a member proposes are unchanged."""
+    if factor == 1:
+        return members
+    out = []
+    for m in members:
+        if m.kind == "model":
+            seeds = m.seeds + tuple(s + 1000 * j for j in range(1, factor) for s in m.seeds)
+            out.append(m.model_copy(update={"seeds": seeds}))
+        else:
+            out.append(m.model_copy(update={"top_k": m.top_k * factor}))
+    return tuple(out)
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Tasks of the propose stage: image pool, candidates (cached per part, on Ray), previews
 and annotation task files.
 
-Each part task commits its own ``candidates-part`` version, so a re-run after a crash
-proposes only the missing parts; the assemble task copies the parts' shards.
+Each part task commits its own ``proposals-part`` version, so a re-run after a crash
+proposes only the missing parts; the assemble task copies the parts' shards. The candidates
+annotators see are selected from the proposals (:mod:`tasks.reward`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from flywheel.core.codecs import decode_npy
 from flywheel.core.config import FlywheelConfig
-from flywheel.core.contracts import CANDIDATES, CANDIDATES_PART, IMAGE_POOL
+from flywheel.core.contracts import IMAGE_POOL, PROPOSALS, PROPOSALS_PART
 from flywheel.core.datasets import Dataset, DatasetWriter, assemble_dataset, committed_ref, version_of
 from flywheel.core.records import DatasetRef, Rejected
 from flywheel.feedback.image_pool import from_dataset, from_manifest, unique
@@ -32,13 +33,15 @@ log = logging.getLogger(__name__)
 _PROPOSAL_POOL = ProcessResource()
 
 
-def proposal_pool(cfg: FlywheelConfig, checkpoints: dict, members: list[dict], library) -> ProposalPool:
+def proposal_pool(
+    cfg: FlywheelConfig, checkpoints: dict, members: list[dict], library, num_candidates: int
+) -> ProposalPool:
     """The process's proposal actors, started once per ensemble and reused by every part."""
     c = cfg.candidates
     key = (
         tuple(sorted((k, v[1]) for k, v in checkpoints.items())),
         str(members),
-        c.num_candidates,
+        num_candidates,
         c.actors,
         c.actor_num_cpus,
         c.actor_num_gpus,
@@ -49,7 +52,7 @@ def proposal_pool(cfg: FlywheelConfig, checkpoints: dict, members: list[dict], l
         lambda: ProposalPool(
             checkpoints,
             tuple(Member(**m) for m in members),
-            num_candidates=c.num_candidates,
+            num_candidates=num_candidates,
             library=library,
             actors=c.actors,
             num_cpus=c.actor_num_cpus,
@@ -128,8 +131,7 @@ def _library(cfg: FlywheelConfig, libraries: list[DatasetRef], resolution: int):
     return (ids, np.stack(grids)) if ids else None
 
 
-# v2: the retrieval library is a list of datasets (meshes, accepted winners, artist meshes)
-@flywheel_task(name="candidates-part", version="2")
+@flywheel_task(name="proposals-part", version="1")
 def propose_part(
     cfg: FlywheelConfig,
     pool: DatasetRef,
@@ -148,13 +150,14 @@ def propose_part(
         "libraries": libraries,
         "settings": settings,
     }
-    version = version_of(CANDIDATES, inputs=inputs, code_version=propose_part.version)
+    version = version_of(PROPOSALS, inputs=inputs, code_version=propose_part.version)
     store = store_for(cfg)
-    existing = committed_ref(store, CANDIDATES_PART.name, version)
+    existing = committed_ref(store, PROPOSALS_PART.name, version)
     if existing is not None:
         return existing
     checkpoints, model_cfg = local_checkpoints(cfg, models)
-    actors = proposal_pool(cfg, checkpoints, members, _library(cfg, libraries, model_cfg.resolution))
+    library = _library(cfg, libraries, model_cfg.resolution)
+    actors = proposal_pool(cfg, checkpoints, members, library, settings["num_candidates"])
     items = proposal_items(
         Dataset(store, pool.name, pool.version),
         object_ids,
@@ -163,14 +166,14 @@ def propose_part(
         objects_per_job=settings["objects_per_job"],
         run=actors.run,
     )
-    with DatasetWriter(store, CANDIDATES_PART, version, inputs=inputs, **writer_options(cfg)) as writer:
+    with DatasetWriter(store, PROPOSALS_PART, version, inputs=inputs, **writer_options(cfg)) as writer:
         for item in items:
             writer.put(item)
     return writer.ref
 
 
-@flywheel_task(name="candidates", version="2")
-def assemble_candidates(
+@flywheel_task(name="proposals", version="1")
+def assemble_proposals(
     cfg: FlywheelConfig,
     pool: DatasetRef,
     parts: list[DatasetRef],
@@ -181,14 +184,14 @@ def assemble_candidates(
     dropped: list[dict],
     parent_run_id: str | None = None,
 ) -> DatasetRef:
-    """Commit the round's candidate dataset (the candidate registry) from its parts, with the
-    dropped ensemble members in its quarantine table."""
+    """Commit everything the ensemble proposed from its parts, with the dropped ensemble
+    members in its quarantine table."""
     store = store_for(cfg)
     inputs = {"pool": pool, "models": models, "members": members, "libraries": libraries, "settings": settings}
     version = version_of(
-        CANDIDATES,
+        PROPOSALS,
         inputs={**inputs, "parts": [p.version for p in parts], "dropped": dropped},
-        code_version=assemble_candidates.version,
+        code_version=assemble_proposals.version,
     )
     parents = [pool, *libraries]
     params = {
@@ -196,9 +199,9 @@ def assemble_candidates(
         "members": ", ".join(m["name"] for m in members),
         **{f"model.{k}": m.label for k, m in models.items()},
     }
-    with stage(cfg, parent_run_id, "candidates", params=params) as run_id:
+    with stage(cfg, parent_run_id, "proposals", params=params) as run_id:
         ref = assemble_dataset(
-            store, CANDIDATES, version, parts, inputs=inputs, parents=parents, quarantine=dropped, **writer_options(cfg)
+            store, PROPOSALS, version, parts, inputs=inputs, parents=parents, quarantine=dropped, **writer_options(cfg)
         )
         dataset = Dataset(store, ref.name, ref.version)
         manifest = dataset.manifest()

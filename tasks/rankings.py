@@ -27,6 +27,7 @@ from flywheel.core.store import read_uri
 from flywheel.feedback.aggregate import judge_round
 from flywheel.feedback.decisions import RoundDecisions, write_decisions
 from flywheel.feedback.ingest import ingest_exports
+from flywheel.feedback.search import search_report
 from flywheel.feedback.simulate import (
     SimulatedAnnotator,
     best_of_n,
@@ -145,12 +146,29 @@ def oracle_best_of_n(
 ) -> dict[str, float]:
     """The round's candidates against the pool's ground truth (where it is known): the oracle
     best-of-N vIoU, the yield at ``rounds.acceptable_viou`` and the mean candidate of each kind
-    (:func:`flywheel.feedback.simulate.best_of_n`)."""
+    (:func:`flywheel.feedback.simulate.best_of_n`); and what selecting them from the proposals
+    was worth against N drawn at random (:func:`flywheel.feedback.search.search_report`)."""
     store = store_for(cfg)
     with stage(cfg, parent_run_id, "best-of-n"):
-        found = best_of_n(
-            candidate_records(store, candidates), truths_for_pool(store, pool), cfg.rounds.acceptable_viou
+        truths = truths_for_pool(store, pool)
+        shown = candidate_records(store, candidates)
+        found = best_of_n(shown, truths, cfg.rounds.acceptable_viou)
+        source = next(
+            (
+                p
+                for p in Dataset(store, candidates.name, candidates.version).marker["parents"]
+                if p["name"] == "proposals"
+            ),
+            None,
         )
+        if source is not None:
+            found |= search_report(
+                candidate_records(store, Dataset(store, source["name"], source["version"]).ref),
+                {c["candidate_id"] for cands in shown.values() for c in cands},
+                truths,
+                cfg.candidates.num_candidates,
+                cfg.rounds.acceptable_viou,
+            )
         mlflow.log_metrics({k: v for k, v in found.items() if v == v})
     return found
 

@@ -97,9 +97,11 @@ def prefect_server():
         yield
 
 
-def write_small_round(store: Store, objects, candidate_id=lambda o, k: f"{o}-c{k}", version: str = "candidates-v1"):
+def write_small_round(
+    store: Store, objects, candidate_id=lambda o, k: f"{o}-c{k}", version: str = "candidates-v1", resolution: int = 4
+):
     """An image pool of ``objects`` (16x16 photos) and three candidates for each (real
-    datasets, small): -> (pool ref, candidates ref)."""
+    datasets, small; occupancy grids of side ``resolution``): -> (pool ref, candidates ref)."""
     import numpy as np
 
     from flywheel.core.codecs import encode_npy, encode_png
@@ -125,7 +127,7 @@ def write_small_round(store: Store, objects, candidate_id=lambda o, k: f"{o}-c{k
     rows = []
     for o in objects:
         for k in range(3):
-            occ = np.zeros((4, 4, 4), bool)
+            occ = np.zeros((resolution,) * 3, bool)
             occ[: k + 1] = True
             row = {
                 "candidate_id": candidate_id(o, k),

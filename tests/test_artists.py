@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import trimesh
 from conftest import BUCKET, REPO, _config, write_small_round
 
@@ -19,9 +20,12 @@ from flywheel.core.datasets import Dataset, write_dataset
 from flywheel.core.records import Sample
 from flywheel.core.store import open_store
 from flywheel.feedback.artists import ARTIST_README, artist_summary, deliveries_digest, read_queue
+from flywheel.learning.reward import artist_pairs
 from flywheel.validation.suites import validate
 from rendering.mesh_library import file_sample
 from rendering.meshes import MeshFilter
+from sam3d_model.config import preset
+from sam3d_model.model import build_model
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 WHEEL = REPO / ".cache" / "assets" / "robosuite-1.5.2-py3-none-any.whl"
@@ -31,7 +35,7 @@ POSE = {"R": np.eye(3).tolist(), "t": [0.1, -0.2, 3.0], "s": 0.8}
 
 def hard_cases(store, shares: dict[str, float]):
     """An image pool and a hard-cases version of its objects, with these reject shares."""
-    pool, _ = write_small_round(store, sorted(shares))
+    pool, _ = write_small_round(store, sorted(shares), resolution=16)
     mask = np.zeros((16, 16), np.uint8)
     mask[4:12, 4:12] = 255
     files = {"rgb.png": encode_png(np.full((16, 16, 3), 90, np.uint8)), "mask.png": encode_png(mask)}
@@ -127,6 +131,15 @@ def test_hard_cases_go_to_artists_and_real_deliveries_come_back_as_art3do(where,
         "pending": 3,
         "spend": 240.0,
     }
+    # the reward model's pairs: each artist mesh preferred to every candidate of its object
+    pairs = list(artist_pairs(build_model(preset("micro"), 0), art, [Dataset(store, "candidates", "candidates-v1")]))
+    assert sorted(oid for oid, _ in pairs) == ["o-a"] * 3 + ["o-b"] * 3
+    for oid, pair in pairs:
+        assert torch.equal(
+            pair["winner"], torch.from_numpy(decode_npy(next(art.samples(keys=[oid]))["occ.npy"])).float()
+        )
+        assert not torch.equal(pair["loser"], pair["winner"]) and pair["crop"].shape[0] == 4
+
     # most deliveries refused is a failed gate, not a quiet pass
     report = validate(art, cfg.validation)
     assert not report.success and ("stage", "quarantined_fraction") in {(f.table, f.column) for f in report.failures}

@@ -187,6 +187,26 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
         p["name"] == "sft"
         for p in Dataset(store, "candidates", r0["datasets"]["candidates"]["version"]).marker["parents"]
     )
+    # reward-guided best-of-N: round 0 shows what its ensemble proposed; round 1's reward model,
+    # trained on round 0's pairs and the artists' meshes, picks N of oversample x N proposals
+    assert "reward_pairs" not in r0["best_of_n"] and r0["best_of_n"]["proposed_per_object"] == 4
+    assert r0["best_of_n"]["shown_yield"] == r0["best_of_n"]["proposed_yield"]
+    b1 = r1["best_of_n"]
+    assert b1["proposed_per_object"] == 4 * cfg.reward.oversample and r1["volumes"]["candidates"] == 12
+    assert b1["reward_pairs"] + b1["reward_heldout_pairs"] == r0["volumes"]["preferences"] + b1["reward_artist_pairs"]
+    # artists deliver round 0's cases in round 1's close: round 2's reward model would see them
+    assert b1["reward_artist_pairs"] == r0["datasets"]["art3do"]["num_rows"] == 0
+    assert b1["shown_yield"] <= b1["proposed_yield"] and b1["random_yield"] <= b1["proposed_yield"]
+    assert b1["hard_objects"] == 1 and "reward-guided best-of-N from 12 proposals per object" in rounds.round_text(
+        RoundRecord.model_validate(r1)
+    )
+    reward_run = next(
+        r for r in lineage.stage_runs(r1["mlflow_run_id"]) if r.data.tags[lineage.STAGE_TAG] == "reward-model"
+    )
+    assert reward_run.data.metrics["pairs"] == b1["reward_pairs"]
+    assert {("preferences", "input"), ("candidates", "input")} <= {
+        (d["name"], d["context"]) for d in lineage.run_datasets(reward_run.info.run_id)
+    }
     # DPO holds the pairs of some objects out and reports its implicit accuracy on them
     dpo = next(r for r in lineage.stage_runs(r0["mlflow_run_id"]) if r.data.tags[lineage.STAGE_TAG] == "dpo")
     held = dpo.data.metrics["heldout_pairs"]

@@ -159,10 +159,22 @@ def test_propose_flow_on_the_rounds_composites(synthetic: Made, proposed: Made):
     assert all(len(c) == 4 and len({r["candidate_id"] for r in c}) == 4 for c in by_object.values())
     assert {r["kind"] for r in rows} == {"model", "retrieval"}
     assert all(r["model_version"].startswith("file:") for r in rows)
-    assert cands.marker["parents"][0]["name"] == "image-pool" and cands.verify() == []
+    # without a reward model every proposal is shown: the candidates are the proposals
+    proposals = Dataset(store, "proposals", cands.marker["parents"][0]["version"])
+    assert cands.marker["parents"][0]["name"] == "proposals" and cands.verify() == []
+    assert sorted(proposals.manifest().column("candidate_id").to_pylist()) == sorted(r["candidate_id"] for r in rows)
+    assert "image-pool" in {p["name"] for p in cands.marker["parents"]}
 
     stages = [r.data.tags[lineage.STAGE_TAG] for r in lineage.stage_runs(result.mlflow_run_id)]
-    assert stages == ["image-pool", "validate-image-pool", "candidates", "validate-candidates", "annotation-tasks"]
+    assert stages == [
+        "image-pool",
+        "validate-image-pool",
+        "proposals",
+        "validate-proposals",
+        "candidates",
+        "validate-candidates",
+        "annotation-tasks",
+    ]
     prefix = f"annotation/{cands.ref.version}"
     tasks = [json.loads(line) for line in store.get_bytes(f"{prefix}/tasks.jsonl").decode().splitlines()]
     assert sorted(t["object_id"] for t in tasks) == sorted(by_object)

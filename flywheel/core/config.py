@@ -245,7 +245,7 @@ class CandidatesConfig(_Section):
         default_factory=list,
         description=(
             "Ensemble members (fields of sam3d_model.ensemble.Member); empty: the default ensemble "
-            "(champion at 4 seeds, at 2 seeds with strong guidance, 2 retrieved meshes)."
+            "(champion at 3 seeds, at 2 seeds with strong guidance, the champion it replaced, 2 retrieved meshes)."
         ),
     )
     retrieval_library: str = Field("meshes", description="Mesh library NAME[@VERSION] for retrieval members.")
@@ -327,6 +327,27 @@ class ArtistsConfig(_Section):
         description="Folder or s3:// prefix artists deliver to (<object_id>.glb|gltf|obj|ply|stl and "
         "<object_id>.pose.json); None: artists/<series>/deliveries/ in the store.",
     )
+
+
+class RewardConfig(_Section):
+    """Reward-model-guided best-of-N: a reward model trained each round on every preference pair
+    so far (and artists' meshes preferred to the candidates annotators rejected) scores an
+    oversampled candidate set, and the best N, with some picked at random, go to annotators."""
+
+    oversample: int = Field(
+        3, ge=1, description="With a reward model the ensemble proposes oversample x N candidates per object; 1: off."
+    )
+    explore: int = Field(
+        2,
+        ge=0,
+        description="Of the N shown, this many are drawn at random from the rest, so annotators keep judging "
+        "what the reward model ranks low (its next training pairs).",
+    )
+    min_pairs: int = Field(8, ge=1, description="Fewer training pairs than this: no reward model this round.")
+    heldout_share: float = Field(
+        0.2, ge=0, lt=1, description="Share of objects whose pairs are held out to measure the reward model."
+    )
+    l2: float = Field(1.0, ge=0, description="L2 penalty on the reward model's weights.")
 
 
 class StageSettings(_Section):
@@ -540,6 +561,7 @@ class FlywheelConfig(_Section):
     model: ModelSection = ModelSection()
     rounds: RoundsConfig = RoundsConfig()
     artists: ArtistsConfig = ArtistsConfig()
+    reward: RewardConfig = RewardConfig()
 
     @property
     def state_dir(self) -> Path:
@@ -559,7 +581,17 @@ class FlywheelConfig(_Section):
 
 
 #: Config sections that shape what the flywheel produces (the rest says where and how it runs) ...
-SHAPING_SECTIONS = ("meshes", "iso3do", "occlusions", "candidates", "rankings", "model", "rounds", "artists")
+SHAPING_SECTIONS = (
+    "meshes",
+    "iso3do",
+    "occlusions",
+    "candidates",
+    "rankings",
+    "model",
+    "rounds",
+    "artists",
+    "reward",
+)
 #: ... and the fields of those sections that only say how it runs.
 NOT_SHAPING = {
     "rounds": {"lock_wait_s"},

@@ -261,7 +261,17 @@ CANDIDATES = register(
         description="Ensemble proposals per object, for annotators to rank.",
     )
 )
-CANDIDATES_PART = part_spec(CANDIDATES)
+#: What the ensemble proposed, before selection: ``reward.oversample`` x N per object when a
+#: reward model picks the N shown to annotators (the ``candidates``), N otherwise.
+PROPOSALS = register(
+    DatasetSpec(
+        name="proposals",
+        schema=CANDIDATES.schema,
+        files=CANDIDATES.files,
+        description="Every candidate the ensemble proposed per object; the candidates are selected from them.",
+    )
+)
+PROPOSALS_PART = part_spec(PROPOSALS)
 
 #: Ingested human (or simulated) judgements: every row of every accepted export, once per
 #: submission id. Table-only (the manifest is the data); the raw exports are archived as

@@ -43,6 +43,23 @@ class CheckpointRef:
 
 
 @dataclass(frozen=True)
+class RewardRef:
+    """A reward model (:mod:`sam3d_model.reward`): its checkpoint, the registered model whose
+    features it scores (``backbone``, a ``models:/`` URI), and how it did on the pairs of
+    objects held out of its training (accuracy nan when none were)."""
+
+    checkpoint: CheckpointRef
+    backbone: str
+    pairs: int
+    heldout_pairs: int
+    heldout_accuracy: float
+    artist_pairs: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class ModelRef:
     """A registered model version (MLflow registry) and the sha256 of its checkpoint."""
 

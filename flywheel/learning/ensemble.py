@@ -11,9 +11,13 @@ from flywheel.core.config import FlywheelConfig
 from flywheel.tracking.registry import ModelNotFound, RegistryUnreachable, resolve_model
 from sam3d_model.checkpoint import read_checkpoint
 from sam3d_model.config import ModelConfig
-from sam3d_model.ensemble import DEFAULT_MEMBERS, Member
+from sam3d_model.ensemble import DEFAULT_MEMBERS, Member, oversampled
 
 log = logging.getLogger(__name__)
+
+#: The model key of the series' previous champion (set by a round once the champion has been
+#: replaced; until then members that use it sit the round out).
+EARLIER_CHAMPION = "earlier-champion"
 
 
 @dataclass(frozen=True)
@@ -26,10 +30,11 @@ class PinnedModel:
     sha256: str
 
 
-def ensemble_members(cfg: FlywheelConfig) -> list[dict[str, Any]]:
-    """The configured members as plain dicts (validated), or the default ensemble."""
-    members = [Member(**m) for m in cfg.candidates.members] or list(DEFAULT_MEMBERS)
-    return [m.model_dump(mode="json") for m in members]
+def ensemble_members(cfg: FlywheelConfig, oversample: int = 1) -> list[dict[str, Any]]:
+    """The configured members (or the default ensemble) as plain dicts (validated), each
+    proposing ``oversample`` times as many candidates (sam3d_model.ensemble.oversampled)."""
+    members = tuple(Member(**m) for m in cfg.candidates.members) or DEFAULT_MEMBERS
+    return [m.model_dump(mode="json") for m in oversampled(members, oversample)]
 
 
 def resolve_ensemble(
@@ -38,11 +43,15 @@ def resolve_ensemble(
     """Pin every model the members use to an immutable version: {key: {ref, label, sha256}}.
     An alias such as ``@champion`` is resolved now, so the run's cache keys name versions.
 
-    A model that cannot be resolved (unknown version, unreachable registry) costs only the
-    members that use it: they are dropped and reported as quarantine rows; the remaining
+    Members of the :data:`EARLIER_CHAMPION` model sit out while there is none. A model that
+    cannot be resolved (unknown version, unreachable registry) costs only the members that use it: they are dropped and reported as quarantine rows; the remaining
     members still propose (and top up to N). Returns (models, members kept, quarantine rows)."""
     models: dict[str, PinnedModel] = {}
     problems: dict[str, tuple[str, str]] = {}
+    resting = [m for m in members if m["model"] == EARLIER_CHAMPION and EARLIER_CHAMPION not in cfg.candidates.models]
+    for m in resting:
+        log.info("ensemble member %s: no earlier champion in this series yet; it sits this round out", m["name"])
+    members = [m for m in members if m not in resting]
     for key in sorted({m["model"] for m in members}):
         ref = cfg.candidates.models.get(key)
         if ref is None:

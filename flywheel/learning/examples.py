@@ -76,7 +76,7 @@ def occlusions_example(cfg: ModelConfig, sample: dict, row: dict, mask_error: fl
     }
 
 
-def _photo_condition(cfg: ModelConfig, sample: dict) -> dict[str, torch.Tensor]:
+def photo_condition(cfg: ModelConfig, sample: dict) -> dict[str, torch.Tensor]:
     """An image-pool photo and its object mask (no depth: real images have none)."""
     key = sample["__key__"]
     crop, full = condition_inputs(
@@ -89,7 +89,7 @@ def sft_example(cfg: ModelConfig, sample: dict, row: dict) -> Example:
     """An accepted object: the annotators' winning candidate is the target (an Art-3DO row:
     the artist's mesh and pose)."""
     return {
-        **_photo_condition(cfg, sample),
+        **photo_condition(cfg, sample),
         "occupancy": _occupancy(cfg, sample["occ.npy"], sample["__key__"]),
         "rotation": _mat(row["R"], 3),
         "translation": torch.tensor(row["t"], dtype=torch.float32),
@@ -101,7 +101,7 @@ def preference_example(cfg: ModelConfig, sample: dict, row: dict) -> Example:
     """A (winner, loser) pair of one photo, for flow-DPO."""
     key = sample["__key__"]
     return {
-        **_photo_condition(cfg, sample),
+        **photo_condition(cfg, sample),
         "winner": _occupancy(cfg, sample["winner.npy"], key),
         "loser": _occupancy(cfg, sample["loser.npy"], key),
     }

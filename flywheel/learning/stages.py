@@ -178,6 +178,10 @@ def preference_split(arch: ModelConfig, datasets: list[Dataset], share: float) -
     held: list[Example] = []
     for dataset in datasets:
         for example, row in examples_with_rows(arch, dataset):
-            picked = int(hashlib.sha256(row["object_id"].encode()).hexdigest()[:8], 16) / 16**8 < share
-            (held if picked else train).append(example)
+            (held if held_out(row["object_id"], share) else train).append(example)
     return train, held
+
+
+def held_out(object_id: str, share: float) -> bool:
+    """Whether ``object_id``'s pairs are held out (stable as pairs accumulate over rounds)."""
+    return int(hashlib.sha256(object_id.encode()).hexdigest()[:8], 16) / 16**8 < share

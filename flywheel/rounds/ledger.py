@@ -173,6 +173,7 @@ def summary_plot(records: list[RoundRecord], path: str | Path) -> Path:
     series["accept rate and yield"] = {
         "accept rate": (x, [r.rankings["accept_rate"] for r in records]),
         "yield": (x, [r.best_of_n.get("yield", float("nan")) for r in records]),
+        "yield of random N (same proposals)": (x, [r.best_of_n.get("random_yield", float("nan")) for r in records]),
     }
     series["rows per dataset"] = {k: (x, [r.volumes.get(k, 0) for r in records]) for k in records[-1].volumes}
     return curves(series, path, title="flywheel rounds", log_y=False)
@@ -208,6 +209,8 @@ def round_text(r: RoundRecord) -> str:
             f"model sample {b.get('model_viou', float('nan')):.3f}, retrieval {b.get('retrieval_viou', float('nan')):.3f}; "
             f"yield {b.get('yield', float('nan')):.2f} (objects with an acceptable candidate)"
         )
+    if "shown_yield" in r.best_of_n:
+        lines.append(search_text(r.best_of_n))
     if r.artists:
         lines.append(artists_text(r.artists))
     if r.seed_noise is not None:
@@ -234,6 +237,27 @@ def judgement_text(r: RoundRecord) -> str:
     if wins:
         text += "; accepted winners by member: " + ", ".join(f"{k} {v}" for k, v in sorted(wins.items()))
     return text
+
+
+def search_text(b: dict[str, float]) -> str:
+    """Best-of-N search, one line: the candidates shown against N drawn at random from the same
+    proposals (all objects, the hardest quarter), and the reward model that picked them."""
+    nan = float("nan")
+    if "reward_pairs" in b:
+        head = (
+            f"reward-guided best-of-N from {b.get('proposed_per_object', nan):.0f} proposals per object "
+            f"(reward model: {int(b['reward_pairs'])} pairs, {int(b.get('reward_artist_pairs', 0))} from artists; "
+            f"held-out pair accuracy {b.get('reward_heldout_accuracy', nan):.2f} on {int(b.get('reward_heldout_pairs', 0))})"
+        )
+    else:
+        head = "unguided best-of-N (no reward model yet)"
+    return (
+        f"{head}: yield shown {b['shown_yield']:.2f} vs random N {b.get('random_yield', nan):.2f}, "
+        f"oracle vIoU {b.get('shown_oracle_viou', nan):.3f} vs {b.get('random_oracle_viou', nan):.3f}; "
+        f"hardest {int(b.get('hard_objects', 0))}: yield {b.get('hard_shown_yield', nan):.2f} vs "
+        f"{b.get('hard_random_yield', nan):.2f}, vIoU {b.get('hard_shown_oracle_viou', nan):.3f} vs "
+        f"{b.get('hard_random_oracle_viou', nan):.3f}"
+    )
 
 
 def artists_text(a: dict[str, float]) -> str:

@@ -472,6 +472,9 @@ def _candidates(ds: Dataset, cfg: ValidationConfig) -> dict:
     ]
     if object_ids:
         manifest_suite.append(E.ExpectColumnValuesToBeInSet(column="object_id", value_set=object_ids))
+    proposed = _parent_ids(ds, "proposals", "candidate_id")  # the candidates shown were proposed
+    if proposed:
+        manifest_suite.append(E.ExpectColumnValuesToBeInSet(column="candidate_id", value_set=proposed))
     refs = (
         retrieved,
         [E.ExpectColumnValuesToBeInSet(column="retrieved_mesh_id", value_set=mesh_ids)]
@@ -661,6 +664,7 @@ SUITES: dict[str, Callable[[Dataset, ValidationConfig], dict]] = {
     "occlusions": _occlusions,
     "occlusions-part": _occlusions,
     "image-pool": _image_pool,
+    "proposals": _candidates,
     "candidates": _candidates,
     "rankings": _rankings,
     "sft": _sft,
