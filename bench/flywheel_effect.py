@@ -17,12 +17,12 @@ selects on the other half) of vIoU, F1@0.01 and ADD-S@0.1 with 95% cluster-boots
 intervals (objects of one mesh drawn together), the constant-shape and retrieval baselines,
 accept rate, yield (shown vs random N from the same proposals), hard cases, artist meshes
 in the round's SFT, judgements spent and the decision; then the share of the
-synthetic-to-real gap the final champion closed. It saves ``bench/results/flywheel.json``
-and ``flywheel.png`` (the curves) and logs both to MLflow (run ``bench-flywheel``).
+synthetic-to-real gap the final champion closed. It saves ``bench/results/flywheel_effect.json``
+and ``flywheel_effect.png`` (the curves) and logs both to MLflow (run ``bench-flywheel``).
 
-    .venv/bin/python bench/flywheel.py                        # 5 rounds, the demo's sizes
-    .venv/bin/python bench/flywheel.py --rounds 2 --config configs/test.yaml   # micro, minutes
-    .venv/bin/python bench/flywheel.py --folder /tmp/fw       # keep (and resume) its state
+    .venv/bin/python bench/flywheel_effect.py                        # 5 rounds, the demo's sizes
+    .venv/bin/python bench/flywheel_effect.py --rounds 2 --config configs/test.yaml   # micro, minutes
+    .venv/bin/python bench/flywheel_effect.py --folder /tmp/fw       # keep (and resume) its state
 
 Exit codes: 0 done; 1 an arm's `flywheel run` failed (its log is named).
 """
@@ -201,8 +201,9 @@ def plot(results: dict[str, list[dict]], path: Path) -> Path:
             )
         if metric == "viou" and results.get("full"):
             ax.axhline(results["full"][0]["constant_viou"], color="grey", linestyle=":", label="constant shape")
-        ax.set_title(f"champion held-out {metric} (reporting half, 95% CI)")
+        ax.set_title(f"champion {metric}, held-out reporting half (95% CI)", fontsize=9)
         ax.set_xlabel("round")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -266,9 +267,9 @@ def main() -> None:
     )
     print("seconds per arm: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["seconds"].items()))
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "flywheel.json"
+    out = RESULTS / "flywheel_effect.json"
     out.write_text(json.dumps({**summary, "arms": results}, indent=1, default=float))
-    picture = plot(results, RESULTS / "flywheel.png")
+    picture = plot(results, RESULTS / "flywheel_effect.png")
     log_to_mlflow(cfg, [out, picture])
     print(f"wrote {out} and {picture}; state in {folder}")
 
