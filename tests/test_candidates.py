@@ -222,7 +222,7 @@ def test_annotation_files_validate_against_their_schemas():
 def test_an_unresolvable_model_costs_only_the_members_that_use_it(champion, tmp_path):
     import json
 
-    from flywheel.learning.ensemble import resolve_ensemble
+    from flywheel.learning.ensemble import EARLIER_CHAMPION, resolve_ensemble
     from sam3d_model.ensemble import Member
 
     _, path, _ = champion
@@ -247,6 +247,23 @@ def test_an_unresolvable_model_costs_only_the_members_that_use_it(champion, tmp_
     assert all("sam3d-none" in d["detail"] or "not-configured" in d["detail"] for d in dropped)
     with pytest.raises(ModelNotFound, match="no ensemble member has a usable model"):
         resolve_ensemble(cfg, [members[1].model_dump(mode="json")])
+
+    # the earlier champion's member sits out (no quarantine row) until a round names that model
+    earlier = Member(name="earlier-champion", model=EARLIER_CHAMPION).model_dump(mode="json")
+    models, kept, dropped = resolve_ensemble(cfg, [members[0].model_dump(mode="json"), earlier])
+    assert [m["name"] for m in kept] == ["champion"] and dropped == []
+    named = cfg.model_copy(
+        update={
+            "candidates": cfg.candidates.model_copy(
+                update={"models": {"champion": str(path), EARLIER_CHAMPION: str(path)}}
+            )
+        }
+    )
+    models, kept, dropped = resolve_ensemble(named, [members[0].model_dump(mode="json"), earlier])
+    assert [m["name"] for m in kept] == ["champion", "earlier-champion"] and set(models) == {
+        "champion",
+        EARLIER_CHAMPION,
+    }
 
 
 def test_image_pool_manifest_reads_s3_uris(moto, tmp_path):
