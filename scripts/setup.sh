@@ -32,6 +32,18 @@ fi
 echo "setup: installing sam3d-flywheel$extras (first time: ~3-5 min) ..."
 "${pip[@]}" install -q -e ".$extras"
 
+# The annotation app's 3D viewer (three.js), served by the app itself: nothing from a CDN.
+THREE_VERSION=0.187.0
+if [ ! -f .cache/web/node_modules/three/package.json ] || ! grep -q "\"version\": \"$THREE_VERSION\"" .cache/web/node_modules/three/package.json; then
+  if command -v npm >/dev/null; then
+    echo "setup: installing three@$THREE_VERSION (npm) for the annotation app ..."
+    mkdir -p .cache/web
+    npm install --silent --no-audit --no-fund --prefix .cache/web "three@$THREE_VERSION" >/dev/null
+  else
+    echo "setup: no npm: \`flywheel annotate serve\` needs three.js (install Node.js and npm, rerun)" >&2
+  fi
+fi
+
 if [ -n "$extras" ]; then
   # The tests start a real Label Studio; its Django pins clash with ours, so it gets its own venv.
   LS_VENV=${LABEL_STUDIO_VENV:-.venv-labelstudio}

@@ -51,11 +51,14 @@ rankings_app = typer.Typer(
 )
 app.add_typer(rankings_app, name="rankings")
 annotate_app = typer.Typer(
-    help="The live annotation tool (Label Studio): publish a candidates version, pull its annotations. "
-    "URL from the config (annotation.label_studio_url), API token from $LABEL_STUDIO_API_KEY.",
+    help="Annotation: the project's own app (serve, users, export) where annotators rank candidates in 3D; "
+    "or a Label Studio server (publish a candidates version, pull its annotations; URL from the config, "
+    "annotation.label_studio_url, API token from $LABEL_STUDIO_API_KEY).",
     no_args_is_help=True,
 )
 app.add_typer(annotate_app, name="annotate")
+users_app = typer.Typer(help="Accounts of the annotation app.", no_args_is_help=True)
+annotate_app.add_typer(users_app, name="users")
 artists_app = typer.Typer(
     help="Hard cases queued for 3D artists and what they delivered (config `artists`; layout: "
     "artists/<series>/README.md in the store).",
@@ -551,6 +554,104 @@ def _on_label_studio(ctx: typer.Context, candidates: str | None, action) -> tupl
         return cfg, version, action(client, store, version, cfg.annotation)
     except LabelStudioError as e:
         _fail(str(e), EXIT_FAILED)
+
+
+def _accounts(cfg: FlywheelConfig):
+    from flywheel.feedback.accounts import Accounts
+
+    return Accounts(cfg.state_dir / "annotate" / "accounts.json")
+
+
+@users_app.command("add")
+def users_add(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Annotator name (letters, digits, '.', '-', '_')."),
+    admin: bool = typer.Option(False, help="An admin account."),
+    replace: bool = typer.Option(False, help="Give an existing account a new token."),
+) -> None:
+    """Make an annotator account and print its token (shown once; only a hash is kept).
+    Exit 2 for a bad or taken name."""
+    try:
+        token = _accounts(_cfg(ctx)).add(name, admin=admin, replace=replace)
+    except ValueError as e:
+        _fail(str(e), EXIT_USAGE)
+    typer.echo(f"{name}: token {token}")
+
+
+@users_app.command("ls")
+def users_ls(ctx: typer.Context) -> None:
+    """The annotator accounts."""
+    accounts = _accounts(_cfg(ctx))
+    for name in accounts.names():
+        account = accounts.get(name)
+        typer.echo(f"{name}{' (admin)' if account and account.admin else ''}")
+
+
+@annotate_app.command("serve")
+def annotate_serve(
+    ctx: typer.Context,
+    candidates: str | None = typer.Option(None, help="Candidates version (default: the newest)."),
+    host: str | None = typer.Option(None, help="Address to listen on (default: annotation.app_host)."),
+    port: int | None = typer.Option(None, help="Port (default: annotation.app_port)."),
+) -> None:
+    """Serve the annotation app for a candidates version: annotators log in with their name and
+    token and rank each object's candidates in 3D viewers; every judgement is written to the
+    store as it is submitted (`flywheel annotate export` gathers them for ingestion). Without
+    any account, makes an `admin` account and prints its token. Exit 4 without candidates,
+    2 when the 3D viewer is not installed (run scripts/setup.sh)."""
+    import secrets
+
+    import uvicorn
+
+    from flywheel.feedback.app import AppSettings, create_app
+
+    cfg = _cfg(ctx)
+    version = _candidates_version(cfg, candidates)
+    accounts = _accounts(cfg)
+    if not accounts.names():
+        typer.echo(f"no annotator accounts yet: made `admin`, token {accounts.add('admin', admin=True)}")
+    key_file = cfg.state_dir / "annotate" / "secret_key"
+    if not key_file.is_file():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(secrets.token_urlsafe(32))
+        key_file.chmod(0o600)
+    viewer = cfg.annotation.viewer_dir or Path(__file__).resolve().parents[2] / ".cache/web/node_modules/three"
+    try:
+        web = create_app(AppSettings(_store(cfg), version, accounts.path, key_file.read_text().strip(), viewer))
+    except FileNotFoundError as e:
+        _fail(str(e), EXIT_USAGE)
+    host, port = host or cfg.annotation.app_host, port or cfg.annotation.app_port
+    typer.echo(
+        f"annotation app for candidates {version}: http://{host}:{port}/  (add annotators: flywheel annotate users add NAME)"
+    )
+    uvicorn.run(web, host=host, port=port, log_level="warning")
+
+
+@annotate_app.command("export")
+def annotate_export(
+    ctx: typer.Context,
+    candidates: str | None = typer.Option(None, help="Candidates version (default: the newest)."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="JSONL file (default: annotation/<version>/app_judgements.jsonl in the store)."
+    ),
+) -> None:
+    """Every judgement made in the annotation app for a candidates version, as one native
+    export; ingest it with `flywheel rankings ingest FILE` (or pass it to `flywheel run`).
+    Each export holds every judgement so far; ingesting it again counts each once."""
+    from flywheel.feedback.judgements import export_rows
+
+    cfg = _cfg(ctx)
+    store = _store(cfg)
+    version = _candidates_version(cfg, candidates)
+    text = export_rows(store, version)
+    if output is None:
+        key = f"annotation/{version}/app_judgements.jsonl"
+        store.put_bytes(key, text.encode())
+        where = store.uri(key)
+    else:
+        output.write_text(text)
+        where = str(output)
+    typer.echo(f"{text.count(chr(10))} judgements -> {where}")
 
 
 @annotate_app.command("publish")

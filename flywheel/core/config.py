@@ -288,8 +288,17 @@ class RankingsConfig(_Section):
 
 
 class AnnotationConfig(_Section):
-    """The live annotation tool: a Label Studio server (``flywheel annotate publish`` / ``pull``).
-    Its API token comes from the environment (``LABEL_STUDIO_API_KEY``), never from a file."""
+    """The annotation tools: the project's own app (``flywheel annotate serve``) and a Label
+    Studio server (``flywheel annotate publish`` / ``pull``; its API token comes from the
+    environment, ``LABEL_STUDIO_API_KEY``, never from a file)."""
+
+    app_host: str = Field("127.0.0.1", description="Address the annotation app listens on.")
+    app_port: int = Field(8765, ge=1, le=65535, description="Port of the annotation app.")
+    viewer_dir: Path | None = Field(
+        None,
+        description="The three.js npm package the app serves its 3D viewer from; None: the set-up's "
+        ".cache/web/node_modules/three in the project.",
+    )
 
     label_studio_url: str = Field("http://127.0.0.1:8080", description="Label Studio's base URL.")
     templates: list[Literal["pairwise", "ranking", "best-of-n"]] = Field(

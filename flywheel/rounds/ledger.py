@@ -286,9 +286,10 @@ def world_gap_text(r: RoundRecord, metric: str = "viou") -> str:
 
 def summary_text(records: list[RoundRecord]) -> str:
     """A table for people: per round, held-out vIoU of the models and baselines (reporting
-    half), the challenger's gain with its interval (selection half), accept rate, decision."""
+    half), the challenger's gain with its interval (selection half), accept rate, yield of the
+    candidates shown and of N drawn at random from the same proposals, decision."""
     lines = [
-        "round  accept  yield  vIoU: champion  challenger  constant  retrieval   gain [95% CI] (selection)       decision"
+        "round  accept  yield (random N)  vIoU: champion  challenger  constant  retrieval   gain [95% CI] (selection)       decision"
     ]
     for r in records:
         v = {who: r.evaluation.get(who, {}).get("viou", float("nan")) for who in WHO}
@@ -298,7 +299,8 @@ def summary_text(records: list[RoundRecord]) -> str:
             else f"{r.promotion.gain:+.4f}"
         )
         lines.append(
-            f"{r.round:>5}  {r.rankings['accept_rate']:6.2f}  {r.best_of_n.get('yield', float('nan')):5.2f}  {v['champion']:14.3f}  {v['challenger']:10.3f}"
+            f"{r.round:>5}  {r.rankings['accept_rate']:6.2f}  {r.best_of_n.get('yield', float('nan')):5.2f} "
+            f"({r.best_of_n.get('random_yield', float('nan')):4.2f})      {v['champion']:14.3f}  {v['challenger']:10.3f}"
             f"  {v['constant']:8.3f}  {v['retrieval']:9.3f}   {gain:<31} "
             f"{'promoted ' + r.challenger.uri if r.promotion.promote else 'kept'}{' (!)' if r.warnings else ''}"
         )

@@ -1,0 +1,344 @@
+"""The annotation app (``flywheel annotate serve``): annotators rank the 3D candidates of a
+candidates version in their browser.
+
+A task page shows the photo with the target object's outline, a crop of it, and each
+candidate in an interactive 3D viewer (three.js, installed from npm at set-up and served by
+the app: nothing comes from a CDN), in an order shuffled per annotator and task, with no
+word of the model that made it. The annotator picks the best candidate or "none acceptable"
+(keys 1-9 and 0, Enter submits, S skips); the judgement is written to the store before the
+app answers (:mod:`flywheel.feedback.judgements`).
+
+Safety: every page but the login needs a session (a signed cookie made from the annotator's
+token, :mod:`flywheel.feedback.accounts`); every form carries the session's CSRF token;
+assets are looked up by id (candidate ids of this version, object ids of its pool), never
+by path, and the viewer's files are served only from inside the three.js package; request
+bodies over a limit get 413; a malformed submission gets 400 naming the field and writes
+nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import io
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from PIL import Image
+from scipy import ndimage
+
+from flywheel.core.codecs import decode_npy, decode_png
+from flywheel.core.datasets import Dataset
+from flywheel.core.store import Store
+from flywheel.feedback.accounts import Account, Accounts
+from flywheel.feedback.judgements import (
+    NONE_ACCEPTABLE,
+    AppTask,
+    Conflict,
+    JudgementError,
+    best_of_n_row,
+    record,
+    recorded,
+    shuffled,
+)
+
+WEB = Path(__file__).resolve().parent / "web"
+SESSION_COOKIE = "flywheel_session"
+SESSION_MAX_AGE_S = 12 * 3600
+MAX_BODY_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """What an app serves: a candidates version of a store, to the accounts in a file."""
+
+    store: Store
+    candidates_version: str
+    accounts: Path
+    secret_key: str  # signs session cookies
+    viewer: Path  # the three.js npm package folder (node_modules/three)
+
+
+def occupancy_glb(occupancy: np.ndarray) -> bytes:
+    """A GLB of an occupancy grid's surface (marching cubes), centred, in a unit cube."""
+    import trimesh
+    from trimesh.voxel import ops
+
+    grid = np.pad(occupancy.astype(bool), 1)
+    if not grid.any():
+        grid[grid.shape[0] // 2, grid.shape[1] // 2, grid.shape[2] // 2] = True
+    mesh = ops.matrix_to_marching_cubes(grid)
+    mesh.apply_translation(-np.asarray(grid.shape) / 2)
+    mesh.apply_scale(1.0 / max(occupancy.shape))
+    mesh.visual = trimesh.visual.ColorVisuals(mesh, face_colors=[176, 190, 210, 255])
+    return bytes(mesh.export(file_type="glb"))
+
+
+def outlined(rgb: np.ndarray, mask: np.ndarray, scale: int) -> bytes:
+    """The photo (enlarged ``scale`` x) with the mask's boundary drawn over it, as PNG."""
+    big_rgb = np.kron(rgb[..., :3], np.ones((scale, scale, 1), np.uint8))
+    big_mask = np.kron(mask.astype(np.uint8), np.ones((scale, scale), np.uint8)).astype(bool)
+    edge = big_mask & ~ndimage.binary_erosion(big_mask, iterations=max(1, scale // 2))
+    big_rgb[edge] = (255, 40, 200)
+    out = io.BytesIO()
+    Image.fromarray(big_rgb).save(out, format="PNG")
+    return out.getvalue()
+
+
+def crop_png(rgb: np.ndarray, mask: np.ndarray, size: int = 256) -> bytes:
+    """The object's bounding square (with a margin), resized to ``size``, as PNG."""
+    ys, xs = np.nonzero(mask)
+    cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+    half = max(4.0, 0.6 * max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1))
+    box = (int(cx - half), int(cy - half), int(cx + half), int(cy + half))
+    out = io.BytesIO()
+    Image.fromarray(rgb[..., :3]).crop(box).resize((size, size), Image.Resampling.NEAREST).save(out, format="PNG")
+    return out.getvalue()
+
+
+class Round:
+    """The candidates version being judged: its tasks, candidates and photos, read once."""
+
+    def __init__(self, store: Store, version: str):
+        candidates = Dataset(store, "candidates", version)
+        rows = candidates.manifest().to_pylist()
+        by_object: dict[str, list[str]] = {}
+        for r in rows:
+            by_object.setdefault(r["object_id"], []).append(r["candidate_id"])
+        self.tasks = {o: AppTask(o, tuple(ids)) for o, ids in sorted(by_object.items())}
+        self._sample_of = {r["candidate_id"]: r["sample_key"] for r in rows}
+        self.candidates, self.store, self.version = candidates, store, version
+        pool = next(p for p in candidates.marker["parents"] if p["name"] == "image-pool")
+        self.pool = Dataset(store, pool["name"], pool["version"])
+        self._cache: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def _cached(self, key: str, make) -> bytes:
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = make()
+            return self._cache[key]
+
+    def glb(self, candidate_id: str) -> bytes:
+        if candidate_id not in self._sample_of:
+            raise KeyError(candidate_id)
+
+        def make() -> bytes:
+            sample = next(self.candidates.samples(keys=[self._sample_of[candidate_id]]))
+            return occupancy_glb(decode_npy(sample["occ.npy"]))
+
+        return self._cached(f"glb/{candidate_id}", make)
+
+    def photo(self, object_id: str, kind: str) -> bytes:
+        if object_id not in self.tasks or kind not in ("photo", "crop"):
+            raise KeyError(object_id)
+
+        def make() -> bytes:
+            sample = next(self.pool.samples(keys=[object_id]))
+            rgb, mask = decode_png(sample["rgb.png"])[..., :3], decode_png(sample["mask.png"]) > 127
+            scale = max(1, 384 // max(rgb.shape[:2]))
+            return outlined(rgb, mask, scale) if kind == "photo" else crop_png(rgb, mask)
+
+        return self._cached(f"{kind}/{object_id}", make)
+
+
+def _page(title: str, body: str, head: str = "") -> HTMLResponse:
+    return HTMLResponse(
+        f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<link rel="icon" href="data:,"><link rel="stylesheet" href="/static/app.css">{head}</head><body>{body}</body></html>"""
+    )
+
+
+def create_app(settings: AppSettings) -> FastAPI:
+    """The app for ``settings`` (uvicorn serves it)."""
+    if not (settings.viewer / "build" / "three.module.js").is_file():
+        raise FileNotFoundError(
+            f"the 3D viewer (three.js) is not installed at {settings.viewer}: run `bash scripts/setup.sh`"
+        )
+    app = FastAPI(title="sam3d-flywheel annotation", docs_url=None, redoc_url=None, openapi_url=None)
+    round_ = Round(settings.store, settings.candidates_version)
+    accounts = Accounts(settings.accounts)
+    signer = URLSafeTimedSerializer(settings.secret_key, salt="flywheel-annotate")
+    write_lock = threading.Lock()
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+            return Response(f"request body over {MAX_BODY_BYTES} bytes", status_code=413)
+        return await call_next(request)
+
+    def session(request: Request) -> tuple[Account, str]:
+        """(account, CSRF token) of the request's session; 401 without a valid one."""
+        try:
+            data = signer.loads(request.cookies.get(SESSION_COOKIE, ""), max_age=SESSION_MAX_AGE_S)
+        except BadSignature:
+            raise HTTPException(401, "log in first (/login)") from None
+        account = accounts.get(data.get("user", ""))
+        if account is None:
+            raise HTTPException(401, "unknown annotator; log in again")
+        return account, data["csrf"]
+
+    async def form(request: Request, csrf: str) -> dict[str, str]:
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            raise HTTPException(413, f"request body over {MAX_BODY_BYTES} bytes")
+        try:
+            fields = {k: v[-1] for k, v in parse_qs(body.decode(), strict_parsing=False).items()}
+        except UnicodeDecodeError:
+            raise HTTPException(400, "the form is not UTF-8 text") from None
+        if not hmac.compare_digest(fields.get("csrf", ""), csrf):
+            raise HTTPException(403, "missing or wrong CSRF token; reload the page")
+        return fields
+
+    def queue(account: Account) -> list[str]:
+        return shuffled(list(round_.tasks), account.name, settings.candidates_version)
+
+    @app.exception_handler(HTTPException)
+    async def plain_error(request: Request, exc: HTTPException):
+        if exc.status_code == 401 and request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/login", status_code=303)
+        return Response(str(exc.detail), status_code=exc.status_code, media_type="text/plain")
+
+    @app.get("/login")
+    def login_page() -> HTMLResponse:
+        return _page(
+            "Log in",
+            """<main class="login"><h1>Rank 3D candidates</h1>
+<form method="post" action="/login"><label>Name <input name="name" autofocus required></label>
+<label>Token <input name="token" type="password" required></label><button type="submit">Log in</button></form></main>""",
+        )
+
+    @app.post("/login")
+    async def login(request: Request) -> Response:
+        body = await request.body()
+        fields = {k: v[-1] for k, v in parse_qs(body.decode(errors="replace")).items()}
+        account = accounts.verify(fields.get("name", ""), fields.get("token", ""))
+        if account is None:
+            return Response("wrong name or token", status_code=401, media_type="text/plain")
+        response = RedirectResponse("/", status_code=303)
+        cookie = signer.dumps({"user": account.name, "csrf": secrets.token_urlsafe(24)})
+        response.set_cookie(SESSION_COOKIE, cookie, max_age=SESSION_MAX_AGE_S, httponly=True, samesite="strict")
+        return response
+
+    @app.post("/logout")
+    async def logout(request: Request) -> Response:
+        _, csrf = session(request)
+        await form(request, csrf)
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE)
+        return response
+
+    @app.get("/")
+    def next_task(request: Request, skip: str = "") -> Response:
+        """The annotator's next task: the first in their order not judged yet and not skipped."""
+        account, _ = session(request)
+        done = {r["object_id"] for r in recorded(settings.store, settings.candidates_version, account.name)}
+        skipped = set(skip.split(",")) if skip else set()
+        for object_id in queue(account):
+            if object_id not in done and object_id not in skipped:
+                suffix = f"?skip={skip}" if skip else ""
+                return RedirectResponse(f"/task/{object_id}{suffix}", status_code=303)
+        left = len(round_.tasks) - len(done)
+        return _page(
+            "Done",
+            f"<main><h1>Nothing left to judge</h1><p>{len(done)} of {len(round_.tasks)} tasks judged"
+            + (f"; {left} skipped (<a href='/'>see them again</a>)" if left else "")
+            + "</p></main>",
+        )
+
+    @app.get("/task/{object_id}")
+    def task_page(request: Request, object_id: str, skip: str = "") -> HTMLResponse:
+        account, csrf = session(request)
+        task = round_.tasks.get(object_id)
+        if task is None:
+            raise HTTPException(404, f"no task for object {object_id!r} in candidates {settings.candidates_version}")
+        order = queue(account)
+        done = {r["object_id"] for r in recorded(settings.store, settings.candidates_version, account.name)}
+        shown = shuffled(task.candidates, account.name, settings.candidates_version, object_id)
+        e = html.escape
+        viewers = "".join(
+            f"""<label class="candidate"><input type="radio" name="choice" value="{e(cid)}" required>
+<span class="key">{i + 1}</span><canvas class="viewer" data-glb="/glb/{e(cid)}.glb" width="260" height="260"></canvas></label>"""
+            for i, cid in enumerate(shown)
+        )
+        skip_next = ",".join(sorted({*(skip.split(",") if skip else []), object_id}))
+        body = f"""<main class="task">
+<header><h1>Which 3D shape matches the outlined object best?</h1>
+<span class="progress">{len(done) + 1} / {len(order)}</span></header>
+<section class="inputs"><img src="/photo/{e(object_id)}.png" alt="the photo, the object outlined" class="photo">
+<img src="/crop/{e(object_id)}.png" alt="the object" class="crop"></section>
+<form method="post" action="/task/{e(object_id)}" id="judgement">
+<input type="hidden" name="csrf" value="{e(csrf)}">
+<input type="hidden" name="submission_id" value="{secrets.token_urlsafe(16)}">
+<input type="hidden" name="time_spent_s" value="0">
+<section class="candidates">{viewers}
+<label class="candidate none"><input type="radio" name="choice" value="{NONE_ACCEPTABLE}" required>
+<span class="key">0</span><span>None acceptable</span></label></section>
+<footer><button type="submit">Submit (Enter)</button> <a href="/?skip={e(skip_next)}" id="skip">Skip (S)</a>
+<span class="hint">Drag a shape to turn it, scroll to zoom; keys 1-{len(shown)} pick, 0 none.</span></footer>
+</form></main>"""
+        head = """<script type="importmap">{"imports": {"three": "/vendor/three/build/three.module.js",
+"three/addons/": "/vendor/three/examples/jsm/"}}</script><script type="module" src="/static/app.js"></script>"""
+        return _page(f"Task {object_id}", body, head)
+
+    @app.post("/task/{object_id}")
+    async def submit(request: Request, object_id: str) -> Response:
+        account, csrf = session(request)
+        fields = await form(request, csrf)
+        task = round_.tasks.get(object_id)
+        if task is None:
+            raise HTTPException(404, f"no task for object {object_id!r}")
+        try:
+            spent = float(fields.get("time_spent_s", "nan"))
+        except ValueError:
+            raise HTTPException(400, "time_spent_s: not a number") from None
+        try:
+            row = best_of_n_row(task, account.name, fields.get("submission_id", ""), fields.get("choice", ""), spent)
+            with write_lock:
+                record(settings.store, settings.candidates_version, row)
+        except Conflict as e:
+            raise HTTPException(409, str(e)) from None
+        except JudgementError as e:
+            raise HTTPException(400, str(e)) from None
+        return RedirectResponse("/", status_code=303)
+
+    @app.get("/glb/{candidate_id}.glb")
+    def glb(request: Request, candidate_id: str) -> Response:
+        session(request)
+        try:
+            return Response(round_.glb(candidate_id), media_type="model/gltf-binary")
+        except KeyError:
+            raise HTTPException(404, f"no candidate {candidate_id!r} in this round") from None
+
+    @app.get("/{kind}/{object_id}.png")
+    def picture(request: Request, kind: str, object_id: str) -> Response:
+        session(request)
+        try:
+            return Response(round_.photo(object_id, kind), media_type="image/png")
+        except KeyError:
+            raise HTTPException(404, f"no {kind} of object {object_id!r}") from None
+
+    @app.get("/static/{name}")
+    def static(name: str) -> Response:
+        files = {"app.js": "text/javascript", "app.css": "text/css"}
+        if name not in files:
+            raise HTTPException(404, f"no static file {name!r}")
+        return Response((WEB / name).read_bytes(), media_type=files[name])
+
+    @app.get("/vendor/three/{path:path}")
+    def vendor(path: str) -> Response:
+        root = settings.viewer.resolve()
+        target = (root / path).resolve()
+        if not target.is_relative_to(root) or target.suffix != ".js" or not target.is_file():
+            raise HTTPException(404, f"no viewer file {path!r}")
+        return Response(target.read_bytes(), media_type="text/javascript")
+
+    return app

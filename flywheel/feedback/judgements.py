@@ -1,0 +1,121 @@
+"""Judgements people make in the annotation app (:mod:`flywheel.feedback.app`): what each
+annotator is shown, and how a judgement becomes a native rankings row in the store.
+
+Layout in the store, per candidates version::
+
+    annotation/<version>/judgements/<annotator>/<submission_id>.json   one native row each
+
+A judgement is written once, before the app answers: a retry of the same submission (a
+double click, a resent form) finds it and records nothing new; the same submission id with
+another choice is refused. :func:`export_rows` gathers them as one native export that
+``flywheel rankings`` / ``close`` ingest like any other.
+
+Order is per annotator: tasks and the candidates within a task are shuffled by a digest of
+(annotator, candidates version[, object]), so two annotators see different orders, one
+annotator sees the same order on every visit, and position tells nothing of the member
+that made a candidate.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from flywheel.core.digests import digest_of
+from flywheel.core.store import Store
+
+SUBMISSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+ANNOTATOR = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+NONE_ACCEPTABLE = "none"
+
+
+class JudgementError(ValueError):
+    """A submission that cannot be recorded; the message names the field and the reason."""
+
+
+class Conflict(JudgementError):
+    """A submission id already recorded with another choice."""
+
+
+@dataclass(frozen=True)
+class AppTask:
+    """One object to judge: its id and its candidates' ids (in the registry's order)."""
+
+    object_id: str
+    candidates: tuple[str, ...]
+
+
+def shuffled(items: list[str] | tuple[str, ...], *key: str) -> list[str]:
+    """``items`` in an order fixed by ``key`` (annotator, version[, object])."""
+    rng = np.random.default_rng(int(digest_of(list(key))[:12], 16))
+    return [items[i] for i in rng.permutation(len(items))]
+
+
+def judgement_prefix(version: str, annotator: str | None = None) -> str:
+    base = f"annotation/{version}/judgements"
+    return f"{base}/{annotator}" if annotator else base
+
+
+def best_of_n_row(
+    task: AppTask,
+    annotator: str,
+    submission_id: str,
+    choice: str,
+    time_spent_s: float,
+    now: datetime | None = None,
+) -> dict:
+    """The native row of a best-of-N judgement: ``choice`` is the winner's candidate id (the
+    others lose) or :data:`NONE_ACCEPTABLE` (a reject-all of every candidate shown)."""
+    if not SUBMISSION_ID.match(submission_id):
+        raise JudgementError(f"submission_id {submission_id!r}: 8-64 letters, digits, '-' or '_'")
+    if not (0 < time_spent_s < 24 * 3600):
+        raise JudgementError(f"time_spent_s {time_spent_s}: must be a positive number of seconds under a day")
+    if choice != NONE_ACCEPTABLE and choice not in task.candidates:
+        raise JudgementError(f"choice {choice!r}: not a candidate of object {task.object_id}")
+    reject = choice == NONE_ACCEPTABLE
+    return {
+        "submission_id": submission_id,
+        "annotator_id": annotator,
+        "object_id": task.object_id,
+        "kind": "reject-all" if reject else "best-of-n",
+        "winner": None if reject else choice,
+        "losers": [c for c in task.candidates if c != choice],
+        "timestamp": (now or datetime.now(UTC)).isoformat(),
+        "time_spent_s": round(float(time_spent_s), 1),
+    }
+
+
+def _decision(row: dict) -> tuple:
+    return row["object_id"], row["kind"], row["winner"], sorted(row["losers"])
+
+
+def record(store: Store, version: str, row: dict) -> bool:
+    """Write a judgement unless its submission id is recorded already: True if written now,
+    False for a retry of the same judgement; :class:`Conflict` for the same id with another
+    decision. Callers serialise calls (one writer per app)."""
+    key = f"{judgement_prefix(version, row['annotator_id'])}/{row['submission_id']}.json"
+    if store.exists(key):
+        if _decision(json.loads(store.get_bytes(key))) != _decision(row):
+            raise Conflict(f"submission {row['submission_id']}: already recorded with another choice")
+        return False
+    store.put_bytes(key, json.dumps(row, sort_keys=True).encode())
+    return True
+
+
+def recorded(store: Store, version: str, annotator: str | None = None) -> list[dict]:
+    """The judgements recorded for ``version`` (of one annotator, or all), oldest first."""
+    rows = [
+        json.loads(store.get_bytes(info.key))
+        for info in store.list(judgement_prefix(version, annotator) + "/")
+        if info.key.endswith(".json")
+    ]
+    return sorted(rows, key=lambda r: (r["timestamp"], r["submission_id"]))
+
+
+def export_rows(store: Store, version: str) -> str:
+    """Every recorded judgement of ``version`` as a native JSONL export."""
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in recorded(store, version))

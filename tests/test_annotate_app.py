@@ -1,0 +1,232 @@
+"""The annotation app for real: uvicorn on loopback, Debian's headless Chromium through
+Playwright, a small real round in the store; judgements land in the store and ingest like
+any export. Security: sessions, CSRF, ids not paths, body limits, malformed submissions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+from conftest import REPO, write_small_round
+from test_feedback_domain import ingest_one
+
+from flywheel.core.config import RankingsConfig
+from flywheel.core.datasets import Dataset
+from flywheel.core.store import LocalStore
+from flywheel.feedback.accounts import Accounts
+from flywheel.feedback.aggregate import judge_round
+from flywheel.feedback.app import SESSION_COOKIE, AppSettings, create_app
+from flywheel.feedback.judgements import export_rows, recorded
+
+OBJECTS = ("obj-a", "obj-b", "obj-c", "obj-d")
+VIEWER = REPO / ".cache" / "web" / "node_modules" / "three"
+ARTIFACTS = REPO / ".cache" / "test-artifacts"
+
+
+class Served:
+    def __init__(self, url: str, store: LocalStore, version: str, tokens: dict[str, str], candidates):
+        self.url, self.store, self.version, self.tokens, self.candidates = url, store, version, tokens, candidates
+
+    def client(self, who: str | None = None) -> httpx.Client:
+        """An HTTP client, logged in as ``who`` (its session cookie set)."""
+        client = httpx.Client(base_url=self.url, follow_redirects=False, timeout=30)
+        if who:
+            r = client.post("/login", data={"name": who, "token": self.tokens[who]})
+            assert r.status_code == 303, r.text
+        return client
+
+
+@pytest.fixture
+def served(tmp_path):
+    if not (VIEWER / "build" / "three.module.js").is_file():
+        pytest.fail(f"{VIEWER} is missing: run `bash scripts/setup.sh --test` (the README's test command does)")
+    import uvicorn
+
+    store = LocalStore(tmp_path / "store")
+    _, candidates = write_small_round(
+        store, OBJECTS, lambda o, k: f"cand-{OBJECTS.index(o) * 10 + k + 1:020x}", resolution=8
+    )
+    accounts = Accounts(tmp_path / "state" / "accounts.json")
+    tokens = {name: accounts.add(name) for name in ("ann-a", "ann-b")}
+    app = create_app(AppSettings(store, candidates.version, accounts.path, "test-secret", VIEWER))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "the app did not start"
+        time.sleep(0.05)
+    yield Served(f"http://127.0.0.1:{port}", store, candidates.version, tokens, candidates)
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_an_annotator_ranks_in_3d_viewers_in_a_real_browser_and_the_judgements_ingest(served: Served, tmp_path):
+    """Log in; the first task by mouse (a candidate clicked), the second by keyboard (1,
+    Enter), the third rejected (0, Enter), the fourth skipped (S): the store holds exactly
+    those three judgements, and they ingest and decide like any export."""
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    chosen: dict[str, str] = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{served.url}/")  # no session: the login page
+        assert page.url.endswith("/login")
+        page.fill("input[name=name]", "ann-a")
+        page.fill("input[name=token]", served.tokens["ann-a"])
+        page.click("button[type=submit]")
+
+        def open_task(after: str | None = None) -> str:
+            page.wait_for_url(lambda url: "/task/" in url and (after is None or f"/task/{after}" not in url))
+            try:
+                page.wait_for_function(
+                    "window.viewersReady === document.querySelectorAll('canvas.viewer').length", timeout=120_000
+                )
+            except Exception:
+                raise AssertionError(f"viewers not ready; console: {errors}") from None
+            return page.url.rsplit("/", 1)[-1].split("?")[0]
+
+        first = open_task()
+        assert page.locator(".progress").inner_text() == f"1 / {len(OBJECTS)}"
+        assert page.locator("canvas.viewer[data-ready='1']").count() == 3
+        assert "champion" not in page.content()  # the member that made a candidate is never shown
+        canvas = page.locator("canvas.viewer").nth(1)
+        box = canvas.bounding_box()
+        page.mouse.move(box["x"] + 100, box["y"] + 130)
+        page.mouse.down()
+        page.mouse.move(box["x"] + 180, box["y"] + 110, steps=8)  # orbit
+        page.mouse.up()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "annotate_task.png"))
+        shutil.copy(ARTIFACTS / "annotate_task.png", tmp_path / "annotate_task.png")
+        pick = page.locator("input[name=choice]").nth(1)
+        chosen[first] = pick.get_attribute("value")
+        page.locator("label.candidate").nth(1).click(position={"x": 10, "y": 10})
+        page.get_by_role("button", name="Submit (Enter)").click()
+
+        second = open_task(first)
+        assert second != first and page.locator(".progress").inner_text() == f"2 / {len(OBJECTS)}"
+        chosen[second] = page.locator("input[name=choice]").nth(0).get_attribute("value")
+        page.keyboard.press("1")
+        page.keyboard.press("Enter")
+
+        third = open_task(second)
+        chosen[third] = "none"
+        page.keyboard.press("0")
+        page.keyboard.press("Enter")
+
+        fourth = open_task(third)
+        page.keyboard.press("s")
+        page.wait_for_selector("text=Nothing left to judge")
+        assert "3 of 4 tasks judged; 1 skipped" in page.content()
+        browser.close()
+    assert not errors, errors
+
+    rows = {r["object_id"]: r for r in recorded(served.store, served.version, "ann-a")}
+    assert set(rows) == {first, second, third} and fourth not in rows
+    for oid, choice in chosen.items():
+        r = rows[oid]
+        if choice == "none":
+            assert r["kind"] == "reject-all" and r["winner"] is None and len(r["losers"]) == 3
+        else:
+            assert r["kind"] == "best-of-n" and r["winner"] == choice and choice not in r["losers"]
+            assert len(r["losers"]) == 2
+        assert r["annotator_id"] == "ann-a" and 0 < r["time_spent_s"] < 600
+
+    # the app's judgements are one native export: they ingest and decide like any other
+    export = tmp_path / "app.jsonl"
+    export.write_text(export_rows(served.store, served.version))
+    ref, [report] = ingest_one(served.store, served.candidates, str(export), "app-1", None)
+    assert (report.rows, report.accepted, report.quarantined) == (3, 3, {})
+    registry = Dataset(served.store, "candidates", served.version).manifest().to_pandas()
+    judged = judge_round(
+        Dataset(served.store, ref.name, ref.version).manifest(), registry, 0, **RankingsConfig().rules()
+    )
+    decisions = judged.decisions.set_index("object_id")["decision"]
+    assert decisions[third] == "hard-case"
+    assert {decisions[first], decisions[second]} <= {"accept", "undecided", "reject"}
+    assert set(judged.preferences["winner"]) <= {chosen[first], chosen[second]}
+
+
+def test_sessions_csrf_ids_not_paths_limits_and_malformed_submissions_write_nothing(served: Served):
+    store, version = served.store, served.version
+    anonymous = served.client()
+    assert anonymous.get("/task/obj-a").status_code == 401
+    assert anonymous.get(f"/glb/cand-{1:020x}.glb").status_code == 401
+    assert anonymous.post("/login", data={"name": "ann-a", "token": "wrong"}).status_code == 401
+    forged = httpx.Client(base_url=served.url, cookies={SESSION_COOKIE: "eyJ1c2VyIjoiYW5uLWEifQ.forged"})
+    assert forged.get("/").status_code == 401
+
+    a = served.client("ann-a")
+    page = a.get("/task/obj-a").text
+    csrf = page.split('name="csrf" value="')[1].split('"')[0]
+    candidate = f"cand-{1:020x}"
+    good = {"csrf": csrf, "submission_id": "sub-00000001", "choice": candidate, "time_spent_s": "4.2"}
+
+    # ids, never paths: nothing outside the round or the viewer package is served
+    for path in (
+        "/vendor/three/../../../../../etc/passwd",
+        "/vendor/three/%2e%2e/%2e%2e/package.json",
+        "/vendor/three/package.json",  # inside, but not a script
+        "/glb/..%2F..%2Fstore.glb",
+        "/glb/cand-ffffffffffffffffffff.glb",
+        "/photo/..%2Fobj-a.png",
+        "/static/..%2Fapp.py",
+        "/static/app.py",
+    ):
+        assert a.get(path).status_code == 404, path
+    assert a.get("/vendor/three/build/three.module.js").status_code == 200
+    assert a.get(f"/glb/{candidate}.glb").content[:4] == b"glTF"
+
+    # refused: no CSRF token, a wrong one, too large a body, malformed fields; nothing written
+    assert a.post("/task/obj-a", data={**good, "csrf": ""}).status_code == 403
+    assert a.post("/task/obj-a", data={**good, "csrf": "x" * 32}).status_code == 403
+    big = a.post("/task/obj-a", data={**good, "note": "x" * 20_000})
+    assert big.status_code == 413
+    for field, value, message in (
+        ("choice", f"cand-{11:020x}", "not a candidate of object obj-a"),  # obj-b's candidate
+        ("choice", "", "not a candidate"),
+        ("submission_id", "../../x", "submission_id"),
+        ("time_spent_s", "abc", "time_spent_s"),
+        ("time_spent_s", "-1", "time_spent_s"),
+    ):
+        r = a.post("/task/obj-a", data={**good, field: value})
+        assert r.status_code == 400 and message in r.text, (field, r.text)
+    assert a.post("/task/obj-zzz", data=good).status_code == 404
+    assert recorded(store, version) == []
+
+    # recorded once however often it is sent; the same id with another choice is refused
+    assert a.post("/task/obj-a", data=good).status_code == 303
+    assert a.post("/task/obj-a", data=good).status_code == 303
+    assert a.post("/task/obj-a", data={**good, "choice": "none"}).status_code == 409
+    assert [r["submission_id"] for r in recorded(store, version)] == ["sub-00000001"]
+
+    # another annotator: their own session, CSRF token, queue and progress; ann-a's CSRF token fails
+    b = served.client("ann-b")
+    assert b.post("/task/obj-a", data={**good, "submission_id": "sub-00000002"}).status_code == 403
+    b_page = b.get("/task/obj-a").text
+    assert f"1 / {len(OBJECTS)}" in b_page  # ann-a's judgement is not ann-b's progress
+    b_csrf = b_page.split('name="csrf" value="')[1].split('"')[0]
+    assert b.post("/task/obj-a", data={**good, "csrf": b_csrf, "submission_id": "sub-00000002"}).status_code == 303
+    by = {r["submission_id"]: r["annotator_id"] for r in recorded(store, version)}
+    assert by == {"sub-00000001": "ann-a", "sub-00000002": "ann-b"}
+    orders = [[line.split("/task/")[1].split("?")[0] for line in [c.get("/").headers["location"]]] for c in (a, b)]
+    assert orders[0] != ["obj-a"] or orders[1] != ["obj-a"]  # both moved on from obj-a
+    assert (
+        json.loads(store.get_bytes(f"annotation/{version}/judgements/ann-b/sub-00000002.json"))["kind"] == "best-of-n"
+    )
