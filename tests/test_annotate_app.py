@@ -125,6 +125,16 @@ def test_an_annotator_ranks_in_3d_viewers_in_a_real_browser_and_the_judgements_i
         page.keyboard.press("1")
         page.keyboard.press("Enter")
 
+        # undo: the last judgement comes back, its choice checked, and is changed (a revision)
+        page.wait_for_url(lambda url: f"/task/{second}" not in url)
+        page.keyboard.press("u")
+        page.wait_for_url(f"**/task/{second}?revise=*")
+        assert page.locator("input[name=choice]:checked").get_attribute("value") == chosen[second]
+        assert page.locator(".progress").inner_text() == f"2 / {len(OBJECTS)}"
+        chosen[second] = page.locator("input[name=choice]").nth(1).get_attribute("value")
+        page.keyboard.press("2")
+        page.keyboard.press("Enter")
+
         third = open_task(second)
         chosen[third] = "none"
         page.keyboard.press("0")
@@ -147,6 +157,9 @@ def test_an_annotator_ranks_in_3d_viewers_in_a_real_browser_and_the_judgements_i
             assert r["kind"] == "best-of-n" and r["winner"] == choice and choice not in r["losers"]
             assert len(r["losers"]) == 2
         assert r["annotator_id"] == "ann-a" and 0 < r["time_spent_s"] < 600
+
+    revisions = [i.key for i in served.store.list(f"annotation/{served.version}/judgements/ann-a/")]
+    assert len(revisions) == 4 and sum(k.endswith("/0001.json") for k in revisions) == 1  # the undone one kept
 
     # the app's judgements are one native export: they ingest and decide like any other
     export = tmp_path / "app.jsonl"
@@ -215,6 +228,10 @@ def test_sessions_csrf_ids_not_paths_limits_and_malformed_submissions_write_noth
     assert a.post("/task/obj-a", data=good).status_code == 303
     assert a.post("/task/obj-a", data={**good, "choice": "none"}).status_code == 409
     assert [r["submission_id"] for r in recorded(store, version)] == ["sub-00000001"]
+    # a revision only of a judgement one made, of the same object
+    assert a.post("/task/obj-a", data={**good, "submission_id": "sub-00000009", "revise": "1"}).status_code == 400
+    assert a.post("/task/obj-b", data={**good, "choice": f"cand-{11:020x}", "revise": "1"}).status_code == 400
+    assert a.get("/task/obj-b?revise=sub-00000001").status_code == 404
 
     # another annotator: their own session, CSRF token, queue and progress; ann-a's CSRF token fails
     b = served.client("ann-b")
@@ -228,5 +245,6 @@ def test_sessions_csrf_ids_not_paths_limits_and_malformed_submissions_write_noth
     orders = [[line.split("/task/")[1].split("?")[0] for line in [c.get("/").headers["location"]]] for c in (a, b)]
     assert orders[0] != ["obj-a"] or orders[1] != ["obj-a"]  # both moved on from obj-a
     assert (
-        json.loads(store.get_bytes(f"annotation/{version}/judgements/ann-b/sub-00000002.json"))["kind"] == "best-of-n"
+        json.loads(store.get_bytes(f"annotation/{version}/judgements/ann-b/sub-00000002/0000.json"))["kind"]
+        == "best-of-n"
     )

@@ -5,8 +5,9 @@ A task page shows the photo with the target object's outline, a crop of it, and 
 candidate in an interactive 3D viewer (three.js, installed from npm at set-up and served by
 the app: nothing comes from a CDN), in an order shuffled per annotator and task, with no
 word of the model that made it. The annotator picks the best candidate or "none acceptable"
-(keys 1-9 and 0, Enter submits, S skips); the judgement is written to the store before the
-app answers (:mod:`flywheel.feedback.judgements`).
+(keys 1-9 and 0, Enter submits, S skips, U undoes the last judgement: it is shown again to
+be changed, a revision); the judgement is written to the store before the app answers
+(:mod:`flywheel.feedback.judgements`).
 
 Safety: every page but the login needs a session (a signed cookie made from the annotator's
 token, :mod:`flywheel.feedback.accounts`); every form carries the session's CSRF token;
@@ -254,14 +255,29 @@ def create_app(settings: AppSettings) -> FastAPI:
             + "</p></main>",
         )
 
+    @app.post("/undo")
+    async def undo(request: Request) -> Response:
+        """Back to the annotator's last judgement, to change it (its next revision)."""
+        account, csrf = session(request)
+        await form(request, csrf)
+        mine = recorded(settings.store, settings.candidates_version, account.name)
+        if not mine:
+            raise HTTPException(409, "nothing to undo: no judgement recorded yet")
+        last = mine[-1]
+        return RedirectResponse(f"/task/{last['object_id']}?revise={last['submission_id']}", status_code=303)
+
     @app.get("/task/{object_id}")
-    def task_page(request: Request, object_id: str, skip: str = "") -> HTMLResponse:
+    def task_page(request: Request, object_id: str, skip: str = "", revise: str = "") -> HTMLResponse:
         account, csrf = session(request)
         task = round_.tasks.get(object_id)
         if task is None:
             raise HTTPException(404, f"no task for object {object_id!r} in candidates {settings.candidates_version}")
         order = queue(account)
-        done = {r["object_id"] for r in recorded(settings.store, settings.candidates_version, account.name)}
+        mine = recorded(settings.store, settings.candidates_version, account.name)
+        done = {r["object_id"] for r in mine}
+        earlier = next((r for r in mine if r["submission_id"] == revise and r["object_id"] == object_id), None)
+        if revise and earlier is None:
+            raise HTTPException(404, f"no judgement {revise!r} of yours for object {object_id!r} to change")
         shown = shuffled(task.candidates, account.name, settings.candidates_version, object_id)
         e = html.escape
         viewers = "".join(
@@ -270,17 +286,37 @@ def create_app(settings: AppSettings) -> FastAPI:
             for i, cid in enumerate(shown)
         )
         skip_next = ",".join(sorted({*(skip.split(",") if skip else []), object_id}))
+        if earlier is not None:
+            was = earlier["winner"] or NONE_ACCEPTABLE
+            viewers = viewers.replace(f'value="{e(was)}" required>', f'value="{e(was)}" required checked>')
+        heading = (
+            "Change your judgement: which 3D shape matches the outlined object best?"
+            if earlier
+            else "Which 3D shape matches the outlined object best?"
+        )
+        position = len(done) if earlier else len(done) + 1
+        undo = (
+            f"""<form method="post" action="/undo" id="undo"><input type="hidden" name="csrf" value="{e(csrf)}">
+<button type="submit">Undo last (U)</button></form>"""
+            if mine and not earlier
+            else ""
+        )
         body = f"""<main class="task">
-<header><h1>Which 3D shape matches the outlined object best?</h1>
-<span class="progress">{len(done) + 1} / {len(order)}</span></header>
+<header><h1>{heading}</h1>{undo}
+<span class="progress">{position} / {len(order)}</span></header>
 <section class="inputs"><img src="/photo/{e(object_id)}.png" alt="the photo, the object outlined" class="photo">
 <img src="/crop/{e(object_id)}.png" alt="the object" class="crop"></section>
 <form method="post" action="/task/{e(object_id)}" id="judgement">
 <input type="hidden" name="csrf" value="{e(csrf)}">
-<input type="hidden" name="submission_id" value="{secrets.token_urlsafe(16)}">
+<input type="hidden" name="submission_id" value="{
+            e(earlier["submission_id"]) if earlier else secrets.token_urlsafe(16)
+        }">
+<input type="hidden" name="revise" value="{"1" if earlier else ""}">
 <input type="hidden" name="time_spent_s" value="0">
 <section class="candidates">{viewers}
-<label class="candidate none"><input type="radio" name="choice" value="{NONE_ACCEPTABLE}" required>
+<label class="candidate none"><input type="radio" name="choice" value="{NONE_ACCEPTABLE}" required{
+            " checked" if earlier and not earlier["winner"] else ""
+        }>
 <span class="key">0</span><span>None acceptable</span></label></section>
 <footer><button type="submit">Submit (Enter)</button> <a href="/?skip={e(skip_next)}" id="skip">Skip (S)</a>
 <span class="hint">Drag a shape to turn it, scroll to zoom; keys 1-{len(shown)} pick, 0 none.</span></footer>
@@ -303,7 +339,7 @@ def create_app(settings: AppSettings) -> FastAPI:
         try:
             row = best_of_n_row(task, account.name, fields.get("submission_id", ""), fields.get("choice", ""), spent)
             with write_lock:
-                record(settings.store, settings.candidates_version, row)
+                record(settings.store, settings.candidates_version, row, revise=fields.get("revise") == "1")
         except Conflict as e:
             raise HTTPException(409, str(e)) from None
         except JudgementError as e:

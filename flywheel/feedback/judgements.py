@@ -3,12 +3,14 @@ annotator is shown, and how a judgement becomes a native rankings row in the sto
 
 Layout in the store, per candidates version::
 
-    annotation/<version>/judgements/<annotator>/<submission_id>.json   one native row each
+    annotation/<version>/judgements/<annotator>/<submission_id>/<revision>.json   one native row each
 
 A judgement is written once, before the app answers: a retry of the same submission (a
 double click, a resent form) finds it and records nothing new; the same submission id with
-another choice is refused. :func:`export_rows` gathers them as one native export that
-``flywheel rankings`` / ``close`` ingest like any other.
+another choice is refused. Changing a judgement (undo) writes its next revision, with a
+later timestamp; earlier revisions are kept. :func:`export_rows` gathers the latest revision
+of each as one native export that ``flywheel rankings`` / ``close`` ingest like any other
+(ingestion takes a later row of a known submission id as its revision).
 
 Order is per annotator: tasks and the candidates within a task are shuffled by a digest of
 (annotator, candidates version[, object]), so two annotators see different orders, one
@@ -93,29 +95,44 @@ def _decision(row: dict) -> tuple:
     return row["object_id"], row["kind"], row["winner"], sorted(row["losers"])
 
 
-def record(store: Store, version: str, row: dict) -> bool:
-    """Write a judgement unless its submission id is recorded already: True if written now,
-    False for a retry of the same judgement; :class:`Conflict` for the same id with another
-    decision. Callers serialise calls (one writer per app)."""
-    key = f"{judgement_prefix(version, row['annotator_id'])}/{row['submission_id']}.json"
-    if store.exists(key):
-        if _decision(json.loads(store.get_bytes(key))) != _decision(row):
+def _revisions(store: Store, version: str, annotator: str, submission_id: str) -> list[str]:
+    prefix = f"{judgement_prefix(version, annotator)}/{submission_id}/"
+    return sorted(info.key for info in store.list(prefix) if info.key.endswith(".json"))
+
+
+def record(store: Store, version: str, row: dict, revise: bool = False) -> bool:
+    """Write a judgement: True if written now, False when its latest revision already says the
+    same (a retry). Without ``revise`` a submission id is written once (:class:`Conflict` for
+    the same id with another decision); with it, a known submission gets its next revision.
+    Callers serialise calls (one writer per app)."""
+    keys = _revisions(store, version, row["annotator_id"], row["submission_id"])
+    if keys:
+        latest = json.loads(store.get_bytes(keys[-1]))
+        if _decision(latest) == _decision(row):
+            return False
+        if not revise:
             raise Conflict(f"submission {row['submission_id']}: already recorded with another choice")
-        return False
+        if latest["object_id"] != row["object_id"]:
+            raise JudgementError(f"submission {row['submission_id']}: a judgement of another object")
+    elif revise:
+        raise JudgementError(f"submission {row['submission_id']}: nothing recorded to change")
+    key = f"{judgement_prefix(version, row['annotator_id'])}/{row['submission_id']}/{len(keys):04d}.json"
     store.put_bytes(key, json.dumps(row, sort_keys=True).encode())
     return True
 
 
 def recorded(store: Store, version: str, annotator: str | None = None) -> list[dict]:
-    """The judgements recorded for ``version`` (of one annotator, or all), oldest first."""
-    rows = [
-        json.loads(store.get_bytes(info.key))
-        for info in store.list(judgement_prefix(version, annotator) + "/")
-        if info.key.endswith(".json")
-    ]
+    """The latest revision of every judgement recorded for ``version`` (of one annotator, or
+    all), oldest first."""
+    latest: dict[str, str] = {}
+    for info in store.list(judgement_prefix(version, annotator) + "/"):
+        if info.key.endswith(".json"):
+            submission = info.key.rsplit("/", 1)[0]
+            latest[submission] = max(latest.get(submission, ""), info.key)
+    rows = [json.loads(store.get_bytes(key)) for key in latest.values()]
     return sorted(rows, key=lambda r: (r["timestamp"], r["submission_id"]))
 
 
 def export_rows(store: Store, version: str) -> str:
-    """Every recorded judgement of ``version`` as a native JSONL export."""
+    """Every recorded judgement of ``version`` (latest revisions) as a native JSONL export."""
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in recorded(store, version))

@@ -73,6 +73,8 @@ if (form) {
       form.requestSubmit();
     } else if (event.key === "s" || event.key === "S") {
       document.getElementById("skip").click();
+    } else if ((event.key === "u" || event.key === "U") && document.getElementById("undo")) {
+      document.getElementById("undo").requestSubmit();
     }
   });
 }
