@@ -31,6 +31,7 @@ bench:
 	.venv/bin/python bench/candidates.py
 	.venv/bin/python bench/rankings.py
 	.venv/bin/python bench/rounds.py
+	.venv/bin/python bench/annotate.py
 
 setup:
 	@bash scripts/setup.sh --test
