@@ -5,10 +5,12 @@ any export. Security: sessions, CSRF, ids not paths, body limits, malformed subm
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -248,3 +250,62 @@ def test_sessions_csrf_ids_not_paths_limits_and_malformed_submissions_write_noth
         json.loads(store.get_bytes(f"annotation/{version}/judgements/ann-b/sub-00000002/0000.json"))["kind"]
         == "best-of-n"
     )
+
+
+def test_the_cli_serves_the_app_makes_accounts_and_exports_judgements(tmp_path):
+    """`flywheel annotate serve` on a store with candidates prints the URL and, with no account
+    yet, the admin's first token; `users add` makes an annotator; `export` writes the judgements."""
+    import os
+    import subprocess
+    import sys
+
+    store = LocalStore(tmp_path / "store")
+    _, candidates = write_small_round(store, OBJECTS[:2], lambda o, k: f"cand-{OBJECTS.index(o) * 10 + k + 1:020x}")
+    env = {
+        **os.environ,
+        "FLYWHEEL__STORE__ROOT": str(tmp_path / "store"),
+        "FLYWHEEL__PROJECT__STATE_DIR": str(tmp_path / "state"),
+        "FLYWHEEL__ANNOTATION__VIEWER_DIR": str(VIEWER),
+    }
+    flywheel = str(Path(sys.executable).parent / "flywheel")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [flywheel, "annotate", "serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        lines = [server.stdout.readline(), server.stdout.readline()]
+        assert lines[0].startswith("no annotator accounts yet: made `admin`, token "), lines
+        assert f"annotation app for candidates {candidates.version}: http://127.0.0.1:{port}/" in lines[1]
+        admin_token = lines[0].rsplit(" ", 1)[-1].strip()
+        added = subprocess.run(
+            [flywheel, "annotate", "users", "add", "ann-x"], env=env, capture_output=True, text=True, check=True
+        )
+        token = added.stdout.rsplit(" ", 1)[-1].strip()
+        taken = subprocess.run([flywheel, "annotate", "users", "add", "ann-x"], env=env, capture_output=True, text=True)
+        assert taken.returncode == 2 and "exists already" in taken.stderr
+        served = Served(
+            f"http://127.0.0.1:{port}", store, candidates.version, {"ann-x": token, "admin": admin_token}, None
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client = served.client("ann-x")
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline, "the app did not answer"
+                time.sleep(0.2)
+        first = client.get("/").headers["location"].split("/task/")[1]
+        page = client.get(f"/task/{first}").text
+        fields = dict(re.findall(r'name="(csrf|submission_id)" value="([^"]*)"', page))
+        assert client.post(f"/task/{first}", data={**fields, "choice": "none", "time_spent_s": "2"}).status_code == 303
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    out = tmp_path / "app.jsonl"
+    exported = subprocess.run(
+        [flywheel, "annotate", "export", "-o", str(out)], env=env, capture_output=True, text=True, check=True
+    )
+    assert exported.stdout.startswith("1 judgements -> ")
+    assert [json.loads(line)["kind"] for line in out.read_text().splitlines()] == ["reject-all"]
