@@ -43,8 +43,8 @@ class Served:
         return client
 
 
-@pytest.fixture
-def served(tmp_path):
+def serve(tmp_path: Path, mode: str = "best-of-n"):
+    """The app on a small round (4 objects, 3 candidates each) in a thread; yields Served."""
     if not (VIEWER / "build" / "three.module.js").is_file():
         pytest.fail(f"{VIEWER} is missing: run `bash scripts/setup.sh --test` (the README's test command does)")
     import uvicorn
@@ -55,7 +55,7 @@ def served(tmp_path):
     )
     accounts = Accounts(tmp_path / "state" / "accounts.json")
     tokens = {name: accounts.add(name) for name in ("ann-a", "ann-b")}
-    app = create_app(AppSettings(store, candidates.version, accounts.path, "test-secret", VIEWER))
+    app = create_app(AppSettings(store, candidates.version, accounts.path, "test-secret", VIEWER, mode))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -69,6 +69,16 @@ def served(tmp_path):
     yield Served(f"http://127.0.0.1:{port}", store, candidates.version, tokens, candidates)
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def served(tmp_path):
+    yield from serve(tmp_path)
+
+
+@pytest.fixture
+def served_pairwise(tmp_path):
+    yield from serve(tmp_path, "pairwise")
 
 
 def test_an_annotator_ranks_in_3d_viewers_in_a_real_browser_and_the_judgements_ingest(served: Served, tmp_path):
@@ -277,7 +287,7 @@ def test_the_cli_serves_the_app_makes_accounts_and_exports_judgements(tmp_path):
     try:
         lines = [server.stdout.readline(), server.stdout.readline()]
         assert lines[0].startswith("no annotator accounts yet: made `admin`, token "), lines
-        assert f"annotation app for candidates {candidates.version}: http://127.0.0.1:{port}/" in lines[1]
+        assert f"annotation app for candidates {candidates.version} (best-of-n): http://127.0.0.1:{port}/" in lines[1]
         admin_token = lines[0].rsplit(" ", 1)[-1].strip()
         added = subprocess.run(
             [flywheel, "annotate", "users", "add", "ann-x"], env=env, capture_output=True, text=True, check=True
@@ -309,3 +319,57 @@ def test_the_cli_serves_the_app_makes_accounts_and_exports_judgements(tmp_path):
     )
     assert exported.stdout.startswith("1 judgements -> ")
     assert [json.loads(line)["kind"] for line in out.read_text().splitlines()] == ["reject-all"]
+
+
+def _fields(page: str) -> dict[str, str]:
+    return dict(re.findall(r'name="(csrf|submission_id|shown|revise)" value="([^"]*)"', page))
+
+
+def test_a_pairwise_tournament_compares_the_winner_with_the_next_candidate_until_one_is_left(served_pairwise):
+    """Pairwise mode: 3 candidates take 2 comparisons, the first's winner meets the third; a
+    stale page is refused (409), a resent one recorded once; 'none acceptable' ends a task
+    with a reject-all; the rows ingest and the tournament's winner is the accepted one."""
+    s = served_pairwise
+    a = s.client("ann-a")
+    tournaments = {}
+    for _ in range(3):  # three tasks by tournament, the fourth rejected at its first comparison
+        location = a.get("/").headers["location"]
+        object_id = location.split("/task/")[1]
+        page = a.get(location).text
+        assert "comparison 1 / 2" in page and page.count('class="viewer"') == 2
+        first = _fields(page)
+        pair = first["shown"].split(",")
+        assert a.post(location, data={**first, "choice": pair[1], "time_spent_s": "3"}).status_code == 303
+        assert a.post(location, data={**first, "choice": pair[1], "time_spent_s": "3"}).status_code == 303  # resent
+        assert a.post(location, data={**first, "choice": pair[0], "time_spent_s": "3"}).status_code == 409
+        page = a.get(location).text
+        assert "comparison 2 / 2" in page
+        second = _fields(page)
+        assert pair[1] in second["shown"].split(",")  # the winner meets the next candidate
+        challenger = next(c for c in second["shown"].split(",") if c != pair[1])
+        stale = {**second, "shown": first["shown"], "submission_id": "stale-000001"}
+        assert a.post(location, data={**stale, "choice": pair[0], "time_spent_s": "3"}).status_code == 409
+        assert a.post(location, data={**second, "choice": challenger, "time_spent_s": "3"}).status_code == 303
+        tournaments[object_id] = challenger
+        assert a.get(location).headers["location"] == "/"  # finished: back to the queue
+    location = a.get("/").headers["location"]
+    last = location.split("/task/")[1]
+    form = _fields(a.get(location).text)
+    assert a.post(location, data={**form, "choice": "none", "time_spent_s": "3"}).status_code == 303
+    assert "Nothing left to judge" in a.get("/", follow_redirects=True).text
+
+    rows = recorded(s.store, s.version, "ann-a")
+    assert sorted(r["kind"] for r in rows) == ["pairwise"] * 6 + ["reject-all"]
+    assert all(len(r["losers"]) == 1 for r in rows if r["kind"] == "pairwise")
+    rejected = next(r for r in rows if r["object_id"] == last)
+    assert rejected["kind"] == "reject-all" and len(rejected["losers"]) == 3  # every candidate of the task
+    export = Path(s.store.root) / "app.jsonl"
+    export.write_text(export_rows(s.store, s.version))
+    ref, [report] = ingest_one(s.store, s.candidates, str(export), "pairwise-1", None)
+    assert (report.rows, report.accepted) == (7, 7)
+    registry = Dataset(s.store, "candidates", s.version).manifest().to_pandas()
+    judged = judge_round(Dataset(s.store, ref.name, ref.version).manifest(), registry, 0, **RankingsConfig().rules())
+    decisions = judged.decisions.set_index("object_id")
+    assert decisions.loc[last, "decision"] == "hard-case"
+    for object_id, winner in tournaments.items():
+        assert decisions.loc[object_id, "winner"] == winner

@@ -617,12 +617,17 @@ def annotate_serve(
         key_file.chmod(0o600)
     viewer = cfg.annotation.viewer_dir or Path(__file__).resolve().parents[2] / ".cache/web/node_modules/three"
     try:
-        web = create_app(AppSettings(_store(cfg), version, accounts.path, key_file.read_text().strip(), viewer))
+        web = create_app(
+            AppSettings(
+                _store(cfg), version, accounts.path, key_file.read_text().strip(), viewer, cfg.annotation.app_mode
+            )
+        )
     except FileNotFoundError as e:
         _fail(str(e), EXIT_USAGE)
     host, port = host or cfg.annotation.app_host, port or cfg.annotation.app_port
     typer.echo(
-        f"annotation app for candidates {version}: http://{host}:{port}/  (add annotators: flywheel annotate users add NAME)"
+        f"annotation app for candidates {version} ({cfg.annotation.app_mode}): http://{host}:{port}/  "
+        "(add annotators: flywheel annotate users add NAME)"
     )
     uvicorn.run(web, host=host, port=port, log_level="warning")
 

@@ -294,6 +294,11 @@ class AnnotationConfig(_Section):
 
     app_host: str = Field("127.0.0.1", description="Address the annotation app listens on.")
     app_port: int = Field(8765, ge=1, le=65535, description="Port of the annotation app.")
+    app_mode: Literal["best-of-n", "pairwise"] = Field(
+        "best-of-n",
+        description="How the app asks: pick the best of all N (or none), or a pairwise tournament (the current "
+        "winner against the next candidate until one is left; 'none acceptable' ends it).",
+    )
     viewer_dir: Path | None = Field(
         None,
         description="The three.js npm package the app serves its 3D viewer from; None: the set-up's "

@@ -26,6 +26,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -45,6 +46,8 @@ from flywheel.feedback.judgements import (
     Conflict,
     JudgementError,
     best_of_n_row,
+    next_pair,
+    pairwise_row,
     record,
     recorded,
     shuffled,
@@ -65,6 +68,7 @@ class AppSettings:
     accounts: Path
     secret_key: str  # signs session cookies
     viewer: Path  # the three.js npm package folder (node_modules/three)
+    mode: Literal["best-of-n", "pairwise"] = "best-of-n"
 
 
 def occupancy_glb(occupancy: np.ndarray) -> bytes:
@@ -199,7 +203,7 @@ def create_app(settings: AppSettings) -> FastAPI:
             raise HTTPException(403, "missing or wrong CSRF token; reload the page")
         return fields
 
-    def queue(account: Account) -> list[str]:
+    def queue(account: Account) -> list[str]:  # the annotator's task order
         return shuffled(list(round_.tasks), account.name, settings.candidates_version)
 
     @app.exception_handler(HTTPException)
@@ -237,11 +241,34 @@ def create_app(settings: AppSettings) -> FastAPI:
         response.delete_cookie(SESSION_COOKIE)
         return response
 
+    def judged(account: Account) -> tuple[list[dict], set[str]]:
+        """(the annotator's judgements, the objects they have finished)."""
+        mine = recorded(settings.store, settings.candidates_version, account.name)
+        if settings.mode == "best-of-n":
+            return mine, {r["object_id"] for r in mine}
+        return mine, {o for o in {r["object_id"] for r in mine} if comparison(account, o, mine) is None}
+
+    def comparison(account: Account, object_id: str, rows: list[dict]) -> tuple[str, str] | None:
+        """The next pair of the annotator's tournament for ``object_id`` (pairwise mode)."""
+        order = shuffled(round_.tasks[object_id].candidates, account.name, settings.candidates_version, object_id)
+        return next_pair(order, [r for r in rows if r["object_id"] == object_id])
+
+    def shown_for(account: Account, object_id: str, mine: list[dict], revising: dict | None) -> list[str]:
+        """The candidates a task page shows: all of them (best-of-N), or the pair to compare."""
+        task = round_.tasks[object_id]
+        if settings.mode == "best-of-n":
+            return shuffled(task.candidates, account.name, settings.candidates_version, object_id)
+        before = [r for r in mine if revising is None or r["submission_id"] != revising["submission_id"]]
+        pair = comparison(account, object_id, before)
+        if pair is None:
+            return []
+        return shuffled(list(pair), account.name, settings.candidates_version, object_id, *sorted(pair))
+
     @app.get("/")
     def next_task(request: Request, skip: str = "") -> Response:
-        """The annotator's next task: the first in their order not judged yet and not skipped."""
+        """The annotator's next task: the first in their order not finished and not skipped."""
         account, _ = session(request)
-        done = {r["object_id"] for r in recorded(settings.store, settings.candidates_version, account.name)}
+        _, done = judged(account)
         skipped = set(skip.split(",")) if skip else set()
         for object_id in queue(account):
             if object_id not in done and object_id not in skipped:
@@ -267,34 +294,41 @@ def create_app(settings: AppSettings) -> FastAPI:
         return RedirectResponse(f"/task/{last['object_id']}?revise={last['submission_id']}", status_code=303)
 
     @app.get("/task/{object_id}")
-    def task_page(request: Request, object_id: str, skip: str = "", revise: str = "") -> HTMLResponse:
+    def task_page(request: Request, object_id: str, skip: str = "", revise: str = "") -> Response:
         account, csrf = session(request)
-        task = round_.tasks.get(object_id)
-        if task is None:
+        if object_id not in round_.tasks:
             raise HTTPException(404, f"no task for object {object_id!r} in candidates {settings.candidates_version}")
-        order = queue(account)
-        mine = recorded(settings.store, settings.candidates_version, account.name)
-        done = {r["object_id"] for r in mine}
+        mine, done = judged(account)
         earlier = next((r for r in mine if r["submission_id"] == revise and r["object_id"] == object_id), None)
         if revise and earlier is None:
             raise HTTPException(404, f"no judgement {revise!r} of yours for object {object_id!r} to change")
-        shown = shuffled(task.candidates, account.name, settings.candidates_version, object_id)
+        shown = shown_for(account, object_id, mine, earlier)
+        if not shown:  # a finished tournament
+            return RedirectResponse("/", status_code=303)
         e = html.escape
+        was = (earlier["winner"] or NONE_ACCEPTABLE) if earlier else None
         viewers = "".join(
-            f"""<label class="candidate"><input type="radio" name="choice" value="{e(cid)}" required>
-<span class="key">{i + 1}</span><canvas class="viewer" data-glb="/glb/{e(cid)}.glb" width="260" height="260"></canvas></label>"""
+            f"""<label class="candidate"><input type="radio" name="choice" value="{e(cid)}" required{
+                " checked" if cid == was else ""
+            }>
+<span class="key">{i + 1}</span><canvas class="viewer" data-glb="/glb/{
+                e(cid)
+            }.glb" width="260" height="260"></canvas></label>"""
             for i, cid in enumerate(shown)
         )
         skip_next = ",".join(sorted({*(skip.split(",") if skip else []), object_id}))
-        if earlier is not None:
-            was = earlier["winner"] or NONE_ACCEPTABLE
-            viewers = viewers.replace(f'value="{e(was)}" required>', f'value="{e(was)}" required checked>')
-        heading = (
-            "Change your judgement: which 3D shape matches the outlined object best?"
-            if earlier
+        question = (
+            "Which of the two 3D shapes matches the outlined object better?"
+            if settings.mode == "pairwise"
             else "Which 3D shape matches the outlined object best?"
         )
-        position = len(done) if earlier else len(done) + 1
+        heading = f"Change your judgement: {question[0].lower()}{question[1:]}" if earlier else question
+        progress = f"{len(done) + (0 if object_id in done else 1)} / {len(round_.tasks)}"
+        if settings.mode == "pairwise":
+            compared = sum(r["object_id"] == object_id and r["kind"] == "pairwise" for r in mine)
+            progress += (
+                f" · comparison {compared + (0 if earlier else 1)} / {len(round_.tasks[object_id].candidates) - 1}"
+            )
         undo = (
             f"""<form method="post" action="/undo" id="undo"><input type="hidden" name="csrf" value="{e(csrf)}">
 <button type="submit">Undo last (U)</button></form>"""
@@ -303,7 +337,7 @@ def create_app(settings: AppSettings) -> FastAPI:
         )
         body = f"""<main class="task">
 <header><h1>{heading}</h1>{undo}
-<span class="progress">{position} / {len(order)}</span></header>
+<span class="progress">{progress}</span></header>
 <section class="inputs"><img src="/photo/{e(object_id)}.png" alt="the photo, the object outlined" class="photo">
 <img src="/crop/{e(object_id)}.png" alt="the object" class="crop"></section>
 <form method="post" action="/task/{e(object_id)}" id="judgement">
@@ -312,10 +346,11 @@ def create_app(settings: AppSettings) -> FastAPI:
             e(earlier["submission_id"]) if earlier else secrets.token_urlsafe(16)
         }">
 <input type="hidden" name="revise" value="{"1" if earlier else ""}">
+<input type="hidden" name="shown" value="{e(",".join(shown))}">
 <input type="hidden" name="time_spent_s" value="0">
 <section class="candidates">{viewers}
 <label class="candidate none"><input type="radio" name="choice" value="{NONE_ACCEPTABLE}" required{
-            " checked" if earlier and not earlier["winner"] else ""
+            " checked" if was == NONE_ACCEPTABLE else ""
         }>
 <span class="key">0</span><span>None acceptable</span></label></section>
 <footer><button type="submit">Submit (Enter)</button> <a href="/?skip={e(skip_next)}" id="skip">Skip (S)</a>
@@ -336,10 +371,26 @@ def create_app(settings: AppSettings) -> FastAPI:
             spent = float(fields.get("time_spent_s", "nan"))
         except ValueError:
             raise HTTPException(400, "time_spent_s: not a number") from None
+        revise = fields.get("revise") == "1"
+        submission, choice = fields.get("submission_id", ""), fields.get("choice", "")
         try:
-            row = best_of_n_row(task, account.name, fields.get("submission_id", ""), fields.get("choice", ""), spent)
             with write_lock:
-                record(settings.store, settings.candidates_version, row, revise=fields.get("revise") == "1")
+                if settings.mode == "pairwise":
+                    mine = recorded(settings.store, settings.candidates_version, account.name)
+                    earlier = next((r for r in mine if r["submission_id"] == submission), None) if revise else None
+                    pair = shown_for(account, object_id, mine, earlier)
+                    if sorted(pair) != sorted(fields.get("shown", "").split(",")):
+                        retried = any(r["submission_id"] == submission for r in mine) and not revise
+                        if not retried:
+                            raise HTTPException(409, "this comparison is no longer the next one; reload the page")
+                        row = next(r for r in mine if r["submission_id"] == submission)
+                        if (row["winner"] or NONE_ACCEPTABLE) != choice:
+                            raise Conflict(f"submission {submission}: already recorded with another choice")
+                        return RedirectResponse("/", status_code=303)  # a resent form: recorded already
+                    row = pairwise_row(task, account.name, submission, (pair[0], pair[1]), choice, spent)
+                else:
+                    row = best_of_n_row(task, account.name, submission, choice, spent)
+                record(settings.store, settings.candidates_version, row, revise=revise)
         except Conflict as e:
             raise HTTPException(409, str(e)) from None
         except JudgementError as e:

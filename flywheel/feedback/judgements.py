@@ -91,6 +91,45 @@ def best_of_n_row(
     }
 
 
+def pairwise_row(
+    task: AppTask,
+    annotator: str,
+    submission_id: str,
+    pair: tuple[str, str],
+    choice: str,
+    time_spent_s: float,
+    now: datetime | None = None,
+) -> dict:
+    """The native row of one comparison of a pairwise tournament: ``choice`` is one of
+    ``pair`` (it beats the other) or :data:`NONE_ACCEPTABLE` (no candidate of the task is
+    acceptable: a reject-all of every candidate, which ends the tournament)."""
+    if choice == NONE_ACCEPTABLE:
+        return best_of_n_row(task, annotator, submission_id, choice, time_spent_s, now)
+    if choice not in pair:
+        raise JudgementError(f"choice {choice!r}: not one of the two candidates compared")
+    row = best_of_n_row(task, annotator, submission_id, choice, time_spent_s, now)
+    return {**row, "kind": "pairwise", "losers": [c for c in pair if c != choice]}
+
+
+def next_pair(order: list[str], rows: list[dict]) -> tuple[str, str] | None:
+    """The next comparison of a pairwise tournament over the candidates in ``order`` (the
+    annotator's order), given the annotator's judgements of that object: the current winner
+    against the next candidate; None when the tournament is over (every candidate compared,
+    or the task rejected)."""
+    if any(r["kind"] == "reject-all" for r in rows):
+        return None
+    holder = order[0]
+    for challenger in order[1:]:
+        decided = next(
+            (r for r in rows if r["kind"] == "pairwise" and {r["winner"], *r["losers"]} == {holder, challenger}),
+            None,
+        )
+        if decided is None:
+            return holder, challenger
+        holder = decided["winner"]
+    return None
+
+
 def _decision(row: dict) -> tuple:
     return row["object_id"], row["kind"], row["winner"], sorted(row["losers"])
 
