@@ -43,7 +43,7 @@ class Served:
         return client
 
 
-def serve(tmp_path: Path, mode: str = "best-of-n"):
+def serve(tmp_path: Path, mode: str = "best-of-n", gold: dict[str, str] | None = None):
     """The app on a small round (4 objects, 3 candidates each) in a thread; yields Served."""
     if not (VIEWER / "build" / "three.module.js").is_file():
         pytest.fail(f"{VIEWER} is missing: run `bash scripts/setup.sh --test` (the README's test command does)")
@@ -55,7 +55,10 @@ def serve(tmp_path: Path, mode: str = "best-of-n"):
     )
     accounts = Accounts(tmp_path / "state" / "accounts.json")
     tokens = {name: accounts.add(name) for name in ("ann-a", "ann-b")}
-    app = create_app(AppSettings(store, candidates.version, accounts.path, "test-secret", VIEWER, mode))
+    tokens["boss"] = accounts.add("boss", admin=True)
+    app = create_app(
+        AppSettings(store, candidates.version, accounts.path, "test-secret", VIEWER, mode, gold or {}, 0.5)
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -73,7 +76,8 @@ def serve(tmp_path: Path, mode: str = "best-of-n"):
 
 @pytest.fixture
 def served(tmp_path):
-    yield from serve(tmp_path)
+    # obj-c is a gold object: its known best candidate is its second
+    yield from serve(tmp_path, gold={"obj-c": f"cand-{2 * 10 + 2:020x}"})
 
 
 @pytest.fixture
@@ -373,3 +377,33 @@ def test_a_pairwise_tournament_compares_the_winner_with_the_next_candidate_until
     assert decisions.loc[last, "decision"] == "hard-case"
     for object_id, winner in tournaments.items():
         assert decisions.loc[object_id, "winner"] == winner
+
+
+def test_gold_objects_come_at_the_gold_rate_and_the_admin_page_reports_each_annotator(served: Served):
+    from flywheel.feedback.judgements import with_gold
+
+    assert with_gold(list("abcdefgh"), {"g", "h"}, 0.25) == list("abcgdefh")
+    assert with_gold(list("abcd"), set(), 0.5) == list("abcd")
+    gold = f"cand-{2 * 10 + 2:020x}"
+    for who in ("ann-a", "ann-b"):
+        c = served.client(who)
+        order = []
+        for _ in range(len(OBJECTS)):
+            location = c.get("/").headers["location"]
+            object_id = location.split("/task/")[1]
+            order.append(object_id)
+            fields = _fields(c.get(location).text)
+            # ann-a picks the gold answer on obj-c; both pick the first candidate (by id) elsewhere
+            choice = gold if (who == "ann-a" and object_id == "obj-c") else min(round_candidates(served, object_id))
+            assert c.post(location, data={**fields, "choice": choice, "time_spent_s": "5"}).status_code == 303
+        assert order[1] == "obj-c"  # gold rate 0.5: the second task is the gold one
+    assert served.client("ann-a").get("/admin").status_code == 403
+    page = served.client("boss").get("/admin").text
+    rows = {cells[0]: cells[1:] for cells in re.findall(r"<tr><td>([^<]*)</td>" + r"<td>([^<]*)</td>" * 5, page)}
+    assert rows["ann-a"][0] == "4 / 4" and rows["ann-a"][4] == "1.00 (1)" and rows["ann-b"][4] == "0.00 (1)"
+    assert rows["ann-a"][3] == "0.75 (4)" and rows["ann-b"][3] == "0.75 (4)"  # they differ on obj-c only
+
+
+def round_candidates(served: Served, object_id: str) -> list[str]:
+    m = Dataset(served.store, "candidates", served.version).manifest().to_pylist()
+    return [r["candidate_id"] for r in m if r["object_id"] == object_id]

@@ -619,7 +619,14 @@ def annotate_serve(
     try:
         web = create_app(
             AppSettings(
-                _store(cfg), version, accounts.path, key_file.read_text().strip(), viewer, cfg.annotation.app_mode
+                _store(cfg),
+                version,
+                accounts.path,
+                key_file.read_text().strip(),
+                viewer,
+                cfg.annotation.app_mode,
+                cfg.rankings.gold,
+                cfg.annotation.gold_rate,
             )
         )
     except FileNotFoundError as e:

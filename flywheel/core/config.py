@@ -299,6 +299,13 @@ class AnnotationConfig(_Section):
         description="How the app asks: pick the best of all N (or none), or a pairwise tournament (the current "
         "winner against the next candidate until one is left; 'none acceptable' ends it).",
     )
+    gold_rate: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="The app shows each annotator a gold object (rankings.gold: known best candidate) every "
+        "round(1 / gold_rate) tasks; their gold accuracy is on its admin page.",
+    )
     viewer_dir: Path | None = Field(
         None,
         description="The three.js npm package the app serves its 3D viewer from; None: the set-up's "

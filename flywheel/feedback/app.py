@@ -24,7 +24,7 @@ import html
 import io
 import secrets
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs
@@ -45,12 +45,14 @@ from flywheel.feedback.judgements import (
     AppTask,
     Conflict,
     JudgementError,
+    annotator_report,
     best_of_n_row,
     next_pair,
     pairwise_row,
     record,
     recorded,
     shuffled,
+    with_gold,
 )
 
 WEB = Path(__file__).resolve().parent / "web"
@@ -69,6 +71,8 @@ class AppSettings:
     secret_key: str  # signs session cookies
     viewer: Path  # the three.js npm package folder (node_modules/three)
     mode: Literal["best-of-n", "pairwise"] = "best-of-n"
+    gold: dict[str, str] = field(default_factory=dict)  # gold objects: object id -> best candidate id
+    gold_rate: float = 0.1  # an annotator meets a gold object every round(1 / gold_rate) tasks
 
 
 def occupancy_glb(occupancy: np.ndarray) -> bytes:
@@ -203,8 +207,10 @@ def create_app(settings: AppSettings) -> FastAPI:
             raise HTTPException(403, "missing or wrong CSRF token; reload the page")
         return fields
 
-    def queue(account: Account) -> list[str]:  # the annotator's task order
-        return shuffled(list(round_.tasks), account.name, settings.candidates_version)
+    def queue(account: Account) -> list[str]:
+        """The annotator's task order: shuffled per annotator, gold objects at the gold rate."""
+        order = shuffled(list(round_.tasks), account.name, settings.candidates_version)
+        return with_gold(order, set(settings.gold) & set(round_.tasks), settings.gold_rate)
 
     @app.exception_handler(HTTPException)
     async def plain_error(request: Request, exc: HTTPException):
@@ -280,6 +286,28 @@ def create_app(settings: AppSettings) -> FastAPI:
             f"<main><h1>Nothing left to judge</h1><p>{len(done)} of {len(round_.tasks)} tasks judged"
             + (f"; {left} skipped (<a href='/'>see them again</a>)" if left else "")
             + "</p></main>",
+        )
+
+    @app.get("/admin")
+    def admin(request: Request) -> HTMLResponse:
+        """Progress, agreement and gold accuracy per annotator (admins only)."""
+        account, _ = session(request)
+        if not account.admin:
+            raise HTTPException(403, "the admin page is for admin accounts")
+        rows = recorded(settings.store, settings.candidates_version)
+        e = html.escape
+        table = "".join(
+            f"<tr><td>{e(r['annotator'])}</td><td>{r['tasks']} / {len(round_.tasks)}</td><td>{r['judgements']}</td>"
+            f"<td>{r['median_s']:.1f}</td><td>{r['agreement']:.2f} ({r['shared_tasks']})</td>"
+            f"<td>{r['gold_accuracy']:.2f} ({r['gold_tasks']})</td></tr>"
+            for r in annotator_report(rows, settings.gold)
+        )
+        return _page(
+            "Annotators",
+            f"""<main><h1>Candidates {e(settings.candidates_version)}: {len(rows)} judgements, {settings.mode}</h1>
+<table class="admin"><tr><th>annotator</th><th>tasks finished</th><th>judgements</th><th>median s</th>
+<th>agreement (shared tasks)</th><th>gold accuracy (gold tasks)</th></tr>{table}</table>
+<p>Accounts: {e(", ".join(accounts.names()))}. Add one: <code>flywheel annotate users add NAME</code>.</p></main>""",
         )
 
     @app.post("/undo")

@@ -175,3 +175,66 @@ def recorded(store: Store, version: str, annotator: str | None = None) -> list[d
 def export_rows(store: Store, version: str) -> str:
     """Every recorded judgement of ``version`` (latest revisions) as a native JSONL export."""
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in recorded(store, version))
+
+
+def choices(rows: list[dict]) -> dict[tuple[str, str], str]:
+    """(annotator, object) -> what they chose in the end: the winner of their best-of-N
+    judgement or of their tournament's last comparison, or :data:`NONE_ACCEPTABLE`."""
+    out: dict[tuple[str, str], str] = {}
+    for r in sorted(rows, key=lambda r: (r["timestamp"], r["submission_id"])):
+        out[(r["annotator_id"], r["object_id"])] = r["winner"] or NONE_ACCEPTABLE
+    return out
+
+
+def annotator_report(rows: list[dict], gold: dict[str, str]) -> list[dict]:
+    """Per annotator: tasks finished, judgements, median seconds per judgement, agreement (the
+    share of their objects that others judged too where their choice is the others' most
+    common one) and gold accuracy (their choice on gold objects: object id -> best candidate)."""
+    chosen = choices(rows)
+    by_object: dict[str, dict[str, str]] = {}
+    for (annotator, oid), choice in chosen.items():
+        by_object.setdefault(oid, {})[annotator] = choice
+    report = []
+    for annotator in sorted({r["annotator_id"] for r in rows}):
+        mine = [r for r in rows if r["annotator_id"] == annotator]
+        agree, shared, hits, golds = 0, 0, 0, 0
+        for (who, oid), choice in chosen.items():
+            if who != annotator:
+                continue
+            others = [c for a, c in by_object[oid].items() if a != annotator]
+            if others:
+                shared += 1
+                agree += choice == max(sorted(set(others)), key=others.count)
+            if oid in gold:
+                golds += 1
+                hits += choice == gold[oid]
+        report.append(
+            {
+                "annotator": annotator,
+                "tasks": len({r["object_id"] for r in mine}),
+                "judgements": len(mine),
+                "median_s": float(np.median([r["time_spent_s"] for r in mine])),
+                "agreement": agree / shared if shared else float("nan"),
+                "shared_tasks": shared,
+                "gold_accuracy": hits / golds if golds else float("nan"),
+                "gold_tasks": golds,
+            }
+        )
+    return report
+
+
+def with_gold(order: list[str], gold: set[str], rate: float) -> list[str]:
+    """``order`` with its gold objects moved to every round(1 / ``rate``)-th place (the rest
+    keep their order), so an annotator meets them at that rate from the start."""
+    golds = [o for o in order if o in gold]
+    rest = [o for o in order if o not in gold]
+    if not golds or rate <= 0:
+        return order
+    step = max(1, round(1 / rate))
+    out: list[str] = []
+    while rest or golds:
+        if golds and (len(out) + 1) % step == 0 or not rest:
+            out.append(golds.pop(0))
+        else:
+            out.append(rest.pop(0))
+    return out
