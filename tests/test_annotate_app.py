@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from conftest import REPO, write_small_round
 from test_feedback_domain import ingest_one
@@ -127,12 +128,23 @@ def test_an_annotator_ranks_in_3d_viewers_in_a_real_browser_and_the_judgements_i
         page.mouse.down()
         page.mouse.move(box["x"] + 180, box["y"] + 110, steps=8)  # orbit
         page.mouse.up()
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "annotate_task.png"))
-        shutil.copy(ARTIFACTS / "annotate_task.png", tmp_path / "annotate_task.png")
         pick = page.locator("input[name=choice]").nth(1)
         chosen[first] = pick.get_attribute("value")
         page.locator("label.candidate").nth(1).click(position={"x": 10, "y": 10})
+        # align the winner: turn it 30° and move it closer; its silhouette is drawn over the photo
+        assert page.locator("#align").is_enabled()
+        page.locator("input[name=yaw]").fill("30")
+        page.locator("input[name=dz]").fill("-0.5")
+        page.wait_for_function("document.querySelector('input[name=aligned_pose]').value !== ''")
+        drawn = page.evaluate(
+            "(() => { const c = document.getElementById('overlay'); const d = c.getContext('2d')"
+            ".getImageData(0, 0, c.width, c.height).data; let n = 0; for (let i = 3; i < d.length; i += 4)"
+            " n += d[i] > 0; return n; })()"
+        )
+        assert drawn > 100, drawn
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "annotate_task.png"))
+        shutil.copy(ARTIFACTS / "annotate_task.png", tmp_path / "annotate_task.png")
         page.get_by_role("button", name="Submit (Enter)").click()
 
         second = open_task(first)
@@ -173,11 +185,20 @@ def test_an_annotator_ranks_in_3d_viewers_in_a_real_browser_and_the_judgements_i
             assert r["kind"] == "best-of-n" and r["winner"] == choice and choice not in r["losers"]
             assert len(r["losers"]) == 2
         assert r["annotator_id"] == "ann-a" and 0 < r["time_spent_s"] < 600
+    # the aligned pose: the candidate's (R = I, t = (0, 0, 2.5), s = 1) turned 30° about the camera's y axis, closer
+    aligned = rows[first]["aligned_pose"]
+    turn = np.radians(30)
+    expected = [np.cos(turn), 0, np.sin(turn), 0, 1, 0, -np.sin(turn), 0, np.cos(turn)]
+    assert (
+        np.allclose(aligned["R"], expected, atol=1e-6) and np.allclose(aligned["t"], [0, 0, 2.0]) and aligned["s"] == 1
+    )
+    assert all("aligned_pose" not in rows[o] for o in (second, third))
 
     revisions = [i.key for i in served.store.list(f"annotation/{served.version}/judgements/ann-a/")]
     assert len(revisions) == 4 and sum(k.endswith("/0001.json") for k in revisions) == 1  # the undone one kept
 
-    # the app's judgements are one native export: they ingest and decide like any other
+    # the app's judgements are one native export: they ingest and decide like any other (the
+    # aligned pose included: it becomes the winner's layout target if the winner is accepted)
     export = tmp_path / "app.jsonl"
     export.write_text(export_rows(served.store, served.version))
     ref, [report] = ingest_one(served.store, served.candidates, str(export), "app-1", None)

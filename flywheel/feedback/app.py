@@ -22,6 +22,7 @@ from __future__ import annotations
 import hmac
 import html
 import io
+import json
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ from flywheel.feedback.judgements import (
     shuffled,
     with_gold,
 )
+from flywheel.feedback.poses import PoseError, parse_pose
 
 WEB = Path(__file__).resolve().parent / "web"
 SESSION_COOKIE = "flywheel_session"
@@ -123,6 +125,7 @@ class Round:
             by_object.setdefault(r["object_id"], []).append(r["candidate_id"])
         self.tasks = {o: AppTask(o, tuple(ids)) for o, ids in sorted(by_object.items())}
         self._sample_of = {r["candidate_id"]: r["sample_key"] for r in rows}
+        self.poses = {r["candidate_id"]: {"R": list(r["R"]), "t": list(r["t"]), "s": r["s"]} for r in rows}
         self.candidates, self.store, self.version = candidates, store, version
         pool = next(p for p in candidates.marker["parents"] if p["name"] == "image-pool")
         self.pool = Dataset(store, pool["name"], pool["version"])
@@ -144,6 +147,36 @@ class Round:
             return occupancy_glb(decode_npy(sample["occ.npy"]))
 
         return self._cached(f"glb/{candidate_id}", make)
+
+    def voxels(self, candidate_id: str) -> bytes:
+        """The centres of a candidate's occupied voxels in the unit cube, as JSON (its silhouette)."""
+        if candidate_id not in self._sample_of:
+            raise KeyError(candidate_id)
+
+        def make() -> bytes:
+            sample = next(self.candidates.samples(keys=[self._sample_of[candidate_id]]))
+            occ = decode_npy(sample["occ.npy"]).astype(bool)
+            centres = (np.argwhere(occ) + 0.5) / occ.shape[0] - 0.5
+            return json.dumps({"resolution": occ.shape[0], "points": np.round(centres, 4).tolist()}).encode()
+
+        return self._cached(f"voxels/{candidate_id}", make)
+
+    def intrinsics(self, object_id: str) -> tuple[list[float], int, bool]:
+        """(K row-major, the photo's width, known): the camera of a composite from its dataset;
+        otherwise a 50° horizontal field of view (``known`` False)."""
+        row = next(r for r in self.pool.manifest().to_pylist() if r["object_id"] == object_id)
+        name, _, rest = row["source"].partition("@")
+        version, _, key = rest.partition("/")
+        try:
+            source = Dataset(self.store, name, version).manifest().to_pylist()
+            found = next((r for r in source if r.get("sample_key") == key and "K" in r), None)
+        except Exception:  # a manifest photo, or a dataset that is gone: the default camera
+            found = None
+        if found is not None:
+            return [float(v) for v in found["K"]], int(row["width"]), True
+        w, h = int(row["width"]), int(row["height"])
+        f = 0.5 * w / float(np.tan(np.radians(25)))
+        return [f, 0.0, w / 2, 0.0, f, h / 2, 0.0, 0.0, 1.0], w, False
 
     def photo(self, object_id: str, kind: str) -> bytes:
         if object_id not in self.tasks or kind not in ("photo", "crop"):
@@ -336,15 +369,29 @@ def create_app(settings: AppSettings) -> FastAPI:
         e = html.escape
         was = (earlier["winner"] or NONE_ACCEPTABLE) if earlier else None
         viewers = "".join(
-            f"""<label class="candidate"><input type="radio" name="choice" value="{e(cid)}" required{
-                " checked" if cid == was else ""
-            }>
+            f"""<label class="candidate" data-pose='{
+                e(json.dumps(round_.poses[cid]))
+            }'><input type="radio" name="choice" value="{e(cid)}" required{" checked" if cid == was else ""}>
 <span class="key">{i + 1}</span><canvas class="viewer" data-glb="/glb/{
                 e(cid)
             }.glb" width="260" height="260"></canvas></label>"""
             for i, cid in enumerate(shown)
         )
         skip_next = ",".join(sorted({*(skip.split(",") if skip else []), object_id}))
+        camera, width, known = round_.intrinsics(object_id)
+        sliders = "".join(
+            f"""<label>{label} <input type="range" class="pose" name="{key}" min="{low}" max="{high}" step="{step}"
+value="0"></label>"""
+            for key, label, low, high, step in (
+                ("yaw", "turn (°)", -180, 180, 1),
+                ("pitch", "tilt (°)", -90, 90, 1),
+                ("roll", "roll (°)", -180, 180, 1),
+                ("dx", "right", -0.5, 0.5, 0.005),
+                ("dy", "down", -0.5, 0.5, 0.005),
+                ("dz", "farther", -1.5, 1.5, 0.01),
+                ("ds", "size (log)", -1, 1, 0.01),
+            )
+        )
         question = (
             "Which of the two 3D shapes matches the outlined object better?"
             if settings.mode == "pairwise"
@@ -366,8 +413,15 @@ def create_app(settings: AppSettings) -> FastAPI:
         body = f"""<main class="task">
 <header><h1>{heading}</h1>{undo}
 <span class="progress">{progress}</span></header>
-<section class="inputs"><img src="/photo/{e(object_id)}.png" alt="the photo, the object outlined" class="photo">
-<img src="/crop/{e(object_id)}.png" alt="the object" class="crop"></section>
+<section class="inputs"><div class="photo-frame"><img src="/photo/{
+            e(object_id)
+        }.png" alt="the photo, the object outlined"
+class="photo" id="photo" data-k='{e(json.dumps(camera))}' data-width="{width}"><canvas id="overlay"></canvas></div>
+<img src="/crop/{e(object_id)}.png" alt="the object" class="crop">
+<fieldset class="align" id="align" disabled><legend>Align the chosen shape to the photo{
+            "" if known else " (camera assumed: 50° field of view)"
+        }</legend>
+{sliders}<button type="button" id="align-reset">Reset</button></fieldset></section>
 <form method="post" action="/task/{e(object_id)}" id="judgement">
 <input type="hidden" name="csrf" value="{e(csrf)}">
 <input type="hidden" name="submission_id" value="{
@@ -376,6 +430,7 @@ def create_app(settings: AppSettings) -> FastAPI:
 <input type="hidden" name="revise" value="{"1" if earlier else ""}">
 <input type="hidden" name="shown" value="{e(",".join(shown))}">
 <input type="hidden" name="time_spent_s" value="0">
+<input type="hidden" name="aligned_pose" value="">
 <section class="candidates">{viewers}
 <label class="candidate none"><input type="radio" name="choice" value="{NONE_ACCEPTABLE}" required{
             " checked" if was == NONE_ACCEPTABLE else ""
@@ -418,6 +473,13 @@ def create_app(settings: AppSettings) -> FastAPI:
                     row = pairwise_row(task, account.name, submission, (pair[0], pair[1]), choice, spent)
                 else:
                     row = best_of_n_row(task, account.name, submission, choice, spent)
+                if fields.get("aligned_pose"):
+                    if row["winner"] is None:
+                        raise JudgementError("aligned_pose: only a chosen winner can be aligned")
+                    try:
+                        row["aligned_pose"] = parse_pose(fields["aligned_pose"]).as_dict()
+                    except PoseError as e:
+                        raise JudgementError(f"aligned_pose: {e}") from None
                 record(settings.store, settings.candidates_version, row, revise=revise)
         except Conflict as e:
             raise HTTPException(409, str(e)) from None
@@ -430,6 +492,14 @@ def create_app(settings: AppSettings) -> FastAPI:
         session(request)
         try:
             return Response(round_.glb(candidate_id), media_type="model/gltf-binary")
+        except KeyError:
+            raise HTTPException(404, f"no candidate {candidate_id!r} in this round") from None
+
+    @app.get("/voxels/{candidate_id}.json")
+    def voxels(request: Request, candidate_id: str) -> Response:
+        session(request)
+        try:
+            return Response(round_.voxels(candidate_id), media_type="application/json")
         except KeyError:
             raise HTTPException(404, f"no candidate {candidate_id!r} in this round") from None
 

@@ -131,7 +131,7 @@ def next_pair(order: list[str], rows: list[dict]) -> tuple[str, str] | None:
 
 
 def _decision(row: dict) -> tuple:
-    return row["object_id"], row["kind"], row["winner"], sorted(row["losers"])
+    return row["object_id"], row["kind"], row["winner"], sorted(row["losers"]), json.dumps(row.get("aligned_pose"))
 
 
 def _revisions(store: Store, version: str, annotator: str, submission_id: str) -> list[str]:

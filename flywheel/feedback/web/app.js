@@ -56,8 +56,86 @@ function viewer(canvas) {
 
 document.querySelectorAll("canvas.viewer").forEach(viewer);
 
+// Layout alignment: the chosen candidate's voxels drawn over the photo at its pose, which the
+// sliders change (a rotation about the camera's axes, a shift, a scale); a moved slider
+// sends the aligned pose with the judgement.
+const photo = document.getElementById("photo");
+const overlay = document.getElementById("overlay");
+const align = document.getElementById("align");
+const voxels = {};
+let chosen = null;
+
+function matmul(a, b) {
+  const out = new Array(9).fill(0);
+  for (let i = 0; i < 3; i++) for (let j = 0; j < 3; j++) for (let k = 0; k < 3; k++) out[3 * i + j] += a[3 * i + k] * b[3 * k + j];
+  return out;
+}
+function axisRotation(axis, degrees) {
+  const c = Math.cos((degrees * Math.PI) / 180), s = Math.sin((degrees * Math.PI) / 180);
+  if (axis === 0) return [1, 0, 0, 0, c, -s, 0, s, c];
+  if (axis === 1) return [c, 0, s, 0, 1, 0, -s, 0, c];
+  return [c, -s, 0, s, c, 0, 0, 0, 1];
+}
+function slider(name) {
+  return Number(align.querySelector(`input[name=${name}]`).value);
+}
+function alignedPose() {
+  const pose = JSON.parse(chosen.dataset.pose);
+  const turn = matmul(axisRotation(0, slider("pitch")), matmul(axisRotation(1, slider("yaw")), axisRotation(2, slider("roll"))));
+  return {
+    R: matmul(turn, pose.R),
+    t: [pose.t[0] + slider("dx"), pose.t[1] + slider("dy"), Math.max(0.05, pose.t[2] + slider("dz"))],
+    s: pose.s * Math.exp(slider("ds")),
+  };
+}
+function moved() {
+  return [...align.querySelectorAll("input.pose")].some((input) => Number(input.value) !== 0);
+}
+function drawSilhouette() {
+  const ctx = overlay.getContext("2d");
+  overlay.width = photo.clientWidth;
+  overlay.height = photo.clientHeight;
+  ctx.clearRect(0, 0, overlay.width, overlay.height);
+  if (!chosen || !voxels[chosen.dataset.id]) return;
+  const K = JSON.parse(photo.dataset.k), zoom = photo.clientWidth / Number(photo.dataset.width);
+  const pose = alignedPose(), grid = voxels[chosen.dataset.id];
+  ctx.fillStyle = "rgba(0, 200, 255, 0.35)";
+  for (const [x, y, z] of grid.points) {
+    const p = [0, 1, 2].map((i) => pose.s * (pose.R[3 * i] * x + pose.R[3 * i + 1] * y + pose.R[3 * i + 2] * z) + pose.t[i]);
+    if (p[2] <= 0) continue;
+    const u = (K[0] * p[0]) / p[2] + K[2], v = (K[4] * p[1]) / p[2] + K[5];
+    const size = Math.max(1.5, (K[0] * pose.s) / grid.resolution / p[2] * zoom);
+    ctx.fillRect(u * zoom - size / 2, v * zoom - size / 2, size, size);
+  }
+  form.elements.aligned_pose.value = moved() ? JSON.stringify(alignedPose()) : "";
+}
+async function choose(label) {
+  chosen = label && label.dataset.pose ? label : null;
+  align.disabled = !chosen;
+  if (chosen) {
+    const id = chosen.querySelector("input").value;
+    chosen.dataset.id = id;
+    if (!voxels[id]) voxels[id] = await (await fetch(`/voxels/${id}.json`)).json();
+  }
+  drawSilhouette();
+}
+
 const form = document.getElementById("judgement");
 if (form) {
+  form.querySelectorAll("input[name=choice]").forEach((input) =>
+    input.addEventListener("change", () => {
+      align.querySelectorAll("input.pose").forEach((slider) => (slider.value = 0));
+      choose(input.closest("label"));
+    }),
+  );
+  align.addEventListener("input", drawSilhouette);
+  document.getElementById("align-reset").addEventListener("click", () => {
+    align.querySelectorAll("input.pose").forEach((slider) => (slider.value = 0));
+    drawSilhouette();
+  });
+  photo.addEventListener("load", drawSilhouette);
+  const checked = form.querySelector("input[name=choice]:checked");
+  if (checked) choose(checked.closest("label"));
   form.addEventListener("submit", () => {
     form.elements.time_spent_s.value = Math.max(0.1, (performance.now() - started) / 1000).toFixed(1);
   });
@@ -66,8 +144,10 @@ if (form) {
     const choices = form.querySelectorAll("input[name=choice]");
     if (event.key >= "1" && event.key <= "9" && Number(event.key) < choices.length) {
       choices[Number(event.key) - 1].checked = true;
+      choices[Number(event.key) - 1].dispatchEvent(new Event("change"));
     } else if (event.key === "0") {
       choices[choices.length - 1].checked = true;
+      choices[choices.length - 1].dispatchEvent(new Event("change"));
     } else if (event.key === "Enter") {
       event.preventDefault();
       form.requestSubmit();
