@@ -428,3 +428,72 @@ def test_gold_objects_come_at_the_gold_rate_and_the_admin_page_reports_each_anno
 def round_candidates(served: Served, object_id: str) -> list[str]:
     m = Dataset(served.store, "candidates", served.version).manifest().to_pylist()
     return [r["candidate_id"] for r in m if r["object_id"] == object_id]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_people_close_a_round_propose_judge_in_the_app_export_and_close(tmp_path):
+    """`flywheel run --propose-only`, the app (annotators judging over HTTP), `flywheel annotate
+    export`, `flywheel run --exports`: round 0 is closed on exactly those judgements."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "FLYWHEEL__STORE__ROOT": str(tmp_path / "store"),
+        "FLYWHEEL__PROJECT__STATE_DIR": str(tmp_path / "state"),
+    }
+    flywheel = str(Path(sys.executable).parent / "flywheel")
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([flywheel, *args], env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    proposed = cli("run", "--propose-only")
+    version = proposed.split("flywheel annotate serve --candidates ")[1].split()[0]
+    store = LocalStore(tmp_path / "store")
+    accounts = Accounts(tmp_path / "state" / "annotate" / "accounts.json")
+    tokens = {name: accounts.add(name) for name in ("ann-a", "ann-b")}
+    served = next(serve_version(store, version, accounts, tokens))
+    judged = {}
+    for who in tokens:  # ann-a rejects everything, ann-b picks each task's first candidate shown
+        c = served.client(who)
+        while (nxt := c.get("/")).status_code == 303:
+            location = nxt.headers["location"]
+            page = c.get(location).text
+            first = re.search(r'name="choice" value="(cand-[0-9a-f]{20})"', page).group(1)
+            choice = "none" if who == "ann-a" else first
+            assert c.post(location, data={**_fields(page), "choice": choice, "time_spent_s": "4"}).status_code == 303
+            judged[(who, location.split("/task/")[1])] = choice
+    exported = cli("annotate", "export", "--candidates", version)
+    uri = exported.split(" -> ")[1].strip()
+    closed = cli("run", "--exports", uri)
+    assert "round 0" in closed or "champion:" in closed
+    from flywheel.core.config import load_config
+    from flywheel.rounds import ledger
+
+    cfg = load_config(environ=env)
+    record = ledger.committed_rounds(store, ledger.series_id(cfg))[0]
+    objects = {o for _, o in judged}
+    assert record.datasets["candidates"].version == version
+    assert record.rankings["objects_judged"] == len(objects) and record.volumes["rankings"] == len(judged)
+    hard = Dataset(store, "hard-cases", record.datasets["hard-cases"].version).manifest().to_pylist()
+    assert all(h["object_id"] in objects and h["reject_share"] >= 0.5 for h in hard)  # half the votes: ann-a's
+
+
+def serve_version(store: LocalStore, version: str, accounts: Accounts, tokens: dict[str, str]):
+    """The app on a committed candidates version, in a thread; yields Served."""
+    import uvicorn
+
+    app = create_app(AppSettings(store, version, accounts.path, "test-secret", VIEWER))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    yield Served(f"http://127.0.0.1:{port}", store, version, tokens, None)
+    server.should_exit = True

@@ -369,13 +369,38 @@ def run(
         min=1,
         help="Rounds to run: 0..N-1 (committed ones are read back, not re-run). The demo is 1; the longer demo 3.",
     ),
+    propose_only: bool = typer.Option(
+        False, "--propose-only", help="Only the propose half of the next round: candidates for people to judge."
+    ),
+    exports: list[str] = typer.Option(
+        [],
+        "--exports",
+        help="Close the next round with these judgements (native or Label Studio exports, e.g. `flywheel "
+        "annotate export`'s) instead of simulated annotators; repeatable.",
+    ),
 ) -> None:
     """Run flywheel rounds on the configured sizes: round 0 first bootstraps a champion from
     synthetic data; each round proposes candidates for new images, has simulated annotators
     rank them, retrains (SFT, DPO), evaluates on the held-out set and promotes or keeps the
-    champion. A Prefect flow; lineage in MLflow."""
+    champion. With people: `--propose-only`, then the annotation app (`flywheel annotate
+    serve`, `export`), then `--exports FILE` closes that round. A Prefect flow; lineage in MLflow."""
     cfg = _cfg(ctx)
-    records = _run_flow(ctx, "flows.round:flywheel_rounds", rounds_to_run=rounds)
+    if propose_only and exports:
+        _fail("--propose-only and --exports: choose one", EXIT_USAGE)
+    if propose_only:
+        summary = _run_flow(ctx, "flows.round:round_propose")
+        candidates = next((d for d in getattr(summary, "datasets", []) if d.name == "candidates"), None)
+        if candidates is None:  # the round was committed already
+            typer.echo(f"the next round is committed already: {summary.promotion.reason}")
+            return
+        typer.echo(
+            f"candidates to judge: {candidates}; next: flywheel annotate serve --candidates {candidates.version}"
+        )
+        return
+    if exports:
+        records = [_run_flow(ctx, "flows.round:flywheel_round", files=exports)]
+    else:
+        records = _run_flow(ctx, "flows.round:flywheel_rounds", rounds_to_run=rounds)
     last = records[-1]
     store = cfg.store_root
     typer.echo(
