@@ -248,6 +248,13 @@ def test_sessions_csrf_ids_not_paths_limits_and_malformed_submissions_write_noth
     assert a.post("/task/obj-a", data={**good, "csrf": "x" * 32}).status_code == 403
     big = a.post("/task/obj-a", data={**good, "note": "x" * 20_000})
     assert big.status_code == 413
+
+    def chunks():  # no Content-Length: the limit holds on what arrives
+        yield f"csrf={csrf}&choice={candidate}&note=".encode()
+        yield from (b"x" * 1000 for _ in range(40))
+
+    chunked = a.post("/task/obj-a", content=chunks(), headers={"content-type": "application/x-www-form-urlencoded"})
+    assert chunked.status_code == 413
     for field, value, message in (
         ("choice", f"cand-{11:020x}", "not a candidate of object obj-a"),  # obj-b's candidate
         ("choice", "", "not a candidate"),

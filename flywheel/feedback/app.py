@@ -228,14 +228,21 @@ def create_app(settings: AppSettings) -> FastAPI:
             raise HTTPException(401, "unknown annotator; log in again")
         return account, data["csrf"]
 
-    async def form(request: Request, csrf: str) -> dict[str, str]:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise HTTPException(413, f"request body over {MAX_BODY_BYTES} bytes")
+    async def read_form(request: Request) -> dict[str, str]:
+        """An urlencoded form body (a chunked body without a length is limited here too)."""
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise HTTPException(413, f"request body over {MAX_BODY_BYTES} bytes")
         try:
-            fields = {k: v[-1] for k, v in parse_qs(body.decode(), strict_parsing=False).items()}
+            return {k: v[-1] for k, v in parse_qs(body.decode()).items()}
         except UnicodeDecodeError:
             raise HTTPException(400, "the form is not UTF-8 text") from None
+
+    async def form(request: Request, csrf: str) -> dict[str, str]:
+        """The form of a request that changes something: its CSRF token checked."""
+        fields = await read_form(request)
         if not hmac.compare_digest(fields.get("csrf", ""), csrf):
             raise HTTPException(403, "missing or wrong CSRF token; reload the page")
         return fields
@@ -262,8 +269,7 @@ def create_app(settings: AppSettings) -> FastAPI:
 
     @app.post("/login")
     async def login(request: Request) -> Response:
-        body = await request.body()
-        fields = {k: v[-1] for k, v in parse_qs(body.decode(errors="replace")).items()}
+        fields = await read_form(request)
         account = accounts.verify(fields.get("name", ""), fields.get("token", ""))
         if account is None:
             return Response("wrong name or token", status_code=401, media_type="text/plain")
