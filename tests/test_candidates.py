@@ -4,6 +4,7 @@ micro model on the toy task, and model references through a real MLflow registry
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 
@@ -206,13 +207,31 @@ def test_annotation_files_validate_against_their_schemas():
     }
     text = annotation.native_tasks([task])
     assert text.count("\n") == 1
+    ids = [c["candidate_id"] for c in task["candidates"]]
     pairs = annotation.label_studio_tasks("pairwise", [task])
-    assert len(pairs) == 3 and {p["data"]["left_id"] for p in pairs} <= {c["candidate_id"] for c in task["candidates"]}
+    assert len(pairs) == 3 and {p["data"]["left_id"] for p in pairs} <= set(ids)
     ranking = annotation.label_studio_tasks("ranking", [task], url=lambda u: u.replace("s3://b/", "https://h/"))
-    assert [i["id"] for i in ranking[0]["data"]["items"]] == [c["candidate_id"] for c in task["candidates"]]
+    assert sorted(i["id"] for i in ranking[0]["data"]["items"]) == ids
+    assert [i["title"] for i in ranking[0]["data"]["items"]] == ["Candidate 1", "Candidate 2", "Candidate 3"]
     assert ranking[0]["data"]["image"] == "https://h/i.png"
     best = annotation.label_studio_tasks("best-of-n", [task])[0]["data"]["options"]
-    assert [o["value"] for o in best] == [c["candidate_id"] for c in task["candidates"]] + ["None acceptable"]
+    assert sorted(o["value"] for o in best[:-1]) == ids and best[-1] == {"value": "None acceptable"}
+
+    # eight candidates, the first four the champion's: a ring of 8 pairs (not 28), each candidate
+    # in two; neither the order nor any text says which model made a candidate
+    many = dict(task, candidates=[dict(task["candidates"][0], candidate_id=f"cand-{i:020x}") for i in range(8)])
+    for i, c in enumerate(many["candidates"]):
+        c["member"] = "champion" if i < 4 else "retrieval"
+    ring = [p["data"] for p in annotation.label_studio_tasks("pairwise", [many])]
+    seen = [d["left_id"] for d in ring] + [d["right_id"] for d in ring]
+    assert len(ring) == 8 and all(seen.count(c["candidate_id"]) == 2 for c in many["candidates"])
+    champions = {c["candidate_id"] for c in many["candidates"][:4]}
+    assert 0 < sum(d["left_id"] in champions for d in ring) < 8
+    shown = [i["id"] for i in annotation.label_studio_tasks("ranking", [many])[0]["data"]["items"]]
+    assert shown != [c["candidate_id"] for c in many["candidates"]]
+    for kind in ("pairwise", "ranking", "best-of-n"):
+        text = json.dumps(annotation.label_studio_tasks(kind, [many]))
+        assert "champion" not in text and "retrieval" not in text
     with pytest.raises(jsonschema.ValidationError):
         annotation.native_tasks([dict(task, candidates=task["candidates"][:1])])  # fewer than 2
     with pytest.raises(jsonschema.ValidationError):

@@ -297,9 +297,9 @@ def _browser_annotations(server, projects: dict[str, tuple[int, list[dict]]], sh
         open_task(page, "ranking")  # 3 best, then 1; 2 rejected
         best = page.get_by_text("Best first", exact=True).first
         rejected = page.get_by_text("None acceptable", exact=True).first
-        drag(page, page.get_by_text("1. champion", exact=True).first, best)
-        drag(page, page.get_by_text("3. champion", exact=True).first, best)
-        drag(page, page.get_by_text("2. champion", exact=True).first, rejected)
+        drag(page, page.get_by_text("Candidate 1", exact=True).first, best)
+        drag(page, page.get_by_text("Candidate 3", exact=True).first, best)
+        drag(page, page.get_by_text("Candidate 2", exact=True).first, rejected)
         loaded["ranking"] = page.evaluate(LOADED_PREVIEWS)
         submit(page, "ranking")
         browser.close()
@@ -415,12 +415,16 @@ def test_publish_annotate_in_the_browser_then_pull(studio: Studio, prefect_serve
     a, b = ([c["candidate_id"] for c in registry if c["object_id"] == o] for o in objects)
     me, them = f"label-studio-user-{studio.me}", f"label-studio-user-{other}"
     d0, d1 = pairs[0]["data"], pairs[1]["data"]
+    # the browser picked the second option shown, and ranked "Candidate 3" first: candidates
+    # come in an order shuffled per task, so which ones those are is in the tasks' data
+    picked = projects["best-of-n"][1][0]["data"]["options"][1]["value"]
+    ranked_first = projects["ranking"][1][0]["data"]["items"][2]["id"]
     expected = {
         (me, "pairwise", d0["right_id"], (d0["left_id"],)),
         (them, "pairwise", d1["left_id"], (d1["right_id"],)),
-        (me, "best-of-n", a[1], (a[0], a[2])),
+        (me, "best-of-n", picked, tuple(sorted(c for c in a if c != picked))),
         (them, "reject-all", None, tuple(b)),
-        (me, "best-of-n", a[2], (a[0], a[1])),
+        (me, "best-of-n", ranked_first, tuple(sorted(c for c in a if c != ranked_first))),
     }
 
     def pulled() -> tuple[str, set]:

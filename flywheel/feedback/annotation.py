@@ -12,11 +12,12 @@ tool map back to the candidate registry.
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Callable, Iterable
 
 import jsonschema
+
+from flywheel.feedback.judgements import shuffled
 
 _URI = {"type": "string", "minLength": 1}
 _CANDIDATE = {
@@ -127,15 +128,34 @@ def _preview(url: str, width: int = 240) -> str:
     return f'<img src="{url}" width="{width}"/>'
 
 
+def ring_pairs(candidates: list[dict]) -> list[tuple[dict, dict]]:
+    """Each candidate against the next, around a ring: N comparisons per object (not N(N-1)/2),
+    every candidate in two, and a connected comparison graph for the Bradley-Terry fit."""
+    n = len(candidates)
+    if n == 2:
+        return [(candidates[0], candidates[1])]
+    return [(candidates[i], candidates[(i + 1) % n]) for i in range(n)]
+
+
+def _sides(pair: tuple[dict, dict], task_id: str) -> tuple[dict, dict]:
+    """(left, right) of a pair, in an order fixed by the task and the two candidates."""
+    by_id = {c["candidate_id"]: c for c in pair}
+    left, right = shuffled(sorted(by_id), task_id)
+    return by_id[left], by_id[right]
+
+
 def label_studio_tasks(kind: str, tasks: Iterable[dict], url: Callable[[str], str] = str) -> list[dict]:
     """Label Studio tasks of template ``kind`` for native ``tasks``; ``url`` turns a store URI
     into one the annotator's browser can load (default: unchanged). Each task's ``task_key``
-    identifies it across publications. pairwise: one task per candidate pair of an object;
-    ranking and best-of-n: one task per object."""
+    identifies it across publications. pairwise: one task per pair of a ring over an object's
+    candidates (:func:`ring_pairs`); ranking and best-of-n: one task per object. Candidates
+    come in an order shuffled per task (left and right too), titled by position only: neither
+    place nor title says which model made a candidate."""
     out = []
     for t in tasks:
         base = {"object_id": t["object_id"], "image": url(t["image"]), "mask": url(t["mask"])}
-        cands = t["candidates"]
+        order = shuffled([c["candidate_id"] for c in t["candidates"]], t["task_id"])
+        cands = sorted(t["candidates"], key=lambda c: order.index(c["candidate_id"]))
         if kind == "pairwise":
             out += [
                 {
@@ -148,11 +168,11 @@ def label_studio_tasks(kind: str, tasks: Iterable[dict], url: Callable[[str], st
                         "right_id": b["candidate_id"],
                     }
                 }
-                for a, b in itertools.combinations(cands, 2)
+                for a, b in (_sides(pair, t["task_id"]) for pair in ring_pairs(cands))
             ]
         elif kind == "ranking":
             items = [
-                {"id": c["candidate_id"], "title": f"{i}. {c['member']}", "html": _preview(url(c["preview"]))}
+                {"id": c["candidate_id"], "title": f"Candidate {i}", "html": _preview(url(c["preview"]))}
                 for i, c in enumerate(cands, 1)
             ]
             out.append({"data": {**base, "task_key": t["task_id"], "items": items}})
