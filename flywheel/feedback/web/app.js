@@ -91,14 +91,17 @@ function alignedPose() {
 function moved() {
   return [...align.querySelectorAll("input.pose")].some((input) => Number(input.value) !== 0);
 }
+let hovered = null; // a candidate under the pointer: its silhouette at its predicted layout
+
 function drawSilhouette() {
   const ctx = overlay.getContext("2d");
   overlay.width = photo.clientWidth;
   overlay.height = photo.clientHeight;
   ctx.clearRect(0, 0, overlay.width, overlay.height);
-  if (!chosen || !voxels[chosen.dataset.id]) return;
+  const shown = hovered || chosen;
+  if (!shown || !voxels[shown.dataset.id]) return;
   const K = JSON.parse(photo.dataset.k), zoom = photo.clientWidth / Number(photo.dataset.width);
-  const pose = alignedPose(), grid = voxels[chosen.dataset.id];
+  const pose = shown === chosen ? alignedPose() : JSON.parse(shown.dataset.pose), grid = voxels[shown.dataset.id];
   ctx.fillStyle = "rgba(0, 200, 255, 0.35)";
   for (const [x, y, z] of grid.points) {
     const p = [0, 1, 2].map((i) => pose.s * (pose.R[3 * i] * x + pose.R[3 * i + 1] * y + pose.R[3 * i + 2] * z) + pose.t[i]);
@@ -107,18 +110,31 @@ function drawSilhouette() {
     const size = Math.max(1.5, (K[0] * pose.s) / grid.resolution / p[2] * zoom);
     ctx.fillRect(u * zoom - size / 2, v * zoom - size / 2, size, size);
   }
-  form.elements.aligned_pose.value = moved() ? JSON.stringify(alignedPose()) : "";
+  if (chosen) form.elements.aligned_pose.value = moved() ? JSON.stringify(alignedPose()) : "";
+}
+async function load(label) {
+  const id = label.querySelector("input").value;
+  label.dataset.id = id;
+  if (!voxels[id]) voxels[id] = await (await fetch(`/voxels/${id}.json`)).json();
 }
 async function choose(label) {
   chosen = label && label.dataset.pose ? label : null;
   align.disabled = !chosen;
-  if (chosen) {
-    const id = chosen.querySelector("input").value;
-    chosen.dataset.id = id;
-    if (!voxels[id]) voxels[id] = await (await fetch(`/voxels/${id}.json`)).json();
-  }
+  if (!chosen) form.elements.aligned_pose.value = "";
+  if (chosen) await load(chosen);
   drawSilhouette();
 }
+document.querySelectorAll("label.candidate[data-pose]").forEach((label) => {
+  label.addEventListener("mouseenter", async () => {
+    hovered = label;
+    await load(label);
+    drawSilhouette();
+  });
+  label.addEventListener("mouseleave", () => {
+    hovered = null;
+    drawSilhouette();
+  });
+});
 
 const form = document.getElementById("judgement");
 if (form) {
