@@ -493,21 +493,22 @@ class="photo" id="photo" data-k='{e(json.dumps(camera))}' data-width="{width}"><
             raise HTTPException(400, str(e)) from None
         return RedirectResponse("/", status_code=303)
 
-    @app.get("/glb/{candidate_id}.glb")
-    def glb(request: Request, candidate_id: str) -> Response:
+    def candidate_file(request: Request, make, candidate_id: str, media_type: str) -> Response:
         session(request)
         try:
-            return Response(round_.glb(candidate_id), media_type="model/gltf-binary")
+            return Response(make(candidate_id), media_type=media_type)
         except KeyError:
             raise HTTPException(404, f"no candidate {candidate_id!r} in this round") from None
 
+    @app.get("/glb/{candidate_id}.glb")
+    def glb(request: Request, candidate_id: str) -> Response:
+        """The candidate's surface, for its 3D viewer."""
+        return candidate_file(request, round_.glb, candidate_id, "model/gltf-binary")
+
     @app.get("/voxels/{candidate_id}.json")
     def voxels(request: Request, candidate_id: str) -> Response:
-        session(request)
-        try:
-            return Response(round_.voxels(candidate_id), media_type="application/json")
-        except KeyError:
-            raise HTTPException(404, f"no candidate {candidate_id!r} in this round") from None
+        """The candidate's occupied voxel centres, for its silhouette over the photo."""
+        return candidate_file(request, round_.voxels, candidate_id, "application/json")
 
     @app.get("/{kind}/{object_id}.png")
     def picture(request: Request, kind: str, object_id: str) -> Response:
