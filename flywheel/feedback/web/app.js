@@ -102,7 +102,7 @@ function drawSilhouette() {
   if (!shown || !voxels[shown.dataset.id]) return;
   const K = JSON.parse(photo.dataset.k), zoom = photo.clientWidth / Number(photo.dataset.width);
   const pose = shown === chosen ? alignedPose() : JSON.parse(shown.dataset.pose), grid = voxels[shown.dataset.id];
-  ctx.fillStyle = "rgba(0, 200, 255, 0.22)";
+  ctx.fillStyle = "rgb(0, 200, 255)"; // opaque: overlapping voxels make one silhouette (the canvas is translucent)
   for (const [x, y, z] of grid.points) {
     const p = [0, 1, 2].map((i) => pose.s * (pose.R[3 * i] * x + pose.R[3 * i + 1] * y + pose.R[3 * i + 2] * z) + pose.t[i]);
     if (p[2] <= 0) continue;
