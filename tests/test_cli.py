@@ -111,3 +111,22 @@ def test_config_file_option_and_bad_options_fail_at_the_start(tmp_path):
     assert n.returncode == 2 and "num_candidates" in n.stderr, n.stderr
     model = run("propose", "--model", "champion")
     assert model.returncode == 2 and "--model needs KEY=REF" in model.stderr
+
+
+def test_bad_inputs_at_the_door_exit_2_with_one_line(tmp_path):
+    """A binary or unreadable config file, an s3 root with '..' components, and a dataset
+    version that is a path: each one `error:` line naming the input, exit 2, no traceback."""
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(bytes(range(128, 256)))
+    env = {"FLYWHEEL__STORE__ROOT": str(tmp_path / "store"), "FLYWHEEL__PROJECT__STATE_DIR": str(tmp_path / "state")}
+    cases = [
+        (("--config", str(binary), "config", "show"), {}, f"config file {binary}: not UTF-8 text"),
+        (("--config", str(tmp_path), "config", "show"), {}, f"config file {tmp_path}: cannot be read"),
+        (("store", "check"), {"FLYWHEEL__STORE__ROOT": "s3://bucket/../victim/x"}, "'.' or '..' components"),
+        (("datasets", "show", "meshes@../x"), {}, "dataset meshes@../x: not a version"),
+        (("validate", "meshes@../../etc"), {}, "dataset meshes@../../etc: not a version"),
+    ]
+    for args, extra, message in cases:
+        out = run(*args, env={**env, **extra})
+        assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr and out.stderr.count("error:") == 1, out.stderr

@@ -162,12 +162,14 @@ def datasets_show(
 ) -> None:
     """Show one dataset version: lineage, shards, schema and the first manifest rows."""
     from flywheel.core.contracts import get_spec
-    from flywheel.core.datasets import Dataset, DatasetError
+    from flywheel.core.datasets import Dataset, DatasetError, InvalidVersion
 
     store = _store(_cfg(ctx))
     try:
         get_spec(spec.partition("@")[0])
         ds = Dataset.open(store, spec)
+    except InvalidVersion as e:
+        _fail(str(e), EXIT_USAGE)
     except (KeyError, DatasetError) as e:
         _fail(str(e), EXIT_NOT_FOUND)
     m = ds.marker
@@ -310,7 +312,7 @@ def validate_cmd(
 ) -> None:
     """Validate a dataset version with its Great Expectations suite (exit 1 if it fails)."""
     from flywheel.core.contracts import get_spec
-    from flywheel.core.datasets import Dataset, DatasetError
+    from flywheel.core.datasets import Dataset, DatasetError, InvalidVersion
     from flywheel.validation.suites import validate, write_json
 
     cfg = _cfg(ctx)
@@ -318,6 +320,8 @@ def validate_cmd(
     try:
         get_spec(spec.partition("@")[0])
         ds = Dataset.open(store, spec)
+    except InvalidVersion as e:
+        _fail(str(e), EXIT_USAGE)
     except (KeyError, DatasetError) as e:
         _fail(str(e), EXIT_NOT_FOUND)
     report = validate(ds, cfg.validation, docs_dir=docs)

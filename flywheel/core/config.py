@@ -69,6 +69,8 @@ class StoreConfig(_Section):
             raise ValueError(f"unsupported scheme {m.group(1)!r}; use a path, file:// or s3://")
         if v.startswith("s3://") and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/|$)", v):
             raise ValueError("s3 root must look like s3://bucket[/prefix] with a valid bucket name")
+        if v.startswith("s3://") and any(part in (".", "..") for part in v[5:].split("/")[1:]):
+            raise ValueError("an s3 prefix must not hold '.' or '..' components (keys are not paths)")
         return v
 
 
@@ -648,6 +650,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path}: not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not UTF-8 text (a binary file?)") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path}: cannot be read: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):

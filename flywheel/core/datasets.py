@@ -59,6 +59,13 @@ class DatasetNotCommitted(DatasetError):
     pass
 
 
+class InvalidVersion(DatasetError):
+    """A version string that is not one (a path, say): refused before it reaches the store."""
+
+
+VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
 class DatasetCorrupt(DatasetError):
     pass
 
@@ -75,6 +82,10 @@ def version_of(spec: DatasetSpec, *, inputs: Mapping[str, Any], config: Any = No
 
 
 def _prefix(name: str, version: str | None = None) -> str:
+    if version is not None and not VERSION.match(version):
+        raise InvalidVersion(
+            f"dataset {name}@{version}: not a version (letters, digits, '.', '-', '_', not starting with '.')"
+        )
     return f"datasets/{name}" + (f"/{version}" if version else "")
 
 
