@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -72,7 +73,8 @@ def make_store(kind: str, request, tmp_path: Path) -> Store:
     if kind == "local":
         return LocalStore(tmp_path / "store")
     server: S3Server = request.getfixturevalue(kind)
-    root = f"s3://{BUCKET}/{request.node.name[:40].replace('[', '-').replace(']', '')}-{uuid.uuid4().hex[:8]}"
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name[:40])  # a test id may hold '/' or '..'
+    root = f"s3://{BUCKET}/{name}-{uuid.uuid4().hex[:8]}"
     return S3Store(root, s3_store_config(server, root))
 
 

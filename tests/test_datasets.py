@@ -151,10 +151,46 @@ def test_writer_killed_mid_version_leaves_nothing_visible_and_rerun_commits_same
     )
     assert json.loads(clean.stdout)["digest"] == ref["digest"]
     assert Dataset(store, "shapes", version).verify() == []
-    # The killed attempt is debris: young, so kept by default, removed by gc when stale.
-    removed = collect_garbage(store, "shapes", older_than_hours=0)
-    assert len(removed) == 1 and removed[0].startswith(f"datasets/shapes/{version}/attempt-")
+    # The killed attempt is debris: the version's commit removed it; only the committed one is left.
+    committed = Dataset(store, "shapes", version).marker["attempt"]
+    assert store.children(f"datasets/shapes/{version}") == [committed]
+    assert collect_garbage(store, "shapes", older_than_hours=0) == []
     assert Dataset(store, "shapes", version).verify() == []
+
+
+def test_debris_of_killed_writers_is_removed_temporary_files_too(tmp_path):
+    """An attempt folder holding only a killed upload's temporary file, or a complete shard and
+    a temporary one: removed by gc once stale, kept while young (a writer may be running), and
+    removed whatever its age once its version is committed; gc reports only what it removed."""
+    import os
+    import time
+
+    store = _local(tmp_path)
+    committed = write_dataset(store, SHAPES, "v1", shape_samples(0, 3, 16))
+
+    def attempt(version: str, name: str, shard: bool, age_h: float):
+        folder = tmp_path / f"datasets/shapes/{version}/{name}/shards"
+        folder.mkdir(parents=True)
+        files = [folder / ".tmp-0123456789abcdef-shard-000001.tar"]
+        if shard:
+            files.append(folder / "shard-000000.tar")
+        for f in files:
+            f.write_bytes(b"partial")
+            os.utime(f, (time.time() - age_h * 3600,) * 2)
+        return folder.parent
+
+    young = attempt("v2", "attempt-young", shard=False, age_h=0.1)
+    stale = attempt("v2", "attempt-stale", shard=False, age_h=7)
+    after_commit = attempt(committed.version, "attempt-killed", shard=True, age_h=0.1)
+    assert store.list("datasets/shapes/v2/attempt-stale") is not None
+    removed = collect_garbage(store, "shapes")
+    assert sorted(removed) == [
+        f"datasets/shapes/{committed.version}/attempt-killed",
+        "datasets/shapes/v2/attempt-stale",
+    ]
+    assert young.exists() and not stale.exists() and not after_commit.exists()
+    assert collect_garbage(store, "shapes") == []  # nothing left to remove: nothing reported
+    assert Dataset(store, "shapes", committed.version).verify() == []
 
 
 def _local(path):

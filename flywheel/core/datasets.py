@@ -625,9 +625,10 @@ def collect_garbage(
     version: str | None = None,
     dry_run: bool = False,
 ) -> list[str]:
-    """Remove uncommitted attempt folders older than the threshold; returns their prefixes.
-
-    Young attempts are kept: they may belong to a writer that is still running."""
+    """Remove uncommitted attempt folders; returns their prefixes. Every other attempt of a
+    committed version is debris; of a version not committed yet, those with no activity (files
+    written, temporary ones included) for ``older_than_hours``: younger ones may belong to a
+    writer that is still running."""
     removed = []
     cutoff = time.time() - older_than_hours * 3600
     for ds in [name] if name else list_datasets(store):
@@ -641,8 +642,7 @@ def collect_garbage(
                 if marker and attempt == marker["attempt"]:
                     continue
                 prefix = f"{_prefix(ds, ver)}/{attempt}"
-                newest = max((o.mtime for o in store.list(prefix)), default=0.0)
-                if newest < cutoff:
+                if marker is not None or store.last_activity(prefix) < cutoff:
                     if not dry_run:
                         store.delete_prefix(prefix)
                     removed.append(prefix)

@@ -59,6 +59,12 @@ _BAD_KEY = re.compile(r"(^/)|(^|/)\.\.?(/|$)|//|\\")
 _TMP_PREFIX = ".tmp-"
 
 
+def _unless_gone(function: Callable[..., Any], path: str, exc_info: Any) -> None:
+    """shutil.rmtree's error handler: a file or folder already gone is no error."""
+    if not issubclass(exc_info[0], FileNotFoundError):
+        raise exc_info[1]
+
+
 def _check_key(key: str) -> str:
     if not key or _BAD_KEY.search(key) or key.endswith("/"):
         raise ValueError(f"invalid store key {key!r}: must be a relative path without '.', '..' or '//'")
@@ -124,6 +130,11 @@ class Store(ABC):
         keys = [o.key for o in self.list(prefix)]
         self.delete(keys)
         return len(keys)
+
+    def last_activity(self, prefix: str) -> float:
+        """The newest modification time under ``prefix`` (0 when empty), counting objects still
+        being written where the store can see them (a local temporary file)."""
+        return max((o.mtime for o in self.list(prefix)), default=0.0)
 
     def local_path(self, key: str) -> Path | None:
         """The object's path on this machine when the store is local, else None."""
@@ -225,18 +236,39 @@ class LocalStore(Store):
             return []
         return sorted(p.name for p in base.iterdir() if p.is_dir())
 
+    def _files(self, prefix: str) -> builtins.list[Path]:
+        """Every file under ``prefix``, temporary ones (a write in progress or killed) too."""
+        base = self._path(prefix)
+        return [Path(d) / name for d, _, names in os.walk(base) for name in names] if base.is_dir() else []
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove the folder ``prefix`` whole, a killed writer's temporary files too."""
+        files = self._files(prefix)
+        if self._path(prefix).is_dir():
+            shutil.rmtree(self._path(prefix), onerror=_unless_gone)  # another remover may be at it too
+            self._prune(self._path(prefix))
+        return len(files)
+
+    def last_activity(self, prefix: str) -> float:
+        return max((f.stat().st_mtime for f in self._files(prefix)), default=0.0)
+
     def delete(self, keys: Iterable[str]) -> None:
         for key in keys:
             path = self._path(key)
             path.unlink(missing_ok=True)
-            # Folders are implicit, as on S3: prune the ones this left empty.
-            for parent in path.parents:
-                if parent == self.root or not parent.is_relative_to(self.root):
-                    break
-                try:
-                    parent.rmdir()
-                except OSError:  # not empty (or already gone)
-                    break
+            self._prune(path)
+
+    def _prune(self, path: Path) -> None:
+        """Folders are implicit, as on S3: remove the ones above ``path`` left empty."""
+        for parent in path.parents:
+            if parent == self.root or not parent.is_relative_to(self.root):
+                break
+            try:
+                parent.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError:  # not empty
+                break
 
     def copy(self, src: str, dst: str) -> None:
         source, target = self._path(src), self._path(dst)
