@@ -4,6 +4,7 @@ promotion rule, the one-round-at-a-time lock, the round ledger and the config se
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -212,7 +213,7 @@ def test_heldout_halves_split_by_mesh_and_carry_intervals():
         heldout_reports({**scores, "retrieval": Scores(mesh_ids=mesh_ids[::-1], objects=objects)})
 
 
-def test_round_lock_refuses_while_held_and_is_free_once_the_holder_is_killed(tmp_path):
+def test_round_lock_refuses_while_held_and_is_free_once_the_holder_is_killed(tmp_path, caplog):
     lock = tmp_path / "rounds.lock"
     holder = subprocess.Popen(
         [
@@ -231,10 +232,14 @@ def test_round_lock_refuses_while_held_and_is_free_once_the_holder_is_killed(tmp
         with rounds.round_lock(lock, 0):
             pass
     started = time.monotonic()
-    with pytest.raises(rounds.RoundBusy, match="waited 1 s"):
-        with rounds.round_lock(lock, 1):
-            pass
+    with caplog.at_level(logging.WARNING, logger="flywheel.rounds.ledger"):
+        with pytest.raises(rounds.RoundBusy, match="waited 1 s"):
+            with rounds.round_lock(lock, 1):
+                pass
     assert time.monotonic() - started >= 1
+    # a waiting round says who holds the lock, while it waits (not only when it gives up)
+    waiting = [r.getMessage() for r in caplog.records if "waiting for the round lock" in r.getMessage()]
+    assert waiting and f'"pid": {holder.pid}' in waiting[0] and "of at most 1 s" in waiting[0]
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
     with rounds.round_lock(lock, 0):  # the kernel released it with its holder

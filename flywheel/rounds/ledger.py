@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
+import math
 import os
 import socket
 import time
@@ -25,6 +27,8 @@ from flywheel.core.digests import digest_of
 from flywheel.core.store import Store
 from flywheel.rounds.record import RoundRecord
 from flywheel.tracking.plots import curves
+
+log = logging.getLogger(__name__)
 
 
 def series_id(cfg: FlywheelConfig) -> str:
@@ -54,6 +58,10 @@ class RoundBusy(RuntimeError):
     """Another round holds the one-round-at-a-time lock."""
 
 
+#: How often a round waiting for the lock says so.
+LOCK_WAIT_REPORT_S = 30.0
+
+
 @contextmanager
 def round_lock(path: Path, wait_s: float):
     """One round at a time for everything sharing this state folder: an exclusive ``flock`` on
@@ -62,18 +70,30 @@ def round_lock(path: Path, wait_s: float):
     the holder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
-        deadline = time.monotonic() + wait_s
+        started = time.monotonic()
+        deadline, said = started + wait_s, -math.inf
         while True:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    f.seek(0)
+                f.seek(0)
+                holder = f.read().strip() or "holder unknown"
+                now = time.monotonic()
+                if now >= deadline:
                     raise RoundBusy(
-                        f"another flywheel round is running ({f.read().strip() or 'holder unknown'}; "
+                        f"another flywheel round is running ({holder}; "
                         f"lock {path}); waited {wait_s:g} s (rounds.lock_wait_s)"
                     ) from None
+                if now - said >= LOCK_WAIT_REPORT_S:  # people waiting see why, and keep seeing it
+                    log.warning(
+                        "waiting for the round lock %s, held by %s: %.0f s of at most %g s (rounds.lock_wait_s)",
+                        path,
+                        holder,
+                        now - started,
+                        wait_s,
+                    )
+                    said = now
                 time.sleep(0.5)
         try:
             f.seek(0)
