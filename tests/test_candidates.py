@@ -49,9 +49,10 @@ def test_ensemble_gives_n_distinct_candidates_with_provenance(champion):
     ids, occ = library(examples)
     objects = [f"obj-{i}" for i in range(3)]
     batch = collate(examples[:3])
+    members = tuple(m for m in DEFAULT_MEMBERS if m.model == "champion")  # no earlier champion yet
     out = propose(
         {"champion": (model, "sam3d/1")},
-        DEFAULT_MEMBERS,
+        members,
         objects,
         batch,
         num_candidates=8,
@@ -68,7 +69,7 @@ def test_ensemble_gives_n_distinct_candidates_with_provenance(champion):
         assert np.allclose(np.array(row["R"]).reshape(3, 3) @ np.array(row["R"]).reshape(3, 3).T, np.eye(3), atol=1e-5)
     again = propose(
         {"champion": (model, "sam3d/1")},
-        DEFAULT_MEMBERS,
+        members,
         objects,
         batch,
         num_candidates=8,

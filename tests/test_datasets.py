@@ -160,8 +160,8 @@ def test_writer_killed_mid_version_leaves_nothing_visible_and_rerun_commits_same
 
 def test_debris_of_killed_writers_is_removed_temporary_files_too(tmp_path):
     """An attempt folder holding only a killed upload's temporary file, or a complete shard and
-    a temporary one: removed by gc once stale, kept while young (a writer may be running), and
-    removed whatever its age once its version is committed; gc reports only what it removed."""
+    a temporary one: removed by gc once stale, kept while young (a writer may be running); of a
+    committed version, removed once idle for 15 minutes; gc reports only what it removed."""
     import os
     import time
 
@@ -179,17 +179,20 @@ def test_debris_of_killed_writers_is_removed_temporary_files_too(tmp_path):
             os.utime(f, (time.time() - age_h * 3600,) * 2)
         return folder.parent
 
-    young = attempt("v2", "attempt-young", shard=False, age_h=0.1)
+    young = attempt("v2", "attempt-young", shard=False, age_h=0.5)
     stale = attempt("v2", "attempt-stale", shard=False, age_h=7)
-    after_commit = attempt(committed.version, "attempt-killed", shard=True, age_h=0.1)
-    assert store.list("datasets/shapes/v2/attempt-stale") is not None
+    killed = attempt(committed.version, "attempt-killed", shard=True, age_h=0.5)
+    running = attempt(committed.version, "attempt-running", shard=True, age_h=0.05)  # a concurrent writer
     removed = collect_garbage(store, "shapes")
     assert sorted(removed) == [
         f"datasets/shapes/{committed.version}/attempt-killed",
         "datasets/shapes/v2/attempt-stale",
     ]
-    assert young.exists() and not stale.exists() and not after_commit.exists()
+    assert young.exists() and running.exists() and not stale.exists() and not killed.exists()
     assert collect_garbage(store, "shapes") == []  # nothing left to remove: nothing reported
+    for f in (running / "shards").iterdir():  # ... until it stops
+        os.utime(f, (time.time() - 3600,) * 2)
+    assert collect_garbage(store, "shapes") == [f"datasets/shapes/{committed.version}/attempt-running"]
     assert Dataset(store, "shapes", committed.version).verify() == []
 
 

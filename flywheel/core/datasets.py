@@ -119,6 +119,7 @@ class DatasetWriter:
         self.stale_attempt_hours = stale_attempt_hours
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         self.attempt = f"attempt-{stamp}-{uuid.uuid4().hex[:8]}"
+        self._began = time.time()
         self._base = f"{_prefix(spec.name, version)}/{self.attempt}"
         self._rows: list[dict[str, Any]] = []
         self._tables: list[pa.Table] = []  # table-only datasets: rows added in bulk
@@ -376,7 +377,14 @@ class DatasetWriter:
             log.warning("could not remove attempt %s: %s", self._base, e)
 
     def _remove_stale_attempts(self) -> None:
-        collect_garbage(self.store, self.spec.name, older_than_hours=self.stale_attempt_hours, version=self.version)
+        # attempts idle since before this writer began: killed writers (a concurrent one is active)
+        collect_garbage(
+            self.store,
+            self.spec.name,
+            older_than_hours=self.stale_attempt_hours,
+            version=self.version,
+            idle_before=self._began,
+        )
 
     @property
     def ref(self) -> DatasetRef:
@@ -617,6 +625,10 @@ def _sample_digests(tar_bytes: bytes) -> Iterator[tuple[str, str]]:
         yield key, digest.hexdigest()
 
 
+#: An attempt of a committed version idle this long (seconds) is a killed writer's.
+COMMITTED_IDLE_S = 900.0
+
+
 def collect_garbage(
     store: Store,
     name: str | None = None,
@@ -624,13 +636,16 @@ def collect_garbage(
     older_than_hours: float = 6.0,
     version: str | None = None,
     dry_run: bool = False,
+    idle_before: float | None = None,
 ) -> list[str]:
-    """Remove uncommitted attempt folders; returns their prefixes. Every other attempt of a
-    committed version is debris; of a version not committed yet, those with no activity (files
-    written, temporary ones included) for ``older_than_hours``: younger ones may belong to a
-    writer that is still running."""
+    """Remove uncommitted attempt folders; returns their prefixes. An attempt is debris when
+    it has had no activity (files written, temporary ones included) for ``older_than_hours``
+    (a younger one may belong to a writer still at work); of a committed version, already when
+    idle since ``idle_before`` (a time; default: :data:`COMMITTED_IDLE_S` ago) — a killed
+    writer's, which no commit will ever use."""
     removed = []
-    cutoff = time.time() - older_than_hours * 3600
+    now = time.time()
+    cutoff = now - older_than_hours * 3600
     for ds in [name] if name else list_datasets(store):
         for ver in [version] if version else store.children(_prefix(ds)):
             marker = None
@@ -642,7 +657,10 @@ def collect_garbage(
                 if marker and attempt == marker["attempt"]:
                     continue
                 prefix = f"{_prefix(ds, ver)}/{attempt}"
-                if marker is not None or store.last_activity(prefix) < cutoff:
+                threshold = cutoff
+                if marker is not None:
+                    threshold = max(cutoff, now - COMMITTED_IDLE_S if idle_before is None else idle_before)
+                if store.last_activity(prefix) < threshold:
                     if not dry_run:
                         store.delete_prefix(prefix)
                     removed.append(prefix)
