@@ -174,7 +174,7 @@ def reward_model(cfg: FlywheelConfig, parent: str, champion: ModelRef, history: 
     """The reward model of the round after ``history``: over ``champion``'s features, trained
     on every preference pair so far and on the artists' meshes delivered (None before any)."""
     preferences = [r.datasets["preferences"] for r in history if r.datasets["preferences"].num_rows]
-    if not preferences:
+    if not preferences or cfg.reward.oversample == 1:  # nothing to learn from, or guided search is off
         return None
     art3do = history[-1].datasets.get("art3do")
     settings = cfg.reward.model_dump(include={"heldout_share", "l2", "min_pairs"})
