@@ -12,6 +12,8 @@ per pair and the score trains in well under a second on a CPU.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,7 +36,7 @@ class RewardModel(nn.Module):
     def __init__(self, backbone: SmallSam3D):
         super().__init__()
         cfg = backbone.cfg
-        self.backbone = backbone.eval().requires_grad_(False)
+        self.backbone = copy.deepcopy(backbone).eval().requires_grad_(False)  # frozen; the caller's is untouched
         n = len(FIT_TIMES) + 1
         self.weight = nn.Parameter(torch.zeros(n))
         self.register_buffer("mean", torch.zeros(n))

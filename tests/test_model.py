@@ -362,6 +362,7 @@ def test_reward_model_ranks_held_out_objects_pairs_better_than_chance(trained, e
     from sam3d_model.reward import RewardModel, pair_features, pairwise_accuracy, train_reward
 
     backbone = trained[0]
+    trained_mode = backbone.training
     pairs = [
         dict(e, winner=e["occupancy"], loser=other["occupancy"])
         for i, e in enumerate(examples)
@@ -392,3 +393,4 @@ def test_reward_model_ranks_held_out_objects_pairs_better_than_chance(trained, e
     again = RewardModel(backbone)
     train_reward(again, train_features, l2=0.1)
     assert torch.equal(again.weight, model.weight)
+    assert all(p.requires_grad for p in backbone.parameters()) and backbone.training == trained_mode  # untouched
