@@ -130,6 +130,7 @@ class Round:
         pool = next(p for p in candidates.marker["parents"] if p["name"] == "image-pool")
         self.pool = Dataset(store, pool["name"], pool["version"])
         self._cache: dict[str, bytes] = {}
+        self._cameras: dict[str, tuple[list[float], int, bool]] = {}
         self._lock = threading.Lock()
 
     def _cached(self, key: str, make) -> bytes:
@@ -163,7 +164,12 @@ class Round:
 
     def intrinsics(self, object_id: str) -> tuple[list[float], int, bool]:
         """(K row-major, the photo's width, known): the camera of a composite from its dataset;
-        otherwise a 50° horizontal field of view (``known`` False)."""
+        otherwise a 50° horizontal field of view (``known`` False). Read once per object."""
+        if object_id not in self._cameras:
+            self._cameras[object_id] = self._camera(object_id)
+        return self._cameras[object_id]
+
+    def _camera(self, object_id: str) -> tuple[list[float], int, bool]:
         row = next(r for r in self.pool.manifest().to_pylist() if r["object_id"] == object_id)
         name, _, rest = row["source"].partition("@")
         version, _, key = rest.partition("/")
