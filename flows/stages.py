@@ -25,6 +25,7 @@ from flywheel.feedback.artists import artist_summary, deliveries_digest, read_qu
 from flywheel.feedback.ingest import file_lines
 from flywheel.feedback.publish import TaskFiles
 from flywheel.learning.ensemble import ensemble_members, resolve_ensemble
+from flywheel.rounds import ledger
 from flywheel.rounds.record import RoundRecord
 from flywheel.tracking import lineage
 from rendering.mesh_library import source_contents
@@ -74,7 +75,7 @@ def run_round(
     the round's identity is what of the config shapes it (:func:`flywheel.core.config.shaping`)."""
     ensure_result_storage(cfg)
     # The round is what it makes: re-running it after a fix or an override resumes its MLflow run.
-    round_id = f"{name}-{digest_of(shaping(cfg, shaping_sections))[:10]}"
+    round_id = f"{name}-{digest_of(ledger.where_independent(cfg, shaping(cfg, shaping_sections)))[:10]}"
     parent = lineage.start_round(cfg, round_id, flow_run_id=prefect_run_ids()[0])
     try:
         refs = body(cfg, parent)

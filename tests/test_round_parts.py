@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -290,13 +292,19 @@ def test_round_record_json_is_versioned_and_checked():
         RoundRecord.from_json(json.dumps({k: v for k, v in data.items() if k != "champion_after"}))
 
 
-def test_series_changes_with_what_shapes_rounds_not_with_how_they_run():
-    base = load_config(environ={})
-    assert rounds.series_id(base) == rounds.series_id(
-        load_config(environ={"FLYWHEEL__ROUNDS__LOCK_WAIT_S": "0", "FLYWHEEL__CANDIDATES__ACTORS": "4"})
+def test_series_changes_with_what_shapes_rounds_not_with_how_they_run_or_where_the_store_is(tmp_path):
+    def config(root: Path, **env: str):
+        return load_config(environ={"FLYWHEEL__STORE__ROOT": str(root), **env})
+
+    base = rounds.series_id(config(tmp_path / "a"))
+    assert base == rounds.series_id(
+        config(tmp_path / "a", FLYWHEEL__ROUNDS__LOCK_WAIT_S="0", FLYWHEEL__CANDIDATES__ACTORS="4")
     )
-    assert rounds.series_id(base) != rounds.series_id(load_config(environ={"FLYWHEEL__MODEL__SFT__STEPS": "10"}))
-    assert rounds.series_id(base) != rounds.series_id(load_config(environ={"FLYWHEEL__STORE__ROOT": "/elsewhere"}))
+    assert base != rounds.series_id(config(tmp_path / "a", FLYWHEEL__MODEL__SFT__STEPS="10"))
+    assert base != rounds.series_id(config(tmp_path / "another-store"))
+    # a store moved or restored elsewhere is the same store: its series (and round history) follow it
+    shutil.move(tmp_path / "a", tmp_path / "moved")
+    assert rounds.series_id(config(tmp_path / "moved")) == base
 
 
 def test_model_and_rounds_config_errors_name_the_field():

@@ -142,6 +142,28 @@ def test_unreachable_endpoint_fails_after_bounded_attempts():
         store.check()
 
 
+def test_hung_endpoint_fails_within_its_timeouts_with_a_clear_error(monkeypatch):
+    """A stopped (SIGSTOPped) S3 server still accepts connections in the kernel and never
+    answers: each attempt waits read_timeout_s, then the call fails naming the cause."""
+    import socket
+    import time
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as hung:  # listens, never accepts nor answers
+        cfg = StoreConfig(
+            root="s3://bucket/x",
+            endpoint_url=f"http://127.0.0.1:{hung.getsockname()[1]}",
+            max_attempts=2,
+            read_timeout_s=1,
+        )
+        began = time.monotonic()
+        with pytest.raises(StoreUnreachable, match=r"did not answer within 1 s, 2 attempt\(s\)"):
+            S3Store(cfg.root, cfg).check()
+        # two 1-s waits and botocore's back-off between them, not the minutes of the old defaults
+        assert time.monotonic() - began >= 2
+
+
 def test_transient_server_errors_are_retried_with_a_bound(moto):
     from flaky_proxy import FlakyProxy
 

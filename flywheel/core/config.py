@@ -57,9 +57,12 @@ class StoreConfig(_Section):
         description="An AWS shared-credentials file to read the profile from (a path, "
         "never the secret itself); e.g. the one `flywheel stack up` writes.",
     )
-    max_attempts: int = Field(5, ge=1, le=20, description="Attempts per S3 call (retries+1).")
+    # A hung endpoint (a stopped server still accepts connections) fails within about
+    # max_attempts x read_timeout_s (~30 s), not minutes; a read timeout bounds each wait for
+    # the server's next bytes, not a whole transfer, so large shards are not cut short.
+    max_attempts: int = Field(3, ge=1, le=20, description="Attempts per S3 call (retries+1).")
     connect_timeout_s: float = Field(5.0, gt=0)
-    read_timeout_s: float = Field(60.0, gt=0)
+    read_timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for the server's next bytes.")
 
     @field_validator("root")
     @classmethod

@@ -14,7 +14,9 @@ readers, removed by the next commit of that version or by :func:`collect_garbage
 
 The version is a digest of the dataset kind's schema, the inputs and the config that made
 it (:func:`version_of`): the same inputs give the same version, and a re-run finds it
-committed and does nothing.
+committed and does nothing. Its content digest covers the rows, each sample's bytes and the
+quarantine, not the sharding (``shard_max_samples`` and ``shard_max_bytes`` change how the
+same samples are packed, not what the version holds).
 """
 
 from __future__ import annotations
@@ -301,12 +303,15 @@ class DatasetWriter:
         pq.write_table(quarantine, qbuf, compression="zstd")
         self.store.put_bytes(f"{self._base}/{QUARANTINE}", qbuf.getvalue())
         by_reason = _count(self._quarantine)
+        # The content digest covers every row (each sample's sha256 is one of its columns) but
+        # not how the samples were cut into shards: sharding settings change no content.
+        rows = io.BytesIO()
+        pq.write_table(table.drop_columns(["shard"]), rows, compression="zstd")
         contents: dict[str, Any] = {
-            "manifest": manifest_sha,
-            "shards": self._shards,
+            "rows": hashlib.sha256(rows.getvalue()).hexdigest(),
             "quarantine": hashlib.sha256(qbuf.getvalue()).hexdigest(),
         }
-        if self._warnings:  # (a version without warnings keeps the digest it always had)
+        if self._warnings:
             contents["warnings"] = self._warnings
         content = digest_of(contents)
         marker = {

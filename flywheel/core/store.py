@@ -59,6 +59,10 @@ _BAD_KEY = re.compile(r"(^/)|(^|/)\.\.?(/|$)|//|\\")
 _TMP_PREFIX = ".tmp-"
 
 
+#: The key of the store's id (:meth:`Store.identity`).
+STORE_ID = "STORE_ID"
+
+
 def _unless_gone(function: Callable[..., Any], path: str, exc_info: Any) -> None:
     """shutil.rmtree's error handler: a file or folder already gone is no error."""
     if not issubclass(exc_info[0], FileNotFoundError):
@@ -139,6 +143,14 @@ class Store(ABC):
     def local_path(self, key: str) -> Path | None:
         """The object's path on this machine when the store is local, else None."""
         return None
+
+    def identity(self) -> str:
+        """This store's id: drawn once, kept in the store (``STORE_ID``), so it follows the
+        store's contents wherever they are mounted, moved or restored; two stores never share
+        one (what lives in a store is named by it, not by its path)."""
+        if not self.exists(STORE_ID):
+            self.create_if_absent(STORE_ID, uuid.uuid4().hex.encode())  # the first writer's id wins
+        return self.get_bytes(STORE_ID).decode().strip()
 
 
 class LocalStore(Store):
@@ -351,7 +363,13 @@ class S3Store(Store):
             return StoreAuthError(
                 f"{where}: no S3 credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
             )
-        if isinstance(err, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError)):
+        if isinstance(err, ReadTimeoutError):
+            return StoreUnreachable(
+                f"{where}: the endpoint accepted the connection but did not answer within "
+                f"{self.config.read_timeout_s:g} s, {self.config.max_attempts} attempt(s): is the server hung or "
+                "overloaded? (store.read_timeout_s, store.max_attempts)"
+            )
+        if isinstance(err, (EndpointConnectionError, ConnectTimeoutError)):
             return StoreUnreachable(
                 f"{where}: endpoint unreachable after {self.config.max_attempts} attempt(s): {type(err).__name__}"
             )

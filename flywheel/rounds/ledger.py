@@ -1,7 +1,8 @@
 """The round ledger: what each closed flywheel round committed, in the store.
 
 A *series* is a sequence of rounds run with one store and one set of the config sections
-that shape them; its id is a digest of those. Round ``k`` is committed when its record,
+that shape them; its id is a digest of those (the store by its id, not its path: a state
+folder moved or restored elsewhere keeps its series). Round ``k`` is committed when its record,
 ``rounds/<series>/round-<k>.json``, exists: the record is written last, atomically, so a
 round killed anywhere before is simply not committed, and re-running it reuses its
 finished tasks. Round ``k`` starts from the champion that round ``k-1`` ended with (round
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from flywheel.core.config import FlywheelConfig, shaping
 from flywheel.core.digests import digest_of
-from flywheel.core.store import Store
+from flywheel.core.store import Store, open_store
 from flywheel.rounds.record import RoundRecord
 from flywheel.tracking.plots import curves
 
@@ -32,8 +33,14 @@ log = logging.getLogger(__name__)
 
 
 def series_id(cfg: FlywheelConfig) -> str:
-    """A series is one store and one shaping config (:func:`flywheel.core.config.shaping`)."""
-    return digest_of(shaping(cfg))[:12]
+    """A series is one store (:meth:`Store.identity`) and one shaping config
+    (:func:`flywheel.core.config.shaping`)."""
+    return digest_of(where_independent(cfg, shaping(cfg)))[:12]
+
+
+def where_independent(cfg: FlywheelConfig, shaped: dict) -> dict:
+    """``shaped`` (a :func:`shaping` of ``cfg``) with its store named by id instead of path."""
+    return {**shaped, "store": open_store(cfg.store_root, cfg.store).identity()}
 
 
 def record_key(series: str, round_index: int) -> str:
