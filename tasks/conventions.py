@@ -20,6 +20,7 @@ that shape a task's output are passed as explicit parameters, so they are in the
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Generic, ParamSpec, TypeVar
@@ -28,11 +29,13 @@ from prefect import Task, task
 from prefect.tasks import exponential_backoff
 
 from flywheel.core.config import FlywheelConfig, PrefectConfig, shaping
+from flywheel.core.datasets import committed_ref
 from flywheel.core.digests import digest_of
-from flywheel.core.records import DatasetRef
+from flywheel.core.records import CheckpointRef, DatasetRef, RewardRef, RunSummary
 from flywheel.core.store import Store, open_store
 from flywheel.tracking import lineage
 
+log = logging.getLogger(__name__)
 NOT_IN_CACHE_KEY = frozenset({"parent_run_id"})
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -83,7 +86,13 @@ class FlywheelTask(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         cfg = next((a for a in (*args, *kwargs.values()) if isinstance(a, FlywheelConfig)), None)
-        return self.configured(cfg.prefect if cfg is not None else PrefectConfig())(*args, **kwargs)
+        task = self.configured(cfg.prefect if cfg is not None else PrefectConfig())
+        result = task(*args, **kwargs)
+        gone = missing_outputs(store_for(cfg), result) if cfg is not None else []
+        if gone:  # a cached result whose output was removed (`datasets repair`): make it again
+            log.warning("%s: cached output %s no longer exists; running the task again", self.name, ", ".join(gone))
+            result = task.with_options(refresh_cache=True)(*args, **kwargs)
+        return result
 
 
 def flywheel_task(
@@ -96,6 +105,24 @@ def flywheel_task(
         return FlywheelTask(fn, name=name, version=version, retries=retries, timeout_seconds=timeout_seconds)
 
     return decorate
+
+
+def missing_outputs(store: Store, result: Any) -> list[str]:
+    """The dataset versions and store checkpoints ``result`` refers to that are not in ``store``
+    (any more): a cached task result must never hand on a dangling reference."""
+    if isinstance(result, DatasetRef):
+        return [] if committed_ref(store, result.name, result.version) else [str(result)]
+    if isinstance(result, CheckpointRef):
+        return [result.uri] if result.key is not None and not store.exists(result.key) else []
+    if isinstance(result, RewardRef):
+        return missing_outputs(store, result.checkpoint)
+    if isinstance(result, RunSummary):
+        return missing_outputs(store, result.datasets)
+    if isinstance(result, (list, tuple)):
+        return [m for item in result for m in missing_outputs(store, item)]
+    if isinstance(result, dict):
+        return [m for item in result.values() for m in missing_outputs(store, item)]
+    return []
 
 
 def store_for(cfg: FlywheelConfig) -> Store:

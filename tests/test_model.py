@@ -202,7 +202,7 @@ def test_shortcut_samples_approach_the_guided_teacher_after_distillation(trained
     T.distill(
         student,
         batch_stream(lambda: examples, 8, seed=0),
-        T.TrainSettings(steps=300, lr=1e-3, log_every=50),
+        T.TrainSettings(steps=60, lr=1e-3, log_every=20),
         consistency_fraction=1.0,
         levels=1,
         teacher=T.frozen_copy(teacher),

@@ -484,3 +484,64 @@ def test_mesh_thresholds_come_from_the_config(tmp_path):
         )
     ).datasets[0]
     assert lenient.num_rows == 2 and lenient.version != strict.version
+
+
+def _damage(store: LocalStore, ds: Dataset, shard: int = 0) -> Path:
+    """Cut a committed shard of ``ds`` to half its bytes, as a failing disk or a bad copy does."""
+    path = store.local_path(f"{ds._base}/shards/{ds.marker['shards'][shard]['name']}")
+    path.chmod(0o644)
+    os.truncate(path, path.stat().st_size // 2)
+    return path
+
+
+def test_a_damaged_dataset_is_repaired_by_the_runbook(monkeypatch, tmp_path):
+    """infra/RUNBOOK.md's procedure, end to end: a truncated shard is one clear error for
+    readers and a failed integrity expectation for the gate; `datasets repair` removes the
+    version; re-running the flow rebuilds it (its cached task runs again) from parts that were
+    copied, not linked; a damaged part stops the re-run by name until it is repaired too."""
+    from flows.synth import synth_iso3do
+    from flywheel.core.datasets import DatasetCorrupt
+    from flywheel.validation.suites import validate
+
+    store = _store_env(monkeypatch, tmp_path / "store")
+    monkeypatch.setenv("FLYWHEEL__PROJECT__STATE_DIR", str(tmp_path / "state"))
+    cli = [str(BIN / "flywheel"), "datasets"]
+    first = synth_iso3do().datasets[1]
+    iso = Dataset(store, "iso3do", first.version)
+    _damage(store, iso)
+
+    with pytest.raises(
+        DatasetCorrupt, match=rf"iso3do@{first.version}: shard shard-000000.tar (is unreadable|holds \d samples)"
+    ):
+        list(iso.samples())
+    report = validate(iso, load_config().validation)
+    assert not report.success and [f.table for f in report.failures] == ["integrity"]
+    shown = subprocess.run([*cli, "show", str(first), "--verify", "-n", "0"], capture_output=True, text=True)
+    assert shown.returncode == 1 and "checksum mismatch" in shown.stderr
+
+    repaired = subprocess.run([*cli, "repair", str(first)], capture_output=True, text=True)
+    assert repaired.returncode == 0 and f"removed {first}" in repaired.stdout, repaired.stderr
+    assert not list_versions(store, "iso3do")
+    again = subprocess.run([*cli, "repair", str(first)], capture_output=True, text=True)
+    assert again.returncode == 4 and again.stderr.count("\n") == 1  # gone: one line, "not committed"
+
+    parts = {m["version"]: m["committed_at"] for m in list_versions(store, "iso3do-part")}
+    rebuilt = synth_iso3do().datasets[1]  # the cached assembly is dangling: it runs again
+    assert rebuilt == first and Dataset(store, "iso3do", rebuilt.version).verify() == []
+    assert {m["version"]: m["committed_at"] for m in list_versions(store, "iso3do-part")} == parts  # not re-rendered
+
+    # the assembly and a part damaged (as when they shared a file): the rebuild refuses the part
+    # by name; the part repaired too, the re-run renders only that part again
+    part = Dataset(store, "iso3do-part", sorted(parts)[0])
+    _damage(store, part)
+    _damage(store, Dataset(store, "iso3do", rebuilt.version))
+    subprocess.run([*cli, "repair", str(rebuilt)], capture_output=True, text=True, check=True)
+    with pytest.raises(DatasetCorrupt, match=rf"iso3do-part@{part.ref.version}: shard .* is damaged"):
+        synth_iso3do()
+    healthy = subprocess.run([*cli, "repair", f"iso3do-part@{sorted(parts)[1]}"], capture_output=True, text=True)
+    assert healthy.returncode == 0 and "intact" in healthy.stdout and "nothing removed" in healthy.stdout
+    subprocess.run([*cli, "repair", str(part.ref)], capture_output=True, text=True, check=True)
+    final = synth_iso3do().datasets[1]
+    assert final == first and Dataset(store, "iso3do", final.version).verify() == []
+    after = {m["version"]: m["committed_at"] for m in list_versions(store, "iso3do-part")}
+    assert [v for v in after if after[v] != parts[v]] == [part.ref.version]

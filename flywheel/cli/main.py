@@ -207,6 +207,44 @@ def datasets_show(
         typer.echo("verify: ok (all shards match their checksums and the manifest)")
 
 
+@datasets_app.command("repair")
+def datasets_repair(
+    ctx: typer.Context,
+    spec: str = typer.Argument(..., metavar="NAME@VERSION"),
+    force: bool = typer.Option(False, "--force", help="Remove the version even when it verifies intact."),
+) -> None:
+    """Remove a damaged dataset version so that re-running the flow that made it rebuilds it
+    from its inputs (cached task results that refer to it then run again). Verifies first and
+    removes nothing when the version is intact (unless --force). Exit 0: removed, or intact;
+    2: bad NAME@VERSION; 3: store unusable; 4: no such committed version."""
+    from flywheel.core.contracts import get_spec
+    from flywheel.core.datasets import Dataset, DatasetError, InvalidVersion, remove_version
+
+    name, _, version = spec.partition("@")
+    if not version:
+        _fail(f"{spec}: name the version to repair, NAME@VERSION (`flywheel datasets ls {name}`)", EXIT_USAGE)
+    store = _store(_cfg(ctx))
+    try:
+        get_spec(name)
+        ds = Dataset(store, name, version)
+    except InvalidVersion as e:
+        _fail(str(e), EXIT_USAGE)
+    except (KeyError, DatasetError) as e:
+        _fail(str(e), EXIT_NOT_FOUND)
+    problems = ds.verify()
+    for p in problems:
+        typer.secho(f"  corrupt: {p}", fg=typer.colors.RED, err=True)
+    if not problems and not force:
+        typer.echo(f"{ds.ref}: intact (every shard matches its checksum and the manifest); nothing removed")
+        return
+    removed = remove_version(store, name, version)
+    typer.echo(f"removed {ds.ref} ({removed} objects{', intact: --force' if not problems else ''})")
+    typer.echo(
+        "rebuild it: re-run the flow that made it (`flywheel synth ...` for synthetic data, `flywheel run` for a "
+        "round's datasets); its producing task runs again and commits the same version from its inputs"
+    )
+
+
 @datasets_app.command("gc")
 def datasets_gc(
     ctx: typer.Context,

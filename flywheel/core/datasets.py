@@ -216,8 +216,20 @@ class DatasetWriter:
         self._warnings.append({"item_id": key, "reason": reason, "detail": detail or reason})
 
     def add_shard_from(self, part: Dataset, shard: dict[str, Any]) -> None:
-        """Adopt a committed shard of another dataset version (a cached part) as is."""
+        """Adopt a committed shard of another dataset version (a cached part) as is: checked
+        against the part's marker first, and copied (a damaged part is refused by name, never
+        carried into a new version)."""
         self._close_shard()
+        source = f"{part._base}/shards/{shard['name']}"
+        sha = hashlib.sha256()
+        try:
+            with self.store.open(source) as f:
+                for chunk in iter(lambda: f.read(2**20), b""):
+                    sha.update(chunk)
+        except ObjectNotFound:
+            raise part._corrupt(shard["name"], "is missing") from None
+        if sha.hexdigest() != shard["sha256"]:
+            raise part._corrupt(shard["name"], "is damaged (its checksum differs from its commit marker's)")
         name = f"shard-{len(self._shards):06d}.tar"
         rows = [r for r in part.manifest().to_pylist() if r["shard"] == shard["name"]]
         for row in rows:
@@ -228,7 +240,7 @@ class DatasetWriter:
                 )
             self._keys.add(row["sample_key"])
             self._rows.append({**row, "shard": name})
-        self.store.copy(f"{part._base}/shards/{shard['name']}", f"{self._base}/shards/{name}")
+        self.store.copy(source, f"{self._base}/shards/{name}")
         self._shards.append({**shard, "name": name})
 
     def _check_sample(self, key: str, row: Mapping[str, Any], files: Mapping[str, bytes]) -> None:
@@ -561,11 +573,32 @@ class Dataset:
         if wanted is not None:
             table = self.manifest().select(["sample_key", "shard"]).to_pydict()
             shards = {sh for k, sh in zip(table["sample_key"], table["shard"]) if k in wanted}
-        urls = self.shard_urls(shards)
-        if not urls:
-            return iter(())
-        stream = iter(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+        listed = [s for s in self.marker["shards"] if shards is None or s["name"] in shards]
+        stream = self._read_shards(wds, listed, self.shard_urls(shards))
         return stream if wanted is None else (s for s in stream if s["__key__"] in wanted)
+
+    def _read_shards(self, wds: Any, shards: list[dict[str, Any]], urls: list[str]) -> Iterator[dict[str, Any]]:
+        """Each shard's samples in turn. A shard that cannot be read, or holds fewer or more
+        samples than its commit marker says (a tar cut at a record boundary reads cleanly), is
+        one clear error naming the dataset, version and shard: never a raw tar error, never
+        silently fewer samples."""
+        for shard, url in zip(shards, urls, strict=True):
+            count = 0
+            try:
+                for sample in wds.WebDataset([url], shardshuffle=False, empty_check=False):
+                    count += 1
+                    yield sample
+            except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+                raise self._corrupt(shard["name"], f"is unreadable ({type(e).__name__}: {e})") from None
+            if "samples" in shard and count != shard["samples"]:
+                raise self._corrupt(shard["name"], f"holds {count} samples, its commit marker says {shard['samples']}")
+
+    def _corrupt(self, shard: str, what: str) -> DatasetCorrupt:
+        spec = f"{self.ref.name}@{self.ref.version}"
+        return DatasetCorrupt(
+            f"{self.ref}: shard {shard} {what}; `flywheel datasets show {spec} --verify` lists the damage, "
+            f"`flywheel datasets repair {spec}` removes the version so that re-running its flow rebuilds it"
+        )
 
     def verify(self) -> list[str]:
         """Check every shard's checksum and that shards and manifest hold the same samples.
@@ -628,6 +661,17 @@ def _sample_digests(tar_bytes: bytes) -> Iterator[tuple[str, str]]:
             digest.update(f"{ext}\0{len(data)}\0".encode())
             digest.update(data)
         yield key, digest.hexdigest()
+
+
+def remove_version(store: Store, name: str, version: str) -> int:
+    """Remove a committed version (a damaged one, to rebuild it): its commit marker first, so
+    no reader opens it from then on, then its files. Returns the objects removed."""
+    prefix = _prefix(name, version)
+    marker = f"{prefix}/{MARKER}"
+    if not store.exists(marker):
+        raise DatasetNotCommitted(f"dataset {name}@{version} in {store.root_uri}: not committed")
+    store.delete([marker])
+    return 1 + sum(store.delete_prefix(f"{prefix}/{attempt}") for attempt in store.children(prefix))
 
 
 #: An attempt of a committed version idle this long (seconds) is a killed writer's.

@@ -19,7 +19,7 @@ class DatasetRef:
     name: str
     version: str
     uri: str  # the version's folder
-    digest: str  # content digest: manifest + shard checksums
+    digest: str  # content digest: rows, samples' bytes and quarantine (not the sharding)
     num_rows: int
 
     def __str__(self) -> str:

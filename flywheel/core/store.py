@@ -121,7 +121,7 @@ class Store(ABC):
 
     @abstractmethod
     def copy(self, src: str, dst: str) -> None:
-        """Copy an object inside the store (server-side on S3, a hard link on disk)."""
+        """Copy an object inside the store (server-side on S3, a file copy on disk)."""
 
     @abstractmethod
     def check(self) -> None:
@@ -288,10 +288,8 @@ class LocalStore(Store):
             raise ObjectNotFound(f"{self.uri(src)}: no such object")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}-{target.name}"
-        try:
-            os.link(source, tmp)  # committed objects are immutable: sharing the inode is safe
-        except OSError:
-            shutil.copyfile(source, tmp)
+        # a copy, not a hard link: a file damaged on disk must not damage every version sharing it
+        shutil.copyfile(source, tmp)
         os.replace(tmp, target)
 
     def check(self) -> None:

@@ -692,9 +692,17 @@ def _examples(result: dict, df: pd.DataFrame, column: str | None) -> list:
 
 
 def validate(ds: Dataset, cfg: ValidationConfig, docs_dir: str | Path | None = None) -> Report:
-    """Validate one committed dataset version; build Data Docs into ``docs_dir`` if given."""
-    tables = SUITES.get(ds.spec.name, _generic)(ds, cfg)
-    tables["integrity"] = (_integrity(ds), [_gx().ExpectColumnValuesToBeNull(column="problem")])
+    """Validate one committed dataset version; build Data Docs into ``docs_dir`` if given. A
+    damaged version (a shard or manifest that does not match its checksums, or cannot be read)
+    fails the integrity expectation, naming the damage; its content is not checked."""
+    integrity = _integrity(ds)
+    tables: dict = {}
+    if integrity["problem"].isna().all():
+        try:
+            tables = SUITES.get(ds.spec.name, _generic)(ds, cfg)
+        except DatasetCorrupt as e:  # a parent it reads is damaged
+            integrity = pd.concat([integrity, pd.DataFrame([{"item": "parent", "problem": str(e)}])])
+    tables["integrity"] = (integrity, [_gx().ExpectColumnValuesToBeNull(column="problem")])
     return run_suites(str(ds.ref), ds.spec.name, tables, docs_dir)
 
 
