@@ -24,7 +24,7 @@ class ValidationFailed(RuntimeError):
     pass
 
 
-@flywheel_task(name="validate", version="1", retries=0)  # a failed suite is not transient
+@flywheel_task(name="validate", version="2", retries=0)  # a failed suite is not transient
 def gate(
     cfg: FlywheelConfig, dataset: DatasetRef, thresholds: dict, overrides: dict, parent_run_id: str | None = None
 ) -> dict:

@@ -545,3 +545,29 @@ def test_a_damaged_dataset_is_repaired_by_the_runbook(monkeypatch, tmp_path):
     assert final == first and Dataset(store, "iso3do", final.version).verify() == []
     after = {m["version"]: m["committed_at"] for m in list_versions(store, "iso3do-part")}
     assert [v for v in after if after[v] != parts[v]] == [part.ref.version]
+
+
+def test_a_failed_flow_ends_in_one_error_line_with_its_tracebacks_in_a_file(tmp_path):
+    """An empty mesh folder makes an empty library: its gate fails (never zero rows and a
+    green gate); the terminal shows Prefect's one-line failure messages and the CLI's `error:`
+    line naming the cause, not ~100 lines of tracebacks, which go to a log file it names;
+    --debug prints them."""
+    from prefect.settings import PREFECT_API_URL
+
+    (tmp_path / "empty").mkdir()
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "FLYWHEEL__PROJECT__STATE_DIR": str(tmp_path / "state"),
+        "FLYWHEEL__STORE__ROOT": str(tmp_path / "store"),
+        "FLYWHEEL__MESHES__SOURCE": str(tmp_path / "empty"),
+    }
+    run = subprocess.run([BIN / "flywheel", "synth", "meshes"], env=env, capture_output=True, text=True)
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert "no rows (0 quarantined)" in last and "tracebacks: " in last
+    log = Path(last.rsplit("tracebacks: ", 1)[1].rstrip(")"))
+    assert "Traceback (most recent call last)" in log.read_text() and "ValidationFailed" in log.read_text()
+    debug = subprocess.run([BIN / "flywheel", "--debug", "synth", "meshes"], env=env, capture_output=True, text=True)
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr

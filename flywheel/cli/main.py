@@ -83,6 +83,9 @@ def main(
         help=f"YAML config over configs/default.yaml (also: ${CONFIG_FILE_ENV}). "
         "Env FLYWHEEL__SECTION__FIELD overrides any field.",
     ),
+    debug: bool = typer.Option(
+        False, "--debug", help="Print tracebacks in the terminal (default: in a log file under the state folder)."
+    ),
 ) -> None:
     """Load the config once; every command and the flows it runs get this one."""
     try:
@@ -386,10 +389,17 @@ def _run_flow(ctx: typer.Context, flow_name: str, cfg: FlywheelConfig | None = N
 
     module, _, name = flow_name.partition(":")
     flow = getattr(importlib.import_module(module), name)  # imports Prefect: only when a flow runs
+    traceback_log = cfg.state_dir / "logs" / f"{name}-{started:%Y%m%dT%H%M%S}-tracebacks.log"
+    if not ctx.find_root().params.get("debug"):
+        from flywheel.core.runtime import tracebacks_to_file
+
+        traceback_log.parent.mkdir(parents=True, exist_ok=True)
+        tracebacks_to_file(traceback_log)
     try:
         result = flow(config=cfg, **parameters)
-    except Exception as e:  # the flow already logged the traceback
-        _fail(f"{flow.name} failed: {type(e).__name__}: {e}", EXIT_FAILED)
+    except Exception as e:
+        where = f" (tracebacks: {traceback_log})" if traceback_log.exists() else ""
+        _fail(f"{flow.name} failed: {type(e).__name__}: {e}{where}", EXIT_FAILED)
     seconds = (datetime.now() - started).total_seconds()
     if isinstance(result, RunSummary):
         typer.echo(f"\n{result.run} done in {seconds:.0f} s")

@@ -47,3 +47,42 @@ def apply_environment(cfg: FlywheelConfig) -> FlywheelConfig:
     # Prefect creates its home without parents and then fails to open its database.
     os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
     return cfg
+
+
+class _TracebacksToFile(logging.Formatter):
+    """A console formatter that prints a record's message without its traceback and appends
+    the traceback to ``path`` instead (the record itself is left whole for other handlers,
+    such as the one that sends logs to the Prefect API)."""
+
+    def __init__(self, inner: logging.Formatter | None, path: os.PathLike | str):
+        super().__init__()
+        self.inner, self.path = inner or logging.Formatter(), path
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not (record.exc_info or record.exc_text):
+            return self.inner.format(record)
+        saved = record.exc_info, record.exc_text
+        with open(self.path, "a") as f:
+            f.write(f"{self.formatTime(record)} {record.name} {record.levelname}: {record.getMessage()}\n")
+            f.write((record.exc_text or self.formatException(record.exc_info)) + "\n\n")  # type: ignore[arg-type]
+        record.exc_info, record.exc_text = None, None
+        try:
+            return self.inner.format(record) + f"  (traceback: {self.path})"
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
+def tracebacks_to_file(path: os.PathLike | str) -> None:
+    """Every console handler configured now prints tracebacks to ``path`` instead of the
+    terminal: a failure then ends in its one clear error line (``--debug`` keeps them)."""
+    loggers = [
+        logging.getLogger(),
+        *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger)),
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+            if (console or type(handler).__name__ == "PrefectConsoleHandler") and not isinstance(
+                handler.formatter, _TracebacksToFile
+            ):
+                handler.setFormatter(_TracebacksToFile(handler.formatter, path))

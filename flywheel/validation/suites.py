@@ -691,11 +691,27 @@ def _examples(result: dict, df: pd.DataFrame, column: str | None) -> list:
     )
 
 
+#: Dataset kinds that are of no use empty (an empty mesh folder, every render failed): their
+#: gate fails on zero rows, whatever their quarantine says. Others may be empty in a round
+#: (no accepted objects, no artist deliveries).
+NEVER_EMPTY = frozenset({"meshes", "iso3do", "occlusions", "image-pool", "candidates", "proposals"})
+
+
 def validate(ds: Dataset, cfg: ValidationConfig, docs_dir: str | Path | None = None) -> Report:
     """Validate one committed dataset version; build Data Docs into ``docs_dir`` if given. A
     damaged version (a shard or manifest that does not match its checksums, or cannot be read)
     fails the integrity expectation, naming the damage; its content is not checked."""
     integrity = _integrity(ds)
+    if ds.spec.name in NEVER_EMPTY and ds.ref.num_rows == 0:
+        refused = _quarantined(ds)
+        integrity = pd.concat(
+            [
+                integrity,
+                pd.DataFrame(
+                    [{"item": "rows", "problem": f"no rows ({refused} quarantined): nothing downstream can use it"}]
+                ),
+            ]
+        )
     tables: dict = {}
     if integrity["problem"].isna().all():
         try:
