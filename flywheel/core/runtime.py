@@ -54,7 +54,7 @@ class _TracebacksToFile(logging.Formatter):
     the traceback to ``path`` instead (the record itself is left whole for other handlers,
     such as the one that sends logs to the Prefect API)."""
 
-    def __init__(self, inner: logging.Formatter | None, path: os.PathLike | str):
+    def __init__(self, inner: logging.Formatter | None, path: str | os.PathLike[str]):
         super().__init__()
         self.inner, self.path = inner or logging.Formatter(), path
 
@@ -72,7 +72,7 @@ class _TracebacksToFile(logging.Formatter):
             record.exc_info, record.exc_text = saved
 
 
-def tracebacks_to_file(path: os.PathLike | str) -> None:
+def tracebacks_to_file(path: str | os.PathLike[str]) -> None:
     """Every console handler configured now prints tracebacks to ``path`` instead of the
     terminal: a failure then ends in its one clear error line (``--debug`` keeps them)."""
     loggers = [
