@@ -386,7 +386,7 @@ def play_round(
     """Round k (bootstrapping a champion first for round 0); returns its record (what the
     propose half committed when only that ran)."""
     store, series = store_for(cfg), ledger.series_id(cfg)
-    with ledger.round_lock(cfg.state_dir / "rounds.lock", cfg.rounds.lock_wait_s):
+    with ledger.round_lock(cfg.state_dir / "rounds.lock", cfg.rounds.lock_wait_s, store):
         done = ledger.read_round(store, series, k)
         if done is not None:
             print(f"round {k} of series {series} is committed already: {done.promotion.reason}")

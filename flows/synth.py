@@ -6,17 +6,28 @@ mesh library ─> gate ─┬─> iso3do parts (cached per batch) ─> assemble 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prefect import flow
 
 from flows.stages import all_synthetic, flow_config, iso3do, mesh_library, occlusions, run_round
 from flywheel.core.config import FlywheelConfig
 from flywheel.core.records import DatasetRef, RunSummary
+from flywheel.rounds import ledger
+from tasks.conventions import store_for
+
+
+def run_locked(cfg: FlywheelConfig, name: str, body: Callable[[FlywheelConfig, str], list[DatasetRef]]) -> RunSummary:
+    """:func:`run_round` under the round lock: synthetic data made while a round (or another
+    synth) runs on the same store would be the same work done twice."""
+    with ledger.round_lock(cfg.state_dir / "rounds.lock", cfg.rounds.lock_wait_s, store_for(cfg)):
+        return run_round(cfg, name, body)
 
 
 @flow(name="synth-meshes", log_prints=True)
 def synth_meshes(config: FlywheelConfig | str | None = None) -> RunSummary:
     """Build the mesh library (config ``meshes``). ``config``: a config or a config file; None loads the worker's."""
-    return run_round(flow_config(config), "synth-meshes", lambda cfg, parent: [mesh_library(cfg, parent)])
+    return run_locked(flow_config(config), "synth-meshes", lambda cfg, parent: [mesh_library(cfg, parent)])
 
 
 @flow(name="synth-iso3do", log_prints=True)
@@ -27,7 +38,7 @@ def synth_iso3do(config: FlywheelConfig | str | None = None) -> RunSummary:
         library = mesh_library(cfg, parent)
         return [library, iso3do(cfg, library, parent)]
 
-    return run_round(flow_config(config), "synth-iso3do", body)
+    return run_locked(flow_config(config), "synth-iso3do", body)
 
 
 @flow(name="synth-occlusions", log_prints=True)
@@ -38,10 +49,10 @@ def synth_occlusions(config: FlywheelConfig | str | None = None) -> RunSummary:
         library = mesh_library(cfg, parent)
         return [library, occlusions(cfg, library, parent)]
 
-    return run_round(flow_config(config), "synth-occlusions", body)
+    return run_locked(flow_config(config), "synth-occlusions", body)
 
 
 @flow(name="synth-all", log_prints=True)
 def synth_all(config: FlywheelConfig | str | None = None) -> RunSummary:
     """The whole synthetic-data refresh: mesh library, Iso-3DO and Flying Occlusions."""
-    return run_round(flow_config(config), "synth-all", all_synthetic)
+    return run_locked(flow_config(config), "synth-all", all_synthetic)

@@ -230,7 +230,9 @@ def test_round_lock_refuses_while_held_and_is_free_once_the_holder_is_killed(tmp
         text=True,
     )
     assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(rounds.RoundBusy, match=rf"another flywheel round is running \(.*\"pid\": {holder.pid}"):
+    with pytest.raises(
+        rounds.RoundBusy, match=rf"another flywheel round or synth is running \(.*\"pid\": {holder.pid}"
+    ):
         with rounds.round_lock(lock, 0):
             pass
     started = time.monotonic()

@@ -337,7 +337,7 @@ def test_two_rounds_at_once_one_waits_and_one_is_refused(clean: CleanRounds, tmp
     codes = [p.wait(timeout=400) for p in procs]
     texts = [p.read_text(errors="replace") for p in logs]
     assert codes == [0, 0], texts[0][-2000:] + texts[1][-2000:]
-    assert refused.returncode == 1 and "another flywheel round is running" in texts[2]
+    assert refused.returncode == 1 and "another flywheel round or synth is running" in texts[2]
     assert sum("round 2 of series" in t and "committed already" in t for t in texts[:2]) == 1
     history = rounds.committed_rounds(store, series)
     assert [r.round for r in history] == [0, 1, 2]

@@ -19,12 +19,13 @@ import math
 import os
 import socket
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 from flywheel.core.config import FlywheelConfig, shaping
 from flywheel.core.digests import digest_of
+from flywheel.core.leases import LeaseBusy, store_lease
 from flywheel.core.store import Store, open_store
 from flywheel.rounds.record import RoundRecord
 from flywheel.tracking.plots import curves
@@ -70,11 +71,39 @@ LOCK_WAIT_REPORT_S = 30.0
 
 
 @contextmanager
-def round_lock(path: Path, wait_s: float):
+def round_lock(path: Path, wait_s: float, store: Store | None = None):
     """One round at a time for everything sharing this state folder: an exclusive ``flock`` on
     ``path``, which the kernel releases when its holder exits or is killed (no stale lock to
-    clean up after a crash). Waits up to ``wait_s``, then raises :class:`RoundBusy` naming
-    the holder."""
+    clean up after a crash); and, given ``store``, for every machine sharing the store: its
+    ``rounds`` lease (:mod:`flywheel.core.leases`). Waits up to ``wait_s`` in all, saying
+    every 30 s who holds it, then raises :class:`RoundBusy` naming the holder."""
+    started = time.monotonic()
+    with _state_lock(path, wait_s), ExitStack() as held:
+        if store is not None:
+            left = max(0.0, wait_s - (time.monotonic() - started))
+
+            def waiting(holder: str, waited: float) -> None:
+                log.warning(
+                    "waiting for the round lease of store %s, held by %s: %.0f s of at most %g s (rounds.lock_wait_s)",
+                    store.root_uri,
+                    holder,
+                    waited,
+                    left,
+                )
+
+            try:
+                held.enter_context(
+                    store_lease(store, "rounds", left, report_every_s=LOCK_WAIT_REPORT_S, on_wait=waiting)
+                )
+            except LeaseBusy as e:
+                raise RoundBusy(
+                    f"another flywheel round or synth is running on this store ({e}; rounds.lock_wait_s)"
+                ) from None
+        yield
+
+
+@contextmanager
+def _state_lock(path: Path, wait_s: float):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         started = time.monotonic()
@@ -89,7 +118,7 @@ def round_lock(path: Path, wait_s: float):
                 now = time.monotonic()
                 if now >= deadline:
                     raise RoundBusy(
-                        f"another flywheel round is running ({holder}; "
+                        f"another flywheel round or synth is running ({holder}; "
                         f"lock {path}); waited {wait_s:g} s (rounds.lock_wait_s)"
                     ) from None
                 if now - said >= LOCK_WAIT_REPORT_S:  # people waiting see why, and keep seeing it
