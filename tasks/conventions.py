@@ -139,6 +139,40 @@ def writer_options(cfg: FlywheelConfig) -> dict[str, Any]:
     }
 
 
+#: Bump when :func:`prepare_state` does more on a fresh state folder.
+STATE_SETUP_VERSION = 1
+
+
+def prepare_state(cfg: FlywheelConfig) -> None:
+    """Set a fresh state folder up once, serialised across processes (an ``flock``): the MLflow
+    and the ephemeral Prefect SQLite databases are created and migrated here, so that two
+    first runs started together do not race on their migrations ("table ... already exists").
+    Later runs see the marker and return at once."""
+    import fcntl
+
+    marker = cfg.state_dir / f".state-setup-v{STATE_SETUP_VERSION}"
+    if marker.exists():
+        return
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(cfg.state_dir / "setup.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other first run waits here, then finds the marker
+        if marker.exists():
+            return
+        if cfg.mlflow_tracking_uri.startswith("sqlite:"):
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(cfg.mlflow_tracking_uri).search_experiments(max_results=1)  # creates and migrates
+        from prefect.settings import PREFECT_API_URL
+
+        if not PREFECT_API_URL.value():  # the ephemeral server's own database
+            import asyncio
+
+            from prefect.server.database import provide_database_interface
+
+            asyncio.run(provide_database_interface().create_db())
+        marker.touch()
+
+
 def ensure_result_storage(cfg: FlywheelConfig) -> str:
     """Save (once) the block that persists task results; returns its slug."""
     from prefect.filesystems import LocalFileSystem

@@ -130,3 +130,32 @@ def test_bad_inputs_at_the_door_exit_2_with_one_line(tmp_path):
         out = run(*args, env={**env, **extra})
         assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
         assert "Traceback" not in out.stderr and out.stderr.count("error:") == 1, out.stderr
+
+
+def test_two_first_runs_set_the_state_folder_up_once_without_racing(tmp_path):
+    """Two processes starting on a fresh state folder at once: one creates and migrates the
+    MLflow and Prefect databases, the other waits for it (before: "table ... already exists")."""
+    import sqlite3
+
+    state = tmp_path / "state"
+    code = (
+        "from flywheel.core.config import load_config\n"
+        "from flywheel.core.runtime import apply_environment\n"
+        "cfg = apply_environment(load_config())\n"
+        "from tasks.conventions import prepare_state\n"
+        "prepare_state(cfg)\n"
+    )
+    env = {**os.environ, "FLYWHEEL__PROJECT__STATE_DIR": str(state)}
+    runs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    errors = [run.communicate()[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], errors
+    tables = {
+        name: {
+            row[0] for row in sqlite3.connect(state / db).execute("select name from sqlite_master where type='table'")
+        }
+        for name, db in (("mlflow", "mlflow.db"), ("prefect", "prefect/prefect.db"))
+    }
+    assert {"experiments", "alembic_version"} <= tables["mlflow"]
+    assert {"flow_run", "alembic_version"} <= tables["prefect"]

@@ -389,6 +389,9 @@ def _run_flow(ctx: typer.Context, flow_name: str, cfg: FlywheelConfig | None = N
 
     module, _, name = flow_name.partition(":")
     flow = getattr(importlib.import_module(module), name)  # imports Prefect: only when a flow runs
+    from tasks.conventions import prepare_state
+
+    prepare_state(cfg)
     traceback_log = cfg.state_dir / "logs" / f"{name}-{started:%Y%m%dT%H%M%S}-tracebacks.log"
     if not ctx.find_root().params.get("debug"):
         from flywheel.core.runtime import tracebacks_to_file
