@@ -12,9 +12,9 @@ from flywheel.core.config import DEFAULT_CONFIG_FILE, ConfigError, FlywheelConfi
 def test_embedded_defaults_load():
     assert DEFAULT_CONFIG_FILE == Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
     cfg = load_config(environ={})
-    assert cfg.meshes.num_procedural == 150 != FlywheelConfig().meshes.num_procedural  # the file, not the schema
+    assert cfg.meshes.num_procedural == 800 != FlywheelConfig().meshes.num_procedural  # the file, not the schema
     assert cfg.store.root == ".flywheel/store"
-    assert cfg.meshes.occupancy_resolution == 16 and cfg.iso3do.views == 8
+    assert cfg.meshes.occupancy_resolution == 16 and cfg.iso3do.views == 3
     assert cfg.mlflow_tracking_uri == f"sqlite:///{Path('.flywheel').resolve() / 'mlflow.db'}"
 
 
