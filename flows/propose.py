@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.stages import candidates, flow_config, image_pool, publish, run_round
+from flows.stages import candidates, flow_config, image_pool, publish, run_locked
 from flywheel.core.config import FlywheelConfig
 from flywheel.core.records import DatasetRef, RunSummary
 
@@ -24,4 +24,4 @@ def propose_body(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
 def propose(config: FlywheelConfig | str | None = None) -> RunSummary:
     """Image pool -> candidates (config ``candidates``) -> previews and annotation tasks.
     ``config``: a config or a config file; None loads the worker's."""
-    return run_round(flow_config(config), "propose", propose_body, ("candidates",))
+    return run_locked(flow_config(config), "propose", propose_body, ("candidates",))

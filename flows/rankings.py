@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.stages import candidates_ref, flow_config, ingest_and_decide, latest_ref, run_round
+from flows.stages import candidates_ref, flow_config, ingest_and_decide, latest_ref, run_locked
 from flywheel.core.config import FlywheelConfig
 from flywheel.core.contracts import RANKINGS
 from flywheel.core.records import RunSummary
@@ -30,7 +30,7 @@ def rankings(
     cfg = flow_config(config)
     ref = candidates_ref(cfg, candidates)
     previous = latest_ref(cfg, RANKINGS.name)
-    return run_round(
+    return run_locked(
         cfg,
         f"rankings-r{round_index}",
         lambda c, parent: ingest_and_decide(c, parent, files, ref, round_index, previous, label_configs)[0],

@@ -65,6 +65,19 @@ def flow_config(config: FlywheelConfig | str | None) -> FlywheelConfig:
     return cfg
 
 
+def run_locked(
+    cfg: FlywheelConfig,
+    name: str,
+    body: Callable[[FlywheelConfig, str], list[DatasetRef]],
+    shaping_sections: tuple[str, ...] = SYNTHETIC_SECTIONS,
+) -> RunSummary:
+    """:func:`run_round` under the round lock (:func:`flywheel.rounds.ledger.round_lock`): a job
+    started by hand (synth, propose, rankings) while a round or another job runs on the same
+    store waits its turn instead of doing the same work twice."""
+    with ledger.round_lock(cfg.state_dir / "rounds.lock", cfg.rounds.lock_wait_s, store_for(cfg)):
+        return run_round(cfg, name, body, shaping_sections)
+
+
 def run_round(
     cfg: FlywheelConfig,
     name: str,

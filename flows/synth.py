@@ -6,22 +6,11 @@ mesh library ─> gate ─┬─> iso3do parts (cached per batch) ─> assemble 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from prefect import flow
 
-from flows.stages import all_synthetic, flow_config, iso3do, mesh_library, occlusions, run_round
+from flows.stages import all_synthetic, flow_config, iso3do, mesh_library, occlusions, run_locked
 from flywheel.core.config import FlywheelConfig
 from flywheel.core.records import DatasetRef, RunSummary
-from flywheel.rounds import ledger
-from tasks.conventions import store_for
-
-
-def run_locked(cfg: FlywheelConfig, name: str, body: Callable[[FlywheelConfig, str], list[DatasetRef]]) -> RunSummary:
-    """:func:`run_round` under the round lock: synthetic data made while a round (or another
-    synth) runs on the same store would be the same work done twice."""
-    with ledger.round_lock(cfg.state_dir / "rounds.lock", cfg.rounds.lock_wait_s, store_for(cfg)):
-        return run_round(cfg, name, body)
 
 
 @flow(name="synth-meshes", log_prints=True)
