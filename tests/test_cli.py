@@ -145,7 +145,10 @@ def test_two_first_runs_set_the_state_folder_up_once_without_racing(tmp_path):
         "from tasks.conventions import prepare_state\n"
         "prepare_state(cfg)\n"
     )
-    env = {**os.environ, "FLYWHEEL__PROJECT__STATE_DIR": str(state)}
+    # a fresh user's environment: Prefect and MLflow settings that earlier tests exported
+    # (PREFECT_HOME, PREFECT_API_URL) would put the databases elsewhere
+    fresh = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env = {**fresh, "FLYWHEEL__PROJECT__STATE_DIR": str(state)}
     runs = [
         subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)
     ]
