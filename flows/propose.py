@@ -23,5 +23,10 @@ def propose_body(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
 @flow(name="propose", log_prints=True)
 def propose(config: FlywheelConfig | str | None = None) -> RunSummary:
     """Image pool -> candidates (config ``candidates``) -> previews and annotation tasks.
-    ``config``: a config or a config file; None loads the worker's."""
-    return run_locked(flow_config(config), "propose", propose_body, ("candidates",))
+
+    Args:
+        config: The flywheel config: a config object, or the path of a YAML file on the worker
+            (over configs/default.yaml, then FLYWHEEL__* environment variables). Empty: the
+            worker's own config.
+    """
+    return run_locked(flow_config(config), "propose", propose_body, ("candidates",), {"stage": "propose"})

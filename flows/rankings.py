@@ -22,11 +22,21 @@ def rankings(
     config: FlywheelConfig | str | None = None,
     label_configs: dict[str, str] | None = None,
 ) -> RunSummary:
-    """Ingest annotation exports (native .jsonl/.csv/.parquet; Label Studio JSON, JSON_MIN
-    or CSV) for a candidates version (default: the newest) and commit round ``round_index``'s
-    SFT, preference and hard-case datasets. ``label_configs``: file -> the labeling config
-    (XML) of the Label Studio project it was exported from (default: the shipped templates).
-    ``config``: a config or a config file; None loads the worker's."""
+    """Ingest annotation exports and commit round ``round_index``'s SFT, preference and
+    hard-case datasets.
+
+    Args:
+        files: The exports to ingest: local paths or s3:// URIs of native .jsonl / .csv /
+            .parquet files or Label Studio JSON, JSON_MIN or CSV exports.
+        candidates: The candidates version the exports judge (NAME@VERSION or VERSION).
+            Empty: the newest committed candidates.
+        round_index: The round these judgements close (0, 1, ...).
+        config: The flywheel config: a config object, or the path of a YAML file on the worker
+            (over configs/default.yaml, then FLYWHEEL__* environment variables). Empty: the
+            worker's own config.
+        label_configs: For Label Studio exports: export file -> the labeling config (XML) of the
+            project it came from. Empty: the shipped templates.
+    """
     cfg = flow_config(config)
     ref = candidates_ref(cfg, candidates)
     previous = latest_ref(cfg, RANKINGS.name)
@@ -35,4 +45,5 @@ def rankings(
         f"rankings-r{round_index}",
         lambda c, parent: ingest_and_decide(c, parent, files, ref, round_index, previous, label_configs)[0],
         ("rankings",),
+        {"stage": "rankings", "round": str(round_index)},
     )

@@ -381,10 +381,10 @@ def _log_summary(cfg: FlywheelConfig, parent: str, record: RoundRecord, history:
 
 
 def play_round(
-    cfg: FlywheelConfig, k: int, files: list[str] | None = None, propose_only: bool = False
+    cfg: FlywheelConfig, k: int, files: list[str] | None = None, propose_only: bool = False, name_run: bool = True
 ) -> RoundRecord | RunSummary:
     """Round k (bootstrapping a champion first for round 0); returns its record (what the
-    propose half committed when only that ran)."""
+    propose half committed when only that ran). ``name_run``: name the flow run ``round-k``."""
     store, series = store_for(cfg), ledger.series_id(cfg)
     with ledger.round_lock(cfg.state_dir / "rounds.lock", cfg.rounds.lock_wait_s, store):
         done = ledger.read_round(store, series, k)
@@ -420,7 +420,9 @@ def play_round(
             print(f"round record: {store.uri(ledger.record_key(series, k))}")
             return [pool, proposals]
 
-        summary = run_round(cfg, f"round-{k}{'-propose' if propose_only else ''}", body, SHAPING_SECTIONS)
+        labels = {"stage": "propose" if propose_only else "round", "round": str(k)}
+        name = f"round-{k}{'-propose' if propose_only else ''}"
+        summary = run_round(cfg, name, body, SHAPING_SECTIONS, labels, name_run)
         return committed[0] if committed else summary
 
 
@@ -433,9 +435,18 @@ def next_round(cfg: FlywheelConfig) -> int:
 def flywheel_round(
     round_index: int | None = None, files: list[str] | None = None, config: FlywheelConfig | str | None = None
 ) -> RoundRecord | RunSummary:
-    """One whole round (default: the next uncommitted one): propose, then close with the given
-    annotation exports (default: simulated annotators), retrain, evaluate and promote.
-    ``config``: a config or a config file; None loads the worker's."""
+    """One whole round: propose, then close with annotation exports (or simulated annotators),
+    retrain, evaluate and promote.
+
+    Args:
+        round_index: The round to run (0, 1, ...). Empty: the next uncommitted round of the
+            configured series.
+        files: People's annotation exports that close the round (paths or s3:// URIs; native
+            or Label Studio). Empty: the configured simulated annotators judge.
+        config: The flywheel config: a config object, or the path of a YAML file on the worker
+            (over configs/default.yaml, then FLYWHEEL__* environment variables). Empty: the
+            worker's own config.
+    """
     cfg = flow_config(config)
     return play_round(cfg, next_round(cfg) if round_index is None else round_index, files)
 
@@ -444,16 +455,52 @@ def flywheel_round(
 def round_propose(
     round_index: int | None = None, config: FlywheelConfig | str | None = None
 ) -> RoundRecord | RunSummary:
-    """The propose half of round k (default: the next uncommitted one): images, candidates
-    from the champion, annotation tasks."""
+    """The propose half of a round: images, candidates from the champion, annotation tasks
+    for people.
+
+    Args:
+        round_index: The round to propose (0, 1, ...). Empty: the next uncommitted round.
+        config: The flywheel config: a config object, or the path of a YAML file on the worker
+            (over configs/default.yaml, then FLYWHEEL__* environment variables). Empty: the
+            worker's own config.
+    """
     cfg = flow_config(config)
     return play_round(cfg, next_round(cfg) if round_index is None else round_index, propose_only=True)
 
 
-@flow(name="flywheel", log_prints=True)
+@flow(name="round-close", log_prints=True)
+def round_close(round_index: int, files: list[str], config: FlywheelConfig | str | None = None) -> RoundRecord:
+    """Close a proposed round with people's annotation exports: ingest, retrain, evaluate and
+    promote. Its propose half is reused from its cache (run ``propose-round`` first).
+
+    Args:
+        round_index: The round the exports judge (0, 1, ...).
+        files: The annotation exports (paths or s3:// URIs; native JSONL / CSV / Parquet or
+            Label Studio JSON, JSON_MIN, CSV), one or more.
+        config: The flywheel config: a config object, or the path of a YAML file on the worker
+            (over configs/default.yaml, then FLYWHEEL__* environment variables). Empty: the
+            worker's own config.
+    """
+    if not files:
+        raise ValueError(f"round-close: round {round_index} needs at least one annotation export in files")
+    record = play_round(flow_config(config), round_index, files)
+    assert isinstance(record, RoundRecord), "a whole round returns its record"
+    return record
+
+
+@flow(name="flywheel", log_prints=True, flow_run_name="flywheel-{rounds_to_run}-rounds")
 def flywheel_rounds(rounds_to_run: int = 1, config: FlywheelConfig | str | None = None) -> list[RoundRecord]:
-    """Rounds 0..N-1 in order; committed rounds are read back, not re-run."""
+    """Rounds 0..N-1 in order; committed rounds are read back, not re-run.
+
+    Args:
+        rounds_to_run: How many rounds the series should have when this run ends.
+        config: The flywheel config: a config object, or the path of a YAML file on the worker
+            (over configs/default.yaml, then FLYWHEEL__* environment variables). Empty: the
+            worker's own config.
+    """
     cfg = flow_config(config)
-    records = [record for k in range(rounds_to_run) if isinstance(record := play_round(cfg, k), RoundRecord)]
+    records = [
+        record for k in range(rounds_to_run) if isinstance(record := play_round(cfg, k, name_run=False), RoundRecord)
+    ]
     print(ledger.summary_text(ledger.committed_rounds(store_for(cfg), ledger.series_id(cfg))))
     return records

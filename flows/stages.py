@@ -12,14 +12,18 @@ Every dataset passes its validation gate before anything consumes it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from prefect import tags as prefect_tags
+from prefect.runtime import flow_run
 
 from flywheel.core.config import FlywheelConfig, load_config, shaping
 from flywheel.core.datasets import Dataset, list_versions
 from flywheel.core.digests import digest_of, file_digest
 from flywheel.core.records import DatasetRef, ModelRef, RewardRef, RunSummary
-from flywheel.core.runtime import apply_environment
+from flywheel.core.runtime import PROJECT_LOGGERS, apply_environment
 from flywheel.core.store import open_store
 from flywheel.feedback.artists import artist_summary, deliveries_digest, read_queue
 from flywheel.feedback.ingest import file_lines
@@ -62,7 +66,31 @@ def flow_config(config: FlywheelConfig | str | None) -> FlywheelConfig:
     defaults, then FLYWHEEL__* env), or — without one — the worker's, loaded once here."""
     cfg = config if isinstance(config, FlywheelConfig) else load_config(config)
     apply_environment(cfg)
+    project_logs_to_run()
     return cfg
+
+
+def project_logs_to_run() -> None:
+    """Give the project's loggers the handler that ships records to the flow run's logs in
+    Prefect. A worker's flow process set Prefect's logging up before any project code ran,
+    so ``PREFECT_LOGGING_EXTRA_LOGGERS`` (set by ``apply_environment``) came too late there:
+    without this, progress ("sft: step 3/8", "PASSED") reached only the worker's stdout."""
+    to_api = logging.getLogger("prefect.extra").handlers
+    for name in PROJECT_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers += [h for h in to_api if h not in logger.handlers]
+
+
+def label_flow_run(name: str | None, tags: Iterable[str]) -> None:
+    """Name the running flow run for what it runs (``round-3``, not ``massive-kiwi``) and add
+    ``tags`` to it, so that the Prefect UI's runs list tells rounds and stages apart."""
+    if not flow_run.id:
+        return
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        current = client.read_flow_run(flow_run.id)
+        client.update_flow_run(flow_run.id, name=name or current.name, tags=sorted({*current.tags, *tags}))
 
 
 def run_locked(
@@ -70,12 +98,13 @@ def run_locked(
     name: str,
     body: Callable[[FlywheelConfig, str], list[DatasetRef]],
     shaping_sections: tuple[str, ...] = SYNTHETIC_SECTIONS,
+    labels: dict[str, str] | None = None,
 ) -> RunSummary:
     """:func:`run_round` under the round lock (:func:`flywheel.rounds.ledger.round_lock`): a job
     started by hand (synth, propose, rankings) while a round or another job runs on the same
     store waits its turn instead of doing the same work twice."""
     with ledger.round_lock(cfg.state_dir / "rounds.lock", cfg.rounds.lock_wait_s, store_for(cfg)):
-        return run_round(cfg, name, body, shaping_sections)
+        return run_round(cfg, name, body, shaping_sections, labels)
 
 
 def run_round(
@@ -83,15 +112,23 @@ def run_round(
     name: str,
     body: Callable[[FlywheelConfig, str], list[DatasetRef]],
     shaping_sections: tuple[str, ...] = SYNTHETIC_SECTIONS,
+    labels: dict[str, str] | None = None,
+    name_run: bool = True,
 ) -> RunSummary:
     """Run ``body(cfg, parent_run_id) -> [DatasetRef]`` as one MLflow round with Blender workers;
-    the round's identity is what of the config shapes it (:func:`flywheel.core.config.shaping`)."""
+    the round's identity is what of the config shapes it (:func:`flywheel.core.config.shaping`).
+    The flow run is named ``name`` (unless ``name_run`` is false: a flow that runs several)
+    and it and its task runs are tagged ``series:<id>`` and ``KEY:VALUE`` for each of ``labels``
+    (``stage``, ``round``)."""
     ensure_result_storage(cfg)
     # The round is what it makes: re-running it after a fix or an override resumes its MLflow run.
     round_id = f"{name}-{digest_of(ledger.where_independent(cfg, shaping(cfg, shaping_sections)))[:10]}"
+    tags = [f"series:{ledger.series_id(cfg)}", *(f"{key}:{value}" for key, value in (labels or {}).items())]
+    label_flow_run(name if name_run else None, tags)
     parent = lineage.start_round(cfg, round_id, flow_run_id=prefect_run_ids()[0])
     try:
-        refs = body(cfg, parent)
+        with prefect_tags(*tags):
+            refs = body(cfg, parent)
     except BaseException:
         lineage.end_round(parent, failed=True)
         raise

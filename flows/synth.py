@@ -12,36 +12,64 @@ from flows.stages import all_synthetic, flow_config, iso3do, mesh_library, occlu
 from flywheel.core.config import FlywheelConfig
 from flywheel.core.records import DatasetRef, RunSummary
 
+SYNTH = {"stage": "synth"}
+
 
 @flow(name="synth-meshes", log_prints=True)
 def synth_meshes(config: FlywheelConfig | str | None = None) -> RunSummary:
-    """Build the mesh library (config ``meshes``). ``config``: a config or a config file; None loads the worker's."""
-    return run_locked(flow_config(config), "synth-meshes", lambda cfg, parent: [mesh_library(cfg, parent)])
+    """Build the mesh library (config ``meshes``).
+
+    Args:
+        config: The flywheel config: a config object, or the path of a YAML file on the worker
+            (over configs/default.yaml, then FLYWHEEL__* environment variables). Empty: the
+            worker's own config.
+    """
+    return run_locked(
+        flow_config(config), "synth-meshes", lambda cfg, parent: [mesh_library(cfg, parent)], labels=SYNTH
+    )
 
 
 @flow(name="synth-iso3do", log_prints=True)
 def synth_iso3do(config: FlywheelConfig | str | None = None) -> RunSummary:
-    """Mesh library -> Iso-3DO renders (config ``iso3do``, ``render``)."""
+    """Mesh library -> Iso-3DO renders (config ``iso3do``, ``render``).
+
+    Args:
+        config: The flywheel config: a config object, or the path of a YAML file on the worker
+            (over configs/default.yaml, then FLYWHEEL__* environment variables). Empty: the
+            worker's own config.
+    """
 
     def body(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
         library = mesh_library(cfg, parent)
         return [library, iso3do(cfg, library, parent)]
 
-    return run_locked(flow_config(config), "synth-iso3do", body)
+    return run_locked(flow_config(config), "synth-iso3do", body, labels=SYNTH)
 
 
 @flow(name="synth-occlusions", log_prints=True)
 def synth_occlusions(config: FlywheelConfig | str | None = None) -> RunSummary:
-    """Mesh library -> Flying Occlusions (config ``occlusions``, ``render``)."""
+    """Mesh library -> Flying Occlusions (config ``occlusions``, ``render``).
+
+    Args:
+        config: The flywheel config: a config object, or the path of a YAML file on the worker
+            (over configs/default.yaml, then FLYWHEEL__* environment variables). Empty: the
+            worker's own config.
+    """
 
     def body(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
         library = mesh_library(cfg, parent)
         return [library, occlusions(cfg, library, parent)]
 
-    return run_locked(flow_config(config), "synth-occlusions", body)
+    return run_locked(flow_config(config), "synth-occlusions", body, labels=SYNTH)
 
 
 @flow(name="synth-all", log_prints=True)
 def synth_all(config: FlywheelConfig | str | None = None) -> RunSummary:
-    """The whole synthetic-data refresh: mesh library, Iso-3DO and Flying Occlusions."""
-    return run_locked(flow_config(config), "synth-all", all_synthetic)
+    """The whole synthetic-data refresh: mesh library, Iso-3DO and Flying Occlusions.
+
+    Args:
+        config: The flywheel config: a config object, or the path of a YAML file on the worker
+            (over configs/default.yaml, then FLYWHEEL__* environment variables). Empty: the
+            worker's own config.
+    """
+    return run_locked(flow_config(config), "synth-all", all_synthetic, labels=SYNTH)

@@ -47,7 +47,7 @@ def deliveries_uri(cfg: FlywheelConfig, series: str) -> str:
     return cfg.artists.deliveries or store_for(cfg).uri(f"{artists_base(series)}/deliveries")
 
 
-@flywheel_task(name="artist-queue", version="1")
+@flywheel_task(name="artist-queue", version="1", run_name=lambda p: f"artist-queue-round-{p['round_index']}")
 def queue_hard_cases(
     cfg: FlywheelConfig,
     hard: DatasetRef,
@@ -83,7 +83,7 @@ def queue_hard_cases(
     return key
 
 
-@flywheel_task(name="simulated-artists", version="1")
+@flywheel_task(name="simulated-artists", version="1", run_name=lambda p: f"simulated-artists-round-{p['round_index']}")
 def simulate_artists(
     cfg: FlywheelConfig,
     base: str,
@@ -126,7 +126,7 @@ def _local_folder(deliveries: Store) -> Iterator[Path]:
         yield Path(tmp)
 
 
-@flywheel_task(name="art3do", version="1")
+@flywheel_task(name="art3do", version="1", run_name=lambda p: f"art3do-round-{p['round_index']}")
 def import_art3do(
     cfg: FlywheelConfig,
     base: str,

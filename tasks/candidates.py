@@ -26,7 +26,7 @@ from flywheel.feedback.publish import TaskFiles, publish_tasks
 from flywheel.learning.ensemble import PinnedModel, local_checkpoints
 from flywheel.learning.serving import ProposalPool, proposal_items
 from sam3d_model.ensemble import Member
-from tasks.conventions import ProcessResource, flywheel_task, log_datasets, stage, store_for, writer_options
+from tasks.conventions import ProcessResource, flywheel_task, log_datasets, short, stage, store_for, writer_options
 from tasks.synth import render_pool
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,9 @@ close_proposal_pool = _PROPOSAL_POOL.close
 # -- image pool -------------------------------------------------------------------------------
 
 
-@flywheel_task(name="image-pool", version="1")
+@flywheel_task(
+    name="image-pool", version="1", run_name=lambda p: f"image-pool-from-{p['source']}@{p['source_version'][:4]}"
+)
 def build_image_pool(
     cfg: FlywheelConfig,
     source: str,
@@ -131,7 +133,11 @@ def _library(cfg: FlywheelConfig, libraries: list[DatasetRef], resolution: int):
     return (ids, np.stack(grids)) if ids else None
 
 
-@flywheel_task(name="proposals-part", version="1")
+@flywheel_task(
+    name="proposals-part",
+    version="1",
+    run_name=lambda p: f"proposals-part-{p['object_ids'][0]}+{len(p['object_ids']) - 1}",
+)
 def propose_part(
     cfg: FlywheelConfig,
     pool: DatasetRef,
@@ -172,7 +178,7 @@ def propose_part(
     return writer.ref
 
 
-@flywheel_task(name="proposals", version="1")
+@flywheel_task(name="proposals", version="1", run_name=lambda p: f"assemble-proposals-{short(p['pool'])}")
 def assemble_proposals(
     cfg: FlywheelConfig,
     pool: DatasetRef,
@@ -224,7 +230,7 @@ def assemble_proposals(
 # -- previews and annotation tasks --------------------------------------------------------------
 
 
-@flywheel_task(name="annotation-tasks", version="1")
+@flywheel_task(name="annotation-tasks", version="1", run_name=lambda p: f"annotation-tasks-{short(p['candidates'])}")
 def publish_annotation_tasks(
     cfg: FlywheelConfig,
     candidates: DatasetRef,

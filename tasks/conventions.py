@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 NOT_IN_CACHE_KEY = frozenset({"parent_run_id"})
 P = ParamSpec("P")
 R = TypeVar("R")
+#: a task run's name from its parameters: what ran, in the Prefect UI (``train-sft``, not ``train-10c``)
+RunName = Callable[[dict[str, Any]], str]
 
 
 def cache_key_for(task_name: str, version: str) -> Callable[[Any, dict[str, Any]], str]:
@@ -57,12 +59,24 @@ class FlywheelTask(Generic[P, R]):
     """A Prefect task configured, when called, by the config it is called with."""
 
     def __init__(
-        self, fn: Callable[P, R], *, name: str, version: str, retries: int | None, timeout_seconds: float | None
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str,
+        version: str,
+        retries: int | None,
+        timeout_seconds: float | None,
+        run_name: RunName | None,
     ):
         self.fn, self.name, self.version, self._retries = fn, name, version, retries
+
+        def task_run_name(parameters: dict[str, Any]) -> str:  # Prefect passes an argument named so
+            return run_name(parameters) if run_name else name
+
         self._task: Task[P, R] = task(  # type: ignore[call-overload]  # the overloads want cache_key_fn's exact type
             fn,
             name=name,
+            task_run_name=task_run_name,
             version=version,
             cache_key_fn=cache_key_for(name, version),
             persist_result=True,
@@ -96,15 +110,28 @@ class FlywheelTask(Generic[P, R]):
 
 
 def flywheel_task(
-    *, name: str, version: str, retries: int | None = None, timeout_seconds: float | None = None
+    *,
+    name: str,
+    version: str,
+    retries: int | None = None,
+    timeout_seconds: float | None = None,
+    run_name: RunName | None = None,
 ) -> Callable[[Callable[P, R]], FlywheelTask[P, R]]:
     """Decorate a function as a flywheel task (see the module docstring); ``retries`` fixes
-    the retries whatever the config says (0: a failure that is not transient)."""
+    the retries whatever the config says (0: a failure that is not transient); ``run_name``
+    names each run from its parameters (default: the task's name)."""
 
     def decorate(fn: Callable[P, R]) -> FlywheelTask[P, R]:
-        return FlywheelTask(fn, name=name, version=version, retries=retries, timeout_seconds=timeout_seconds)
+        return FlywheelTask(
+            fn, name=name, version=version, retries=retries, timeout_seconds=timeout_seconds, run_name=run_name
+        )
 
     return decorate
+
+
+def short(ref: DatasetRef) -> str:
+    """``name@ab12``: a dataset version as a run name shows it."""
+    return f"{ref.name}@{ref.version[:4]}"
 
 
 def missing_outputs(store: Store, result: Any) -> list[str]:

@@ -36,7 +36,7 @@ from flywheel.feedback.simulate import (
     truths_for_pool,
 )
 from flywheel.tracking.plots import rankings_report
-from tasks.conventions import flywheel_task, log_datasets, stage, store_for, writer_options
+from tasks.conventions import flywheel_task, log_datasets, short, stage, store_for, writer_options
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def export_digests(cfg: FlywheelConfig, files: list[str]) -> list[str]:
 
 
 # v3: Label Studio exports read through their labeling config (JSON, JSON_MIN, CSV); revisions
-@flywheel_task(name="ingest-rankings", version="3")
+@flywheel_task(name="ingest-rankings", version="3", run_name=lambda p: f"ingest-rankings-{len(p['files'])}-files")
 def ingest_rankings(
     cfg: FlywheelConfig,
     files: list[str],
@@ -106,7 +106,9 @@ def ingest_rankings(
     return ref
 
 
-@flywheel_task(name="simulate-annotators", version="1")
+@flywheel_task(
+    name="simulate-annotators", version="1", run_name=lambda p: f"simulate-annotators-{short(p['candidates'])}"
+)
 def simulate_annotators(
     cfg: FlywheelConfig,
     candidates: DatasetRef,
@@ -140,7 +142,7 @@ def simulate_annotators(
 
 
 # v2: yield (share of objects with an acceptable candidate)
-@flywheel_task(name="best-of-n", version="2")
+@flywheel_task(name="best-of-n", version="2", run_name=lambda p: f"best-of-n-{short(p['candidates'])}")
 def oracle_best_of_n(
     cfg: FlywheelConfig, candidates: DatasetRef, pool: DatasetRef, parent_run_id: str | None = None
 ) -> dict[str, float]:
@@ -174,7 +176,7 @@ def oracle_best_of_n(
 
 
 # v2: annotator weights count in the Bradley-Terry fit; v3: reject-all share per judgement
-@flywheel_task(name="decide", version="3")
+@flywheel_task(name="decide", version="3", run_name=lambda p: f"decide-round-{p['round_index']}")
 def decide_round(
     cfg: FlywheelConfig,
     rankings: DatasetRef,

@@ -30,12 +30,16 @@ from flywheel.learning.reward import (
 from flywheel.learning.stages import checkpoint_ref, local_checkpoint
 from flywheel.tracking.registry import resolve_model
 from sam3d_model.checkpoint import load_model
-from tasks.conventions import flywheel_task, log_datasets, stage, store_for, writer_options
+from tasks.conventions import flywheel_task, log_datasets, short, stage, store_for, writer_options
 
 log = logging.getLogger(__name__)
 
 
-@flywheel_task(name="reward-model", version="1")
+@flywheel_task(
+    name="reward-model",
+    version="1",
+    run_name=lambda p: f"reward-model-from-{p['champion'].name}-v{p['champion'].version}",
+)
 def train_reward_model(
     cfg: FlywheelConfig,
     champion: ModelRef,
@@ -100,7 +104,7 @@ def train_reward_model(
         )
 
 
-@flywheel_task(name="candidates", version="3")
+@flywheel_task(name="candidates", version="3", run_name=lambda p: f"select-candidates-{short(p['proposals'])}")
 def select_candidates(
     cfg: FlywheelConfig,
     proposals: DatasetRef,

@@ -79,7 +79,11 @@ def mesh_limits(m: MeshLibraryConfig) -> dict:
     }
 
 
-@flywheel_task(name="mesh-library", version="2")
+@flywheel_task(
+    name="mesh-library",
+    version="2",
+    run_name=lambda p: f"mesh-library-seed-{p['seed']}" + (" + source" if p["source"] else ""),
+)
 def build_mesh_library(
     cfg: FlywheelConfig,
     source: str | None,
@@ -155,7 +159,9 @@ def build_mesh_library(
 # -- Iso-3DO ----------------------------------------------------------------------------------
 
 
-@flywheel_task(name="iso3do-part", version="1")
+@flywheel_task(
+    name="iso3do-part", version="1", run_name=lambda p: f"iso3do-part-{p['object_ids'][0]}+{len(p['object_ids']) - 1}"
+)
 def render_iso3do_part(cfg: FlywheelConfig, library: DatasetRef, object_ids: list[str], settings: dict) -> DatasetRef:
     """Render one batch of objects (every view) into a committed ``iso3do-part`` version."""
     inputs = {"library": library, "objects": object_ids, "settings": settings}
@@ -189,7 +195,9 @@ def occlusions_settings(cfg: FlywheelConfig) -> dict:
     }
 
 
-@flywheel_task(name="occlusions-part", version="3")
+@flywheel_task(
+    name="occlusions-part", version="3", run_name=lambda p: f"occlusions-part-{p['indices'][0]}-{p['indices'][-1]}"
+)
 def render_occlusions_part(cfg: FlywheelConfig, library: DatasetRef, indices: list[int], settings: dict) -> DatasetRef:
     """Sample, test and render one batch of occluder/occludee pairs on photos."""
     inputs = {"library": library, "indices": indices, "settings": settings}
@@ -207,7 +215,7 @@ def render_occlusions_part(cfg: FlywheelConfig, library: DatasetRef, indices: li
 # -- assembly ---------------------------------------------------------------------------------
 
 
-@flywheel_task(name="assemble", version="1")
+@flywheel_task(name="assemble", version="1", run_name=lambda p: f"assemble-{p['kind']}")
 def assemble(
     cfg: FlywheelConfig,
     kind: str,

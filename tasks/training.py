@@ -30,7 +30,7 @@ from tasks.conventions import flywheel_task, log_datasets, stage, store_for
 log = logging.getLogger(__name__)
 
 
-@flywheel_task(name="train", version="3")
+@flywheel_task(name="train", version="3", run_name=lambda p: f"train-{p.get('label') or p['stage_name']}")
 def train_stage(
     cfg: FlywheelConfig,
     stage_name: str,
@@ -90,7 +90,7 @@ def _probe(store, arch: ModelConfig, heldout: DatasetRef, mask_error: float):
     return viou_probe(examples[:PROBE_OBJECTS])
 
 
-@flywheel_task(name="evaluate", version="4")
+@flywheel_task(name="evaluate", version="4", run_name=lambda p: f"evaluate-{p.get('label') or 'model'}")
 def evaluate_model(
     cfg: FlywheelConfig,
     model: ModelRef | CheckpointRef,
@@ -151,7 +151,7 @@ def _log_scores(scores: Scores) -> None:
         mlflow.log_artifact(str(path), "evaluation")
 
 
-@flywheel_task(name="register-model", version="2")
+@flywheel_task(name="register-model", version="2", run_name=lambda p: f"register-{p['name']}")
 def register_model(
     cfg: FlywheelConfig,
     checkpoint: CheckpointRef,

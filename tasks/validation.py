@@ -15,7 +15,7 @@ from flywheel.core.config import FlywheelConfig
 from flywheel.core.datasets import Dataset
 from flywheel.core.records import DatasetRef
 from flywheel.validation.suites import validate, write_json
-from tasks.conventions import flywheel_task, log_datasets, stage, store_for
+from tasks.conventions import flywheel_task, log_datasets, short, stage, store_for
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,9 @@ class ValidationFailed(RuntimeError):
     pass
 
 
-@flywheel_task(name="validate", version="2", retries=0)  # a failed suite is not transient
+@flywheel_task(
+    name="validate", version="2", retries=0, run_name=lambda p: f"validate-{short(p['dataset'])}"
+)  # a failed suite is not transient
 def gate(
     cfg: FlywheelConfig, dataset: DatasetRef, thresholds: dict, overrides: dict, parent_run_id: str | None = None
 ) -> dict:

@@ -1,8 +1,11 @@
 """prefect.yaml for real: a Prefect server process, `prefect deploy --all`, a deployment
-run picked up by a process worker, the round's datasets committed."""
+run picked up by a process worker, the round's datasets committed; and what an ops engineer
+sees of it through the API (the UI's data): run names, tags, the project's own log lines,
+parameter descriptions."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -63,7 +66,7 @@ def test_deploy_all_then_run_one_through_a_worker(tmp_path):
         prefect("work-pool", "create", "flywheel-process", "--type", "process")
         prefect("--no-prompt", "deploy", "--all")
         listed = prefect("deployment", "ls")
-        for name in ("flywheel-round/round", "flywheel-round/close-round", "round-propose/propose-round"):
+        for name in ("flywheel-round/round", "round-close/close-round", "round-propose/propose-round"):
             assert name in listed
         assert "synth-all/synth-refresh" in prefect("deployment", "ls")
         prefect("deployment", "run", "synth-meshes/synth-meshes")
@@ -71,6 +74,32 @@ def test_deploy_all_then_run_one_through_a_worker(tmp_path):
         assert "COMPLETED" in prefect("flow-run", "ls")
         versions = list_versions(LocalStore(tmp_path / "store"), "meshes")
         assert [v["num_rows"] for v in versions] == [5]  # configs/test.yaml: 5 procedural meshes
+
+        def api(path, body=None):
+            data = None if body is None else json.dumps(body).encode()
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/{path}", data, {"Content-Type": "application/json"}
+            )
+            return json.load(urllib.request.urlopen(request, timeout=30))
+
+        [run] = api("flow_runs/filter", {})
+        assert run["name"] == "synth-meshes" and run["state_type"] == "COMPLETED"
+        assert "stage:synth" in run["tags"] and any(t.startswith("series:") for t in run["tags"]), run["tags"]
+        tasks = api("task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+        names = sorted(t["name"] for t in tasks)
+        assert "mesh-library-seed-0" in names and f"validate-meshes@{versions[0]['version'][:4]}" in names, names
+        assert all("stage:synth" in t["tags"] for t in tasks), [t["tags"] for t in tasks]
+        # The project's own progress lines reach the run's logs under the worker, not only Prefect's.
+        logs = api("logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
+        project = [entry for entry in logs if not entry["name"].startswith("prefect")]
+        assert any("committed meshes@" in entry["message"] for entry in project), [e["name"] for e in logs]
+        assert any("PASSED" in entry["message"] for entry in project), [e["message"] for e in project]
+        # The Custom Run form shows what each parameter means.
+        close = api("deployments/name/round-close/close-round")
+        properties = close["parameter_openapi_schema"]["properties"]
+        assert set(close["parameter_openapi_schema"]["required"]) == {"round_index", "files"}
+        for name in ("round_index", "files", "config"):
+            assert len(properties[name].get("description", "")) > 20, (name, properties[name])
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)

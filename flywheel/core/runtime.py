@@ -13,7 +13,7 @@ import os
 
 from flywheel.core.config import FlywheelConfig
 
-DOMAIN_LOGGERS = ("flywheel", "rendering", "sam3d_model")
+PROJECT_LOGGERS = ("flywheel", "rendering", "sam3d_model", "tasks", "flows")
 
 
 def apply_environment(cfg: FlywheelConfig) -> FlywheelConfig:
@@ -27,7 +27,7 @@ def apply_environment(cfg: FlywheelConfig) -> FlywheelConfig:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         # Progress lines from domain code (shards written, objects done) reach the Prefect UI.
-        "PREFECT_LOGGING_EXTRA_LOGGERS": ",".join(DOMAIN_LOGGERS),
+        "PREFECT_LOGGING_EXTRA_LOGGERS": ",".join(PROJECT_LOGGERS),
         "GX_ANALYTICS_ENABLED": "false",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
@@ -41,8 +41,8 @@ def apply_environment(cfg: FlywheelConfig) -> FlywheelConfig:
     if cfg.ray.auth_token_path:
         os.environ["RAY_AUTH_MODE"] = "token"
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(cfg.ray.auth_token_path)
-    # Domain progress (shards written, renders done) is INFO; the root logger's WARNING would drop it.
-    for name in DOMAIN_LOGGERS:
+    # Progress (shards written, renders done) is INFO; the root logger's WARNING would drop it.
+    for name in PROJECT_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO)
     # Prefect creates its home without parents and then fails to open its database.
     os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
