@@ -31,6 +31,32 @@ def test_help_lists_commands_and_exit_codes():
     assert run("datasets", "--help").returncode == 0
 
 
+def test_help_shows_what_to_type_not_python_type_names():
+    for command in (("run",), ("propose",), ("rankings", "ingest"), ("datasets", "ls")):
+        out = run(*command, "--help", env={"COLUMNS": "200"})
+        assert out.returncode == 0, out.stderr
+        assert "<list[str]>" not in out.stdout.split("Options")[-1] and "<int>" not in out.stdout, out.stdout
+    assert "--round               N" in run("rankings", "ingest", "--help", env={"COLUMNS": "200"}).stdout
+
+
+def test_unknown_names_get_the_closest_public_ones_and_misspelt_overrides_a_warning(tmp_path):
+    env = {"FLYWHEEL__STORE__ROOT": str(tmp_path)}
+    for command in (("datasets", "show", "iso3d"), ("datasets", "ls", "occlusion")):
+        out = run(*command, env=env)
+        assert out.returncode == 4, out.stderr
+        [line] = out.stderr.strip().splitlines()
+        assert line.startswith("error: unknown dataset kind") and "did you mean" in line, line
+        assert "-part" not in line and not line.startswith("error: \"")  # public kinds, not a repr
+    assert "did you mean iso3do?" in run("datasets", "show", "iso3d", env=env).stderr
+
+    out = run("config", "show", env={"FLYWHEEL_RENDER_WORKERS": "3"})
+    assert out.returncode == 0 and "render:\n  workers: 2" in out.stdout  # not applied
+    assert "FLYWHEEL_RENDER_WORKERS is ignored" in out.stderr and "FLYWHEEL__RENDER__WORKERS" in out.stderr
+
+    missing = run("rankings", "ingest", "export.jsonl", env=env)
+    assert missing.returncode == 2 and "--round" in missing.stderr  # required: no silent round 0
+
+
 def test_config_show_redacts_secrets_and_reports_bad_values():
     out = run("config", "show", env={"FLYWHEEL__MLFLOW__TRACKING_URI": "http://me:s3cret@mlflow:5000"})
     assert out.returncode == 0, out.stderr

@@ -471,7 +471,17 @@ def test_publish_annotate_in_the_browser_then_pull(studio: Studio, prefect_serve
     )
     config = tmp_path / "best-of-n.xml"
     config.write_text(studio.api.call("GET", f"/api/projects/{project}")["label_config"])
-    output = cli("rankings", "ingest", str(export), "--label-config", str(config), "--candidates", candidates.version)
+    output = cli(
+        "rankings",
+        "ingest",
+        str(export),
+        "--label-config",
+        str(config),
+        "--candidates",
+        candidates.version,
+        "--round",
+        "0",
+    )
     assert "[Label Studio JSON_MIN]: 2 rows read, 0 accepted, 2 already ingested" in output, output
 
 

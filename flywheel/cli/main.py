@@ -135,23 +135,60 @@ def store_check(ctx: typer.Context) -> None:
 
 
 @datasets_app.command("ls")
-def datasets_ls(ctx: typer.Context, name: str | None = typer.Argument(None, help="Only this dataset kind.")) -> None:
-    """List committed datasets: name, versions, latest version, rows, commit time."""
+def datasets_ls(
+    ctx: typer.Context,
+    name: str | None = typer.Argument(None, help="Only this dataset kind."),
+    everything: bool = typer.Option(False, "--all", help="Also the stages' internal kinds (cached parts)."),
+) -> None:
+    """List committed datasets: versions, the newest commit, and the version the configured
+    series' latest committed round used (what a model was trained and judged on; the newest
+    commit may be another library, e.g. a held-out set's)."""
+    from flywheel.core.contracts import get_spec
     from flywheel.core.datasets import list_datasets, list_versions
+    from flywheel.rounds import ledger
 
-    store = _store(_cfg(ctx))
-    names = [name] if name else list_datasets(store)
+    cfg = _cfg(ctx)
+    store = _store(cfg)
+    if name:
+        try:
+            get_spec(name)
+        except KeyError as e:
+            _fail(str(e), EXIT_NOT_FOUND)
+    names = [name] if name else [n for n in list_datasets(store) if everything or not _internal(n)]
     if not names:
         typer.echo(f"no datasets in {store.root_uri}")
         return
-    typer.echo(f"{'NAME':<22} {'VERSIONS':>8}  {'LATEST':<16} {'ROWS':>8}  COMMITTED")
+    series = ledger.series_id(cfg)
+    rounds = ledger.committed_rounds(store, series)
+    used: dict[str, set[str]] = {}
+    for ref in rounds[-1].datasets.values() if rounds else ():
+        used.setdefault(ref.name, set()).add(ref.version)
+    in_round = f"ROUND {rounds[-1].round} USED" if rounds else "ROUND USED"
+    typer.echo(f"{'NAME':<22} {'VERSIONS':>8}  {'NEWEST':<16} {'ROWS':>8}  {'COMMITTED':<32} {in_round}")
     for ds in names:
         versions = list_versions(store, ds)
         if not versions:
             typer.echo(f"{ds:<22} {0:>8}  {'-':<16} {'-':>8}  (nothing committed)")
             continue
         last = versions[-1]
-        typer.echo(f"{ds:<22} {len(versions):>8}  {last['version']:<16} {last['num_rows']:>8}  {last['committed_at']}")
+        rows = {v["version"]: v["num_rows"] for v in versions}
+        uses = ", ".join(f"{v} ({rows.get(v, '?')} rows)" for v in sorted(used.get(ds, ()))) or "-"
+        typer.echo(
+            f"{ds:<22} {len(versions):>8}  {last['version']:<16} {last['num_rows']:>8}  {last['committed_at']:<32} {uses}"
+        )
+    if rounds:
+        typer.echo(f"(series {series}: {len(rounds)} committed round(s); `flywheel rounds` for each)")
+    else:
+        typer.echo(f"(series {series} of this config has no committed round yet)")
+
+
+def _internal(kind: str) -> bool:
+    from flywheel.core.contracts import get_spec
+
+    try:
+        return get_spec(kind).internal
+    except KeyError:  # a folder of a kind this code does not know: show it
+        return False
 
 
 @datasets_app.command("show")
@@ -564,7 +601,9 @@ def rankings_ingest(
     candidates: str | None = typer.Option(
         None, help="Candidates version the judgements are about (default: the newest)."
     ),
-    round_index: int = typer.Option(0, "--round", help="Round k: picks the acceptance threshold alpha_k."),
+    round_index: int = typer.Option(
+        ..., "--round", min=0, help="The round (k) these judgements close: picks the acceptance threshold alpha_k."
+    ),
     label_config: Path | None = typer.Option(
         None,
         help="Labeling config (XML, from the project's Settings > Labeling Interface > Code) of the Label Studio "
@@ -765,7 +804,9 @@ def annotate_publish(
 def annotate_pull(
     ctx: typer.Context,
     candidates: str | None = typer.Option(None, help="Candidates version (default: the newest)."),
-    round_index: int = typer.Option(0, "--round", help="Round k: picks the acceptance threshold alpha_k."),
+    round_index: int = typer.Option(
+        ..., "--round", min=0, help="The round (k) these judgements close: picks the acceptance threshold alpha_k."
+    ),
 ) -> None:
     """Export every annotation of the version's Label Studio projects (saved in the store),
     then ingest them like `flywheel rankings ingest`, each read through its project's labeling
@@ -799,7 +840,9 @@ def annotate_pull(
 def rankings_report(
     ctx: typer.Context,
     version: str | None = typer.Argument(None, help="rankings version (default: newest)."),
-    round_index: int = typer.Option(0, "--round", help="Round k: picks the acceptance threshold alpha_k."),
+    round_index: int = typer.Option(
+        ..., "--round", min=0, help="The round (k) these judgements close: picks the acceptance threshold alpha_k."
+    ),
     candidates: str | None = typer.Option(
         None, help="Candidates version to decide on (default: the one the rankings version was ingested for)."
     ),
@@ -928,3 +971,33 @@ def artists_check(
     typer.echo(f"{len(delivered)} usable, {refused} refused, {len(pending)} pending")
     if refused:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _readable_metavars(typer_app: typer.Typer) -> None:
+    """Help shows what to type (``N``, ``PATH``, ``TEXT``; nothing after a flag) where an
+    option names no metavar of its own, instead of Python type names (``<list[str]>``)."""
+    import inspect
+    import typing
+
+    from typer.models import ArgumentInfo, OptionInfo
+
+    for command in typer_app.registered_commands:
+        hints = typing.get_type_hints(command.callback) if command.callback else {}
+        for name, param in inspect.signature(command.callback).parameters.items() if command.callback else ():
+            info = param.default
+            if not isinstance(info, (OptionInfo, ArgumentInfo)) or info.metavar is not None:
+                continue
+            kind = hints.get(name)
+            inner = next((a for a in typing.get_args(kind) if a is not type(None)), kind)  # list[X], X | None
+            if isinstance(info, ArgumentInfo):
+                info.metavar = name.upper()
+            elif kind is bool:
+                info.metavar = ""
+            else:
+                info.metavar = {int: "N", float: "X", Path: "PATH"}.get(inner, "TEXT")  # type: ignore[arg-type]
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _readable_metavars(group.typer_instance)
+
+
+_readable_metavars(app)

@@ -11,15 +11,17 @@ variables and profiles. URIs that embed a password are redacted by :func:`redact
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+log = logging.getLogger(__name__)
 ENV_PREFIX = "FLYWHEEL__"
 CONFIG_FILE_ENV = "FLYWHEEL_CONFIG"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -687,9 +689,32 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     return tree
 
 
+#: FLYWHEEL_* variables that are not config overrides (the config file; a Blender worker's pipe).
+NOT_OVERRIDES = frozenset({CONFIG_FILE_ENV, "FLYWHEEL_RESULT_FD"})
+
+
+def misspelt_overrides(environ: Mapping[str, str]) -> list[str]:
+    """Warnings for variables that look like config overrides but are not read as one
+    (``FLYWHEEL_RENDER_WORKERS``: one underscore where the pattern has two)."""
+    out = []
+    for name in sorted(environ):
+        if name.upper().startswith("FLYWHEEL_") and not name.startswith(ENV_PREFIX) and name not in NOT_OVERRIDES:
+            rest = name[len("FLYWHEEL_") :].lstrip("_")
+            section, _, field = rest.partition("_")
+            hint = f"{ENV_PREFIX}{section.upper()}__{field.upper()}" if field else f"{ENV_PREFIX}SECTION__FIELD"
+            out.append(
+                f"environment {name} is ignored: config overrides are {ENV_PREFIX}SECTION__FIELD "
+                f"(two underscores between the parts); did you mean {hint}?"
+            )
+    return out
+
+
 def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> FlywheelConfig:
-    """Build the effective config; raise :class:`ConfigError` naming every bad field."""
+    """Build the effective config; raise :class:`ConfigError` naming every bad field. A
+    variable that looks like an override but is not one is logged as a warning."""
     environ = dict(os.environ if environ is None else environ)
+    for warning in misspelt_overrides(environ):
+        log.warning(warning)
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
     files = [DEFAULT_CONFIG_FILE] if DEFAULT_CONFIG_FILE.exists() else []

@@ -14,6 +14,7 @@ the unit cube [-0.5, 0.5]^3; occupancy grids index (x, y, z) over that cube.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class DatasetSpec:
     schema: pa.Schema
     files: tuple[str, ...]
     description: str = ""
+    internal: bool = False  # a stage's intermediate (cached parts): not offered to people by name
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", self.name):
@@ -78,7 +80,7 @@ def part_spec(spec: DatasetSpec) -> DatasetSpec:
     """The kind of the per-batch parts a stage writes before assembling ``spec``."""
     name = f"{spec.name}-part"
     return _REGISTRY.get(name) or register(
-        DatasetSpec(name, spec.schema, spec.files, f"One cached batch of {spec.name}.")
+        DatasetSpec(name, spec.schema, spec.files, f"One cached batch of {spec.name}.", internal=True)
     )
 
 
@@ -90,21 +92,22 @@ def register(spec: DatasetSpec) -> DatasetSpec:
     return spec
 
 
+class UnknownKind(KeyError):
+    """A dataset kind nobody registered; the message suggests the closest public kinds."""
+
+    def __str__(self) -> str:  # KeyError's own str() is the repr of its argument
+        return str(self.args[0])
+
+
 def get_spec(name: str) -> DatasetSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        known = ", ".join(sorted(_REGISTRY)) or "none"
-        raise KeyError(f"unknown dataset kind {name!r} (known: {known})") from None
+        public = sorted(n for n, spec in _REGISTRY.items() if not spec.internal)
+        close = difflib.get_close_matches(name, public, n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise UnknownKind(f"unknown dataset kind {name!r}{hint} (kinds: {', '.join(public) or 'none'})") from None
 
-
-def registered() -> dict[str, DatasetSpec]:
-    return dict(_REGISTRY)
-
-
-# ----------------------------------------------------------------------------------------
-# Dataset kinds. Later stages add theirs here, next to each other, so there is one place
-# to read every contract.
 
 #: Procedural occupancy shapes: small, fast test and benchmark data for the storage layer.
 SHAPES = register(
