@@ -143,6 +143,64 @@ def test_model_references_resolve_through_the_registry(champion, tmp_path):
             resolve_model(cfg, ref)
 
 
+def test_a_registered_version_loads_as_an_mlflow_model_that_predicts_from_images(champion, tmp_path):
+    """What a data scientist does: ``mlflow.pyfunc.load_model("models:/NAME@champion")`` and
+    ``predict`` on an image and a mask -> shape and layout; the version says what it is."""
+    import io
+
+    import mlflow
+    import pandas as pd
+    from PIL import Image
+
+    model, path, _ = champion
+    cfg = load_config(environ={"FLYWHEEL__PROJECT__STATE_DIR": str(tmp_path / "state")})
+    experiment = lineage.configure(cfg)
+    run_id = mlflow.MlflowClient().create_run(experiment, run_name="train-sft").info.run_id
+    register_checkpoint(
+        cfg,
+        path,
+        run_id=run_id,
+        name="sam3d-pyfunc",
+        aliases=("champion",),
+        metadata={"preset": "micro"},
+        description="round 0 challenger",
+    )
+    version = mlflow.MlflowClient().get_model_version_by_alias("sam3d-pyfunc", "champion")
+    assert version.run_id == run_id and version.description == "round 0 challenger"
+
+    loaded = mlflow.pyfunc.load_model("models:/sam3d-pyfunc@champion")
+    meta = loaded.metadata
+    assert meta.metadata["preset"] == "micro" and meta.metadata["architecture"]["width"] == model.cfg.width
+    assert {c.name for c in meta.get_input_schema().inputs} == {"image", "mask"}
+    assert {c.name for c in meta.get_output_schema().inputs} >= {"occupancy", "rotation", "translation", "scale"}
+    assert meta.saved_input_example_info is not None
+
+    def png(a):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        return buf.getvalue()
+
+    rng = np.random.default_rng(0)
+    images, masks = [], []
+    for size in (48, 80):  # any image size: the model crops around the mask
+        mask = np.zeros((size, size), np.uint8)
+        mask[size // 4 : size // 2, size // 3 : 2 * size // 3] = 255
+        images.append(png((rng.random((size, size, 3)) * 255).astype(np.uint8)))
+        masks.append(png(mask))
+    frame = pd.DataFrame({"image": images, "mask": masks})
+    out = loaded.predict(frame)
+    r = model.cfg.resolution
+    assert len(out) == 2 and list(out["resolution"]) == [r, r]
+    assert all(len(o) == r**3 and set(o) <= {0, 1} for o in out["occupancy"])
+    assert all(len(x) == 9 for x in out["rotation"]) and all(len(t) == 3 for t in out["translation"])
+    rotation = np.asarray(out["rotation"][0]).reshape(3, 3)
+    assert np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-4)  # a rotation
+    again = loaded.predict(frame)
+    assert list(again["occupancy"]) == list(out["occupancy"])  # the same seed, the same answer
+    with pytest.raises(Exception, match="row 1: mask is not a readable image"):
+        loaded.predict(pd.DataFrame({"image": images, "mask": [masks[0], b"not an image"]}))
+
+
 def test_image_pool_manifest_quarantines_each_bad_item_and_keeps_the_rest(tmp_path):
     from PIL import Image
 

@@ -20,7 +20,6 @@ from flywheel.core.digests import file_digest
 from flywheel.core.records import ModelRef
 from flywheel.tracking.experiment import configure
 
-CHECKPOINT_ARTIFACT = "checkpoint"
 CHECKPOINT_FILE = "model.pt"
 
 
@@ -55,30 +54,40 @@ def register_checkpoint(
     name: str,
     aliases: tuple[str, ...] = (),
     tags: dict | None = None,
+    metadata: dict | None = None,
+    description: str = "",
 ) -> ResolvedModel:
-    """Log ``path`` as the run's checkpoint artifact and register it as a new version of
-    ``name`` (created if needed), with optional aliases (e.g. ``champion``)."""
-    from mlflow.exceptions import MlflowException
+    """Log ``path`` in run ``run_id`` as an MLflow Model (:mod:`flywheel.tracking.pyfunc`:
+    ``mlflow.pyfunc.load_model`` works on it; ``metadata`` in its MLmodel) and register it as
+    a new version of ``name`` (created if needed) with ``tags``, ``description`` and optional
+    aliases (e.g. ``champion``)."""
+    import mlflow
+
+    from flywheel.tracking.pyfunc import log_pyfunc
 
     client = _client(cfg)
     digest = file_digest(path)
     with tempfile.TemporaryDirectory() as tmp:  # the artifact has one fixed file name
         staged = Path(tmp) / CHECKPOINT_FILE
         shutil.copyfile(path, staged)
-        client.log_artifact(run_id, str(staged), CHECKPOINT_ARTIFACT)
-    try:
-        client.create_registered_model(name)
-    except MlflowException:  # exists already
-        pass
-    version = client.create_model_version(
-        name,
-        source=f"runs:/{run_id}/{CHECKPOINT_ARTIFACT}",
-        run_id=run_id,
-        tags={"checkpoint_sha256": digest, **(tags or {})},
-    )
+        active = mlflow.active_run()
+        with mlflow.start_run(run_id=run_id, nested=active is not None and active.info.run_id != run_id):
+            model_uri = log_pyfunc(staged, {**(metadata or {}), "checkpoint_sha256": digest})
+    version = mlflow.register_model(model_uri, name, tags={"checkpoint_sha256": digest, **(tags or {})})
+    if description:
+        client.update_model_version(name, version.version, description=description)
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version.version)
     return ResolvedModel(f"models:/{name}/{version.version}", f"{name}/{version.version}", Path(path), digest)
+
+
+def _checkpoint_in(folder: Path) -> Path:
+    """The checkpoint file of a downloaded model version: an MLflow Model's artifact, or (a
+    version registered before models were MLflow Models) the folder's one file."""
+    for candidate in (folder / "artifacts" / CHECKPOINT_FILE, folder / CHECKPOINT_FILE):
+        if candidate.is_file():
+            return candidate
+    raise ModelNotFound(f"model version at {folder}: no {CHECKPOINT_FILE} in it")
 
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
@@ -122,7 +131,7 @@ def resolve_model(cfg: FlywheelConfig, ref: str) -> ResolvedModel:
                 artifact_uri=client.get_model_version_download_uri(name, version.version), dst_path=tmp
             )
             cache.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(folder) / CHECKPOINT_FILE, cache.with_suffix(".tmp"))
+            shutil.copyfile(_checkpoint_in(Path(folder)), cache.with_suffix(".tmp"))
             cache.with_suffix(".tmp").replace(cache)
     if digest and file_digest(cache) != digest:
         cache.unlink()
@@ -144,3 +153,11 @@ def find_version(cfg: FlywheelConfig, name: str, sha256: str) -> ModelRef | None
 
 def set_alias(cfg: FlywheelConfig, model: ModelRef, alias: str) -> None:
     _client(cfg).set_registered_model_alias(model.name, alias, str(model.version))
+
+
+def describe_version(cfg: FlywheelConfig, model: ModelRef, text: str) -> None:
+    """Add ``text`` (a round's decision and metrics) to a model version's description, once."""
+    client = _client(cfg)
+    current = client.get_model_version(model.name, str(model.version)).description or ""
+    if text not in current:
+        client.update_model_version(model.name, str(model.version), description=f"{current}\n\n{text}".strip())
