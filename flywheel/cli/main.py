@@ -375,6 +375,40 @@ def stack_env(ctx: typer.Context) -> None:
         typer.echo(f"export {key}={value}")
 
 
+@stack_app.command("alerts")
+def stack_alerts(
+    ctx: typer.Context,
+    webhook: str = typer.Option(..., metavar="URL", help="Where notifications are POSTed (JSON subject + text)."),
+    round_minutes: float = typer.Option(
+        120.0, metavar="MINUTES", min=0.2, help="A round still running this long after it started raises an alert."
+    ),
+) -> None:
+    """Declare the ops alerts on the Prefect server (PREFECT_API_URL or prefect.api_url): a
+    failed or crashed round, a failed validation gate and a late round notify WEBHOOK.
+    Re-running replaces them."""
+    from datetime import timedelta
+
+    from flywheel.core.runtime import apply_environment
+
+    apply_environment(_cfg(ctx))
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        _fail(
+            "alerts: no Prefect server; set PREFECT_API_URL or prefect.api_url (a temporary one forgets them)",
+            EXIT_USAGE,
+        )
+    from flows.alerts import BLOCK_NAME, declare_alerts
+
+    try:
+        names = declare_alerts(webhook, timedelta(minutes=round_minutes))
+    except Exception as e:  # the server refused or is not there
+        _fail(f"alerts: the Prefect server did not take them: {type(e).__name__}: {e}", EXIT_FAILED)
+    for name in names:
+        typer.echo(f"automation: {name}")
+    typer.echo(f"notifications go to {webhook} (notification block {BLOCK_NAME})")
+
+
 @app.command("validate")
 def validate_cmd(
     ctx: typer.Context,
