@@ -39,6 +39,7 @@ from flows.stages import (
     occlusions,
     publish,
     reward_model,
+    round_artifacts,
     run_round,
 )
 from flywheel.core.config import SHAPING_SECTIONS, FlywheelConfig
@@ -57,7 +58,7 @@ from flywheel.learning.stages import stage_settings
 from flywheel.rounds import ledger
 from flywheel.rounds.promotion import promotion
 from flywheel.rounds.record import RoundRecord
-from flywheel.tracking.registry import set_alias
+from flywheel.tracking.registry import describe_version, set_alias
 from tasks.conventions import store_for
 from tasks.rankings import oracle_best_of_n, simulate_annotators
 from tasks.training import evaluate_baselines, evaluate_model, register_model, train_stage
@@ -264,6 +265,14 @@ def close_round(
     )
     after = challenger if decision.promote else champion
     set_alias(cfg, after, "champion")
+    means = reports["reporting"].summary
+    describe_version(
+        cfg,
+        challenger,
+        f"Round {k} of series {r.series}: {'promoted to champion' if decision.promote else 'not promoted'} "
+        f"({decision.reason}). Held-out vIoU (reporting half): "
+        + ", ".join(f"{who} {m['viou']:.3f}" for who, m in means.items()),
+    )
     r.lap("evaluate")
     made = (pool, proposals, judged, sft, prefs, hard, art3do)
     volumes = {d.name: d.num_rows for d in made}
@@ -415,6 +424,7 @@ def play_round(
             record = close_round(r, champion, pool, proposals, synthetic[2], heldout, files)
             _log_summary(cfg, parent, record, [*ledger.committed_rounds(store, series), record])
             record = ledger.write_round(store, record)  # last: the round is committed
+            round_artifacts(cfg, record, store.uri(ledger.record_key(series, k)))
             committed.append(record)
             print(ledger.round_text(record))
             print(f"round record: {store.uri(ledger.record_key(series, k))}")

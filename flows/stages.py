@@ -13,8 +13,10 @@ Every dataset passes its validation gate before anything consumes it.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from prefect import tags as prefect_tags
 from prefect.runtime import flow_run
@@ -32,6 +34,7 @@ from flywheel.learning.ensemble import ensemble_members, resolve_ensemble
 from flywheel.rounds import ledger
 from flywheel.rounds.record import RoundRecord
 from flywheel.tracking import lineage
+from flywheel.tracking.experiment import configure, model_link, run_link
 from rendering.mesh_library import source_contents
 from tasks.artists import artists_base, deliveries_uri, import_art3do, queue_hard_cases, simulate_artists
 from tasks.candidates import (
@@ -41,7 +44,7 @@ from tasks.candidates import (
     propose_part,
     publish_annotation_tasks,
 )
-from tasks.conventions import ensure_result_storage, prefect_run_ids, store_for
+from tasks.conventions import Progress, ensure_result_storage, prefect_run_ids, store_for
 from tasks.rankings import decide_round, export_digests, ingest_rankings
 from tasks.reward import select_candidates, train_reward_model
 from tasks.synth import (
@@ -58,6 +61,7 @@ from tasks.synth import (
 from tasks.validation import gate_for
 
 SYNTHETIC_SECTIONS = ("meshes", "iso3do", "occlusions")
+T = TypeVar("T")
 
 
 def flow_config(config: FlywheelConfig | str | None) -> FlywheelConfig:
@@ -122,10 +126,12 @@ def run_round(
     (``stage``, ``round``)."""
     ensure_result_storage(cfg)
     # The round is what it makes: re-running it after a fix or an override resumes its MLflow run.
-    round_id = f"{name}-{digest_of(ledger.where_independent(cfg, shaping(cfg, shaping_sections)))[:10]}"
+    shaped = ledger.where_independent(cfg, shaping(cfg, shaping_sections))
+    round_id = f"{name}-{digest_of(shaped)[:10]}"
     tags = [f"series:{ledger.series_id(cfg)}", *(f"{key}:{value}" for key, value in (labels or {}).items())]
     label_flow_run(name if name_run else None, tags)
-    parent = lineage.start_round(cfg, round_id, flow_run_id=prefect_run_ids()[0])
+    # The config that shapes the round is its identity: logged once, a resumed run has the same.
+    parent = lineage.start_round(cfg, round_id, params=shaped, flow_run_id=prefect_run_ids()[0])
     try:
         with prefect_tags(*tags):
             refs = body(cfg, parent)
@@ -138,6 +144,38 @@ def run_round(
     for ref in refs:
         print(f"{ref}: {ref.num_rows} rows  {ref.uri}")
     return RunSummary(run=round_id, mlflow_run_id=parent, datasets=refs)
+
+
+def round_artifacts(cfg: FlywheelConfig, record: RoundRecord, record_uri: str) -> None:
+    """The committed round on its flow run's Artifacts tab, where ops people look: a summary
+    page (decision, metrics with intervals, accept rate, volumes, warnings, links to the
+    MLflow run, the model versions and the round record) and tables of the evaluation and of
+    what the round's datasets quarantined, by reason. Keyed by series, so each key's history
+    is the series' rounds."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    links = {"round record": record_uri}
+    if record.mlflow_run_id:
+        links["MLflow round run"] = run_link(cfg, configure(cfg), record.mlflow_run_id)
+    for role, model in (("challenger", record.challenger), ("champion now", record.champion_after)):
+        links[f"model {role}"] = model_link(cfg, model.name, model.version)
+    key = f"series-{record.series}".lower()
+    what = f"round {record.round} of series {record.series}"
+    create_markdown_artifact(ledger.round_markdown(record, links), key=f"{key}-round", description=what)
+    create_table_artifact(ledger.evaluation_rows(record), key=f"{key}-evaluation", description=f"{what}: held-out")
+    store = store_for(cfg)
+    quarantined = [
+        {"dataset": str(ref), "reason": reason, "items": count}
+        for ref in record.datasets.values()
+        for reason, count in sorted(
+            Counter(Dataset(store, ref.name, ref.version).quarantine().column("reason").to_pylist()).items()
+        )
+    ]
+    create_table_artifact(
+        quarantined or [{"dataset": "(all)", "reason": "nothing quarantined", "items": 0}],
+        key=f"{key}-quarantine",
+        description=f"{what}: items its datasets refused, by reason",
+    )
 
 
 def latest_version(cfg: FlywheelConfig, spec: str) -> str:
@@ -181,10 +219,25 @@ def mesh_library(cfg: FlywheelConfig, parent: str) -> DatasetRef:
     return library
 
 
+def in_parts(what: str, batches: list[T], make: Callable[[T], DatasetRef]) -> list[DatasetRef]:
+    """``make`` each batch's part in turn, with a progress artifact on the flow run (the
+    Prefect UI shows how many of ``what``'s parts are done)."""
+    progress = Progress(f"{what}, parts")
+    parts = []
+    for batch in batches:
+        parts.append(make(batch))
+        progress.update(len(parts), len(batches))
+    return parts
+
+
 def iso3do(cfg: FlywheelConfig, library: DatasetRef, parent: str) -> DatasetRef:
     settings = iso3do_settings(cfg)
     ids = sorted(Dataset(store_for(cfg), library.name, library.version).manifest().column("mesh_id").to_pylist())
-    parts = [render_iso3do_part(cfg, library, batch, settings) for batch in batches(ids, cfg.iso3do.objects_per_shard)]
+    parts = in_parts(
+        "Iso-3DO renders",
+        batches(ids, cfg.iso3do.objects_per_shard),
+        lambda batch: render_iso3do_part(cfg, library, batch, settings),
+    )
     renders = assemble(cfg, "iso3do", library, parts, settings, parent_run_id=parent)
     gate_for(cfg, renders, parent)
     return renders
@@ -193,10 +246,11 @@ def iso3do(cfg: FlywheelConfig, library: DatasetRef, parent: str) -> DatasetRef:
 def occlusions(cfg: FlywheelConfig, library: DatasetRef, parent: str) -> DatasetRef:
     settings = occlusions_settings(cfg)
     indices = list(range(cfg.occlusions.num_samples))
-    parts = [
-        render_occlusions_part(cfg, library, batch, settings)
-        for batch in batches(indices, cfg.occlusions.samples_per_shard)
-    ]
+    parts = in_parts(
+        "Flying Occlusions composites",
+        batches(indices, cfg.occlusions.samples_per_shard),
+        lambda batch: render_occlusions_part(cfg, library, batch, settings),
+    )
     composites = assemble(cfg, "occlusions", library, parts, settings, parent_run_id=parent)
     gate_for(cfg, composites, parent)
     return composites

@@ -20,6 +20,7 @@ that shape a task's output are passed as explicit parameters, so they are in the
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -127,6 +128,46 @@ def flywheel_task(
         )
 
     return decorate
+
+
+class Progress:
+    """A progress artifact on the running flow's page in the Prefect UI (0-100 %), for work
+    that takes minutes: rendering parts, training steps."""
+
+    def __init__(self, description: str):
+        from prefect.artifacts import create_progress_artifact
+
+        self.description = description
+        made = create_progress_artifact(0.0, description=description)
+        assert not inspect.isawaitable(made), "called from synchronous code: Prefect returns the id"
+        self.id = made
+
+    def update(self, done: int, total: int) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        update_progress_artifact(
+            self.id, 100.0 * done / max(total, 1), description=f"{self.description}: {done}/{total}"
+        )
+
+
+class ProgressTrainLog:
+    """A :class:`sam3d_model.train.TrainLog` that reports to ``inner`` (MLflow) and moves a
+    :class:`Progress` artifact as the steps go by."""
+
+    def __init__(self, inner: Any, stage: str, total_steps: int):
+        self.inner, self.total = inner, total_steps
+        self.progress = Progress(f"training {stage}, steps")
+
+    def params(self, params: dict) -> None:
+        self.inner.params(params)
+
+    def metrics(self, values: dict, step: int) -> None:
+        self.inner.metrics(values, step)
+        self.progress.update(step, self.total)
+
+    def finished(self, stage: str, history: list[dict]) -> None:
+        self.inner.finished(stage, history)
+        self.progress.update(self.total, self.total)
 
 
 def short(ref: DatasetRef) -> str:

@@ -19,13 +19,14 @@ from flywheel.core.records import CheckpointRef, DatasetRef, ModelRef
 from flywheel.learning.examples import cached_examples
 from flywheel.learning.heldout import Scores, Split, baseline_scores, load_heldout, score_objects
 from flywheel.learning.stages import checkpoint_name, checkpoint_ref, local_checkpoint, run_stage
+from flywheel.tracking import lineage
 from flywheel.tracking.registry import find_version, register_checkpoint
 from flywheel.tracking.training_log import MlflowTrainLog
 from sam3d_model.checkpoint import load_model, save_checkpoint
 from sam3d_model.config import ModelConfig
 from sam3d_model.evaluation import viou_probe
 from sam3d_model.model import build_model
-from tasks.conventions import flywheel_task, log_datasets, stage, store_for
+from tasks.conventions import ProgressTrainLog, flywheel_task, log_datasets, stage, store_for
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def train_stage(
             {role: [Dataset(store, r.name, r.version) for r in refs] for role, refs in datasets.items()},
             settings,
             workdir,
-            MlflowTrainLog(run_id),
+            ProgressTrainLog(MlflowTrainLog(run_id), label or stage_name, int(settings["steps"])),
             probe=_probe(store, model.cfg, probe, probe_mask_error) if probe is not None else None,
         )
         mlflow.log_metrics({k: float(v) for k, v in counts.items()})
@@ -79,6 +80,13 @@ def train_stage(
         )
         store.put_file(key, final)
         return checkpoint_ref(store, key, final)
+
+
+def _version_description(tags: dict[str, str], datasets: dict[str, list[DatasetRef]]) -> str:
+    made = {k.removeprefix("flywheel."): v for k, v in tags.items() if k.startswith("flywheel.")}
+    where = "the bootstrap" if made.get("round") == "bootstrap" else f"round {made.get('round', '?')}"
+    data = "; ".join(f"{role}: {', '.join(map(str, refs))}" for role, refs in datasets.items())
+    return f"Trained in {where} of series {made.get('series', '?')} ({made.get('stages', '?')}) on {data}."
 
 
 #: Held-out objects of a stage's learning curve (a cheap vIoU-only probe, ~1 s on 2 cores).
@@ -170,10 +178,17 @@ def register_model(
             **{k: str(v) for k, v in tags.items()},
             **{f"dataset.{role}": ",".join(str(r) for r in refs) for role, refs in datasets.items()},
         }
-        with stage(cfg, parent_run_id, "register", params={"checkpoint": checkpoint.uri}) as run_id:
+        with stage(cfg, parent_run_id, f"register-{name}", params={"checkpoint": checkpoint.uri}) as run_id:
             log_datasets(run_id, inputs=[r for refs in datasets.values() for r in refs])
             register_checkpoint(
-                cfg, local_checkpoint(cfg, store_for(cfg), checkpoint), run_id=run_id, name=name, tags=tags
+                cfg,
+                local_checkpoint(cfg, store_for(cfg), checkpoint),
+                # The version's source is the run that trained it (its curves, params, datasets).
+                run_id=lineage.training_run(cfg, checkpoint.uri) or run_id,
+                name=name,
+                tags=tags,
+                metadata={"preset": cfg.model.preset, "checkpoint_uri": checkpoint.uri},
+                description=_version_description(tags, datasets),
             )
         found = find_version(cfg, name, checkpoint.sha256)
         assert found is not None, f"model {name}: the version just registered is not found"

@@ -46,7 +46,7 @@ def test_unknown_names_get_the_closest_public_ones_and_misspelt_overrides_a_warn
         assert out.returncode == 4, out.stderr
         [line] = out.stderr.strip().splitlines()
         assert line.startswith("error: unknown dataset kind") and "did you mean" in line, line
-        assert "-part" not in line and not line.startswith("error: \"")  # public kinds, not a repr
+        assert "-part" not in line and not line.startswith('error: "')  # public kinds, not a repr
     assert "did you mean iso3do?" in run("datasets", "show", "iso3d", env=env).stderr
 
     out = run("config", "show", env={"FLYWHEEL_RENDER_WORKERS": "3"})

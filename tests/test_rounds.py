@@ -153,7 +153,7 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
         "simulate-annotators",
         "ingest-rankings",
         "decide",
-        "register",
+        "register-sam3d",
         "evaluate-champion",
         "evaluate-challenger",
         "evaluate-baselines",
@@ -162,6 +162,19 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
         "best-of-n",
     } <= set(stages)
     assert {"sft-seed-1", "sft-seed-2"} <= set(stages) and stages.count("sft") == 1  # side runs, own SFT reused
+    # the round run carries the config that shaped it; a model version's source is the run that trained it
+    experiment = client.get_experiment(client.get_run(r0["mlflow_run_id"]).info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on runs, not GenAI
+    params = client.get_run(r0["mlflow_run_id"]).data.params
+    assert params["model.sft.steps"] == str(cfg.model.sft.steps) and "rounds.eval_objects" in params
+    for r in records:
+        version = client.get_model_version("sam3d", str(r["challenger"]["version"]))
+        source = client.get_run(version.run_id)
+        assert source.data.tags[lineage.STAGE_TAG] == r["stages"][-1], source.data.tags  # sft or dpo, not "register"
+        assert source.data.tags["mlflow.parentRunId"] == r["mlflow_run_id"]
+        assert f"Round {r['round']} of series {series}" in version.description and "Trained in round" in (
+            version.description
+        )
     assert "evaluate-sft-seed-1" not in _stage_names(r1["mlflow_run_id"])  # measured once per series
     sft_run = next(r for r in lineage.stage_runs(r0["mlflow_run_id"]) if r.data.tags[lineage.STAGE_TAG] == "sft")
     logged = {(d["name"], d["context"]) for d in lineage.run_datasets(sft_run.info.run_id)}
@@ -242,6 +255,63 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
     assert _stage_names(r0["mlflow_run_id"]) == stages
 
 
+def test_rounds_show_in_prefect_as_ops_people_look_at_them(clean: CleanRounds):
+    """Through the Prefect API (what the UI shows): the flow run and task runs say what ran
+    and carry the series and round tags; each committed round left a summary page and
+    tables on the Artifacts tab, with links to MLflow and the round record."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+        ArtifactFilterType,
+        FlowRunFilter,
+        FlowRunFilterTags,
+        TaskRunFilter,
+        TaskRunFilterTags,
+    )
+
+    series = rounds.series_id(clean.cfg)
+    with get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"series:{series}"])))
+        assert run.name == "flywheel-2-rounds", run.name  # not a random name
+        assert {"round:0", "round:1", "stage:round"} <= set(run.tags), run.tags
+        tasks = client.read_task_runs(task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=["round:1"])))
+        names = {t.name for t in tasks if t.flow_run_id == run.id}
+        assert {"train-sft", "evaluate-champion", "evaluate-challenger", "decide-round-1"} <= names, sorted(names)
+        assert any(n.startswith("validate-candidates@") for n in names), sorted(names)
+        progress = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]), type=ArtifactFilterType(any_=["progress"])
+            )
+        )
+        done = {a.description: a.data for a in progress}
+        assert done.get(f"training sft, steps: {clean.cfg.model.sft.steps}/{clean.cfg.model.sft.steps}") == 100, done
+        assert any(d.startswith("Iso-3DO renders, parts: ") and v == 100 for d, v in done.items()), done
+        key = f"series-{series}"
+        pages = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{key}-round"])))
+        tables = {
+            name: client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{key}-{name}"])))
+            for name in ("evaluation", "quarantine")
+        }
+    assert sorted(a.description for a in pages) == [f"round {k} of series {series}" for k in (0, 1)]
+    for page, record in zip(sorted(pages, key=lambda a: a.description or ""), clean.records, strict=True):
+        text = str(page.data)
+        decision = "PROMOTED" if record["promotion"]["promote"] else "kept the champion"
+        assert text.startswith(f"# Round {record['round']}: {decision}"), text[:200]
+        assert record["promotion"]["reason"] in text and "champion-vs-constant" in text
+        assert f"MLflow round run: run {record['mlflow_run_id']}" in text
+        assert f"round record: {clean.store.uri(rounds.record_key(series, record['round']))}" in text
+        assert f"models:/sam3d/{record['challenger']['version']}" in text
+        for role, ref in record["datasets"].items():
+            assert f"| {role} | `{ref['name']}@{ref['version']}` | {ref['num_rows']} |" in text
+    import json
+
+    rows = json.loads(max(tables["evaluation"], key=lambda a: a.created).data)
+    assert {(r["half"], r["model"]) for r in rows} >= {("selection", "challenger"), ("reporting", "constant")}
+    assert len(tables["quarantine"]) == 2 and all(json.loads(a.data) for a in tables["quarantine"])
+
+
 def test_round_killed_in_its_last_stage_reruns_only_the_rest(clean: CleanRounds, monkeypatch, tmp_path):
     """SIGKILL the CLI once the challenger is registered (evaluation and promotion remain);
     the dead round's lock is free at once, the re-run redoes only the held-out evaluation and
@@ -269,7 +339,7 @@ def test_round_killed_in_its_last_stage_reruns_only_the_rest(clean: CleanRounds,
     def registered_challenger() -> bool:  # the second registration: bootstrap, then challenger
         return (
             sum(
-                "Task run 'register-model" in line and "Completed" in line
+                "Task run 'register-sam3d" in line and "Completed" in line
                 for line in log.read_text(errors="replace").splitlines()
             )
             >= 2
@@ -288,6 +358,11 @@ def test_round_killed_in_its_last_stage_reruns_only_the_rest(clean: CleanRounds,
         order_by=["attributes.start_time DESC"],
     )
     before = {r.info.run_id for r in lineage.stage_runs(parent[0].info.run_id)}
+    left_running = {
+        r.info.run_id: r.data.tags[lineage.STAGE_TAG]
+        for r in lineage.stage_runs(parent[0].info.run_id)
+        if r.info.status == "RUNNING"
+    }
 
     started = time.monotonic()
     record = flywheel_round(0).model_dump(mode="json")
@@ -298,6 +373,13 @@ def test_round_killed_in_its_last_stage_reruns_only_the_rest(clean: CleanRounds,
         if r.info.run_id not in before
     ]
     assert not TRAINING_STAGES & set(new), f"finished training stages ran again: {new}"
+    # the killed process's stage runs are marked KILLED, each re-run says it is a later attempt
+    after = {r.info.run_id: r for r in lineage.stage_runs(record["mlflow_run_id"])}
+    assert not [r for r in after.values() if r.info.status == "RUNNING"]
+    for run_id, name in left_running.items():
+        assert after[run_id].info.status == "KILLED" and "flywheel.superseded" in after[run_id].data.tags
+        retry = [r for r in after.values() if r.info.run_id not in before and r.data.tags[lineage.STAGE_TAG] == name]
+        assert [r.data.tags[lineage.ATTEMPT_TAG] for r in retry] == ["2"], name
     assert "evaluate-challenger" in new
     assert _comparable(record) == _comparable(clean.records[0])
     # training is deterministic: the same checkpoints, found in the registry, not registered again

@@ -131,15 +131,16 @@ def publish_tasks(
             log.warning("previews of %s failed: %s (blank previews published)", oid, result.reason)
         sheet = image_sheet(
             [_crop_view(rgb, mask, resolution), *strips],
-            ["input"]
+            [f"input {oid}"]
             + [
-                f"{c['member']} seed {c['seed']}"
+                f"{c['candidate_id']} ({c['member']} seed {c['seed']})"
                 if c["kind"] == "model"
-                else f"{c['member']} {c['retrieved_mesh_id'][:12]}"
+                else f"{c['candidate_id']} ({c['member']} {c['retrieved_mesh_id'][:12]})"
                 for c in cands
             ],
             workdir / "sheets" / f"{oid}.png",
-            columns=3,
+            columns=2,
+            panel=(2.0 * views, 2.0),  # each view 2 inches: ~220 px, as large as the input photo
         )
         sheets.append(sheet)
         store.put_file(f"{prefix}/sheets/{oid}.png", sheet)

@@ -27,6 +27,7 @@ from flywheel.core.config import FlywheelConfig, shaping
 from flywheel.core.digests import digest_of
 from flywheel.core.leases import LeaseBusy, store_lease
 from flywheel.core.store import Store, open_store
+from flywheel.learning.heldout import Split
 from flywheel.rounds.record import RoundRecord
 from flywheel.tracking.plots import curves
 
@@ -214,13 +215,21 @@ def summary_plot(records: list[RoundRecord], path: str | Path) -> Path:
         }
     with_intervals = [r for r in records if "selection" in r.heldout]
     if with_intervals:
-        bounds = [r.heldout["selection"].intervals["challenger-vs-champion"]["viou"] for r in with_intervals]
-        xs = [r.round for r in with_intervals]
-        series["challenger - champion vIoU, 95% CI (selection)"] = {
-            "gain": (xs, [b[0] for b in bounds]),
-            "low": (xs, [b[1] for b in bounds]),
-            "high": (xs, [b[2] for b in bounds]),
-        }
+        gains: dict[str, tuple] = {}
+        comparisons: tuple[tuple[str, Split], ...] = (
+            ("challenger-vs-champion", "selection"),
+            ("champion-vs-constant", "reporting"),
+            ("challenger-vs-constant", "reporting"),
+        )
+        for comparison, split in comparisons:
+            have = [r for r in with_intervals if comparison in r.heldout[split].intervals]
+            if have:
+                gain, low, high = zip(*(r.heldout[split].intervals[comparison]["viou"] for r in have), strict=True)
+                gains[f"{comparison} ({split})"] = ([r.round for r in have], gain, low, high)
+        noise = [(r.round, r.seed_noise.spread) for r in with_intervals if r.seed_noise is not None]
+        if noise:
+            gains["training-seed noise (SFT)"] = ([k for k, _ in noise], [v for _, v in noise])
+        series["vIoU gains, 95% intervals"] = gains
     if any(r.best_of_n for r in records):
         series["round candidates vIoU"] = {
             k: ([r.round for r in records if k in r.best_of_n], [r.best_of_n[k] for r in records if k in r.best_of_n])
@@ -232,7 +241,7 @@ def summary_plot(records: list[RoundRecord], path: str | Path) -> Path:
         "yield of random N (same proposals)": (x, [r.best_of_n.get("random_yield", float("nan")) for r in records]),
     }
     series["rows per dataset"] = {k: (x, [r.volumes.get(k, 0) for r in records]) for k in records[-1].volumes}
-    return curves(series, path, title="flywheel rounds", log_y=False)
+    return curves(series, path, title="flywheel rounds", log_y=False, reference={"vIoU gains, 95% intervals": 0.0})
 
 
 def round_text(r: RoundRecord) -> str:
@@ -363,3 +372,54 @@ def summary_text(records: list[RoundRecord]) -> str:
     if records and records[-1].warnings:
         lines += [f"WARNING (round {records[-1].round}): {w}" for w in records[-1].warnings]
     return "\n".join(lines)
+
+
+def round_markdown(r: RoundRecord, links: dict[str, str]) -> str:
+    """The round as a page for the Prefect UI's Artifacts tab: the decision, held-out metrics
+    of the models and baselines with the gains' intervals, what annotators made of the
+    candidates, the data it made and read, warnings, and ``links`` (label -> URL or URI)."""
+    decision = f"PROMOTED `{r.challenger.uri}`" if r.promotion.promote else "kept the champion"
+    lines = [
+        f"# Round {r.round}: {decision}",
+        "",
+        f"{r.promotion.reason}",
+        "",
+        f"Series `{r.series}` · champion before `{r.champion_before.uri}` · challenger `{r.challenger.uri}`"
+        f" · champion now `{r.champion_after.uri}`",
+        "",
+    ]
+    lines += [f"> **WARNING** {w}" for w in r.warnings] + ([""] if r.warnings else [])
+    rep = r.heldout.get("reporting")
+    where = f"reporting half, {rep.objects} objects of {rep.meshes} meshes" if rep else "held-out"
+    lines += [f"## Held-out ({where})", "", "| | " + " | ".join(HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
+    for who, metrics in r.evaluation.items():
+        lines.append(f"| {who} | " + " | ".join(f"{metrics.get(m, float('nan')):.3f}" for m in HEADLINE) + " |")
+    lines += ["", "| gain (95% interval) | half | viou | f1 |", "|---|---|---|---|"]
+    for split, report in r.heldout.items():
+        for name in report.intervals:
+            gains = report.gains(name)
+            lines.append(f"| {name} | {split} | {gains.get('viou', '')} | {gains.get('f1', '')} |")
+    if r.synthetic_heldout is not None:
+        lines += ["", world_gap_text(r)]
+    if r.seed_noise is not None:
+        lines += ["", f"Training-seed noise: {r.seed_noise}"]
+    lines += ["", "## Annotation", "", judgement_text(r)]
+    if r.artists:
+        lines += ["", artists_text(r.artists)]
+    lines += ["", "## Data", "", "| role | dataset | rows |", "|---|---|---|"]
+    lines += [f"| {role} | `{ref}` | {ref.num_rows} |" for role, ref in r.datasets.items()]
+    lines += ["", "## Time", "", ", ".join(f"{phase} {s:.0f} s" for phase, s in r.seconds.items())]
+    if links:
+        lines += ["", "## Links", ""] + [f"- {label}: {target}" for label, target in links.items()]
+    return "\n".join(lines) + "\n"
+
+
+def evaluation_rows(r: RoundRecord) -> list[dict]:
+    """The round's evaluation as table rows: one per model or baseline and held-out half,
+    with each headline metric's mean."""
+    halves = {split: report.summary for split, report in r.heldout.items()} or {"reporting": r.evaluation}
+    rows = []
+    for split, summary in halves.items():
+        for who, metrics in summary.items():
+            rows.append({"half": split, "model": who, **{m: round(metrics[m], 4) for m in HEADLINE if m in metrics}})
+    return rows

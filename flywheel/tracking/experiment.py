@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from flywheel.core.config import FlywheelConfig
 
+EXPERIMENT_KIND = "mlflow.experimentKind"  # the MLflow UI's choice of default view
+
 
 def configure(cfg: FlywheelConfig) -> str:
     """Point MLflow at the configured tracking store and experiment; returns the experiment id."""
@@ -20,7 +22,30 @@ def configure(cfg: FlywheelConfig) -> str:
         from mlflow.exceptions import MlflowException
 
         try:
-            mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts)
+            # A model-training experiment: MLflow 3's UI opens it on its runs, not the GenAI dashboard.
+            mlflow.create_experiment(
+                cfg.mlflow.experiment, artifact_location=artifacts, tags={EXPERIMENT_KIND: "custom_model_development"}
+            )
         except MlflowException:  # created meanwhile by a concurrent stage
             pass
     return mlflow.set_experiment(cfg.mlflow.experiment).experiment_id
+
+
+def _ui(cfg: FlywheelConfig) -> str | None:
+    uri = cfg.mlflow_tracking_uri
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+
+
+def run_link(cfg: FlywheelConfig, experiment_id: str, run_id: str) -> str:
+    """Where people open an MLflow run: its page on a tracking server, or how to see it
+    with a local store (``mlflow ui`` on the database)."""
+    ui = _ui(cfg)
+    if ui:
+        return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"run {run_id} (`mlflow ui --backend-store-uri {cfg.mlflow_tracking_uri}`)"
+
+
+def model_link(cfg: FlywheelConfig, name: str, version: int) -> str:
+    """Where people open a registered model version (see :func:`run_link`)."""
+    ui = _ui(cfg)
+    return f"{ui}/#/models/{name}/versions/{version}" if ui else f"models:/{name}/{version}"

@@ -23,6 +23,7 @@ ROUND_TAG = "flywheel.round"
 STAGE_TAG = "flywheel.stage"
 FLOW_RUN_TAG = "prefect.flow_run_id"
 TASK_RUN_TAG = "prefect.task_run_id"
+ATTEMPT_TAG = "flywheel.attempt"  # 1, 2, ...: which attempt at its stage in its round a stage run was
 CONTEXT_TAG = "mlflow.data.context"  # MLflow's own key for an input's context
 
 
@@ -54,9 +55,28 @@ def start_round(
         if flow_run_id:
             tags[FLOW_RUN_TAG] = flow_run_id
         run_id = client.create_run(experiment_id, run_name=round_id, tags=tags).info.run_id
-        for key, value in (params or {}).items():
-            client.log_param(run_id, key, value)
+        from mlflow.entities import Param
+
+        flat = config_params(params or {})
+        for start in range(0, len(flat), 100):  # MLflow takes at most 100 params per call
+            client.log_batch(run_id, params=[Param(k, v) for k, v in list(flat.items())[start : start + 100]])
     return run_id
+
+
+def config_params(config: dict, prefix: str = "") -> dict[str, str]:
+    """A nested config as MLflow params: dotted keys (``model.sft.steps``), values as text
+    (lists and empty dicts as JSON, cut to MLflow's 500 characters)."""
+    import json
+
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(config_params(value, f"{name}."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            out[name] = text[:500]
+    return out
 
 
 def end_round(run_id: str, *, failed: bool = False) -> None:
@@ -88,10 +108,29 @@ def stage_run(
         round_tag = _client().get_run(parent_run_id).data.tags.get(ROUND_TAG)
         if round_tag:
             tags[ROUND_TAG] = round_tag
+    if parent_run_id:
+        tags[ATTEMPT_TAG] = str(_supersede_earlier_attempts(parent_run_id, stage))
     with mlflow.start_run(run_name=stage, parent_run_id=parent_run_id, nested=bool(parent_run_id), tags=tags) as run:
         if params:
             mlflow.log_params(params)
         yield run.info.run_id
+
+
+def _supersede_earlier_attempts(parent_run_id: str, stage: str) -> int:
+    """This stage's attempt number under the round (1 for the first); an earlier attempt
+    still RUNNING was killed with its process (one round runs at a time), so it is marked
+    KILLED: a re-run round shows one live run per stage, and every attempt says which it was."""
+    client = _client()
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    earlier = client.search_runs(
+        [experiment],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{STAGE_TAG}` = '{stage}'",
+    )
+    for run in earlier:
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "flywheel.superseded", "killed before it ended; a later attempt re-ran it")
+            client.set_terminated(run.info.run_id, status="KILLED")
+    return len(earlier) + 1
 
 
 def log_dataset(run_id: str, ref: DatasetRef, context: str, flow_run_id: str | None = None) -> None:
@@ -137,6 +176,20 @@ def run_datasets(run_id: str) -> list[dict]:
             }
         )
     return out
+
+
+def training_run(cfg: FlywheelConfig, checkpoint_uri: str) -> str | None:
+    """The stage run that trained the checkpoint at ``checkpoint_uri`` (its ``checkpoint``
+    tag; the first finished one: a cached re-run of the stage tags the same checkpoint)."""
+    experiment = configure(cfg)
+    quoted = checkpoint_uri.replace("'", "\\'")
+    runs = _client().search_runs(
+        [experiment],
+        filter_string=f"tags.checkpoint = '{quoted}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
 
 
 def stage_runs(parent_run_id: str) -> list:

@@ -16,13 +16,18 @@ def _save(fig, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # "tight": legends placed beside their panels stay in
     plt.close(fig)
     return path
 
 
-def _sheet(items: Sequence, titles: Sequence[str], path: str | Path, columns: int, draw) -> Path:
-    """A grid of small panels, ``draw(ax, item)`` each, saved as PNG."""
+def _sheet(
+    items: Sequence, titles: Sequence[str], path: str | Path, columns: int, draw, panel: tuple[float, float]
+) -> Path:
+    """A grid of panels of ``panel`` inches (width, height), ``draw(ax, item)`` each, with
+    their titles wrapped to the panel's width (never cut off), saved as PNG."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,16 +36,19 @@ def _sheet(items: Sequence, titles: Sequence[str], path: str | Path, columns: in
     n = max(len(items), 1)
     cols = min(columns, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 1.95 * rows), squeeze=False)
+    width, height = panel
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, (height + 0.35) * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, item, title in zip(axes.flat, items, titles):
         draw(ax, item)
-        ax.set_title(title, fontsize=6)
+        ax.set_title("\n".join(textwrap.wrap(title, max(8, int(width * 13)))), fontsize=7)
     return _save(fig, path)
 
 
-def occupancy_sheet(grids: Sequence[np.ndarray], titles: Sequence[str], path: str | Path, columns: int = 8) -> Path:
+def occupancy_sheet(
+    grids: Sequence[np.ndarray], titles: Sequence[str], path: str | Path, columns: int = 8, panel=(1.8, 1.8)
+) -> Path:
     """Save a contact sheet of occupancy grids (depth-shaded projection along z) as PNG."""
 
     def draw(ax, grid):
@@ -51,11 +59,14 @@ def occupancy_sheet(grids: Sequence[np.ndarray], titles: Sequence[str], path: st
         shade = np.where(first < depth, 1.0 - 0.7 * first / depth, 0.0)
         ax.imshow(shade.T, origin="lower", cmap="magma", vmin=0, vmax=1)
 
-    return _sheet(grids, titles, path, columns, draw)
+    return _sheet(grids, titles, path, columns, draw, panel)
 
 
-def image_sheet(images: Sequence[np.ndarray], titles: Sequence[str], path: str | Path, columns: int = 8) -> Path:
-    """Save a contact sheet of RGB(A) images (uint8[H, W, C]) as PNG; RGBA over a checkerboard."""
+def image_sheet(
+    images: Sequence[np.ndarray], titles: Sequence[str], path: str | Path, columns: int = 8, panel=(1.8, 1.8)
+) -> Path:
+    """Save a contact sheet of RGB(A) images (uint8[H, W, C]) as PNG; RGBA over a checkerboard.
+    ``panel``: each image's room in inches (width, height); a strip of views wants a wide one."""
 
     def draw(ax, image):
         image = np.asarray(image)
@@ -66,34 +77,70 @@ def image_sheet(images: Sequence[np.ndarray], titles: Sequence[str], path: str |
             image = (image[..., :3] * alpha + checker[..., None] * (1 - alpha)).astype(np.uint8)
         ax.imshow(image)
 
-    return _sheet(images, titles, path, columns, draw)
+    return _sheet(images, titles, path, columns, draw, panel)
 
 
-def curves(series: dict[str, tuple | dict[str, tuple]], path: str | Path, title: str = "", log_y: bool = True) -> Path:
+def curves(
+    series: dict[str, tuple | dict[str, tuple]],
+    path: str | Path,
+    title: str = "",
+    log_y: bool = True,
+    reference: dict[str, float] | None = None,
+) -> Path:
     """Save line plots as PNG, one panel per ``name -> (x, y)`` (e.g. learning curves) or per
-    ``name -> {label: (x, y)}`` (several lines with a legend)."""
+    ``name -> {label: (x, y)}`` (several lines, legend beside the panel, not over the data).
+    A line given as ``(x, y, low, high)`` draws each point with its interval (several such
+    lines side by side, not on top of each other); a panel with one x value (one round) is
+    centred on it with a unit-wide axis, not squeezed to a dot. ``reference``: panel name ->
+    a y value drawn as a dashed line (e.g. 0 for gains)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     n = max(len(series), 1)
     cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 2.8 * rows), squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, (name, lines) in zip(axes.flat, series.items()):
         lines = lines if isinstance(lines, dict) else {"": lines}
-        positive = True
-        for label, (x, y) in lines.items():
+        positive, xs = True, set()
+        with_interval = [label for label, line in lines.items() if len(line) == 4]
+        for label, (x, y, *interval) in lines.items():
             y = np.asarray(y, dtype=float)
-            ax.plot(x, y, lw=1.2, marker="o" if len(y) < 12 else None, ms=3, label=label or None)
+            xs.update(x)
+            if interval:
+                low, high = (np.asarray(v, dtype=float) for v in interval)
+                dodge = 0.1 * (with_interval.index(label) - (len(with_interval) - 1) / 2)
+                ax.errorbar(
+                    np.asarray(x, dtype=float) + dodge,
+                    y,
+                    yerr=[y - low, high - y],
+                    lw=1.2,
+                    marker="o",
+                    ms=4,
+                    capsize=4,
+                    label=label or None,
+                )
+                positive &= bool(np.all(low > 0))
+            else:
+                ax.plot(x, y, lw=1.2, marker="o" if len(y) < 12 else None, ms=4, label=label or None)
             positive &= bool(len(y)) and bool(np.all(y > 0))
         if log_y and positive:
             ax.set_yscale("log")
+        if reference and name in reference:
+            ax.axhline(reference[name], color="grey", lw=1, ls="--")
+        if len(xs) == 1:
+            only = next(iter(xs))
+            ax.set_xlim(only - 0.5, only + 0.5)
+            ax.set_xticks([only])
+        elif xs and all(float(v).is_integer() for v in xs):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds, steps: no 0.5
         if len(lines) > 1:
-            ax.legend(fontsize=6)
+            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         ax.set_title(name, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
@@ -119,6 +166,7 @@ def rankings_report(decisions, annotators, path: str | Path) -> Path:
     annotators.set_index("annotator_id")[["majority_agreement", "weight"]].plot.bar(ax=axes[2], fontsize=7)
     axes[2].set_title("annotators", fontsize=9)
     axes[2].set_ylim(0, 1)
+    axes[2].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # not over the bars
     for ax in axes:
         ax.tick_params(labelsize=7)
     return _save(fig, path)
