@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import pytest
 
 from flywheel.core.config import load_config
+from flywheel.core.contracts import SHAPES
 from flywheel.core.records import DatasetRef
 from flywheel.tracking import lineage
 
@@ -58,6 +61,12 @@ def test_round_with_stages_and_datasets(cfg, tmp_path):
     got = {(d["name"], d["context"]) for d in lineage.run_datasets(summ)}
     assert got == {("shapes", "input"), ("shape-stats", "output")}
     assert client.get_run(summ).data.tags["dataset.input.shapes"] == "v1111"
+    # the dataset carries its kind's schema (defined once, in flywheel.core.contracts) and a profile
+    logged = {d.dataset.name: d.dataset for d in client.get_run(summ).inputs.dataset_inputs}
+    columns = {c["name"]: c["type"] for c in json.loads(logged["shapes"].schema)["mlflow_colspec"]}
+    assert set(SHAPES.schema.names) <= set(columns) and columns["object_id"] == "string"
+    assert json.loads(logged["shapes"].profile)["num_rows"] == 9
+    assert logged["shape-stats"].schema in (None, "")  # a kind nobody registered: no schema made up
 
 
 def test_unfinished_round_is_resumed_finished_round_is_not(cfg):

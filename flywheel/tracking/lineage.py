@@ -8,6 +8,7 @@ A re-run of an unfinished round resumes its parent run instead of starting a sec
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from collections.abc import Iterator
@@ -144,7 +145,14 @@ def log_dataset(run_id: str, ref: DatasetRef, context: str, flow_run_id: str | N
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the same
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(ref.uri)
-    dataset = MetaDataset(source=source, name=ref.name, digest=ref.version)  # type: ignore[abstract]  # concrete at run time
+    schema = dataset_schema(ref.name)
+
+    class ProfiledDataset(MetaDataset):
+        def to_dict(self) -> dict[str, str]:  # MetaDataset has no profile; the MLflow UI shows this one
+            profile = {"num_rows": ref.num_rows, "num_columns": len(schema.inputs) if schema else None}
+            return {**super().to_dict(), "profile": json.dumps(profile)}
+
+    dataset = ProfiledDataset(source=source, name=ref.name, digest=ref.version, schema=schema)  # type: ignore[abstract]  # concrete at run time
     tags = [
         InputTag(CONTEXT_TAG, context),
         InputTag("flywheel.num_rows", str(ref.num_rows)),
@@ -157,6 +165,37 @@ def log_dataset(run_id: str, ref: DatasetRef, context: str, flow_run_id: str | N
     client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
     # Plain tags as well: searchable with `tags.dataset.<name> = '<version>'` in the UI.
     client.set_tag(run_id, f"dataset.{context}.{ref.name}", ref.version)
+
+
+def dataset_schema(kind: str):
+    """A dataset kind's manifest schema (:mod:`flywheel.core.contracts`, defined once) as an
+    MLflow schema; None for a kind this code does not know."""
+    import pyarrow as pa
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    from flywheel.core.contracts import get_spec
+
+    def mlflow_type(t: pa.DataType):
+        if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+            return Array(mlflow_type(t.value_type))
+        for test, kind in (
+            (pa.types.is_boolean, DataType.boolean),
+            (pa.types.is_int64, DataType.long),
+            (pa.types.is_integer, DataType.integer),
+            (pa.types.is_float32, DataType.float),
+            (pa.types.is_floating, DataType.double),
+            (pa.types.is_binary, DataType.binary),
+            (pa.types.is_timestamp, DataType.datetime),
+        ):
+            if test(t):
+                return kind
+        return DataType.string  # strings, and anything richer shown as text
+
+    try:
+        spec = get_spec(kind)
+    except KeyError:
+        return None
+    return Schema([ColSpec(mlflow_type(f.type), f.name, required=not f.nullable) for f in spec.manifest_schema])
 
 
 def run_datasets(run_id: str) -> list[dict]:
