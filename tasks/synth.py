@@ -152,7 +152,7 @@ def build_mesh_library(
             }
         )
         log_datasets(run_id, outputs=[ref])
-        log_image_sheet(dataset, "meshes_sheet.png", kind="occupancy")
+        log_image_sheet(dataset, "meshes_sheet.png", kind="mesh")
     return ref
 
 

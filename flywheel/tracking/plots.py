@@ -24,7 +24,8 @@ def _save(fig, path: str | Path) -> Path:
 def _sheet(
     items: Sequence, titles: Sequence[str], path: str | Path, columns: int, draw, panel: tuple[float, float]
 ) -> Path:
-    """A grid of panels of ``panel`` inches (width, height), ``draw(ax, item)`` each, with
+    """A grid of panels of ``panel`` inches (width, height), ``draw(ax, item)`` each (it may
+    return the axes it drew on instead, e.g. a 3D one in the panel's place), with
     their titles wrapped to the panel's width (never cut off), saved as PNG."""
     import textwrap
 
@@ -41,8 +42,8 @@ def _sheet(
     for ax in axes.flat:
         ax.axis("off")
     for ax, item, title in zip(axes.flat, items, titles):
-        draw(ax, item)
-        ax.set_title("\n".join(textwrap.wrap(title, max(8, int(width * 13)))), fontsize=7)
+        drawn = draw(ax, item) or ax  # a draw may put another axes (3D) in the panel's place
+        drawn.set_title("\n".join(textwrap.wrap(title, max(8, int(width * 13)))), fontsize=7)
     return _save(fig, path)
 
 
@@ -60,6 +61,43 @@ def occupancy_sheet(
         ax.imshow(shade.T, origin="lower", cmap="magma", vmin=0, vmax=1)
 
     return _sheet(grids, titles, path, columns, draw, panel)
+
+
+def mesh_sheet(
+    meshes: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+    titles: Sequence[str],
+    path: str | Path,
+    columns: int = 8,
+    panel=(1.8, 1.8),
+) -> Path:
+    """Save a contact sheet of triangle meshes (vertices f32[V, 3], faces i32[F, 3], optional
+    colors u8[V, 3|4]), each framed on itself and shaded from one light at a three-quarter
+    view: the meshes themselves, not their voxels."""
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    light = np.array([0.4, -0.6, 0.7])
+    light /= np.linalg.norm(light)
+
+    def draw(ax_2d, mesh):
+        vertices, faces, colors = mesh
+        fig = ax_2d.figure
+        ax = fig.add_subplot(ax_2d.get_subplotspec(), projection="3d")
+        ax_2d.remove()
+        triangles = vertices[faces]
+        normals = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
+        normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12
+        base = colors[faces].mean(axis=1)[:, :3] / 255.0 if colors is not None else np.full((len(faces), 3), 0.7)
+        shade = 0.35 + 0.65 * np.abs(normals @ light)[:, None]  # both sides lit: winding may vary
+        ax.add_collection3d(Poly3DCollection(triangles, facecolors=np.clip(base * shade, 0, 1), linewidths=0))
+        low, high = vertices.min(axis=0), vertices.max(axis=0)
+        centre, half = (low + high) / 2, max(float((high - low).max()) / 2, 1e-6)
+        ax.set(**{f"{a}lim": (c - half, c + half) for a, c in zip("xyz", centre)})
+        ax.set_box_aspect((1, 1, 1))
+        ax.view_init(elev=25, azim=-55)
+        ax.set_axis_off()
+        return ax
+
+    return _sheet(meshes, titles, path, columns, draw, panel)
 
 
 def image_sheet(
