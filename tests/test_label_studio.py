@@ -397,11 +397,11 @@ def test_publish_annotate_in_the_browser_then_pull(studio: Studio, prefect_serve
     assert sorted(projects) == ["best-of-n", "pairwise", "ranking"]
 
     # before anyone annotated, and with one project annotated: only what there is is ingested
-    assert "no annotations yet: nothing to ingest" in cli("annotate", "pull")
+    assert "no annotations yet: nothing to ingest" in cli("annotate", "pull", "--round", "0")
     other = studio.user("second@example.com")
     pairs = projects["pairwise"][1]
     edited = studio.annotate(pairs[1], [result("choice", "choice", "pairwise", {"selected": "left"})], user=other)
-    first = cli("annotate", "pull")
+    first = cli("annotate", "pull", "--round", "0")
     assert first.count("0 annotations -> nothing to ingest") == 2, first
     assert "[Label Studio JSON]: 1 rows read, 1 accepted, 0 already ingested" in first, first
 
@@ -428,7 +428,7 @@ def test_publish_annotate_in_the_browser_then_pull(studio: Studio, prefect_serve
     }
 
     def pulled() -> tuple[str, set]:
-        output = cli("annotate", "pull")
+        output = cli("annotate", "pull", "--round", "0")
         ref = list_versions(store, "rankings")[-1]
         rows = Dataset(store, "rankings", ref["version"]).manifest().to_pylist()
         return (

@@ -55,6 +55,7 @@ class CleanRounds:
     store: Store
     records: list[dict]  # the round records' JSON form
     aliases: dict[str, int]  # registry alias -> version right after the two rounds (other tests move them)
+    flow_run_id: str  # the Prefect flow run of the two rounds
 
 
 @pytest.fixture(scope="session")
@@ -64,10 +65,11 @@ def clean(prefect_server, tmp_path_factory) -> CleanRounds:
 
     root = tmp_path_factory.mktemp("rounds") / "store"
     cfg = load_config(environ={**os.environ, "FLYWHEEL__STORE__ROOT": str(root)})
-    records = [r.model_dump(mode="json") for r in flywheel_rounds(2, config=cfg)]
+    state = flywheel_rounds(2, config=cfg, return_state=True)
+    records = [r.model_dump(mode="json") for r in state.result()]
     client = mlflow.MlflowClient()
     aliases = {a: int(client.get_model_version_by_alias("sam3d", a).version) for a in ("champion", "challenger")}
-    return CleanRounds(cfg, store_for(cfg), records, aliases)
+    return CleanRounds(cfg, store_for(cfg), records, aliases, str(state.state_details.flow_run_id))
 
 
 def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
@@ -273,11 +275,13 @@ def test_rounds_show_in_prefect_as_ops_people_look_at_them(clean: CleanRounds):
 
     series = rounds.series_id(clean.cfg)
     with get_client(sync_client=True) as client:
-        [run] = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"series:{series}"])))
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"series:{series}"])))
+        # the fixture's run, among other tests' runs of the same series (named for what they ran too)
+        [run] = [r for r in runs if str(r.id) == clean.flow_run_id]
         assert run.name == "flywheel-2-rounds", run.name  # not a random name
         assert {"round:0", "round:1", "stage:round"} <= set(run.tags), run.tags
         tasks = client.read_task_runs(task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=["round:1"])))
-        names = {t.name for t in tasks if t.flow_run_id == run.id}
+        names = {t.name for t in tasks if str(t.flow_run_id) == clean.flow_run_id}
         assert {"train-sft", "evaluate-champion", "evaluate-challenger", "decide-round-1"} <= names, sorted(names)
         assert any(n.startswith("validate-candidates@") for n in names), sorted(names)
         progress = client.read_artifacts(

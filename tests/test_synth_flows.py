@@ -291,7 +291,16 @@ def test_rankings_flow_from_simulated_annotators(proposed: Made, tmp_path):
     # the report people run: what came in, what was quarantined, and round 0's decisions again
     cli_env = {**os.environ, "FLYWHEEL__STORE__ROOT": str(store.root), **env}
     report = subprocess.run(
-        [str(BIN / "flywheel"), "rankings", "report", judged.ref.version, "--plot", str(tmp_path / "report.png")],
+        [
+            str(BIN / "flywheel"),
+            "rankings",
+            "report",
+            judged.ref.version,
+            "--round",
+            "0",
+            "--plot",
+            str(tmp_path / "report.png"),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -305,7 +314,7 @@ def test_rankings_flow_from_simulated_annotators(proposed: Made, tmp_path):
     assert f"accept rate {decided['accept_rate']:.2f}" in report.stdout and "ann-1" in report.stdout, report.stdout
     assert (tmp_path / "report.png").stat().st_size > 10_000
     unknown = subprocess.run(
-        [str(BIN / "flywheel"), "rankings", "report", "no-such-version"],
+        [str(BIN / "flywheel"), "rankings", "report", "no-such-version", "--round", "0"],
         capture_output=True,
         text=True,
         timeout=300,
