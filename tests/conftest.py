@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -292,3 +293,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     seed = getattr(config.option, "randomly_seed", None)
     if isinstance(seed, int):
         terminalreporter.write_line(f"test order: pytest-randomly seed {seed} (replay it: --randomly-seed={seed})")
+
+
+def pytest_unconfigure(config):
+    """The session's stores, servers' data and state: half a gigabyte per run, not kept."""
+    shutil.rmtree(SESSION_DIR, ignore_errors=True)

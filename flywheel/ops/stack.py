@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -374,5 +375,7 @@ def down(cfg: FlywheelConfig, log=print) -> list[str]:
             _kill_group(svc["pid"])
             stopped.append(name)
             log(f"stopped {name} (pid {svc['pid']})")
+        if svc and svc.get("tmpdir"):  # Ray's sessions: gigabytes of logs over many rounds
+            shutil.rmtree(svc["tmpdir"], ignore_errors=True)
     paths(cfg).state.unlink(missing_ok=True)
     return stopped

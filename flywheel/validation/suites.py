@@ -723,9 +723,19 @@ def validate(ds: Dataset, cfg: ValidationConfig, docs_dir: str | Path | None = N
 
 
 def run_suites(dataset: str, kind: str, tables: dict, docs_dir: str | Path | None = None) -> Report:
-    """Run each table's expectations with Great Expectations and collect the failures."""
+    """Run each table's expectations with Great Expectations and collect the failures.
+
+    With ``docs_dir`` the GX project (and its Data Docs) stays there; without, it lives in a
+    temporary folder removed on return.
+    """
+    if docs_dir:
+        return _run_suites(dataset, kind, tables, Path(docs_dir), build_docs=True)
+    with tempfile.TemporaryDirectory(prefix="flywheel-gx-") as tmp:
+        return _run_suites(dataset, kind, tables, Path(tmp), build_docs=False)
+
+
+def _run_suites(dataset: str, kind: str, tables: dict, root: Path, build_docs: bool) -> Report:
     gx = _great_expectations()
-    root = Path(docs_dir) if docs_dir else Path(tempfile.mkdtemp(prefix="flywheel-gx-"))
     context = gx.get_context(mode="file", project_root_dir=str(root))
     context.variables.progress_bars = {"globally": False}
     source = context.data_sources.add_or_update_pandas("flywheel")
@@ -764,7 +774,7 @@ def run_suites(dataset: str, kind: str, tables: dict, docs_dir: str | Path | Non
                 Failure(table, cfg_.type, column, r.result.get("unexpected_count"), _examples(r.result, frame, column))
             )
     report.success = not report.failures
-    if docs_dir:
+    if build_docs:
         context.build_data_docs()
         index = root / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
         report.docs = index if index.exists() else None
