@@ -32,15 +32,23 @@ fi
 echo "setup: installing sam3d-flywheel$extras (first time: ~3-5 min) ..."
 "${pip[@]}" install -q -e ".$extras"
 
-# The annotation app's 3D viewer (three.js), served by the app itself: nothing from a CDN.
-THREE_VERSION=0.187.0
-if [ ! -f .cache/web/node_modules/three/package.json ] || ! grep -q "\"version\": \"$THREE_VERSION\"" .cache/web/node_modules/three/package.json; then
+# Browser assets, served from the project, nothing from a CDN: the annotation app's 3D viewer
+# (three.js) and what Great Expectations' Data Docs pages load (copied into each site;
+# flywheel/validation/docs_assets.py maps their CDN links to these exact versions).
+WEB_PACKAGES="three@0.187.0 jquery@3.7.1 bootstrap@4.3.1 popper.js@1.12.9 bootstrap-table@1.19.1 \
+bootstrap-datepicker@1.9.0 @fortawesome/fontawesome-free@6.6.0 @forevolve/bootstrap-dark@1.1.0 \
+vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0"
+if [ "$(cat .cache/web/installed 2>/dev/null)" != "$WEB_PACKAGES" ]; then
   if command -v npm >/dev/null; then
-    echo "setup: installing three@$THREE_VERSION (npm) for the annotation app ..."
+    echo "setup: installing the web assets (npm: three.js for the annotation app, Data Docs' styles) ..."
     mkdir -p .cache/web
-    npm install --silent --no-audit --no-fund --prefix .cache/web "three@$THREE_VERSION" >/dev/null
+    # --legacy-peer-deps: GX's pages pair bootstrap 4.3.1 with popper.js 1.12.9, below bootstrap's
+    # declared peer range; only files are copied from these packages, nothing resolves them.
+    # shellcheck disable=SC2086
+    npm install --silent --legacy-peer-deps --no-audit --no-fund --prefix .cache/web $WEB_PACKAGES >/dev/null
+    echo "$WEB_PACKAGES" > .cache/web/installed
   else
-    echo "setup: no npm: \`flywheel annotate serve\` needs three.js (install Node.js and npm, rerun)" >&2
+    echo "setup: no npm: \`flywheel annotate serve\` needs three.js and Data Docs need a network (install Node.js and npm, rerun)" >&2
   fi
 fi
 

@@ -5,6 +5,8 @@ renders), corrupted, and validated with the real Great Expectations."""
 from __future__ import annotations
 
 import io
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -297,10 +299,40 @@ def test_low_accept_rate_fails_the_stage_check(store, meshes):
     assert ("stage", "expect_column_values_to_be_between", "accept_rate") in failed(report)
 
 
-def test_data_docs_are_built(store, meshes, tmp_path):
+def test_data_docs_open_offline_with_their_styles_and_scripts(store, meshes, tmp_path):
+    """The site is built, copied elsewhere (as from an MLflow download) and opened in a real
+    browser that may not reach the network: no page asks for anything remote, Bootstrap's
+    styles apply, and the table and chart scripts are there."""
+    from playwright.sync_api import sync_playwright
+
     report = validate(Dataset(store, "meshes", meshes.version), ValidationConfig(), docs_dir=tmp_path / "docs")
     assert report.docs is not None and report.docs.name == "index.html"
+    site = shutil.copytree(report.docs.parent, tmp_path / "downloaded")
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) >= 3  # the index, the suites, the validation results
+    remote: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        page = browser.new_page()
+        page.route(re.compile(r"^https?://"), lambda route: (remote.append(route.request.url), route.abort()))
+        for html in pages:
+            page.goto(html.as_uri(), wait_until="load")
+            assert page.evaluate("getComputedStyle(document.body).marginTop") == "0px", html  # Bootstrap's reboot
+            assert page.evaluate("typeof jQuery === 'function' && typeof jQuery.fn.bootstrapTable === 'function'")
+            assert page.evaluate("typeof vega === 'object' && typeof vegaEmbed === 'function'")
+        browser.close()
+    assert remote == [], "Data Docs reached for the network"
     assert "meshes" in report.docs.read_text()
+
+
+def test_data_docs_without_the_web_assets_say_so(store, meshes, tmp_path, caplog):
+    """A set-up without npm: the site still builds, loading its assets from CDNs, and a
+    warning names what is missing and how to install it."""
+    cfg = ValidationConfig(docs_assets_dir=tmp_path / "no-node-modules")
+    report = validate(Dataset(store, "meshes", meshes.version), cfg, docs_dir=tmp_path / "docs")
+    assert report.docs is not None
+    assert "scripts/setup.sh" in caplog.text and "load their styles and scripts from CDNs" in caplog.text
+    assert "still load" in caplog.text
 
 
 # -- image pool and candidates ---------------------------------------------------------------------

@@ -16,7 +16,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 
-from flywheel.core.config import CONFIG_FILE_ENV, ConfigError, FlywheelConfig, load_config, redacted
+from flywheel.core.config import CONFIG_FILE_ENV, WEB_MODULES, ConfigError, FlywheelConfig, load_config, redacted
 from flywheel.core.records import RunSummary
 from flywheel.learning.architecture import model_architecture
 
@@ -768,7 +768,7 @@ def annotate_serve(
         key_file.parent.mkdir(parents=True, exist_ok=True)
         key_file.write_text(secrets.token_urlsafe(32))
         key_file.chmod(0o600)
-    viewer = cfg.annotation.viewer_dir or Path(__file__).resolve().parents[2] / ".cache/web/node_modules/three"
+    viewer = cfg.annotation.viewer_dir or WEB_MODULES / "three"
     try:
         web = create_app(
             AppSettings(

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 ENV_PREFIX = "FLYWHEEL__"
 CONFIG_FILE_ENV = "FLYWHEEL_CONFIG"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: npm packages the set-up installs (scripts/setup.sh): the app's 3D viewer, Data Docs' assets.
+WEB_MODULES = REPO_ROOT / ".cache" / "web" / "node_modules"
 DEFAULT_CONFIG_FILE = REPO_ROOT / "configs" / "default.yaml"
 #: rendering.meshes.procedural_mesh's families: the synthetic world's five, then the "real" world's own.
 ProceduralFamily = Literal["superquadric", "torus", "extrusion", "compound", "capsule", "stack", "handled"]
@@ -230,6 +232,11 @@ class ValidationConfig(_Section):
     )
     overrides: dict[str, str] = Field(
         default_factory=dict, description="NAME or NAME@VERSION -> reason: let a failed gate pass, recorded in MLflow."
+    )
+    docs_assets_dir: Path = Field(
+        WEB_MODULES,
+        description="node_modules holding the styles and scripts Data Docs pages load (installed by the set-up); "
+        "copied into each site so that it opens offline.",
     )
 
 

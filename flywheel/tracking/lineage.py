@@ -67,8 +67,6 @@ def start_round(
 def config_params(config: dict, prefix: str = "") -> dict[str, str]:
     """A nested config as MLflow params: dotted keys (``model.sft.steps``), values as text
     (lists and empty dicts as JSON, cut to MLflow's 500 characters)."""
-    import json
-
     out: dict[str, str] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"

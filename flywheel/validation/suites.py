@@ -34,9 +34,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flywheel.core.config import ValidationConfig
+from flywheel.core.config import WEB_MODULES, ValidationConfig
 from flywheel.core.datasets import Dataset, DatasetCorrupt
 from flywheel.feedback.ingest import file_reports
+from flywheel.validation.docs_assets import make_self_contained
 
 log = logging.getLogger(__name__)
 
@@ -719,22 +720,29 @@ def validate(ds: Dataset, cfg: ValidationConfig, docs_dir: str | Path | None = N
         except DatasetCorrupt as e:  # a parent it reads is damaged
             integrity = pd.concat([integrity, pd.DataFrame([{"item": "parent", "problem": str(e)}])])
     tables["integrity"] = (integrity, [_gx().ExpectColumnValuesToBeNull(column="problem")])
-    return run_suites(str(ds.ref), ds.spec.name, tables, docs_dir)
+    return run_suites(str(ds.ref), ds.spec.name, tables, docs_dir, cfg.docs_assets_dir)
 
 
-def run_suites(dataset: str, kind: str, tables: dict, docs_dir: str | Path | None = None) -> Report:
+def run_suites(
+    dataset: str,
+    kind: str,
+    tables: dict,
+    docs_dir: str | Path | None = None,
+    docs_assets: Path = WEB_MODULES,
+) -> Report:
     """Run each table's expectations with Great Expectations and collect the failures.
 
-    With ``docs_dir`` the GX project (and its Data Docs) stays there; without, it lives in a
-    temporary folder removed on return.
+    With ``docs_dir`` the GX project and its Data Docs (self-contained: their styles and
+    scripts copied from ``docs_assets``) stay there; without, it lives in a temporary folder
+    removed on return.
     """
     if docs_dir:
-        return _run_suites(dataset, kind, tables, Path(docs_dir), build_docs=True)
+        return _run_suites(dataset, kind, tables, Path(docs_dir), docs_assets)
     with tempfile.TemporaryDirectory(prefix="flywheel-gx-") as tmp:
-        return _run_suites(dataset, kind, tables, Path(tmp), build_docs=False)
+        return _run_suites(dataset, kind, tables, Path(tmp), None)
 
 
-def _run_suites(dataset: str, kind: str, tables: dict, root: Path, build_docs: bool) -> Report:
+def _run_suites(dataset: str, kind: str, tables: dict, root: Path, docs_assets: Path | None) -> Report:
     gx = _great_expectations()
     context = gx.get_context(mode="file", project_root_dir=str(root))
     context.variables.progress_bars = {"globally": False}
@@ -774,9 +782,10 @@ def _run_suites(dataset: str, kind: str, tables: dict, root: Path, build_docs: b
                 Failure(table, cfg_.type, column, r.result.get("unexpected_count"), _examples(r.result, frame, column))
             )
     report.success = not report.failures
-    if build_docs:
+    if docs_assets is not None:
         context.build_data_docs()
         index = root / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+        make_self_contained(index.parent, docs_assets)
         report.docs = index if index.exists() else None
     log.info(report.summary())
     return report
