@@ -34,7 +34,7 @@ from flywheel.learning.ensemble import ensemble_members, resolve_ensemble
 from flywheel.rounds import ledger
 from flywheel.rounds.record import RoundRecord
 from flywheel.tracking import lineage
-from flywheel.tracking.experiment import configure, model_link, run_link
+from flywheel.tracking.experiment import artifact_link, configure, model_link, run_link
 from rendering.mesh_library import source_contents
 from tasks.artists import artists_base, deliveries_uri, import_art3do, queue_hard_cases, simulate_artists
 from tasks.candidates import (
@@ -159,9 +159,14 @@ def round_artifacts(cfg: FlywheelConfig, record: RoundRecord, record_uri: str) -
         links["MLflow round run"] = run_link(cfg, configure(cfg), record.mlflow_run_id)
     for role, model in (("challenger", record.challenger), ("champion now", record.champion_after)):
         links[f"model {role}"] = model_link(cfg, model.name, model.version)
+    pictures = []
+    for run, path in lineage.run_pictures(record.mlflow_run_id) if record.mlflow_run_id else ():
+        made = [f"{k.rsplit('.', 1)[1]}@{v[:8]}" for k, v in run.data.tags.items() if k.startswith("dataset.output.")]
+        label = f"{run.info.run_name}{f' ({made[0]})' if len(made) == 1 else ''}: {path}"
+        pictures.append((label, artifact_link(cfg, run.info.run_id, run.info.artifact_uri, path)))
     key = f"series-{record.series}".lower()
     what = f"round {record.round} of series {record.series}"
-    create_markdown_artifact(ledger.round_markdown(record, links), key=f"{key}-round", description=what)
+    create_markdown_artifact(ledger.round_markdown(record, links, pictures), key=f"{key}-round", description=what)
     create_table_artifact(ledger.evaluation_rows(record), key=f"{key}-evaluation", description=f"{what}: held-out")
     store = store_for(cfg)
     quarantined = [

@@ -7,6 +7,7 @@ triggered at once."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -309,6 +310,12 @@ def test_rounds_show_in_prefect_as_ops_people_look_at_them(clean: CleanRounds):
         assert f"models:/sam3d/{record['challenger']['version']}" in text
         for role, ref in record["datasets"].items():
             assert f"| {role} | `{ref['name']}@{ref['version']}` | {ref['num_rows']} |" in text
+        pictures = dict(re.findall(r"^- ([^\n]+\.png): `([^`]+)`$", text.split("## Pictures", 1)[-1], re.M))
+        assert any(label.endswith("summary/rounds_summary.png") for label in pictures), text
+        assert any(label.startswith("sft") and label.endswith("curves/sft_curves.png") for label in pictures), pictures
+        assert any(label.endswith("rankings/rankings_report.png") for label in pictures), pictures
+        for path in pictures.values():  # each where the page says, an image
+            assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
     import json
 
     rows = json.loads(max(tables["evaluation"], key=lambda a: a.created).data)

@@ -20,6 +20,7 @@ from flywheel.core.datasets import Dataset
 from flywheel.core.store import open_store
 from flywheel.ops.stack import _alive
 from flywheel.tracking import lineage
+from flywheel.tracking.experiment import artifact_link
 
 pytestmark = pytest.mark.slow
 FLYWHEEL = str(Path(sys.executable).parent / "flywheel")
@@ -77,6 +78,10 @@ def test_stack_up_micro_round_down(tmp_path):
         assert stages["iso3do"].info.artifact_uri.startswith("mlflow-artifacts:")
         artifacts = [o.key for o in open_store("s3://flywheel/mlflow-artifacts", cfg.store).list("")]
         assert any(k.endswith("iso3do_sheet.png") for k in artifacts)  # artifacts live in S3
+        [(run, path)] = [(r, p) for r, p in lineage.run_pictures(rounds[0].info.run_id) if p == "iso3do_sheet.png"]
+        link = artifact_link(cfg, run.info.run_id, run.info.artifact_uri, path)  # as a round's page shows it
+        assert link.startswith(cfg.mlflow.tracking_uri)
+        assert urllib.request.urlopen(link, timeout=10).read()[:4] == b"\x89PNG"
 
         body = json.dumps({"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}).encode()
         req = urllib.request.Request(
@@ -92,6 +97,7 @@ def test_stack_up_micro_round_down(tmp_path):
         )
         down = flywheel("stack", "down")
     assert down.returncode == 0 and len(services) == 5
+    assert not Path(services["ray-head"]["tmpdir"]).exists()  # Ray's session logs go with the stack
     assert not [name for name, svc in services.items() if _alive(svc["pid"])]
     assert flywheel("stack", "status").returncode == 1
 

@@ -19,6 +19,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -374,10 +375,12 @@ def summary_text(records: list[RoundRecord]) -> str:
     return "\n".join(lines)
 
 
-def round_markdown(r: RoundRecord, links: dict[str, str]) -> str:
+def round_markdown(r: RoundRecord, links: dict[str, str], pictures: Sequence[tuple[str, str]] = ()) -> str:
     """The round as a page for the Prefect UI's Artifacts tab: the decision, held-out metrics
     of the models and baselines with the gains' intervals, what annotators made of the
-    candidates, the data it made and read, warnings, and ``links`` (label -> URL or URI)."""
+    candidates, the data it made and read, warnings, ``links`` (label -> URL or URI) and
+    ``pictures`` ((label, URL or path); the rounds' summary plot shown in the page when a
+    URL)."""
     decision = f"PROMOTED `{r.challenger.uri}`" if r.promotion.promote else "kept the champion"
     lines = [
         f"# Round {r.round}: {decision}",
@@ -411,6 +414,15 @@ def round_markdown(r: RoundRecord, links: dict[str, str]) -> str:
     lines += ["", "## Time", "", ", ".join(f"{phase} {s:.0f} s" for phase, s in r.seconds.items())]
     if links:
         lines += ["", "## Links", ""] + [f"- {label}: {target}" for label, target in links.items()]
+    if pictures:
+        lines += ["", "## Pictures", ""]
+        for label, target in pictures:
+            if not target.startswith(("http://", "https://")):
+                lines.append(f"- {label}: `{target}`")
+            elif label.endswith("rounds_summary.png"):
+                lines.append(f"- {label}:\n\n  ![{label}]({target})\n")
+            else:
+                lines.append(f"- [{label}]({target})")
     return "\n".join(lines) + "\n"
 
 

@@ -49,3 +49,14 @@ def model_link(cfg: FlywheelConfig, name: str, version: int) -> str:
     """Where people open a registered model version (see :func:`run_link`)."""
     ui = _ui(cfg)
     return f"{ui}/#/models/{name}/versions/{version}" if ui else f"models:/{name}/{version}"
+
+
+def artifact_link(cfg: FlywheelConfig, run_id: str, artifact_uri: str, path: str) -> str:
+    """Where people open one artifact of a run: the file as a tracking server serves it
+    (a browser shows an image inline), or its location in a local store."""
+    from urllib.parse import quote
+
+    ui = _ui(cfg)
+    if ui:
+        return f"{ui}/get-artifact?path={quote(path)}&run_uuid={run_id}"
+    return f"{artifact_uri.removeprefix('file://').rstrip('/')}/{path}"

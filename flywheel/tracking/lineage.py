@@ -13,6 +13,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from flywheel.core.config import FlywheelConfig
 from flywheel.core.records import DatasetRef
@@ -237,6 +238,24 @@ def stage_runs(parent_run_id: str) -> list:
         filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
         order_by=["attributes.start_time ASC"],
     )
+
+
+def run_pictures(parent_run_id: str) -> list[tuple[Any, str]]:
+    """The images (PNG) a round run and its stage runs logged, as (run, artifact path), the
+    round's own first, then by stage in order; Data Docs and logged models aside."""
+    client = _client()
+
+    def pngs(run_id: str, folder: str | None = None) -> list[str]:
+        out = []
+        for item in client.list_artifacts(run_id, folder):
+            if item.is_dir and item.path.split("/")[-1] not in ("data_docs", "model"):
+                out += pngs(run_id, item.path)
+            elif item.path.endswith(".png"):
+                out.append(item.path)
+        return out
+
+    runs = [client.get_run(parent_run_id), *stage_runs(parent_run_id)]
+    return [(run, path) for run in runs for path in pngs(run.info.run_id)]
 
 
 def model_tree(cfg: FlywheelConfig, ref: str) -> list[str]:
