@@ -113,19 +113,29 @@ def fit(
     params: dict | None = None,
     probe: Probe | None = None,
     probes: int = 5,
+    after_save: Callable[[int, Path], None] | None = None,
 ) -> TrainResult:
     """Optimise ``parameters`` of ``model`` for ``settings.steps`` steps of ``loss_fn``.
 
     ``batches`` must be deterministic for exact resumption: on resume the batches of the
     finished steps are drawn and skipped. ``probe``: called before the first step and at
     ``probes`` evenly spaced steps; its metrics join the history (it draws no training
-    randomness, so a probed run trains the same weights as an unprobed one)."""
+    randomness, so a probed run trains the same weights as an unprobed one).
+
+    Data-parallel when ``torch.distributed`` is initialised with W > 1 processes (Ray Train's
+    workers): every worker draws the same global batches and trains on rows ``rank::W`` of
+    each, with its own generator (seed + rank), and averages gradients before each step, so
+    the W workers take one optimiser step on the global batch. Rank 0 alone writes the
+    checkpoint (with every worker's generator state), probes and reports to ``log_to``;
+    ``after_save(step, path)`` then runs on every worker (Ray Train: report the checkpoint).
+    Loss figures in the history are rank 0's share."""
+    rank, world = _distributed()
     device = resolve_device(settings.device)
     model.to(device)
     trainable = [p for p in parameters if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, settings))
-    gen = torch.Generator(device=device).manual_seed(settings.seed)
+    gen = torch.Generator(device=device).manual_seed(settings.seed + rank)
     history: list[dict] = []
     start = 0
     last = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
@@ -136,12 +146,20 @@ def fit(
                 f"checkpoint {last}: belongs to stage {payload['extra'].get('stage')!r}, "
                 f"not {stage!r}; use another checkpoint folder"
             )
+        generators = payload["extra"].get("generators") or [payload["generator"]]
+        if len(generators) != world:
+            raise CheckpointError(
+                f"checkpoint {last}: written by {len(generators)} worker(s), resumed with {world}; "
+                f"resume with {len(generators)} (model.train_workers) or start the stage afresh"
+            )
         model.load_state_dict(payload["model"])
         opt.load_state_dict(payload["optimizer"])
         sched.load_state_dict(payload["extra"]["scheduler"])
-        gen.set_state(payload["generator"])
+        gen.set_state(generators[rank])
         start, history = payload["step"], list(payload["extra"]["history"])
         log.info("%s: resuming from step %d (%s)", stage, start, last)
+    if rank:  # one worker reports and probes
+        log_to, probe = None, None
 
     if log_to is not None:
         log_to.params(
@@ -152,15 +170,20 @@ def fit(
     amp = settings.amp and device.type == "cuda"
 
     def save(step: int) -> None:
-        if last is not None:
+        if last is None:
+            return
+        generators = _gathered(gen.get_state(), world)
+        if rank == 0:
             save_checkpoint(
                 last,
                 model,
                 optimizer=opt,
                 step=step,
                 generator=gen,
-                extra={"stage": stage, "history": history, "scheduler": sched.state_dict()},
+                extra={"stage": stage, "history": history, "scheduler": sched.state_dict(), "generators": generators},
             )
+        if after_save is not None:
+            after_save(step, last)
 
     probe_at = {round(settings.steps * (i + 1) / probes) for i in range(probes)} if probe else set()
 
@@ -185,7 +208,7 @@ def fit(
     count, t0, began = 0, time.perf_counter(), time.perf_counter()
     for step in range(start, settings.steps):
         try:
-            batch = _to(next(stream), device)
+            batch = _to(_share(next(stream), rank, world), device)
         except StopIteration:
             raise ValueError(f"{stage}: the batches ran out at step {step} of {settings.steps}") from None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -198,6 +221,8 @@ def fit(
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            _average_gradients(trainable, world)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
         opt.step()
         sched.step()
@@ -234,6 +259,46 @@ def fit(
     if log_to is not None:
         log_to.finished(stage, history)
     return TrainResult(stage, settings.steps, history, last, time.perf_counter() - began, start)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) of a data-parallel run; (0, 1) in a single process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _share(batch: Batch, rank: int, world: int) -> Batch:
+    """This worker's rows of a global batch: ``rank::world`` (all of it in one process)."""
+    if world == 1:
+        return batch
+    rows = len(next(iter(batch.values())))
+    if rows < world:
+        raise ValueError(f"a batch of {rows} rows cannot be shared by {world} workers; raise the batch size")
+    return {k: v[rank::world] for k, v in batch.items()}
+
+
+def _average_gradients(parameters: list[torch.nn.Parameter], world: int) -> None:
+    """Mean of every worker's gradients, in place, in one flat all-reduce. The parameters that
+    have a gradient are the same on every worker: the same code runs on batches of one shape."""
+    with_grad = [p for p in parameters if p.grad is not None]
+    flat = torch.cat([p.grad.reshape(-1) for p in with_grad])  # type: ignore[union-attr]
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in with_grad:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+def _gathered(state: torch.Tensor, world: int) -> list[torch.Tensor]:
+    """Every worker's generator state, in rank order (for an exact resume)."""
+    if world == 1:
+        return [state]
+    out: list = [None] * world
+    torch.distributed.all_gather_object(out, state)
+    return out
 
 
 def _flow_parameters(model: SmallSam3D) -> list[torch.nn.Parameter]:

@@ -18,6 +18,7 @@ from flywheel.core.datasets import Dataset
 from flywheel.core.records import CheckpointRef, DatasetRef, ModelRef
 from flywheel.learning.examples import cached_examples
 from flywheel.learning.heldout import Scores, Split, baseline_scores, load_heldout, score_objects
+from flywheel.learning.ray_train import run_stage_on_ray
 from flywheel.learning.stages import checkpoint_name, checkpoint_ref, local_checkpoint, run_stage
 from flywheel.tracking import lineage
 from flywheel.tracking.registry import find_version, register_checkpoint
@@ -65,15 +66,19 @@ def train_stage(
             else build_model(ModelConfig.model_validate(architecture), settings["seed"])
         )
         workdir = cfg.state_dir / "training" / name
-        counts = run_stage(
-            stage_name,
-            model,
-            {role: [Dataset(store, r.name, r.version) for r in refs] for role, refs in datasets.items()},
-            settings,
-            workdir,
-            ProgressTrainLog(MlflowTrainLog(run_id), label or stage_name, int(settings["steps"])),
-            probe=_probe(store, model.cfg, probe, probe_mask_error) if probe is not None else None,
-        )
+        curve = _probe(store, model.cfg, probe, probe_mask_error) if probe is not None else None
+        if cfg.model.train_workers:  # the workers report to MLflow; Prefect's progress stays here
+            counts = run_stage_on_ray(cfg, stage_name, model, datasets, settings, name, MlflowTrainLog(run_id), curve)
+        else:
+            counts = run_stage(
+                stage_name,
+                model,
+                {role: [Dataset(store, r.name, r.version) for r in refs] for role, refs in datasets.items()},
+                settings,
+                workdir,
+                ProgressTrainLog(MlflowTrainLog(run_id), label or stage_name, int(settings["steps"])),
+                probe=curve,
+            )
         mlflow.log_metrics({k: float(v) for k, v in counts.items()})
         final = save_checkpoint(
             workdir / "model.pt", model, extra={"stage": stage_name, "init_sha256": init.sha256 if init else None}

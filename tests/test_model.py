@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,6 +288,51 @@ def test_killed_training_resumes_to_the_same_weights(examples, tmp_path):
     assert [h["step"] for h in result.history] == list(range(2, 13, 2))
     with pytest.raises(CheckpointError, match="belongs to stage 'sft'"):
         T.dpo(resumed, batches(), settings, checkpoint_dir=tmp_path / "killed")
+
+
+def _data_parallel_worker(rank: int, world: int, init: str, folder: str) -> None:
+    """One of ``world`` gloo processes: train a micro model with :func:`T.fit` on a loss that
+    is linear in each row's value, recording which rows of every global batch it saw."""
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    _linear_fit(Path(folder), f"rank{rank}")
+    torch.distributed.destroy_process_group()
+
+
+def _linear_fit(folder: Path, name: str) -> None:
+    torch.manual_seed(0)
+    model = SmallSam3D(CFG)
+    seen: list[int] = []
+    weight = model.flow.parameters().__next__()
+    initial = weight.detach().clone()
+
+    def loss_fn(batch, gen):
+        seen.extend(batch["row"].tolist())
+        return {"loss": (weight.sum() * batch["value"]).mean()}
+
+    batches = ({"row": torch.arange(8) + 8 * i, "value": torch.arange(8.0) + i} for i in range(6))
+    settings = T.TrainSettings(steps=6, lr=1e-2, warmup_steps=1, log_every=3, checkpoint_every=3)
+    T.fit("linear", model, [weight], loss_fn, batches, settings, checkpoint_dir=folder / name)
+    torch.save({"seen": seen, "weight": weight.detach().clone(), "initial": initial}, folder / f"{name}.pt")
+
+
+def test_data_parallel_workers_see_disjoint_rows_and_step_as_one(tmp_path):
+    """Two gloo processes through ``fit``: each trains on its own half of every global batch
+    (together all of it, once), the averaged gradients leave both with the same weights, and
+    these match one process on the whole batches (the loss is linear in each row)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_data_parallel_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2)
+    _linear_fit(tmp_path, "single")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    single = torch.load(tmp_path / "single.pt")
+    assert set(ranks[0]["seen"]).isdisjoint(ranks[1]["seen"])
+    assert sorted(ranks[0]["seen"] + ranks[1]["seen"]) == sorted(single["seen"]) == list(range(48))
+    assert torch.equal(ranks[0]["weight"], ranks[1]["weight"])
+    assert torch.allclose(ranks[0]["weight"], single["weight"], atol=1e-6)
+    assert not torch.allclose(single["weight"], single["initial"], atol=1e-4)  # it trained
+    two = read_checkpoint(tmp_path / "rank0" / "last.pt")
+    assert len(two["extra"]["generators"]) == 2  # every worker's noise state, for an exact resume
+    assert not (tmp_path / "rank1" / "last.pt").exists()  # rank 0 writes the checkpoint
 
 
 # -- the released checkpoint ----------------------------------------------------------------------

@@ -399,6 +399,13 @@ class ModelSection(_Section):
     preset: Literal["micro", "tiny", "small", "base"] = Field("tiny", description="sam3d_model.config preset.")
     overrides: dict[str, Any] = Field(default_factory=dict, description="ModelConfig fields over the preset.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    train_workers: int = Field(
+        0,
+        ge=0,
+        description="0: train in the stage's own process; N: on Ray Train with N data-parallel workers "
+        "(the cluster at RAY_ADDRESS, or a local Ray), checkpoints in the store under ray-train/.",
+    )
+    use_gpu: bool = Field(False, description="Ray Train workers take one GPU each (NCCL); else CPU (gloo).")
     seed: int = 0
     vae: StageSettings = StageSettings(steps=400, lr=1e-3)
     # 3e-4, not 1e-3, for the flow stages: at 1e-3 the flow did not even fit its training

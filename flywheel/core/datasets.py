@@ -83,6 +83,11 @@ def version_of(spec: DatasetSpec, *, inputs: Mapping[str, Any], config: Any = No
     )[:16]
 
 
+def _whole(urls: Iterable[str]) -> Iterable[str]:
+    """A webdataset node splitter that gives this reader every shard."""
+    return urls
+
+
 def _prefix(name: str, version: str | None = None) -> str:
     if version is not None and not VERSION.match(version):
         raise InvalidVersion(
@@ -585,7 +590,10 @@ class Dataset:
         for shard, url in zip(shards, urls, strict=True):
             count = 0
             try:
-                for sample in wds.WebDataset([url], shardshuffle=False, empty_check=False):
+                # every reader reads the whole version, in one process or as one of a data-parallel
+                # group (webdataset would otherwise ask how to split shards between the workers)
+                reader = wds.WebDataset([url], shardshuffle=False, empty_check=False, nodesplitter=_whole)
+                for sample in reader:
                     count += 1
                     yield sample
             except (tarfile.TarError, OSError, EOFError, ValueError) as e:

@@ -34,7 +34,8 @@ def ensure_ray(address: str | None = None) -> None:
             logging_level=logging.WARNING,
             runtime_env={
                 "working_dir": str(REPO_ROOT),
-                "excludes": [".venv/", ".flywheel/", ".git/", "bench/results/"],
+                # what the workers do not need: environments, caches (npm packages: ~0.3 GB), state
+                "excludes": [".venv*/", ".cache/", ".*_cache/", ".flywheel/", ".git/", "bench/results/"],
             },
         )
         resources = _resources()

@@ -10,6 +10,7 @@ last checkpoint.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,8 @@ def stage_settings(section: ModelSection, stage: str) -> dict[str, Any]:
     if stage in ("sft", "distill"):
         out["curriculum"] = list(section.curriculum)
         out["art3do_share"] = section.art3do_share
+    if section.train_workers:  # each worker draws its own noise: another worker count, other weights
+        out["train_workers"] = section.train_workers
     if stage == "dpo":
         out["beta"] = section.dpo_beta
         out["sft_weight"] = section.dpo_sft_weight
@@ -117,11 +120,12 @@ def run_stage(
     workdir: Path,
     log_to: T.TrainLog | None = None,
     probe: T.Probe | None = None,
+    after_save: Callable[[int, Path], None] | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place for one stage on ``datasets`` (role -> versions, roles per
     :data:`STAGE_INPUTS`); resumable state in ``workdir``; ``probe``: a learning curve for
-    every stage after the VAE. Returns example counts per role (DPO: and the held-out
-    preference accuracy)."""
+    every stage after the VAE; ``after_save``: see :func:`sam3d_model.train.fit`. Returns
+    example counts per role (DPO: and the held-out preference accuracy)."""
     arch = model.cfg
     train = T.TrainSettings(
         steps=settings["steps"],
@@ -133,7 +137,7 @@ def run_stage(
         warmup_steps=10,
     )
     batch, seed = settings["batch_size"], settings["seed"]
-    fit: dict[str, Any] = {"checkpoint_dir": workdir, "log_to": log_to}
+    fit: dict[str, Any] = {"checkpoint_dir": workdir, "log_to": log_to, "after_save": after_save}
     if stage != "vae":
         fit["probe"] = probe
     if stage in ("vae", "pretrain", "midtrain"):

@@ -14,10 +14,14 @@ class MlflowTrainLog:
     """Logs to one MLflow run by id (stages run in worker threads: no "active run");
     a :class:`sam3d_model.train.TrainLog`."""
 
-    def __init__(self, run_id: str):
-        from mlflow import MlflowClient
+    def __init__(self, run_id: str, tracking_uri: str | None = None):
+        import mlflow
 
-        self.run_id, self.client = run_id, MlflowClient()
+        self.run_id, self.tracking_uri = run_id, tracking_uri or mlflow.get_tracking_uri()
+        self.client = mlflow.MlflowClient(self.tracking_uri)
+
+    def __reduce__(self):  # to a Ray Train worker: the run and where it is, not the open client
+        return (MlflowTrainLog, (self.run_id, self.tracking_uri))
 
     def params(self, params: dict) -> None:
         from mlflow.entities import Param
