@@ -27,6 +27,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 BIN = Path(sys.executable).parent
 
 
+@pytest.fixture(autouse=True)
+def _session_mlflow():
+    """The session fixtures' runs are in the session's MLflow store; a test elsewhere may have
+    pointed MLflow at its own (MLflow's tracking URI is process-wide)."""
+    lineage.configure(load_config())
+
+
 def _store_env(monkeypatch, root: Path) -> LocalStore:
     monkeypatch.setenv("FLYWHEEL__STORE__ROOT", str(root))
     return LocalStore(root)
