@@ -20,6 +20,7 @@ from PIL import Image
 from sam3d_model.config import ModelConfig
 
 Example = dict[str, torch.Tensor]
+Batch = dict[str, torch.Tensor]
 CROP_MARGIN = 1.2  # the crop is the mask's bounding square, enlarged by this factor
 
 
@@ -80,62 +81,71 @@ def condition_inputs(
     return views[0], views[1]
 
 
-def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
+def collate(examples: list[Example]) -> Batch:
     return {k: torch.stack([e[k] for e in examples]) for k in examples[0]}
 
 
-def batch_stream(
-    source: Callable[[], Iterable[Example]], batch_size: int, seed: int = 0, shuffle_buffer: int = 512
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless batches: each epoch re-reads ``source()`` through a seeded shuffle buffer."""
+#: one epoch of examples per call (a list's ``lambda: examples``, or a stream read from storage)
+Source = Callable[[], Iterable[Example]]
+
+
+def shuffled(source: Source, seed: int = 0, shuffle_buffer: int = 512) -> Iterator[Example]:
+    """Endless examples: each epoch re-reads ``source()`` through a seeded shuffle buffer of
+    ``shuffle_buffer`` examples (what is left at an epoch's end is shuffled and drained)."""
     rng = random.Random(seed)
     buffer: list[Example] = []
-    pending: list[Example] = []
     while True:
         produced = False
         for example in source():
             produced = True
             buffer.append(example)
             if len(buffer) >= shuffle_buffer:
-                pending.append(buffer.pop(rng.randrange(len(buffer))))
-            if len(pending) == batch_size:
-                yield collate(pending)
-                pending = []
+                yield buffer.pop(rng.randrange(len(buffer)))
         if not produced:
-            raise ValueError("batch_stream: the example source is empty")
+            raise ValueError("the example source is empty")
         rng.shuffle(buffer)
         while buffer:
-            pending.append(buffer.pop())
-            if len(pending) == batch_size:
-                yield collate(pending)
-                pending = []
+            yield buffer.pop()
+
+
+def batch_stream(source: Source, batch_size: int, seed: int = 0, shuffle_buffer: int = 512) -> Iterator[Batch]:
+    """Endless batches of :func:`shuffled` examples."""
+    examples = shuffled(source, seed, shuffle_buffer)
+    while True:
+        yield collate([next(examples) for _ in range(batch_size)])
 
 
 def curriculum_stream(
-    real: list[Example],
-    synthetic: list[Example],
+    real: Source | None,
+    synthetic: Source | None,
     shares: list[float],
     steps: int,
     batch_size: int,
     seed: int = 0,
-    artist: list[Example] | None = None,
+    artist: Source | None = None,
     artist_share: float = 0.0,
-) -> Iterator[dict[str, torch.Tensor]]:
+) -> Iterator[Batch]:
     """SFT batches that mix synthetic replay into real (accepted) data: the steps are cut into
     ``len(shares)`` equal phases, and in phase i a batch holds ``round(shares[i] * B)``
-    synthetic examples. Without real data every batch is synthetic, without synthetic data
-    every batch is real. ``artist`` examples (artists' meshes) take ``round(artist_share * R)``
-    of a batch's R real places (all of them when there is no other real data). Seeded: the
-    same arguments give the same batches."""
-    artist = artist or []
-    if not real and not synthetic and not artist:
+    synthetic examples. Without real data (None) every batch is synthetic, without synthetic
+    data every batch is real. ``artist`` examples (artists' meshes) take
+    ``round(artist_share * R)`` of a batch's R real places (all of them when there is no other
+    real data). Each source is read as its own :func:`shuffled` stream, so every example of a
+    source is drawn once before any is drawn again. Seeded: the same arguments give the same
+    batches."""
+    if real is None and synthetic is None and artist is None:
         raise ValueError("curriculum_stream: no examples at all")
-    rng = random.Random(seed)
+    streams = {
+        role: shuffled(source, seed + i)
+        for i, (role, source) in enumerate((("real", real), ("synthetic", synthetic), ("artist", artist)))
+        if source is not None
+    }
+    has_real = real is not None or artist is not None
     for step in range(steps):
         share = shares[min(step * len(shares) // max(steps, 1), len(shares) - 1)]
-        n_syn = batch_size if not (real or artist) else 0 if not synthetic else round(share * batch_size)
-        n_art = 0 if not artist else batch_size - n_syn if not real else round(artist_share * (batch_size - n_syn))
-        picked = [synthetic[rng.randrange(len(synthetic))] for _ in range(n_syn)]
-        picked += [real[rng.randrange(len(real))] for _ in range(batch_size - n_syn - n_art)]
-        picked += [artist[rng.randrange(len(artist))] for _ in range(n_art)]
-        yield collate(picked)
+        n_syn = batch_size if not has_real else 0 if synthetic is None else round(share * batch_size)
+        n_art = (
+            0 if artist is None else batch_size - n_syn if real is None else round(artist_share * (batch_size - n_syn))
+        )
+        counts = {"synthetic": n_syn, "real": batch_size - n_syn - n_art, "artist": n_art}
+        yield collate([next(streams[role]) for role, n in counts.items() for _ in range(n)])

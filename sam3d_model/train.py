@@ -123,13 +123,14 @@ def fit(
     randomness, so a probed run trains the same weights as an unprobed one).
 
     Data-parallel when ``torch.distributed`` is initialised with W > 1 processes (Ray Train's
-    workers): every worker draws the same global batches and trains on rows ``rank::W`` of
-    each, with its own generator (seed + rank), and averages gradients before each step, so
-    the W workers take one optimiser step on the global batch. Rank 0 alone writes the
+    workers): each worker's ``batches`` are its own share of the data (W shares of a global
+    batch: see ``flywheel.learning.examples.ExampleStream``); each uses its own generator
+    (seed + rank) and averages gradients before each step, so the W workers take one
+    optimiser step on the global batch. Rank 0 alone writes the
     checkpoint (with every worker's generator state), probes and reports to ``log_to``;
     ``after_save(step, path)`` then runs on every worker (Ray Train: report the checkpoint).
     Loss figures in the history are rank 0's share."""
-    rank, world = _distributed()
+    rank, world = distributed()
     device = resolve_device(settings.device)
     model.to(device)
     trainable = [p for p in parameters if p.requires_grad]
@@ -208,7 +209,7 @@ def fit(
     count, t0, began = 0, time.perf_counter(), time.perf_counter()
     for step in range(start, settings.steps):
         try:
-            batch = _to(_share(next(stream), rank, world), device)
+            batch = _to(next(stream), device)
         except StopIteration:
             raise ValueError(f"{stage}: the batches ran out at step {step} of {settings.steps}") from None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -261,21 +262,11 @@ def fit(
     return TrainResult(stage, settings.steps, history, last, time.perf_counter() - began, start)
 
 
-def _distributed() -> tuple[int, int]:
+def distributed() -> tuple[int, int]:
     """(rank, world size) of a data-parallel run; (0, 1) in a single process."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def _share(batch: Batch, rank: int, world: int) -> Batch:
-    """This worker's rows of a global batch: ``rank::world`` (all of it in one process)."""
-    if world == 1:
-        return batch
-    rows = len(next(iter(batch.values())))
-    if rows < world:
-        raise ValueError(f"a batch of {rows} rows cannot be shared by {world} workers; raise the batch size")
-    return {k: v[rank::world] for k, v in batch.items()}
 
 
 def _average_gradients(parameters: list[torch.nn.Parameter], world: int) -> None:

@@ -78,6 +78,7 @@ def train_stage(
                 workdir,
                 ProgressTrainLog(MlflowTrainLog(run_id), label or stage_name, int(settings["steps"])),
                 probe=curve,
+                cache_mb=cfg.model.example_cache_mb,
             )
         mlflow.log_metrics({k: float(v) for k, v in counts.items()})
         final = save_checkpoint(

@@ -75,3 +75,23 @@ def test_kubernetes_manifests(tmp_path):
     path.write_text(config)
     cfg = load_config(path, environ={})
     assert cfg.render.actor_num_gpus == 0.5 and cfg.mlflow.tracking_uri.startswith("http://mlflow")
+
+
+def test_a_round_as_a_rayjob_trains_on_the_clusters_gpus():
+    """The RayJob runs a round on the RayCluster of flywheel.yaml with its training stages on
+    Ray Train GPU workers; its overrides are real config fields; secrets only by reference."""
+    job = yaml.safe_load((INFRA / "k8s" / "rayjob-round.yaml").read_text())
+    cluster = next(
+        d for d in yaml.safe_load_all((INFRA / "k8s" / "flywheel.yaml").read_text()) if d and d["kind"] == "RayCluster"
+    )
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    assert job["metadata"]["namespace"] == cluster["metadata"]["namespace"]
+    assert job["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
+    assert job["spec"]["entrypoint"].startswith("flywheel run ")
+    env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
+    cfg = load_config(environ={k: v for k, v in env.items() if k.startswith("FLYWHEEL__")})
+    assert cfg.model.train_workers == 4 and cfg.model.use_gpu and cfg.model.device == "cuda"
+    assert cfg.model.train_workers <= cluster["spec"]["workerGroupSpecs"][0]["maxReplicas"]
+    submitter = job["spec"]["submitterPodTemplate"]["spec"]["containers"][0]
+    tokens = dict(_env_items(submitter["env"]))
+    assert tokens["RAY_AUTH_MODE"] == "token" and "secretKeyRef" in tokens["RAY_AUTH_TOKEN"]

@@ -309,16 +309,19 @@ def _linear_fit(folder: Path, name: str) -> None:
         seen.extend(batch["row"].tolist())
         return {"loss": (weight.sum() * batch["value"]).mean()}
 
+    rank, world = T.distributed()  # each worker's batches are its share of the global ones
     batches = ({"row": torch.arange(8) + 8 * i, "value": torch.arange(8.0) + i} for i in range(6))
+    batches = ({k: v[rank::world] for k, v in b.items()} for b in batches)
     settings = T.TrainSettings(steps=6, lr=1e-2, warmup_steps=1, log_every=3, checkpoint_every=3)
     T.fit("linear", model, [weight], loss_fn, batches, settings, checkpoint_dir=folder / name)
     torch.save({"seen": seen, "weight": weight.detach().clone(), "initial": initial}, folder / f"{name}.pt")
 
 
-def test_data_parallel_workers_see_disjoint_rows_and_step_as_one(tmp_path):
-    """Two gloo processes through ``fit``: each trains on its own half of every global batch
-    (together all of it, once), the averaged gradients leave both with the same weights, and
-    these match one process on the whole batches (the loss is linear in each row)."""
+def test_data_parallel_workers_step_as_one(tmp_path):
+    """Two gloo processes through ``fit``, each on its own half of every global batch (how the
+    store's data is split between them: tests/test_streams.py): the averaged gradients leave
+    both with the same weights, and these match one process on the whole batches (the loss is
+    linear in each row)."""
     import torch.multiprocessing as mp
 
     mp.spawn(_data_parallel_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2)

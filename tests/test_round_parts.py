@@ -38,28 +38,35 @@ def _tagged(value: float, count: int) -> list[dict]:
     return [{"source": torch.tensor(value), "index": torch.tensor(i)} for i in range(count)]
 
 
+def _source(examples: list[dict]):
+    return lambda: examples
+
+
 def test_curriculum_moves_from_synthetic_to_real_and_ends_on_real_only():
-    real, synthetic = _tagged(1.0, 5), _tagged(0.0, 7)
+    real, synthetic = _source(_tagged(1.0, 5)), _source(_tagged(0.0, 7))
     batches = list(curriculum_stream(real, synthetic, [0.8, 0.5, 0.2, 0.0], steps=8, batch_size=10, seed=3))
     synthetic_share = [int((b["source"] == 0).sum()) / 10 for b in batches]
     assert synthetic_share == [0.8, 0.8, 0.5, 0.5, 0.2, 0.2, 0.0, 0.0]
     again = list(curriculum_stream(real, synthetic, [0.8, 0.5, 0.2, 0.0], steps=8, batch_size=10, seed=3))
     assert all(torch.equal(a["index"], b["index"]) for a, b in zip(batches, again))  # seeded
-    only_synthetic = list(curriculum_stream([], synthetic, [0.0], steps=2, batch_size=4))
+    # each source is drawn as a stream: every example once before any again
+    drawn = torch.cat([b["index"][b["source"] == 0] for b in batches])
+    assert sorted(drawn[:7].tolist()) == list(range(7)) and sorted(drawn[7:14].tolist()) == list(range(7))
+    only_synthetic = list(curriculum_stream(None, synthetic, [0.0], steps=2, batch_size=4))
     assert all(bool((b["source"] == 0).all()) for b in only_synthetic)  # nothing accepted yet: replay only
     with pytest.raises(ValueError, match="no examples"):
-        next(curriculum_stream([], [], [0.5], steps=1, batch_size=2))
+        next(curriculum_stream(None, None, [0.5], steps=1, batch_size=2))
 
 
 def test_artist_meshes_take_their_share_of_the_real_part_of_each_batch():
-    real, synthetic, artist = _tagged(1.0, 5), _tagged(0.0, 7), _tagged(2.0, 3)
+    real, synthetic, artist = _source(_tagged(1.0, 5)), _source(_tagged(0.0, 7)), _source(_tagged(2.0, 3))
     batches = list(curriculum_stream(real, synthetic, [0.5, 0.0], 4, 8, seed=1, artist=artist, artist_share=0.25))
     counts = [[int((b["source"] == v).sum()) for v in (0.0, 1.0, 2.0)] for b in batches]
     assert counts == [[4, 3, 1], [4, 3, 1], [0, 6, 2], [0, 6, 2]]  # synthetic, accepted, artist
-    no_accepted = list(curriculum_stream([], synthetic, [0.5], 2, 8, artist=artist, artist_share=0.25))
+    no_accepted = list(curriculum_stream(None, synthetic, [0.5], 2, 8, artist=artist, artist_share=0.25))
     assert all(int((b["source"] == 2.0).sum()) == 4 for b in no_accepted)  # artists fill the real part
     plain = list(curriculum_stream(real, synthetic, [0.5], 3, 8, seed=2))
-    same = list(curriculum_stream(real, synthetic, [0.5], 3, 8, seed=2, artist=[], artist_share=0.25))
+    same = list(curriculum_stream(real, synthetic, [0.5], 3, 8, seed=2, artist=None, artist_share=0.25))
     assert all(torch.equal(a["index"], b["index"]) for a, b in zip(plain, same))  # no artist data: as before
 
 

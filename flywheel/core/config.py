@@ -406,6 +406,20 @@ class ModelSection(_Section):
         "(the cluster at RAY_ADDRESS, or a local Ray), checkpoints in the store under ray-train/.",
     )
     use_gpu: bool = Field(False, description="Ray Train workers take one GPU each (NCCL); else CPU (gloo).")
+    loader_workers: int = Field(
+        0,
+        ge=0,
+        description="DataLoader processes per training worker that read and decode examples from the store "
+        "(0: the training process decodes them). Each reads its own part of the data, so another count "
+        "gives another sample order.",
+    )
+    example_cache_mb: int = Field(
+        1024,
+        ge=0,
+        description="A reader whose part of a stage's data decodes to at most this many MB keeps it in memory "
+        "after the first epoch (small datasets are decoded once); larger data streams from the store every "
+        "epoch. Does not change the result.",
+    )
     seed: int = 0
     vae: StageSettings = StageSettings(steps=400, lr=1e-3)
     # 3e-4, not 1e-3, for the flow stages: at 1e-3 the flow did not even fit its training

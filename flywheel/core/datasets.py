@@ -84,7 +84,8 @@ def version_of(spec: DatasetSpec, *, inputs: Mapping[str, Any], config: Any = No
 
 
 def _whole(urls: Iterable[str]) -> Iterable[str]:
-    """A webdataset node splitter that gives this reader every shard."""
+    """A webdataset node / worker splitter that gives this reader every shard it asks for
+    (:class:`flywheel.learning.examples.ExampleStream` splits the data between readers)."""
     return urls
 
 
@@ -568,16 +569,27 @@ class Dataset:
                 urls.append(scheme + self.store.uri(key).removeprefix("s3"))
         return urls
 
-    def samples(self, keys: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+    def shard_names(self) -> list[str]:
+        """The version's shards, in sample order."""
+        return [s["name"] for s in self.marker["shards"]]
+
+    def samples(
+        self, keys: Iterable[str] | None = None, shards: Collection[str] | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Stream samples as dicts ``{"__key__": key, ext: bytes, ...}`` through webdataset;
-        with ``keys``, only those samples, reading only the shards that hold them."""
+        with ``keys``, only those samples, reading only the shards that hold them; with
+        ``shards``, only those shards (names from :meth:`shard_names`)."""
         import webdataset as wds
 
         wanted = None if keys is None else set(keys)
-        shards = None
+        if shards is not None:
+            unknown = set(shards) - set(self.shard_names())
+            if unknown:
+                raise ValueError(f"{self.ref}: no shard {sorted(unknown)[0]!r}")
         if wanted is not None:
             table = self.manifest().select(["sample_key", "shard"]).to_pydict()
-            shards = {sh for k, sh in zip(table["sample_key"], table["shard"]) if k in wanted}
+            holding = {sh for k, sh in zip(table["sample_key"], table["shard"]) if k in wanted}
+            shards = holding if shards is None else holding & set(shards)
         listed = [s for s in self.marker["shards"] if shards is None or s["name"] in shards]
         stream = self._read_shards(wds, listed, self.shard_urls(shards))
         return stream if wanted is None else (s for s in stream if s["__key__"] in wanted)
@@ -590,9 +602,11 @@ class Dataset:
         for shard, url in zip(shards, urls, strict=True):
             count = 0
             try:
-                # every reader reads the whole version, in one process or as one of a data-parallel
-                # group (webdataset would otherwise ask how to split shards between the workers)
-                reader = wds.WebDataset([url], shardshuffle=False, empty_check=False, nodesplitter=_whole)
+                # this reader reads the shards it was given, in one process, as one of a data-parallel
+                # group or in a DataLoader worker: webdataset would split them between those itself
+                reader = wds.WebDataset(
+                    [url], shardshuffle=False, empty_check=False, nodesplitter=_whole, workersplitter=_whole
+                )
                 for sample in reader:
                     count += 1
                     yield sample

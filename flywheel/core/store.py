@@ -331,6 +331,10 @@ class S3Store(Store):
     def __repr__(self) -> str:
         return f"S3Store({self.root_uri!r}, endpoint={self.endpoint!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a boto3 client does not pickle: another process (a DataLoader worker) makes its own
+        return (S3Store, (self.root_uri, self.config))
+
     def presigned_url(self, key: str, expires_s: int) -> str:
         """A URL that lets a browser GET ``key`` for ``expires_s`` seconds, without credentials."""
         return str(

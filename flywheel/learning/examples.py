@@ -2,7 +2,9 @@
 
 Each dataset kind that a training stage reads has a decoder from a stored sample and its
 manifest row to an example (see :mod:`sam3d_model.interface` for the keys). Samples are
-streamed from the committed shards (webdataset) and decoded here.
+streamed from the committed shards (webdataset) and decoded here; training reads them
+through :class:`ExampleStream`, which gives each data-parallel worker (and each of its
+DataLoader workers) its own part of the data.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
+import torch.utils.data
 
 from flywheel.core.codecs import decode_npy, decode_png
 from flywheel.core.datasets import Dataset
@@ -114,6 +118,87 @@ DECODERS: dict[str, Callable[..., Example]] = {
     "art3do": sft_example,
     "preferences": preference_example,
 }
+
+
+class ExampleStream(torch.utils.data.IterableDataset):
+    """The examples of committed datasets, one epoch per iteration, streamed from the store's
+    shards and decoded on the way (in the DataLoader's workers when there are any).
+
+    Reader ``rank`` of ``world`` data-parallel workers — and, under a DataLoader with k
+    workers, each of them: reader ``rank * k + worker`` of ``world * k`` — reads only its part,
+    so that together the readers see every sample once per epoch: whole shards (shard i to
+    reader i mod readers; a reader opens only its own) when there are at least as many shards
+    as readers, else every readers-th sample (each reader reads every shard, decodes its own
+    samples). ``keep(row)`` leaves rows out (held-out pairs); ``options``: the decoder's own.
+
+    ``cache_bytes``: a reader whose whole part decodes to at most this many bytes keeps it
+    after its first complete epoch and replays it (in the same order) instead of reading the
+    store again; beyond that budget nothing is kept, so memory does not grow with the data.
+    The cache never changes what a reader yields."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        datasets: Iterable[Dataset],
+        *,
+        rank: int = 0,
+        world: int = 1,
+        keep: Callable[[dict], bool] | None = None,
+        cache_bytes: int = 0,
+        **options: Any,
+    ):
+        self.cfg, self.datasets = cfg, list(datasets)
+        if not 0 <= rank < world:
+            raise ValueError(f"reader rank {rank} of {world}: the rank must be in [0, {world})")
+        for dataset in self.datasets:
+            if dataset.spec.name not in DECODERS:
+                raise ValueError(
+                    f"dataset {dataset.spec.name!r} has no training decoder (known: {', '.join(DECODERS)})"
+                )
+        self.rank, self.world, self.keep, self.cache_bytes, self.options = rank, world, keep, cache_bytes, options
+        self._cache: list[Example] | None = None
+
+    def count(self) -> int:
+        """Rows of all readers' parts together (what one epoch of all readers yields)."""
+        if self.keep is None:
+            return sum(d.manifest().num_rows for d in self.datasets)
+        return sum(1 for d in self.datasets for row in d.manifest().to_pylist() if self.keep(row))
+
+    def __iter__(self) -> Iterator[Example]:
+        if self._cache is not None:
+            yield from self._cache
+            return
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        cache: list[Example] | None = [] if self.cache_bytes > 0 else None
+        size = 0
+        for example in self._read(self.rank * workers + worker, self.world * workers):
+            if cache is not None:
+                size += sum(t.numel() * t.element_size() for t in example.values())
+                if size <= self.cache_bytes:
+                    cache.append(example)
+                else:
+                    cache = None
+            yield example
+        self._cache = cache
+
+    def _read(self, reader: int, readers: int) -> Iterator[Example]:
+        units = [(d, shard) for d in self.datasets for shard in d.shard_names()]
+        by_shard = len(units) >= readers
+        index = -1
+        for u, (dataset, shard) in enumerate(units):
+            if by_shard and u % readers != reader:
+                continue
+            manifest = dataset.manifest()
+            rows = {r["sample_key"]: r for r in manifest.filter(pc.equal(manifest["shard"], shard)).to_pylist()}
+            decode = DECODERS[dataset.spec.name]
+            for sample in dataset.samples(shards=[shard]):
+                index += 1
+                if not by_shard and index % readers != reader:
+                    continue
+                row = rows[sample["__key__"]]
+                if self.keep is None or self.keep(row):
+                    yield decode(self.cfg, sample, row, **self.options)
 
 
 def dataset_examples(cfg: ModelConfig, dataset: Dataset) -> Iterator[Example]:

@@ -1,9 +1,11 @@
 """A training stage on Ray Train: N data-parallel workers (``model.train_workers``), gloo on
 CPU and NCCL on GPU (``model.use_gpu``), checkpoints through Ray Train into the store.
 
-Each worker opens the store itself, reads the stage's datasets, and runs the same
-:func:`flywheel.learning.stages.run_stage` as one process does; ``sam3d_model.train.fit``
-sees ``torch.distributed`` initialised and trains on its share of every global batch. Rank 0
+Each worker opens the store itself, streams its own part of the stage's datasets (its
+shards, or every W-th sample: :class:`flywheel.learning.examples.ExampleStream`) and runs the
+same :func:`flywheel.learning.stages.run_stage` as one process does, on ``batch_size / W``
+examples a step; ``sam3d_model.train.fit`` sees ``torch.distributed`` initialised and
+averages the workers' gradients. Rank 0
 writes the stage's resumable checkpoint and Ray Train copies it to
 ``<store>/ray-train/<run name>/``; a stage started again under the same run name (the
 checkpoint name: everything that shapes the result) resumes from the latest one, as Ray
@@ -141,6 +143,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
             config["log_to"],
             probe=config["probe"],
             after_save=report,
+            cache_mb=cfg.model.example_cache_mb,
         )
         # with the final checkpoint again: the run's result carries the metrics of its latest checkpoint
         final = ray.train.Checkpoint.from_directory(str(workdir)) if rank == 0 else None

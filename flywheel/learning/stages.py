@@ -9,21 +9,23 @@ last checkpoint.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import torch.utils.data
 
 from flywheel.core.config import FlywheelConfig, ModelSection
 from flywheel.core.datasets import Dataset
 from flywheel.core.digests import digest_of, file_digest
 from flywheel.core.records import CheckpointRef, DatasetRef
 from flywheel.core.store import Store
-from flywheel.learning.examples import cached_examples, examples_with_rows
+from flywheel.learning.examples import ExampleStream
 from flywheel.tracking.registry import resolve_model
 from sam3d_model import train as T
-from sam3d_model.config import ModelConfig
-from sam3d_model.data import Example, batch_stream, collate, curriculum_stream
+from sam3d_model.data import Source, batch_stream, collate, curriculum_stream
 from sam3d_model.dpo import preference_accuracy
 from sam3d_model.model import SmallSam3D
 
@@ -52,8 +54,11 @@ def stage_settings(section: ModelSection, stage: str) -> dict[str, Any]:
     if stage in ("sft", "distill"):
         out["curriculum"] = list(section.curriculum)
         out["art3do_share"] = section.art3do_share
-    if section.train_workers:  # each worker draws its own noise: another worker count, other weights
+    # each worker reads its own part of the data and draws its own noise: other counts, other weights
+    if section.train_workers:
         out["train_workers"] = section.train_workers
+    if section.loader_workers:
+        out["loader_workers"] = section.loader_workers
     if stage == "dpo":
         out["beta"] = section.dpo_beta
         out["sft_weight"] = section.dpo_sft_weight
@@ -121,11 +126,17 @@ def run_stage(
     log_to: T.TrainLog | None = None,
     probe: T.Probe | None = None,
     after_save: Callable[[int, Path], None] | None = None,
+    cache_mb: int = 0,
 ) -> dict[str, float]:
     """Train ``model`` in place for one stage on ``datasets`` (role -> versions, roles per
     :data:`STAGE_INPUTS`); resumable state in ``workdir``; ``probe``: a learning curve for
-    every stage after the VAE; ``after_save``: see :func:`sam3d_model.train.fit`. Returns
-    example counts per role (DPO: and the held-out preference accuracy)."""
+    every stage after the VAE; ``after_save``: see :func:`sam3d_model.train.fit`;
+    ``cache_mb``: see :class:`ExampleStream`. Returns example counts per role (DPO: and the
+    held-out preference accuracy).
+
+    The data streams from the store: under ``torch.distributed`` with W workers each worker
+    reads its own part (:class:`ExampleStream`) and trains on ``batch_size / W`` examples a
+    step, so that the W workers together take steps of ``batch_size``."""
     arch = model.cfg
     train = T.TrainSettings(
         steps=settings["steps"],
@@ -136,54 +147,107 @@ def run_stage(
         checkpoint_every=max(10, settings["steps"] // 5),
         warmup_steps=10,
     )
-    batch, seed = settings["batch_size"], settings["seed"]
+    rank, world = T.distributed()
+    batch, seed = _local_batch(settings["batch_size"], world), settings["seed"] + rank
+    loader_workers = settings.get("loader_workers", 0)
+
+    def stream(role: str, **kwargs: Any) -> ExampleStream | None:
+        versions = datasets.get(role, [])
+        if not versions:
+            return None
+        return ExampleStream(arch, versions, rank=rank, world=world, cache_bytes=cache_mb * 2**20, **kwargs)
+
+    def source(examples: ExampleStream | None) -> Source | None:
+        return None if examples is None else epochs(examples, loader_workers)
+
     fit: dict[str, Any] = {"checkpoint_dir": workdir, "log_to": log_to, "after_save": after_save}
     if stage != "vae":
         fit["probe"] = probe
     if stage in ("vae", "pretrain", "midtrain"):
-        examples = cached_examples(arch, next(iter(datasets.values())))
+        (role,) = STAGE_INPUTS[stage]
+        examples = stream(role)
+        if examples is None:
+            raise ValueError(f"stage {stage}: no {role} dataset to train on")
         {"vae": T.train_vae, "pretrain": T.pretrain, "midtrain": T.midtrain}[stage](
-            model, batch_stream(lambda: examples, batch, seed), train, **fit
+            model, batch_stream(epochs(examples, loader_workers), batch, seed), train, **fit
         )
-        return {"examples": len(examples)}
+        return {"examples": examples.count()}
     if stage in ("sft", "distill"):
-        real = cached_examples(arch, datasets.get("sft", []))
-        replay = cached_examples(arch, datasets.get("replay", []))
-        artist = cached_examples(arch, datasets.get("art3do", []))
-        stream = curriculum_stream(
-            real, replay, settings["curriculum"], train.steps, batch, seed, artist, settings.get("art3do_share", 0.0)
+        real, replay, artist = stream("sft"), stream("replay"), stream("art3do")
+        batches = curriculum_stream(
+            source(real),
+            source(replay),
+            settings["curriculum"],
+            train.steps,
+            batch,
+            seed,
+            source(artist),
+            settings.get("art3do_share", 0.0),
         )
-        (T.sft if stage == "sft" else T.distill)(model, stream, train, **fit)
-        return {"real_examples": len(real), "replay_examples": len(replay), "art3do_examples": len(artist)}
-    pairs, held = preference_split(arch, datasets["preferences"], settings.get("heldout_share", 0.0))
-    if not pairs:  # too few objects to hold any out
-        pairs, held = held, []
+        (T.sft if stage == "sft" else T.distill)(model, batches, train, **fit)
+        return {
+            "real_examples": real.count() if real else 0,
+            "replay_examples": replay.count() if replay else 0,
+            "art3do_examples": artist.count() if artist else 0,
+        }
+    share = settings.get("heldout_share", 0.0)
+    pairs = stream("preferences", keep=functools.partial(_pair_held_out, share=share, held=False))
+    held_stream: ExampleStream | None = ExampleStream(
+        arch, datasets["preferences"], keep=functools.partial(_pair_held_out, share=share, held=True)
+    )
+    if pairs is None or not pairs.count():  # too few objects to hold any out
+        pairs, held_stream = stream("preferences"), None
+    assert pairs is not None, "stage dpo: no preference pairs"
     reference = T.frozen_copy(model)
     T.dpo(
         model,
-        batch_stream(lambda: pairs, batch, seed),
+        batch_stream(epochs(pairs, loader_workers), batch, seed),
         train,
         beta=settings["beta"],
         sft_weight=settings.get("sft_weight", 0.0),
         reference=reference,
         **fit,
     )
-    counts: dict[str, float] = {"pairs": len(pairs), "heldout_pairs": len(held)}
-    if held:
-        batches = [collate(held[i : i + batch]) for i in range(0, len(held), batch)]
-        counts["heldout_preference_accuracy"] = preference_accuracy(model, reference, batches, seed)
+    held = list(held_stream) if held_stream is not None else []
+    counts: dict[str, float] = {"pairs": pairs.count(), "heldout_pairs": len(held)}
+    if held:  # every worker measures all of them, as one process would
+        size = settings["batch_size"]
+        held_batches = [collate(held[i : i + size]) for i in range(0, len(held), size)]
+        counts["heldout_preference_accuracy"] = preference_accuracy(model, reference, held_batches, settings["seed"])
     return counts
 
 
-def preference_split(arch: ModelConfig, datasets: list[Dataset], share: float) -> tuple[list[Example], list[Example]]:
-    """(training pairs, held-out pairs): the pairs of ``share`` of the objects, picked by a
-    digest of the object id (stable as pairs accumulate), are held out."""
-    train: list[Example] = []
-    held: list[Example] = []
-    for dataset in datasets:
-        for example, row in examples_with_rows(arch, dataset):
-            (held if held_out(row["object_id"], share) else train).append(example)
-    return train, held
+def _local_batch(batch_size: int, world: int) -> int:
+    """Each of ``world`` workers' share of a global batch."""
+    if batch_size % world:
+        raise ValueError(
+            f"a batch of {batch_size} cannot be shared evenly by {world} training workers; "
+            f"make the stage's batch_size a multiple of model.train_workers"
+        )
+    return batch_size // world
+
+
+def epochs(examples: ExampleStream, loader_workers: int) -> Source:
+    """One epoch of ``examples`` per call: read in this process, or by ``loader_workers``
+    DataLoader processes (each reads and decodes its own part; they live across epochs, and
+    the DataLoader takes their examples in turn, so the order is fixed)."""
+    if not loader_workers:
+        return lambda: examples
+    # forkserver, not fork: a forked worker inherits its parent's threads (Prefect, Ray, MLflow)
+    loader = torch.utils.data.DataLoader(
+        examples,
+        batch_size=None,
+        num_workers=loader_workers,
+        persistent_workers=True,
+        multiprocessing_context="forkserver",
+    )
+    return lambda: loader
+
+
+def _pair_held_out(row: dict, share: float, held: bool) -> bool:
+    """Whether a preference pair's row is (``held``) or is not held out (module level: DataLoader
+    workers in other processes get it pickled)."""
+    return held_out(row["object_id"], share) == held
 
 
 def held_out(object_id: str, share: float) -> bool:
