@@ -32,6 +32,7 @@ bench:
 	.venv/bin/python bench/rankings.py
 	.venv/bin/python bench/rounds.py
 	.venv/bin/python bench/annotate.py
+	.venv/bin/python bench/scaling.py
 
 setup:
 	@bash scripts/setup.sh --test
