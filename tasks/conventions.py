@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Generic, ParamSpec, TypeVar
@@ -168,6 +169,41 @@ class ProgressTrainLog:
     def finished(self, stage: str, history: list[dict]) -> None:
         self.inner.finished(stage, history)
         self.progress.update(self.total, self.total)
+
+
+class FollowedTraining:
+    """While a stage trains in other processes (Ray Train workers; rank 0 logs its steps to the
+    MLflow run ``run_id``), a :class:`Progress` artifact that follows the run's latest logged
+    step, read every ``every_s`` seconds by a thread (a context manager)."""
+
+    def __init__(self, run_id: str, stage: str, total_steps: int, every_s: float = 5.0):
+        self.run_id, self.total, self.every_s = run_id, total_steps, every_s
+        self.progress = Progress(f"training {stage}, steps")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name=f"follow-{stage}", daemon=True)
+
+    def __enter__(self) -> FollowedTraining:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        if exc_type is None:
+            self.progress.update(self.total, self.total)
+
+    def _follow(self) -> None:
+        from mlflow.tracking import MlflowClient
+
+        client, shown = MlflowClient(), 0
+        while not self._stop.wait(self.every_s):
+            try:
+                step = max((m.step for m in client.get_metric_history(self.run_id, "loss")), default=0)
+                if step > shown:
+                    self.progress.update(step, self.total)
+                    shown = step
+            except Exception as e:  # a progress bar never fails the training it shows
+                log.debug("progress of run %s: %s", self.run_id, e)
 
 
 def short(ref: DatasetRef) -> str:

@@ -27,7 +27,7 @@ from sam3d_model.checkpoint import load_model, save_checkpoint
 from sam3d_model.config import ModelConfig
 from sam3d_model.evaluation import viou_probe
 from sam3d_model.model import build_model
-from tasks.conventions import ProgressTrainLog, flywheel_task, log_datasets, stage, store_for
+from tasks.conventions import FollowedTraining, ProgressTrainLog, flywheel_task, log_datasets, stage, store_for
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,11 @@ def train_stage(
         )
         workdir = cfg.state_dir / "training" / name
         curve = _probe(store, model.cfg, probe, probe_mask_error) if probe is not None else None
-        if cfg.model.train_workers:  # the workers report to MLflow; Prefect's progress stays here
-            counts = run_stage_on_ray(cfg, stage_name, model, datasets, settings, name, MlflowTrainLog(run_id), curve)
+        if cfg.model.train_workers:  # rank 0 reports to MLflow; Prefect's progress follows it from here
+            with FollowedTraining(run_id, label or stage_name, int(settings["steps"])):
+                counts = run_stage_on_ray(
+                    cfg, stage_name, model, datasets, settings, name, MlflowTrainLog(run_id), curve
+                )
         else:
             counts = run_stage(
                 stage_name,

@@ -83,3 +83,44 @@ def test_cache_key_has_version_and_ignores_bookkeeping():
     assert base != cache_key_for("t", "2")(None, {"cfg": cfg, "x": 1})
     other_store = load_config(environ={"FLYWHEEL__STORE__ROOT": "/elsewhere"})
     assert base != key(None, {"cfg": other_store, "x": 1})
+
+
+def test_training_elsewhere_moves_its_progress_from_the_mlflow_run(tmp_path):
+    """A stage on Ray Train logs its steps to MLflow from rank 0; the task's progress artifact
+    follows the run's latest step while it trains, and shows the whole when it ends."""
+    import time
+
+    import mlflow
+    from prefect.client.orchestration import get_client
+
+    from tasks.conventions import FollowedTraining
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def shown(artifact_id) -> str:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterId
+
+        with get_client(sync_client=True) as client:
+            [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(id=ArtifactFilterId(any_=[artifact_id])))
+        return artifact.description
+
+    @flow
+    def train_elsewhere() -> list[str]:
+        seen = []
+        with mlflow.start_run() as run:
+            with FollowedTraining(run.info.run_id, "pretrain", 40, every_s=0.2) as followed:
+                for step in (10, 20):  # what rank 0 logs, from another process in real use
+                    mlflow.log_metric("loss", 1.0 / step, step=step)
+                deadline = time.monotonic() + 30
+                while shown(followed.progress.id) != "training pretrain, steps: 20/40":
+                    assert time.monotonic() < deadline, shown(followed.progress.id)
+                    time.sleep(0.2)
+                seen.append(shown(followed.progress.id))
+            seen.append(shown(followed.progress.id))
+        return seen
+
+    try:
+        assert train_elsewhere() == ["training pretrain, steps: 20/40", "training pretrain, steps: 40/40"]
+    finally:
+        mlflow.set_tracking_uri(previous)  # other tests' MLflow store
