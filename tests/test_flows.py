@@ -108,7 +108,9 @@ def test_training_elsewhere_moves_its_progress_from_the_mlflow_run(tmp_path):
     @flow
     def train_elsewhere() -> list[str]:
         seen = []
-        with mlflow.start_run() as run:
+        # its own experiment: the session's active one lives in another store
+        experiment = mlflow.tracking.MlflowClient().create_experiment("followed-training")
+        with mlflow.start_run(experiment_id=experiment) as run:
             with FollowedTraining(run.info.run_id, "pretrain", 40, every_s=0.2) as followed:
                 for step in (10, 20):  # what rank 0 logs, from another process in real use
                     mlflow.log_metric("loss", 1.0 / step, step=step)

@@ -152,10 +152,12 @@ def run_stage(
     loader_workers = settings.get("loader_workers", 0)
 
     def stream(role: str, **kwargs: Any) -> ExampleStream | None:
-        versions = datasets.get(role, [])
-        if not versions:
-            return None
-        return ExampleStream(arch, versions, rank=rank, world=world, cache_bytes=cache_mb * 2**20, **kwargs)
+        """``role``'s examples, or None without any (a round whose objects were all rejected
+        has an empty SFT version: its batches are then all replay)."""
+        examples = ExampleStream(
+            arch, datasets.get(role, []), rank=rank, world=world, cache_bytes=cache_mb * 2**20, **kwargs
+        )
+        return examples if examples.count() else None
 
     def source(examples: ExampleStream | None) -> Source | None:
         return None if examples is None else epochs(examples, loader_workers)
@@ -195,9 +197,10 @@ def run_stage(
     held_stream: ExampleStream | None = ExampleStream(
         arch, datasets["preferences"], keep=functools.partial(_pair_held_out, share=share, held=True)
     )
-    if pairs is None or not pairs.count():  # too few objects to hold any out
+    if pairs is None:  # too few objects to hold any out
         pairs, held_stream = stream("preferences"), None
-    assert pairs is not None, "stage dpo: no preference pairs"
+    if pairs is None:
+        raise ValueError("stage dpo: the preferences datasets hold no pairs")
     reference = T.frozen_copy(model)
     T.dpo(
         model,
