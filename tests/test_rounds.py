@@ -294,9 +294,15 @@ def test_rounds_show_in_prefect_as_ops_people_look_at_them(clean: CleanRounds):
         assert done.get(f"training sft, steps: {clean.cfg.model.sft.steps}/{clean.cfg.model.sft.steps}") == 100, done
         assert any(d.startswith("Iso-3DO renders, parts: ") and v == 100 for d, v in done.items()), done
         key = f"series-{series}"
-        pages = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{key}-round"])))
+        # the fixture run's own: other tests run more rounds of the same series (on copies of its store)
+        ours = ArtifactFilterFlowRunId(any_=[run.id])
+        pages = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{key}-round"]), flow_run_id=ours)
+        )
         tables = {
-            name: client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{key}-{name}"])))
+            name: client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{key}-{name}"]), flow_run_id=ours)
+            )
             for name in ("evaluation", "quarantine")
         }
     assert sorted(a.description for a in pages) == [f"round {k} of series {series}" for k in (0, 1)]
