@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,7 +42,8 @@ def ray_address(tmp_path_factory):
     port = free_port()
     # Short: Ray's Unix sockets live under RAY_TMPDIR and pytest's paths exceed the 107-byte limit.
     tmpdir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": tmpdir}
+    # TMPDIR too: a killed run's workers cannot remove their work folders; they go with this one
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": tmpdir, "TMPDIR": tmpdir}
     head = subprocess.Popen(
         [Path(sys.executable).parent / "ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=3"]
         + ["--include-dashboard=false", "--disable-usage-stats"],
@@ -57,6 +59,7 @@ def ray_address(tmp_path_factory):
     yield {"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": tmpdir}
     os.killpg(head.pid, signal.SIGTERM)
     head.wait(60)
+    shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
