@@ -120,6 +120,16 @@ DECODERS: dict[str, Callable[..., Example]] = {
 }
 
 
+def decoder(dataset: Dataset) -> Callable[..., Example]:
+    """The decoder of ``dataset``'s kind, or one clear error."""
+    try:
+        return DECODERS[dataset.spec.name]
+    except KeyError:
+        raise ValueError(
+            f"dataset {dataset.spec.name!r} has no training decoder (known: {', '.join(DECODERS)})"
+        ) from None
+
+
 class ExampleStream(torch.utils.data.IterableDataset):
     """The examples of committed datasets, one epoch per iteration, streamed from the store's
     shards and decoded on the way (in the DataLoader's workers when there are any).
@@ -151,10 +161,7 @@ class ExampleStream(torch.utils.data.IterableDataset):
         if not 0 <= rank < world:
             raise ValueError(f"reader rank {rank} of {world}: the rank must be in [0, {world})")
         for dataset in self.datasets:
-            if dataset.spec.name not in DECODERS:
-                raise ValueError(
-                    f"dataset {dataset.spec.name!r} has no training decoder (known: {', '.join(DECODERS)})"
-                )
+            decoder(dataset)
         self.rank, self.world, self.keep, self.cache_bytes, self.options = rank, world, keep, cache_bytes, options
         self._cache: list[Example] | None = None
 
@@ -191,7 +198,7 @@ class ExampleStream(torch.utils.data.IterableDataset):
                 continue
             manifest = dataset.manifest()
             rows = {r["sample_key"]: r for r in manifest.filter(pc.equal(manifest["shard"], shard)).to_pylist()}
-            decode = DECODERS[dataset.spec.name]
+            decode = decoder(dataset)
             for sample in dataset.samples(shards=[shard]):
                 index += 1
                 if not by_shard and index % readers != reader:
@@ -208,12 +215,7 @@ def dataset_examples(cfg: ModelConfig, dataset: Dataset) -> Iterator[Example]:
 
 def examples_with_rows(cfg: ModelConfig, dataset: Dataset, **options: Any) -> Iterator[tuple[Example, dict]]:
     """Each example with its manifest row, in shard order (``options``: the decoder's own)."""
-    try:
-        decode = DECODERS[dataset.spec.name]
-    except KeyError:
-        raise ValueError(
-            f"dataset {dataset.spec.name!r} has no training decoder (known: {', '.join(DECODERS)})"
-        ) from None
+    decode = decoder(dataset)
     rows = {r["sample_key"]: r for r in dataset.manifest().to_pylist()}
     for sample in dataset.samples():
         row = rows[sample["__key__"]]
