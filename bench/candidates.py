@@ -1,6 +1,6 @@
 """Candidate throughput on Ray: candidates/s with 1 vs 2 proposal actors, and with the
-guided 25-step sampler vs the 4-step shortcut sampler, measured in the same run on the
-same objects (the 1-actor, 25-step figure is the baseline of the ratios).
+guided default sampler (``sample_steps``) vs the 4-step shortcut sampler, measured in the same run on the
+same objects (the 1-actor, guided figure is the baseline of the ratios).
 
 The model is the chosen preset with fresh weights: speed does not depend on training.
 Each actor reserves a fractional CPU; on 2 cores, 2 actors can at best double throughput.
@@ -63,7 +63,7 @@ def main() -> None:
     ]
     seeds = tuple(range(args.candidates))
     samplers = {
-        "25-step+cfg": (Member(name="champion", seeds=seeds),),
+        "guided": (Member(name="champion", seeds=seeds),),
         "4-step shortcut": (Member(name="champion", seeds=seeds, shortcut=True),),
     }
     results = {}
@@ -74,9 +74,9 @@ def main() -> None:
                 rate = measure(checkpoint, members, jobs, args.candidates, actors)
                 results[f"{sampler}, {actors} actor{'s' if actors > 1 else ''}"] = rate
                 print(f"{sampler:16s} {actors} actor(s): {rate:8.1f} candidates/s", flush=True)
-    base = results["25-step+cfg, 1 actor"]
+    base = results["guided, 1 actor"]
     print(
-        f"\n{args.objects} objects x {args.candidates} candidates, {args.preset} model; ratios to 25-step+cfg on 1 actor:"
+        f"\n{args.objects} objects x {args.candidates} candidates, {args.preset} model; ratios to the guided sampler on 1 actor:"
     )
     for name, rate in results.items():
         print(f"  {name:28s} {rate:8.1f} candidates/s  x{rate / base:.2f}")

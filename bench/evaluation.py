@@ -5,9 +5,10 @@ Measured in the same run, on toy held-out objects (flywheel.learning.toy) and th
 preset briefly trained on the toy task (two training seeds = two "models" that differ only
 by seed, as a champion and a challenger trained on the same data would):
 
-* seconds per object of :func:`sam3d_model.evaluation.evaluate` with the guided 25-step
-  sampler (the baseline) and with the 4-step shortcut sampler, split into sampling and
-  scoring (the metrics), and their ratio;
+* seconds per object of :func:`sam3d_model.evaluation.evaluate` with the guided default
+  sampler (``sample_steps``, the baseline), with the 4-step shortcut sampler, split into
+  sampling and scoring (the metrics), and with the consensus of ``rounds.eval_samples``
+  samples (what rounds score), each as a ratio to the baseline;
 * the exact point-to-surface distances behind F1 / Chamfer: the vectorised search
   (:func:`sam3d_model.metrics.distances_to_surface`) vs trimesh's R-tree search (the
   baseline), same points, same answers, and their ratio;
@@ -34,6 +35,7 @@ import trimesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from flywheel.core.config import RoundsConfig  # noqa: E402
 from flywheel.learning.toy import toy_examples  # noqa: E402
 from sam3d_model import train as T  # noqa: E402
 from sam3d_model.config import preset  # noqa: E402
@@ -92,6 +94,8 @@ def main() -> None:
     a, b = trained(cfg, train, args.steps, 0), trained(cfg, train, args.steps, 1)
     full, full_s = timed(a, held, truths)
     fast, fast_s = timed(a, held, truths, shortcut=True)
+    samples = RoundsConfig().eval_samples
+    estimate, estimate_s = timed(a, held, truths, samples=samples)
     start = time.perf_counter()
     with torch.no_grad():
         for s in range(0, len(held), 16):
@@ -107,6 +111,10 @@ def main() -> None:
         "shortcut_s_per_object": fast_s,
         "full_sampling_s_per_object": sample_s,
         "full_over_shortcut": full_s / fast_s,
+        "consensus_samples": samples,
+        "consensus_s_per_object": estimate_s,
+        "consensus_over_full": estimate_s / full_s,
+        "viou_consensus": estimate["summary"]["viou"],
         "distances_s_per_object": ours_s,
         "distances_trimesh_s_per_object": trimesh_s,
         "trimesh_over_vectorised": trimesh_s / ours_s,
@@ -122,11 +130,15 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=1))
     print(f"held-out evaluation, tiny preset, {len(held)} toy objects, 1 sample each (CPU, 2 threads)")
     print(f"  ground truth (symmetries, diameter), once per set   {truth_s * 1000:7.1f} ms/object")
-    print(f"  full sampler (25 steps, guided): sample + score     {full_s * 1000:7.1f} ms/object")
+    print(f"  full sampler ({cfg.sample_steps} steps, guided): sample + score     {full_s * 1000:7.1f} ms/object")
     print(f"    of which sampling                                 {sample_s * 1000:7.1f} ms/object")
     print(
         f"  shortcut sampler (4 steps): sample + score          {fast_s * 1000:7.1f} ms/object"
         f"   -> full / shortcut = {result['full_over_shortcut']:.2f}x"
+    )
+    print(
+        f"  consensus of {samples} full samples: sample + score      {estimate_s * 1000:7.1f} ms/object"
+        f"   -> consensus / full = {result['consensus_over_full']:.2f}x"
     )
     print(
         f"  surface distances (1024 points): vectorised {ours_s * 1000:.1f} ms/object, trimesh {trimesh_s * 1000:.1f}"
@@ -134,6 +146,7 @@ def main() -> None:
     )
     print(
         f"  vIoU full {result['viou_full']:.3f} vs shortcut {result['viou_shortcut']:.3f} (shortcut not distilled here)"
+        f" vs consensus {result['viou_consensus']:.3f}"
     )
     print(
         f"  two training seeds, same data, {half} objects (selection half): vIoU difference {interval}"

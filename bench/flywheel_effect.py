@@ -112,7 +112,13 @@ def flywheel_rows(name: str, folder: Path, config: str) -> list[dict]:
         promoted = r.promotion.promote
         model, label = (r.challenger, "challenger") if promoted else (r.champion_before, "champion")
         scores = evaluate_model(
-            cfg, model, r.datasets["held-out"], cfg.rounds.eval_seeds, label, cfg.rounds.world.mask_error
+            cfg,
+            model,
+            r.datasets["held-out"],
+            cfg.rounds.eval_seeds,
+            cfg.rounds.eval_samples,
+            label,
+            cfg.rounds.world.mask_error,
         )
         b = r.best_of_n
         rows.append(
@@ -158,7 +164,13 @@ def synthetic_only_rows(folder: Path, config: str, rounds: int, start) -> list[d
         print(f"[{time.strftime('%H:%M:%S')}] synthetic-only: round {k}", flush=True)
         checkpoint = train_stage(cfg, "sft", checkpoint, {"replay": [replay]}, settings, {}, label="synthetic-only")
         scores = evaluate_model(
-            cfg, checkpoint, heldout, cfg.rounds.eval_seeds, f"synthetic-only-{k}", cfg.rounds.world.mask_error
+            cfg,
+            checkpoint,
+            heldout,
+            cfg.rounds.eval_seeds,
+            cfg.rounds.eval_samples,
+            f"synthetic-only-{k}",
+            cfg.rounds.world.mask_error,
         )
         rows.append({"round": k, **{m: mean_interval(scores, m) for m in METRICS}})
     return rows

@@ -1,5 +1,5 @@
 """Model benchmark: training throughput per stage, and sampling speed and quality of the
-guided 25-step sampler (the baseline) vs the distilled 4-step shortcut sampler, measured in
+guided default sampler (``sample_steps``, the baseline) vs the distilled 4-step shortcut sampler, measured in
 the same run on the same held-out toy objects.
 
 Trains the chosen preset on the toy task (flywheel.learning.toy: procedural shapes seen as
@@ -129,7 +129,7 @@ def main() -> None:
         "train_objects": args.train,
         "held_out_objects": args.held_out,
         "stages": stages,
-        "sample_25_step_cfg": base,
+        "sample_guided": base,
         "sample_4_step_shortcut": fast,
         "sample_4_step_undistilled": naive,
         "speedup": speedup,
@@ -155,7 +155,7 @@ def main() -> None:
         )
     print(f"\nsampling {args.held_out} held-out objects (vIoU / F1@0.01 vs ground truth):")
     print(
-        f"  25-step + CFG (baseline)  {base['samples_per_s']:8.1f} samples/s  "
+        f"  {cfg.sample_steps}-step + CFG (baseline)  {base['samples_per_s']:8.1f} samples/s  "
         f"vIoU {base['viou']:.3f}  F1 {base['f1']:.3f}"
     )
     print(

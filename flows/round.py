@@ -232,9 +232,11 @@ def close_round(
     rules = cfg.rounds
     error = rules.world.mask_error
     scores = {
-        "champion": evaluate_model(cfg, champion, heldout, rules.eval_seeds, "champion", error, parent_run_id=parent),
+        "champion": evaluate_model(
+            cfg, champion, heldout, rules.eval_seeds, rules.eval_samples, "champion", error, parent_run_id=parent
+        ),
         "challenger": evaluate_model(
-            cfg, challenger, heldout, rules.eval_seeds, "challenger", error, parent_run_id=parent
+            cfg, challenger, heldout, rules.eval_seeds, rules.eval_samples, "challenger", error, parent_run_id=parent
         ),
         **evaluate_baselines(cfg, champion, [replay], heldout, error, parent_run_id=parent),
     }
@@ -247,7 +249,13 @@ def close_round(
         synthetic = split_report(
             {
                 "champion": evaluate_model(
-                    cfg, champion, made_alike, rules.eval_seeds, "champion-synthetic", parent_run_id=parent
+                    cfg,
+                    champion,
+                    made_alike,
+                    rules.eval_seeds,
+                    rules.eval_samples,
+                    "champion-synthetic",
+                    parent_run_id=parent,
                 ),
                 **evaluate_baselines(cfg, champion, [replay], made_alike, parent_run_id=parent),
             },
@@ -351,6 +359,7 @@ def measure_seed_noise(
             checkpoint,
             heldout,
             rules.eval_seeds,
+            rules.eval_samples,
             f"sft-seed-{seed}",
             rules.world.mask_error,
             "selection",

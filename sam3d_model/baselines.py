@@ -17,14 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sam3d_model.geometry import mean_rotation
 from sam3d_model.interface import Prediction
-
-
-def _mean_rotation(rotations: torch.Tensor) -> torch.Tensor:
-    """(N, 3, 3) -> the rotation nearest to their mean matrix (chordal L2 mean)."""
-    u, _, vt = torch.linalg.svd(rotations.double().mean(0))
-    d = torch.sign(torch.det(u @ vt))
-    return (u @ torch.diag(torch.tensor([1.0, 1.0, float(d)], dtype=torch.float64)) @ vt).float()
 
 
 def _stack(examples: list[dict[str, torch.Tensor]], key: str) -> torch.Tensor:
@@ -75,7 +69,7 @@ class ConstantShape(_Deterministic):
         log_scale = torch.log(_stack(examples, "scale")).mean()
         return cls(
             (mean > best).float(),
-            _mean_rotation(_stack(examples, "rotation")),
+            mean_rotation(_stack(examples, "rotation")),
             _stack(examples, "translation").mean(0),
             float(torch.exp(log_scale)),
         )

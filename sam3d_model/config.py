@@ -58,7 +58,12 @@ class ModelConfig(BaseModel):
         "condition's typical shape (0.5 over 1.0: +0.034 vIoU, +0.017 F1 on a synthetic-world held-out set; "
         "issue 17's notes)",
     )
-    sample_steps: int = Field(25, ge=1)
+    sample_steps: int = Field(
+        10,
+        ge=1,
+        description="Euler steps of the default sampler (guided on the first half): 10 scored as 25 did on the "
+        "demo's held-out sets (vIoU 0.606 / 0.606 synthetic, 0.528 / 0.526 real) at ~40% of the cost",
+    )
     shortcut_steps: int = Field(4, ge=1)
 
     # layout normalisation: tokens are (value - mean) / std

@@ -1,8 +1,11 @@
 """Held-out evaluation of a model: shape and layout metrics on examples with ground truth,
 and paired bootstrap intervals for the difference between two models on the same objects.
 
-Each object is sampled at fixed seeds (``seeds``), so the same model on the same examples
-always scores the same; per-object scores are averaged over seeds, then over objects. The
+Each object is predicted at fixed seeds (``seeds``), so the same model on the same examples
+always scores the same; per-object scores are averaged over seeds, then over objects. A
+prediction is one sample of the model, or with ``samples`` K > 1 the :func:`consensus` of K
+samples: the model's point estimate (one sample is a draw from what the model believes, and
+scores worse than their consensus on the metrics that compare against one truth). The
 metrics and their conventions are those of :mod:`sam3d_model.metrics`: vIoU, F1@0.01,
 Chamfer and EMD (shapes normalised to [-1, 1] each; distances of an empty prediction are
 counted apart instead of averaging in an infinity), ``f1_unit_cube`` / ``chamfer_unit_cube``,
@@ -20,7 +23,8 @@ import numpy as np
 import torch
 
 from sam3d_model.data import collate
-from sam3d_model.interface import Sampler
+from sam3d_model.geometry import mean_rotation
+from sam3d_model.interface import Prediction, Sampler
 from sam3d_model.metrics import (
     add_s,
     diameter,
@@ -79,27 +83,58 @@ def score(pred: dict[str, Any], truth: Truth) -> dict[str, float]:
     }
 
 
+def repeated(batch: dict[str, torch.Tensor], samples: int) -> dict[str, torch.Tensor]:
+    """A condition batch of B objects -> K·B rows, sample-major (row k·B + i is object i)."""
+    return {k: v.repeat(samples, *([1] * (v.dim() - 1))) for k, v in batch.items()}
+
+
+def consensus(pred: Prediction, samples: int) -> Prediction:
+    """K samples of each of B objects (K·B rows, sample-major as :func:`repeated` lays them
+    out) -> one prediction per object: the mean occupancy probability (cut at 0.5: the voxels
+    most samples fill), the chordal mean rotation, the mean translation and the geometric-mean
+    scale."""
+    if len(pred) % samples:
+        raise ValueError(f"consensus: {len(pred)} rows are not {samples} samples of each object")
+    if samples == 1:
+        return pred
+
+    def split(x: torch.Tensor) -> torch.Tensor:  # (K·B, ...) -> (K, B, ...)
+        return x.reshape(samples, -1, *x.shape[1:])
+
+    return Prediction(
+        split(pred.occupancy).mean(0),
+        mean_rotation(split(pred.rotation)),
+        split(pred.translation).mean(0),
+        torch.exp(torch.log(split(pred.scale).clamp_min(1e-12)).mean(0)),
+    )
+
+
 def evaluate(
     model: Sampler,
     examples: list[dict[str, torch.Tensor]],
     *,
     seeds: int = 2,
+    samples: int = 1,
     batch_size: int = 16,
     shortcut: bool = False,
     truths: list[Truth] | None = None,
 ) -> dict[str, Any]:
     """``examples``: training-style examples (condition + ``occupancy``, ``rotation``,
-    ``translation``, ``scale`` targets); ``truths``: their :class:`Truth` if already computed
-    (several models on one set). Returns {"summary": {metric: mean}, "objects": [per object]}."""
+    ``translation``, ``scale`` targets); ``samples``: each prediction is the :func:`consensus`
+    of this many samples (drawn in one batch); ``truths``: their :class:`Truth` if already
+    computed (several models on one set). Returns {"summary": {metric: mean}, "objects": [per
+    object]}."""
     if not examples:
         raise ValueError("evaluate: the held-out set is empty")
+    if samples < 1:
+        raise ValueError(f"evaluate: samples must be 1 or more, got {samples}")
     truths = truths or [Truth.of(e) for e in examples]
     per_object: list[list[dict]] = [[] for _ in examples]
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        batch = collate([{k: e[k] for k in CONDITION_KEYS} for e in chunk])
+        batch = repeated(collate([{k: e[k] for k in CONDITION_KEYS} for e in chunk]), samples)
         for seed in range(seeds):
-            pred = model.sample(batch, shortcut=shortcut, seed=seed)
+            pred = consensus(model.sample(batch, shortcut=shortcut, seed=seed), samples)
             for i in range(len(chunk)):
                 per_object[start + i].append(score(pred.item(i), truths[start + i]))
     objects = [{k: float(np.mean([s[k] for s in scores])) for k in scores[0]} for scores in per_object]

@@ -45,3 +45,12 @@ def pose_from_tokens(
     std = torch.tensor(cfg.translation_std, dtype=tr.dtype, device=tr.device)
     s = torch.exp(tokens["scale"][:, 0] * cfg.log_scale_std + cfg.log_scale_mean)
     return matrix_from_rot6d(tokens["rotation"]), tr * std + mean, s
+
+
+def mean_rotation(rotations: torch.Tensor) -> torch.Tensor:
+    """(K, ..., 3, 3) rotations -> (..., 3, 3): over the first axis, the proper rotation nearest
+    to their mean matrix (the chordal L2 mean)."""
+    u, _, vt = torch.linalg.svd(rotations.double().mean(0))
+    flip = torch.ones(u.shape[:-1], dtype=u.dtype, device=u.device)
+    flip[..., -1] = torch.sign(torch.det(u @ vt))
+    return (u @ torch.diag_embed(flip) @ vt).to(rotations.dtype)

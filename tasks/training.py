@@ -107,19 +107,21 @@ def _probe(store, arch: ModelConfig, heldout: DatasetRef, mask_error: float):
     return viou_probe(examples[:PROBE_OBJECTS])
 
 
-@flywheel_task(name="evaluate", version="4", run_name=lambda p: f"evaluate-{p.get('label') or 'model'}")
+@flywheel_task(name="evaluate", version="5", run_name=lambda p: f"evaluate-{p.get('label') or 'model'}")
 def evaluate_model(
     cfg: FlywheelConfig,
     model: ModelRef | CheckpointRef,
     heldout: DatasetRef,
     seeds: int,
+    samples: int,
     label: str = "",
     mask_error: float = 0.0,
     split: Split | None = None,
     parent_run_id: str | None = None,
 ) -> Scores:
     """A model's metrics (a registered version, or a checkpoint) on every held-out object, or on
-    the ``split`` half's (logged to MLflow: the means, and the per-object scores as a table);
+    the ``split`` half's (logged to MLflow: the means, and the per-object scores as a table):
+    ``seeds`` predictions per object, each the consensus of ``samples`` samples;
     ``mask_error``: the held-out masks' segmenter errors."""
     store = store_for(cfg)
     net = load_model(local_checkpoint(cfg, store, model.checkpoint if isinstance(model, ModelRef) else model))
@@ -127,11 +129,11 @@ def evaluate_model(
         cfg,
         parent_run_id,
         f"evaluate-{label}" if label else "evaluate",
-        params={"model": model.uri, "seeds": seeds, "split": split or "all"},
+        params={"model": model.uri, "seeds": seeds, "samples": samples, "split": split or "all"},
     ) as run_id:
         log_datasets(run_id, inputs=[heldout])
         held = load_heldout(net.cfg, Dataset(store, heldout.name, heldout.version), mask_error, split)
-        scores = score_objects(net, held, seeds)
+        scores = score_objects(net, held, seeds, samples)
         _log_scores(scores)
     return scores
 

@@ -30,7 +30,8 @@ from flywheel.rounds.record import SCHEMA_VERSION, RoundRecord
 from sam3d_model.baselines import ConstantShape, Retrieval
 from sam3d_model.config import preset
 from sam3d_model.data import curriculum_stream
-from sam3d_model.evaluation import Interval, evaluate, paired_gains
+from sam3d_model.evaluation import Interval, consensus, evaluate, paired_gains, repeated
+from sam3d_model.interface import Prediction
 from sam3d_model.model import SmallSam3D
 
 
@@ -112,6 +113,51 @@ def test_evaluation_is_deterministic_and_scores_the_truth_perfectly():
     assert perfect["rotation_error_deg"] < 0.1 and perfect["translation_error"] == 0.0
     with pytest.raises(ValueError, match="empty"):
         evaluate(model, [])
+
+
+def _rotation_z(degrees: float) -> torch.Tensor:
+    a = torch.tensor(degrees).deg2rad()
+    return torch.tensor([[a.cos(), -a.sin(), 0.0], [a.sin(), a.cos(), 0.0], [0.0, 0.0, 1.0]])
+
+
+def test_consensus_of_samples_is_their_point_estimate():
+    # 3 samples (sample-major rows) of 2 objects; object 0's voxel a is in 2 of 3 samples, b in 1 of 3
+    occupancy = torch.zeros(6, 2, 2, 2)
+    occupancy[[0, 2], 0, 0, 0] = 1.0  # a: samples 0 and 1 of object 0
+    occupancy[4, 1, 1, 1] = 1.0  # b: sample 2 of object 0
+    occupancy[[1, 3, 5], 0, 1, 0] = 0.9  # object 1: every sample, not sure
+    rotation = torch.stack([_rotation_z(d) for d in (30, 80, -30, 80, 0, 80)])
+    translation = torch.tensor([[0.0, 0, 2], [1, 1, 1], [0.3, 0, 2], [1, 1, 1], [0.6, 0, 2], [1, 1, 1]])
+    scale = torch.tensor([1.0, 2.0, 4.0, 2.0, 2.0, 2.0])
+    estimate = consensus(Prediction(occupancy, rotation, translation, scale), 3)
+    first, second = estimate.item(0), estimate.item(1)
+    assert first["occupancy"][0, 0, 0] and not first["occupancy"][1, 1, 1] and first["occupancy"].sum() == 1
+    assert second["occupancy"][0, 1, 0] and second["occupancy"].sum() == 1
+    assert torch.allclose(torch.from_numpy(first["rotation"]), torch.eye(3), atol=1e-6)  # +30, -30, 0 about z
+    assert torch.allclose(torch.from_numpy(second["rotation"]), _rotation_z(80), atol=1e-6)
+    assert first["translation"].tolist() == pytest.approx([0.3, 0.0, 2.0]) and first["scale"] == pytest.approx(2.0)
+    assert second["scale"] == pytest.approx(2.0)
+    same = Prediction(occupancy[:2], rotation[:2], translation[:2], scale[:2])
+    assert consensus(same, 1) is same
+    with pytest.raises(ValueError, match="not 4 samples"):
+        consensus(Prediction(occupancy, rotation, translation, scale), 4)
+    batch = {"crop": torch.arange(2.0).view(2, 1), "full_valid": torch.tensor([True, False])}
+    assert repeated(batch, 3)["crop"].flatten().tolist() == [0, 1, 0, 1, 0, 1]
+
+
+def test_a_models_consensus_is_deterministic_and_a_baselines_is_its_answer():
+    torch.manual_seed(0)
+    cfg = preset("micro")
+    model = SmallSam3D(cfg).eval()
+    examples = toy_examples(cfg, 4)
+    single = evaluate(model, examples, seeds=1, samples=1)
+    estimate = evaluate(model, examples, seeds=1, samples=4)
+    assert estimate == evaluate(model, examples, seeds=1, samples=4)
+    assert estimate["objects"] != single["objects"]  # four samples, not the first one again
+    constant = ConstantShape.fit(examples)  # a deterministic sampler: its consensus is its answer
+    assert evaluate(constant, examples, seeds=1, samples=3) == evaluate(constant, examples, seeds=1)
+    with pytest.raises(ValueError, match="samples must be 1 or more"):
+        evaluate(model, examples, samples=0)
 
 
 def test_promotion_decides_on_intervals_not_means():

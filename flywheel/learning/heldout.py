@@ -95,9 +95,10 @@ class Scores(BaseModel):
         return summarise(self.objects)
 
 
-def score_objects(model: Sampler, heldout: HeldOut, seeds: int) -> Scores:
-    """Per held-out object, the model's metrics averaged over ``seeds`` samples."""
-    objects = evaluate(model, heldout.examples, seeds=seeds, truths=heldout.truths)["objects"]
+def score_objects(model: Sampler, heldout: HeldOut, seeds: int, samples: int = 1) -> Scores:
+    """Per held-out object, the model's metrics averaged over ``seeds`` predictions, each the
+    consensus of ``samples`` samples (:func:`sam3d_model.evaluation.consensus`)."""
+    objects = evaluate(model, heldout.examples, seeds=seeds, samples=samples, truths=heldout.truths)["objects"]
     return Scores(mesh_ids=heldout.mesh_ids, objects=objects, families=heldout.families)
 
 
