@@ -137,7 +137,7 @@ def main() -> None:
         f"   -> full / shortcut = {result['full_over_shortcut']:.2f}x"
     )
     print(
-        f"  consensus of {samples} full samples: sample + score      {estimate_s * 1000:7.1f} ms/object"
+        f"  consensus of {samples} full samples: sample + score         {estimate_s * 1000:7.1f} ms/object"
         f"   -> consensus / full = {result['consensus_over_full']:.2f}x"
     )
     print(
