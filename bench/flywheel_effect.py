@@ -115,8 +115,6 @@ def flywheel_rows(name: str, folder: Path, config: str) -> list[dict]:
             cfg,
             model,
             r.datasets["held-out"],
-            cfg.rounds.eval_seeds,
-            cfg.rounds.eval_samples,
             label,
             cfg.rounds.world.mask_error,
         )
@@ -167,8 +165,6 @@ def synthetic_only_rows(folder: Path, config: str, rounds: int, start) -> list[d
             cfg,
             checkpoint,
             heldout,
-            cfg.rounds.eval_seeds,
-            cfg.rounds.eval_samples,
             f"synthetic-only-{k}",
             cfg.rounds.world.mask_error,
         )

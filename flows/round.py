@@ -232,12 +232,8 @@ def close_round(
     rules = cfg.rounds
     error = rules.world.mask_error
     scores = {
-        "champion": evaluate_model(
-            cfg, champion, heldout, rules.eval_seeds, rules.eval_samples, "champion", error, parent_run_id=parent
-        ),
-        "challenger": evaluate_model(
-            cfg, challenger, heldout, rules.eval_seeds, rules.eval_samples, "challenger", error, parent_run_id=parent
-        ),
+        "champion": evaluate_model(cfg, champion, heldout, "champion", error, parent_run_id=parent),
+        "challenger": evaluate_model(cfg, challenger, heldout, "challenger", error, parent_run_id=parent),
         **evaluate_baselines(cfg, champion, [replay], heldout, error, parent_run_id=parent),
     }
     reports = heldout_reports(scores)
@@ -252,8 +248,6 @@ def close_round(
                     cfg,
                     champion,
                     made_alike,
-                    rules.eval_seeds,
-                    rules.eval_samples,
                     "champion-synthetic",
                     parent_run_id=parent,
                 ),
@@ -358,8 +352,6 @@ def measure_seed_noise(
             cfg,
             checkpoint,
             heldout,
-            rules.eval_seeds,
-            rules.eval_samples,
             f"sft-seed-{seed}",
             rules.world.mask_error,
             "selection",

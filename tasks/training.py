@@ -112,8 +112,6 @@ def evaluate_model(
     cfg: FlywheelConfig,
     model: ModelRef | CheckpointRef,
     heldout: DatasetRef,
-    seeds: int,
-    samples: int,
     label: str = "",
     mask_error: float = 0.0,
     split: Split | None = None,
@@ -121,9 +119,10 @@ def evaluate_model(
 ) -> Scores:
     """A model's metrics (a registered version, or a checkpoint) on every held-out object, or on
     the ``split`` half's (logged to MLflow: the means, and the per-object scores as a table):
-    ``seeds`` predictions per object, each the consensus of ``samples`` samples;
-    ``mask_error``: the held-out masks' segmenter errors."""
+    ``rounds.eval_seeds`` predictions per object, each the consensus of ``rounds.eval_samples``
+    samples; ``mask_error``: the held-out masks' segmenter errors."""
     store = store_for(cfg)
+    seeds, samples = cfg.rounds.eval_seeds, cfg.rounds.eval_samples
     net = load_model(local_checkpoint(cfg, store, model.checkpoint if isinstance(model, ModelRef) else model))
     with stage(
         cfg,
