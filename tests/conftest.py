@@ -91,6 +91,15 @@ def store(request, tmp_path) -> Store:
     return make_store(request.param, request, tmp_path)
 
 
+def cli_env(store_root: Path, **extra: str) -> dict[str, str]:
+    """The environment of the CLI run in another process, on ``store_root`` and on this
+    session's Prefect server (needs the ``prefect_server`` fixture): a flow run there would
+    otherwise start its own ephemeral server on a new database, ~25 s each."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "FLYWHEEL__STORE__ROOT": str(store_root), "PREFECT_API_URL": PREFECT_API_URL.value(), **extra}
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     """One Prefect test server for the whole session (it takes ~25 s to start)."""

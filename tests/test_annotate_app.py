@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import REPO, write_small_round
+from conftest import REPO, cli_env, write_small_round
 from test_feedback_domain import ingest_one
 
 from flywheel.core.config import RankingsConfig
@@ -442,15 +442,10 @@ def round_candidates(served: Served, object_id: str) -> list[str]:
 def test_people_close_a_round_propose_judge_in_the_app_export_and_close(tmp_path):
     """`flywheel run --propose-only`, the app (annotators judging over HTTP), `flywheel annotate
     export`, `flywheel run --exports`: round 0 is closed on exactly those judgements."""
-    import os
     import subprocess
     import sys
 
-    env = {
-        **os.environ,
-        "FLYWHEEL__STORE__ROOT": str(tmp_path / "store"),
-        "FLYWHEEL__PROJECT__STATE_DIR": str(tmp_path / "state"),
-    }
+    env = cli_env(tmp_path / "store", FLYWHEEL__PROJECT__STATE_DIR=str(tmp_path / "state"))
     flywheel = str(Path(sys.executable).parent / "flywheel")
 
     def cli(*args: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import cli_env
 
 from flywheel.core.config import FlywheelConfig, load_config
 from flywheel.core.datasets import Dataset
@@ -41,13 +42,6 @@ def _comparable(record: dict) -> dict:
 
 def _stage_names(parent_run_id: str) -> list[str]:
     return [r.data.tags[lineage.STAGE_TAG] for r in lineage.stage_runs(parent_run_id)]
-
-
-def _subprocess_env(store_root: Path, **extra) -> dict:
-    """The CLI in another process, on this session's Prefect server, MLflow store and results."""
-    from prefect.settings import PREFECT_API_URL
-
-    return {**os.environ, "FLYWHEEL__STORE__ROOT": str(store_root), "PREFECT_API_URL": PREFECT_API_URL.value(), **extra}
 
 
 @dataclass
@@ -345,7 +339,7 @@ def test_round_killed_in_its_last_stage_reruns_only_the_rest(clean: CleanRounds,
     log = tmp_path / "killed.log"
     proc = subprocess.Popen(
         [BIN / "flywheel", "run"],
-        env=_subprocess_env(root),
+        env=cli_env(root),
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=open(log, "wb"),
@@ -411,7 +405,7 @@ def test_two_rounds_at_once_one_waits_and_one_is_refused(clean: CleanRounds, tmp
     root = Path(store.root)
     cfg = load_config(environ={**os.environ, "FLYWHEEL__STORE__ROOT": str(root)})
     series = rounds.series_id(cfg)
-    env = _subprocess_env(root)
+    env = cli_env(root)
     logs = [tmp_path / f"run-{i}.log" for i in range(3)]
     procs = [
         subprocess.Popen(
