@@ -58,7 +58,12 @@ def ray_address(tmp_path_factory):
         time.sleep(0.2)
     yield {"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": tmpdir}
     os.killpg(head.pid, signal.SIGTERM)
-    head.wait(60)
+    try:
+        head.wait(3)
+    except subprocess.TimeoutExpired:  # a graceful Ray stop waits ~30 s on its workers
+        pass
+    os.killpg(head.pid, signal.SIGKILL)  # the whole session: GCS, raylet, workers
+    head.wait(10)
     shutil.rmtree(tmpdir, ignore_errors=True)
 
 
