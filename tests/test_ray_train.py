@@ -5,6 +5,7 @@ process does. Each run is a driver process (tests/ray_train_driver.py) given RAY
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -62,7 +63,8 @@ def ray_address(tmp_path_factory):
         head.wait(3)
     except subprocess.TimeoutExpired:  # a graceful Ray stop waits ~30 s on its workers
         pass
-    os.killpg(head.pid, signal.SIGKILL)  # the whole session: GCS, raylet, workers
+    with contextlib.suppress(ProcessLookupError):  # the whole session: GCS, raylet, workers
+        os.killpg(head.pid, signal.SIGKILL)
     head.wait(10)
     shutil.rmtree(tmpdir, ignore_errors=True)
 
