@@ -191,6 +191,12 @@ def test_alerts_reach_a_webhook_for_a_failed_round_a_failed_gate_and_a_late_roun
             run_id = re.search(r"UUID: ([0-9a-f-]{36})", started)[1]
             wait_for("flywheel: a round is late")
             server.prefect("flow-run", "cancel", run_id)
+            # Hold the lock until the worker has stopped the run: released earlier, the round
+            # would go on to run whole, and the worker's shutdown would wait for it.
+            deadline = time.monotonic() + 120
+            while server.api(f"flow_runs/{run_id}")["state_type"] != "CANCELLED":
+                assert time.monotonic() < deadline, server.api(f"flow_runs/{run_id}")["state"]
+                time.sleep(1)
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(60)
