@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import MICRO_CANDIDATES, Made, _config  # noqa: F401  (shared with the fixtures)
+from conftest import MICRO_CANDIDATES, Made, _config, cli_env  # noqa: F401  (shared with the fixtures)
 
 from flywheel.core.config import load_config
 from flywheel.core.datasets import Dataset, list_versions
@@ -568,16 +568,12 @@ def test_a_failed_flow_ends_in_one_error_line_with_its_tracebacks_in_a_file(tmp_
     green gate); the terminal shows Prefect's one-line failure messages and the CLI's `error:`
     line naming the cause, not ~100 lines of tracebacks, which go to a log file it names;
     --debug prints them."""
-    from prefect.settings import PREFECT_API_URL
-
     (tmp_path / "empty").mkdir()
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": PREFECT_API_URL.value(),
-        "FLYWHEEL__PROJECT__STATE_DIR": str(tmp_path / "state"),
-        "FLYWHEEL__STORE__ROOT": str(tmp_path / "store"),
-        "FLYWHEEL__MESHES__SOURCE": str(tmp_path / "empty"),
-    }
+    env = cli_env(
+        tmp_path / "store",
+        FLYWHEEL__PROJECT__STATE_DIR=str(tmp_path / "state"),
+        FLYWHEEL__MESHES__SOURCE=str(tmp_path / "empty"),
+    )
     run = subprocess.run([BIN / "flywheel", "synth", "meshes"], env=env, capture_output=True, text=True)
     assert run.returncode == 1
     assert "Traceback" not in run.stderr
