@@ -82,9 +82,7 @@ def main() -> None:
     baseline = ConstantShape.fit(iso + fo)  # the round's constant-shape baseline, on the same training data
     constant = {name: viou_probe(examples)(baseline)["heldout_viou"] for name, examples in sets.items()}
     probes = {name: viou_probe(examples) for name, examples in sets.items()}
-    constant_objects = {
-        name: evaluate(baseline, h.examples, seeds=1, truths=h.truths)["objects"] for name, h in scored.items()
-    }
+    constant_scores = {name: evaluate(baseline, h.examples, seeds=1, truths=h.truths) for name, h in scored.items()}
 
     def settings(steps: int, lr: float) -> T.TrainSettings:
         return T.TrainSettings(steps=steps, lr=lr, log_every=10**6, checkpoint_every=10**9, warmup_steps=10)
@@ -113,9 +111,9 @@ def main() -> None:
         model.eval()
         final = {}
         for name, h in scored.items():
-            objects = evaluate(model, h.examples, seeds=1, samples=a.samples, truths=h.truths)["objects"]
-            gain = paired_gains(constant_objects[name], objects, groups=h.mesh_ids)["viou"]
-            final[name] = {"viou": float(np.mean([o["viou"] for o in objects])), "gain": asdict(gain)}
+            scores = evaluate(model, h.examples, seeds=1, samples=a.samples, truths=h.truths)
+            gain = paired_gains(constant_scores[name]["objects"], scores["objects"], groups=h.mesh_ids)["viou"]
+            final[name] = {"viou": scores["summary"]["viou"], "gain": asdict(gain)}
         runs.append({"seed": seed, "curves": curves, "final": final, "seconds": seconds})
         print(f"seed {seed}: vIoU, one sample per object ({', '.join(f'{k} {len(v)}' for k, v in sets.items())})")
         print(f"{'':>18}" + "".join(f"{k:>11}" for k in sets))
@@ -128,7 +126,7 @@ def main() -> None:
             g = f["gain"]
             print(f"  {name:>10}: {f['viou']:.3f}  {g['gain']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}]")
 
-    constant_final = {name: float(np.mean([o["viou"] for o in objs])) for name, objs in constant_objects.items()}
+    constant_final = {name: scores["summary"]["viou"] for name, scores in constant_scores.items()}
     print(f"\nvIoU over {a.seeds} seed(s) on the same data (consensus of {a.samples}):")
     for name in scored:
         values = [r["final"][name]["viou"] for r in runs]
