@@ -1,7 +1,8 @@
 """Flywheel rounds.
 
+    every round:    the held-out sets' mesh libraries (no library to train on holds their meshes)
     round 0 first:  synthetic data ─> VAE ─> pre-train (Iso-3DO) ─> mid-train (FO) ─> register = champion
-    propose(k):     round-k images (new objects) ─> gate ─> reward model (preferences so far, artists' meshes)
+    propose(k):     round-k images (new objects, none held out) ─> gate ─> reward model (preferences so far, artists' meshes)
                     ─> proposals from the champion's ensemble (oversampled with a reward model) ─> gate
                     ─> candidates (the reward model's top N, some at random) ─> gate ─> tasks
     close(k):       judgements (simulated, or given exports) ─> ingest ─> gate ─> decide ─> gates
@@ -24,7 +25,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from prefect import flow
 
@@ -32,15 +32,19 @@ from flows.stages import (
     all_synthetic,
     artist_path,
     candidates,
+    composites,
     flow_config,
+    heldout_libraries,
+    heldout_worlds,
     image_pool,
     ingest_and_decide,
-    mesh_library,
     occlusions,
     publish,
     reward_model,
     round_artifacts,
     run_round,
+    with_fields,
+    world_config,
 )
 from flywheel.core.config import SHAPING_SECTIONS, FlywheelConfig
 from flywheel.core.records import CheckpointRef, DatasetRef, ModelRef, RewardRef, RunSummary
@@ -64,11 +68,6 @@ from tasks.rankings import oracle_best_of_n, simulate_annotators
 from tasks.training import evaluate_baselines, evaluate_model, register_model, train_stage
 
 
-def _with(cfg: FlywheelConfig, section: str, **fields: Any) -> FlywheelConfig:
-    current = getattr(cfg, section)
-    return cfg.model_copy(update={section: type(current).model_validate({**current.model_dump(), **fields})})
-
-
 @dataclass
 class Round:
     """One round in progress: its config, MLflow parent run, index, series and the round before."""
@@ -79,6 +78,7 @@ class Round:
     series: str
     previous: RoundRecord | None
     reward: RewardRef | None = None
+    held_out: tuple[DatasetRef, ...] = ()  # the held-out sets' mesh libraries
     seconds: dict[str, float] = field(default_factory=dict)
     _clock: float = field(default_factory=time.perf_counter)
 
@@ -86,17 +86,6 @@ class Round:
         now = time.perf_counter()
         self.seconds[name] = round(now - self._clock, 2)
         self._clock = now
-
-
-def composites(cfg: FlywheelConfig, parent: str, seed: int, count: int, meshes: int, real: bool = True) -> DatasetRef:
-    """Composites of a mesh library of their own (``seed``, ``meshes`` meshes): objects that
-    the synthetic training data never showed, in the "real" world (``rounds.world``) or, with
-    ``real=False``, generated as the synthetic training data is."""
-    world = cfg.rounds.world
-    mesh_fields = {"source": None, **(world.meshes if real else {})}
-    held = _with(cfg, "meshes", **{**mesh_fields, "seed": seed, "num_procedural": meshes})
-    held = _with(held, "occlusions", **{**(world.occlusions if real else {}), "seed": seed, "num_samples": count})
-    return occlusions(held, mesh_library(held, parent), parent)
 
 
 def bootstrap(
@@ -148,13 +137,15 @@ def propose_round(r: Round, champion: ModelRef, library: DatasetRef) -> tuple[Da
     if r.previous:
         art3do = r.previous.datasets.get("art3do")
         libraries += [d for d in (*r.previous.sft_history, *([art3do] if art3do else [])) if d.num_rows]
-    fo = composites(cfg, r.parent, cfg.rounds.pool_seed + r.k, cfg.rounds.pool_objects, cfg.rounds.library_meshes)
+    rules = cfg.rounds
+    world = world_config(cfg, rules.pool_seed + r.k, rules.library_meshes, rules.pool_objects)
+    fo = composites(world, r.parent, held_out=r.held_out)
     pool = image_pool(cfg, r.parent, source=f"occlusions@{fo.version}", mask_error=cfg.rounds.world.mask_error)
     models = {**cfg.candidates.models, "champion": champion.uri}
     earlier = next((h.champion_before for h in reversed(history) if h.champion_before.uri != champion.uri), None)
     if earlier is not None:  # the champion this one replaced proposes too (members of EARLIER_CHAMPION)
         models[EARLIER_CHAMPION] = earlier.uri
-    pinned = _with(cfg, "candidates", models=models)
+    pinned = with_fields(cfg, "candidates", models=models)
     proposals = candidates(pinned, pool, r.parent, libraries=libraries, reward=r.reward)
     publish(cfg, proposals, pool, r.parent)
     return pool, proposals
@@ -239,9 +230,7 @@ def close_round(
     reports = heldout_reports(scores)
     synthetic = None
     if r.previous is None and rules.synthetic_eval_objects:  # the bootstrap champion's world gap
-        made_alike = composites(
-            cfg, parent, rules.eval_seed, rules.synthetic_eval_objects, rules.synthetic_eval_objects, real=False
-        )
+        made_alike = occlusions(heldout_worlds(cfg)[1], r.held_out[1], parent)
         synthetic = split_report(
             {
                 "champion": evaluate_model(
@@ -411,9 +400,9 @@ def play_round(
 
         def body(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
             r = Round(cfg, parent, k, series, previous)
-            synthetic = all_synthetic(cfg, parent)
-            rules = cfg.rounds
-            heldout = composites(cfg, parent, rules.eval_seed, rules.eval_objects, meshes=rules.eval_meshes)
+            r.held_out = heldout_libraries(cfg, parent)
+            synthetic = all_synthetic(cfg, parent, r.held_out)
+            heldout = occlusions(heldout_worlds(cfg)[0], r.held_out[0], parent)
             champion = previous.champion_after if previous else bootstrap(cfg, parent, synthetic, series, heldout)
             if not previous:
                 set_alias(cfg, champion, "champion")

@@ -1,8 +1,9 @@
 """The flows' shared parts, in one place: each is a few tasks run in order with their
 validation gates, and :func:`run_round` runs a body of them as one MLflow round.
 
-    mesh library ─> gate ─┬─> iso3do parts (cached per batch) ─> assemble ─> gate
-                          └─> occlusion parts (cached per batch) ─> assemble ─> gate
+    held-out sets' mesh libraries ─> gates
+      ─> mesh library (none of their meshes) ─> gate ─┬─> iso3do parts (cached per batch) ─> assemble ─> gate
+                                                      └─> occlusion parts (cached per batch) ─> assemble ─> gate
     image pool ─> gate ─> proposal parts (cached per part) ─> assemble ─> gate
                ─> [reward model] select ─> candidates ─> gate ─> previews + tasks
     exports ─> ingest (archive raw, check, count once) ─> gate ─> decide ─> SFT / preference / hard-case ─> gates
@@ -16,7 +17,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from prefect import tags as prefect_tags
 from prefect.runtime import flow_run
@@ -202,7 +203,48 @@ def latest_ref(cfg: FlywheelConfig, name: str) -> DatasetRef | None:
 # -- synthetic data ---------------------------------------------------------------------------
 
 
-def mesh_library(cfg: FlywheelConfig, parent: str) -> DatasetRef:
+def with_fields(cfg: FlywheelConfig, section: str, **fields: Any) -> FlywheelConfig:
+    """``cfg`` with ``fields`` of its ``section`` replaced (validated as the section is)."""
+    current = getattr(cfg, section)
+    return cfg.model_copy(update={section: type(current).model_validate({**current.model_dump(), **fields})})
+
+
+def world_config(cfg: FlywheelConfig, seed: int, meshes: int, count: int, real: bool = True) -> FlywheelConfig:
+    """``cfg`` for ``count`` composites of a mesh library of their own (``seed``, ``meshes``
+    meshes), in the "real" world (``rounds.world``) or, with ``real=False``, generated as the
+    synthetic training data is."""
+    world = cfg.rounds.world
+    mesh_fields = {"source": None, **(world.meshes if real else {})}
+    own = with_fields(cfg, "meshes", **{**mesh_fields, "seed": seed, "num_procedural": meshes})
+    return with_fields(own, "occlusions", **{**(world.occlusions if real else {}), "seed": seed, "num_samples": count})
+
+
+def heldout_worlds(cfg: FlywheelConfig) -> list[FlywheelConfig]:
+    """The configs of the series' held-out sets (:func:`world_config`): the "real" world's,
+    which the promotion gate and the reports score, then — with ``rounds.synthetic_eval_objects``
+    — the synthetic world's, which measures the bootstrap's gap between the two."""
+    rules = cfg.rounds
+    worlds = [world_config(cfg, rules.eval_seed, rules.eval_meshes, rules.eval_objects)]
+    if rules.synthetic_eval_objects:
+        n = rules.synthetic_eval_objects
+        worlds.append(world_config(cfg, rules.eval_seed, n, n, real=False))
+    return worlds
+
+
+def heldout_libraries(cfg: FlywheelConfig, parent: str) -> tuple[DatasetRef, ...]:
+    """The mesh libraries of :func:`heldout_worlds`, gated: what no library to train on may hold."""
+    return tuple(mesh_library(world, parent) for world in heldout_worlds(cfg))
+
+
+def composites(cfg: FlywheelConfig, parent: str, held_out: tuple[DatasetRef, ...] = ()) -> DatasetRef:
+    """The composites of ``cfg`` (:func:`world_config`) of a mesh library of their own,
+    without the meshes of the ``held_out`` libraries."""
+    return occlusions(cfg, mesh_library(cfg, parent, held_out), parent)
+
+
+def mesh_library(cfg: FlywheelConfig, parent: str, held_out: tuple[DatasetRef, ...] = ()) -> DatasetRef:
+    """The mesh library of config ``meshes``, gated; a mesh with the surface of one in the
+    ``held_out`` libraries is quarantined."""
     m = cfg.meshes
     limits = mesh_limits(m)
     # A user source is pinned by what it holds now: an added or changed file is a new library.
@@ -218,10 +260,16 @@ def mesh_library(cfg: FlywheelConfig, parent: str) -> DatasetRef:
         m.family_balance,
         m.up_axis,
         tuple(m.families),
+        held_out,
         parent_run_id=parent,
     )
     gate_for(cfg, library, parent)
     return library
+
+
+def training_library(cfg: FlywheelConfig, parent: str) -> DatasetRef:
+    """The mesh library to train on (config ``meshes``), without the held-out sets' meshes."""
+    return mesh_library(cfg, parent, heldout_libraries(cfg, parent))
 
 
 def in_parts(what: str, batches: list[T], make: Callable[[T], DatasetRef]) -> list[DatasetRef]:
@@ -261,9 +309,10 @@ def occlusions(cfg: FlywheelConfig, library: DatasetRef, parent: str) -> Dataset
     return composites
 
 
-def all_synthetic(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
-    """Mesh library, then Iso-3DO and Flying Occlusions from it."""
-    library = mesh_library(cfg, parent)
+def all_synthetic(cfg: FlywheelConfig, parent: str, held_out: tuple[DatasetRef, ...] | None = None) -> list[DatasetRef]:
+    """Mesh library to train on, then Iso-3DO and Flying Occlusions from it. ``held_out``:
+    the held-out sets' libraries when the caller has them (default: built here)."""
+    library = training_library(cfg, parent) if held_out is None else mesh_library(cfg, parent, held_out)
     return [library, iso3do(cfg, library, parent), occlusions(cfg, library, parent)]
 
 

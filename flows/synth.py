@@ -1,14 +1,15 @@
 """Synthetic-data flows: the mesh library, Iso-3DO renders and Flying Occlusions.
 
-mesh library ─> gate ─┬─> iso3do parts (cached per batch) ─> assemble ─> gate
-                      └─> occlusion parts (cached per batch) ─> assemble ─> gate
+held-out sets' mesh libraries ─> gates
+  ─> mesh library (none of their meshes) ─> gate ─┬─> iso3do parts (cached per batch) ─> assemble ─> gate
+                                                  └─> occlusion parts (cached per batch) ─> assemble ─> gate
 """
 
 from __future__ import annotations
 
 from prefect import flow
 
-from flows.stages import all_synthetic, flow_config, iso3do, mesh_library, occlusions, run_locked
+from flows.stages import all_synthetic, flow_config, iso3do, occlusions, run_locked, training_library
 from flywheel.core.config import FlywheelConfig
 from flywheel.core.records import DatasetRef, RunSummary
 
@@ -17,7 +18,8 @@ SYNTH = {"stage": "synth"}
 
 @flow(name="synth-meshes", log_prints=True)
 def synth_meshes(config: FlywheelConfig | str | None = None) -> RunSummary:
-    """Build the mesh library (config ``meshes``).
+    """Build the mesh library to train on (config ``meshes``), without the meshes of the
+    held-out sets (config ``rounds``), whose libraries it builds first.
 
     Args:
         config: The flywheel config: a config object, or the path of a YAML file on the worker
@@ -25,7 +27,7 @@ def synth_meshes(config: FlywheelConfig | str | None = None) -> RunSummary:
             worker's own config.
     """
     return run_locked(
-        flow_config(config), "synth-meshes", lambda cfg, parent: [mesh_library(cfg, parent)], labels=SYNTH
+        flow_config(config), "synth-meshes", lambda cfg, parent: [training_library(cfg, parent)], labels=SYNTH
     )
 
 
@@ -40,7 +42,7 @@ def synth_iso3do(config: FlywheelConfig | str | None = None) -> RunSummary:
     """
 
     def body(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
-        library = mesh_library(cfg, parent)
+        library = training_library(cfg, parent)
         return [library, iso3do(cfg, library, parent)]
 
     return run_locked(flow_config(config), "synth-iso3do", body, labels=SYNTH)
@@ -57,7 +59,7 @@ def synth_occlusions(config: FlywheelConfig | str | None = None) -> RunSummary:
     """
 
     def body(cfg: FlywheelConfig, parent: str) -> list[DatasetRef]:
-        library = mesh_library(cfg, parent)
+        library = training_library(cfg, parent)
         return [library, occlusions(cfg, library, parent)]
 
     return run_locked(flow_config(config), "synth-occlusions", body, labels=SYNTH)

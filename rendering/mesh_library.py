@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,13 +177,40 @@ def source_contents(source: str, store_config: StoreConfig) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
-def library_samples(items: Iterator[MeshItem], resolution: int, limits: MeshFilter) -> Iterator[Sample | Rejected]:
+class _Surfaces:
+    """Meshes by where they came from, to find a mesh's twin: the same content id, or the
+    same surface (:meth:`CleanMesh.same_surface`, tried on meshes with as many faces)."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, str] = {}
+        self.by_faces: dict[int, list[tuple[CleanMesh, str]]] = {}
+
+    def add(self, mesh: CleanMesh, where: str) -> None:
+        self.by_id[mesh.mesh_id] = where
+        self.by_faces.setdefault(len(mesh.faces), []).append((mesh, where))
+
+    def twin(self, mesh: CleanMesh) -> str | None:
+        """Where the first mesh with ``mesh``'s surface came from (None: no such mesh)."""
+        return self.by_id.get(mesh.mesh_id) or next(
+            (where for other, where in self.by_faces.get(len(mesh.faces), []) if mesh.same_surface(other)), None
+        )
+
+
+def library_samples(
+    items: Iterator[MeshItem],
+    resolution: int,
+    limits: MeshFilter,
+    held_out: Iterable[tuple[CleanMesh, str]] = (),
+) -> Iterator[Sample | Rejected]:
     """Yield a :class:`Sample` or a :class:`Rejected` (by source) per item.
 
     Duplicates (the same normalised surface, up to float round-off and vertex order: the same
-    asset as .obj and .glb) keep the first source, in source order."""
-    seen: dict[str, str] = {}
-    by_faces: dict[int, list[tuple[CleanMesh, str]]] = {}
+    asset as .obj and .glb) keep the first source, in source order. A mesh with the surface of
+    one of ``held_out`` (mesh, where it is) is quarantined as "held out": a library to train
+    on never holds an object that an evaluation scores as unseen."""
+    held, kept = _Surfaces(), _Surfaces()
+    for unseen, where in held_out:
+        held.add(unseen, where)
     for item in items:
         try:
             mesh, fmt, family, warnings = item.load()
@@ -194,18 +221,16 @@ def library_samples(items: Iterator[MeshItem], resolution: int, limits: MeshFilt
         except (OSError, StoreError) as e:
             yield Rejected(item.source, "unreadable", f"{type(e).__name__}: {e}")
             continue
-        mesh_id = cleaned.mesh_id
-        twin = seen.get(mesh_id) or next(
-            (source for other, source in by_faces.get(len(cleaned.faces), []) if cleaned.same_surface(other)), None
-        )
-        if twin is not None:
+        if (twin := held.twin(cleaned)) is not None:
+            yield Rejected(item.source, "held out", f"same geometry as held-out mesh {twin}")
+            continue
+        if (twin := kept.twin(cleaned)) is not None:
             yield Rejected(item.source, "duplicate", f"same geometry as {twin}")
             continue
-        seen[mesh_id] = item.source
-        by_faces.setdefault(len(cleaned.faces), []).append((cleaned, item.source))
+        kept.add(cleaned, item.source)
         occ = occupancy(cleaned, resolution)
         row = {
-            "mesh_id": mesh_id,
+            "mesh_id": cleaned.mesh_id,
             "source": item.source,
             "format": fmt,
             "family": family,
@@ -215,4 +240,4 @@ def library_samples(items: Iterator[MeshItem], resolution: int, limits: MeshFilt
             "occupancy_resolution": resolution,
             "occupied_fraction": float(occ.mean()),
         }
-        yield Sample(mesh_id, row, {"mesh.npz": cleaned.to_npz(), "occ.npy": encode_npy(occ)}, tuple(warnings))
+        yield Sample(cleaned.mesh_id, row, {"mesh.npz": cleaned.to_npz(), "occ.npy": encode_npy(occ)}, tuple(warnings))

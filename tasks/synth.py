@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -21,7 +23,7 @@ from flywheel.core.contracts import ISO3DO, MESHES, OCCLUSIONS, DatasetSpec, par
 from flywheel.core.datasets import Dataset, DatasetWriter, assemble_dataset, committed_ref, version_of
 from flywheel.core.records import DatasetRef, Rejected
 from rendering.mesh_library import library_samples, procedural_items, source_items
-from rendering.meshes import PROCEDURAL_FAMILIES, MeshFilter
+from rendering.meshes import PROCEDURAL_FAMILIES, CleanMesh, MeshFilter
 from rendering.parts import iso3do_part, occlusions_part
 from rendering.pool import RenderPool
 from tasks.conventions import ProcessResource, flywheel_task, log_datasets, stage, store_for, writer_options
@@ -95,13 +97,15 @@ def build_mesh_library(
     family_balance: bool | None = None,
     up_axis: str = "auto",
     families: tuple[str, ...] = PROCEDURAL_FAMILIES,
+    held_out: tuple[DatasetRef, ...] = (),
     parent_run_id: str | None = None,
 ) -> DatasetRef:
     """Ingest, filter, de-duplicate and voxelise meshes into a ``meshes`` dataset version.
     ``contents``: :func:`rendering.mesh_library.source_contents` of a user source (None for
-    the procedural one, which its seed and count describe)."""
+    the procedural one, which its seed and count describe). A mesh with the surface of one in
+    the ``held_out`` libraries (those the evaluations score as unseen) is quarantined."""
     store = store_for(cfg)
-    inputs = {
+    inputs: dict[str, Any] = {
         "source": source,
         "num_procedural": num_procedural if source is None else None,
         "families": list(families) if source is None else None,
@@ -113,6 +117,8 @@ def build_mesh_library(
         inputs.update(contents=contents, up_axis=up_axis)
     if family_balance is not None and family_balance != (source is None):  # only when not the default
         inputs["family_balance"] = family_balance
+    if held_out:  # a library without any keeps the version it had before held-out libraries were inputs
+        inputs["held_out"] = list(held_out)
     version = version_of(MESHES, inputs=inputs, code_version=build_mesh_library.version)
     filt = MeshFilter(**limits)
     with stage(
@@ -126,8 +132,9 @@ def build_mesh_library(
                     if source is None
                     else source_items(source, cfg.store, filt, Path(tmp), up_axis)
                 )
-                with DatasetWriter(store, MESHES, version, inputs=inputs, **writer_options(cfg)) as w:
-                    for n, item in enumerate(library_samples(items, resolution, filt), 1):
+                unseen = _library_meshes(store, held_out)
+                with DatasetWriter(store, MESHES, version, inputs=inputs, parents=held_out, **writer_options(cfg)) as w:
+                    for n, item in enumerate(library_samples(items, resolution, filt, unseen), 1):
                         if isinstance(item, Rejected):
                             log.warning(
                                 "mesh quarantined: %s",
@@ -151,9 +158,19 @@ def build_mesh_library(
                 **{f"rejected_{r.replace(' ', '_')}": n for r, n in reasons.items()},
             }
         )
-        log_datasets(run_id, outputs=[ref])
+        log_datasets(run_id, inputs=held_out, outputs=[ref])
         log_image_sheet(dataset, "meshes_sheet.png", kind="mesh")
     return ref
+
+
+def _library_meshes(store, libraries: tuple[DatasetRef, ...]) -> Iterator[tuple[CleanMesh, str]]:
+    """Each mesh of ``libraries``, with its source and library (``procedural:999/3 (meshes@V)``)."""
+    for ref in libraries:
+        library = Dataset(store, ref.name, ref.version)
+        manifest = library.manifest()
+        sources = dict(zip(manifest.column("sample_key").to_pylist(), manifest.column("source").to_pylist()))
+        for sample in library.samples():
+            yield CleanMesh.from_npz(sample["mesh.npz"]), f"{sources[sample['__key__']]} ({ref})"
 
 
 # -- Iso-3DO ----------------------------------------------------------------------------------

@@ -204,6 +204,32 @@ def test_procedural_items_feed_the_library():
     assert [o.row["family"] for o in out] == list(PROCEDURAL_FAMILIES) + ["superquadric"]
 
 
+def test_a_held_out_mesh_is_quarantined_even_as_a_near_copy(tmp_path):
+    """A library built with held-out meshes refuses their surfaces — the exact mesh, or a copy
+    whose round-off and face order differ — naming the held-out mesh; it keeps other meshes,
+    and a mesh that is both held out and repeated is refused as held out."""
+    ball = trimesh.creation.icosphere(subdivisions=3)
+    rng = np.random.default_rng(1)
+    near = trimesh.Trimesh(
+        ball.vertices + rng.normal(0, 6e-8, ball.vertices.shape),
+        ball.faces[rng.permutation(len(ball.faces))],
+        process=False,
+    )
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    ball.export(lib / "a_ball.obj")
+    near.export(lib / "b_near_ball.glb")
+    trimesh.creation.capsule(height=0.5, radius=0.4).export(lib / "c_capsule.ply")
+    limits = MeshFilter()
+    held_out = [(clean(ball), "procedural:999/3 (meshes@v1)")]
+    out = list(library_samples(source_items(str(lib), StoreConfig(), limits, tmp_path / "w"), 16, limits, held_out))
+    kept = [o.row["source"].rsplit("/", 1)[-1] for o in out if isinstance(o, Sample)]
+    refused = {o.item_id.rsplit("/", 1)[-1]: o for o in out if isinstance(o, Rejected)}
+    assert kept == ["c_capsule.ply"] and set(refused) == {"a_ball.obj", "b_near_ball.glb"}
+    for r in refused.values():
+        assert r.reason == "held out" and r.detail == "same geometry as held-out mesh procedural:999/3 (meshes@v1)"
+
+
 def _textured_obj(folder):
     from PIL import Image
 

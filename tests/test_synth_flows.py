@@ -65,14 +65,21 @@ def test_demo_round_end_to_end_then_rerun_from_cache(synthetic: Made):
 
     client = mlflow.MlflowClient()
     stages = lineage.stage_runs(result.mlflow_run_id)
-    assert [r.data.tags[lineage.STAGE_TAG] for r in stages] == [
-        "mesh-library",
-        "validate-meshes",
+    # the held-out sets' libraries (the "real" world's, the synthetic world's) come first: the
+    # library to train on is built without their meshes, and records them as its parents
+    assert [r.data.tags[lineage.STAGE_TAG] for r in stages] == ["mesh-library", "validate-meshes"] * 3 + [
         "iso3do",
         "validate-iso3do",
         "occlusions",
         "validate-occlusions",
     ]
+    held_out = [Dataset(synthetic.store, "meshes", p["version"]) for p in meshes.marker["parents"]]
+    assert [d.ref.num_rows for d in held_out] == [4, 2]  # rounds.eval_meshes, rounds.synthetic_eval_objects
+    assert {(d["name"], d["context"]) for d in lineage.run_datasets(stages[4].info.run_id)} == {
+        ("meshes", "input"),
+        ("meshes", "output"),
+    }
+    stages = stages[4:]
     for run, sheet in zip(stages[::2], ["meshes_sheet.png", "iso3do_sheet.png", "occlusions_sheet.png"]):
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == [sheet]
     for run in stages[1::2]:  # every dataset passed its gate, with JSON and Data Docs logged
@@ -444,8 +451,9 @@ def test_failed_gate_stops_the_flow_until_an_override_is_recorded(monkeypatch, t
     result = synth_iso3do()
     assert result.datasets[1].num_rows == 2  # 1 mesh x 2 views
     assert result.mlflow_run_id == failed_round.info.run_id  # the failed round, resumed
+    library = f"meshes@{result.datasets[0].version}"  # not the held-out sets' libraries, gated too
     gate_runs = [
-        r for r in lineage.stage_runs(result.mlflow_run_id) if r.data.tags[lineage.STAGE_TAG] == "validate-meshes"
+        r for r in lineage.stage_runs(result.mlflow_run_id) if r.data.tags.get("validation.dataset") == library
     ]
     assert [r.info.status for r in gate_runs] == ["FAILED", "FINISHED"]
     gate_run = gate_runs[-1]
@@ -561,6 +569,30 @@ def test_a_damaged_dataset_is_repaired_by_the_runbook(monkeypatch, tmp_path):
     assert final == first and Dataset(store, "iso3do", final.version).verify() == []
     after = {m["version"]: m["committed_at"] for m in list_versions(store, "iso3do-part")}
     assert [v for v in after if after[v] != parts[v]] == [part.ref.version]
+
+
+def test_the_library_to_train_on_never_holds_a_held_out_mesh(tmp_path):
+    """Held-out sets drawn with the training library's own seed hold its first meshes (the
+    "real" world shares the first families, the synthetic world all of them): the library
+    quarantines exactly those, as "held out" with the held-out mesh each matched, and keeps
+    the rest."""
+    from flows.synth import synth_meshes
+
+    cfg = _config(
+        tmp_path / "store",
+        FLYWHEEL__ROUNDS__EVAL_SEED="0",
+        FLYWHEEL__MESHES__SEED="0",
+        FLYWHEEL__MESHES__NUM_PROCEDURAL="10",
+    )
+    library = synth_meshes(config=cfg).datasets[0]
+    meshes = Dataset(LocalStore(tmp_path / "store"), "meshes", library.version)
+    held_out = [p["version"] for p in meshes.marker["parents"]]
+    assert len(held_out) == 2  # rounds.eval_meshes = 4 of the "real" world, synthetic_eval_objects = 2
+    quarantined = meshes.quarantine().to_pylist()
+    assert [(q["item_id"], q["reason"]) for q in quarantined] == [(f"procedural:0/{i}", "held out") for i in range(4)]
+    for i, q in enumerate(quarantined):
+        assert any(q["detail"] == f"same geometry as held-out mesh procedural:0/{i} (meshes@{v})" for v in held_out)
+    assert meshes.manifest().column("source").to_pylist() == [f"procedural:0/{i}" for i in range(4, 10)]
 
 
 def test_a_failed_flow_ends_in_one_error_line_with_its_tracebacks_in_a_file(tmp_path):

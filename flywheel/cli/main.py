@@ -934,7 +934,7 @@ def rankings_report(
 
 @synth_app.command("meshes")
 def synth_meshes(ctx: typer.Context) -> None:
-    """Build the mesh library: load, filter, de-duplicate, voxelise (config `meshes`)."""
+    """Build the mesh library to train on: load, filter, de-duplicate, drop held-out meshes, voxelise (config `meshes`)."""
     _run_flow(ctx, "flows.synth:synth_meshes")
 
 
