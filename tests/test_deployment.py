@@ -201,7 +201,11 @@ def test_alerts_reach_a_webhook_for_a_failed_round_a_failed_gate_and_a_late_roun
                 time.sleep(1)
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(60)
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:  # Prefect's process worker can hang in its own shutdown (CI, 2026-12-04)
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(30)
         receiver.shutdown()
     failed = next(m for m in _Receiver.received if m["subject"].startswith("flywheel: round "))
     assert "Failed" in failed["subject"] and "needs at least one annotation export" in failed["text"], failed
