@@ -18,11 +18,17 @@ the paired cluster-bootstrap 95% interval of its vIoU gain over the constant sha
 ``--seeds N`` the whole bootstrap is trained N times on the same data, and the spread across
 seeds is printed: the bootstrap's own training-seed noise, which a comparison of two
 configurations on one run each cannot tell from an effect (issue 17: ±0.025 vIoU on a real
-half of 32 objects).
+half of 32 objects). With N > 1 the N models are also scored as one ensemble (the consensus
+of the same number of samples, drawn in turn from each model).
+
+Last, the ceilings on each set, beside those scores: the shape VAE's reconstruction of the
+true shapes (the flow generates in its latent space, so it cannot do better) and the library
+oracle, the training mesh nearest each true shape (what a perfect retrieval from the
+training data would reach).
 
 Usage: python bench/bootstrap.py --store DIR --iso3do V --occlusions V --real V --synthetic V
        [--pretrain 700] [--midtrain 1000] [--lr 3e-4] [--batch 16] [--probes 2] [--seeds 1]
-       [--samples 8]
+       [--samples 8] [--save DIR]
 (the versions a round used are in its record: `flywheel rounds --json`, or `flywheel datasets ls`).
 Writes bench/results/bootstrap.json. Each seed costs ~6 min on 2 idle cores at the defaults.
 """
@@ -37,6 +43,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -49,7 +56,47 @@ from sam3d_model.baselines import ConstantShape  # noqa: E402
 from sam3d_model.config import preset  # noqa: E402
 from sam3d_model.data import batch_stream  # noqa: E402
 from sam3d_model.evaluation import evaluate, paired_gains, viou_probe  # noqa: E402
-from sam3d_model.model import build_model  # noqa: E402
+from sam3d_model.interface import Prediction, Sampler  # noqa: E402
+from sam3d_model.model import SmallSam3D, build_model  # noqa: E402
+
+
+class SeedEnsemble:
+    """Several models as one sampler: of a batch laid out as K sample blocks of B objects
+    (:func:`sam3d_model.evaluation.repeated`), block k is sampled by model k mod M, so the
+    consensus of K samples mixes the models at one model's cost."""
+
+    def __init__(self, models: list[SmallSam3D], samples: int):
+        self.models, self.samples = models, samples
+
+    def sample(self, batch: dict, *, steps=None, guidance=None, shortcut=False, seed=0) -> Prediction:
+        rows = next(iter(batch.values())).shape[0] // self.samples
+        parts = [
+            self.models[k % len(self.models)].sample(
+                {n: v[k * rows : (k + 1) * rows] for n, v in batch.items()}, shortcut=shortcut, seed=seed * 1000 + k
+            )
+            for k in range(self.samples)
+        ]
+        return Prediction(
+            *(torch.cat([getattr(p, f) for p in parts]) for f in ("occupancy", "rotation", "translation", "scale"))
+        )
+
+
+def ceilings(models: list[SmallSam3D], library: torch.Tensor, truths: list) -> dict[str, float]:
+    """Mean vIoU of the VAE's reconstruction of the true shapes (mean over ``models``) and of
+    the nearest ``library`` shape (L, R, R, R) bool to each."""
+    true = torch.stack([torch.from_numpy(t.occupancy) for t in truths])  # (n, R, R, R) bool
+
+    def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # (n, V), (m, V) bool -> (n, m)
+        a, b = a.flatten(1).float(), b.flatten(1).float()
+        inter = a @ b.T
+        return inter / (a.sum(1, keepdim=True) + b.sum(1) - inter).clamp_min(1)
+
+    with torch.no_grad():
+        vae = [
+            float(torch.diagonal(iou(true, m.decode_shape(m.encode_shape(true.float())).cpu() > 0.5)).mean())
+            for m in models
+        ]
+    return {"vae": float(np.mean(vae)), "library_oracle": float(iou(true, library).max(1).values.mean())}
 
 
 def main() -> None:
@@ -66,6 +113,7 @@ def main() -> None:
     p.add_argument("--mask-error", type=float, default=0.1)
     p.add_argument("--seeds", type=int, default=1, help="train the bootstrap with seeds 0 .. N-1 on the same data")
     p.add_argument("--samples", type=int, default=8, help="samples per object in the final consensus scoring")
+    p.add_argument("--save", type=Path, help="a folder to save each trained model in (seed-N.pt: its state dict)")
     a = p.parse_args()
 
     store = LocalStore(a.store)
@@ -84,10 +132,19 @@ def main() -> None:
     probes = {name: viou_probe(examples) for name, examples in sets.items()}
     constant_scores = {name: evaluate(baseline, h.examples, seeds=1, truths=h.truths) for name, h in scored.items()}
 
+    def as_a_round_scores(sampler: Sampler) -> dict[str, dict]:
+        """Per held-out set: the consensus vIoU and its gain over the constant, with its interval."""
+        final = {}
+        for name, h in scored.items():
+            scores = evaluate(sampler, h.examples, seeds=1, samples=a.samples, truths=h.truths)
+            gain = paired_gains(constant_scores[name]["objects"], scores["objects"], groups=h.mesh_ids)["viou"]
+            final[name] = {"viou": scores["summary"]["viou"], "gain": asdict(gain)}
+        return final
+
     def settings(steps: int, lr: float) -> T.TrainSettings:
         return T.TrainSettings(steps=steps, lr=lr, log_every=10**6, checkpoint_every=10**9, warmup_steps=10)
 
-    runs = []
+    runs, models = [], []
     for seed in range(a.seeds):
         model = build_model(cfg, seed)
         began = time.perf_counter()
@@ -109,12 +166,12 @@ def main() -> None:
             curves[stage] = [{k: h[k] for k in ("step", *sets)} for h in result.history if "real" in h]
         seconds = time.perf_counter() - began
         model.eval()
-        final = {}
-        for name, h in scored.items():
-            scores = evaluate(model, h.examples, seeds=1, samples=a.samples, truths=h.truths)
-            gain = paired_gains(constant_scores[name]["objects"], scores["objects"], groups=h.mesh_ids)["viou"]
-            final[name] = {"viou": scores["summary"]["viou"], "gain": asdict(gain)}
+        final = as_a_round_scores(model)
         runs.append({"seed": seed, "curves": curves, "final": final, "seconds": seconds})
+        models.append(model)
+        if a.save:
+            a.save.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), a.save / f"seed-{seed}.pt")
         print(f"seed {seed}: vIoU, one sample per object ({', '.join(f'{k} {len(v)}' for k, v in sets.items())})")
         print(f"{'':>18}" + "".join(f"{k:>11}" for k in sets))
         print(f"{'constant shape':>18}" + "".join(f"{constant[k]:>11.3f}" for k in sets))
@@ -134,9 +191,32 @@ def main() -> None:
             f"  {name:>10} ({len(scored[name].examples)} objects): constant {constant_final[name]:.3f}, "
             f"model mean {np.mean(values):.3f}, range {min(values):.3f} .. {max(values):.3f}"
         )
+    ensemble = as_a_round_scores(SeedEnsemble(models, a.samples)) if len(models) > 1 else {}
+    for name, f in ensemble.items():
+        g = f["gain"]
+        print(
+            f"  {name:>10}: ensemble of {len(models)} seeds {f['viou']:.3f}  {g['gain']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}]"
+        )
+    library = torch.unique(torch.stack([e["occupancy"] > 0.5 for e in iso + fo]), dim=0)
+    bounds = {name: ceilings(models, library, h.truths) for name, h in scored.items()}
+    print(
+        f"\nceilings (vIoU): the VAE's reconstruction of the true shape; the nearest of {len(library)} training shapes"
+    )
+    for name, b in bounds.items():
+        print(f"  {name:>10}: VAE {b['vae']:.3f}, library oracle {b['library_oracle']:.3f}")
     out = Path(__file__).parent / "results" / "bootstrap.json"
     out.write_text(
-        json.dumps({"args": vars(a), "constant": constant, "constant_final": constant_final, "runs": runs}, indent=1)
+        json.dumps(
+            {
+                "args": {**vars(a), "save": str(a.save) if a.save else None},
+                "constant": constant,
+                "constant_final": constant_final,
+                "runs": runs,
+                "ensemble": ensemble,
+                "ceilings": bounds,
+            },
+            indent=1,
+        )
     )
     print(f"wrote {out}")
 
