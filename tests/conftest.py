@@ -6,10 +6,13 @@ its settings when imported) or builds a config.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
+import subprocess
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -89,6 +92,18 @@ def any_store(request, tmp_path) -> Store:
 def store(request, tmp_path) -> Store:
     """A fresh store on local disk and on the credential-checking S3 server."""
     return make_store(request.param, request, tmp_path)
+
+
+def stop_process_group(process: subprocess.Popen, grace: float) -> None:
+    """SIGTERM a server's or worker's process group, give it ``grace`` seconds, then SIGKILL
+    what is left of the group: the leader when it hangs in its own shutdown (Prefect's process
+    worker did in CI), children that outlive it (Ray's GCS, raylet and workers)."""
+    os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(30)
 
 
 def cli_env(store_root: Path, **extra: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import stop_process_group
 
 from flywheel.core.datasets import list_versions
 from flywheel.core.store import LocalStore
@@ -87,8 +87,7 @@ def server(tmp_path):
         running.prefect("--no-prompt", "deploy", "--all")
         yield running
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
+        stop_process_group(process, 30)
         log.close()
 
 
@@ -200,12 +199,7 @@ def test_alerts_reach_a_webhook_for_a_failed_round_a_failed_gate_and_a_late_roun
                 assert time.monotonic() < deadline, server.api(f"flow_runs/{run_id}")["state"]
                 time.sleep(1)
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:  # Prefect's process worker can hang in its own shutdown (CI, 2026-12-04)
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(30)
+        stop_process_group(worker, 60)
         receiver.shutdown()
     failed = next(m for m in _Receiver.received if m["subject"].startswith("flywheel: round "))
     assert "Failed" in failed["subject"] and "needs at least one annotation export" in failed["text"], failed

@@ -5,7 +5,6 @@ process does. Each run is a driver process (tests/ray_train_driver.py) given RAY
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BUCKET, Made, s3_store_config
+from conftest import BUCKET, Made, s3_store_config, stop_process_group
 
 from flywheel.core.store import S3Store
 
@@ -58,14 +57,7 @@ def ray_address(tmp_path_factory):
         assert head.poll() is None and time.monotonic() < deadline, (logs / "head.log").read_text()[-2000:]
         time.sleep(0.2)
     yield {"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": tmpdir}
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(3)
-    except subprocess.TimeoutExpired:  # a graceful Ray stop waits ~30 s on its workers
-        pass
-    with contextlib.suppress(ProcessLookupError):  # the whole session: GCS, raylet, workers
-        os.killpg(head.pid, signal.SIGKILL)
-    head.wait(10)
+    stop_process_group(head, 3)  # a graceful Ray stop would wait ~30 s on its workers
     shutil.rmtree(tmpdir, ignore_errors=True)
 
 

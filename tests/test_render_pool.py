@@ -8,6 +8,7 @@ import threading
 
 import pytest
 import trimesh
+from conftest import stop_process_group
 
 from rendering.meshes import clean
 from rendering.pool import Job, RenderPool
@@ -116,5 +117,4 @@ def test_the_same_pool_runs_against_a_ray_cluster_address(tmp_path):
         assert driver.returncode == 0, driver.stderr[-3000:]
         assert driver.stdout.split()[0] == "OK" and driver.stdout.split()[1].endswith(f":{port}")
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(60)
+        stop_process_group(head, 60)
