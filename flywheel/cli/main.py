@@ -7,7 +7,11 @@ committed.
 
 from __future__ import annotations
 
+import atexit
 import json
+import logging
+import os
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -1035,3 +1039,32 @@ def _readable_metavars(typer_app: typer.Typer) -> None:
 
 
 _readable_metavars(app)
+
+
+def run_cli() -> None:
+    """The ``flywheel`` console script: :data:`app`, then leave once Python's own exit work is
+    done (threads joined, every ``atexit`` handler run: Prefect's, MLflow's, logging's) without
+    the native libraries' teardown. Arrow's thread pool can abort that teardown ("terminate
+    called without an active exception", exit -6) after a command has finished and printed its
+    result, turning a success into a crash for the script that called it (apache/arrow#34314)."""
+    leaving = {"code": EXIT_FAILED}
+
+    def leave() -> None:  # registered first, so it runs after every other atexit handler
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing more can be said on it
+                pass
+        os._exit(leaving["code"])
+
+    atexit.register(leave)
+    try:
+        app()
+        leaving["code"] = 0
+    except SystemExit as stop:
+        leaving["code"] = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else EXIT_FAILED
+        raise
+    except KeyboardInterrupt:
+        leaving["code"] = 130
+        raise
