@@ -960,10 +960,6 @@ def synth_all(ctx: typer.Context) -> None:
     _run_flow(ctx, "flows.synth:synth_all")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
-
-
 @artists_app.command("check")
 def artists_check(
     ctx: typer.Context,
@@ -1068,3 +1064,7 @@ def run_cli() -> None:
     except KeyboardInterrupt:
         leaving["code"] = 130
         raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run_cli()
