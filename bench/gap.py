@@ -8,9 +8,17 @@ fitted on the same training data. The real-world families that training never sh
 (``rendering.meshes.REAL_WORLD_FAMILIES``) are marked; the difference between the two real rows
 is what the segmenter's mask errors cost.
 
+With ``--factors``, the real world's held-out set is also rendered (through the flows, cached
+like a round's) once per field of the world's ``occlusions`` settings set back to the synthetic
+world's value (the lens, the occlusion band, the pose ranges), and once with all of them: the
+same meshes, so each variant's paired gain over the real row, with its cluster-bootstrap
+interval, is what that difference between the worlds costs the model. It uses the effective
+flywheel config (embedded defaults, ``--config``, FLYWHEEL__* variables), which must be the one
+that made ``--real`` in ``--store``.
+
 Usage: python bench/gap.py --store DIR --models DIR --iso3do V --occlusions V --real V --synthetic V
-       [--samples 8] [--mask-error 0.1]
-Writes bench/results/gap.json. About 1 min per model on 2 cores.
+       [--samples 8] [--mask-error 0.1] [--factors [--config FILE]]
+Writes bench/results/gap.json. About 1 min per model and set on 2 cores (+ ~1 min per rendered variant).
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from flywheel.learning.heldout import HeldOut, load_heldout  # noqa: E402
 from rendering.meshes import REAL_WORLD_FAMILIES  # noqa: E402
 from sam3d_model.baselines import ConstantShape  # noqa: E402
 from sam3d_model.config import preset  # noqa: E402
-from sam3d_model.evaluation import evaluate  # noqa: E402
+from sam3d_model.evaluation import evaluate, paired_gains  # noqa: E402
 from sam3d_model.interface import Sampler  # noqa: E402
 from sam3d_model.model import build_model  # noqa: E402
 
@@ -47,6 +55,45 @@ def by_family(values: np.ndarray, families: list[str]) -> dict[str, dict[str, fl
     return {**out, "all": {"n": len(values), "viou": float(values.mean())}}
 
 
+def factor_worlds(config: Path | None, store: Path, real: str) -> dict[str, str]:
+    """{variant: occlusions version} of the real world's held-out set with each of the world's
+    ``occlusions`` fields set back to the synthetic world's value, then with all of them."""
+    from prefect import flow
+
+    from flows.stages import flow_config, heldout_libraries, heldout_worlds, occlusions, run_locked, with_fields
+    from flywheel.core.config import load_config
+
+    cfg = load_config(config)
+    if Path(cfg.store_root).resolve() != store.resolve():
+        raise SystemExit(f"--factors: the config's store is {cfg.store_root}, not --store {store}")
+    synthetic = cfg.occlusions.model_dump()
+    fields = {key: synthetic[key] for key in cfg.rounds.world.occlusions if key not in ("seed", "num_samples")}
+    variants = {f"{key} as synthetic": {key: value} for key, value in fields.items()}
+    variants["all of them as synthetic"] = fields
+    versions: dict[str, str] = {}
+
+    @flow(name="bench-world-factors")
+    def render() -> None:
+        def body(cfg, parent):
+            library = heldout_libraries(cfg, parent)[0]
+            world = heldout_worlds(cfg)[0]
+            made = occlusions(world, library, parent)
+            if made.version != real:
+                raise SystemExit(
+                    f"--factors: this config makes the real held-out set {made.version}, not --real {real}"
+                )
+            refs = [made]
+            for name, changed in variants.items():
+                refs.append(occlusions(with_fields(world, "occlusions", **changed), library, parent))
+                versions[name] = refs[-1].version
+            return refs
+
+        run_locked(flow_config(cfg), "bench-world-factors", body)
+
+    render()
+    return versions
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--store", required=True, help="a local store folder")
@@ -55,6 +102,8 @@ def main() -> None:
         p.add_argument(f"--{name}", required=True, metavar="VERSION")
     p.add_argument("--samples", type=int, default=8, help="samples per object in the consensus")
     p.add_argument("--mask-error", type=float, default=0.1, help="the segmenter's error rate of the real world")
+    p.add_argument("--factors", action="store_true", help="also score the real world with each factor made synthetic")
+    p.add_argument("--config", type=Path, help="with --factors: the flywheel config that made --real")
     a = p.parse_args()
 
     paths = sorted(a.models.glob("seed-*.pt"))
@@ -75,14 +124,18 @@ def main() -> None:
         "real, true masks": load_heldout(cfg, real, 0.0),
         "synthetic": load_heldout(cfg, Dataset(store, "occlusions", a.synthetic)),
     }
+    factors = factor_worlds(a.config, Path(a.store), a.real) if a.factors else {}
+    for name, version in factors.items():
+        sets[f"real, {name}"] = load_heldout(cfg, Dataset(store, "occlusions", version), a.mask_error)
 
     def viou(sampler: Sampler, h: HeldOut, samples: int) -> np.ndarray:
         scores = evaluate(sampler, h.examples, seeds=1, samples=samples, truths=h.truths)
         return np.array([o["viou"] for o in scores["objects"]])
 
-    results = {}
+    results: dict[str, dict] = {}
+    per_object = {}
     for name, h in sets.items():
-        model = np.mean([viou(m, h, a.samples) for m in models], axis=0)
+        model = per_object[name] = np.mean([viou(m, h, a.samples) for m in models], axis=0)
         results[name] = {
             "constant": by_family(viou(constant, h, 1), h.families),
             "model": by_family(model, h.families),
@@ -94,8 +147,28 @@ def main() -> None:
             mark = " *" if family in REAL_WORLD_FAMILIES else ""
             print(f"  {family + mark:>16} {c['n']:>3} {c['viou']:>9.3f} {m:>7.3f} {m - c['viou']:>+7.3f}", flush=True)
     print("  * a family only the real world has")
+    if factors:
+        base = "real, segmenter masks"
+        print(f"\nwhat each difference of the worlds costs: the model's paired vIoU gain over '{base}' (same meshes)")
+        for name in factors:
+            variant = f"real, {name}"
+            gain = paired_gains(
+                [{"viou": v} for v in per_object[base]],
+                [{"viou": v} for v in per_object[variant]],
+                groups=sets[base].mesh_ids,
+            )["viou"]
+            results[variant]["gain_over_real"] = {"gain": gain.gain, "low": gain.low, "high": gain.high}
+            print(f"  {name:>32}: {gain}")
     out = Path(__file__).parent / "results" / "gap.json"
-    out.write_text(json.dumps({"args": {**vars(a), "models": [str(p) for p in paths]}, "sets": results}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "args": {**vars(a), "models": [str(p) for p in paths], "config": str(a.config) if a.config else None},
+                "sets": results,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {out}")
 
 
