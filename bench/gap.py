@@ -105,6 +105,8 @@ def main() -> None:
     p.add_argument("--factors", action="store_true", help="also score the real world with each factor made synthetic")
     p.add_argument("--config", type=Path, help="with --factors: the flywheel config that made --real")
     a = p.parse_args()
+    if a.config and not a.factors:
+        p.error("--config is only read with --factors")
 
     paths = sorted(a.models.glob("seed-*.pt"))
     if not paths:
@@ -126,7 +128,9 @@ def main() -> None:
     }
     factors = factor_worlds(a.config, Path(a.store), a.real) if a.factors else {}
     for name, version in factors.items():
-        sets[f"real, {name}"] = load_heldout(cfg, Dataset(store, "occlusions", version), a.mask_error)
+        variant = sets[f"real, {name}"] = load_heldout(cfg, Dataset(store, "occlusions", version), a.mask_error)
+        if variant.mesh_ids != sets["real, segmenter masks"].mesh_ids:  # the paired gains below need it
+            raise SystemExit(f"--factors: occlusions@{version} ({name}) does not show the real set's meshes in order")
 
     def viou(sampler: Sampler, h: HeldOut, samples: int) -> np.ndarray:
         scores = evaluate(sampler, h.examples, seeds=1, samples=samples, truths=h.truths)
