@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,44 +43,27 @@ from sam3d_model.condition import TRUNKS  # noqa: E402
 from sam3d_model.config import ModelConfig, preset  # noqa: E402
 from sam3d_model.evaluation import paired_gains  # noqa: E402
 from sam3d_model.metrics import voxel_iou  # noqa: E402
+from sam3d_model.shape_readout import ShapeReadout  # noqa: E402
+from sam3d_model.shape_vae import occupancy_loss  # noqa: E402
 
 
 class DirectRegressor(nn.Module):
-    """crop, full (B, C_in, S, S) -> occupancy logits (B, R, R, R), R = 4 * 2²."""
+    """crop, full (B, C_in, S, S) -> occupancy logits (B, R, R, R): the trunk and the read-out
+    of the model's encoder pre-training (``sam3d_model.shape_readout``)."""
 
-    def __init__(self, cfg: ModelConfig, hidden: int = 512, channels: int = 32):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.trunk = TRUNKS[cfg.encoder](cfg)
-        self.channels = channels
-        self.head = nn.Sequential(
-            nn.Linear(2 * self.trunk.tokens * cfg.width, hidden),
-            nn.SiLU(),
-            nn.Linear(hidden, channels * 4**3),
-            nn.SiLU(),
-        )
-        self.decoder = nn.Sequential(
-            nn.ConvTranspose3d(channels, channels, 4, 2, 1),
-            nn.GroupNorm(8, channels),
-            nn.SiLU(),
-            nn.ConvTranspose3d(channels, channels // 2, 4, 2, 1),
-            nn.GroupNorm(8, channels // 2),
-            nn.SiLU(),
-            nn.Conv3d(channels // 2, 1, 3, padding=1),
-        )
+        self.readout = ShapeReadout(cfg, self.trunk.tokens)
 
     def forward(self, crop: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
         b = crop.shape[0]
-        tokens = self.trunk(torch.cat([crop, full]))  # (2B, n, width): both views share the trunk
-        features = torch.cat([tokens[:b], tokens[b:]], dim=1).flatten(1)
-        return self.decoder(self.head(features).view(b, self.channels, 4, 4, 4)).squeeze(1)
+        features = self.trunk(torch.cat([crop, full]))  # both views share the trunk
+        return self.readout(features[:b], features[b:])
 
 
 def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE + (1 - soft IoU): the first makes voxels probabilities, the second weighs them as vIoU does."""
-    prob = torch.sigmoid(logits)
-    inter = (prob * target).flatten(1).sum(1)
-    union = (prob + target - prob * target).flatten(1).sum(1).clamp_min(1e-6)
-    return F.binary_cross_entropy_with_logits(logits, target) + (1 - inter / union).mean()
+    return occupancy_loss(logits, target)["loss"]
 
 
 def predict(net: DirectRegressor, examples: list[dict], batch: int = 64) -> np.ndarray:

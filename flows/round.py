@@ -91,36 +91,41 @@ class Round:
 def bootstrap(
     cfg: FlywheelConfig, parent: str, synthetic: list[DatasetRef], series: str, heldout: DatasetRef
 ) -> ModelRef:
-    """A first champion from synthetic data alone: VAE, pre-training on Iso-3DO, mid-training
-    on Flying Occlusions (learning curves on ``heldout``)."""
+    """A first champion from synthetic data alone: VAE, the image encoder, pre-training on
+    Iso-3DO, mid-training on Flying Occlusions (learning curves on ``heldout``)."""
     _, iso, fo = synthetic
     architecture = model_architecture(cfg.model).model_dump(mode="json")
     checkpoint = None
-    for stage, data in (
-        ("vae", {"iso3do": [iso]}),
-        ("pretrain", {"iso3do": [iso]}),
-        ("midtrain", {"occlusions": [fo]}),
-    ):
-        if getattr(cfg.model, stage).steps:
-            checkpoint = train_stage(
-                cfg,
-                stage,
-                checkpoint,
-                data,
-                stage_settings(cfg.model, stage),
-                architecture,
-                heldout,
-                cfg.rounds.world.mask_error,
-                parent_run_id=parent,
-            )
+    stages = [
+        (stage, data)
+        for stage, data in (
+            ("vae", {"iso3do": [iso]}),
+            ("encoder", {"iso3do": [iso], "occlusions": [fo]}),
+            ("pretrain", {"iso3do": [iso]}),
+            ("midtrain", {"occlusions": [fo]}),
+        )
+        if getattr(cfg.model, stage).steps
+    ]
+    for stage, data in stages:
+        checkpoint = train_stage(
+            cfg,
+            stage,
+            checkpoint,
+            data,
+            stage_settings(cfg.model, stage),
+            architecture,
+            heldout,
+            cfg.rounds.world.mask_error,
+            parent_run_id=parent,
+        )
     if checkpoint is None:
-        raise ValueError("model: vae, pretrain and midtrain all have steps 0; nothing to bootstrap")
+        raise ValueError("model: vae, encoder, pretrain and midtrain all have steps 0; nothing to bootstrap")
     return register_model(
         cfg,
         checkpoint,
         cfg.candidates.registered_model,
         {"iso3do": [iso], "occlusions": [fo]},
-        {"flywheel.series": series, "flywheel.round": "bootstrap", "flywheel.stages": "vae,pretrain,midtrain"},
+        {"flywheel.series": series, "flywheel.round": "bootstrap", "flywheel.stages": ",".join(s for s, _ in stages)},
         parent_run_id=parent,
     )
 

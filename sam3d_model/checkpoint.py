@@ -97,7 +97,8 @@ def read_payload(path: str | Path, expected: str, map_location: str | torch.devi
 
 def model_from_payload(payload: dict, source: str) -> SmallSam3D:
     try:
-        cfg = ModelConfig(**payload["model_config"])
+        # written before the condition summary existed: a model without one
+        cfg = ModelConfig(**{"condition_summary": 0, **payload["model_config"]})
     except ValidationError as e:
         raise CheckpointError(f"checkpoint {source}: invalid model config: {e.errors()[0]['msg']}") from None
     model = SmallSam3D(cfg)

@@ -20,6 +20,12 @@ class LossWeights(BaseModel):
     rotation: float = Field(0.1, ge=0)
     translation: float = Field(1.0, ge=0)
     scale: float = Field(0.1, ge=0)
+    occupancy: float = Field(
+        1.0,
+        ge=0,
+        description="BCE + (1 - soft IoU) of the occupancy decoded from the shape the velocity points to: "
+        "a direct signal from the image to the shape, which the velocity loss alone gives the flow slowly",
+    )
 
 
 class ModelConfig(BaseModel):
@@ -46,6 +52,13 @@ class ModelConfig(BaseModel):
     depth: int = Field(4, ge=1)
     heads: int = Field(4, ge=1)
     mlp_ratio: float = Field(4.0, gt=0)
+    condition_summary: int = Field(
+        128,
+        ge=0,
+        description="channels per condition token of the condition summary, which feeds all condition tokens, "
+        "flattened, into every block's modulation (adaLN); 0: none, the flow reads the image by cross-attention "
+        "alone (slower to learn: issue 17's notes)",
+    )
 
     # rectified flow
     loss_weights: LossWeights = LossWeights()

@@ -53,16 +53,29 @@ def weighted(errors: Mapping[str, torch.Tensor], weights: LossWeights) -> torch.
 
 
 def flow_loss(
-    velocity: VelocityFn, x1: State, weights: LossWeights, generator: torch.Generator
+    velocity: VelocityFn,
+    x1: State,
+    weights: LossWeights,
+    generator: torch.Generator,
+    data_loss: Callable[[State], dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Rectified-flow loss at step size 0: {"loss": scalar, "<modality>": scalar, ...}."""
+    """Rectified-flow loss at step size 0: {"loss": scalar, "<modality>": scalar, ...}.
+
+    ``data_loss``: a loss on the data end the predicted velocity points to, x̂1 = x_t + (1 − t) v
+    (its "loss" is added, its other entries reported)."""
     b = next(iter(x1.values())).shape[0]
     device = next(iter(x1.values())).device
     x0 = noise_like(x1, generator)
     t = sample_time(b, generator, device)
-    pred = velocity(interpolate(x0, x1, t), t, torch.zeros_like(t), False)
+    xt = interpolate(x0, x1, t)
+    pred = velocity(xt, t, torch.zeros_like(t), False)
     errors = squared_error(pred, tmap(lambda a, c: c - a, x0, x1))
-    return {"loss": weighted(errors, weights).mean(), **{k: e.mean().detach() for k, e in errors.items()}}
+    out = {"loss": weighted(errors, weights).mean(), **{k: e.mean().detach() for k, e in errors.items()}}
+    if data_loss is not None:
+        extra = data_loss(tmap(lambda x, v: x + (1 - per_sample(t, x)) * v, xt, pred))
+        out["loss"] = out["loss"] + extra.pop("loss")
+        out.update({k: v.detach() for k, v in extra.items()})
+    return out
 
 
 def euler_sample(velocity: VelocityFn, x0: State, steps: int, *, guided: bool, shortcut: bool = False) -> State:

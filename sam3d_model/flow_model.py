@@ -61,8 +61,25 @@ class OutputHead(nn.Module):
         return self.proj(modulate(self.norm(x), shift, scale))
 
 
+class ConditionSummary(nn.Module):
+    """condition tokens (B, M, W) -> (B, W): each token to ``channels``, then an MLP over all of
+    them flattened (their order is the image's layout); zero-initialised at the output, so that
+    it starts as a no-op."""
+
+    def __init__(self, tokens: int, width: int, channels: int):
+        super().__init__()
+        last = nn.Linear(width, width)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.reduce = nn.Linear(width, channels)
+        self.mlp = nn.Sequential(nn.Flatten(1), nn.Linear(tokens * channels, width), nn.SiLU(), last)
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.reduce(cond))
+
+
 class GeometryFlow(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, condition_tokens: int):
         super().__init__()
         w = cfg.width
         self.shape_in = nn.Linear(cfg.latent_channels, w)
@@ -71,6 +88,9 @@ class GeometryFlow(nn.Module):
         self.layout_pos = nn.Parameter(torch.randn(1, len(LAYOUT), w) * 0.02)
         self.time = Embedder(w)
         self.step = Embedder(w, zero_init=True)
+        # the whole condition, flattened, in every block's modulation (as DiT conditions on a
+        # class): cross-attention alone learnt to read shape from the image too slowly here
+        self.summary = ConditionSummary(condition_tokens, w, cfg.condition_summary) if cfg.condition_summary else None
         self.blocks = nn.ModuleList(MoTBlock(cfg) for _ in range(cfg.depth))
         self.shape_out = OutputHead(w, cfg.latent_channels)
         self.layout_out = nn.ModuleDict({k: OutputHead(w, n) for k, n in LAYOUT.items()})
@@ -83,6 +103,8 @@ class GeometryFlow(nn.Module):
         s = self.shape_in(x["shape"]) + self.shape_pos
         lay = torch.stack([self.layout_in[k](x[k]) for k in LAYOUT], dim=1) + self.layout_pos
         c = self.time(t) + self.step(d)
+        if self.summary is not None:
+            c = c + self.summary(cond)
         for block in self.blocks:
             s, lay = block(s, lay, c, cond)
         out = {"shape": self.shape_out(s, c)}

@@ -12,7 +12,7 @@ from sam3d_model.flow import State, VelocityFn, euler_sample, flow_loss, noise_l
 from sam3d_model.flow_model import GeometryFlow
 from sam3d_model.geometry import layout_tokens, pose_from_tokens
 from sam3d_model.interface import Prediction
-from sam3d_model.shape_vae import ShapeVAE, latent_grid, latent_tokens
+from sam3d_model.shape_vae import ShapeVAE, latent_grid, latent_tokens, occupancy_loss
 
 
 def build_model(cfg: ModelConfig, seed: int) -> SmallSam3D:
@@ -32,7 +32,7 @@ class SmallSam3D(nn.Module):
         self.cfg = cfg
         self.vae = ShapeVAE(cfg)
         self.condition_encoder = ConditionEncoder(cfg)
-        self.flow = GeometryFlow(cfg)
+        self.flow = GeometryFlow(cfg, self.condition_encoder.tokens)
         # latent statistics (per channel) so the flow sees roughly unit-variance data
         self.register_buffer("latent_mean", torch.zeros(cfg.latent_channels))
         self.register_buffer("latent_std", torch.ones(cfg.latent_channels))
@@ -49,8 +49,11 @@ class SmallSam3D(nn.Module):
 
     def decode_shape(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, r³, C) normalised latent tokens -> (B, R, R, R) occupancy probabilities."""
-        z = latent_grid(tokens * self.latent_std + self.latent_mean, self.cfg.latent_resolution)
-        return torch.sigmoid(self.vae.decode(z))
+        return torch.sigmoid(self.shape_logits(tokens))
+
+    def shape_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, r³, C) normalised latent tokens -> (B, R, R, R) occupancy logits."""
+        return self.vae.decode(latent_grid(tokens * self.latent_std + self.latent_mean, self.cfg.latent_resolution))
 
     @torch.no_grad()
     def calibrate_latents(self, occupancy: torch.Tensor) -> None:
@@ -105,8 +108,15 @@ class SmallSam3D(nn.Module):
     def losses(
         self, batch: dict[str, torch.Tensor], generator: torch.Generator, weights: LossWeights | None = None
     ) -> dict[str, torch.Tensor]:
+        weights = weights or self.cfg.loss_weights
         cond = self.condition(batch, generator)
-        return flow_loss(self.velocity_fn(cond), self.targets(batch), weights or self.cfg.loss_weights, generator)
+
+        def occupancy(estimate: State) -> dict[str, torch.Tensor]:
+            terms = occupancy_loss(self.shape_logits(estimate["shape"]), batch["occupancy"])
+            return {"loss": weights.occupancy * terms["loss"], "occupancy": terms["loss"]}
+
+        data_loss = occupancy if weights.occupancy else None
+        return flow_loss(self.velocity_fn(cond), self.targets(batch), weights, generator, data_loss)
 
     # -- sampling ----------------------------------------------------------------------------
     def initial_noise(self, batch_size: int, seed: int, temperature: float = 1.0) -> State:

@@ -7,6 +7,7 @@ uses 64³ -> 16³ x 8). Loss: soft dice on occupancy + a small KL to N(0, I).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sam3d_model.config import ModelConfig
@@ -60,6 +61,18 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     y = target.float().flatten(1)
     inter = (p * y).sum(1)
     return (1 - (2 * inter + eps) / (p.sum(1) + y.sum(1) + eps)).mean()
+
+
+def occupancy_loss(logits: torch.Tensor, occupancy: torch.Tensor) -> dict[str, torch.Tensor]:
+    """BCE + (1 − soft IoU) of logits (B, R, R, R) against occupancy in [0, 1]: the first makes
+    voxels probabilities, the second weighs them as voxel IoU does."""
+    target = occupancy.float()
+    prob = torch.sigmoid(logits)
+    inter = (prob * target).flatten(1).sum(1)
+    union = (prob + target - prob * target).flatten(1).sum(1).clamp_min(1e-6)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target)
+    soft_iou = (inter / union).mean()
+    return {"loss": bce + 1 - soft_iou, "bce": bce, "soft_iou": soft_iou}
 
 
 def latent_tokens(z: torch.Tensor) -> torch.Tensor:

@@ -24,9 +24,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from sam3d_model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from sam3d_model.config import LossWeights
 from sam3d_model.dpo import flow_dpo_loss
 from sam3d_model.model import SmallSam3D
+from sam3d_model.shape_readout import ShapeReadout
+from sam3d_model.shape_vae import occupancy_loss
 from sam3d_model.shortcut import shortcut_loss
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ def fit(
     probe: Probe | None = None,
     probes: int = 5,
     after_save: Callable[[int, Path], None] | None = None,
+    auxiliary: torch.nn.Module | None = None,
 ) -> TrainResult:
     """Optimise ``parameters`` of ``model`` for ``settings.steps`` steps of ``loss_fn``.
 
@@ -126,13 +128,17 @@ def fit(
     workers): each worker's ``batches`` are its own share of the data (W shares of a global
     batch: see ``flywheel.learning.examples.ExampleStream``); each uses its own generator
     (seed + rank) and averages gradients before each step, so the W workers take one
-    optimiser step on the global batch. Rank 0 alone writes the
+    optimiser step on the global batch. ``auxiliary``: a module trained beside ``model`` that
+    is not part of it (the read-out of encoder pre-training): moved to the device, and its
+    weights kept in the resumable checkpoint. Rank 0 alone writes the
     checkpoint (with every worker's generator state), probes and reports to ``log_to``;
     ``after_save(step, path)`` then runs on every worker (Ray Train: report the checkpoint).
     Loss figures in the history are rank 0's share."""
     rank, world = distributed()
     device = resolve_device(settings.device)
     model.to(device)
+    if auxiliary is not None:
+        auxiliary.to(device)
     trainable = [p for p in parameters if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, settings))
@@ -154,6 +160,8 @@ def fit(
                 f"resume with {len(generators)} (model.train_workers) or start the stage afresh"
             )
         model.load_state_dict(payload["model"])
+        if auxiliary is not None:
+            auxiliary.load_state_dict(payload["extra"]["auxiliary"])
         opt.load_state_dict(payload["optimizer"])
         sched.load_state_dict(payload["extra"]["scheduler"])
         gen.set_state(generators[rank])
@@ -181,7 +189,13 @@ def fit(
                 optimizer=opt,
                 step=step,
                 generator=gen,
-                extra={"stage": stage, "history": history, "scheduler": sched.state_dict(), "generators": generators},
+                extra={
+                    "stage": stage,
+                    "history": history,
+                    "scheduler": sched.state_dict(),
+                    "generators": generators,
+                    **({"auxiliary": auxiliary.state_dict()} if auxiliary is not None else {}),
+                },
             )
         if after_save is not None:
             after_save(step, last)
@@ -319,10 +333,28 @@ def train_vae(
     return result
 
 
+def pretrain_encoder(model: SmallSam3D, batches: Iterable[Batch], settings: TrainSettings, **kw) -> TrainResult:
+    """The condition trunk alone, by regressing each object's occupancy from its crop and full
+    image through a :class:`ShapeReadout` (seeded by ``settings.seed``, discarded afterwards):
+    our stand-in for SAM 3D's pretrained image encoder."""
+    trunk = model.condition_encoder.trunk
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        readout = ShapeReadout(model.cfg, trunk.tokens)
+
+    def loss(batch: Batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        b = batch["crop"].shape[0]
+        features = trunk(torch.cat([batch["crop"], batch["full"]]))  # one pass over both views
+        return occupancy_loss(readout(features[:b], features[b:]), batch["occupancy"])
+
+    parameters = [*trunk.parameters(), *readout.parameters()]
+    return fit("encoder", model, parameters, loss, batches, settings, auxiliary=readout, **kw)
+
+
 def pretrain(model: SmallSam3D, batches: Iterable[Batch], settings: TrainSettings, **kw) -> TrainResult:
     """Iso-3DO: object-crop condition, shape + rotation terms only (no translation/scale)."""
     w = model.cfg.loss_weights
-    weights = LossWeights(shape=w.shape, rotation=w.rotation, translation=0.0, scale=0.0)
+    weights = w.model_copy(update={"translation": 0.0, "scale": 0.0})
     return fit(
         "pretrain", model, _flow_parameters(model), lambda b, g: model.losses(b, g, weights), batches, settings, **kw
     )

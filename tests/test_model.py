@@ -23,6 +23,8 @@ from sam3d_model.geometry import layout_tokens, matrix_from_rot6d, pose_from_tok
 from sam3d_model.interface import GeometryModel
 from sam3d_model.metrics import shape_metrics
 from sam3d_model.model import SmallSam3D, build_model
+from sam3d_model.shape_readout import ShapeReadout
+from sam3d_model.shape_vae import occupancy_loss
 
 CFG = preset("micro")
 
@@ -74,7 +76,7 @@ def test_layout_tokens_round_trip():
 
 
 def test_presets_and_config_errors():
-    assert sum(p.numel() for p in SmallSam3D(preset("tiny")).parameters()) == pytest.approx(3e6, rel=0.2)
+    assert sum(p.numel() for p in SmallSam3D(preset("tiny")).parameters()) == pytest.approx(5.4e6, rel=0.1)
     assert preset("small").resolution == 32 and preset("base").resolution == 64
     with pytest.raises(ValidationError, match="latent_resolution"):
         ModelConfig(resolution=32)  # 32 != 4 x 2^2
@@ -261,6 +263,63 @@ def test_bad_checkpoint_files_give_clear_errors(trained, tmp_path, capfd, case, 
     assert "must never run" not in capfd.readouterr().out
 
 
+def test_encoder_pretraining_reads_shape_and_trains_the_trunk_only(examples):
+    model = build_model(CFG, 0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = T.TrainSettings(steps=60, lr=3e-3, log_every=10, warmup_steps=5)
+    result = T.pretrain_encoder(model, batch_stream(lambda: examples, 8, seed=0), settings)
+    soft_iou = result.metric("soft_iou")
+    assert soft_iou[-1] > soft_iou[0] + 0.2, soft_iou
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    trunk = {k for k in before if k.startswith("condition_encoder.trunk.")}
+    assert changed and changed <= trunk, sorted(changed - trunk)
+
+
+def test_occupancy_loss_on_closed_form_cases():
+    target = torch.zeros(2, 4, 4, 4)
+    target[:, :2] = 1
+    exact = occupancy_loss(torch.where(target > 0, 30.0, -30.0), target)
+    assert exact["loss"] < 1e-6 and abs(float(exact["soft_iou"]) - 1) < 1e-6
+    empty = occupancy_loss(torch.full_like(target, -30.0), target)
+    assert float(empty["soft_iou"]) < 1e-6 and float(empty["loss"]) > 1
+    half = occupancy_loss(torch.zeros_like(target), target)  # p = 0.5: 0.5·32 / (0.5·64 + 32 − 0.5·32)
+    assert abs(float(half["soft_iou"]) - 1 / 3) < 1e-6 and abs(float(half["bce"]) - np.log(2)) < 1e-6
+
+
+def test_flow_loss_adds_the_occupancy_of_the_shape_the_velocity_points_to(examples):
+    model = build_model(CFG, 0)
+    batch = collate(examples[:4])
+    plain = model.losses(batch, torch.Generator().manual_seed(0), CFG.loss_weights.model_copy(update={"occupancy": 0}))
+    both = model.losses(batch, torch.Generator().manual_seed(0))
+    assert "occupancy" not in plain and set(both) == set(plain) | {"occupancy"}
+    assert torch.allclose(both["loss"], plain["loss"] + CFG.loss_weights.occupancy * both["occupancy"])
+    grads = []
+    for loss in (plain["loss"], both["loss"]):  # the term trains the flow (through the frozen decoder)
+        model.zero_grad()
+        loss.backward(retain_graph=True)
+        grads.append(model.flow.shape_out.proj.weight.grad.clone())
+    assert not torch.allclose(grads[0], grads[1])
+
+
+def test_checkpoints_from_before_the_condition_summary_still_load(tmp_path):
+    old = SmallSam3D(preset("micro", condition_summary=0))
+    save_checkpoint(tmp_path / "old.pt", old)
+    payload = read_checkpoint(tmp_path / "old.pt")
+    del payload["model_config"]["condition_summary"]
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt").flow.summary is None
+    assert SmallSam3D(CFG).flow.summary is not None
+
+
+def test_shape_readout_fits_every_encoder_and_resolution():
+    for cfg in (CFG, preset("tiny"), preset("micro", encoder="vit", vit_patch=8), preset("micro", use_pointmap=True)):
+        model = SmallSam3D(cfg)
+        readout = ShapeReadout(cfg, model.condition_encoder.trunk.tokens)
+        batch = collate(toy_examples(cfg, 2))
+        features = model.condition_encoder.trunk(torch.cat([batch["crop"], batch["full"]]))
+        assert readout(features[:2], features[2:]).shape == (2,) + (cfg.resolution,) * 3
+
+
 def test_killed_training_resumes_to_the_same_weights(examples, tmp_path):
     settings = T.TrainSettings(steps=12, lr=3e-3, log_every=2, checkpoint_every=4)
 
@@ -288,6 +347,27 @@ def test_killed_training_resumes_to_the_same_weights(examples, tmp_path):
     assert [h["step"] for h in result.history] == list(range(2, 13, 2))
     with pytest.raises(CheckpointError, match="belongs to stage 'sft'"):
         T.dpo(resumed, batches(), settings, checkpoint_dir=tmp_path / "killed")
+
+
+def test_killed_encoder_pretraining_resumes_to_the_same_weights(examples, tmp_path):
+    """The read-out is not part of the model: the stage's checkpoint must carry it."""
+    settings = T.TrainSettings(steps=12, lr=3e-3, log_every=2, checkpoint_every=4)
+
+    def batches(fail_at=None):
+        for i, b in enumerate(batch_stream(lambda: examples, 4, seed=0)):
+            if i == fail_at:
+                raise KeyboardInterrupt("killed")
+            yield b
+
+    reference = build_model(CFG, 0)
+    T.pretrain_encoder(reference, batches(), settings, checkpoint_dir=tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        T.pretrain_encoder(build_model(CFG, 0), batches(fail_at=10), settings, checkpoint_dir=tmp_path / "killed")
+    resumed = build_model(CFG, 0)
+    result = T.pretrain_encoder(resumed, batches(), settings, checkpoint_dir=tmp_path / "killed")
+    assert result.resumed_from == 8
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def _data_parallel_worker(rank: int, world: int, init: str, folder: str) -> None:

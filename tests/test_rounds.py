@@ -29,7 +29,7 @@ from tasks.conventions import store_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 BIN = Path(sys.executable).parent
-TRAINING_STAGES = {"vae", "pretrain", "midtrain", "sft", "dpo"}
+TRAINING_STAGES = {"vae", "encoder", "pretrain", "midtrain", "sft", "dpo"}
 
 
 def _comparable(record: dict) -> dict:
@@ -79,7 +79,9 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
     # round 0 started from the bootstrapped model, round 1 from what round 0 ended with
     client = mlflow.MlflowClient()
     boot = client.get_model_version("sam3d", r0["champion_before"]["version"])
-    assert boot.tags["flywheel.round"] == "bootstrap" and boot.tags["flywheel.stages"] == "vae,pretrain,midtrain"
+    assert (
+        boot.tags["flywheel.round"] == "bootstrap" and boot.tags["flywheel.stages"] == "vae,encoder,pretrain,midtrain"
+    )
     assert r1["champion_before"] == r0["champion_after"]
     for r in records:
         assert r["champion_after"] == (r["challenger"] if r["promotion"]["promote"] else r["champion_before"])

@@ -33,6 +33,7 @@ from sam3d_model.model import SmallSam3D
 #: ``art3do``: artists' meshes of hard cases)
 STAGE_INPUTS = {
     "vae": ("iso3do",),
+    "encoder": ("iso3do", "occlusions"),
     "pretrain": ("iso3do",),
     "midtrain": ("occlusions",),
     "sft": ("sft", "replay", "art3do"),
@@ -130,7 +131,7 @@ def run_stage(
 ) -> dict[str, float]:
     """Train ``model`` in place for one stage on ``datasets`` (role -> versions, roles per
     :data:`STAGE_INPUTS`); resumable state in ``workdir``; ``probe``: a learning curve for
-    every stage after the VAE; ``after_save``: see :func:`sam3d_model.train.fit`;
+    every flow stage; ``after_save``: see :func:`sam3d_model.train.fit`;
     ``cache_mb``: see :class:`ExampleStream`. Returns example counts per role (DPO: and the
     held-out preference accuracy).
 
@@ -163,7 +164,7 @@ def run_stage(
         return None if examples is None else epochs(examples, loader_workers)
 
     fit: dict[str, Any] = {"checkpoint_dir": workdir, "log_to": log_to, "after_save": after_save}
-    if stage != "vae":
+    if stage not in ("vae", "encoder"):  # before the flow trains, its samples say nothing
         fit["probe"] = probe
     if stage in ("vae", "pretrain", "midtrain"):
         (role,) = STAGE_INPUTS[stage]
@@ -174,6 +175,16 @@ def run_stage(
             model, batch_stream(epochs(examples, loader_workers), batch, seed), train, **fit
         )
         return {"examples": examples.count()}
+    if stage == "encoder":
+        views, composites = stream("iso3do"), stream("occlusions")
+        if views is None or composites is None:
+            raise ValueError("stage encoder: it needs both an iso3do and an occlusions dataset")
+        # every batch mixes the two in proportion to their sizes (one stream would shuffle
+        # only within its buffer: whole runs of batches of one kind)
+        share = views.count() / (views.count() + composites.count())
+        batches = curriculum_stream(source(composites), source(views), [share], train.steps, batch, seed)
+        T.pretrain_encoder(model, batches, train, **fit)
+        return {"iso3do_examples": views.count(), "occlusions_examples": composites.count()}
     if stage in ("sft", "distill"):
         real, replay, artist = stream("sft"), stream("replay"), stream("art3do")
         batches = curriculum_stream(
