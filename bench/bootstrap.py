@@ -1,7 +1,7 @@
 """Bootstrap benchmark: does the round-0 model learn shape, or memorise its meshes?
 
-Trains the bootstrap stages (VAE, pre-training on Iso-3DO, mid-training on Flying Occlusions)
-on committed datasets of a store, and prints a learning curve of mean vIoU (one sample per
+Trains the bootstrap stages (VAE, the image encoder, pre-training on Iso-3DO, mid-training on
+Flying Occlusions) on committed datasets of a store, as a round does, and prints a learning curve of mean vIoU (one sample per
 object, seed 0) on three sets, next to the constant-shape baseline fitted on the same
 training data, all in the same run:
 
@@ -27,10 +27,12 @@ oracle, the training mesh nearest each true shape (what a perfect retrieval from
 training data would reach).
 
 Usage: python bench/bootstrap.py --store DIR --iso3do V --occlusions V --real V --synthetic V
-       [--pretrain 700] [--midtrain 1000] [--lr 3e-4] [--batch 16] [--probes 2] [--seeds 1]
-       [--samples 8] [--save DIR]
+       [--encoder 1000] [--pretrain 700] [--midtrain 1000] [--lr 3e-4] [--batch 16] [--probes 2]
+       [--seeds 1] [--samples 8] [--save DIR] [--set FIELD=JSON ...]
+(``--set``: a ModelConfig field over the ``tiny`` preset, for ablations, e.g.
+``--set condition_summary=0 --set 'loss_weights={"occupancy": 0}'``)
 (the versions a round used are in its record: `flywheel rounds --json`, or `flywheel datasets ls`).
-Writes bench/results/bootstrap.json. Each seed costs ~6 min on 2 idle cores at the defaults.
+Writes bench/results/bootstrap.json. Each seed costs ~9 min on 2 idle cores at the defaults.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from flywheel.learning.heldout import load_heldout  # noqa: E402
 from sam3d_model import train as T  # noqa: E402
 from sam3d_model.baselines import ConstantShape  # noqa: E402
 from sam3d_model.config import preset  # noqa: E402
-from sam3d_model.data import batch_stream  # noqa: E402
+from sam3d_model.data import batch_stream, curriculum_stream  # noqa: E402
 from sam3d_model.evaluation import evaluate, paired_gains, viou_probe  # noqa: E402
 from sam3d_model.interface import Prediction, Sampler  # noqa: E402
 from sam3d_model.model import SmallSam3D, build_model  # noqa: E402
@@ -105,6 +107,7 @@ def main() -> None:
     for name in ("iso3do", "occlusions", "real", "synthetic"):
         p.add_argument(f"--{name}", required=True, metavar="VERSION")
     p.add_argument("--vae", type=int, default=400)
+    p.add_argument("--encoder", type=int, default=1000, help="steps of the image encoder's pre-training (0: none)")
     p.add_argument("--pretrain", type=int, default=700)
     p.add_argument("--midtrain", type=int, default=1000)
     p.add_argument("--lr", type=float, default=3e-4, help="pre- and mid-training (the VAE: 1e-3)")
@@ -114,10 +117,11 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=1, help="train the bootstrap with seeds 0 .. N-1 on the same data")
     p.add_argument("--samples", type=int, default=8, help="samples per object in the final consensus scoring")
     p.add_argument("--save", type=Path, help="a folder to save each trained model in (seed-N.pt: its state dict)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="a ModelConfig field")
     a = p.parse_args()
 
     store = LocalStore(a.store)
-    cfg = preset("tiny")
+    cfg = preset("tiny", **{k: json.loads(v) for k, v in (item.split("=", 1) for item in a.set)})
     iso = cached_examples(cfg, [Dataset(store, "iso3do", a.iso3do)])
     fo = cached_examples(cfg, [Dataset(store, "occlusions", a.occlusions)])
     real = Dataset(store, "occlusions", a.real)
@@ -149,6 +153,10 @@ def main() -> None:
         model = build_model(cfg, seed)
         began = time.perf_counter()
         T.train_vae(model, batch_stream(lambda: iso, a.batch, seed), settings(a.vae, 1e-3))
+        if a.encoder:  # as the round's encoder stage: 32 a step, both datasets in proportion
+            share = len(iso) / (len(iso) + len(fo))
+            mixed = curriculum_stream(lambda: fo, lambda: iso, [share], a.encoder, 32, seed)
+            T.pretrain_encoder(model, mixed, settings(a.encoder, 1e-3))
         curves = {}
         for stage, fit, data, steps in (
             ("pretrain", T.pretrain, iso, a.pretrain),
@@ -205,6 +213,7 @@ def main() -> None:
     for name, b in bounds.items():
         print(f"  {name:>10}: VAE {b['vae']:.3f}, library oracle {b['library_oracle']:.3f}")
     out = Path(__file__).parent / "results" / "bootstrap.json"
+    out.parent.mkdir(exist_ok=True)
     out.write_text(
         json.dumps(
             {

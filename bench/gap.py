@@ -164,6 +164,7 @@ def main() -> None:
             results[variant]["gain_over_real"] = {"gain": gain.gain, "low": gain.low, "high": gain.high}
             print(f"  {name:>32}: {gain}")
     out = Path(__file__).parent / "results" / "gap.json"
+    out.parent.mkdir(exist_ok=True)
     out.write_text(
         json.dumps(
             {
