@@ -3,7 +3,7 @@
 SAM 3D conditions its flow on DINOv2, an image encoder trained elsewhere on far more data
 than the flow sees. No pretrained backbone can be downloaded here, so before the flow
 stages the trunk is pre-trained on the synthetic data itself, by regressing each object's
-occupancy directly from its crop and full image (:func:`~sam3d_model.shape_vae.occupancy_loss`). A direct
+occupancy directly from its crop and full image (``shape_vae.occupancy_loss``). A direct
 learner reads shape from these images in a few hundred steps; the flow, learning its image
 features only through the noisy velocity loss, does not in the demo's budget (issue 17's
 notes). The read-out is discarded after pre-training: only the trunk's weights go on.

@@ -1,5 +1,6 @@
-"""Training stages as library functions (DESIGN.md §5): VAE, pre-training on Iso-3DO,
-mid-training on Flying Occlusions, SFT, flow-DPO and shortcut distillation.
+"""Training stages as library functions (DESIGN.md §5): VAE, the image encoder's pre-training,
+pre-training on Iso-3DO, mid-training on Flying Occlusions, SFT, flow-DPO and shortcut
+distillation.
 
 Every stage runs through :func:`fit`: AdamW with warm-up, gradient clipping, bf16 autocast
 and ``torch.compile`` on CUDA, one seeded generator for all training randomness, atomic
