@@ -320,51 +320,49 @@ def test_shape_readout_fits_every_encoder_and_resolution():
         assert readout(features[:2], features[2:]).shape == (2,) + (cfg.resolution,) * 3
 
 
+def killable_batches(examples, fail_at=None):
+    """Batches of 4 that raise KeyboardInterrupt at batch ``fail_at`` (a killed run)."""
+    for i, b in enumerate(batch_stream(lambda: examples, 4, seed=0)):
+        if i == fail_at:
+            raise KeyboardInterrupt("killed")
+        yield b
+
+
 def test_killed_training_resumes_to_the_same_weights(examples, tmp_path):
     settings = T.TrainSettings(steps=12, lr=3e-3, log_every=2, checkpoint_every=4)
-
-    def batches(fail_at=None):
-        for i, b in enumerate(batch_stream(lambda: examples, 4, seed=0)):
-            if i == fail_at:
-                raise KeyboardInterrupt("killed")
-            yield b
 
     torch.manual_seed(0)
     reference = SmallSam3D(CFG)
     start = copy.deepcopy(reference.state_dict())
-    T.sft(reference, batches(), settings, checkpoint_dir=tmp_path / "straight")
+    T.sft(reference, killable_batches(examples), settings, checkpoint_dir=tmp_path / "straight")
 
     model = SmallSam3D(CFG)
     model.load_state_dict(start)
     with pytest.raises(KeyboardInterrupt):
-        T.sft(model, batches(fail_at=10), settings, checkpoint_dir=tmp_path / "killed")
+        T.sft(model, killable_batches(examples, fail_at=10), settings, checkpoint_dir=tmp_path / "killed")
     resumed = SmallSam3D(CFG)
     resumed.load_state_dict(start)
-    result = T.sft(resumed, batches(), settings, checkpoint_dir=tmp_path / "killed")
+    result = T.sft(resumed, killable_batches(examples), settings, checkpoint_dir=tmp_path / "killed")
     assert result.resumed_from == 8
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     assert [h["step"] for h in result.history] == list(range(2, 13, 2))
     with pytest.raises(CheckpointError, match="belongs to stage 'sft'"):
-        T.dpo(resumed, batches(), settings, checkpoint_dir=tmp_path / "killed")
+        T.dpo(resumed, killable_batches(examples), settings, checkpoint_dir=tmp_path / "killed")
 
 
 def test_killed_encoder_pretraining_resumes_to_the_same_weights(examples, tmp_path):
     """The read-out is not part of the model: the stage's checkpoint must carry it."""
     settings = T.TrainSettings(steps=12, lr=3e-3, log_every=2, checkpoint_every=4)
 
-    def batches(fail_at=None):
-        for i, b in enumerate(batch_stream(lambda: examples, 4, seed=0)):
-            if i == fail_at:
-                raise KeyboardInterrupt("killed")
-            yield b
-
     reference = build_model(CFG, 0)
-    T.pretrain_encoder(reference, batches(), settings, checkpoint_dir=tmp_path / "straight")
+    T.pretrain_encoder(reference, killable_batches(examples), settings, checkpoint_dir=tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
-        T.pretrain_encoder(build_model(CFG, 0), batches(fail_at=10), settings, checkpoint_dir=tmp_path / "killed")
+        T.pretrain_encoder(
+            build_model(CFG, 0), killable_batches(examples, fail_at=10), settings, checkpoint_dir=tmp_path / "killed"
+        )
     resumed = build_model(CFG, 0)
-    result = T.pretrain_encoder(resumed, batches(), settings, checkpoint_dir=tmp_path / "killed")
+    result = T.pretrain_encoder(resumed, killable_batches(examples), settings, checkpoint_dir=tmp_path / "killed")
     assert result.resumed_from == 8
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
