@@ -228,6 +228,21 @@ def simulated_round(seed=0, objects=6, per_object_candidates=5, best_shift=0):
     return truths, candidates, pd.DataFrame(registry, columns=["candidate_id", "object_id"])
 
 
+def test_best_of_n_weighs_objects_equally_whatever_their_candidate_counts():
+    """An object with one poor model candidate and one with many good ones: the model's typical
+    candidate is the mean of the two objects' means, never above the oracle's mean of bests."""
+    from flywheel.feedback.simulate import best_of_n
+
+    truths, candidates, _ = simulated_round(objects=2, per_object_candidates=1, best_shift=3)  # vIoU 0.45 each
+    exact = dict(candidates["obj-1"][0], kind="model", occupancy=truths["obj-1"].occupancy)
+    candidates["obj-0"][0]["kind"] = "model"
+    candidates["obj-1"] = [exact] * 5 + candidates["obj-1"]
+    b = best_of_n(candidates, truths)
+    assert b["oracle_viou"] == pytest.approx((5 / 11 + 1) / 2)
+    assert b["model_viou"] == pytest.approx((5 / 11 + (5 + 5 / 11) / 6) / 2)
+    assert b["model_viou"] <= b["oracle_viou"]
+
+
 def test_a_noiseless_simulated_annotator_picks_the_true_best():
     from flywheel.feedback.aggregate import DecisionRules, decide
     from flywheel.feedback.simulate import SimulatedAnnotator, simulate

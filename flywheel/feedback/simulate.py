@@ -94,15 +94,17 @@ def best_of_n(candidates: dict[str, list[dict]], truths: dict[str, Truth], accep
     truth is known: ``oracle_viou`` — the mean of each object's best candidate (the most that
     annotators picking the best can reach); ``yield`` — the share of objects with a candidate
     of vIoU >= ``acceptable`` (one annotators could accept); ``model_viou`` /
-    ``retrieval_viou`` — the mean candidate of each kind (a model's typical sample, a
-    retrieved mesh); ``objects``."""
+    ``retrieval_viou`` — each object's mean candidate of each kind, averaged over objects (a
+    model's typical sample, a retrieved mesh; objects weigh equally, as in ``oracle_viou``,
+    so that neither exceeds it however many candidates of a kind an object has); ``objects``."""
     best: list[float] = []
     by_kind: dict[str, list[float]] = {"model": [], "retrieval": []}
     for oid in sorted(set(candidates) & set(truths)):
         scores = [quality(c["occupancy"], c["R"], c["t"], truths[oid], 0.0, 0.0) for c in candidates[oid]]
         best.append(max(scores))
-        for c, q in zip(candidates[oid], scores):
-            by_kind.setdefault(c["kind"], []).append(q)
+        for kind in sorted({c["kind"] for c in candidates[oid]}):
+            mine = [q for c, q in zip(candidates[oid], scores) if c["kind"] == kind]
+            by_kind.setdefault(kind, []).append(float(np.mean(mine)))
     out = {
         "objects": float(len(best)),
         "oracle_viou": float(np.mean(best)) if best else float("nan"),
