@@ -1,9 +1,9 @@
 """Bootstrap benchmark: does the round-0 model learn shape, or memorise its meshes?
 
 Trains the bootstrap stages (VAE, the image encoder, pre-training on Iso-3DO, mid-training on
-Flying Occlusions) on committed datasets of a store, as a round does, and prints a learning curve of mean vIoU (one sample per
-object, seed 0) on three sets, next to the constant-shape baseline fitted on the same
-training data, all in the same run:
+Flying Occlusions) on committed datasets of a store, as a round does, and prints a learning
+curve of mean vIoU (one sample per object, seed 0) on three sets, next to the constant-shape
+baseline fitted on the same training data, all in the same run:
 
 * ``train``: 32 of the Flying-Occlusions training composites (does the flow fit its data?),
 * ``synthetic``: a held-out set of the synthetic world (does it generalise to new meshes?),
