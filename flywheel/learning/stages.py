@@ -181,10 +181,11 @@ def run_stage(
             raise ValueError("stage encoder: it needs both an iso3do and an occlusions dataset")
         # every batch mixes the two in proportion to their sizes (one stream would shuffle
         # only within its buffer: whole runs of batches of one kind)
-        share = views.count() / (views.count() + composites.count())
+        sizes: dict[str, float] = {"iso3do_examples": views.count(), "occlusions_examples": composites.count()}
+        share = sizes["iso3do_examples"] / sum(sizes.values())  # each count() reads manifests: once
         batches = curriculum_stream(source(composites), source(views), [share], train.steps, batch, seed)
         T.pretrain_encoder(model, batches, train, **fit)
-        return {"iso3do_examples": views.count(), "occlusions_examples": composites.count()}
+        return sizes
     if stage in ("sft", "distill"):
         real, replay, artist = stream("sft"), stream("replay"), stream("art3do")
         batches = curriculum_stream(
