@@ -59,7 +59,7 @@ class DirectRegressor(nn.Module):
     def forward(self, crop: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
         b = crop.shape[0]
         features = self.trunk(torch.cat([crop, full]))  # both views share the trunk
-        return self.readout(features[:b], features[b:])
+        return self.readout(features[:b], features[b:])[0]
 
 
 def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

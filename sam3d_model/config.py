@@ -26,6 +26,13 @@ class LossWeights(BaseModel):
         description="BCE + (1 - soft IoU) of the occupancy decoded from the shape the velocity points to: "
         "a direct signal from the image to the shape, which the velocity loss alone gives the flow slowly",
     )
+    symmetric_rotation: float = Field(
+        1.0,
+        ge=0,
+        description="ADD-S of the rotation the velocity points to, relative to the diameter "
+        "(geometry.symmetric_rotation_loss): a turn that maps the shape onto itself costs nothing, where the 6D "
+        "velocity loss asks for one of several equivalent rotations",
+    )
 
 
 class ModelConfig(BaseModel):

@@ -54,3 +54,35 @@ def mean_rotation(rotations: torch.Tensor) -> torch.Tensor:
     flip = torch.ones(u.shape[:-1], dtype=u.dtype, device=u.device)
     flip[..., -1] = torch.sign(torch.det(u @ vt))
     return (u @ torch.diag_embed(flip) @ vt).to(rotations.dtype)
+
+
+def voxel_centres(resolution: int) -> torch.Tensor:
+    """(R³, 3) centres of a (R, R, R) grid's voxels in the normalised frame, x-major like the grid
+    (voxel i's centre at (i + 0.5) / R - 0.5, as ``metrics.occupancy_to_mesh``)."""
+    axis = (torch.arange(resolution) + 0.5) / resolution - 0.5
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+
+
+def symmetric_rotation_loss(
+    occupancy: torch.Tensor,
+    R_pred: torch.Tensor,
+    R_true: torch.Tensor,
+    count: int = 64,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """ADD-S of the rotation alone, relative to the shape's diameter: occupancy (B, R, R, R) of
+    the true shape, rotations (B, 3, 3) -> (B,). ``count`` occupied voxels, drawn, are turned by
+    R_true; each one's distance to the nearest of *all* occupied voxels turned by R_pred is
+    averaged, so a turn that maps the shape onto itself costs nothing (up to the voxels' own
+    discreteness): the symmetric rotation error the evaluation scores, made differentiable."""
+    b, r = occupancy.shape[0], occupancy.shape[-1]
+    occupied = occupancy.reshape(b, -1) > 0.5
+    centres = voxel_centres(r).to(R_pred)
+    index = torch.multinomial(occupied.float() + 1e-9, count, replacement=True, generator=generator)
+    true = centres[index] @ R_true.to(R_pred).transpose(1, 2)  # (B, count, 3)
+    pred = centres @ R_pred.transpose(1, 2)  # (B, R³, 3)
+    far = (~occupied).to(R_pred)[:, None, :] * 1e3  # unoccupied voxels are never the nearest
+    nearest = (torch.cdist(true, pred) + far).min(dim=-1).values.mean(-1)
+    # the diameter, nearly: the largest distance from a drawn voxel to any occupied one
+    reach = torch.cdist(centres[index], centres.expand(b, -1, -1)) - far
+    return nearest / reach.flatten(1).amax(-1).clamp_min(1.0 / r)

@@ -10,7 +10,12 @@ from sam3d_model.condition import ConditionEncoder
 from sam3d_model.config import LossWeights, ModelConfig
 from sam3d_model.flow import State, VelocityFn, euler_sample, flow_loss, noise_like
 from sam3d_model.flow_model import GeometryFlow
-from sam3d_model.geometry import layout_tokens, pose_from_tokens
+from sam3d_model.geometry import (
+    layout_tokens,
+    matrix_from_rot6d,
+    pose_from_tokens,
+    symmetric_rotation_loss,
+)
 from sam3d_model.interface import Prediction
 from sam3d_model.shape_vae import ShapeVAE, latent_grid, latent_tokens, occupancy_loss
 
@@ -111,11 +116,17 @@ class SmallSam3D(nn.Module):
         weights = weights or self.cfg.loss_weights
         cond = self.condition(batch, generator)
 
-        def occupancy(estimate: State) -> dict[str, torch.Tensor]:
-            terms = occupancy_loss(self.shape_logits(estimate["shape"]), batch["occupancy"])
-            return {"loss": weights.occupancy * terms["loss"], "occupancy": terms["loss"]}
+        def estimate_terms(estimate: State) -> dict[str, torch.Tensor]:
+            out = {}
+            if weights.occupancy:
+                out["occupancy"] = occupancy_loss(self.shape_logits(estimate["shape"]), batch["occupancy"])["loss"]
+            if weights.symmetric_rotation:
+                rotation = matrix_from_rot6d(estimate["rotation"])
+                turn = symmetric_rotation_loss(batch["occupancy"], rotation, batch["rotation"], generator=generator)
+                out["symmetric_rotation"] = turn.mean()
+            return {"loss": sum(getattr(weights, k) * v for k, v in out.items()), **out}
 
-        data_loss = occupancy if weights.occupancy else None
+        data_loss = estimate_terms if weights.occupancy or weights.symmetric_rotation else None
         return flow_loss(self.velocity_fn(cond), self.targets(batch), weights, generator, data_loss)
 
     # -- sampling ----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sam3d_model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from sam3d_model.dpo import flow_dpo_loss
+from sam3d_model.geometry import matrix_from_rot6d, symmetric_rotation_loss
 from sam3d_model.model import SmallSam3D
 from sam3d_model.shape_readout import ShapeReadout
 from sam3d_model.shape_vae import occupancy_loss
@@ -335,18 +336,28 @@ def train_vae(
 
 
 def pretrain_encoder(model: SmallSam3D, batches: Iterable[Batch], settings: TrainSettings, **kw) -> TrainResult:
-    """The condition trunk alone, by regressing each object's occupancy from its crop and full
-    image through a :class:`ShapeReadout` (seeded by ``settings.seed``, discarded afterwards):
+    """The condition trunk alone, by regressing each object's occupancy and rotation (the
+    symmetric rotation term, weighted as in the flow) from its crop and full image through a
+    :class:`ShapeReadout` (seeded by ``settings.seed``, discarded afterwards):
     our stand-in for SAM 3D's pretrained image encoder."""
     trunk = model.condition_encoder.trunk
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         readout = ShapeReadout(model.cfg, trunk.tokens)
 
+    weight = model.cfg.loss_weights.symmetric_rotation
+
     def loss(batch: Batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         b = batch["crop"].shape[0]
         features = trunk(torch.cat([batch["crop"], batch["full"]]))  # one pass over both views
-        return occupancy_loss(readout(features[:b], features[b:]), batch["occupancy"])
+        logits, rotation = readout(features[:b], features[b:])
+        terms = occupancy_loss(logits, batch["occupancy"])
+        if weight:
+            turn = symmetric_rotation_loss(
+                batch["occupancy"], matrix_from_rot6d(rotation), batch["rotation"], generator=generator
+            ).mean()
+            terms = {**terms, "loss": terms["loss"] + weight * turn, "symmetric_rotation": turn}
+        return terms
 
     parameters = [*trunk.parameters(), *readout.parameters()]
     return fit("encoder", model, parameters, loss, batches, settings, auxiliary=readout, **kw)

@@ -19,7 +19,13 @@ from sam3d_model.checkpoint import CheckpointError, load_model, read_checkpoint,
 from sam3d_model.config import ModelConfig, preset
 from sam3d_model.data import batch_stream, collate
 from sam3d_model.dpo import flow_dpo_loss, preference_accuracy
-from sam3d_model.geometry import layout_tokens, matrix_from_rot6d, pose_from_tokens, rot6d_from_matrix
+from sam3d_model.geometry import (
+    layout_tokens,
+    matrix_from_rot6d,
+    pose_from_tokens,
+    rot6d_from_matrix,
+    symmetric_rotation_loss,
+)
 from sam3d_model.interface import GeometryModel
 from sam3d_model.metrics import shape_metrics
 from sam3d_model.model import SmallSam3D, build_model
@@ -263,13 +269,14 @@ def test_bad_checkpoint_files_give_clear_errors(trained, tmp_path, capfd, case, 
     assert "must never run" not in capfd.readouterr().out
 
 
-def test_encoder_pretraining_reads_shape_and_trains_the_trunk_only(examples):
+def test_encoder_pretraining_reads_shape_and_rotation_and_trains_the_trunk_only(examples):
     model = build_model(CFG, 0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     settings = T.TrainSettings(steps=60, lr=3e-3, log_every=10, warmup_steps=5)
     result = T.pretrain_encoder(model, batch_stream(lambda: examples, 8, seed=0), settings)
-    soft_iou = result.metric("soft_iou")
+    soft_iou, turn = result.metric("soft_iou"), result.metric("symmetric_rotation")
     assert soft_iou[-1] > soft_iou[0] + 0.2, soft_iou
+    assert turn[-1] < 0.8 * turn[0], turn  # it reads the rotation too
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     trunk = {k for k in before if k.startswith("condition_encoder.trunk.")}
     assert changed and changed <= trunk, sorted(changed - trunk)
@@ -286,19 +293,53 @@ def test_occupancy_loss_on_closed_form_cases():
     assert abs(float(half["soft_iou"]) - 1 / 3) < 1e-6 and abs(float(half["bce"]) - np.log(2)) < 1e-6
 
 
-def test_flow_loss_adds_the_occupancy_of_the_shape_the_velocity_points_to(examples):
+@pytest.mark.parametrize(("term", "head"), [("occupancy", "shape_out"), ("symmetric_rotation", "layout_out.rotation")])
+def test_flow_loss_adds_terms_on_the_data_the_velocity_points_to(examples, term, head):
     model = build_model(CFG, 0)
     batch = collate(examples[:4])
-    plain = model.losses(batch, torch.Generator().manual_seed(0), CFG.loss_weights.model_copy(update={"occupancy": 0}))
+    without = CFG.loss_weights.model_copy(update={term: 0})
+    plain = model.losses(batch, torch.Generator().manual_seed(0), without)
     both = model.losses(batch, torch.Generator().manual_seed(0))
-    assert "occupancy" not in plain and set(both) == set(plain) | {"occupancy"}
-    assert torch.allclose(both["loss"], plain["loss"] + CFG.loss_weights.occupancy * both["occupancy"])
+    assert term not in plain and set(both) == set(plain) | {term}
+    assert torch.allclose(both["loss"], plain["loss"] + getattr(CFG.loss_weights, term) * both[term])
     grads = []
-    for loss in (plain["loss"], both["loss"]):  # the term trains the flow (through the frozen decoder)
+    for loss in (plain["loss"], both["loss"]):  # the term trains the flow's head for it
         model.zero_grad()
         loss.backward(retain_graph=True)
-        grads.append(model.flow.shape_out.proj.weight.grad.clone())
+        grads.append(model.flow.get_submodule(head).proj.weight.grad.clone())
     assert not torch.allclose(grads[0], grads[1])
+
+
+def turn(axis: str, degrees: float) -> torch.Tensor:
+    """(3, 3) rotation by ``degrees`` about the axis "x", "y" or "z"."""
+    return torch.tensor(Rotation.from_euler(axis, degrees, degrees=True).as_matrix(), dtype=torch.float32)
+
+
+def test_symmetric_rotation_loss_on_closed_form_cases():
+    grid = torch.zeros(3, 16, 16, 16)
+    grid[0, 4:12, 4:12, 4:12] = 1  # a cube: its 24 turns are symmetries
+    grid[1, 2:14, 6:10, 6:10] = 1  # a square bar along x: 90° about x, 180° about y and z
+    grid[2, 2:14, 6:10, 6:10] = 1
+    grid[2, 2:5, 6:14, 6:10] = 1  # an L: no symmetry
+    identity = torch.eye(3).expand(3, 3, 3)
+
+    def loss(R_pred: torch.Tensor, R_true: torch.Tensor = identity) -> torch.Tensor:
+        return symmetric_rotation_loss(grid, R_pred, R_true, count=256, generator=torch.Generator().manual_seed(0))
+
+    assert torch.equal(loss(identity), torch.zeros(3))
+    quarter_z = loss(turn("z", 90).expand(3, 3, 3))
+    assert quarter_z[0] < 1e-6 and quarter_z[1] > 0.1 and quarter_z[2] > 0.1
+    assert loss(turn("x", 90).expand(3, 3, 3))[1] < 1e-6 and loss(turn("z", 180).expand(3, 3, 3))[1] < 1e-6
+    angles = [loss(turn("y", d).expand(3, 3, 3))[2] for d in (5, 20, 45)]  # grows with the angle
+    assert 0 < angles[0] < angles[1] < angles[2]
+    # camera-frame invariant: turning both rotations alike changes nothing
+    Q = turn("x", 33) @ turn("z", 71)
+    R = turn("y", 40).expand(3, 3, 3)
+    assert torch.allclose(loss(Q @ R, Q @ identity), loss(R), atol=1e-5)
+    # differentiable through the 6D parametrisation
+    six = torch.randn(3, 6, requires_grad=True)
+    loss(matrix_from_rot6d(six)).sum().backward()
+    assert torch.isfinite(six.grad).all() and six.grad.abs().sum() > 0
 
 
 def test_checkpoints_from_before_the_condition_summary_still_load(tmp_path):
@@ -317,7 +358,8 @@ def test_shape_readout_fits_every_encoder_and_resolution():
         readout = ShapeReadout(cfg, model.condition_encoder.trunk.tokens)
         batch = collate(toy_examples(cfg, 2))
         features = model.condition_encoder.trunk(torch.cat([batch["crop"], batch["full"]]))
-        assert readout(features[:2], features[2:]).shape == (2,) + (cfg.resolution,) * 3
+        logits, rotation = readout(features[:2], features[2:])
+        assert logits.shape == (2,) + (cfg.resolution,) * 3 and rotation.shape == (2, 6)
 
 
 def killable_batches(examples, fail_at=None):

@@ -422,7 +422,7 @@ class ModelSection(_Section):
     )
     seed: int = 0
     vae: StageSettings = StageSettings(steps=400, lr=1e-3)
-    # the condition trunk alone, by direct occupancy regression (sam3d_model.shape_readout):
+    # the condition trunk alone, by direct occupancy and rotation regression (sam3d_model.shape_readout):
     # our stand-in for SAM 3D's pretrained image encoder; steps 0: the flow stages learn it
     encoder: StageSettings = StageSettings(steps=1000, lr=1e-3, batch_size=32)
     # 3e-4, not 1e-3, for the flow stages: at 1e-3 the flow did not even fit its training
