@@ -27,7 +27,7 @@ oracle, the training mesh nearest each true shape (what a perfect retrieval from
 training data would reach).
 
 Usage: python bench/bootstrap.py --store DIR --iso3do V --occlusions V --real V --synthetic V
-       [--encoder 1000] [--pretrain 700] [--midtrain 1000] [--lr 3e-4] [--batch 16] [--probes 2]
+       [--encoder 1000] [--pretrain 700] [--midtrain 1500] [--lr 3e-4] [--batch 16] [--probes 2]
        [--seeds 1] [--samples 8] [--save DIR] [--set FIELD=JSON ...]
 (``--set``: a ModelConfig field over the ``tiny`` preset, for ablations, e.g.
 ``--set condition_summary=0 --set 'loss_weights={"occupancy": 0}'``)
@@ -109,7 +109,7 @@ def main() -> None:
     p.add_argument("--vae", type=int, default=400)
     p.add_argument("--encoder", type=int, default=1000, help="steps of the image encoder's pre-training (0: none)")
     p.add_argument("--pretrain", type=int, default=700)
-    p.add_argument("--midtrain", type=int, default=1000)
+    p.add_argument("--midtrain", type=int, default=1500)
     p.add_argument("--lr", type=float, default=3e-4, help="pre- and mid-training (the VAE: 1e-3)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--probes", type=int, default=2)
