@@ -126,8 +126,7 @@ class SmallSam3D(nn.Module):
                 out["symmetric_rotation"] = turn.mean()
             return {"loss": sum(getattr(weights, k) * v for k, v in out.items()), **out}
 
-        data_loss = estimate_terms if weights.occupancy or weights.symmetric_rotation else None
-        return flow_loss(self.velocity_fn(cond), self.targets(batch), weights, generator, data_loss)
+        return flow_loss(self.velocity_fn(cond), self.targets(batch), weights, generator, estimate_terms)
 
     # -- sampling ----------------------------------------------------------------------------
     def initial_noise(self, batch_size: int, seed: int, temperature: float = 1.0) -> State:
