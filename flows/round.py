@@ -304,6 +304,7 @@ def close_round(
         warnings=baseline_warnings(reports["reporting"]),
         synthetic_heldout=synthetic,
         heldout_families=family_report(scores),
+        heldout_families_rotation=family_report(scores, "rotation_error_deg"),
         seed_noise=noise,
         rankings={key: v for key, v in decided.items() if key in keep or key.startswith("winners_")},
         artists=artists,

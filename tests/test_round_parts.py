@@ -342,7 +342,7 @@ def test_round_record_json_is_versioned_and_checked():
     del data["schema_version"]  # written before the schema had a version: read as version 1
     assert RoundRecord.from_json(json.dumps(data)) == record.model_copy(update={"schema_version": 1})
     with pytest.raises(ValidationError, match="schema_version"):
-        RoundRecord.from_json(json.dumps({**data, "schema_version": 4}))
+        RoundRecord.from_json(json.dumps({**data, "schema_version": SCHEMA_VERSION + 1}))
     with pytest.raises(ValidationError, match="champion_after"):
         RoundRecord.from_json(json.dumps({k: v for k, v in data.items() if k != "champion_after"}))
 

@@ -122,6 +122,12 @@ def test_two_rounds_end_to_end_with_lineage(clean: CleanRounds):
     assert set(families) <= {"superquadric", "torus", "extrusion", "compound", "capsule", "stack", "handled"}
     assert all(set(f) == {"objects", "champion", "challenger", "constant", "retrieval"} for f in families.values())
     assert "held-out vIoU by mesh family (both halves):" in rounds.round_text(RoundRecord.model_validate(r0))
+    turns = r0["heldout_families_rotation"]  # and the rotation error, family by family
+    assert set(turns) == set(families) and all(set(f) == set(families[k]) for k, f in turns.items())
+    assert all(0 <= v <= 180 for f in turns.values() for who, v in f.items() if who != "objects")
+    assert "rotation error (degrees, symmetry-aware) by mesh family" in rounds.round_text(
+        RoundRecord.model_validate(r0)
+    )
 
     # round 0 also scores the bootstrap champion on a held-out set of the synthetic world: the gap
     gap = r0["synthetic_heldout"]

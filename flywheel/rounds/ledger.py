@@ -189,8 +189,9 @@ def summary_rows(records: list[RoundRecord]) -> list[dict]:
         row.update({f"best_of_n_{k}": v for k, v in r.best_of_n.items()})
         if r.seed_noise is not None:
             row["seed_noise_spread"] = r.seed_noise.spread
-        for family, by_who in r.heldout_families.items():
-            row.update({f"family_{family}_{who}_viou": v for who, v in by_who.items() if who != "objects"})
+        for metric, families in (("viou", r.heldout_families), ("rotation_error_deg", r.heldout_families_rotation)):
+            for family, by_who in families.items():
+                row.update({f"family_{family}_{who}_{metric}": v for who, v in by_who.items() if who != "objects"})
         row.update(r.rankings)
         row.update({f"artists_{k}": v for k, v in r.artists.items()})
         row.update({f"rows_{k}": v for k, v in r.volumes.items()})
@@ -261,11 +262,19 @@ def round_text(r: RoundRecord) -> str:
         for name in report.intervals:
             gains = report.gains(name)
             lines.append(f"  {name} ({split}): " + ", ".join(f"{m} {gains[m]}" for m in HEADLINE[:2] if m in gains))
-    if r.heldout_families:
-        lines.append("held-out vIoU by mesh family (both halves):")
-        for family, by_who in r.heldout_families.items():
-            cells = "  ".join(f"{who} {v:.3f}" for who, v in by_who.items() if who != "objects")
-            lines.append(f"  {family:<14} ({int(by_who['objects'])} objects)  {cells}")
+    for title, families, places in (
+        ("held-out vIoU by mesh family (both halves):", r.heldout_families, 3),
+        (
+            "held-out rotation error (degrees, symmetry-aware) by mesh family (both halves):",
+            r.heldout_families_rotation,
+            1,
+        ),
+    ):
+        if families:
+            lines.append(title)
+            for family, by_who in families.items():
+                cells = "  ".join(f"{who} {v:.{places}f}" for who, v in by_who.items() if who != "objects")
+                lines.append(f"  {family:<14} ({int(by_who['objects'])} objects)  {cells}")
     if r.synthetic_heldout is not None:
         lines.append(world_gap_text(r))
     if r.best_of_n:

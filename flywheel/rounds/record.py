@@ -6,7 +6,8 @@ read it through this class only. Records written before the schema had a version
 version 1 (the same fields). Version 2 adds the baselines, the held-out halves with their
 intervals (``heldout``), the round's best-of-N figures and the warnings; ``evaluation`` is
 then the *reporting* half's means (version 1: the whole held-out set, two models). Version
-3 adds the artist path (``artists``) and the yield among the best-of-N figures.
+3 adds the artist path (``artists``) and the yield among the best-of-N figures. Version 4 adds
+the held-out rotation error per mesh family (``heldout_families_rotation``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from flywheel.core.records import DatasetRef, ModelRef
 from flywheel.learning.heldout import SeedNoise, Split, SplitReport
 from flywheel.rounds.promotion import Promotion
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class RoundRecord(BaseModel):
@@ -28,7 +29,7 @@ class RoundRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal[1, 2, 3] = 3  # SCHEMA_VERSION
+    schema_version: Literal[1, 2, 3, 4] = 4  # SCHEMA_VERSION
     round: int = Field(..., ge=0)
     series: str = Field(..., description="flywheel.rounds.ledger.series_id of the config that ran it")
     champion_before: ModelRef = Field(..., description="The champion round k started from.")
@@ -58,6 +59,11 @@ class RoundRecord(BaseModel):
         default_factory=dict,
         description="Per mesh family of the held-out set: objects, and held-out vIoU of each model / baseline "
         "over both halves — where the models fail (v2).",
+    )
+    heldout_families_rotation: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="The same per mesh family for the symmetric rotation error in degrees: a family whose "
+        "orientation the training data never showed is where a model's pose falls behind the mean pose (v4).",
     )
     seed_noise: SeedNoise | None = Field(
         None,
