@@ -247,9 +247,10 @@ def test_baselines_are_fitted_on_training_examples_and_score_like_models():
 
 
 def test_heldout_halves_split_by_mesh_and_carry_intervals():
-    objects = [{"viou": 0.1 * (i % 4), "chamfer": 0.1, "f1": 0.5} for i in range(12)]
+    objects = [{"viou": 0.1 * (i % 4), "chamfer": 0.1, "f1": 0.5, "rotation_error_deg": 40.0} for i in range(12)]
     mesh_ids = [f"mesh-{i // 2}" for i in range(12)]  # 6 meshes, 2 objects each
-    better = [{**o, "viou": o["viou"] + 0.1} for o in objects]
+    # the challenger: better shape, rotation 10° worse everywhere
+    better = [{**o, "viou": o["viou"] + 0.1, "rotation_error_deg": 50.0} for o in objects]
     scores = {
         "champion": Scores(mesh_ids=mesh_ids, objects=objects),
         "challenger": Scores(mesh_ids=mesh_ids, objects=better),
@@ -263,7 +264,8 @@ def test_heldout_halves_split_by_mesh_and_carry_intervals():
     gain = reports["selection"].gains("challenger-vs-champion")["viou"]
     assert gain.gain == pytest.approx(0.1) and gain.low == pytest.approx(0.1)
     warnings = baseline_warnings(reports["reporting"])
-    assert len(warnings) == 1 and "champion does not beat the constant-shape baseline" in warnings[0]
+    assert len(warnings) == 2 and "champion does not beat the constant-shape baseline on held-out viou" in warnings[0]
+    assert "challenger's held-out rotation error is worse than the mean training pose's: gain -10.0000" in warnings[1]
     with pytest.raises(ValueError, match="same objects"):
         heldout_reports({**scores, "retrieval": Scores(mesh_ids=mesh_ids[::-1], objects=objects)})
 

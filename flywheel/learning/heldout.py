@@ -170,16 +170,23 @@ def family_report(scores: dict[str, Scores], metric: str = "viou") -> dict[str, 
     return out
 
 
-def baseline_warnings(report: SplitReport, metric: str = "viou") -> list[str]:
-    """One line per model that does not beat the constant-shape baseline on ``metric`` with 95%
-    confidence: it has not learnt shape from the image (the round's loudest news)."""
+def baseline_warnings(report: SplitReport) -> list[str]:
+    """The round's loudest news, one line each: a model that does not beat the constant-shape
+    baseline on held-out vIoU with 95% confidence (it has not learnt shape from the image), and
+    one whose rotation error is credibly *worse* than the constant's mean training pose (its
+    pose reads the image wrongly; a rotation interval spans tens of degrees on a held-out half,
+    so "not credibly better" would be every round's news)."""
+    where = f"({report.objects} objects of {report.meshes} meshes, reporting half)"
     out = []
     for who in ("champion", "challenger"):
-        found = report.gains(f"{who}-vs-constant").get(metric)
-        if found is not None and found.low <= 0:
+        gains = report.gains(f"{who}-vs-constant")
+        shape, pose = gains.get("viou"), gains.get("rotation_error_deg")
+        if shape is not None and shape.low <= 0:
+            out.append(f"the {who} does not beat the constant-shape baseline on held-out viou: gain {shape} {where}")
+        if pose is not None and pose.high < 0:
             out.append(
-                f"the {who} does not beat the constant-shape baseline on held-out {metric}: gain {found} "
-                f"({report.objects} objects of {report.meshes} meshes, reporting half)"
+                f"the {who}'s held-out rotation error is worse than the mean training pose's: gain {pose} degrees "
+                f"{where}; see the rotation error by mesh family"
             )
     return out
 
