@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the project. Idempotent: a second run is a quick no-op
-# unless pyproject.toml changed. Usage: scripts/setup.sh [--test]
+# unless pyproject.toml or this script changed. Usage: scripts/setup.sh [--test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +11,7 @@ extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 
 stamp="$VENV/.installed$extras"
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/setup.sh ]; then
   exit 0
 fi
 
@@ -54,11 +54,15 @@ fi
 
 if [ -n "$extras" ]; then
   # The tests start a real Label Studio; its Django pins clash with ours, so it gets its own venv.
+  # sentry-sdk 3 refuses an option label-studio 1.23.2 passes at start-up (the server exits
+  # "Unknown option 'send_default_pii'"), and label-studio does not bound it: pinned here.
   LS_VENV=${LABEL_STUDIO_VENV:-.venv-labelstudio}
-  if [ ! -x "$LS_VENV/bin/label-studio" ]; then
-    echo "setup: installing label-studio 1.23.2 into $LS_VENV (first time: ~2 min) ..."
+  LS_PINS=("label-studio==1.23.2" "sentry-sdk==2.76.0")
+  if [ ! -x "$LS_VENV/bin/label-studio" ] || ! "$LS_VENV/bin/python" -c \
+    'import importlib.metadata as m, sys; sys.exit(m.version("sentry-sdk") != "2.76.0")' 2>/dev/null; then
+    echo "setup: installing ${LS_PINS[*]} into $LS_VENV (first time: ~2 min) ..."
     [ -x "$LS_VENV/bin/python" ] || "$PYTHON" -m venv "$LS_VENV"
-    "$LS_VENV/bin/python" -m pip --disable-pip-version-check install -q "label-studio==1.23.2"
+    "$LS_VENV/bin/python" -m pip --disable-pip-version-check install -q "${LS_PINS[@]}"
   fi
   # A real asset library no one here made, for the mesh tests: robosuite's wheel (its object
   # meshes; not installed, only read; pip's cache keeps the download).
