@@ -57,9 +57,10 @@ if [ -n "$extras" ]; then
   # sentry-sdk 3 refuses an option label-studio 1.23.2 passes at start-up (the server exits
   # "Unknown option 'send_default_pii'"), and label-studio does not bound it: pinned here.
   LS_VENV=${LABEL_STUDIO_VENV:-.venv-labelstudio}
-  LS_PINS=("label-studio==1.23.2" "sentry-sdk==2.76.0")
+  LS_SENTRY=2.76.0
+  LS_PINS=("label-studio==1.23.2" "sentry-sdk==$LS_SENTRY")
   if [ ! -x "$LS_VENV/bin/label-studio" ] || ! "$LS_VENV/bin/python" -c \
-    'import importlib.metadata as m, sys; sys.exit(m.version("sentry-sdk") != "2.76.0")' 2>/dev/null; then
+    'import importlib.metadata as m, sys; sys.exit(m.version("sentry-sdk") != sys.argv[1])' "$LS_SENTRY" 2>/dev/null; then
     echo "setup: installing ${LS_PINS[*]} into $LS_VENV (first time: ~2 min) ..."
     [ -x "$LS_VENV/bin/python" ] || "$PYTHON" -m venv "$LS_VENV"
     "$LS_VENV/bin/python" -m pip --disable-pip-version-check install -q "${LS_PINS[@]}"
