@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from flywheel.core.datasets import Dataset  # noqa: E402
 from flywheel.core.store import LocalStore  # noqa: E402
 from flywheel.learning.examples import cached_examples  # noqa: E402
-from flywheel.learning.heldout import HeldOut, load_heldout  # noqa: E402
+from flywheel.learning.heldout import HeldOut, Scores, family_report, load_heldout  # noqa: E402
 from sam3d_model.baselines import ConstantShape  # noqa: E402
 from sam3d_model.condition import TRUNKS  # noqa: E402
 from sam3d_model.config import ModelConfig, preset  # noqa: E402
@@ -105,13 +105,6 @@ def object_scores(shapes: np.ndarray, rotations: np.ndarray, heldout: HeldOut) -
         {"viou": v, "rotation_error_deg": symmetric_rotation_error_deg(R, t.pose[0], t.symmetries)}
         for v, R, t in zip(vious(shapes, heldout.examples), rotations, heldout.truths, strict=True)
     ]
-
-
-def by_family(objects: list[dict[str, float]], heldout: HeldOut, metric: str) -> dict[str, float]:
-    return {
-        f: float(np.mean([o[metric] for o, g in zip(objects, heldout.families) if g == f]))
-        for f in sorted(set(heldout.families))
-    }
 
 
 def main() -> None:
@@ -189,7 +182,14 @@ def main() -> None:
                 "gain": asdict(gains["viou"]),
                 "rotation_error_deg": float(np.mean([o["rotation_error_deg"] for o in objects])),
                 "rotation_gain": asdict(gains["rotation_error_deg"]),
-                "rotation_by_family": by_family(objects, h, "rotation_error_deg"),
+                # per family: objects, and the direct learner's and the mean pose's rotation error
+                "rotation_by_family": family_report(
+                    {
+                        "direct": Scores(mesh_ids=h.mesh_ids, objects=objects, families=h.families),
+                        "mean_pose": Scores(mesh_ids=h.mesh_ids, objects=constant_scores[name], families=h.families),
+                    },
+                    "rotation_error_deg",
+                ),
             }
             mean_pose = np.mean([o["rotation_error_deg"] for o in constant_scores[name]])
             print(
@@ -197,11 +197,10 @@ def main() -> None:
                 f"rotation {final[name]['rotation_error_deg']:.1f}° (mean pose {mean_pose:.1f}°), "
                 f"gain {gains['rotation_error_deg']}"
             )
-            pose_by_family = by_family(constant_scores[name], h, "rotation_error_deg")
             print(
                 "   "
                 + "  ".join(
-                    f"{f} {v:.0f}/{pose_by_family[f]:.0f}°" for f, v in final[name]["rotation_by_family"].items()
+                    f"{f} {v['direct']:.0f}/{v['mean_pose']:.0f}°" for f, v in final[name]["rotation_by_family"].items()
                 )
             )
         runs.append({"seed": seed, "curve": curve, "final": final, "seconds": time.perf_counter() - began})
