@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -107,15 +108,24 @@ def _scene(
 def visible_fraction(layout: Layout, camera: Camera, out_dir: str, device: str = "CPU", render=None) -> dict:
     """Amodal and modal pixel counts of the occludee and their overlap, from two cheap
     object-index renders. ``render(scene, out_dir)`` defaults to this process's Blender."""
-    render = render or _blender_render
+    return _visibility(*_index_masks(layout, camera, out_dir, device, render or _blender_render))
+
+
+def _index_masks(layout: Layout, camera: Camera, out_dir: str, device: str, render) -> tuple[np.ndarray, np.ndarray]:
+    """The object-index images (uint8[H, W]) of two cheap renders: occluder hidden (amodal),
+    and both shown (modal)."""
     cheap = RenderSettings(device=device, samples=1, max_bounces=0, passes=("index",))
-    counts = {}
-    for name, visible in (("amodal", False), ("modal", True)):
+    masks = []
+    for visible in (False, True):
         render(_scene(layout, camera, occluder_visible=visible, settings=cheap), out_dir)
-        counts[name] = np.load(f"{out_dir}/v000_index.npy")
-    amodal = counts["amodal"] == OCCLUDEE
-    modal = counts["modal"] == OCCLUDEE
-    occluder_on_occludee = amodal & (counts["modal"] == OCCLUDER)
+        masks.append(np.load(f"{out_dir}/v000_index.npy"))
+    return masks[0], masks[1]
+
+
+def _visibility(amodal_index: np.ndarray, modal_index: np.ndarray) -> dict:
+    amodal = amodal_index == OCCLUDEE
+    modal = modal_index == OCCLUDEE
+    occluder_on_occludee = amodal & (modal_index == OCCLUDER)
     n = int(amodal.sum())
     return {
         "amodal_px": n,
@@ -162,7 +172,8 @@ def occlusion_job(
     rejected = {"out_of_frame": 0, "no_overlap": 0, "outside_band": 0}
     for tries in range(1, max_tries + 1):
         layout = sample_layout(rng, occludee_mesh, occluder_mesh, fov_deg, pose)
-        vis = visible_fraction(layout, camera, out_dir, device, render)
+        amodal_index, modal_index = _index_masks(layout, camera, out_dir, device, render)
+        vis = _visibility(amodal_index, modal_index)
         if vis["amodal_px"] < min_occludee_pixels:
             rejected["out_of_frame"] += 1
         elif vis["overlap_px"] == 0:
@@ -180,16 +191,10 @@ def occlusion_job(
                 settings=RenderSettings(device=device, samples=samples),
             )
             views = render(final, out_dir)
-            # Amodal mask of the accepted layout, kept from the cheap render.
-            render(
-                _scene(
-                    layout,
-                    camera,
-                    occluder_visible=False,
-                    settings=RenderSettings(device=device, samples=1, max_bounces=0, passes=("index",)),
-                ),
-                f"{out_dir}/amodal",
-            )
+            # The accepted layout's amodal mask is its cheap render's: rendering it again costs
+            # a fifth of a sample's renders and gives the same image.
+            Path(f"{out_dir}/amodal").mkdir(parents=True, exist_ok=True)
+            np.save(f"{out_dir}/amodal/v000_index.npy", amodal_index)
             return {
                 "accepted": True,
                 "tries": tries,
@@ -229,7 +234,6 @@ def occlusion_sample(
 ):
     """``(key, row, files)`` of one accepted layout (OCCLUSIONS contract)."""
     import io
-    from pathlib import Path
 
     from PIL import Image
 

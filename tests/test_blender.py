@@ -122,6 +122,47 @@ def test_a_constructed_occlusion_gives_the_expected_visible_fraction(worker, tmp
     assert vis["visible_fraction"] == 1.0 and vis["overlap_px"] == 0
 
 
+def test_an_accepted_composites_amodal_mask_is_its_own_layouts(worker, tmp_path):
+    """The amodal mask a composite keeps is the accepted layout's occludee with the occluder
+    hidden (not an earlier, rejected try's), and its modal mask lies inside it."""
+    a = write_mesh(tmp_path / "a.npz", procedural_mesh(0, 1)[0])
+    b = write_mesh(tmp_path / "b.npz", procedural_mesh(0, 4)[0])
+    settings = dict(resolution=64, samples=1, fov_deg=50, max_tries=30, min_occludee_pixels=20)
+    out = tmp_path / "fo"
+    result = worker.run(
+        "rendering.occlusions:occlusion_job",
+        {
+            "occludee_mesh": a,
+            "occluder_mesh": b,
+            "seed": 3,
+            "out_dir": str(out),
+            "visible_band": [0.5, 0.6],
+            **settings,
+        },
+        timeout=120,
+    )
+    assert result["accepted"] and result["tries"] > 1  # rejected tries came first
+    amodal = np.load(out / "amodal" / "v000_index.npy") == OCCLUDEE
+    modal = np.load(out / result["files"]["index"]) == OCCLUDEE
+    assert modal.sum() and not (modal & ~amodal).any()
+    assert modal.sum() / amodal.sum() == pytest.approx(result["visible_fraction"])
+
+    def placed(name, mesh, pose, index, visible=True):
+        return SceneObject(name, mesh, pose["R"], pose["t"], pose["s"], index, visible=visible)
+
+    hidden = Scene(
+        [Camera(result["K"], np.eye(4).tolist(), 64, 64)],
+        [
+            placed("occludee", a, result["occludee"], OCCLUDEE),
+            placed("occluder", b, result["occluder"], OCCLUDER, visible=False),
+        ],
+        [],
+        settings=RenderSettings(samples=1, max_bounces=0, passes=("index",)),
+    )
+    render(worker, hidden, tmp_path / "again")
+    assert np.array_equal(np.load(tmp_path / "again" / "v000_index.npy") == OCCLUDEE, amodal)
+
+
 def _slow_scene(tmp_path) -> dict:
     mesh = write_mesh(tmp_path / "slow.npz", trimesh.creation.icosphere(subdivisions=4))
     cams = [
