@@ -9,8 +9,8 @@ scores worse than their consensus on the metrics that compare against one truth)
 metrics and their conventions are those of :mod:`sam3d_model.metrics`: vIoU, F1@0.01,
 Chamfer and EMD (shapes normalised to [-1, 1] each; distances of an empty prediction are
 counted apart instead of averaging in an infinity), ``f1_unit_cube`` / ``chamfer_unit_cube``,
-symmetry-aware rotation error, translation error, ADD-S / diameter, ADD-S@0.1 and oriented
-3D IoU.
+symmetry-aware rotation error, ICP-Rot, translation error, ADD-S / diameter, ADD-S@0.1 and
+oriented 3D IoU.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from sam3d_model.interface import Prediction, Sampler
 from sam3d_model.metrics import (
     add_s,
     diameter,
+    icp_rotation_error_deg,
     occupancy_to_mesh,
     oriented_box_iou,
     rotation_error_deg,
@@ -76,6 +77,9 @@ def score(pred: dict[str, Any], truth: Truth) -> dict[str, float]:
         **shape_metrics(pred["occupancy"], truth.occupancy, count=1024),
         "rotation_error_deg": symmetric_rotation_error_deg(pose[0], truth.pose[0], truth.symmetries),
         "rotation_error_deg_plain": rotation_error_deg(pose[0], truth.pose[0]),
+        "icp_rotation_error_deg": icp_rotation_error_deg(
+            pose[0], surface_points(pred["occupancy"], len(truth.points)), truth.pose[0], truth.points, truth.symmetries
+        ),
         "translation_error": float(np.linalg.norm(pose[1] - truth.pose[1])),
         "add_s": relative,
         "add_s_accuracy": float(relative < 0.1),

@@ -107,7 +107,7 @@ def _probe(store, arch: ModelConfig, heldout: DatasetRef, mask_error: float):
     return viou_probe(examples[:PROBE_OBJECTS])
 
 
-@flywheel_task(name="evaluate", version="5", run_name=lambda p: f"evaluate-{p.get('label') or 'model'}")
+@flywheel_task(name="evaluate", version="6", run_name=lambda p: f"evaluate-{p.get('label') or 'model'}")
 def evaluate_model(
     cfg: FlywheelConfig,
     model: ModelRef | CheckpointRef,
@@ -137,7 +137,7 @@ def evaluate_model(
     return scores
 
 
-@flywheel_task(name="evaluate-baselines", version="2")
+@flywheel_task(name="evaluate-baselines", version="3")
 def evaluate_baselines(
     cfg: FlywheelConfig,
     model: ModelRef,

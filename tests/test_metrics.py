@@ -17,6 +17,7 @@ from sam3d_model.metrics import (
     distances_to_surface,
     earth_movers_distance,
     f_score,
+    icp_rotation_error_deg,
     occupancy_to_mesh,
     oriented_box_iou,
     rotation_error_deg,
@@ -161,6 +162,34 @@ def test_rotation_error_knows_the_shapes_symmetries():
     cyl_s = symmetries(surface_points(occupancy_to_mesh(cylinder), 20_000, seed=1))
     assert symmetric_rotation_error_deg(turn("z", 40), np.eye(3), cyl_s) == pytest.approx(5.0)  # nearest: 45
     assert symmetric_rotation_error_deg(turn("x", 40), np.eye(3), cyl_s) == pytest.approx(40.0)  # not about x
+
+
+def test_icp_rotation_error_judges_the_posed_shape_not_the_frame():
+    grid = grid_points(16)
+    # an L: a bar along x with a post at +x, in no frame symmetric
+    bar = (np.abs(grid - [0.0, 0.0, -0.1]) <= [0.3, 0.1, 0.1]).all(-1)
+    ell = bar | (np.abs(grid - [0.25, 0.0, 0.1]) <= [0.05, 0.1, 0.2]).all(-1)
+    turn = lambda axis, deg: Rotation.from_euler(axis, deg, degrees=True).as_matrix()  # noqa: E731
+    truth = surface_points(occupancy_to_mesh(ell), 512, seed=1)
+    shape_s = symmetries(surface_points(occupancy_to_mesh(ell), 20_000, seed=1))
+    assert len(shape_s) == 1
+    ours = surface_points(occupancy_to_mesh(ell), 512)  # the same shape, other surface samples
+    R = turn("xyz", [20, -30, 50])
+    for frame in (turn("z", 90), turn("x", 180), turn("y", -90)):  # the post on another side of its own frame
+        # the predicted shape is the L turned by `frame`; its pose turns it back: the posed shape is right
+        pred_R = R @ frame.T
+        assert symmetric_rotation_error_deg(pred_R, R, shape_s) >= 89
+        assert icp_rotation_error_deg(pred_R, ours @ frame.T, R, truth, shape_s) < 3  # the ICP's sampling floor
+    # the truth's frame, posed 30° off: the error is the 30°
+    assert icp_rotation_error_deg(R @ turn("y", 30), ours, R, truth, shape_s) == pytest.approx(30, abs=3)
+    # a ball fits the L no better turned: its frame is kept, and ICP-Rot is the rotation error
+    blob = surface_points(occupancy_to_mesh(ball()), 512)
+    for off in (turn("z", 40), turn("x", 120)):
+        plain = symmetric_rotation_error_deg(R @ off, R, shape_s)
+        assert icp_rotation_error_deg(R @ off, blob, R, truth, shape_s) == pytest.approx(plain, abs=5)
+    # nothing predicted: nothing to lay onto the truth
+    empty = np.zeros((0, 3))
+    assert icp_rotation_error_deg(R @ turn("z", 90), empty, R, truth, shape_s) == pytest.approx(90.0)
 
 
 def test_oriented_box_iou_of_placed_shapes():

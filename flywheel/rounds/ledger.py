@@ -160,7 +160,7 @@ def committed_rounds(store: Store, series: str) -> list[RoundRecord]:
 
 WHO = ("champion", "challenger", "constant", "retrieval")
 #: The metrics the table, the plot and the MLflow summary show first.
-HEADLINE = ("viou", "f1", "chamfer", "rotation_error_deg", "add_s_accuracy", "box_iou")
+HEADLINE = ("viou", "f1", "chamfer", "rotation_error_deg", "icp_rotation_error_deg", "add_s_accuracy", "box_iou")
 
 
 def summary_rows(records: list[RoundRecord]) -> list[dict]:
