@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -30,8 +31,9 @@ from flywheel.rounds.record import SCHEMA_VERSION, RoundRecord
 from sam3d_model.baselines import ConstantShape, Retrieval
 from sam3d_model.config import preset
 from sam3d_model.data import curriculum_stream
-from sam3d_model.evaluation import Interval, consensus, evaluate, paired_gains, repeated
+from sam3d_model.evaluation import Interval, Truth, consensus, evaluate, paired_gains, repeated
 from sam3d_model.interface import Prediction
+from sam3d_model.metrics import diameter, occupancy_to_mesh, surface_points
 from sam3d_model.model import SmallSam3D
 
 
@@ -89,6 +91,7 @@ def test_evaluation_is_deterministic_and_scores_the_truth_perfectly():
         "chamfer_unit_cube",
         "rotation_error_deg",
         "rotation_error_deg_plain",
+        "icp_rotation_error_deg",
         "translation_error",
         "add_s",
         "add_s_accuracy",
@@ -111,8 +114,22 @@ def test_evaluation_is_deterministic_and_scores_the_truth_perfectly():
     assert perfect["viou"] == 1.0 and perfect["f1"] == 1.0 and perfect["add_s_accuracy"] == 1.0
     assert perfect["box_iou"] == pytest.approx(1.0) and perfect["add_s"] == 0.0 and perfect["emd"] == 0.0
     assert perfect["rotation_error_deg"] < 0.1 and perfect["translation_error"] == 0.0
+    assert perfect["icp_rotation_error_deg"] < 3  # the ICP's sampling floor
     with pytest.raises(ValueError, match="empty"):
         evaluate(model, [])
+
+
+def test_a_truth_is_its_own_shapes_even_after_another_shape_was_scored():
+    cfg = preset("micro")
+    example = toy_examples(cfg, 1)[0]
+    first = Truth.of(example)
+    cut = example["occupancy"].clone()
+    cut[: cut.shape[0] // 2] = 0  # half of it, no longer the shape it was
+    changed = Truth.of({**example, "occupancy": cut})
+    fresh = occupancy_to_mesh(cut.numpy() > 0.5)
+    assert np.array_equal(changed.points, surface_points(fresh, 512))
+    assert changed.diameter == diameter(fresh.vertices) and not np.array_equal(changed.points, first.points)
+    assert np.array_equal(Truth.of(example).points, first.points)
 
 
 def _rotation_z(degrees: float) -> torch.Tensor:
