@@ -9,6 +9,9 @@ by seed, as a champion and a challenger trained on the same data would):
   sampler (``sample_steps``, the baseline), with the 4-step shortcut sampler, split into
   sampling and scoring (the metrics), and with the consensus of ``rounds.eval_samples``
   samples (what rounds score), each as a ratio to the baseline;
+* what ICP-Rot (:func:`sam3d_model.metrics.icp_rotation_error_deg`, the shape laid onto the
+  truth's by ICP before the rotation error) adds to an object's scoring, as a share of the
+  full sampler's sample + score;
 * the exact point-to-surface distances behind F1 / Chamfer: the vectorised search
   (:func:`sam3d_model.metrics.distances_to_surface`) vs trimesh's R-tree search (the
   baseline), same points, same answers, and their ratio;
@@ -41,7 +44,12 @@ from sam3d_model import train as T  # noqa: E402
 from sam3d_model.config import preset  # noqa: E402
 from sam3d_model.data import batch_stream  # noqa: E402
 from sam3d_model.evaluation import Truth, evaluate, paired_gains  # noqa: E402
-from sam3d_model.metrics import distances_to_surface, occupancy_to_mesh, surface_points  # noqa: E402
+from sam3d_model.metrics import (  # noqa: E402
+    distances_to_surface,
+    icp_rotation_error_deg,
+    occupancy_to_mesh,
+    surface_points,
+)
 from sam3d_model.model import SmallSam3D  # noqa: E402
 
 
@@ -77,6 +85,15 @@ def distance_costs(held, count: int = 1024) -> tuple[float, float, float]:
     return ours_s, theirs_s, max(float(np.abs(a - b).max()) for a, b in zip(ours, theirs))
 
 
+def icp_cost(held, truths) -> float:
+    """Seconds per object of ICP-Rot, each object's truth scored against the next one's shape."""
+    shapes = [surface_points(occupancy_to_mesh(e["occupancy"].numpy() > 0.5), 512) for e in held]
+    start = time.perf_counter()
+    for i, t in enumerate(truths):
+        icp_rotation_error_deg(np.eye(3), shapes[(i + 1) % len(held)], t.pose[0], t.points, t.symmetries)
+    return (time.perf_counter() - start) / len(held)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--objects", type=int, default=64, help="held-out objects (default: the demo's 64)")
@@ -91,6 +108,7 @@ def main() -> None:
     truths = [Truth.of(e) for e in held]
     truth_s = (time.perf_counter() - start) / len(held)
     ours_s, trimesh_s, disagreement = distance_costs(held)
+    icp_s = icp_cost(held, truths)
     a, b = trained(cfg, train, args.steps, 0), trained(cfg, train, args.steps, 1)
     full, full_s = timed(a, held, truths)
     fast, fast_s = timed(a, held, truths, shortcut=True)
@@ -115,6 +133,8 @@ def main() -> None:
         "consensus_s_per_object": estimate_s,
         "consensus_over_full": estimate_s / full_s,
         "viou_consensus": estimate["summary"]["viou"],
+        "icp_rotation_s_per_object": icp_s,
+        "icp_rotation_share_of_full": icp_s / full_s,
         "distances_s_per_object": ours_s,
         "distances_trimesh_s_per_object": trimesh_s,
         "trimesh_over_vectorised": trimesh_s / ours_s,
@@ -139,6 +159,10 @@ def main() -> None:
     print(
         f"  consensus of {samples} full samples: sample + score         {estimate_s * 1000:7.1f} ms/object"
         f"   -> consensus / full = {result['consensus_over_full']:.2f}x"
+    )
+    print(
+        f"  ICP-Rot (512 points each side)                      {icp_s * 1000:7.1f} ms/object"
+        f"   -> {result['icp_rotation_share_of_full']:.0%} of the full sampler's sample + score"
     )
     print(
         f"  surface distances (1024 points): vectorised {ours_s * 1000:.1f} ms/object, trimesh {trimesh_s * 1000:.1f}"

@@ -195,31 +195,32 @@ def _kabsch(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return A, mq - mp @ A.T
 
 
-def _chamfer_mean(p: np.ndarray, tree_q: cKDTree, q: np.ndarray) -> float:
-    return 0.5 * (tree_q.query(p)[0].mean() + cKDTree(p).query(q)[0].mean())
-
-
 def _icp(
-    source: np.ndarray, target: np.ndarray, tree: cKDTree, A: np.ndarray, iterations: int, turn: bool
+    source: np.ndarray, target: np.ndarray, trees: tuple[cKDTree, cKDTree], A: np.ndarray, iterations: int, turn: bool
 ) -> tuple[float, np.ndarray]:
     """Point-to-point ICP from rotation A (centroid on centroid), nearest neighbours taken
     both ways (which keeps a box from settling a few degrees off); ``turn=False`` moves the
-    shape without turning it. Returns (Chamfer distance of the fit, A)."""
+    shape without turning it. ``trees``: of source and target, built once (a rigid motion
+    keeps distances, so the target is moved back instead of the source's tree rebuilt).
+    Returns (Chamfer distance of the fit, A)."""
+    source_tree, target_tree = trees
     b = target.mean(0) - source.mean(0) @ A.T
-    for _ in range(iterations):
-        moved = source @ A.T + b
-        to_target, to_source = tree.query(moved)[1], cKDTree(moved).query(target)[1]
+    for step in range(iterations + 1):
+        (d_st, to_target), (d_ts, to_source) = target_tree.query(source @ A.T + b), source_tree.query((target - b) @ A)
+        if step == iterations:
+            break
         p, q = np.vstack([source, source[to_source]]), np.vstack([target[to_target], target])
         A_new, b_new = _kabsch(p, q) if turn else (A, (q - p @ A.T).mean(0))
         done = np.abs(A_new - A).max() < 1e-4 and np.abs(b_new - b).max() < 1e-5
         A, b = A_new, b_new
         if done:
+            (d_st, _), (d_ts, _) = target_tree.query(source @ A.T + b), source_tree.query((target - b) @ A)
             break
-    return _chamfer_mean(source @ A.T + b, tree, target), A
+    return 0.5 * (d_st.mean() + d_ts.mean()), A
 
 
 def align_shapes(
-    source: np.ndarray, target: np.ndarray, tie: float = 0.05, iterations: int = 15, refine: int = 3
+    source: np.ndarray, target: np.ndarray, tie: float = 0.05, iterations: int = 10, refine: int = 2
 ) -> np.ndarray:
     """The rotation A (3, 3) that lays a shape's surface points ``source`` (n, 3) best onto
     another's, ``target`` (m, 3) (both normalised frames, unit cube): rigid ICP with
@@ -230,12 +231,13 @@ def align_shapes(
     wins. The identity if a set is empty."""
     if len(source) == 0 or len(target) == 0:
         return np.eye(3)
-    tree = cKDTree(target)
+    trees = cKDTree(source), cKDTree(target)
     starts = [r for r in _signed_permutations() if np.linalg.det(r) > 0]  # the identity first
-    first = [_chamfer_mean(source @ r.T + (target.mean(0) - source.mean(0) @ r.T), tree, target) for r in starts]
-    fits = [_icp(source, target, tree, np.eye(3), iterations, turn=False)]
+    # the turns worth refining, by how far the turned shape's points lie from the target (one way: cheap)
+    first = [trees[1].query(source @ r.T + (target.mean(0) - source.mean(0) @ r.T))[0].mean() for r in starts]
+    fits = [_icp(source, target, trees, np.eye(3), iterations, turn=False)]
     fits += [
-        _icp(source, target, tree, starts[i], iterations, turn=True) for i in sorted({0, *np.argsort(first)[:refine]})
+        _icp(source, target, trees, starts[i], iterations, turn=True) for i in sorted({0, *np.argsort(first)[:refine]})
     ]
     best = min(chamfer for chamfer, _ in fits)
     return min(
