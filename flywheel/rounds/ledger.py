@@ -255,9 +255,11 @@ def round_text(r: RoundRecord) -> str:
         lines.append(f"held-out, reporting half ({rep.objects} objects, {rep.meshes} meshes):")
     else:
         lines.append("held-out:")
-    lines.append(f"  {'':<11}" + "".join(f"{m:>20}" for m in HEADLINE))
+    widths = [max(len(m), 7) + 2 for m in HEADLINE]  # a column as wide as its name or a value
+    lines.append(f"  {'':<11}" + "".join(f"{m:>{w}}" for m, w in zip(HEADLINE, widths)))
     for who, metrics in r.evaluation.items():
-        lines.append(f"  {who:<11}" + "".join(f"{metrics.get(m, float('nan')):>20.3f}" for m in HEADLINE))
+        cells = (f"{metrics.get(m, float('nan')):>{w}.3f}" for m, w in zip(HEADLINE, widths))
+        lines.append(f"  {who:<11}" + "".join(cells))
     for split, report in r.heldout.items():
         for name in report.intervals:
             gains = report.gains(name)
