@@ -258,8 +258,8 @@ def round_text(r: RoundRecord) -> str:
     widths = [max(len(m), 7) + 2 for m in HEADLINE]  # a column as wide as its name or a value
     lines.append(f"  {'':<11}" + "".join(f"{m:>{w}}" for m, w in zip(HEADLINE, widths)))
     for who, metrics in r.evaluation.items():
-        cells = (f"{metrics.get(m, float('nan')):>{w}.3f}" for m, w in zip(HEADLINE, widths))
-        lines.append(f"  {who:<11}" + "".join(cells))
+        values = (f"{metrics.get(m, float('nan')):>{w}.3f}" for m, w in zip(HEADLINE, widths))
+        lines.append(f"  {who:<11}" + "".join(values))
     for split, report in r.heldout.items():
         for name in report.intervals:
             gains = report.gains(name)
