@@ -204,18 +204,20 @@ def _icp(
     keeps distances, so the target is moved back instead of the source's tree rebuilt).
     Returns (Chamfer distance of the fit, A)."""
     source_tree, target_tree = trees
+
+    def nearest(A, b):  # (distance, index) of each source point's nearest target point, and back
+        return target_tree.query(source @ A.T + b), source_tree.query((target - b) @ A)
+
     b = target.mean(0) - source.mean(0) @ A.T
-    for step in range(iterations + 1):
-        (d_st, to_target), (d_ts, to_source) = target_tree.query(source @ A.T + b), source_tree.query((target - b) @ A)
-        if step == iterations:
-            break
+    for _ in range(iterations):
+        (_, to_target), (_, to_source) = nearest(A, b)
         p, q = np.vstack([source, source[to_source]]), np.vstack([target[to_target], target])
         A_new, b_new = _kabsch(p, q) if turn else (A, (q - p @ A.T).mean(0))
-        done = np.abs(A_new - A).max() < 1e-4 and np.abs(b_new - b).max() < 1e-5
+        converged = np.abs(A_new - A).max() < 1e-4 and np.abs(b_new - b).max() < 1e-5
         A, b = A_new, b_new
-        if done:
-            (d_st, _), (d_ts, _) = target_tree.query(source @ A.T + b), source_tree.query((target - b) @ A)
+        if converged:
             break
+    (d_st, _), (d_ts, _) = nearest(A, b)
     return 0.5 * (d_st.mean() + d_ts.mean()), A
 
 
