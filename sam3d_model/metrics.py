@@ -140,13 +140,21 @@ def _axis_rotation(axis: int, angle: float) -> np.ndarray:
 def candidate_symmetries(steps: int = 24) -> np.ndarray:
     """Rotations tried as symmetries: the cube's 24 and turns by 360°/``steps`` about each axis
     of the normalised frame (a body of revolution about another axis is not recognised)."""
-    cube = [r for r in _signed_permutations() if np.linalg.det(r) > 0]
+    cube = list(cube_rotations())
     turns = [_axis_rotation(a, 2 * np.pi * k / steps) for a in range(3) for k in range(1, steps)]
     unique: list[np.ndarray] = []
     for r in cube + turns:
         if not any(np.allclose(r, u) for u in unique):
             unique.append(r)
     return np.stack(unique)
+
+
+@lru_cache(maxsize=1)
+def cube_rotations() -> np.ndarray:
+    """The cube's 24 rotations (24, 3, 3), the identity first."""
+    rotations = np.stack([r for r in _signed_permutations() if np.linalg.det(r) > 0])
+    rotations.flags.writeable = False  # shared by every caller
+    return rotations
 
 
 def _signed_permutations() -> list[np.ndarray]:
@@ -234,7 +242,7 @@ def align_shapes(
     if len(source) == 0 or len(target) == 0:
         return np.eye(3)
     trees = cKDTree(source), cKDTree(target)
-    starts = [r for r in _signed_permutations() if np.linalg.det(r) > 0]  # the identity first
+    starts = cube_rotations()  # the identity first
     # the turns worth refining, by how far the turned shape's points lie from the target (one way: cheap)
     first = [trees[1].query(source @ r.T + (target.mean(0) - source.mean(0) @ r.T))[0].mean() for r in starts]
     fits = [_icp(source, target, trees, np.eye(3), iterations, turn=False)]
