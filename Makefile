@@ -27,6 +27,7 @@ bench:
 	.venv/bin/python bench/synth.py
 	.venv/bin/python bench/validation.py
 	.venv/bin/python bench/model.py
+	.venv/bin/python bench/precision.py
 	.venv/bin/python bench/evaluation.py
 	.venv/bin/python bench/candidates.py
 	.venv/bin/python bench/rankings.py
